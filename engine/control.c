@@ -1,0 +1,180 @@
+/* The task API: submission, the control operations and the accessors. Each control operation
+ * checks its precondition now (and refuses with SC_ETRANSITION and a message naming the task's
+ * status), records the request and queues the task; the task's next step applies it on the
+ * loop, so events are never emitted from inside another event of the same task. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+void sc_task_spec_init(sc_task_spec *s) {
+  memset(s, 0, sizeof(*s));
+  s->version = SC_TASK_SPEC_VERSION;
+}
+
+/* task.created: the fingerprint and the configs, so that a log alone is enough to recover. */
+void sc__emit_created(sc_task *t) {
+  cJSON *data = NULL;
+  if (sc__bus_wants(t->e->bus, SC_EV_TASK_CREATED) && (data = cJSON_CreateObject()) != NULL) {
+    cJSON_AddItemToObject(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
+    cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
+    cJSON_AddItemToObject(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
+    if (t->plan->previous_config)
+      cJSON_AddItemToObject(data, "previous_config",
+                            cJSON_CreateObjectReference(t->plan->previous_config->child));
+    if (t->context) cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(t->context->child));
+  }
+  sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
+}
+
+int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
+  if (out) *out = NULL;
+  if (e == NULL || spec == NULL) return sc__error(SC_EINVAL, "submit: NULL argument");
+  if (spec->version < 1 || spec->version > SC_TASK_SPEC_VERSION)
+    return sc__error(SC_EINVAL, "submit: unsupported sc_task_spec version %u", spec->version);
+  if (spec->config == NULL) return sc__error(SC_EINVAL, "submit: a task needs a config");
+  sc__plan *plan;
+  int rc = sc__plan_get(e, spec->config, spec->previous_config, &plan);
+  if (rc != SC_OK) return rc;
+  sc_task *t;
+  if ((rc = sc__task_create(e, spec, plan, &t)) != SC_OK) {
+    sc__plan_unref(e, plan);
+    return rc;
+  }
+  sc__emit_created(t);
+  sc__engine_enqueue(e, t);
+  if (out) *out = t;
+  return SC_OK;
+}
+
+static int refuse(const sc_task *t, const char *op, const char *needs) {
+  return sc__error(SC_ETRANSITION, "cannot %s task %s: it is %s (%s)", op, t->id,
+                   sc_task_status_name((sc_task_status)t->status), needs);
+}
+
+int sc_task_pause(sc_task *t) {
+  if (t == NULL) return sc__error(SC_EINVAL, "pause: NULL task");
+  switch (t->status) {
+    case SC_TASK_RUNNING:
+    case SC_TASK_ROLLING_BACK:
+    case SC_TASK_AWAITING_APPROVAL:
+      t->pause_requested = true;
+      sc__engine_enqueue(t->e, t);
+      return SC_OK;
+    default: return refuse(t, "pause", "pause needs RUNNING, ROLLING_BACK or AWAITING_APPROVAL");
+  }
+}
+
+int sc_task_resume(sc_task *t) {
+  if (t == NULL) return sc__error(SC_EINVAL, "resume: NULL task");
+  if (t->status == SC_TASK_PAUSED) {
+    t->resume_requested = true;
+    sc__engine_enqueue(t->e, t);
+    return SC_OK;
+  }
+  if (t->pause_requested && t->pause_reason == NULL) {
+    t->pause_requested = false; /* not yet in effect: withdraw it */
+    return SC_OK;
+  }
+  return refuse(t, "resume", "resume needs PAUSED");
+}
+
+int sc_task_cancel(sc_task *t, const char *reason) {
+  if (t == NULL) return sc__error(SC_EINVAL, "cancel: NULL task");
+  if (!sc_transition_allowed((sc_task_status)t->status, SC_TASK_CANCELLED))
+    return refuse(t, "cancel", "cancel needs CREATED, PENDING, RUNNING, PAUSED or AWAITING_APPROVAL");
+  if (!t->cancel_requested) {
+    free(t->cancel_reason);
+    t->cancel_reason = reason ? strdup(reason) : NULL;
+    t->cancel_requested = true;
+  }
+  sc__engine_enqueue(t->e, t);
+  return SC_OK;
+}
+
+static int decide(sc_task *t, const char *stage, const char *reviewer, const char *comment,
+                  bool approve) {
+  const char *op = approve ? "approve" : "reject";
+  if (t == NULL) return sc__error(SC_EINVAL, "%s: NULL task", op);
+  if (reviewer == NULL || !*reviewer) return sc__error(SC_EINVAL, "%s: a reviewer is required", op);
+  sc__approval_state *a = t->approval;
+  if (t->status != SC_TASK_AWAITING_APPROVAL || a == NULL)
+    return refuse(t, op, "no approval is pending");
+  const char *waiting = t->run_plan->stages[a->index].name;
+  if (stage != NULL && strcmp(stage, waiting) != 0)
+    return sc__error(SC_ETRANSITION, "cannot %s stage '%s' of task %s: it waits for approval of '%s'",
+                     op, stage, t->id, waiting);
+  for (uint32_t i = 0; i < a->napproved; i++)
+    if (strcmp(a->reviewers[i], reviewer) == 0)
+      return sc__error(SC_EINVAL, "%s: %s already approved stage '%s' of task %s", op, reviewer,
+                       waiting, t->id);
+  for (sc__decision *d = a->decisions; d != NULL; d = d->next)
+    if (strcmp(d->reviewer, reviewer) == 0)
+      return sc__error(SC_EINVAL, "%s: %s already decided on stage '%s' of task %s", op, reviewer,
+                       waiting, t->id);
+  sc__decision *d = calloc(1, sizeof(*d));
+  if (d == NULL || (d->reviewer = strdup(reviewer)) == NULL ||
+      (comment && (d->comment = strdup(comment)) == NULL)) {
+    if (d) free(d->reviewer);
+    free(d);
+    return sc__error(SC_ENOMEM, "%s: out of memory", op);
+  }
+  d->approve = approve;
+  if (a->decisions_tail)
+    a->decisions_tail->next = d;
+  else
+    a->decisions = d;
+  a->decisions_tail = d;
+  sc__engine_enqueue(t->e, t);
+  return SC_OK;
+}
+
+int sc_task_approve(sc_task *t, const char *stage, const char *reviewer, const char *comment) {
+  return decide(t, stage, reviewer, comment, true);
+}
+
+int sc_task_reject(sc_task *t, const char *stage, const char *reviewer, const char *comment) {
+  return decide(t, stage, reviewer, comment, false);
+}
+
+void sc_task_release(sc_task *t) {
+  if (t == NULL) return;
+  if (t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED) {
+    sc__engine_log(t->e, SC_LOG_WARN, "release: task %s is %s, not FAILED or ROLLBACK_FAILED", t->id,
+                   sc_task_status_name((sc_task_status)t->status));
+    return;
+  }
+  t->release_requested = true;
+  sc__engine_enqueue(t->e, t);
+}
+
+/* ---- accessors ---- */
+
+const char *sc_task_id(const sc_task *t) {
+  return t ? t->id : NULL;
+}
+const char *sc_task_tenant(const sc_task *t) {
+  return t ? t->tenant : NULL;
+}
+sc_task_status sc_task_get_status(const sc_task *t) {
+  return t ? (sc_task_status)t->status : SC_TASK_CREATED;
+}
+const cJSON *sc_task_context(const sc_task *t) {
+  return t ? sc__task_context(t) : NULL;
+}
+unsigned sc_task_retry_count(const sc_task *t) {
+  return t ? t->retry_count : 0;
+}
+int sc_task_stage_index(const sc_task *t) {
+  return t ? t->index : -1;
+}
+size_t sc_task_stage_count(const sc_task *t) {
+  return t ? t->run_plan->nstages : 0;
+}
+uint64_t sc_task_epoch(const sc_task *t) {
+  return t ? t->epoch : 0;
+}
+const char *sc_task_fingerprint(const sc_task *t) {
+  return t ? t->plan->fingerprint : NULL;
+}

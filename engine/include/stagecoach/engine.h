@@ -1,0 +1,296 @@
+/* stagecoach engine: plans, stage kinds, tasks, subscriptions and restart recovery.
+ *
+ * Threading: an engine and everything reached through it belong to the thread that runs its libuv
+ * loop; the one exception is sc_engine_post(). Ownership is stated on every pointer. */
+#ifndef STAGECOACH_ENGINE_H
+#define STAGECOACH_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <uv.h>
+
+#include <stagecoach/error.h>
+#include <stagecoach/events.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sc_engine sc_engine; /* opaque handles */
+typedef struct sc_task sc_task;
+/* sc_subscription: <stagecoach/events.h> */
+
+/* ---- plans ---- */
+
+typedef enum sc_effect { SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE, SC_EFFECT_IRREVERSIBLE } sc_effect;
+typedef enum sc_approval_action {
+  SC_ACTION_APPROVE,
+  SC_ACTION_REJECT,
+  SC_ACTION_FAIL,
+  SC_ACTION_CANCEL
+} sc_approval_action;
+
+typedef struct sc_retry_policy {
+  uint32_t max_attempts;       /* 0 or 1: no retry */
+  uint32_t initial_backoff_ms; /* delay before the second attempt */
+  uint32_t max_backoff_ms;     /* cap; 0: no cap */
+  double multiplier;           /* growth per attempt; 0 is read as 2 */
+} sc_retry_policy;
+
+typedef struct sc_approval_policy {
+  bool required;
+  uint32_t approvers_needed;     /* N distinct approvers; 0 is read as 1 */
+  uint32_t timeout_ms;           /* 0: wait forever */
+  sc_approval_action on_timeout; /* APPROVE, REJECT or FAIL */
+  sc_approval_action on_reject;  /* CANCEL (default) or FAIL */
+} sc_approval_policy;
+
+typedef struct sc_stage_spec {
+  const char *name, *kind;
+  const cJSON *params;  /* copied; NULL: {} */
+  uint32_t timeout_ms;  /* 0: none */
+  sc_retry_policy retry;
+  sc_approval_policy approval;
+  sc_effect effect;
+} sc_stage_spec;
+
+/* Fills the defaults: no timeout, no retry, no approval (on_timeout REJECT, on_reject CANCEL),
+ * effect IDEMPOTENT. */
+void sc_stage_spec_init(sc_stage_spec *s);
+
+typedef struct sc_plan_builder sc_plan_builder;
+
+/* Appends a stage; everything is copied. SC_EINVAL on a missing or duplicate name, a missing kind
+ * or an out-of-range number (the message names the stage index and the field). */
+int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec);
+
+/* Builds the plan for one config. Must be deterministic: the same config gives the same plan. A
+ * negative return refuses the config; the factory should leave a message (sc_plan_builder_error).
+ * config is borrowed for the call. */
+typedef int (*sc_stage_factory_fn)(const cJSON *config, sc_plan_builder *b, void *udata);
+
+/* Records a message for a factory's refusal (printf-style) and returns SC_EPLAN. */
+int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* The built-in factory: reads config.stages (docs/pipeline.md). Each error names the stage index
+ * and the field: "stage 2 (\"verify\"): \"timeout_ms\" must be a non-negative integer". */
+int sc_json_stage_factory(const cJSON *config, sc_plan_builder *b, void *udata);
+
+/* Runs a factory on a config without an engine and returns the fingerprint ("sha256:" + 64 hex)
+ * in out (at least 72 bytes). udata is passed to the factory. */
+int sc_plan_fingerprint(sc_stage_factory_fn factory, void *udata, const cJSON *config,
+                        char out[72]);
+
+/* The digest of a JSON value as the engine computes it for contexts: "sha256:" + hex over the
+ * canonical JSON (docs/events.md). NULL is read as {}. */
+int sc_json_digest(const cJSON *value, char out[72]);
+
+/* The canonical JSON of a value (sorted keys, no whitespace); caller frees with free(). */
+char *sc_json_canonical(const cJSON *value, size_t *len);
+
+/* ---- the engine ---- */
+
+#define SC_ENGINE_OPTIONS_VERSION 1
+
+typedef enum sc_log_level { SC_LOG_ERROR, SC_LOG_WARN, SC_LOG_INFO } sc_log_level;
+
+typedef struct sc_engine_options {
+  unsigned version; /* SC_ENGINE_OPTIONS_VERSION */
+  sc_stage_factory_fn factory; /* NULL: sc_json_stage_factory */
+  void *factory_udata;
+  uint32_t max_active_tasks;  /* 0: no limit */
+  bool tenant_exclusive;      /* one active task per tenant (default true) */
+  double recovery_rate_per_s; /* 0: no limit */
+  const char *source;         /* CloudEvents source, copied; NULL: "stagecoach" */
+  /* Things the engine must report but has no caller to return them to (a failed ack of a terminal
+   * event, a stage result that arrives after its timeout). NULL: not reported. */
+  void (*log)(sc_engine *e, sc_log_level level, const char *message, void *udata);
+  void *log_udata;
+} sc_engine_options;
+
+/* Fills the defaults and the version. */
+void sc_engine_options_init(sc_engine_options *o);
+
+/* Creates an engine on loop (NULL: the engine creates and owns a loop). opts NULL: defaults; opts
+ * is copied. On success *out is an engine the caller frees with sc_engine_free(); on failure *out
+ * is left NULL. */
+int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **out);
+
+/* Runs the loop (UV_RUN_DEFAULT) until no task has work in flight. Meant for an engine that owns
+ * its loop; on a caller's loop it runs that loop. */
+int sc_engine_run(sc_engine *e);
+
+/* The loop the engine runs on; borrowed, valid until sc_engine_free(). */
+uv_loop_t *sc_engine_loop(sc_engine *e);
+
+/* Cancels what is running (the stage kinds' cancel is called; no event is emitted), frees every
+ * task and closes every handle of the engine, running the loop without blocking until their close
+ * callbacks are done, so that uv_loop_close() on a caller's loop returns 0 afterwards (provided
+ * the caller's own handles are closed and the stage kinds close theirs in cancel). Other due
+ * callbacks of that loop may run meanwhile. NULL is a no-op. */
+void sc_engine_free(sc_engine *e);
+
+/* Calls fn(e, udata) on the loop's thread, soon. The one call that is safe from any thread. */
+int sc_engine_post(sc_engine *e, void (*fn)(sc_engine *e, void *udata), void *udata);
+
+/* ---- stage kinds ---- */
+
+#define SC_STAGE_KIND_VERSION 1
+
+typedef struct sc_stage_ctx sc_stage_ctx;
+
+typedef struct sc_stage_kind {
+  unsigned version; /* SC_STAGE_KIND_VERSION */
+  /* Begins the stage. The stage finishes exactly once, with sc_stage_complete() or
+   * sc_stage_fail(), inside start or later. A negative return without finishing fails the stage
+   * with that code (retryable). */
+  int (*start)(sc_stage_ctx *ctx, void *udata);
+  /* The engine gave up on the stage (timeout, cancel, engine free): stop the work. The stage
+   * should still finish; its result is then recorded in the log callback and not acted on. May be
+   * NULL. */
+  void (*cancel)(sc_stage_ctx *ctx, void *udata);
+  /* Undoes a completed stage in a compensating rollback; finishes like start. May be NULL. */
+  int (*compensate)(sc_stage_ctx *ctx, void *udata);
+} sc_stage_kind;
+
+/* Registers (or replaces) a stage kind by name; the table is copied, name copied, udata
+ * borrowed until sc_engine_free(). "fn" and "sleep" are built in. */
+int sc_engine_register_kind(sc_engine *e, const char *name, const sc_stage_kind *kind, void *udata);
+
+/* The function behind an "fn" stage; finishes like sc_stage_kind.start. */
+typedef int (*sc_stage_fn)(sc_stage_ctx *ctx, void *udata);
+/* Registers (or replaces) a function for "fn" stages whose params.fn is name. */
+int sc_engine_register_fn(sc_engine *e, const char *name, sc_stage_fn fn, void *udata);
+
+/* Finishes the stage successfully. output (may be NULL) is taken over: an object's members are
+ * merged into the task's context (a shallow merge: each member replaces the context member of
+ * the same name); another type is refused and fails the stage. A second finish of the same stage
+ * is refused (reported through the engine's log callback) and output is freed. After the call
+ * ctx may be freed: do not use it again. */
+void sc_stage_complete(sc_stage_ctx *ctx, cJSON *output);
+/* Finishes the stage with a failure; code is an SC_E* code (SC_EIO if >= 0), message copied (may be
+ * NULL). retryable: the retry policy may run the stage again. Same rules as complete. */
+void sc_stage_fail(sc_stage_ctx *ctx, int code, const char *message, bool retryable);
+
+/* Accessors. Strings and JSON borrowed, valid until the stage finishes. */
+const char *sc_stage_name(const sc_stage_ctx *ctx);
+int sc_stage_index(const sc_stage_ctx *ctx);
+unsigned sc_stage_attempt(const sc_stage_ctx *ctx); /* from 1 */
+const cJSON *sc_stage_params(const sc_stage_ctx *ctx);
+const cJSON *sc_stage_config(const sc_stage_ctx *ctx); /* previous_config in a rollback */
+const cJSON *sc_stage_context(const sc_stage_ctx *ctx);
+bool sc_stage_is_rollback(const sc_stage_ctx *ctx);
+bool sc_stage_is_compensation(const sc_stage_ctx *ctx);
+bool sc_stage_cancelled(const sc_stage_ctx *ctx);
+sc_task *sc_stage_task(const sc_stage_ctx *ctx); /* NULL once the engine gave up on the stage */
+uv_loop_t *sc_stage_loop(const sc_stage_ctx *ctx);
+/* A pointer-sized slot for the stage kind's own state. */
+void sc_stage_set_data(sc_stage_ctx *ctx, void *data);
+void *sc_stage_get_data(const sc_stage_ctx *ctx);
+
+/* ---- tasks ---- */
+
+#define SC_TASK_SPEC_VERSION 1
+
+typedef struct sc_task_spec {
+  unsigned version; /* SC_TASK_SPEC_VERSION */
+  const char *task_id; /* copied; NULL: a generated UUIDv7 */
+  const char *tenant_id, *plan_id; /* copied; may be NULL */
+  const cJSON *config, *previous_config; /* copied; previous_config may be NULL */
+  const cJSON *context;     /* initial context, copied; must be an object; NULL: {} */
+  const char *traceparent;  /* copied; may be NULL */
+} sc_task_spec;
+
+void sc_task_spec_init(sc_task_spec *s);
+
+/* Creates a task: builds the plan, emits task.created, and queues the task to start on the loop.
+ * On success *out (may be NULL) is the task, borrowed (see "Task lifetime" in docs/design.md). A
+ * failure (bad spec, a plan the factory refuses, a duplicate task id: SC_EBUSY) creates nothing
+ * and emits nothing. */
+int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out);
+
+/* Control operations. Each returns SC_ETRANSITION, with a message naming the task's status, when
+ * the task is in a state that does not allow it. */
+int sc_task_pause(sc_task *t);  /* takes effect at the next stage boundary */
+int sc_task_resume(sc_task *t); /* back to the status it paused from */
+int sc_task_cancel(sc_task *t, const char *reason /* copied; may be NULL */);
+int sc_task_approve(sc_task *t, const char *stage, const char *reviewer, const char *comment);
+int sc_task_reject(sc_task *t, const char *stage, const char *reviewer, const char *comment);
+int sc_task_retry(sc_task *t, const char *from_stage /* NULL: the failed one */, bool reset_context);
+typedef enum sc_rollback_strategy { SC_ROLLBACK_REDEPLOY, SC_ROLLBACK_COMPENSATE } sc_rollback_strategy;
+int sc_task_rollback(sc_task *t, sc_rollback_strategy how);
+/* Forgets a FAILED or ROLLBACK_FAILED task; the pointer is invalid afterwards. */
+void sc_task_release(sc_task *t);
+
+/* Borrowed; NULL when the engine holds no task of that id. */
+sc_task *sc_engine_find_task(sc_engine *e, const char *task_id);
+const char *sc_task_id(const sc_task *t);
+const char *sc_task_tenant(const sc_task *t); /* may be NULL */
+sc_task_status sc_task_get_status(const sc_task *t);
+const cJSON *sc_task_context(const sc_task *t);  /* borrowed; changes as stages complete */
+unsigned sc_task_retry_count(const sc_task *t);
+int sc_task_stage_index(const sc_task *t);       /* the stage it is on */
+size_t sc_task_stage_count(const sc_task *t);
+uint64_t sc_task_epoch(const sc_task *t);
+const char *sc_task_fingerprint(const sc_task *t);
+/* The number of tasks the engine holds. */
+size_t sc_engine_task_count(const sc_engine *e);
+
+/* ---- state machine ---- */
+
+/* True when the table of docs/design.md allows a change from one status to the other. */
+bool sc_transition_allowed(sc_task_status from, sc_task_status to);
+
+/* ---- subscriptions ---- */
+
+/* Subscribes; sub is copied. *out (may be NULL) can cancel the subscription; the engine frees
+ * every subscription in sc_engine_free(). */
+int sc_engine_subscribe(sc_engine *e, const sc_subscriber *sub, sc_subscription **out);
+/* Stops delivery (also from inside the subscriber's own callback) and frees the subscription.
+ * Deferred acks already handed out stay valid until done. NULL is a no-op. */
+void sc_subscription_cancel(sc_subscription *s);
+
+/* ---- restart recovery ---- */
+
+typedef enum sc_recovery_mode { SC_RECOVER_RETRY, SC_RECOVER_ROLLBACK } sc_recovery_mode;
+
+#define SC_RECOVERY_REQUEST_VERSION 1
+
+typedef struct sc_recovery_request {
+  unsigned version;                 /* SC_RECOVERY_REQUEST_VERSION */
+  const char *task_id;              /* id for the new task; NULL: generate one */
+  const char *recovered_from;       /* the id of the task that stopped; recorded in task.recovered */
+  const char *tenant_id, *plan_id;
+  const cJSON *config;              /* current config */
+  const cJSON *previous_config;     /* required for SC_RECOVER_ROLLBACK */
+  const char *last_completed_stage; /* NULL: nothing completed */
+  sc_recovery_mode mode;            /* SC_RECOVER_RETRY | SC_RECOVER_ROLLBACK */
+  const cJSON *context;             /* context snapshot of the last stage.completed; may be NULL */
+  const char *context_digest;       /* verified when set */
+  const char *plan_fingerprint;     /* verified when set */
+  const char *traceparent;
+  uint64_t epoch;                   /* the stopped task's epoch; the new task gets epoch + 1 */
+} sc_recovery_request;
+
+void sc_recovery_request_init(sc_recovery_request *r);
+
+/* Rebuilds the stopped task as a new one and carries on (docs/design.md, "Restart recovery").
+ * Refusals create no task and emit no event: SC_EUNKNOWN_STAGE (the message lists the plan's
+ * stages), SC_EPLAN_MISMATCH, SC_ECORRUPT (context digest), SC_EINVAL. *out may be NULL. */
+int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_task **out);
+
+/* The same checks and the recovery plan that task.recovered would carry, without creating a task.
+ * *plan_out: caller frees with cJSON_Delete(); NULL on failure. */
+int sc_recovery_plan(sc_engine *e, const sc_recovery_request *req, cJSON **plan_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

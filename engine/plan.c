@@ -1,0 +1,384 @@
+/* Plans: the builder a stage factory fills, the checks on each stage spec, the fingerprint over
+ * the canonical JSON of the specs, and the interning of plans by config so that many tasks of the
+ * same config share one plan and one copy of the config. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+void sc_stage_spec_init(sc_stage_spec *s) {
+  memset(s, 0, sizeof(*s));
+  s->retry.multiplier = 2.0;
+  s->approval.approvers_needed = 1;
+  s->approval.on_timeout = SC_ACTION_REJECT;
+  s->approval.on_reject = SC_ACTION_CANCEL;
+  s->effect = SC_EFFECT_IDEMPOTENT;
+}
+
+void sc__builder_init(sc_plan_builder *b, sc_engine *e) {
+  memset(b, 0, sizeof(*b));
+  b->engine = e;
+}
+
+static void stage_free(sc__stage *s) {
+  free(s->name);
+  free(s->kind);
+  cJSON_Delete(s->params);
+}
+
+void sc__builder_free(sc_plan_builder *b) {
+  for (size_t i = 0; i < b->n; i++) stage_free(&b->stages[i]);
+  free(b->stages);
+  free(b->error);
+  memset(b, 0, sizeof(*b));
+}
+
+int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (b != NULL && b->error == NULL) b->error = strdup(msg);
+  return sc__error(SC_EPLAN, "%s", msg);
+}
+
+/* The refusal of stage spec number b->n, naming the stage and the field. */
+static int spec_error(sc_plan_builder *b, const sc_stage_spec *spec, const char *field,
+                      const char *what) {
+  if (spec->name != NULL && *spec->name)
+    return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"%s\" %s", b->n, spec->name, field, what);
+  return sc__error(SC_EINVAL, "stage %zu: \"%s\" %s", b->n, field, what);
+}
+
+#define MAX_ATTEMPTS 1000
+#define MAX_APPROVERS 100
+
+static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
+  if (strcmp(spec->kind, "fn") == 0) {
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(spec->params, "fn");
+    if (!cJSON_IsString(fn) || !*fn->valuestring)
+      return spec_error(b, spec, "params.fn", "must name a registered function (a string)");
+  } else if (strcmp(spec->kind, "sleep") == 0) {
+    const cJSON *ms = cJSON_GetObjectItemCaseSensitive(spec->params, "ms");
+    if (!cJSON_IsNumber(ms) || ms->valuedouble < 0 || ms->valuedouble > 4294967295.0 ||
+        ms->valuedouble != (double)(int64_t)ms->valuedouble)
+      return spec_error(b, spec, "params.ms", "must be a non-negative integer (milliseconds)");
+  }
+  return SC_OK;
+}
+
+static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
+  if (spec->name == NULL || !*spec->name) return spec_error(b, spec, "name", "is required");
+  for (size_t i = 0; i < b->n; i++)
+    if (strcmp(b->stages[i].name, spec->name) == 0)
+      return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"name\" duplicates stage %zu", b->n,
+                       spec->name, i);
+  if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
+  if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
+    char what[256];
+    size_t off = (size_t)snprintf(what, sizeof(what), "names an unknown kind \"%s\" (kinds:",
+                                  spec->kind);
+    for (size_t i = 0; i < b->engine->nkinds && off < sizeof(what); i++)
+      off += (size_t)snprintf(what + off, sizeof(what) - off, "%s %s", i ? "," : "",
+                              b->engine->kinds[i].name);
+    if (off < sizeof(what)) snprintf(what + off, sizeof(what) - off, ")");
+    return spec_error(b, spec, "kind", what);
+  }
+  if (spec->params != NULL && !cJSON_IsObject(spec->params))
+    return spec_error(b, spec, "params", "must be an object");
+  if (spec->retry.max_attempts > MAX_ATTEMPTS)
+    return spec_error(b, spec, "retry.max_attempts", "must be at most 1000");
+  if (spec->retry.multiplier != 0 && !(spec->retry.multiplier >= 1 && spec->retry.multiplier <= 100))
+    return spec_error(b, spec, "retry.multiplier", "must be between 1 and 100");
+  if (spec->retry.max_backoff_ms != 0 && spec->retry.max_backoff_ms < spec->retry.initial_backoff_ms)
+    return spec_error(b, spec, "retry.max_backoff_ms", "must be 0 or at least initial_backoff_ms");
+  if (spec->approval.approvers_needed > MAX_APPROVERS)
+    return spec_error(b, spec, "approval.approvers_needed", "must be at most 100");
+  if (spec->approval.on_timeout != SC_ACTION_APPROVE &&
+      spec->approval.on_timeout != SC_ACTION_REJECT && spec->approval.on_timeout != SC_ACTION_FAIL)
+    return spec_error(b, spec, "approval.on_timeout", "must be approve, reject or fail");
+  if (spec->approval.on_reject != SC_ACTION_CANCEL && spec->approval.on_reject != SC_ACTION_FAIL)
+    return spec_error(b, spec, "approval.on_reject", "must be cancel or fail");
+  if ((unsigned)spec->effect > SC_EFFECT_IRREVERSIBLE)
+    return spec_error(b, spec, "effect", "must be idempotent, compensable or irreversible");
+  return SC_OK;
+}
+
+int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
+  if (b == NULL || spec == NULL) return sc__error(SC_EINVAL, "plan: NULL argument");
+  int rc = check_spec(b, spec);
+  if (rc == SC_OK && spec->params != NULL) rc = check_builtin_params(b, spec);
+  if (rc == SC_OK && spec->params == NULL && (strcmp(spec->kind, "fn") == 0 ||
+                                              strcmp(spec->kind, "sleep") == 0))
+    rc = check_builtin_params(b, spec);
+  if (rc != SC_OK) {
+    if (b->error == NULL) b->error = strdup(sc_error_message());
+    return rc;
+  }
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 8;
+    sc__stage *stages = realloc(b->stages, cap * sizeof(*stages));
+    if (stages == NULL) return sc__error(SC_ENOMEM, "plan: out of memory");
+    b->stages = stages;
+    b->cap = cap;
+  }
+  sc__stage *s = &b->stages[b->n];
+  memset(s, 0, sizeof(*s));
+  s->name = strdup(spec->name);
+  s->kind = strdup(spec->kind);
+  s->params = spec->params ? cJSON_Duplicate(spec->params, true) : cJSON_CreateObject();
+  if (s->name == NULL || s->kind == NULL || s->params == NULL) {
+    stage_free(s);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
+  }
+  s->timeout_ms = spec->timeout_ms;
+  s->retry = spec->retry;
+  if (s->retry.multiplier == 0) s->retry.multiplier = 2.0;
+  if (s->retry.max_attempts == 0) s->retry.max_attempts = 1;
+  s->approval = spec->approval;
+  if (s->approval.approvers_needed == 0) s->approval.approvers_needed = 1;
+  s->effect = spec->effect;
+  b->n++;
+  return SC_OK;
+}
+
+static const char *action_name(sc_approval_action a) {
+  switch (a) {
+    case SC_ACTION_APPROVE: return "approve";
+    case SC_ACTION_REJECT: return "reject";
+    case SC_ACTION_FAIL: return "fail";
+    default: return "cancel";
+  }
+}
+
+static const char *effect_name(sc_effect e) {
+  return e == SC_EFFECT_COMPENSABLE    ? "compensable"
+         : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
+                                       : "idempotent";
+}
+
+/* The spec of one stage with every default filled in, so that a field spelled out with its
+ * default value and a field left out give the same fingerprint. */
+static void write_spec(sc__buf *out, const sc__stage *s) {
+  sc__buf_lit(out, "{\"approval\":{\"approvers_needed\":");
+  sc__json_uint(out, s->approval.approvers_needed);
+  sc__buf_lit(out, ",\"on_reject\":");
+  sc__json_string(out, action_name(s->approval.on_reject));
+  sc__buf_lit(out, ",\"on_timeout\":");
+  sc__json_string(out, action_name(s->approval.on_timeout));
+  sc__buf_lit(out, ",\"required\":");
+  if (s->approval.required)
+    sc__buf_lit(out, "true");
+  else
+    sc__buf_lit(out, "false");
+  sc__buf_lit(out, ",\"timeout_ms\":");
+  sc__json_uint(out, s->approval.timeout_ms);
+  sc__buf_lit(out, "},\"effect\":");
+  sc__json_string(out, effect_name(s->effect));
+  sc__buf_lit(out, ",\"kind\":");
+  sc__json_string(out, s->kind);
+  sc__buf_lit(out, ",\"name\":");
+  sc__json_string(out, s->name);
+  sc__buf_lit(out, ",\"params\":");
+  sc__json_value(out, s->params, true);
+  sc__buf_lit(out, ",\"retry\":{\"initial_backoff_ms\":");
+  sc__json_uint(out, s->retry.initial_backoff_ms);
+  sc__buf_lit(out, ",\"max_attempts\":");
+  sc__json_uint(out, s->retry.max_attempts);
+  sc__buf_lit(out, ",\"max_backoff_ms\":");
+  sc__json_uint(out, s->retry.max_backoff_ms);
+  sc__buf_lit(out, ",\"multiplier\":");
+  sc__json_number(out, s->retry.multiplier);
+  sc__buf_lit(out, "},\"timeout_ms\":");
+  sc__json_uint(out, s->timeout_ms);
+  sc__buf_putc(out, '}');
+}
+
+static int fingerprint(sc__sha *sha, const sc__stage *stages, size_t n, char out[72]) {
+  sc__buf b;
+  sc__buf_init(&b);
+  sc__buf_putc(&b, '[');
+  for (size_t i = 0; i < n; i++) {
+    if (i) sc__buf_putc(&b, ',');
+    write_spec(&b, &stages[i]);
+  }
+  sc__buf_putc(&b, ']');
+  int rc = b.oom ? sc__error(SC_ENOMEM, "plan: out of memory") : sc__sha_hex(sha, b.p, b.len, out);
+  sc__buf_free(&b);
+  return rc;
+}
+
+int sc__digest(sc__sha *sha, sc__buf *scratch, const cJSON *value, char out[72]) {
+  sc__buf local;
+  sc__buf *b = scratch;
+  if (b == NULL) {
+    sc__buf_init(&local);
+    b = &local;
+  }
+  sc__buf_reset(b);
+  if (value == NULL)
+    sc__buf_lit(b, "{}");
+  else
+    sc__json_value(b, value, true);
+  int rc = b->oom ? sc__error(SC_ENOMEM, "digest: out of memory") : sc__sha_hex(sha, b->p, b->len, out);
+  if (b == &local) sc__buf_free(&local);
+  return rc;
+}
+
+int sc_json_digest(const cJSON *value, char out[72]) {
+  if (out == NULL) return sc__error(SC_EINVAL, "digest: NULL argument");
+  return sc__digest(NULL, NULL, value, out);
+}
+
+char *sc_json_canonical(const cJSON *value, size_t *len) {
+  sc__buf b;
+  sc__buf_init(&b);
+  sc__json_value(&b, value, true);
+  if (!sc__buf_cstr(&b)) {
+    sc__buf_free(&b);
+    sc__error(SC_ENOMEM, "canonical JSON: out of memory");
+    return NULL;
+  }
+  if (len) *len = b.len;
+  return b.p;
+}
+
+static int run_factory(sc_engine *e, sc_stage_factory_fn factory, void *udata, const cJSON *config,
+                       sc_plan_builder *b) {
+  sc__builder_init(b, e);
+  sc__error_clear();
+  int rc = factory(config, b, udata);
+  if (rc < 0) {
+    const char *why = b->error ? b->error : sc_error_message();
+    rc = sc__error(SC_EPLAN, "%s", *why ? why : "the stage factory refused the config");
+    sc__builder_free(b);
+  }
+  return rc < 0 ? rc : SC_OK;
+}
+
+int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const cJSON *config,
+                   sc__plan **out) {
+  *out = NULL;
+  sc_plan_builder b;
+  int rc = run_factory(e, factory, udata, config, &b);
+  if (rc != SC_OK) return rc;
+  sc__plan *p = calloc(1, sizeof(*p));
+  if (p == NULL) {
+    sc__builder_free(&b);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
+  }
+  p->refs = 1;
+  p->stages = b.stages;
+  p->nstages = b.n;
+  free(b.error);
+  rc = fingerprint(e ? e->sha : NULL, p->stages, p->nstages, p->fingerprint);
+  if (rc != SC_OK) {
+    sc__plan_unref(e, p);
+    return rc;
+  }
+  *out = p;
+  return SC_OK;
+}
+
+void sc__plan_unref(sc_engine *e, sc__plan *p) {
+  if (p == NULL || --p->refs > 0) return;
+  if (p->interned && e != NULL) sc__map_del(&e->plans, p->key);
+  for (size_t i = 0; i < p->nstages; i++) stage_free(&p->stages[i]);
+  free(p->stages);
+  cJSON_Delete(p->config);
+  cJSON_Delete(p->previous_config);
+  sc__plan_unref(e, p->previous_plan);
+  free(p);
+}
+
+int sc__stage_index(const sc__plan *p, const char *name) {
+  for (size_t i = 0; i < p->nstages; i++)
+    if (strcmp(p->stages[i].name, name) == 0) return (int)i;
+  return -1;
+}
+
+void sc__plan_stage_list(const sc__plan *p, char *buf, size_t cap) {
+  size_t off = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < p->nstages; i++) {
+    int n = snprintf(buf + off, cap - off, "%s%s", i ? ", " : "", p->stages[i].name);
+    if (n < 0 || (size_t)n >= cap - off) {
+      if (cap > 4) strcpy(buf + cap - 4, "...");
+      return;
+    }
+    off += (size_t)n;
+  }
+}
+
+int sc_plan_fingerprint(sc_stage_factory_fn factory, void *udata, const cJSON *config,
+                        char out[72]) {
+  if (out == NULL) return sc__error(SC_EINVAL, "fingerprint: NULL argument");
+  sc__plan *p;
+  int rc = sc__plan_build(NULL, factory ? factory : sc_json_stage_factory, udata, config, &p);
+  if (rc != SC_OK) return rc;
+  memcpy(out, p->fingerprint, 72);
+  sc__plan_unref(NULL, p);
+  return SC_OK;
+}
+
+/* The interning key: SHA-256 over the canonical config, a separator and the canonical previous
+ * config. Equal keys mean equal configs, so the deterministic factory would build the same plan. */
+static int plan_key(sc_engine *e, const cJSON *config, const cJSON *previous, char out[72]) {
+  sc__buf *b = &e->scratch;
+  sc__buf_reset(b);
+  sc__json_value(b, config, true);
+  sc__buf_putc(b, '\n');
+  sc__json_value(b, previous, true);
+  if (b->oom) return sc__error(SC_ENOMEM, "plan: out of memory");
+  return sc__sha_hex(e->sha, b->p, b->len, out);
+}
+
+int sc__plan_get(sc_engine *e, const cJSON *config, const cJSON *previous, sc__plan **out) {
+  *out = NULL;
+  if (!cJSON_IsObject(config)) return sc__error(SC_EINVAL, "config must be a JSON object");
+  if (previous != NULL && !cJSON_IsObject(previous) && !cJSON_IsNull(previous))
+    return sc__error(SC_EINVAL, "previous_config must be a JSON object");
+  if (cJSON_IsNull(previous)) previous = NULL;
+  char key[72];
+  int rc = plan_key(e, config, previous, key);
+  if (rc != SC_OK) return rc;
+  sc__plan *p = sc__map_get(&e->plans, key);
+  if (p != NULL) {
+    p->refs++;
+    *out = p;
+    return SC_OK;
+  }
+  rc = sc__plan_build(e, e->opts.factory, e->opts.factory_udata, config, &p);
+  if (rc != SC_OK) return rc;
+  memcpy(p->key, key, sizeof(key));
+  p->config = cJSON_Duplicate(config, true);
+  p->previous_config = previous ? cJSON_Duplicate(previous, true) : NULL;
+  if (p->config == NULL || (previous && p->previous_config == NULL) ||
+      sc__map_put(&e->plans, p->key, p) != 0) {
+    sc__plan_unref(e, p);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
+  }
+  p->interned = true;
+  *out = p;
+  return SC_OK;
+}
+
+int sc__plan_previous(sc_engine *e, sc__plan *p, sc__plan **out) {
+  *out = NULL;
+  if (p->previous_config == NULL)
+    return sc__error(SC_EINVAL, "no previous_config to roll back to");
+  if (p->previous_plan == NULL) {
+    char stages[256];
+    int rc = sc__plan_build(e, e->opts.factory, e->opts.factory_udata, p->previous_config,
+                            &p->previous_plan);
+    if (rc != SC_OK) {
+      snprintf(stages, sizeof(stages), "%s", sc_error_message());
+      return sc__error(rc, "previous_config: %s", stages);
+    }
+  }
+  *out = p->previous_plan;
+  return SC_OK;
+}

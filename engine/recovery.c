@@ -1,0 +1,177 @@
+/* Restart recovery: rebuild a stopped task from what the caller persisted and carry on, in RETRY
+ * (continue after the last completed stage) or ROLLBACK (re-run the touched stages with the
+ * previous config). Every check runs before anything is created, so a refusal leaves no task
+ * and no event behind. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+void sc_recovery_request_init(sc_recovery_request *r) {
+  memset(r, 0, sizeof(*r));
+  r->version = SC_RECOVERY_REQUEST_VERSION;
+  r->mode = SC_RECOVER_RETRY;
+}
+
+typedef struct prepared {
+  sc__plan *plan;     /* a reference */
+  sc__plan *run_plan; /* plan, or its previous plan (borrowed from plan) */
+  int32_t start, end; /* stages start .. end run */
+  int32_t in_flight;  /* the stage after last_completed_stage; -1 when all completed */
+  bool gate;          /* ask approval before the in-flight irreversible stage */
+  cJSON *report;      /* the recovery plan */
+} prepared;
+
+static const char *effect_word(sc_effect e) {
+  return e == SC_EFFECT_COMPENSABLE ? "compensable"
+         : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
+                                       : "idempotent";
+}
+
+static cJSON *names(const sc__plan *p, int32_t from, int32_t to) {
+  cJSON *a = cJSON_CreateArray();
+  for (int32_t i = from; a != NULL && i <= to && i < (int32_t)p->nstages; i++)
+    cJSON_AddItemToArray(a, cJSON_CreateString(p->stages[i].name));
+  return a;
+}
+
+static cJSON *report(const sc_recovery_request *req, const prepared *p) {
+  cJSON *r = cJSON_CreateObject();
+  if (r == NULL) return NULL;
+  bool rollback = req->mode == SC_RECOVER_ROLLBACK;
+  if (req->recovered_from) cJSON_AddStringToObject(r, "recovered_from", req->recovered_from);
+  cJSON_AddStringToObject(r, "mode", rollback ? "rollback" : "retry");
+  cJSON_AddNumberToObject(r, "start_index", p->start);
+  if (req->last_completed_stage)
+    cJSON_AddStringToObject(r, "last_completed_stage", req->last_completed_stage);
+  else
+    cJSON_AddNullToObject(r, "last_completed_stage");
+  cJSON_AddItemToObject(r, "skipped", rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
+  cJSON_AddItemToObject(r, "rerun", names(p->run_plan, p->start, p->end));
+  cJSON_AddItemToObject(r, "compensated", cJSON_CreateArray());
+  if (p->in_flight >= 0) {
+    const sc__stage *st = &p->plan->stages[p->in_flight];
+    cJSON *f = cJSON_AddObjectToObject(r, "in_flight");
+    cJSON_AddStringToObject(f, "stage", st->name);
+    cJSON_AddNumberToObject(f, "index", p->in_flight);
+    cJSON_AddStringToObject(f, "effect", effect_word(st->effect));
+  } else {
+    cJSON_AddNullToObject(r, "in_flight");
+  }
+  cJSON_AddBoolToObject(r, "approval_required", p->gate);
+  cJSON_AddStringToObject(r, "fingerprint", p->plan->fingerprint);
+  if (rollback) cJSON_AddStringToObject(r, "rollback_fingerprint", p->run_plan->fingerprint);
+  cJSON_AddNumberToObject(r, "epoch", (double)(req->epoch + 1));
+  return r;
+}
+
+static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
+  memset(p, 0, sizeof(*p));
+  if (e == NULL || req == NULL) return sc__error(SC_EINVAL, "recover: NULL argument");
+  if (req->version < 1 || req->version > SC_RECOVERY_REQUEST_VERSION)
+    return sc__error(SC_EINVAL, "recover: unsupported sc_recovery_request version %u", req->version);
+  if (req->mode != SC_RECOVER_RETRY && req->mode != SC_RECOVER_ROLLBACK)
+    return sc__error(SC_EINVAL, "recover: unknown mode %d", (int)req->mode);
+  if (!cJSON_IsObject(req->config)) return sc__error(SC_EINVAL, "recover: config must be a JSON object");
+  if (req->mode == SC_RECOVER_ROLLBACK && !cJSON_IsObject(req->previous_config))
+    return sc__error(SC_EINVAL, "recover: ROLLBACK needs the previous_config to roll back to");
+  if (req->context != NULL && !cJSON_IsObject(req->context))
+    return sc__error(SC_EINVAL, "recover: the context must be a JSON object");
+  int rc = sc__plan_get(e, req->config, req->previous_config, &p->plan);
+  if (rc != SC_OK) return rc;
+  char stages[512];
+  sc__plan_stage_list(p->plan, stages, sizeof(stages));
+  const char *plan_name = req->plan_id ? req->plan_id : "(unnamed)";
+  if (req->plan_fingerprint && strcmp(req->plan_fingerprint, p->plan->fingerprint) != 0) {
+    rc = sc__error(SC_EPLAN_MISMATCH,
+                   "plan '%s' changed: the stopped task ran %s, the config now gives %s (stages: %s)",
+                   plan_name, req->plan_fingerprint, p->plan->fingerprint, stages);
+    goto fail;
+  }
+  int32_t last = -1;
+  if (req->last_completed_stage != NULL &&
+      (last = sc__stage_index(p->plan, req->last_completed_stage)) < 0) {
+    rc = sc__error(SC_EUNKNOWN_STAGE, "unknown stage '%s' in plan '%s' (stages: %s)",
+                   req->last_completed_stage, plan_name, stages);
+    goto fail;
+  }
+  if (req->context_digest != NULL) {
+    char digest[72];
+    if ((rc = sc__digest(e->sha, &e->scratch, req->context, digest)) != SC_OK) goto fail;
+    if (strcmp(digest, req->context_digest) != 0) {
+      rc = sc__error(SC_ECORRUPT,
+                     "context digest mismatch after stage '%s': recorded %s, computed %s "
+                     "(plan '%s', stages: %s)",
+                     req->last_completed_stage ? req->last_completed_stage : "(none)",
+                     req->context_digest, digest, plan_name, stages);
+      goto fail;
+    }
+  }
+  int32_t n = (int32_t)p->plan->nstages;
+  p->in_flight = last + 1 < n ? last + 1 : -1;
+  if (req->mode == SC_RECOVER_RETRY) {
+    p->run_plan = p->plan;
+    p->start = last + 1;
+    p->end = n - 1;
+    p->gate = p->in_flight >= 0 && p->plan->stages[p->in_flight].effect == SC_EFFECT_IRREVERSIBLE;
+  } else {
+    if ((rc = sc__plan_previous(e, p->plan, &p->run_plan)) != SC_OK) goto fail;
+    p->start = 0;
+    /* The stages the stopped task touched: up to and including the one in flight. */
+    int32_t touched = p->in_flight >= 0 ? p->in_flight : n - 1;
+    p->end = touched < (int32_t)p->run_plan->nstages ? touched : (int32_t)p->run_plan->nstages - 1;
+  }
+  if ((p->report = report(req, p)) == NULL) {
+    rc = sc__error(SC_ENOMEM, "recover: out of memory");
+    goto fail;
+  }
+  return SC_OK;
+fail:
+  sc__plan_unref(e, p->plan);
+  p->plan = NULL;
+  return rc;
+}
+
+int sc_recovery_plan(sc_engine *e, const sc_recovery_request *req, cJSON **plan_out) {
+  if (plan_out) *plan_out = NULL;
+  if (plan_out == NULL) return sc__error(SC_EINVAL, "recovery_plan: NULL out");
+  prepared p;
+  int rc = prepare(e, req, &p);
+  if (rc != SC_OK) return rc;
+  sc__plan_unref(e, p.plan);
+  *plan_out = p.report;
+  return SC_OK;
+}
+
+int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_task **out) {
+  if (out) *out = NULL;
+  prepared p;
+  int rc = prepare(e, req, &p);
+  if (rc != SC_OK) return rc;
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = req->task_id;
+  spec.tenant_id = req->tenant_id;
+  spec.plan_id = req->plan_id;
+  spec.context = req->context;
+  spec.traceparent = req->traceparent;
+  sc_task *t;
+  if ((rc = sc__task_create(e, &spec, p.plan, &t)) != SC_OK) {
+    sc__plan_unref(e, p.plan);
+    cJSON_Delete(p.report);
+    return rc;
+  }
+  t->epoch = req->epoch + 1;
+  t->recovered = true;
+  t->rollback = req->mode == SC_RECOVER_ROLLBACK;
+  t->run_plan = p.run_plan;
+  t->index = p.start;
+  t->end_index = p.end;
+  t->gate_index = p.gate ? p.in_flight : -1;
+  sc__emit_created(t);
+  sc__task_emit(t, SC_EV_TASK_RECOVERED, NULL, -1, 0, p.report);
+  sc__engine_enqueue(e, t);
+  if (out) *out = t;
+  return SC_OK;
+}

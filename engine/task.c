@@ -1,0 +1,905 @@
+/* The task executor: one state machine step at a time, driven from the engine's run queue.
+ *
+ * A task moves by steps (STEP_*). sc__task_step() runs steps until the task has to wait: for a
+ * stage that finishes later, a timer, a person, a resume, or the deferred acks of a barrier event.
+ * A stage that finishes inside its start function only marks its context; the loop here picks the
+ * result up, so a plan of any length runs without growing the stack. Control calls (pause, cancel,
+ * approve, ...) record a request and queue the task; the step applies it, so no event of a task
+ * is ever emitted re-entrantly from inside another event of the same task. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_int.h"
+
+/* Steps a task may take per turn before it yields to other tasks and to the loop. */
+#define STEP_BUDGET 1024
+
+/* ---- small helpers ---- */
+
+const cJSON *sc__task_context(const sc_task *t) {
+  return t->context ? t->context : t->e->empty;
+}
+
+int sc__task_refresh_digest(sc_task *t) {
+  if (!t->digest_stale) return SC_OK;
+  int rc = sc__digest(t->e->sha, &t->e->scratch, sc__task_context(t), t->digest);
+  if (rc == SC_OK) t->digest_stale = false;
+  return rc;
+}
+
+int sc__task_set_status(sc_task *t, sc_task_status to) {
+  if (!sc_transition_allowed((sc_task_status)t->status, to))
+    return sc__error(SC_ETRANSITION, "task %s: no transition from %s to %s", t->id,
+                     sc_task_status_name((sc_task_status)t->status), sc_task_status_name(to));
+  t->status = (uint8_t)to;
+  return SC_OK;
+}
+
+/* A status change the executor makes; the table allows every one it asks for, so a refusal is a
+ * bug worth reporting loudly rather than a state to carry on in. */
+static void set_status(sc_task *t, sc_task_status to) {
+  if (sc__task_set_status(t, to) != SC_OK) {
+    sc__engine_log(t->e, SC_LOG_ERROR, "internal: %s", sc_error_message());
+    t->status = (uint8_t)to;
+  }
+}
+
+cJSON *sc__error_json(int code, const char *message) {
+  cJSON *err = cJSON_CreateObject();
+  if (err == NULL) return NULL;
+  cJSON_AddNumberToObject(err, "code", code);
+  cJSON_AddStringToObject(err, "name", sc_err_name(code));
+  cJSON_AddStringToObject(err, "message", message && *message ? message : sc_strerror(code));
+  return err;
+}
+
+static bool wants(const sc_task *t, sc_event_type type) {
+  return sc__bus_wants(t->e->bus, type);
+}
+
+static cJSON *new_data(const sc_task *t, sc_event_type type) {
+  return wants(t, type) ? cJSON_CreateObject() : NULL;
+}
+
+/* ---- events and acks ---- */
+
+static void ack_failed(sc_task *t, int status, const char *message) {
+  sc_task_status s = (sc_task_status)t->status;
+  if (sc_task_status_is_terminal(s) || s == SC_TASK_FAILED || s == SC_TASK_ROLLBACK_FAILED) {
+    /* Nothing further runs anyway; say so where someone can read it. */
+    sc__engine_log(t->e, SC_LOG_ERROR, "task %s (%s): an event was not stored: %s", t->id,
+                   sc_task_status_name(s), message ? message : sc_strerror(status));
+    return;
+  }
+  if (t->pause_reason == NULL) {
+    t->pause_reason = strdup(message && *message ? message : sc_strerror(status));
+    t->pause_code = status;
+  }
+  t->pause_requested = true;
+  sc__engine_enqueue(t->e, t);
+}
+
+void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32_t index,
+                   uint32_t attempt, cJSON *data) {
+  sc_engine *e = t->e;
+  sc_event ev;
+  ev.type = type;
+  ev.seq = ++t->seq;
+  if (!sc__bus_wants(e->bus, type)) {
+    cJSON_Delete(data);
+    return;
+  }
+  ev.epoch = t->epoch;
+  ev.time_ns = sc__now_ns();
+  ev.task_id = t->id;
+  ev.tenant_id = t->tenant;
+  ev.plan_id = t->plan_id;
+  ev.traceparent = t->traceparent;
+  ev.stage = stage ? stage->name : NULL;
+  ev.stage_index = stage ? index : -1;
+  ev.attempt = stage ? attempt : 0;
+  ev.status = (sc_task_status)t->status;
+  ev.data = data;
+  ev.source = e->source;
+  int rc = sc__bus_dispatch(e->bus, &ev, t);
+  cJSON_Delete(data);
+  if (rc == SC_DEFER) {
+    if (sc_event_type_is_barrier(type))
+      t->barrier_pending++;
+    else
+      t->acks_pending++;
+  } else if (rc < 0) {
+    ack_failed(t, rc, sc_error_message());
+  }
+}
+
+void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, const char *msg,
+                     void *udata) {
+  (void)seq;
+  (void)udata;
+  sc_task *t = owner;
+  if (sc_event_type_is_barrier(type))
+    t->barrier_pending--;
+  else
+    t->acks_pending--;
+  if (status < 0) ack_failed(t, status, msg);
+  if (t->barrier_pending == 0 && (t->step != STEP_WAIT || t->pause_requested))
+    sc__engine_enqueue(t->e, t);
+}
+
+/* ---- the slot and the tenant lock ---- */
+
+bool sc__task_try_acquire(sc_task *t) {
+  sc_engine *e = t->e;
+  if (t->active) return true;
+  if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) return false;
+  if (e->opts.tenant_exclusive && t->tenant != NULL) {
+    sc_task *holder = sc__map_get(&e->tenants, t->tenant);
+    if (holder != NULL && holder != t) return false;
+    if (holder == NULL) {
+      if (sc__map_put(&e->tenants, t->tenant, t) != 0) return false;
+      t->holds_lock = true;
+    }
+  }
+  t->active = true;
+  e->active++;
+  return true;
+}
+
+static void pending_unlink(sc_task *t) {
+  sc_engine *e = t->e;
+  if (!t->pending_listed) return;
+  if (t->prev_pending)
+    t->prev_pending->next_pending = t->next_pending;
+  else
+    e->pending_head = t->next_pending;
+  if (t->next_pending)
+    t->next_pending->prev_pending = t->prev_pending;
+  else
+    e->pending_tail = t->prev_pending;
+  t->next_pending = t->prev_pending = NULL;
+  t->pending_listed = false;
+}
+
+static void pending_append(sc_task *t) {
+  sc_engine *e = t->e;
+  if (t->pending_listed) return;
+  t->prev_pending = e->pending_tail;
+  t->next_pending = NULL;
+  if (e->pending_tail)
+    e->pending_tail->next_pending = t;
+  else
+    e->pending_head = t;
+  e->pending_tail = t;
+  t->pending_listed = true;
+}
+
+/* Wakes waiting tasks in submission order; each woken task already holds what it waited for, so
+ * a later submission can never overtake an earlier one of the same tenant. */
+static void wake_pending(sc_engine *e) {
+  for (sc_task *w = e->pending_head, *next; w != NULL; w = next) {
+    next = w->next_pending;
+    if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) break;
+    if (sc__task_try_acquire(w)) {
+      pending_unlink(w);
+      sc__engine_enqueue(e, w);
+    }
+  }
+}
+
+void sc__task_release_slot(sc_task *t) {
+  sc_engine *e = t->e;
+  if (t->holds_lock) {
+    if (sc__map_get(&e->tenants, t->tenant) == t) sc__map_del(&e->tenants, t->tenant);
+    t->holds_lock = false;
+  }
+  if (t->active) {
+    t->active = false;
+    e->active--;
+  }
+  if (!e->freeing) wake_pending(e);
+}
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *h);
+
+int sc__task_start_timer(sc_task *t, task_timer_use use, uint64_t ms) {
+  if (t->timer == NULL) {
+    if ((t->timer = malloc(sizeof(*t->timer))) == NULL)
+      return sc__error(SC_ENOMEM, "task %s: out of memory for a timer", t->id);
+    uv_timer_init(t->e->loop, t->timer);
+    t->timer->data = t;
+  }
+  t->timer_use = (uint8_t)use;
+  uv_timer_start(t->timer, on_timer, ms, 0);
+  return SC_OK;
+}
+
+void sc__task_stop_timer(sc_task *t) {
+  if (t->timer != NULL) uv_timer_stop(t->timer);
+  t->timer_use = TIMER_NONE;
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  sc_engine *e = h->data;
+  free(h);
+  sc__engine_closing_done(e);
+}
+
+/* ---- stage results ---- */
+
+static uint64_t backoff_ms(const sc__stage *st, uint32_t failed_attempt) {
+  double d = st->retry.initial_backoff_ms * pow(st->retry.multiplier, (double)failed_attempt - 1);
+  if (st->retry.max_backoff_ms && d > st->retry.max_backoff_ms) d = st->retry.max_backoff_ms;
+  return d > 86400000.0 ? 86400000 : (uint64_t)d;
+}
+
+/* Merges the members of an output object into the context; the output is consumed. When the
+ * event wants the output as well, it gets the original and the context gets copies. */
+static int merge_output(sc_task *t, cJSON *output, bool keep_output) {
+  if (output == NULL || output->child == NULL) return SC_OK;
+  if (t->context == NULL && (t->context = cJSON_CreateObject()) == NULL)
+    return sc__error(SC_ENOMEM, "out of memory");
+  for (cJSON *m = output->child, *next; m != NULL; m = next) {
+    next = m->next;
+    cJSON *item = keep_output ? cJSON_Duplicate(m, true) : cJSON_DetachItemViaPointer(output, m);
+    if (item == NULL) return sc__error(SC_ENOMEM, "out of memory");
+    if (keep_output && (item->string = strdup(m->string)) == NULL) {
+      cJSON_Delete(item);
+      return sc__error(SC_ENOMEM, "out of memory");
+    }
+    cJSON *old = cJSON_GetObjectItemCaseSensitive(t->context, item->string);
+    if (old != NULL) {
+      cJSON_ReplaceItemViaPointer(t->context, old, item);
+    } else {
+      item->next = item->prev = NULL;
+      char *key = item->string;
+      cJSON_AddItemToObject(t->context, key, item);
+    }
+  }
+  t->digest_stale = true;
+  return SC_OK;
+}
+
+static void fail_task(sc_task *t, const sc__stage *st, int32_t index, uint32_t attempt,
+                      const sc__result *r) {
+  bool rollback = t->rollback;
+  if (!rollback) t->failed_index = index;
+  set_status(t, rollback ? SC_TASK_ROLLBACK_FAILED : SC_TASK_FAILED);
+  sc__task_release_slot(t);
+  t->step = STEP_WAIT;
+  sc_event_type type = rollback ? SC_EV_ROLLBACK_FAILED : SC_EV_TASK_FAILED;
+  cJSON *data = new_data(t, type);
+  if (data) cJSON_AddItemToObject(data, "error", sc__error_json(r->code, r->message));
+  sc__task_emit(t, type, st, index, attempt, data);
+}
+
+static const char *mode_name(const sc_task *t) {
+  if (t->compensating) return "compensate";
+  if (t->rollback) return "rollback";
+  if (t->retry_count > 0 || t->recovered) return "retry";
+  return "run";
+}
+
+/* Records a finished attempt: stage.completed and the next stage, or stage.failed and a retry
+ * after a backoff, or the task's failure. Consumes r. */
+static void stage_finished(sc_task *t, sc__result *r) {
+  const sc__stage *st = &t->run_plan->stages[t->index];
+  int32_t index = t->index;
+  uint32_t attempt = t->attempt;
+  int64_t duration_ms = (sc__now_ns() - r->started_ns) / 1000000;
+  if (r->code == SC_OK && t->compensating) {
+    cJSON *data = new_data(t, SC_EV_STAGE_COMPENSATED);
+    if (data) cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
+    t->index--;
+    t->attempt = 0;
+    t->step = STEP_BEGIN_STAGE;
+    sc__task_emit(t, SC_EV_STAGE_COMPENSATED, st, index, attempt, data);
+    goto out;
+  }
+  if (r->code == SC_OK) {
+    bool want = wants(t, SC_EV_STAGE_COMPLETED);
+    int rc = merge_output(t, r->output, want);
+    if (rc != SC_OK) {
+      r->code = rc;
+      r->retryable = true;
+      free(r->message);
+      r->message = strdup(sc_error_message());
+    } else {
+      cJSON *data = NULL;
+      if (want && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject()) != NULL) {
+        if (r->output) cJSON_AddItemToObject(data, "output", r->output);
+        r->output = NULL;
+        cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
+        cJSON_AddItemToObject(data, "digest", cJSON_CreateStringReference(t->digest));
+        cJSON_AddItemToObject(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
+        cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
+      }
+      t->index++;
+      t->attempt = 0;
+      t->step = STEP_BEGIN_STAGE;
+      sc__task_emit(t, SC_EV_STAGE_COMPLETED, st, index, attempt, data);
+      goto out;
+    }
+  }
+  bool will_retry = r->retryable && attempt < st->retry.max_attempts && !t->cancel_requested;
+  uint64_t delay = will_retry ? backoff_ms(st, attempt) : 0;
+  cJSON *data = new_data(t, SC_EV_STAGE_FAILED);
+  if (data) {
+    cJSON_AddItemToObject(data, "error", sc__error_json(r->code, r->message));
+    cJSON_AddBoolToObject(data, "will_retry", will_retry);
+    if (will_retry) cJSON_AddNumberToObject(data, "retry_in_ms", (double)delay);
+    cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
+  }
+  if (will_retry) {
+    if (delay > 0 && sc__task_start_timer(t, TIMER_BACKOFF, delay) == SC_OK)
+      t->step = STEP_WAIT;
+    else
+      t->step = STEP_BEGIN_STAGE;
+    sc__task_emit(t, SC_EV_STAGE_FAILED, st, index, attempt, data);
+  } else {
+    sc__task_emit(t, SC_EV_STAGE_FAILED, st, index, attempt, data);
+    fail_task(t, st, index, attempt, r);
+  }
+out:
+  free(r->message);
+  cJSON_Delete(r->output);
+  memset(r, 0, sizeof(*r));
+}
+
+/* Takes the result out of a finished context and frees the context. */
+static void take_result(sc_task *t, sc__result *r) {
+  sc_stage_ctx *ctx = t->ctx;
+  t->ctx = NULL;
+  r->code = ctx->code;
+  r->retryable = ctx->retryable;
+  r->message = ctx->message;
+  r->output = ctx->output;
+  r->started_ns = ctx->started_ns;
+  ctx->message = NULL;
+  ctx->output = NULL;
+  sc__ctx_free(t->e, ctx);
+}
+
+void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx) {
+  (void)ctx;
+  if (t->timer_use == TIMER_TIMEOUT) sc__task_stop_timer(t);
+  t->step = STEP_STAGE_DONE;
+  if (!t->stepping) sc__engine_enqueue(t->e, t);
+}
+
+/* ---- approvals ---- */
+
+static void approval_free(sc__approval_state *a) {
+  if (a == NULL) return;
+  for (uint32_t i = 0; i < a->napproved; i++) free(a->reviewers[i]);
+  free(a->reviewers);
+  for (sc__decision *d = a->decisions, *next; d != NULL; d = next) {
+    next = d->next;
+    free(d->reviewer);
+    free(d->comment);
+    free(d);
+  }
+  free(a);
+}
+
+static const char *action_word(sc_approval_action a) {
+  switch (a) {
+    case SC_ACTION_APPROVE: return "approve";
+    case SC_ACTION_REJECT: return "reject";
+    case SC_ACTION_FAIL: return "fail";
+    default: return "cancel";
+  }
+}
+
+static bool needs_approval(const sc_task *t, const sc__stage *st) {
+  if (t->rollback || t->approved_index == t->index) return false;
+  return st->approval.required || t->gate_index == t->index;
+}
+
+static void request_approval(sc_task *t, const sc__stage *st) {
+  sc__approval_state *a = calloc(1, sizeof(*a));
+  if (a == NULL) {
+    sc__result r = {SC_ENOMEM, false, strdup("out of memory for an approval"), NULL, sc__now_ns()};
+    fail_task(t, st, t->index, t->attempt, &r);
+    free(r.message);
+    return;
+  }
+  a->index = t->index;
+  a->reason = st->approval.required ? "policy" : "irreversible-stage-in-flight";
+  a->needed = st->approval.required ? st->approval.approvers_needed : 1;
+  a->requested_ns = sc__now_ns();
+  uint32_t timeout_ms = st->approval.required ? st->approval.timeout_ms : 0;
+  if (timeout_ms) a->deadline_ns = a->requested_ns + (int64_t)timeout_ms * 1000000;
+  approval_free(t->approval);
+  t->approval = a;
+  set_status(t, SC_TASK_AWAITING_APPROVAL);
+  t->step = STEP_WAIT;
+  if (timeout_ms) sc__task_start_timer(t, TIMER_APPROVAL, timeout_ms);
+  cJSON *data = new_data(t, SC_EV_APPROVAL_REQUESTED);
+  if (data) {
+    cJSON_AddStringToObject(data, "reason", a->reason);
+    cJSON_AddNumberToObject(data, "approvers_needed", a->needed);
+    cJSON_AddNumberToObject(data, "timeout_ms", timeout_ms);
+    if (a->deadline_ns) {
+      char when[32];
+      sc__format_time(a->deadline_ns, when);
+      cJSON_AddStringToObject(data, "deadline", when);
+    }
+    cJSON_AddStringToObject(data, "on_timeout", action_word(st->approval.on_timeout));
+    cJSON_AddStringToObject(data, "on_reject", action_word(st->approval.on_reject));
+    cJSON_AddStringToObject(data, "effect", st->effect == SC_EFFECT_IRREVERSIBLE ? "irreversible"
+                                            : st->effect == SC_EFFECT_COMPENSABLE ? "compensable"
+                                                                                  : "idempotent");
+  }
+  sc__task_emit(t, SC_EV_APPROVAL_REQUESTED, st, t->index, 0, data);
+}
+
+static void cancel_now(sc_task *t, const char *reason);
+
+/* A rejection (by a person or a timeout) applies the stage's on_reject policy. */
+static void apply_rejection(sc_task *t, const sc__stage *st, const char *why) {
+  approval_free(t->approval);
+  t->approval = NULL;
+  sc__task_stop_timer(t);
+  if (st->approval.on_reject == SC_ACTION_FAIL) {
+    sc__result r = {SC_ECANCELLED, false, strdup(why), NULL, sc__now_ns()};
+    fail_task(t, st, t->index, t->attempt, &r);
+    free(r.message);
+  } else {
+    cancel_now(t, why);
+  }
+}
+
+static void grant(sc_task *t) {
+  approval_free(t->approval);
+  t->approval = NULL;
+  sc__task_stop_timer(t);
+  t->approved_index = t->index;
+  t->step = STEP_BEGIN_STAGE;
+}
+
+static void apply_decision(sc_task *t, sc__decision *d) {
+  const sc__stage *st = &t->run_plan->stages[t->index];
+  sc__approval_state *a = t->approval;
+  sc_event_type type = d->approve ? SC_EV_APPROVAL_GRANTED : SC_EV_APPROVAL_REJECTED;
+  cJSON *data = new_data(t, type);
+  if (data) {
+    cJSON_AddStringToObject(data, "reviewer", d->reviewer);
+    if (d->comment) cJSON_AddStringToObject(data, "comment", d->comment);
+  }
+  if (!d->approve) {
+    char why[300];
+    snprintf(why, sizeof(why), "rejected by %s%s%s", d->reviewer, d->comment ? ": " : "",
+             d->comment ? d->comment : "");
+    sc__task_emit(t, type, st, t->index, 0, data);
+    apply_rejection(t, st, why);
+    return;
+  }
+  char **r = realloc(a->reviewers, (a->napproved + 1) * sizeof(*r));
+  if (r != NULL) {
+    a->reviewers = r;
+    a->reviewers[a->napproved] = d->reviewer;
+    d->reviewer = NULL;
+    a->napproved++;
+  }
+  if (data) {
+    cJSON_AddNumberToObject(data, "approvals", a->napproved);
+    cJSON_AddNumberToObject(data, "approvers_needed", a->needed);
+  }
+  bool enough = a->napproved >= a->needed;
+  if (enough) {
+    set_status(t, t->rollback ? SC_TASK_ROLLING_BACK : SC_TASK_RUNNING);
+    grant(t);
+  }
+  sc__task_emit(t, type, st, t->index, 0, data);
+}
+
+static void apply_decisions(sc_task *t) {
+  while (t->approval && t->approval->decisions && t->status == SC_TASK_AWAITING_APPROVAL &&
+         t->barrier_pending == 0) {
+    sc__decision *d = t->approval->decisions;
+    t->approval->decisions = d->next;
+    if (t->approval->decisions == NULL) t->approval->decisions_tail = NULL;
+    apply_decision(t, d);
+    free(d->reviewer);
+    free(d->comment);
+    free(d);
+  }
+}
+
+static void approval_timed_out(sc_task *t) {
+  const sc__stage *st = &t->run_plan->stages[t->index];
+  sc_approval_action action = st->approval.on_timeout;
+  cJSON *data = new_data(t, SC_EV_APPROVAL_TIMED_OUT);
+  if (data) {
+    cJSON_AddStringToObject(data, "action", action_word(action));
+    cJSON_AddNumberToObject(data, "timeout_ms", st->approval.timeout_ms);
+  }
+  if (action == SC_ACTION_APPROVE) {
+    set_status(t, SC_TASK_RUNNING);
+    grant(t);
+    sc__task_emit(t, SC_EV_APPROVAL_TIMED_OUT, st, t->index, 0, data);
+    return;
+  }
+  sc__task_emit(t, SC_EV_APPROVAL_TIMED_OUT, st, t->index, 0, data);
+  char why[128];
+  snprintf(why, sizeof(why), "approval of '%s' timed out after %u ms", st->name,
+           st->approval.timeout_ms);
+  if (action == SC_ACTION_FAIL) {
+    approval_free(t->approval);
+    t->approval = NULL;
+    sc__result r = {SC_ETIMEDOUT, false, strdup(why), NULL, sc__now_ns()};
+    fail_task(t, st, t->index, t->attempt, &r);
+    free(r.message);
+  } else {
+    apply_rejection(t, st, why);
+  }
+}
+
+/* ---- pause, resume, cancel ---- */
+
+static void enter_pause(sc_task *t) {
+  sc_task_status from = (sc_task_status)t->status;
+  t->pause_requested = false;
+  if (from == SC_TASK_AWAITING_APPROVAL) {
+    /* Pausing withdraws the request; resume asks again (the table has no PAUSED ->
+     * AWAITING_APPROVAL: the task resumes RUNNING at the gate). */
+    approval_free(t->approval);
+    t->approval = NULL;
+    sc__task_stop_timer(t);
+  }
+  t->paused_from = (uint8_t)from;
+  set_status(t, SC_TASK_PAUSED);
+  t->step = STEP_WAIT;
+  cJSON *data = new_data(t, SC_EV_TASK_PAUSED);
+  if (data) {
+    cJSON_AddStringToObject(data, "paused_from", sc_task_status_name(from));
+    if (t->pause_reason) {
+      cJSON_AddStringToObject(data, "reason", "ack-failed");
+      cJSON_AddItemToObject(data, "error", sc__error_json(t->pause_code, t->pause_reason));
+    } else {
+      cJSON_AddStringToObject(data, "reason", "requested");
+    }
+  }
+  free(t->pause_reason);
+  t->pause_reason = NULL;
+  sc__task_emit(t, SC_EV_TASK_PAUSED, NULL, -1, 0, data);
+}
+
+static void resume_now(sc_task *t) {
+  t->resume_requested = false;
+  sc_task_status to = (sc_task_status)t->paused_from;
+  set_status(t, to == SC_TASK_AWAITING_APPROVAL ? SC_TASK_RUNNING : to);
+  t->step = STEP_BEGIN_STAGE;
+  sc__task_emit(t, SC_EV_TASK_RESUMED, NULL, -1, 0, new_data(t, SC_EV_TASK_RESUMED));
+}
+
+static void cancel_now(sc_task *t, const char *reason) {
+  t->cancel_requested = false;
+  if (t->ctx != NULL) {
+    sc_stage_ctx *ctx = t->ctx;
+    t->ctx = NULL;
+    sc__ctx_detach(ctx, true);
+  }
+  sc__task_stop_timer(t);
+  pending_unlink(t);
+  approval_free(t->approval);
+  t->approval = NULL;
+  set_status(t, SC_TASK_CANCELLED);
+  sc__task_release_slot(t);
+  t->step = STEP_RELEASE;
+  cJSON *data = new_data(t, SC_EV_TASK_CANCELLED);
+  if (data) cJSON_AddStringToObject(data, "reason", reason ? reason : "cancelled");
+  sc__task_emit(t, SC_EV_TASK_CANCELLED, NULL, -1, 0, data);
+}
+
+/* ---- the steps ---- */
+
+/* The recovery rate limiter: a token bucket of recovery_rate_per_s tokens a second, holding at
+ * most max(1, rate) tokens. Returns 0 when the task may go, or the milliseconds to wait. */
+static uint64_t rate_wait_ms(sc_engine *e) {
+  double rate = e->opts.recovery_rate_per_s;
+  int64_t now = sc__now_ns();
+  double burst = rate > 1 ? rate : 1;
+  e->tokens += (double)(now - e->tokens_at_ns) / 1e9 * rate;
+  if (e->tokens > burst) e->tokens = burst;
+  e->tokens_at_ns = now;
+  if (e->tokens >= 1) {
+    e->tokens -= 1;
+    return 0;
+  }
+  uint64_t ms = (uint64_t)((1 - e->tokens) / rate * 1000.0) + 1;
+  return ms;
+}
+
+static void admit(sc_task *t) {
+  if (t->status == SC_TASK_CREATED) set_status(t, SC_TASK_PENDING);
+  if (t->recovered && !t->rate_passed && t->e->opts.recovery_rate_per_s > 0) {
+    uint64_t wait = rate_wait_ms(t->e);
+    if (wait > 0 && sc__task_start_timer(t, TIMER_ADMIT, wait) == SC_OK) {
+      t->step = STEP_WAIT;
+      return;
+    }
+    t->rate_passed = true;
+  }
+  if (!sc__task_try_acquire(t)) {
+    pending_append(t);
+    t->step = STEP_WAIT;
+    return;
+  }
+  t->step = STEP_BEGIN_STAGE;
+  if (t->rollback) {
+    set_status(t, SC_TASK_ROLLING_BACK);
+    cJSON *data = new_data(t, SC_EV_ROLLBACK_STARTED);
+    if (data) {
+      cJSON_AddStringToObject(data, "strategy", "redeploy");
+      cJSON_AddNumberToObject(data, "stages", t->end_index + 1);
+      cJSON_AddItemToObject(data, "fingerprint",
+                            cJSON_CreateStringReference(t->run_plan->fingerprint));
+    }
+    sc__task_emit(t, SC_EV_ROLLBACK_STARTED, NULL, -1, 0, data);
+  } else {
+    set_status(t, SC_TASK_RUNNING);
+    cJSON *data = new_data(t, SC_EV_TASK_STARTED);
+    if (data) {
+      cJSON_AddNumberToObject(data, "stages", (double)t->run_plan->nstages);
+      cJSON_AddNumberToObject(data, "start_index", t->index);
+    }
+    sc__task_emit(t, SC_EV_TASK_STARTED, NULL, -1, 0, data);
+  }
+}
+
+static void finish(sc_task *t) {
+  bool rollback = t->rollback;
+  set_status(t, rollback ? SC_TASK_ROLLED_BACK : SC_TASK_COMPLETED);
+  sc__task_release_slot(t);
+  t->step = STEP_RELEASE;
+  sc_event_type type = rollback ? SC_EV_ROLLBACK_COMPLETED : SC_EV_TASK_COMPLETED;
+  cJSON *data = NULL;
+  if (wants(t, type) && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject())) {
+    cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
+    cJSON_AddItemToObject(data, "digest", cJSON_CreateStringReference(t->digest));
+  }
+  sc__task_emit(t, type, NULL, -1, 0, data);
+}
+
+static void start_attempt(sc_task *t, const sc__stage *st) {
+  sc_stage_ctx *ctx = sc__ctx_new(t, st, t->index);
+  if (ctx == NULL) {
+    sc__result r = {SC_ENOMEM, false, strdup("out of memory for a stage"), NULL, sc__now_ns()};
+    fail_task(t, st, t->index, t->attempt, &r);
+    free(r.message);
+    return;
+  }
+  t->attempt++;
+  ctx->attempt = t->attempt;
+  ctx->compensation = t->compensating;
+  t->ctx = ctx;
+  t->step = STEP_WAIT;
+  cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
+  if (data) {
+    cJSON_AddItemToObject(data, "kind", cJSON_CreateStringReference(st->kind));
+    cJSON_AddItemToObject(data, "mode", cJSON_CreateStringReference(mode_name(t)));
+  }
+  sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
+  if (t->cancel_requested || t->ctx != ctx) return; /* a subscriber cancelled: never started */
+  if (st->timeout_ms) sc__task_start_timer(t, TIMER_TIMEOUT, st->timeout_ms);
+  int rc = sc__ctx_start(ctx);
+  if (rc < 0 && ctx->state == CTX_RUNNING) sc_stage_fail(ctx, rc, sc_error_message(), true);
+}
+
+static void begin_stage(sc_task *t) {
+  if (t->pause_requested) {
+    enter_pause(t);
+    return;
+  }
+  if (t->compensating) {
+    /* Backwards over the completed stages; only compensable ones have anything to undo. */
+    while (t->index >= 0 && t->run_plan->stages[t->index].effect != SC_EFFECT_COMPENSABLE)
+      t->index--;
+    if (t->index < 0) {
+      finish(t);
+      return;
+    }
+  } else if (t->index > t->end_index) {
+    finish(t);
+    return;
+  }
+  const sc__stage *st = &t->run_plan->stages[t->index];
+  if (needs_approval(t, st)) {
+    request_approval(t, st);
+    return;
+  }
+  start_attempt(t, st);
+}
+
+/* Requests that apply whatever the step: cancel first, then resume, then a pause while waiting
+ * for a person. Returns true when the task may take its regular step. */
+static bool apply_requests(sc_task *t) {
+  if (t->release_requested) {
+    t->step = STEP_RELEASE;
+    return true;
+  }
+  if (t->cancel_requested) {
+    if (sc_transition_allowed((sc_task_status)t->status, SC_TASK_CANCELLED)) {
+      cancel_now(t, t->cancel_reason);
+      return true;
+    }
+    t->cancel_requested = false; /* the task ended before the request was applied */
+  }
+  if (t->retry_requested) sc__task_apply_retry(t);
+  if (t->rollback_requested) sc__task_apply_rollback(t);
+  if (t->status == SC_TASK_PAUSED) {
+    if (t->resume_requested) {
+      resume_now(t);
+      return true;
+    }
+    return false;
+  }
+  if (t->pause_requested && t->status == SC_TASK_AWAITING_APPROVAL) {
+    enter_pause(t);
+    return false;
+  }
+  if (t->status == SC_TASK_AWAITING_APPROVAL) apply_decisions(t);
+  return true;
+}
+
+void sc__task_step(sc_task *t) {
+  if (t->stepping) return;
+  t->stepping = true;
+  for (unsigned budget = STEP_BUDGET; budget > 0; budget--) {
+    if (t->barrier_pending > 0) break;
+    if (!apply_requests(t)) break;
+    if (t->barrier_pending > 0) break;
+    switch ((task_step)t->step) {
+      case STEP_WAIT: t->stepping = false; return;
+      case STEP_ADMIT: admit(t); break;
+      case STEP_BEGIN_STAGE: begin_stage(t); break;
+      case STEP_STAGE_DONE: {
+        sc__result r;
+        take_result(t, &r);
+        stage_finished(t, &r);
+        break;
+      }
+      case STEP_RELEASE:
+        t->stepping = false;
+        if (t->acks_pending == 0 && t->barrier_pending == 0) sc__task_free(t);
+        return;
+    }
+    if (budget == 1) {
+      t->stepping = false;
+      sc__engine_enqueue(t->e, t); /* yield: other tasks and the loop get a turn */
+      return;
+    }
+  }
+  t->stepping = false;
+}
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *h) {
+  sc_task *t = h->data;
+  task_timer_use use = (task_timer_use)t->timer_use;
+  t->timer_use = TIMER_NONE;
+  if (t->stepping) return; /* cannot happen: timers fire from the loop, never inside a step */
+  t->stepping = true;
+  switch (use) {
+    case TIMER_TIMEOUT:
+      if (t->ctx != NULL && t->ctx->state == CTX_RUNNING) {
+        const sc__stage *st = t->ctx->stage;
+        sc__result r = {SC_ETIMEDOUT, true, NULL, NULL, t->ctx->started_ns};
+        char msg[160];
+        snprintf(msg, sizeof(msg), "stage '%s' timed out after %u ms", st->name, st->timeout_ms);
+        r.message = strdup(msg);
+        sc_stage_ctx *ctx = t->ctx;
+        t->ctx = NULL;
+        sc__ctx_detach(ctx, true);
+        stage_finished(t, &r);
+      }
+      break;
+    case TIMER_BACKOFF: t->step = STEP_BEGIN_STAGE; break;
+    case TIMER_APPROVAL:
+      if (t->status == SC_TASK_AWAITING_APPROVAL) approval_timed_out(t);
+      break;
+    case TIMER_ADMIT: t->step = STEP_ADMIT; break;
+    default: break;
+  }
+  t->stepping = false;
+  sc__engine_enqueue(t->e, t);
+}
+
+/* ---- creation and teardown ---- */
+
+int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_task **out) {
+  *out = NULL;
+  char generated[37];
+  const char *id = spec->task_id;
+  if (id == NULL) {
+    sc__uuid_v7(e, generated);
+    id = generated;
+  }
+  if (!*id) return sc__error(SC_EINVAL, "task id must not be empty");
+  if (sc__map_get(&e->tasks, id) != NULL)
+    return sc__error(SC_EBUSY, "a task with id '%s' is already running in this engine", id);
+  if (spec->context != NULL && !cJSON_IsObject(spec->context))
+    return sc__error(SC_EINVAL, "task %s: the initial context must be a JSON object", id);
+  size_t lid = strlen(id) + 1, lten = spec->tenant_id ? strlen(spec->tenant_id) + 1 : 0;
+  size_t lplan = spec->plan_id ? strlen(spec->plan_id) + 1 : 0;
+  size_t ltrace = spec->traceparent ? strlen(spec->traceparent) + 1 : 0;
+  /* The strings live right behind the struct: one allocation per task. */
+  sc_task *t = calloc(1, sizeof(*t) + lid + lten + lplan + ltrace);
+  if (t == NULL) return sc__error(SC_ENOMEM, "out of memory for a task");
+  char *p = (char *)(t + 1);
+  t->id = memcpy(p, id, lid);
+  p += lid;
+  if (lten) t->tenant = memcpy(p, spec->tenant_id, lten);
+  p += lten;
+  if (lplan) t->plan_id = memcpy(p, spec->plan_id, lplan);
+  p += lplan;
+  if (ltrace) t->traceparent = memcpy(p, spec->traceparent, ltrace);
+  t->e = e;
+  t->plan = plan;
+  t->run_plan = plan;
+  t->status = SC_TASK_CREATED;
+  t->step = STEP_ADMIT;
+  t->end_index = (int32_t)plan->nstages - 1;
+  t->gate_index = -1;
+  t->approved_index = -1;
+  t->failed_index = -1;
+  if (spec->context != NULL && spec->context->child != NULL) {
+    if ((t->context = cJSON_Duplicate(spec->context, true)) == NULL) {
+      free(t);
+      return sc__error(SC_ENOMEM, "out of memory for a task context");
+    }
+    t->digest_stale = true;
+  } else {
+    memcpy(t->digest, e->empty_digest, sizeof(t->digest));
+  }
+  if (sc__map_put(&e->tasks, t->id, t) != 0) {
+    cJSON_Delete(t->context);
+    free(t);
+    return sc__error(SC_ENOMEM, "out of memory for a task");
+  }
+  *out = t;
+  return SC_OK;
+}
+
+void sc__task_free(sc_task *t) {
+  sc_engine *e = t->e;
+  if (t->queued) {
+    sc_task **pp = &e->ready_head, *prev = NULL;
+    while (*pp && *pp != t) {
+      prev = *pp;
+      pp = &(*pp)->next_ready;
+    }
+    if (*pp) {
+      *pp = t->next_ready;
+      if (e->ready_tail == t) e->ready_tail = prev;
+    }
+  }
+  if (t->ctx != NULL) {
+    sc_stage_ctx *ctx = t->ctx;
+    t->ctx = NULL;
+    sc__ctx_detach(ctx, true);
+  }
+  pending_unlink(t);
+  sc__task_release_slot(t);
+  sc__bus_orphan_acks(e->bus, t);
+  if (t->timer != NULL) {
+    t->timer->data = e;
+    e->closing++;
+    uv_close((uv_handle_t *)t->timer, on_timer_closed);
+  }
+  if (sc__map_get(&e->tasks, t->id) == t) sc__map_del(&e->tasks, t->id);
+  approval_free(t->approval);
+  cJSON_Delete(t->context);
+  cJSON_Delete(t->recovery_plan);
+  free(t->pause_reason);
+  free(t->cancel_reason);
+  sc__plan_unref(e, t->plan);
+  free(t);
+}

@@ -1,0 +1,201 @@
+/* A small, fast JSON writer: the event encoder, the canonical form behind fingerprints and
+ * digests, and the adapters' line writers share it. Writes into a growable or a fixed buffer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+void sc__buf_init(sc__buf *b) {
+  memset(b, 0, sizeof(*b));
+}
+
+void sc__buf_init_fixed(sc__buf *b, char *p, size_t cap) {
+  b->p = p;
+  b->len = 0;
+  b->cap = cap;
+  b->fixed = true;
+  b->oom = false;
+}
+
+void sc__buf_free(sc__buf *b) {
+  if (!b->fixed) free(b->p);
+  sc__buf_init(b);
+}
+
+void sc__buf_reset(sc__buf *b) {
+  b->len = 0;
+  b->oom = false;
+}
+
+bool sc__buf_reserve(sc__buf *b, size_t extra) {
+  if (b->len + extra <= b->cap) return true;
+  if (b->fixed || b->oom) return false;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + extra) cap *= 2;
+  char *p = realloc(b->p, cap);
+  if (p == NULL) {
+    b->oom = true;
+    return false;
+  }
+  b->p = p;
+  b->cap = cap;
+  return true;
+}
+
+void sc__buf_put(sc__buf *b, const void *p, size_t n) {
+  if (sc__buf_reserve(b, n)) {
+    memcpy(b->p + b->len, p, n);
+  } else if (b->fixed && b->len < b->cap) {
+    memcpy(b->p + b->len, p, b->cap - b->len); /* a truncated prefix; the length keeps counting */
+  } else if (!b->fixed) {
+    return;
+  }
+  b->len += n;
+}
+
+bool sc__buf_cstr(sc__buf *b) {
+  if (b->oom) return false;
+  if (!sc__buf_reserve(b, 1)) return false;
+  b->p[b->len] = '\0';
+  return true;
+}
+
+static const char hexdigits[] = "0123456789abcdef";
+
+void sc__json_string(sc__buf *b, const char *s) {
+  if (s == NULL) {
+    sc__buf_lit(b, "null");
+    return;
+  }
+  sc__buf_putc(b, '"');
+  const unsigned char *run = (const unsigned char *)s, *p = run;
+  for (;; p++) {
+    unsigned char c = *p;
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    if (p > run) sc__buf_put(b, run, (size_t)(p - run));
+    if (c == '\0') break;
+    run = p + 1;
+    switch (c) {
+      case '"': sc__buf_lit(b, "\\\""); break;
+      case '\\': sc__buf_lit(b, "\\\\"); break;
+      case '\n': sc__buf_lit(b, "\\n"); break;
+      case '\r': sc__buf_lit(b, "\\r"); break;
+      case '\t': sc__buf_lit(b, "\\t"); break;
+      case '\b': sc__buf_lit(b, "\\b"); break;
+      case '\f': sc__buf_lit(b, "\\f"); break;
+      default: {
+        char esc[6] = {'\\', 'u', '0', '0', hexdigits[c >> 4], hexdigits[c & 15]};
+        sc__buf_put(b, esc, 6);
+      }
+    }
+  }
+  sc__buf_putc(b, '"');
+}
+
+void sc__json_uint(sc__buf *b, uint64_t v) {
+  char tmp[24];
+  size_t i = sizeof(tmp);
+  do {
+    tmp[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  sc__buf_put(b, tmp + i, sizeof(tmp) - i);
+}
+
+void sc__json_int(sc__buf *b, int64_t v) {
+  if (v < 0) {
+    sc__buf_putc(b, '-');
+    sc__json_uint(b, (uint64_t)0 - (uint64_t)v);
+  } else {
+    sc__json_uint(b, (uint64_t)v);
+  }
+}
+
+void sc__json_number(sc__buf *b, double v) {
+  if (isnan(v) || isinf(v)) {
+    sc__buf_lit(b, "null"); /* JSON has no such numbers; cJSON writes null too */
+    return;
+  }
+  if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+    sc__json_int(b, (int64_t)v);
+    return;
+  }
+  /* The shortest of 15 or 17 significant digits that reads back as the same double. */
+  char tmp[32];
+  int n = snprintf(tmp, sizeof(tmp), "%.15g", v);
+  if (strtod(tmp, NULL) != v) n = snprintf(tmp, sizeof(tmp), "%.17g", v);
+  sc__buf_put(b, tmp, (size_t)n);
+}
+
+typedef struct keyed {
+  const cJSON *node;
+  size_t position; /* breaks ties between duplicate keys (cJSON allows them) deterministically */
+} keyed;
+
+static int keyed_cmp(const void *a, const void *b) {
+  const keyed *x = a, *y = b;
+  int c = strcmp(x->node->string ? x->node->string : "", y->node->string ? y->node->string : "");
+  if (c != 0) return c;
+  return x->position < y->position ? -1 : x->position > y->position;
+}
+
+static void json_member(sc__buf *b, const cJSON *c, bool canonical) {
+  sc__json_string(b, c->string ? c->string : "");
+  sc__buf_putc(b, ':');
+  sc__json_value(b, c, canonical);
+}
+
+static void json_object(sc__buf *b, const cJSON *v, bool canonical) {
+  sc__buf_putc(b, '{');
+  const cJSON *c = v->child;
+  if (!canonical || c == NULL || c->next == NULL) {
+    for (; c != NULL; c = c->next) {
+      json_member(b, c, canonical);
+      if (c->next) sc__buf_putc(b, ',');
+    }
+  } else {
+    keyed local[32], *sorted = local;
+    size_t n = 0;
+    for (const cJSON *k = c; k != NULL; k = k->next) n++;
+    if (n > 32 && (sorted = malloc(n * sizeof(*sorted))) == NULL) {
+      b->oom = true;
+      return;
+    }
+    n = 0;
+    for (const cJSON *k = c; k != NULL; k = k->next, n++) sorted[n] = (keyed){k, n};
+    qsort(sorted, n, sizeof(*sorted), keyed_cmp);
+    for (size_t i = 0; i < n; i++) {
+      json_member(b, sorted[i].node, canonical);
+      if (i + 1 < n) sc__buf_putc(b, ',');
+    }
+    if (sorted != local) free(sorted);
+  }
+  sc__buf_putc(b, '}');
+}
+
+void sc__json_value(sc__buf *b, const cJSON *v, bool canonical) {
+  if (v == NULL) {
+    sc__buf_lit(b, "null");
+    return;
+  }
+  switch (v->type & 0xFF) {
+    case cJSON_False: sc__buf_lit(b, "false"); break;
+    case cJSON_True: sc__buf_lit(b, "true"); break;
+    case cJSON_NULL: sc__buf_lit(b, "null"); break;
+    case cJSON_Number: sc__json_number(b, v->valuedouble); break;
+    case cJSON_String: sc__json_string(b, v->valuestring ? v->valuestring : ""); break;
+    case cJSON_Raw: sc__buf_put(b, v->valuestring, strlen(v->valuestring)); break;
+    case cJSON_Array:
+      sc__buf_putc(b, '[');
+      for (const cJSON *c = v->child; c != NULL; c = c->next) {
+        sc__json_value(b, c, canonical);
+        if (c->next) sc__buf_putc(b, ',');
+      }
+      sc__buf_putc(b, ']');
+      break;
+    case cJSON_Object: json_object(b, v, canonical); break;
+    default: sc__buf_lit(b, "null"); break;
+  }
+}
