@@ -23,7 +23,8 @@ void sc__emit_created(sc_task *t) {
     if (t->plan->previous_config)
       cJSON_AddItemToObject(data, "previous_config",
                             cJSON_CreateObjectReference(t->plan->previous_config->child));
-    if (t->context) cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(t->context->child));
+    if (t->context)
+      cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(t->context->child));
   }
   sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
 }
@@ -83,7 +84,8 @@ int sc_task_resume(sc_task *t) {
 int sc_task_cancel(sc_task *t, const char *reason) {
   if (t == NULL) return sc__error(SC_EINVAL, "cancel: NULL task");
   if (!sc_transition_allowed((sc_task_status)t->status, SC_TASK_CANCELLED))
-    return refuse(t, "cancel", "cancel needs CREATED, PENDING, RUNNING, PAUSED or AWAITING_APPROVAL");
+    return refuse(t, "cancel",
+                  "cancel needs CREATED, PENDING, RUNNING, PAUSED or AWAITING_APPROVAL");
   if (!t->cancel_requested) {
     free(t->cancel_reason);
     t->cancel_reason = reason ? strdup(reason) : NULL;
@@ -103,8 +105,9 @@ static int decide(sc_task *t, const char *stage, const char *reviewer, const cha
     return refuse(t, op, "no approval is pending");
   const char *waiting = t->run_plan->stages[a->index].name;
   if (stage != NULL && strcmp(stage, waiting) != 0)
-    return sc__error(SC_ETRANSITION, "cannot %s stage '%s' of task %s: it waits for approval of '%s'",
-                     op, stage, t->id, waiting);
+    return sc__error(SC_ETRANSITION,
+                     "cannot %s stage '%s' of task %s: it waits for approval of '%s'", op, stage,
+                     t->id, waiting);
   for (uint32_t i = 0; i < a->napproved; i++)
     if (strcmp(a->reviewers[i], reviewer) == 0)
       return sc__error(SC_EINVAL, "%s: %s already approved stage '%s' of task %s", op, reviewer,
@@ -141,8 +144,8 @@ int sc_task_reject(sc_task *t, const char *stage, const char *reviewer, const ch
 void sc_task_release(sc_task *t) {
   if (t == NULL) return;
   if (t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED) {
-    sc__engine_log(t->e, SC_LOG_WARN, "release: task %s is %s, not FAILED or ROLLBACK_FAILED", t->id,
-                   sc_task_status_name((sc_task_status)t->status));
+    sc__engine_log(t->e, SC_LOG_WARN, "release: task %s is %s, not FAILED or ROLLBACK_FAILED",
+                   t->id, sc_task_status_name((sc_task_status)t->status));
     return;
   }
   t->release_requested = true;

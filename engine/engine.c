@@ -32,7 +32,8 @@ static void drain(sc_engine *e) {
   if (e->draining) return;
   e->draining = true;
   size_t n = 0;
-  for (sc_task *t = e->ready_head; t != NULL; t = t->next_ready) n++;
+  for (sc_task *t = e->ready_head; t != NULL; t = t->next_ready)
+    n++;
   while (n-- > 0 && e->ready_head != NULL) {
     sc_task *t = e->ready_head;
     e->ready_head = t->next_ready;
@@ -119,18 +120,21 @@ const sc__fn *sc__engine_fn(sc_engine *e, const char *name) {
   return NULL;
 }
 
-int sc_engine_register_kind(sc_engine *e, const char *name, const sc_stage_kind *kind, void *udata) {
+int sc_engine_register_kind(sc_engine *e, const char *name, const sc_stage_kind *kind,
+                            void *udata) {
   if (e == NULL || name == NULL || !*name || kind == NULL || kind->start == NULL)
     return sc__error(SC_EINVAL, "register_kind: a kind needs a name and a start function");
   if (kind->version < 1 || kind->version > SC_STAGE_KIND_VERSION)
-    return sc__error(SC_EINVAL, "register_kind: unsupported sc_stage_kind version %u", kind->version);
+    return sc__error(SC_EINVAL, "register_kind: unsupported sc_stage_kind version %u",
+                     kind->version);
   sc__kind *k = (sc__kind *)sc__engine_kind(e, name);
   if (k == NULL) {
     sc__kind *kinds = realloc(e->kinds, (e->nkinds + 1) * sizeof(*kinds));
     if (kinds == NULL) return sc__error(SC_ENOMEM, "register_kind: out of memory");
     e->kinds = kinds;
     k = &kinds[e->nkinds];
-    if ((k->name = strdup(name)) == NULL) return sc__error(SC_ENOMEM, "register_kind: out of memory");
+    if ((k->name = strdup(name)) == NULL)
+      return sc__error(SC_ENOMEM, "register_kind: out of memory");
     e->nkinds++;
   }
   k->vt = *kind;
@@ -190,10 +194,12 @@ void sc__uuid_v7(sc_engine *e, char out[37]) {
   }
   unsigned char b[16];
   uint64_t r = next_random(e);
-  for (int i = 0; i < 6; i++) b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
+  for (int i = 0; i < 6; i++)
+    b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
   b[6] = (unsigned char)(0x70 | ((e->uuid_seq >> 8) & 0x0f));
   b[7] = (unsigned char)(e->uuid_seq & 0xff);
-  for (int i = 8; i < 16; i++) b[i] = (unsigned char)(r >> (8 * (i - 8)));
+  for (int i = 8; i < 16; i++)
+    b[i] = (unsigned char)(r >> (8 * (i - 8)));
   b[8] = (unsigned char)(0x80 | (b[8] & 0x3f));
   char hex[32];
   sc__hex(b, 16, hex);
@@ -311,7 +317,8 @@ void sc_engine_free(sc_engine *e) {
   SC__MAP_FOREACH(&e->tasks, s) {
     if (all) all[i++] = s->value;
   }
-  for (size_t j = 0; j < i; j++) sc__task_free(all[j]);
+  for (size_t j = 0; j < i; j++)
+    sc__task_free(all[j]);
   free(all);
   /* Stages given up on earlier are freed with the engine; their kinds were told in cancel. */
   while (e->detached) {
@@ -351,9 +358,11 @@ void sc_engine_free(sc_engine *e) {
   sc__map_free(&e->tasks);
   sc__map_free(&e->plans);
   sc__map_free(&e->tenants);
-  for (size_t k = 0; k < e->nkinds; k++) free(e->kinds[k].name);
+  for (size_t k = 0; k < e->nkinds; k++)
+    free(e->kinds[k].name);
   free(e->kinds);
-  for (size_t k = 0; k < e->nfns; k++) free(e->fns[k].name);
+  for (size_t k = 0; k < e->nfns; k++)
+    free(e->fns[k].name);
   free(e->fns);
   sc__bus_free(e->bus);
   sc__sha_free(e->sha);

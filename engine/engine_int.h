@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "stagecoach/engine.h"
 #include "../events/internal.h"
 #include "map.h"
@@ -42,8 +44,8 @@ typedef struct sc__plan {
   size_t nstages;
   sc__stage *stages;
   char fingerprint[72];
-  char key[72];          /* interning key: digest of the canonical config and previous config */
-  cJSON *config;         /* owned */
+  char key[72];           /* interning key: digest of the canonical config and previous config */
+  cJSON *config;          /* owned */
   cJSON *previous_config; /* owned; may be NULL */
   struct sc__plan *previous_plan; /* the plan of previous_config; built on first use */
   bool interned;
@@ -53,7 +55,8 @@ struct sc_plan_builder {
   sc_engine *engine; /* NULL: no kind check */
   sc__stage *stages;
   size_t n, cap;
-  char *error; /* the factory's message */
+  sc__map names; /* name -> index + 1, for the duplicate check */
+  char *error;   /* the factory's message */
 };
 
 void sc__builder_init(sc_plan_builder *b, sc_engine *e);
@@ -80,8 +83,8 @@ enum { CTX_RUNNING, CTX_FINISHED, CTX_DETACHED };
 
 struct sc_stage_ctx {
   sc_engine *e;
-  sc_task *task;       /* NULL once detached */
-  sc__plan *plan;      /* a reference while detached, so names and params stay valid */
+  sc_task *task;  /* NULL once detached */
+  sc__plan *plan; /* a reference while detached, so names and params stay valid */
   const sc__stage *stage;
   const cJSON *config;
   int32_t index;
@@ -109,7 +112,13 @@ typedef enum task_step {
   STEP_RELEASE,     /* terminal: free the task once its events are acknowledged */
 } task_step;
 
-typedef enum task_timer_use { TIMER_NONE, TIMER_TIMEOUT, TIMER_BACKOFF, TIMER_APPROVAL, TIMER_ADMIT } task_timer_use;
+typedef enum task_timer_use {
+  TIMER_NONE,
+  TIMER_TIMEOUT,
+  TIMER_BACKOFF,
+  TIMER_APPROVAL,
+  TIMER_ADMIT
+} task_timer_use;
 
 typedef struct sc__decision {
   bool approve;
@@ -119,12 +128,12 @@ typedef struct sc__decision {
 
 /* The gate a task waits at; allocated when the approval is requested. */
 typedef struct sc__approval_state {
-  int32_t index;            /* the stage waited for */
-  const char *reason;       /* "policy" or "irreversible-stage-in-flight" */
+  int32_t index;      /* the stage waited for */
+  const char *reason; /* "policy" or "irreversible-stage-in-flight" */
   uint32_t needed;
-  char **reviewers;         /* who approved so far */
+  char **reviewers; /* who approved so far */
   uint32_t napproved;
-  int64_t requested_ns, deadline_ns; /* deadline 0: none */
+  int64_t requested_ns, deadline_ns;        /* deadline 0: none */
   sc__decision *decisions, *decisions_tail; /* made by callers, applied by the task's next step */
 } sc__approval_state;
 
@@ -142,27 +151,27 @@ struct sc_task {
   sc__plan *plan;     /* the plan of config (shared, referenced) */
   sc__plan *run_plan; /* the plan being run: plan, or plan->previous_plan in a rollback */
   char *id, *tenant, *plan_id, *traceparent; /* one allocation behind id */
-  cJSON *context;     /* NULL: {} */
-  char digest[72];    /* of the context; valid when !digest_stale */
+  cJSON *context;                            /* NULL: {} */
+  char digest[72];                           /* of the context; valid when !digest_stale */
   bool digest_stale;
   uint8_t status, paused_from, step, timer_use;
   bool queued, pending_listed, active, rollback, cancel_requested, pause_requested, recovered;
   bool holds_lock, stepping, resume_requested, release_requested, rate_passed;
-  bool compensating;      /* a COMPENSATE rollback: stages run backwards through compensate */
+  bool compensating; /* a COMPENSATE rollback: stages run backwards through compensate */
   bool retry_requested, retry_reset, rollback_requested;
-  uint8_t rollback_how;   /* sc_rollback_strategy of the requested rollback */
-  int32_t retry_from;     /* the stage a requested retry starts at */
-  int32_t failed_index;   /* the stage the forward run failed at; -1 */
-  int32_t gate_index;     /* a recovered task asks approval before this irreversible stage; -1 */
-  int32_t approved_index; /* the stage whose approval was granted; -1 */
+  uint8_t rollback_how;     /* sc_rollback_strategy of the requested rollback */
+  int32_t retry_from;       /* the stage a requested retry starts at */
+  int32_t failed_index;     /* the stage the forward run failed at; -1 */
+  int32_t gate_index;       /* a recovered task asks approval before this irreversible stage; -1 */
+  int32_t approved_index;   /* the stage whose approval was granted; -1 */
   int32_t index, end_index; /* run stages index .. end_index */
   uint32_t attempt;
   unsigned retry_count;
   uint64_t seq, epoch;
   uint32_t barrier_pending, acks_pending;
-  sc_stage_ctx *ctx;   /* the running attempt */
-  uv_timer_t *timer;   /* lazily created */
-  char *pause_reason;  /* a failed ack's message, for task.paused */
+  sc_stage_ctx *ctx;  /* the running attempt */
+  uv_timer_t *timer;  /* lazily created */
+  char *pause_reason; /* a failed ack's message, for task.paused */
   int pause_code;
   char *cancel_reason;
   cJSON *recovery_plan; /* emitted as task.recovered at admission */
@@ -208,9 +217,9 @@ struct sc_engine {
   uint64_t uuid_state[2];
   int64_t uuid_last_ms;
   uint32_t uuid_seq;
-  double tokens;            /* recovery rate limiter */
+  double tokens; /* recovery rate limiter */
   int64_t tokens_at_ns;
-  cJSON *empty;             /* {} for a task without context */
+  cJSON *empty; /* {} for a task without context */
   char empty_digest[72];
 };
 

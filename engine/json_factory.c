@@ -77,7 +77,8 @@ static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p
   if (approval == NULL) return SC_OK;
   if (!cJSON_IsObject(approval)) return refuse(r, "approval", "must be an object");
   const cJSON *req = cJSON_GetObjectItemCaseSensitive(approval, "required");
-  if (req != NULL && !cJSON_IsBool(req)) return refuse(r, "approval.required", "must be true or false");
+  if (req != NULL && !cJSON_IsBool(req))
+    return refuse(r, "approval.required", "must be true or false");
   p->required = req == NULL || cJSON_IsTrue(req); /* an approval object without "required" asks */
   int rc, on_timeout = (int)p->on_timeout, on_reject = (int)p->on_reject;
   if ((rc = read_uint(r, approval, "approvers_needed", "approval.approvers_needed", 100,
@@ -85,7 +86,8 @@ static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p
       (rc = read_uint(r, approval, "timeout_ms", "approval.timeout_ms", 4294967295.0,
                       &p->timeout_ms)) ||
       (rc = read_word(r, approval, "on_timeout", "approval.on_timeout", timeout_names,
-                      timeout_values, 3, "must be \"approve\", \"reject\" or \"fail\"", &on_timeout)) ||
+                      timeout_values, 3, "must be \"approve\", \"reject\" or \"fail\"",
+                      &on_timeout)) ||
       (rc = read_word(r, approval, "on_reject", "approval.on_reject", reject_names, reject_values,
                       2, "must be \"cancel\" or \"fail\"", &on_reject)))
     return rc;
@@ -131,7 +133,8 @@ static int read_stage(reader *r, const cJSON *st) {
   static const char *const effect_names[] = {"idempotent", "compensable", "irreversible"};
   static const int effect_values[] = {SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE,
                                       SC_EFFECT_IRREVERSIBLE};
-  if (!cJSON_IsObject(st)) return sc_plan_builder_error(r->b, "stage %zu: must be an object", r->index);
+  if (!cJSON_IsObject(st))
+    return sc_plan_builder_error(r->b, "stage %zu: must be an object", r->index);
   const cJSON *name = cJSON_GetObjectItemCaseSensitive(st, "name");
   if (name == NULL) return refuse(r, "name", "is required");
   if (!cJSON_IsString(name) || !*name->valuestring)

@@ -6,7 +6,8 @@
 
 static uint64_t hash_key(const char *s) {
   uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
   return h ? h : 1;
 }
 

@@ -29,7 +29,9 @@ static void stage_free(sc__stage *s) {
 }
 
 void sc__builder_free(sc_plan_builder *b) {
-  for (size_t i = 0; i < b->n; i++) stage_free(&b->stages[i]);
+  sc__map_free(&b->names);
+  for (size_t i = 0; i < b->n; i++)
+    stage_free(&b->stages[i]);
   free(b->stages);
   free(b->error);
   memset(b, 0, sizeof(*b));
@@ -53,7 +55,7 @@ static int spec_error(sc_plan_builder *b, const sc_stage_spec *spec, const char 
   return sc__error(SC_EINVAL, "stage %zu: \"%s\" %s", b->n, field, what);
 }
 
-#define MAX_ATTEMPTS 1000
+#define MAX_ATTEMPTS  1000
 #define MAX_APPROVERS 100
 
 static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
@@ -72,15 +74,15 @@ static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
 
 static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (spec->name == NULL || !*spec->name) return spec_error(b, spec, "name", "is required");
-  for (size_t i = 0; i < b->n; i++)
-    if (strcmp(b->stages[i].name, spec->name) == 0)
-      return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"name\" duplicates stage %zu", b->n,
-                       spec->name, i);
+  uintptr_t dup = (uintptr_t)sc__map_get(&b->names, spec->name);
+  if (dup != 0)
+    return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"name\" duplicates stage %zu", b->n,
+                     spec->name, (size_t)(dup - 1));
   if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
   if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
     char what[256];
-    size_t off = (size_t)snprintf(what, sizeof(what), "names an unknown kind \"%s\" (kinds:",
-                                  spec->kind);
+    size_t off =
+        (size_t)snprintf(what, sizeof(what), "names an unknown kind \"%s\" (kinds:", spec->kind);
     for (size_t i = 0; i < b->engine->nkinds && off < sizeof(what); i++)
       off += (size_t)snprintf(what + off, sizeof(what) - off, "%s %s", i ? "," : "",
                               b->engine->kinds[i].name);
@@ -91,9 +93,11 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
     return spec_error(b, spec, "params", "must be an object");
   if (spec->retry.max_attempts > MAX_ATTEMPTS)
     return spec_error(b, spec, "retry.max_attempts", "must be at most 1000");
-  if (spec->retry.multiplier != 0 && !(spec->retry.multiplier >= 1 && spec->retry.multiplier <= 100))
+  if (spec->retry.multiplier != 0 &&
+      !(spec->retry.multiplier >= 1 && spec->retry.multiplier <= 100))
     return spec_error(b, spec, "retry.multiplier", "must be between 1 and 100");
-  if (spec->retry.max_backoff_ms != 0 && spec->retry.max_backoff_ms < spec->retry.initial_backoff_ms)
+  if (spec->retry.max_backoff_ms != 0 &&
+      spec->retry.max_backoff_ms < spec->retry.initial_backoff_ms)
     return spec_error(b, spec, "retry.max_backoff_ms", "must be 0 or at least initial_backoff_ms");
   if (spec->approval.approvers_needed > MAX_APPROVERS)
     return spec_error(b, spec, "approval.approvers_needed", "must be at most 100");
@@ -111,8 +115,8 @@ int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (b == NULL || spec == NULL) return sc__error(SC_EINVAL, "plan: NULL argument");
   int rc = check_spec(b, spec);
   if (rc == SC_OK && spec->params != NULL) rc = check_builtin_params(b, spec);
-  if (rc == SC_OK && spec->params == NULL && (strcmp(spec->kind, "fn") == 0 ||
-                                              strcmp(spec->kind, "sleep") == 0))
+  if (rc == SC_OK && spec->params == NULL &&
+      (strcmp(spec->kind, "fn") == 0 || strcmp(spec->kind, "sleep") == 0))
     rc = check_builtin_params(b, spec);
   if (rc != SC_OK) {
     if (b->error == NULL) b->error = strdup(sc_error_message());
@@ -141,6 +145,11 @@ int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
   s->approval = spec->approval;
   if (s->approval.approvers_needed == 0) s->approval.approvers_needed = 1;
   s->effect = spec->effect;
+  /* Keys point at the stage names; a realloc of stages moves the structs, not the names. */
+  if (sc__map_put(&b->names, s->name, (void *)(uintptr_t)(b->n + 1)) != 0) {
+    stage_free(s);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
+  }
   b->n++;
   return SC_OK;
 }
@@ -197,17 +206,30 @@ static void write_spec(sc__buf *out, const sc__stage *s) {
   sc__buf_putc(out, '}');
 }
 
+/* The canonical JSON of the specs is streamed through SHA-256 in chunks, so a plan of a million
+ * stages does not need its whole text in memory. */
 static int fingerprint(sc__sha *sha, const sc__stage *stages, size_t n, char out[72]) {
+  sc__sha *own = NULL;
+  if (sha == NULL && (sha = own = sc__sha_new()) == NULL)
+    return sc__error(SC_ENOMEM, "plan: out of memory");
   sc__buf b;
   sc__buf_init(&b);
+  int rc = sc__sha_begin(sha);
   sc__buf_putc(&b, '[');
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n && rc == SC_OK; i++) {
     if (i) sc__buf_putc(&b, ',');
     write_spec(&b, &stages[i]);
+    if (b.len >= 65536) {
+      rc = b.oom ? sc__error(SC_ENOMEM, "plan: out of memory") : sc__sha_update(sha, b.p, b.len);
+      sc__buf_reset(&b);
+    }
   }
   sc__buf_putc(&b, ']');
-  int rc = b.oom ? sc__error(SC_ENOMEM, "plan: out of memory") : sc__sha_hex(sha, b.p, b.len, out);
+  if (rc == SC_OK)
+    rc = b.oom ? sc__error(SC_ENOMEM, "plan: out of memory") : sc__sha_update(sha, b.p, b.len);
+  if (rc == SC_OK) rc = sc__sha_end_hex(sha, out);
   sc__buf_free(&b);
+  sc__sha_free(own);
   return rc;
 }
 
@@ -223,7 +245,8 @@ int sc__digest(sc__sha *sha, sc__buf *scratch, const cJSON *value, char out[72])
     sc__buf_lit(b, "{}");
   else
     sc__json_value(b, value, true);
-  int rc = b->oom ? sc__error(SC_ENOMEM, "digest: out of memory") : sc__sha_hex(sha, b->p, b->len, out);
+  int rc =
+      b->oom ? sc__error(SC_ENOMEM, "digest: out of memory") : sc__sha_hex(sha, b->p, b->len, out);
   if (b == &local) sc__buf_free(&local);
   return rc;
 }
@@ -274,6 +297,7 @@ int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const
   p->stages = b.stages;
   p->nstages = b.n;
   free(b.error);
+  sc__map_free(&b.names);
   rc = fingerprint(e ? e->sha : NULL, p->stages, p->nstages, p->fingerprint);
   if (rc != SC_OK) {
     sc__plan_unref(e, p);
@@ -286,7 +310,8 @@ int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const
 void sc__plan_unref(sc_engine *e, sc__plan *p) {
   if (p == NULL || --p->refs > 0) return;
   if (p->interned && e != NULL) sc__map_del(&e->plans, p->key);
-  for (size_t i = 0; i < p->nstages; i++) stage_free(&p->stages[i]);
+  for (size_t i = 0; i < p->nstages; i++)
+    stage_free(&p->stages[i]);
   free(p->stages);
   cJSON_Delete(p->config);
   cJSON_Delete(p->previous_config);
@@ -368,8 +393,7 @@ int sc__plan_get(sc_engine *e, const cJSON *config, const cJSON *previous, sc__p
 
 int sc__plan_previous(sc_engine *e, sc__plan *p, sc__plan **out) {
   *out = NULL;
-  if (p->previous_config == NULL)
-    return sc__error(SC_EINVAL, "no previous_config to roll back to");
+  if (p->previous_config == NULL) return sc__error(SC_EINVAL, "no previous_config to roll back to");
   if (p->previous_plan == NULL) {
     char stages[256];
     int rc = sc__plan_build(e, e->opts.factory, e->opts.factory_udata, p->previous_config,

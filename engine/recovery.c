@@ -24,7 +24,7 @@ typedef struct prepared {
 } prepared;
 
 static const char *effect_word(sc_effect e) {
-  return e == SC_EFFECT_COMPENSABLE ? "compensable"
+  return e == SC_EFFECT_COMPENSABLE    ? "compensable"
          : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
                                        : "idempotent";
 }
@@ -47,7 +47,8 @@ static cJSON *report(const sc_recovery_request *req, const prepared *p) {
     cJSON_AddStringToObject(r, "last_completed_stage", req->last_completed_stage);
   else
     cJSON_AddNullToObject(r, "last_completed_stage");
-  cJSON_AddItemToObject(r, "skipped", rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
+  cJSON_AddItemToObject(r, "skipped",
+                        rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
   cJSON_AddItemToObject(r, "rerun", names(p->run_plan, p->start, p->end));
   cJSON_AddItemToObject(r, "compensated", cJSON_CreateArray());
   if (p->in_flight >= 0) {
@@ -70,10 +71,12 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   memset(p, 0, sizeof(*p));
   if (e == NULL || req == NULL) return sc__error(SC_EINVAL, "recover: NULL argument");
   if (req->version < 1 || req->version > SC_RECOVERY_REQUEST_VERSION)
-    return sc__error(SC_EINVAL, "recover: unsupported sc_recovery_request version %u", req->version);
+    return sc__error(SC_EINVAL, "recover: unsupported sc_recovery_request version %u",
+                     req->version);
   if (req->mode != SC_RECOVER_RETRY && req->mode != SC_RECOVER_ROLLBACK)
     return sc__error(SC_EINVAL, "recover: unknown mode %d", (int)req->mode);
-  if (!cJSON_IsObject(req->config)) return sc__error(SC_EINVAL, "recover: config must be a JSON object");
+  if (!cJSON_IsObject(req->config))
+    return sc__error(SC_EINVAL, "recover: config must be a JSON object");
   if (req->mode == SC_RECOVER_ROLLBACK && !cJSON_IsObject(req->previous_config))
     return sc__error(SC_EINVAL, "recover: ROLLBACK needs the previous_config to roll back to");
   if (req->context != NULL && !cJSON_IsObject(req->context))
@@ -84,9 +87,10 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   sc__plan_stage_list(p->plan, stages, sizeof(stages));
   const char *plan_name = req->plan_id ? req->plan_id : "(unnamed)";
   if (req->plan_fingerprint && strcmp(req->plan_fingerprint, p->plan->fingerprint) != 0) {
-    rc = sc__error(SC_EPLAN_MISMATCH,
-                   "plan '%s' changed: the stopped task ran %s, the config now gives %s (stages: %s)",
-                   plan_name, req->plan_fingerprint, p->plan->fingerprint, stages);
+    rc = sc__error(
+        SC_EPLAN_MISMATCH,
+        "plan '%s' changed: the stopped task ran %s, the config now gives %s (stages: %s)",
+        plan_name, req->plan_fingerprint, p->plan->fingerprint, stages);
     goto fail;
   }
   int32_t last = -1;

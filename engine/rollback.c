@@ -11,8 +11,9 @@ static int busy(const sc_task *t, const char *op) {
   if (holder != NULL && holder != t)
     return sc__error(SC_EBUSY, "cannot %s task %s: tenant '%s' is held by task %s", op, t->id,
                      t->tenant, holder->id);
-  return sc__error(SC_EBUSY, "cannot %s task %s: the engine runs %u tasks already (max_active_tasks)",
-                   op, t->id, t->e->opts.max_active_tasks);
+  return sc__error(SC_EBUSY,
+                   "cannot %s task %s: the engine runs %u tasks already (max_active_tasks)", op,
+                   t->id, t->e->opts.max_active_tasks);
 }
 
 int sc_task_retry(sc_task *t, const char *from_stage, bool reset_context) {
@@ -71,16 +72,17 @@ int sc_task_rollback(sc_task *t, sc_rollback_strategy how) {
   if (t == NULL) return sc__error(SC_EINVAL, "rollback: NULL task");
   if ((t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED) || t->retry_requested ||
       t->rollback_requested)
-    return sc__error(SC_ETRANSITION,
-                     "cannot roll back task %s: it is %s (rollback needs FAILED or ROLLBACK_FAILED)",
-                     t->id, sc_task_status_name((sc_task_status)t->status));
+    return sc__error(
+        SC_ETRANSITION,
+        "cannot roll back task %s: it is %s (rollback needs FAILED or ROLLBACK_FAILED)", t->id,
+        sc_task_status_name((sc_task_status)t->status));
   if (how != SC_ROLLBACK_REDEPLOY && how != SC_ROLLBACK_COMPENSATE)
     return sc__error(SC_EINVAL, "rollback: unknown strategy %d", (int)how);
   if (how == SC_ROLLBACK_REDEPLOY) {
     sc__plan *previous;
     if (t->plan->previous_config == NULL)
-      return sc__error(SC_EINVAL, "cannot roll back task %s by redeploying: it has no previous_config",
-                       t->id);
+      return sc__error(SC_EINVAL,
+                       "cannot roll back task %s by redeploying: it has no previous_config", t->id);
     int rc = sc__plan_previous(t->e, t->plan, &previous);
     if (rc != SC_OK) return rc;
   }

@@ -245,12 +245,9 @@ static int merge_output(sc_task *t, cJSON *output, bool keep_output) {
     return sc__error(SC_ENOMEM, "out of memory");
   for (cJSON *m = output->child, *next; m != NULL; m = next) {
     next = m->next;
+    /* cJSON_Duplicate copies the member's name too. */
     cJSON *item = keep_output ? cJSON_Duplicate(m, true) : cJSON_DetachItemViaPointer(output, m);
     if (item == NULL) return sc__error(SC_ENOMEM, "out of memory");
-    if (keep_output && (item->string = strdup(m->string)) == NULL) {
-      cJSON_Delete(item);
-      return sc__error(SC_ENOMEM, "out of memory");
-    }
     cJSON *old = cJSON_GetObjectItemCaseSensitive(t->context, item->string);
     if (old != NULL) {
       cJSON_ReplaceItemViaPointer(t->context, old, item);
@@ -313,9 +310,11 @@ static void stage_finished(sc_task *t, sc__result *r) {
       if (want && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject()) != NULL) {
         if (r->output) cJSON_AddItemToObject(data, "output", r->output);
         r->output = NULL;
-        cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
+        cJSON_AddItemToObject(data, "context",
+                              cJSON_CreateObjectReference(sc__task_context(t)->child));
         cJSON_AddItemToObject(data, "digest", cJSON_CreateStringReference(t->digest));
-        cJSON_AddItemToObject(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
+        cJSON_AddItemToObject(data, "fingerprint",
+                              cJSON_CreateStringReference(t->plan->fingerprint));
         cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
       }
       t->index++;
@@ -375,7 +374,8 @@ void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx) {
 
 static void approval_free(sc__approval_state *a) {
   if (a == NULL) return;
-  for (uint32_t i = 0; i < a->napproved; i++) free(a->reviewers[i]);
+  for (uint32_t i = 0; i < a->napproved; i++)
+    free(a->reviewers[i]);
   free(a->reviewers);
   for (sc__decision *d = a->decisions, *next; d != NULL; d = next) {
     next = d->next;
@@ -431,9 +431,10 @@ static void request_approval(sc_task *t, const sc__stage *st) {
     }
     cJSON_AddStringToObject(data, "on_timeout", action_word(st->approval.on_timeout));
     cJSON_AddStringToObject(data, "on_reject", action_word(st->approval.on_reject));
-    cJSON_AddStringToObject(data, "effect", st->effect == SC_EFFECT_IRREVERSIBLE ? "irreversible"
-                                            : st->effect == SC_EFFECT_COMPENSABLE ? "compensable"
-                                                                                  : "idempotent");
+    cJSON_AddStringToObject(data, "effect",
+                            st->effect == SC_EFFECT_IRREVERSIBLE  ? "irreversible"
+                            : st->effect == SC_EFFECT_COMPENSABLE ? "compensable"
+                                                                  : "idempotent");
   }
   sc__task_emit(t, SC_EV_APPROVAL_REQUESTED, st, t->index, 0, data);
 }

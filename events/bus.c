@@ -14,24 +14,24 @@ struct sc_subscription {
 
 struct sc_ack {
   sc__bus *bus;
-  void *owner;        /* NULL once orphaned */
+  void *owner; /* NULL once orphaned */
   sc_event_type type;
   uint64_t seq;
-  uint32_t pending;   /* deferred acks not yet done, plus one while the dispatch runs */
-  int status;         /* the first failure, or SC_OK */
-  char *message;      /* of the first failure; malloc'd */
+  uint32_t pending;    /* deferred acks not yet done, plus one while the dispatch runs */
+  int status;          /* the first failure, or SC_OK */
+  char *message;       /* of the first failure; malloc'd */
   sc_ack *prev, *next; /* the outstanding list, or the free list (next only) */
 };
 
 struct sc__bus {
   sc_subscription **subs;
   size_t nsubs, cap;
-  unsigned depth;       /* nested dispatches in progress */
+  unsigned depth; /* nested dispatches in progress */
   bool has_dead;
-  uint64_t wanted;      /* the union of the live subscribers' masks */
+  uint64_t wanted; /* the union of the live subscribers' masks */
   sc__bus_settle_fn settle;
   void *udata;
-  sc_ack *outstanding;  /* acks with deferred parts not yet done */
+  sc_ack *outstanding; /* acks with deferred parts not yet done */
   size_t noutstanding;
   sc_ack *free_acks;
 };
@@ -54,7 +54,8 @@ static void ack_free(sc_ack *a) {
 
 void sc__bus_free(sc__bus *b) {
   if (b == NULL) return;
-  for (size_t i = 0; i < b->nsubs; i++) free(b->subs[i]);
+  for (size_t i = 0; i < b->nsubs; i++)
+    free(b->subs[i]);
   free(b->subs);
   /* Acks a subscriber still holds die with the bus: adapters must be closed first. */
   for (sc_ack *a = b->outstanding, *next; a != NULL; a = next) {
@@ -211,8 +212,7 @@ void sc_ack_fail(sc_ack *a, int status, const char *message) {
   if (--a->pending > 0) return;
   sc__bus *b = a->bus;
   unlink_outstanding(b, a);
-  if (a->owner != NULL)
-    b->settle(a->owner, a->type, a->seq, a->status, a->message, b->udata);
+  if (a->owner != NULL) b->settle(a->owner, a->type, a->seq, a->status, a->message, b->udata);
   ack_put(b, a);
 }
 

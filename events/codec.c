@@ -89,7 +89,8 @@ static void put_attr(sc__buf *b, const char *lit, size_t litlen, const char *val
   sc__buf_put(b, lit, litlen);
   sc__json_string(b, value);
 }
-#define PUT_ATTR(b, name, value) put_attr((b), ",\"" name "\":", sizeof(",\"" name "\":") - 1, (value))
+#define PUT_ATTR(b, name, value)                                                                   \
+  put_attr((b), ",\"" name "\":", sizeof(",\"" name "\":") - 1, (value))
 
 static void encode(sc__buf *b, const sc_event *ev) {
   sc__buf_lit(b, "{\"specversion\":\"1.0\",\"id\":");
@@ -145,8 +146,7 @@ static void encode(sc__buf *b, const sc_event *ev) {
 }
 
 static int check_event(const sc_event *ev) {
-  if (ev == NULL || ev->task_id == NULL)
-    return sc__error(SC_EINVAL, "event: missing task id");
+  if (ev == NULL || ev->task_id == NULL) return sc__error(SC_EINVAL, "event: missing task id");
   if ((unsigned)ev->type >= SC_EV__COUNT)
     return sc__error(SC_EINVAL, "event: type %d out of range", (int)ev->type);
   if ((unsigned)ev->status >= SC_TASK__COUNT)

@@ -22,7 +22,8 @@ void sc__error_clear(void);
 
 /* ---- JSON writer (jsonw.c) ---- */
 
-/* A byte buffer that grows, or (fixed) writes what fits into a caller's array and keeps counting. */
+/* A byte buffer that grows, or (fixed) writes what fits into a caller's array and keeps counting.
+ */
 typedef struct sc__buf {
   char *p;
   size_t len, cap;
@@ -46,10 +47,10 @@ static inline void sc__buf_putc(sc__buf *b, char c) {
 /* Terminates with a NUL that is not counted in len; false when out of memory. */
 bool sc__buf_cstr(sc__buf *b);
 
-void sc__json_string(sc__buf *b, const char *s);      /* a quoted, escaped JSON string */
+void sc__json_string(sc__buf *b, const char *s); /* a quoted, escaped JSON string */
 void sc__json_uint(sc__buf *b, uint64_t v);
 void sc__json_int(sc__buf *b, int64_t v);
-void sc__json_number(sc__buf *b, double v);           /* integers exactly, others round-trip */
+void sc__json_number(sc__buf *b, double v); /* integers exactly, others round-trip */
 /* Writes a cJSON value compactly; canonical sorts object keys by their bytes. */
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical);
 
@@ -62,6 +63,10 @@ void sc__sha_free(sc__sha *s);
 int sc__sha_hex(sc__sha *s, const void *data, size_t len, char out[72]);
 int sc__sha_raw(sc__sha *s, const void *data, size_t len, unsigned char out[32]);
 void sc__hex(const unsigned char *in, size_t n, char *out); /* 2n hex digits, no NUL */
+/* Streaming: begin, feed, finish as "sha256:<hex>". */
+int sc__sha_begin(sc__sha *s);
+int sc__sha_update(sc__sha *s, const void *data, size_t len);
+int sc__sha_end_hex(sc__sha *s, char out[72]);
 
 /* ---- time (codec.c) ---- */
 int64_t sc__now_ns(void); /* CLOCK_REALTIME, truncated to microseconds as the JSON carries it */

@@ -33,7 +33,8 @@ bool sc__buf_reserve(sc__buf *b, size_t extra) {
   if (b->len + extra <= b->cap) return true;
   if (b->fixed || b->oom) return false;
   size_t cap = b->cap ? b->cap : 256;
-  while (cap < b->len + extra) cap *= 2;
+  while (cap < b->len + extra)
+    cap *= 2;
   char *p = realloc(b->p, cap);
   if (p == NULL) {
     b->oom = true;
@@ -158,13 +159,15 @@ static void json_object(sc__buf *b, const cJSON *v, bool canonical) {
   } else {
     keyed local[32], *sorted = local;
     size_t n = 0;
-    for (const cJSON *k = c; k != NULL; k = k->next) n++;
+    for (const cJSON *k = c; k != NULL; k = k->next)
+      n++;
     if (n > 32 && (sorted = malloc(n * sizeof(*sorted))) == NULL) {
       b->oom = true;
       return;
     }
     n = 0;
-    for (const cJSON *k = c; k != NULL; k = k->next, n++) sorted[n] = (keyed){k, n};
+    for (const cJSON *k = c; k != NULL; k = k->next, n++)
+      sorted[n] = (keyed){k, n};
     qsort(sorted, n, sizeof(*sorted), keyed_cmp);
     for (size_t i = 0; i < n; i++) {
       json_member(b, sorted[i].node, canonical);

@@ -60,3 +60,21 @@ int sc__sha_hex(sc__sha *s, const void *data, size_t len, char out[72]) {
   out[71] = '\0';
   return SC_OK;
 }
+
+int sc__sha_begin(sc__sha *s) {
+  return EVP_DigestInit_ex(s->ctx, s->md, NULL) ? SC_OK : sc__error(SC_EIO, "SHA-256 failed");
+}
+
+int sc__sha_update(sc__sha *s, const void *data, size_t len) {
+  return EVP_DigestUpdate(s->ctx, data, len) ? SC_OK : sc__error(SC_EIO, "SHA-256 failed");
+}
+
+int sc__sha_end_hex(sc__sha *s, char out[72]) {
+  unsigned char raw[32];
+  unsigned int n = 0;
+  if (!EVP_DigestFinal_ex(s->ctx, raw, &n) || n != 32) return sc__error(SC_EIO, "SHA-256 failed");
+  memcpy(out, "sha256:", 7);
+  sc__hex(raw, 32, out + 7);
+  out[71] = '\0';
+  return SC_OK;
+}

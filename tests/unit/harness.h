@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <uv.h>
 
 #include <stagecoach/stagecoach.h>
 
@@ -21,11 +22,11 @@ typedef struct recorder {
   sc_event_type *types;
   char **task_ids;
   size_t n, cap;
-  int defer;         /* 1: return SC_DEFER for every event */
+  int defer;           /* 1: return SC_DEFER for every event */
   uint64_t defer_mask; /* with defer: only these types (0: all) */
   sc_ack **acks;
   size_t nacks, acks_cap;
-  int fail_with;     /* < 0: return this from on_event */
+  int fail_with; /* < 0: return this from on_event */
   sc_subscription *sub;
 } recorder;
 
@@ -68,7 +69,8 @@ static inline size_t recorder_ack_all(recorder *r, int status) {
   sc_ack **acks = r->acks;
   r->acks = NULL;
   r->nacks = r->acks_cap = 0;
-  for (size_t i = 0; i < n; i++) sc_ack_done(acks[i], status);
+  for (size_t i = 0; i < n; i++)
+    sc_ack_done(acks[i], status);
   free(acks);
   return n;
 }

@@ -10,7 +10,6 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
-#include <uv.h>
 
 #include <stagecoach/error.h>
 #include <stagecoach/events.h>
@@ -19,13 +18,21 @@
 extern "C" {
 #endif
 
+/* libuv's loop type, declared rather than included so that this header stands alone in strict
+ * C11; a program that drives the loop includes <uv.h> itself. */
+typedef struct uv_loop_s uv_loop_t;
+
 typedef struct sc_engine sc_engine; /* opaque handles */
 typedef struct sc_task sc_task;
 /* sc_subscription: <stagecoach/events.h> */
 
 /* ---- plans ---- */
 
-typedef enum sc_effect { SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE, SC_EFFECT_IRREVERSIBLE } sc_effect;
+typedef enum sc_effect {
+  SC_EFFECT_IDEMPOTENT,
+  SC_EFFECT_COMPENSABLE,
+  SC_EFFECT_IRREVERSIBLE
+} sc_effect;
 typedef enum sc_approval_action {
   SC_ACTION_APPROVE,
   SC_ACTION_REJECT,
@@ -50,8 +57,8 @@ typedef struct sc_approval_policy {
 
 typedef struct sc_stage_spec {
   const char *name, *kind;
-  const cJSON *params;  /* copied; NULL: {} */
-  uint32_t timeout_ms;  /* 0: none */
+  const cJSON *params; /* copied; NULL: {} */
+  uint32_t timeout_ms; /* 0: none */
   sc_retry_policy retry;
   sc_approval_policy approval;
   sc_effect effect;
@@ -102,7 +109,7 @@ char *sc_json_canonical(const cJSON *value, size_t *len);
 typedef enum sc_log_level { SC_LOG_ERROR, SC_LOG_WARN, SC_LOG_INFO } sc_log_level;
 
 typedef struct sc_engine_options {
-  unsigned version; /* SC_ENGINE_OPTIONS_VERSION */
+  unsigned version;            /* SC_ENGINE_OPTIONS_VERSION */
   sc_stage_factory_fn factory; /* NULL: sc_json_stage_factory */
   void *factory_udata;
   uint32_t max_active_tasks;  /* 0: no limit */
@@ -200,12 +207,12 @@ void *sc_stage_get_data(const sc_stage_ctx *ctx);
 #define SC_TASK_SPEC_VERSION 1
 
 typedef struct sc_task_spec {
-  unsigned version; /* SC_TASK_SPEC_VERSION */
-  const char *task_id; /* copied; NULL: a generated UUIDv7 */
-  const char *tenant_id, *plan_id; /* copied; may be NULL */
+  unsigned version;                      /* SC_TASK_SPEC_VERSION */
+  const char *task_id;                   /* copied; NULL: a generated UUIDv7 */
+  const char *tenant_id, *plan_id;       /* copied; may be NULL */
   const cJSON *config, *previous_config; /* copied; previous_config may be NULL */
-  const cJSON *context;     /* initial context, copied; must be an object; NULL: {} */
-  const char *traceparent;  /* copied; may be NULL */
+  const cJSON *context;                  /* initial context, copied; must be an object; NULL: {} */
+  const char *traceparent;               /* copied; may be NULL */
 } sc_task_spec;
 
 void sc_task_spec_init(sc_task_spec *s);
@@ -223,8 +230,12 @@ int sc_task_resume(sc_task *t); /* back to the status it paused from */
 int sc_task_cancel(sc_task *t, const char *reason /* copied; may be NULL */);
 int sc_task_approve(sc_task *t, const char *stage, const char *reviewer, const char *comment);
 int sc_task_reject(sc_task *t, const char *stage, const char *reviewer, const char *comment);
-int sc_task_retry(sc_task *t, const char *from_stage /* NULL: the failed one */, bool reset_context);
-typedef enum sc_rollback_strategy { SC_ROLLBACK_REDEPLOY, SC_ROLLBACK_COMPENSATE } sc_rollback_strategy;
+int sc_task_retry(sc_task *t, const char *from_stage /* NULL: the failed one */,
+                  bool reset_context);
+typedef enum sc_rollback_strategy {
+  SC_ROLLBACK_REDEPLOY,
+  SC_ROLLBACK_COMPENSATE
+} sc_rollback_strategy;
 int sc_task_rollback(sc_task *t, sc_rollback_strategy how);
 /* Forgets a FAILED or ROLLBACK_FAILED task; the pointer is invalid afterwards. */
 void sc_task_release(sc_task *t);
@@ -234,9 +245,9 @@ sc_task *sc_engine_find_task(sc_engine *e, const char *task_id);
 const char *sc_task_id(const sc_task *t);
 const char *sc_task_tenant(const sc_task *t); /* may be NULL */
 sc_task_status sc_task_get_status(const sc_task *t);
-const cJSON *sc_task_context(const sc_task *t);  /* borrowed; changes as stages complete */
+const cJSON *sc_task_context(const sc_task *t); /* borrowed; changes as stages complete */
 unsigned sc_task_retry_count(const sc_task *t);
-int sc_task_stage_index(const sc_task *t);       /* the stage it is on */
+int sc_task_stage_index(const sc_task *t); /* the stage it is on */
 size_t sc_task_stage_count(const sc_task *t);
 uint64_t sc_task_epoch(const sc_task *t);
 const char *sc_task_fingerprint(const sc_task *t);
@@ -264,9 +275,9 @@ typedef enum sc_recovery_mode { SC_RECOVER_RETRY, SC_RECOVER_ROLLBACK } sc_recov
 #define SC_RECOVERY_REQUEST_VERSION 1
 
 typedef struct sc_recovery_request {
-  unsigned version;                 /* SC_RECOVERY_REQUEST_VERSION */
-  const char *task_id;              /* id for the new task; NULL: generate one */
-  const char *recovered_from;       /* the id of the task that stopped; recorded in task.recovered */
+  unsigned version;           /* SC_RECOVERY_REQUEST_VERSION */
+  const char *task_id;        /* id for the new task; NULL: generate one */
+  const char *recovered_from; /* the id of the task that stopped; recorded in task.recovered */
   const char *tenant_id, *plan_id;
   const cJSON *config;              /* current config */
   const cJSON *previous_config;     /* required for SC_RECOVER_ROLLBACK */
@@ -276,7 +287,7 @@ typedef struct sc_recovery_request {
   const char *context_digest;       /* verified when set */
   const char *plan_fingerprint;     /* verified when set */
   const char *traceparent;
-  uint64_t epoch;                   /* the stopped task's epoch; the new task gets epoch + 1 */
+  uint64_t epoch; /* the stopped task's epoch; the new task gets epoch + 1 */
 } sc_recovery_request;
 
 void sc_recovery_request_init(sc_recovery_request *r);

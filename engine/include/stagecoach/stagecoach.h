@@ -2,9 +2,9 @@
 #ifndef STAGECOACH_H
 #define STAGECOACH_H
 
-#define SC_VERSION_MAJOR 0
-#define SC_VERSION_MINOR 1
-#define SC_VERSION_PATCH 0
+#define SC_VERSION_MAJOR  0
+#define SC_VERSION_MINOR  1
+#define SC_VERSION_PATCH  0
 #define SC_VERSION_STRING "0.1.0"
 
 #include <stagecoach/error.h>

@@ -79,7 +79,8 @@ typedef enum sc_event_type {
 
 /* "stagecoach.stage.completed"; "stagecoach.unknown" for a value out of range. */
 const char *sc_event_type_name(sc_event_type t);
-/* The inverse: accepts "stagecoach.stage.completed" or "stage.completed". SC_ENOTFOUND otherwise. */
+/* The inverse: accepts "stagecoach.stage.completed" or "stage.completed". SC_ENOTFOUND otherwise.
+ */
 int sc_event_type_from_name(const char *name, sc_event_type *out);
 
 /* Progress events are durability barriers: the engine takes no next step of the task until every
@@ -90,13 +91,14 @@ bool sc_event_type_is_barrier(sc_event_type t);
  * for as long as the sc_event_doc it came from. */
 typedef struct sc_event {
   sc_event_type type;
-  uint64_t seq;   /* per task, from 1, no gaps */
-  uint64_t epoch; /* 0 for a new task, +1 for each recovery */
+  uint64_t seq;    /* per task, from 1, no gaps */
+  uint64_t epoch;  /* 0 for a new task, +1 for each recovery */
   int64_t time_ns; /* since the Unix epoch */
-  const char *task_id, *tenant_id, *plan_id, *traceparent; /* tenant, plan, traceparent may be NULL */
-  const char *stage;   /* NULL for task-level events */
-  int32_t stage_index; /* -1 for task-level events */
-  uint32_t attempt;    /* from 1 for stage events; 0 for task-level events */
+  const char *task_id, *tenant_id, *plan_id,
+      *traceparent;      /* tenant, plan, traceparent may be NULL */
+  const char *stage;     /* NULL for task-level events */
+  int32_t stage_index;   /* -1 for task-level events */
+  uint32_t attempt;      /* from 1 for stage events; 0 for task-level events */
   sc_task_status status; /* the task's status after this event */
   /* The type-specific members of the CloudEvents "data" object (output, context, digest, ...).
    * May be NULL. The encoder writes "stage", "index", "attempt" and "status" from the fields above

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds an optimized, sanitizer-free tree and runs every benchmark. Usage: tests/bench/run.sh [scale]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+dir=build-bench
+if [ ! -d "$dir" ]; then
+  meson setup "$dir" --buildtype=release -Db_ndebug=true >/dev/null
+fi
+ninja -C "$dir" >/dev/null
+for b in "$dir"/tests/bench/*_bench; do
+  [ -x "$b" ] || continue
+  echo "# $(basename "$b")"
+  "$b" "$@"
+done

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every test of stagecoach: builds with AddressSanitizer and UndefinedBehaviorSanitizer,
+# runs the cmocka unit tests, the examples and the integration tests, checks the formatting, and
+# ends with one line "N passed, N failed" counted from the individual test cases.
+# Installs missing packages with apt-get when run as root; otherwise prints the command.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+packages=(gcc meson ninja-build pkg-config python3 libuv1-dev libcjson-dev libssl-dev libcmocka-dev
+          clang-format)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "run.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null || {
+      echo "run.sh: apt-get install failed"; exit 2; }
+  else
+    echo "run.sh: missing packages; install them with:"
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    exit 2
+  fi
+fi
+
+build=${STAGECOACH_TEST_BUILD:-build-test}
+if [ -d "$build" ]; then
+  meson setup --reconfigure "$build" -Db_sanitize=address,undefined >/dev/null || exit 2
+else
+  meson setup "$build" -Db_sanitize=address,undefined --buildtype=debugoptimized >/dev/null || exit 2
+fi
+ninja -C "$build" || { echo "run.sh: the build failed"; echo "0 passed, 1 failed"; exit 1; }
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+meson test -C "$build" --print-errorlogs --num-processes 2 "$@"
+status=$?
+
+# Formatting is part of the suite: the checked-in .clang-format is the house style.
+format_failed=0
+if command -v clang-format >/dev/null; then
+  bad=$(git ls-files '*.c' '*.h' 2>/dev/null | while read -r f; do
+    clang-format --dry-run -Werror "$f" >/dev/null 2>&1 || echo "$f"; done)
+  if [ -n "$bad" ]; then
+    echo "run.sh: not in the .clang-format style:"; echo "$bad" | sed 's/^/  /'
+    format_failed=1
+  fi
+fi
+
+python3 "$root/tests/summarize.py" "$build/meson-logs/testlog.json" "$format_failed"
+summary=$?
+[ $status -eq 0 ] && [ $summary -eq 0 ]
