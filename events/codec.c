@@ -80,8 +80,13 @@ void sc__format_time(int64_t time_ns, char out[32]) {
 }
 
 static bool is_common_member(const char *k) {
-  return k != NULL && (strcmp(k, "stage") == 0 || strcmp(k, "index") == 0 ||
-                       strcmp(k, "attempt") == 0 || strcmp(k, "status") == 0);
+  if (k == NULL) return false;
+  switch (k[0]) {
+    case 's': return strcmp(k, "stage") == 0 || strcmp(k, "status") == 0;
+    case 'i': return strcmp(k, "index") == 0;
+    case 'a': return strcmp(k, "attempt") == 0;
+    default: return false;
+  }
 }
 
 static void put_attr(sc__buf *b, const char *lit, size_t litlen, const char *value) {

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "stagecoach/error.h"
 #include "stagecoach/events.h"
@@ -36,7 +37,15 @@ void sc__buf_init_fixed(sc__buf *b, char *p, size_t cap);
 void sc__buf_free(sc__buf *b);
 void sc__buf_reset(sc__buf *b); /* len = 0, keeps the memory */
 bool sc__buf_reserve(sc__buf *b, size_t extra);
-void sc__buf_put(sc__buf *b, const void *p, size_t n);
+void sc__buf_put_slow(sc__buf *b, const void *p, size_t n);
+static inline void sc__buf_put(sc__buf *b, const void *p, size_t n) {
+  if (b->len + n <= b->cap) {
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+  } else {
+    sc__buf_put_slow(b, p, n);
+  }
+}
 static inline void sc__buf_putc(sc__buf *b, char c) {
   if (b->len < b->cap)
     b->p[b->len++] = c;

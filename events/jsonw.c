@@ -45,7 +45,7 @@ bool sc__buf_reserve(sc__buf *b, size_t extra) {
   return true;
 }
 
-void sc__buf_put(sc__buf *b, const void *p, size_t n) {
+void sc__buf_put_slow(sc__buf *b, const void *p, size_t n) {
   if (sc__buf_reserve(b, n)) {
     memcpy(b->p + b->len, p, n);
   } else if (b->fixed && b->len < b->cap) {
@@ -65,33 +65,57 @@ bool sc__buf_cstr(sc__buf *b) {
 
 static const char hexdigits[] = "0123456789abcdef";
 
+/* Whether any of 8 bytes needs escaping: below 0x20, '"' or '\\'. The borrow of the subtraction
+ * can flag a byte above a true hit, never a byte of a clean word, so a clean word is exact. */
+static inline bool word_needs_escape(uint64_t v) {
+  const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+  uint64_t control = (v - ones * 0x20) & ~v & high;
+  uint64_t q = v ^ (ones * '"'), bs = v ^ (ones * '\\');
+  return (control | ((q - ones) & ~q & high) | ((bs - ones) & ~bs & high)) != 0;
+}
+
+static void escape_byte(sc__buf *b, unsigned char c) {
+  switch (c) {
+    case '"': sc__buf_lit(b, "\\\""); break;
+    case '\\': sc__buf_lit(b, "\\\\"); break;
+    case '\n': sc__buf_lit(b, "\\n"); break;
+    case '\r': sc__buf_lit(b, "\\r"); break;
+    case '\t': sc__buf_lit(b, "\\t"); break;
+    case '\b': sc__buf_lit(b, "\\b"); break;
+    case '\f': sc__buf_lit(b, "\\f"); break;
+    default: {
+      char esc[6] = {'\\', 'u', '0', '0', hexdigits[c >> 4], hexdigits[c & 15]};
+      sc__buf_put(b, esc, 6);
+    }
+  }
+}
+
 void sc__json_string(sc__buf *b, const char *s) {
   if (s == NULL) {
     sc__buf_lit(b, "null");
     return;
   }
+  size_t n = strlen(s), i = 0, run = 0;
   sc__buf_putc(b, '"');
-  const unsigned char *run = (const unsigned char *)s, *p = run;
-  for (;; p++) {
-    unsigned char c = *p;
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    if (p > run) sc__buf_put(b, run, (size_t)(p - run));
-    if (c == '\0') break;
-    run = p + 1;
-    switch (c) {
-      case '"': sc__buf_lit(b, "\\\""); break;
-      case '\\': sc__buf_lit(b, "\\\\"); break;
-      case '\n': sc__buf_lit(b, "\\n"); break;
-      case '\r': sc__buf_lit(b, "\\r"); break;
-      case '\t': sc__buf_lit(b, "\\t"); break;
-      case '\b': sc__buf_lit(b, "\\b"); break;
-      case '\f': sc__buf_lit(b, "\\f"); break;
-      default: {
-        char esc[6] = {'\\', 'u', '0', '0', hexdigits[c >> 4], hexdigits[c & 15]};
-        sc__buf_put(b, esc, 6);
-      }
+  while (i < n) {
+    /* Skip clean 8-byte words, then look at single bytes. */
+    while (i + 8 <= n) {
+      uint64_t v;
+      memcpy(&v, s + i, 8);
+      if (word_needs_escape(v)) break;
+      i += 8;
     }
+    if (i >= n) break;
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
+    if (i > run) sc__buf_put(b, s + run, i - run);
+    escape_byte(b, c);
+    run = ++i;
   }
+  if (n > run) sc__buf_put(b, s + run, n - run);
   sc__buf_putc(b, '"');
 }
 
