@@ -17,14 +17,13 @@ void sc_task_spec_init(sc_task_spec *s) {
 void sc__emit_created(sc_task *t) {
   cJSON *data = NULL;
   if (sc__bus_wants(t->e->bus, SC_EV_TASK_CREATED) && (data = cJSON_CreateObject()) != NULL) {
-    cJSON_AddItemToObject(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
+    sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
     cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
-    cJSON_AddItemToObject(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
+    sc__json_put(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
     if (t->plan->previous_config)
-      cJSON_AddItemToObject(data, "previous_config",
-                            cJSON_CreateObjectReference(t->plan->previous_config->child));
-    if (t->context)
-      cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(t->context->child));
+      sc__json_put(data, "previous_config",
+                   cJSON_CreateObjectReference(t->plan->previous_config->child));
+    if (t->context) sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
   }
   sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
 }

@@ -47,10 +47,9 @@ static cJSON *report(const sc_recovery_request *req, const prepared *p) {
     cJSON_AddStringToObject(r, "last_completed_stage", req->last_completed_stage);
   else
     cJSON_AddNullToObject(r, "last_completed_stage");
-  cJSON_AddItemToObject(r, "skipped",
-                        rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
-  cJSON_AddItemToObject(r, "rerun", names(p->run_plan, p->start, p->end));
-  cJSON_AddItemToObject(r, "compensated", cJSON_CreateArray());
+  sc__json_put(r, "skipped", rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
+  sc__json_put(r, "rerun", names(p->run_plan, p->start, p->end));
+  sc__json_put(r, "compensated", cJSON_CreateArray());
   if (p->in_flight >= 0) {
     const sc__stage *st = &p->plan->stages[p->in_flight];
     cJSON *f = cJSON_AddObjectToObject(r, "in_flight");

@@ -254,7 +254,10 @@ static int merge_output(sc_task *t, cJSON *output, bool keep_output) {
     } else {
       item->next = item->prev = NULL;
       char *key = item->string;
-      cJSON_AddItemToObject(t->context, key, item);
+      if (!cJSON_AddItemToObject(t->context, key, item)) {
+        cJSON_Delete(item);
+        return sc__error(SC_ENOMEM, "out of memory");
+      }
     }
   }
   t->digest_stale = true;
@@ -270,7 +273,7 @@ static void fail_task(sc_task *t, const sc__stage *st, int32_t index, uint32_t a
   t->step = STEP_WAIT;
   sc_event_type type = rollback ? SC_EV_ROLLBACK_FAILED : SC_EV_TASK_FAILED;
   cJSON *data = new_data(t, type);
-  if (data) cJSON_AddItemToObject(data, "error", sc__error_json(r->code, r->message));
+  if (data) sc__json_put(data, "error", sc__error_json(r->code, r->message));
   sc__task_emit(t, type, st, index, attempt, data);
 }
 
@@ -308,13 +311,11 @@ static void stage_finished(sc_task *t, sc__result *r) {
     } else {
       cJSON *data = NULL;
       if (want && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject()) != NULL) {
-        if (r->output) cJSON_AddItemToObject(data, "output", r->output);
+        if (r->output) sc__json_put(data, "output", r->output);
         r->output = NULL;
-        cJSON_AddItemToObject(data, "context",
-                              cJSON_CreateObjectReference(sc__task_context(t)->child));
-        cJSON_AddItemToObject(data, "digest", cJSON_CreateStringReference(t->digest));
-        cJSON_AddItemToObject(data, "fingerprint",
-                              cJSON_CreateStringReference(t->plan->fingerprint));
+        sc__json_put(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
+        sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
+        sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
         cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
       }
       t->index++;
@@ -328,7 +329,7 @@ static void stage_finished(sc_task *t, sc__result *r) {
   uint64_t delay = will_retry ? backoff_ms(st, attempt) : 0;
   cJSON *data = new_data(t, SC_EV_STAGE_FAILED);
   if (data) {
-    cJSON_AddItemToObject(data, "error", sc__error_json(r->code, r->message));
+    sc__json_put(data, "error", sc__error_json(r->code, r->message));
     cJSON_AddBoolToObject(data, "will_retry", will_retry);
     if (will_retry) cJSON_AddNumberToObject(data, "retry_in_ms", (double)delay);
     cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
@@ -561,7 +562,7 @@ static void enter_pause(sc_task *t) {
     cJSON_AddStringToObject(data, "paused_from", sc_task_status_name(from));
     if (t->pause_reason) {
       cJSON_AddStringToObject(data, "reason", "ack-failed");
-      cJSON_AddItemToObject(data, "error", sc__error_json(t->pause_code, t->pause_reason));
+      sc__json_put(data, "error", sc__error_json(t->pause_code, t->pause_reason));
     } else {
       cJSON_AddStringToObject(data, "reason", "requested");
     }
@@ -639,8 +640,7 @@ static void admit(sc_task *t) {
     if (data) {
       cJSON_AddStringToObject(data, "strategy", "redeploy");
       cJSON_AddNumberToObject(data, "stages", t->end_index + 1);
-      cJSON_AddItemToObject(data, "fingerprint",
-                            cJSON_CreateStringReference(t->run_plan->fingerprint));
+      sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->run_plan->fingerprint));
     }
     sc__task_emit(t, SC_EV_ROLLBACK_STARTED, NULL, -1, 0, data);
   } else {
@@ -662,8 +662,8 @@ static void finish(sc_task *t) {
   sc_event_type type = rollback ? SC_EV_ROLLBACK_COMPLETED : SC_EV_TASK_COMPLETED;
   cJSON *data = NULL;
   if (wants(t, type) && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject())) {
-    cJSON_AddItemToObject(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
-    cJSON_AddItemToObject(data, "digest", cJSON_CreateStringReference(t->digest));
+    sc__json_put(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
+    sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
   }
   sc__task_emit(t, type, NULL, -1, 0, data);
 }
@@ -683,8 +683,8 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
   t->step = STEP_WAIT;
   cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
   if (data) {
-    cJSON_AddItemToObject(data, "kind", cJSON_CreateStringReference(st->kind));
-    cJSON_AddItemToObject(data, "mode", cJSON_CreateStringReference(mode_name(t)));
+    sc__json_put(data, "kind", cJSON_CreateStringReference(st->kind));
+    sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
   }
   sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
   if (t->cancel_requested || t->ctx != ctx) return; /* a subscriber cancelled: never started */

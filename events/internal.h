@@ -60,6 +60,17 @@ void sc__json_string(sc__buf *b, const char *s); /* a quoted, escaped JSON strin
 void sc__json_uint(sc__buf *b, uint64_t v);
 void sc__json_int(sc__buf *b, int64_t v);
 void sc__json_number(sc__buf *b, double v); /* integers exactly, others round-trip */
+/* Adds item under a constant key (not copied, so the add cannot fail for want of memory); a NULL
+ * item is skipped, and an item that cannot be added is freed, so no caller leaks on a failure. */
+static inline bool sc__json_put(cJSON *obj, const char *const_key, cJSON *item) {
+  if (item == NULL) return false;
+  if (obj == NULL || !cJSON_AddItemToObjectCS(obj, const_key, item)) {
+    cJSON_Delete(item);
+    return false;
+  }
+  return true;
+}
+
 /* Writes a cJSON value compactly; canonical sorts object keys by their bytes. */
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical);
 
