@@ -23,7 +23,10 @@ void sc__emit_created(sc_task *t) {
     if (t->plan->previous_config)
       sc__json_put(data, "previous_config",
                    cJSON_CreateObjectReference(t->plan->previous_config->child));
-    if (t->context) sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
+    if (t->context && sc__task_refresh_digest(t) == SC_OK) {
+      sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
+      sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
+    }
   }
   sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
 }

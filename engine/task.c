@@ -184,6 +184,7 @@ static void wake_pending(sc_engine *e) {
     if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) break;
     if (sc__task_try_acquire(w)) {
       pending_unlink(w);
+      w->step = STEP_ADMIT;
       sc__engine_enqueue(e, w);
     }
   }

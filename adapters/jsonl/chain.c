@@ -1,0 +1,148 @@
+/* The log's hash chain and the walk over a log that verifies it line by line. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chain.h"
+
+static const char hexdigits[] = "0123456789abcdef";
+
+int sc__chain_init(sc__chain *c) {
+  memset(c, 0, sizeof(*c));
+  memset(c->prev, '0', sizeof(c->prev));
+  c->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  c->ctx = EVP_MD_CTX_new();
+  if (c->md == NULL || c->ctx == NULL) {
+    sc__chain_free(c);
+    return SC_ENOMEM;
+  }
+  return SC_OK;
+}
+
+void sc__chain_free(sc__chain *c) {
+  EVP_MD_CTX_free(c->ctx);
+  EVP_MD_free(c->md);
+  c->ctx = NULL;
+  c->md = NULL;
+}
+
+static int digest(sc__chain *c, const char *a, size_t alen, const char *b, size_t blen,
+                  char out[CHAIN_HEX]) {
+  unsigned char raw[32];
+  unsigned int n = 0;
+  if (!EVP_DigestInit_ex(c->ctx, c->md, NULL) || !EVP_DigestUpdate(c->ctx, c->prev, CHAIN_HEX) ||
+      !EVP_DigestUpdate(c->ctx, a, alen) || (blen && !EVP_DigestUpdate(c->ctx, b, blen)) ||
+      !EVP_DigestFinal_ex(c->ctx, raw, &n) || n != 32)
+    return SC_EIO;
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = hexdigits[raw[i] >> 4];
+    out[2 * i + 1] = hexdigits[raw[i] & 15];
+  }
+  return SC_OK;
+}
+
+int sc__chain_next(sc__chain *c, const char *event, size_t len, char out[CHAIN_HEX]) {
+  char value[CHAIN_HEX];
+  int rc = digest(c, event, len, NULL, 0, value);
+  if (rc != SC_OK) return rc;
+  memcpy(c->prev, value, CHAIN_HEX);
+  if (out) memcpy(out, value, CHAIN_HEX);
+  return SC_OK;
+}
+
+bool sc__chain_split(const char *line, size_t len, size_t *event_len, const char **hex) {
+  if (len < CHAIN_SUFFIX_LEN + 2) return false;
+  const char *suffix = line + len - CHAIN_SUFFIX_LEN;
+  if (memcmp(suffix, CHAIN_PREFIX, CHAIN_PREFIX_LEN) != 0 || line[len - 2] != '"' ||
+      line[len - 1] != '}' || line[0] != '{')
+    return false;
+  const char *h = suffix + CHAIN_PREFIX_LEN;
+  for (int i = 0; i < CHAIN_HEX; i++)
+    if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f'))) return false;
+  *event_len = len - CHAIN_SUFFIX_LEN;
+  *hex = h;
+  return true;
+}
+
+bool sc__chain_check(sc__chain *c, const char *line, size_t len) {
+  size_t event_len;
+  const char *hex;
+  char value[CHAIN_HEX];
+  if (!sc__chain_split(line, len, &event_len, &hex)) return false;
+  /* The hashed text is the line without the chain member: its JSON up to it, then the '}'. */
+  if (digest(c, line, event_len, "}", 1, value) != SC_OK) return false;
+  if (memcmp(value, hex, CHAIN_HEX) != 0) return false;
+  memcpy(c->prev, value, CHAIN_HEX);
+  return true;
+}
+
+int sc__log_map(const char *path, sc__log *l) {
+  memset(l, 0, sizeof(*l));
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? SC_ENOTFOUND : SC_EIO;
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return SC_EIO;
+  }
+  l->size = (size_t)st.st_size;
+  if (l->size > 0) {
+    void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      close(fd);
+      return SC_EIO;
+    }
+    madvise(p, l->size, MADV_SEQUENTIAL);
+    l->data = p;
+    l->mapped = l->size;
+  }
+  close(fd);
+  return SC_OK;
+}
+
+void sc__log_unmap(sc__log *l) {
+  if (l->data) munmap(l->data, l->mapped);
+  memset(l, 0, sizeof(*l));
+}
+
+int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
+                 sc_jsonl_report *r) {
+  memset(r, 0, sizeof(*r));
+  r->bytes = l->size;
+  size_t off = 0;
+  uint64_t lineno = 0;
+  while (off < l->size) {
+    const char *line = l->data + off;
+    const char *nl = memchr(line, '\n', l->size - off);
+    if (nl == NULL) {
+      r->torn_tail = true; /* the last line never got its newline: a crash mid-write */
+      break;
+    }
+    size_t len = (size_t)(nl - line);
+    lineno++;
+    if (!sc__chain_check(c, line, len)) {
+      r->first_bad_line = (int64_t)lineno;
+      r->lines = lineno;
+      size_t event_len;
+      const char *hex;
+      bool shaped = sc__chain_split(line, len, &event_len, &hex);
+      return sc_error_set(SC_ECORRUPT, "%s: line %llu (byte offset %zu) %s", path,
+                          (unsigned long long)lineno, off,
+                          shaped ? "does not match the chain: it or a line before it was changed, "
+                                   "inserted or removed"
+                                 : "has no chain member: it is not a line of this log");
+    }
+    r->lines = lineno;
+    off += len + 1;
+    r->good_bytes = off;
+    if (fn != NULL) {
+      int rc = fn(line, len, off - len - 1, lineno, udata);
+      if (rc != 0) return rc;
+    }
+  }
+  return SC_OK;
+}

@@ -1,0 +1,61 @@
+/* The hash chain of the JSON-lines log and the walk over a log's lines (not installed).
+ *
+ * A line is the event's JSON with one more member at the end, `"chain":"<64 hex>"`. The chain
+ * value of line i is the lowercase hex SHA-256 of the chain value of line i-1 (64 ASCII hex
+ * characters; 64 '0' before the first line) followed by the line's JSON without that member. */
+#ifndef STAGECOACH_JSONL_CHAIN_H
+#define STAGECOACH_JSONL_CHAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "stagecoach/jsonl.h"
+
+#define CHAIN_HEX        64
+#define CHAIN_PREFIX     ",\"chain\":\""
+#define CHAIN_PREFIX_LEN (sizeof(CHAIN_PREFIX) - 1)
+/* `,"chain":"` + 64 hex + `"}` */
+#define CHAIN_SUFFIX_LEN (CHAIN_PREFIX_LEN + CHAIN_HEX + 2)
+
+typedef struct sc__chain {
+  EVP_MD *md;
+  EVP_MD_CTX *ctx;
+  char prev[CHAIN_HEX]; /* the last chain value */
+} sc__chain;
+
+int sc__chain_init(sc__chain *c);
+void sc__chain_free(sc__chain *c);
+/* The next chain value over an event's JSON (event[len-1] must be its closing '}'); also
+ * advances prev. out may be NULL. */
+int sc__chain_next(sc__chain *c, const char *event, size_t len, char out[CHAIN_HEX]);
+
+/* Splits a log line (without its newline): *event_len is the length of the JSON before the chain
+ * member (the closing '}' is then implied), *hex the stored value. False when the line does not
+ * end in a well-formed chain member. */
+bool sc__chain_split(const char *line, size_t len, size_t *event_len, const char **hex);
+/* Checks a line against the chain and advances it; false on a mismatch. */
+bool sc__chain_check(sc__chain *c, const char *line, size_t len);
+
+/* A log file read into memory: the walk over its lines. */
+typedef struct sc__log {
+  char *data; /* the file's bytes (mmap'd or NULL when empty) */
+  size_t size;
+  size_t mapped;
+} sc__log;
+
+int sc__log_map(const char *path, sc__log *l);
+void sc__log_unmap(sc__log *l);
+
+/* The walk of sc_jsonl_verify: calls line_fn(line, len, offset, lineno, udata) for every line
+ * whose chain verifies, in order; stops at the first that does not (or when line_fn returns
+ * non-zero). Fills r and leaves the chain at the last good line. Returns SC_OK, SC_ECORRUPT (with
+ * a message naming the line and byte offset), or line_fn's non-zero return. */
+typedef int (*sc__line_fn)(const char *line, size_t len, uint64_t offset, uint64_t lineno,
+                           void *udata);
+int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
+                 sc_jsonl_report *r);
+
+#endif

@@ -1,0 +1,111 @@
+/* The durable JSON-lines log: an adapter that appends every event of an engine to a file, one
+ * CloudEvents JSON object per line, with a SHA-256 hash chain, and acknowledges each event only
+ * once its line is as durable as the fsync mode says. Also the readers: verify a log's chain and
+ * scan it for the tasks that did not finish, as ready recovery requests.
+ *
+ * The line format and the chain rule are in docs/jsonl.md. */
+#ifndef STAGECOACH_JSONL_H
+#define STAGECOACH_JSONL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <stagecoach/engine.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sc_jsonl sc_jsonl;
+
+typedef enum sc_fsync_mode {
+  SC_FSYNC_NONE,  /* ack after write(): survives a crash of the process, not of the machine */
+  SC_FSYNC_BATCH, /* one fdatasync per loop turn for every line written in it (group commit) */
+  SC_FSYNC_ALWAYS /* one fdatasync per event, each before its ack */
+} sc_fsync_mode;
+
+#define SC_JSONL_OPTIONS_VERSION 1
+
+typedef struct sc_jsonl_options {
+  unsigned version;    /* SC_JSONL_OPTIONS_VERSION */
+  sc_fsync_mode fsync; /* default SC_FSYNC_BATCH */
+  size_t buffer_bytes; /* lines are written when this much is buffered, or at the end of the loop
+                          turn; default 256 KiB */
+  /* Told what the adapter did on its own: a torn tail cut when the log was opened. May be NULL. */
+  void (*log)(const char *message, void *udata);
+  void *log_udata;
+} sc_jsonl_options;
+
+void sc_jsonl_options_init(sc_jsonl_options *o);
+
+typedef struct sc_jsonl_report {
+  uint64_t lines;         /* complete lines read */
+  uint64_t bytes;         /* the file's size */
+  uint64_t good_bytes;    /* bytes up to the end of the last line whose chain verified */
+  bool torn_tail;         /* the file ends in an incomplete line (a crash mid-write) */
+  int64_t first_bad_line; /* 1-based number of the first line that does not verify; 0: none */
+} sc_jsonl_report;
+
+/* Opens (creating it if needed) a log for appending and subscribes to every event of e. An
+ * existing log is verified first: a torn tail is cut (it was never acknowledged) and reported
+ * through the log callback; a log whose chain breaks is refused with SC_ECORRUPT naming the line.
+ * The chain continues from the last line. o NULL: defaults. On success *out is the adapter, which
+ * the caller closes with sc_jsonl_close() before sc_engine_free(); on failure *out is NULL.
+ * Write and sync errors acknowledge the events concerned with SC_EIO (the engine pauses the task),
+ * with a message naming the file and the error; every later event fails the same way. */
+int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_jsonl **out);
+
+/* What sc_jsonl_open found in the existing file (lines, a torn tail that was cut). Borrowed,
+ * valid until sc_jsonl_close(). */
+const sc_jsonl_report *sc_jsonl_open_report(const sc_jsonl *j);
+
+/* Writes what is buffered, syncs (unless SC_FSYNC_NONE), acknowledges every event still held,
+ * unsubscribes, closes the file and frees the adapter. Runs the loop without blocking until its own
+ * work on the thread pool and its handles are done; call it outside the loop's callbacks. Returns
+ * SC_EIO if a write or sync failed at any point. NULL: SC_OK. */
+int sc_jsonl_close(sc_jsonl *j);
+
+/* Walks a log and checks every line's chain. SC_OK with r->torn_tail for a log that merely ends in
+ * an incomplete line; SC_ECORRUPT with r->first_bad_line for a changed, inserted or removed line
+ * (the message names the line and its byte offset); SC_EIO when the file cannot be read. r may be
+ * NULL. */
+int sc_jsonl_verify(const char *path, sc_jsonl_report *r);
+
+typedef struct sc_unfinished {
+  sc_recovery_request request; /* mode RETRY preset; task_id NULL; recovered_from the stopped id */
+  sc_task_status status;       /* the task's last status in the log */
+} sc_unfinished;
+
+/* Reads a log and returns one entry per task that has no terminal event and is not superseded by a
+ * later task.recovered: config and previous config from task.created, the last completed stage
+ * with the context and digest of its stage.completed, the fingerprint, epoch, tenant, plan and
+ * traceparent. The chain is verified as the log is read; a log that does not verify is refused
+ * with SC_ECORRUPT (see sc_jsonl_scan_ex to recover from the good prefix). *out is an array of *n
+ * entries that the caller frees with sc_unfinished_free() (NULL when there is none); r may be
+ * NULL. */
+int sc_jsonl_scan(const char *path, sc_unfinished **out, size_t *n, sc_jsonl_report *r);
+
+#define SC_JSONL_SCAN_OPTIONS_VERSION 1
+
+typedef struct sc_jsonl_scan_options {
+  unsigned version; /* SC_JSONL_SCAN_OPTIONS_VERSION */
+  /* true: a log whose chain breaks is read up to its last good line instead of refused;
+   * r->first_bad_line still says where it broke. */
+  bool stop_at_last_good_line;
+} sc_jsonl_scan_options;
+
+void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o);
+
+/* sc_jsonl_scan with options (o NULL: defaults, the same as sc_jsonl_scan). */
+int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfinished **out,
+                     size_t *n, sc_jsonl_report *r);
+
+/* Frees what sc_jsonl_scan returned: every string and JSON value the requests point to. NULL is a
+ * no-op. */
+void sc_unfinished_free(sc_unfinished *u, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
