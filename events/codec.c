@@ -210,7 +210,10 @@ static int parse_time(const char *s, int64_t *out) {
       parse_digits(&p, 2, &h) || *p++ != ':' || parse_digits(&p, 2, &mi) || *p++ != ':' ||
       parse_digits(&p, 2, &se))
     return -1;
-  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return -1;
+  static const unsigned days_in[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (mo < 1 || mo > 12 || h > 23 || mi > 59 || se > 60) return -1;
+  if (d < 1 || d > days_in[mo - 1] + (mo == 2 && leap)) return -1;
   int64_t ns = 0;
   if (*p == '.') {
     p++;
@@ -241,6 +244,13 @@ static int parse_time(const char *s, int64_t *out) {
 static const char *get_string(const cJSON *o, const char *name) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
   return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* An optional string attribute: absent is fine (*out NULL), any other type is refused. */
+static bool get_optional_string(const cJSON *o, const char *name, const char **out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  *out = cJSON_IsString(v) ? v->valuestring : NULL;
+  return v == NULL || cJSON_IsString(v);
 }
 
 /* A non-negative integer member; -1 missing, -2 present but not such a number. */
@@ -322,9 +332,12 @@ int sc_event_parse(const char *json, size_t len, sc_event_doc **out) {
     return parse_fail(d, "unknown event type in", "type");
   if ((ev->task_id = get_string(root, "taskid")) == NULL)
     return parse_fail(d, "missing or non-string attribute", "taskid");
-  ev->tenant_id = get_string(root, "tenantid");
-  ev->plan_id = get_string(root, "planid");
-  ev->traceparent = get_string(root, "traceparent");
+  if (!get_optional_string(root, "tenantid", &ev->tenant_id))
+    return parse_fail(d, "non-string attribute", "tenantid");
+  if (!get_optional_string(root, "planid", &ev->plan_id))
+    return parse_fail(d, "non-string attribute", "planid");
+  if (!get_optional_string(root, "traceparent", &ev->traceparent))
+    return parse_fail(d, "non-string attribute", "traceparent");
   double num;
   if (get_count(root, "seq", 9007199254740992.0, &num) != 0 || num < 1)
     return parse_fail(d, "missing or non-positive integer attribute", "seq");
@@ -332,7 +345,9 @@ int sc_event_parse(const char *json, size_t len, sc_event_doc **out) {
   int rc = get_count(root, "epoch", 9007199254740992.0, &num);
   if (rc == -2) return parse_fail(d, "bad integer in attribute", "epoch");
   ev->epoch = rc == 0 ? (uint64_t)num : 0;
-  const char *time = get_string(root, "time");
+  const char *time;
+  if (!get_optional_string(root, "time", &time))
+    return parse_fail(d, "non-string attribute", "time");
   if (time != NULL && parse_time(time, &ev->time_ns) != 0)
     return parse_fail(d, "malformed RFC 3339 timestamp in", "time");
   rc = read_data(d, cJSON_GetObjectItemCaseSensitive(root, "data"));

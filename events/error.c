@@ -42,6 +42,14 @@ int sc__error(int code, const char *fmt, ...) {
   return code;
 }
 
+int sc_error_set(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_message, sizeof(last_message), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
 void sc__error_clear(void) {
   last_message[0] = '\0';
 }

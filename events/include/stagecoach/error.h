@@ -45,6 +45,14 @@ const char *sc_err_name(int err);
  * until the next failing call on the same thread. */
 const char *sc_error_message(void);
 
+/* Sets this thread's message (printf-style) and returns code, so that stage kinds, factories and
+ * adapters report the way the library does: `return sc_error_set(SC_EIO, "write %s: %s", ...)`. */
+int sc_error_set(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
 #ifdef __cplusplus
 }
 #endif
