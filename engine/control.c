@@ -72,6 +72,8 @@ int sc_task_pause(sc_task *t) {
 int sc_task_resume(sc_task *t) {
   if (t == NULL) return sc__error(SC_EINVAL, "resume: NULL task");
   if (t->status == SC_TASK_PAUSED) {
+    int rc = sc__task_reacquire_lost_lock(t);
+    if (rc != SC_OK) return rc;
     t->resume_requested = true;
     sc__engine_enqueue(t->e, t);
     return SC_OK;

@@ -258,6 +258,11 @@ int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **ou
   }
   uv_idle_init(loop, &e->kick);
   e->kick.data = e;
+  uv_timer_init(loop, &e->lock_retry);
+  e->lock_retry.data = e;
+  uv_timer_init(loop, &e->lock_renew);
+  e->lock_renew.data = e;
+  uv_unref((uv_handle_t *)&e->lock_renew); /* renewing alone keeps nothing alive */
   uv_async_init(loop, &e->async, on_async);
   e->async.data = e;
   uv_unref((uv_handle_t *)&e->async);
@@ -336,7 +341,9 @@ void sc_engine_free(sc_engine *e) {
     free(c);
   }
   if (e->kick_active) uv_idle_stop(&e->kick);
-  e->closing += 2;
+  e->closing += 4;
+  uv_close((uv_handle_t *)&e->lock_retry, on_handle_closed);
+  uv_close((uv_handle_t *)&e->lock_renew, on_handle_closed);
   uv_close((uv_handle_t *)&e->kick, on_handle_closed);
   uv_close((uv_handle_t *)&e->async, on_handle_closed);
   /* Close callbacks run at the end of a loop iteration; a non-blocking run gets there. */

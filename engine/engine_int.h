@@ -156,7 +156,7 @@ struct sc_task {
   bool digest_stale;
   uint8_t status, paused_from, step, timer_use;
   bool queued, pending_listed, active, rollback, cancel_requested, pause_requested, recovered;
-  bool holds_lock, stepping, resume_requested, release_requested, rate_passed;
+  bool holds_lock, lock_lost, stepping, resume_requested, release_requested, rate_passed;
   bool compensating; /* a COMPENSATE rollback: stages run backwards through compensate */
   bool retry_requested, retry_reset, rollback_requested;
   uint8_t rollback_how;     /* sc_rollback_strategy of the requested rollback */
@@ -217,6 +217,9 @@ struct sc_engine {
   uint64_t uuid_state[2];
   int64_t uuid_last_ms;
   uint32_t uuid_seq;
+  sc_lock_provider locks; /* valid when has_locks */
+  bool has_locks;
+  uv_timer_t lock_retry, lock_renew;
   double tokens; /* recovery rate limiter */
   int64_t tokens_at_ns;
   cJSON *empty; /* {} for a task without context */
@@ -240,8 +243,14 @@ void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, 
                      void *udata);
 void sc__task_free(sc_task *t);
 int sc__task_set_status(sc_task *t, sc_task_status to);
+/* admission.c */
 void sc__task_release_slot(sc_task *t);
 bool sc__task_try_acquire(sc_task *t);
+void sc__wake_pending(sc_engine *e);
+void sc__pending_append(sc_task *t);
+void sc__pending_unlink(sc_task *t);
+uint64_t sc__rate_wait_ms(sc_engine *e);
+int sc__task_reacquire_lost_lock(sc_task *t);
 /* rollback.c: applies a requested retry or rollback in the task's step. */
 void sc__task_apply_retry(sc_task *t);
 void sc__task_apply_rollback(sc_task *t);

@@ -129,80 +129,6 @@ void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, 
     sc__engine_enqueue(t->e, t);
 }
 
-/* ---- the slot and the tenant lock ---- */
-
-bool sc__task_try_acquire(sc_task *t) {
-  sc_engine *e = t->e;
-  if (t->active) return true;
-  if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) return false;
-  if (e->opts.tenant_exclusive && t->tenant != NULL) {
-    sc_task *holder = sc__map_get(&e->tenants, t->tenant);
-    if (holder != NULL && holder != t) return false;
-    if (holder == NULL) {
-      if (sc__map_put(&e->tenants, t->tenant, t) != 0) return false;
-      t->holds_lock = true;
-    }
-  }
-  t->active = true;
-  e->active++;
-  return true;
-}
-
-static void pending_unlink(sc_task *t) {
-  sc_engine *e = t->e;
-  if (!t->pending_listed) return;
-  if (t->prev_pending)
-    t->prev_pending->next_pending = t->next_pending;
-  else
-    e->pending_head = t->next_pending;
-  if (t->next_pending)
-    t->next_pending->prev_pending = t->prev_pending;
-  else
-    e->pending_tail = t->prev_pending;
-  t->next_pending = t->prev_pending = NULL;
-  t->pending_listed = false;
-}
-
-static void pending_append(sc_task *t) {
-  sc_engine *e = t->e;
-  if (t->pending_listed) return;
-  t->prev_pending = e->pending_tail;
-  t->next_pending = NULL;
-  if (e->pending_tail)
-    e->pending_tail->next_pending = t;
-  else
-    e->pending_head = t;
-  e->pending_tail = t;
-  t->pending_listed = true;
-}
-
-/* Wakes waiting tasks in submission order; each woken task already holds what it waited for, so
- * a later submission can never overtake an earlier one of the same tenant. */
-static void wake_pending(sc_engine *e) {
-  for (sc_task *w = e->pending_head, *next; w != NULL; w = next) {
-    next = w->next_pending;
-    if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) break;
-    if (sc__task_try_acquire(w)) {
-      pending_unlink(w);
-      w->step = STEP_ADMIT;
-      sc__engine_enqueue(e, w);
-    }
-  }
-}
-
-void sc__task_release_slot(sc_task *t) {
-  sc_engine *e = t->e;
-  if (t->holds_lock) {
-    if (sc__map_get(&e->tenants, t->tenant) == t) sc__map_del(&e->tenants, t->tenant);
-    t->holds_lock = false;
-  }
-  if (t->active) {
-    t->active = false;
-    e->active--;
-  }
-  if (!e->freeing) wake_pending(e);
-}
-
 /* ---- timers ---- */
 
 static void on_timer(uv_timer_t *h);
@@ -589,7 +515,7 @@ static void cancel_now(sc_task *t, const char *reason) {
     sc__ctx_detach(ctx, true);
   }
   sc__task_stop_timer(t);
-  pending_unlink(t);
+  sc__pending_unlink(t);
   approval_free(t->approval);
   t->approval = NULL;
   set_status(t, SC_TASK_CANCELLED);
@@ -602,27 +528,10 @@ static void cancel_now(sc_task *t, const char *reason) {
 
 /* ---- the steps ---- */
 
-/* The recovery rate limiter: a token bucket of recovery_rate_per_s tokens a second, holding at
- * most max(1, rate) tokens. Returns 0 when the task may go, or the milliseconds to wait. */
-static uint64_t rate_wait_ms(sc_engine *e) {
-  double rate = e->opts.recovery_rate_per_s;
-  int64_t now = sc__now_ns();
-  double burst = rate > 1 ? rate : 1;
-  e->tokens += (double)(now - e->tokens_at_ns) / 1e9 * rate;
-  if (e->tokens > burst) e->tokens = burst;
-  e->tokens_at_ns = now;
-  if (e->tokens >= 1) {
-    e->tokens -= 1;
-    return 0;
-  }
-  uint64_t ms = (uint64_t)((1 - e->tokens) / rate * 1000.0) + 1;
-  return ms;
-}
-
 static void admit(sc_task *t) {
   if (t->status == SC_TASK_CREATED) set_status(t, SC_TASK_PENDING);
   if (t->recovered && !t->rate_passed && t->e->opts.recovery_rate_per_s > 0) {
-    uint64_t wait = rate_wait_ms(t->e);
+    uint64_t wait = sc__rate_wait_ms(t->e);
     if (wait > 0 && sc__task_start_timer(t, TIMER_ADMIT, wait) == SC_OK) {
       t->step = STEP_WAIT;
       return;
@@ -630,7 +539,7 @@ static void admit(sc_task *t) {
     t->rate_passed = true;
   }
   if (!sc__task_try_acquire(t)) {
-    pending_append(t);
+    sc__pending_append(t);
     t->step = STEP_WAIT;
     return;
   }
@@ -888,7 +797,7 @@ void sc__task_free(sc_task *t) {
     t->ctx = NULL;
     sc__ctx_detach(ctx, true);
   }
-  pending_unlink(t);
+  sc__pending_unlink(t);
   sc__task_release_slot(t);
   sc__bus_orphan_acks(e->bus, t);
   if (t->timer != NULL) {

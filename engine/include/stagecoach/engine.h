@@ -254,6 +254,49 @@ const char *sc_task_fingerprint(const sc_task *t);
 /* The number of tasks the engine holds. */
 size_t sc_engine_task_count(const sc_engine *e);
 
+/* ---- pending approvals ---- */
+
+typedef struct sc_pending_approval {
+  sc_task *task; /* borrowed, like every pointer here: valid until the task moves */
+  const char *task_id, *tenant_id, *stage;
+  int32_t stage_index;
+  const char *reason;                /* "policy" or "irreversible-stage-in-flight" */
+  int64_t requested_ns, deadline_ns; /* since the Unix epoch; deadline 0: none */
+  uint32_t approvals, approvers_needed;
+} sc_pending_approval;
+
+/* The approvals the engine waits for. Fills at most cap entries of out (out may be NULL) and
+ * returns how many there are; the entries are valid until the engine runs again. */
+size_t sc_engine_pending_approvals(sc_engine *e, sc_pending_approval *out, size_t cap);
+
+/* ---- tenant locks ---- */
+
+#define SC_LOCK_PROVIDER_VERSION 1
+
+/* A tenant lock beyond this process (a distributed lock). The engine always holds the lock in
+ * process first; a provider must grant it too. Calls are synchronous on the loop's thread: a
+ * provider that needs network I/O answers from a local view it keeps current (a watch). owner is
+ * the task id. */
+typedef struct sc_lock_provider {
+  unsigned version; /* SC_LOCK_PROVIDER_VERSION */
+  /* SC_OK: taken for ttl_ms; SC_EBUSY: held by another owner (the task waits and the engine asks
+   * again every retry_ms); another negative code is logged and treated as busy. */
+  int (*acquire)(const char *tenant, const char *owner, uint32_t ttl_ms, void *udata);
+  /* Extends a held lock, every ttl_ms / 3. A failure pauses the task at its next stage boundary
+   * ("lost the lock of tenant ..."); resume takes the lock again or is refused with SC_EBUSY. */
+  int (*renew)(const char *tenant, const char *owner, uint32_t ttl_ms, void *udata);
+  void (*release)(const char *tenant, const char *owner, void *udata);
+  void *udata;
+  uint32_t ttl_ms;   /* 0: 30000 */
+  uint32_t retry_ms; /* 0: 1000 */
+} sc_lock_provider;
+
+void sc_lock_provider_init(sc_lock_provider *p);
+
+/* Installs a provider (copied); NULL: the in-process locks alone, the default. Refused with
+ * SC_EBUSY while a tenant lock is held. */
+int sc_engine_set_lock_provider(sc_engine *e, const sc_lock_provider *p);
+
 /* ---- state machine ---- */
 
 /* True when the table of docs/design.md allows a change from one status to the other. */
