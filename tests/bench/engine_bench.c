@@ -341,10 +341,105 @@ static void bench_idle_rss(int ntasks) {
   report("baseline_rss_2k_alloc_bytes", in_child(alloc_2k_rss, ntasks), "bytes");
 }
 
+/* ---- approvals: 100,000 tasks waiting at a gate, then approved ---- */
+
+typedef struct approval_counts {
+  uint64_t requested, started;
+} approval_counts;
+
+static int count_approval(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ack;
+  approval_counts *c = udata;
+  if (ev->type == SC_EV_APPROVAL_REQUESTED) c->requested++;
+  if (ev->type == SC_EV_STAGE_STARTED) c->started++;
+  return SC_OK;
+}
+
+static const char *gate_config =
+    "{\"stages\":[{\"name\":\"gate\",\"kind\":\"fn\",\"params\":{\"fn\":\"finish_now\"},"
+    "\"approval\":{\"required\":true}}]}";
+
+static sc_engine *waiting_engine(int ntasks, approval_counts *c, sc_task **tasks) {
+  sc_engine *e;
+  sc_engine_new(NULL, NULL, &e);
+  sc_engine_register_fn(e, "finish_now", finish_now, NULL);
+  sc_subscriber s;
+  sc_subscriber_init(&s);
+  s.mask = 1ull << SC_EV_APPROVAL_REQUESTED | 1ull << SC_EV_STAGE_STARTED;
+  s.on_event = count_approval;
+  s.udata = c;
+  sc_engine_subscribe(e, &s, NULL);
+  cJSON *config = cJSON_Parse(gate_config);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = config;
+  for (int i = 0; i < ntasks; i++)
+    sc_task_submit(e, &spec, tasks ? &tasks[i] : NULL);
+  cJSON_Delete(config);
+  for (int turns = 0; c->requested < (uint64_t)ntasks && turns < 100000; turns++)
+    uv_run(sc_engine_loop(e), UV_RUN_NOWAIT);
+  return e;
+}
+
+static double waiting_task_rss(int ntasks) {
+  approval_counts c = {0};
+  long before = rss_bytes();
+  sc_engine *e = waiting_engine(ntasks, &c, NULL);
+  long after = rss_bytes();
+  sc_engine_free(e);
+  return (double)(after - before) / ntasks;
+}
+
+typedef struct wakeup {
+  uv_timer_t timer;
+  uint64_t *fired;
+} wakeup;
+
+static void woke(uv_timer_t *t) {
+  (*((wakeup *)t)->fired)++;
+}
+
+static void bench_approvals(int ntasks) {
+  report("rss_per_waiting_task_bytes", in_child(waiting_task_rss, ntasks), "bytes");
+  approval_counts c = {0};
+  sc_task **tasks = malloc((size_t)ntasks * sizeof(*tasks));
+  sc_engine *e = waiting_engine(ntasks, &c, tasks);
+  double t0 = now_s();
+  for (int i = 0; i < ntasks; i++)
+    sc_task_approve(tasks[i], NULL, "alice", NULL);
+  for (int turns = 0; c.started < (uint64_t)ntasks && turns < 1000000; turns++)
+    uv_run(sc_engine_loop(e), UV_RUN_NOWAIT);
+  double t1 = now_s();
+  sc_engine_run(e);
+  sc_engine_free(e);
+  free(tasks);
+  /* Baseline: one loop wake-up per task (a zero-delay timer and its callback). */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  wakeup *w = calloc((size_t)ntasks, sizeof(*w));
+  uint64_t fired = 0;
+  double b0 = now_s();
+  for (int i = 0; i < ntasks; i++) {
+    uv_timer_init(&loop, &w[i].timer);
+    w[i].fired = &fired;
+    uv_timer_start(&w[i].timer, woke, 0, 0);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  double b1 = now_s();
+  for (int i = 0; i < ntasks; i++)
+    uv_close((uv_handle_t *)&w[i].timer, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  free(w);
+  report("approval_roundtrip_ns", (t1 - t0) * 1e9 / ntasks, "ns/task");
+  report("baseline_timer_wakeup_ns", (b1 - b0) * 1e9 / ntasks, "ns/task");
+}
+
 int main(int argc, char **argv) {
   double scale = argc > 1 ? atof(argv[1]) : 1.0; /* a smaller scale for a quick look */
   if (scale <= 0) scale = 1.0;
   bench_idle_rss((int)(100000 * scale));
+  bench_approvals((int)(100000 * scale));
   bench_stage_overhead((size_t)(1000000 * scale));
   bench_concurrent((int)(10000 * scale), 10);
   bench_codec((int)(200000 * scale));
