@@ -91,6 +91,7 @@ struct sc_stage_ctx {
   uint32_t attempt;
   uint8_t state;
   bool rollback, compensation, cancelled;
+  const char *mode; /* static: run, retry, rollback, compensate */
   void *data;
   int64_t started_ns;
   /* the result */

@@ -160,6 +160,9 @@ bool sc_stage_is_rollback(const sc_stage_ctx *ctx) {
 bool sc_stage_is_compensation(const sc_stage_ctx *ctx) {
   return ctx->compensation;
 }
+const char *sc_stage_mode(const sc_stage_ctx *ctx) {
+  return ctx->mode ? ctx->mode : "run";
+}
 bool sc_stage_cancelled(const sc_stage_ctx *ctx) {
   return ctx->cancelled;
 }

@@ -589,6 +589,7 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
   t->attempt++;
   ctx->attempt = t->attempt;
   ctx->compensation = t->compensating;
+  ctx->mode = mode_name(t);
   t->ctx = ctx;
   t->step = STEP_WAIT;
   cJSON *data = new_data(t, SC_EV_STAGE_STARTED);

@@ -195,6 +195,8 @@ const cJSON *sc_stage_config(const sc_stage_ctx *ctx); /* previous_config in a r
 const cJSON *sc_stage_context(const sc_stage_ctx *ctx);
 bool sc_stage_is_rollback(const sc_stage_ctx *ctx);
 bool sc_stage_is_compensation(const sc_stage_ctx *ctx);
+/* "run", "retry" (a retried or recovered task), "rollback" or "compensate"; static storage. */
+const char *sc_stage_mode(const sc_stage_ctx *ctx);
 bool sc_stage_cancelled(const sc_stage_ctx *ctx);
 sc_task *sc_stage_task(const sc_stage_ctx *ctx); /* NULL once the engine gave up on the stage */
 uv_loop_t *sc_stage_loop(const sc_stage_ctx *ctx);

@@ -1,0 +1,75 @@
+/* Internals of the `stagecoach` command (not installed): the pipeline file loader, the exec stage
+ * kind, the progress display and the commands. */
+#ifndef STAGECOACH_CLI_H
+#define STAGECOACH_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <stagecoach/jsonl.h>
+#include <stagecoach/stagecoach.h>
+#include <uv.h>
+
+/* Exit codes of every command. */
+enum {
+  CLI_EXIT_COMPLETED = 0,
+  CLI_EXIT_FAILED = 1,
+  CLI_EXIT_USAGE = 2, /* usage or input error */
+  CLI_EXIT_CANCELLED = 3,
+  CLI_EXIT_ROLLED_BACK = 4,
+};
+
+/* ---- pipeline.c: pipeline files ---- */
+
+typedef struct cli_pipeline {
+  char *path;            /* as given */
+  char *plan;            /* "plan", may be NULL */
+  char *tenant;          /* "tenant", may be NULL */
+  cJSON *config;         /* owned */
+  cJSON *previous_config; /* owned; NULL when absent */
+  char fingerprint[72];  /* of config's plan */
+} cli_pipeline;
+
+/* Reads and checks a pipeline file: well-formed JSON, an object with "config" (an object) and the
+ * optional "plan", "tenant" (strings) and "previous_config" (an object), and both configs accepted
+ * by sc_json_stage_factory with the kinds registered in `e` (NULL: the built-in kinds plus
+ * "exec"). On failure returns CLI_EXIT_USAGE and writes one message per line into err, each
+ * "FILE:LINE:COLUMN: what", e.g.
+ *   deploy.json:14:9: stage "verify": "timeout_ms" must be a non-negative integer
+ *   deploy.json:3:17: expected ',' or '}' after an object member
+ * (LINE and COLUMN 1-based; COLUMN counts bytes). On success returns 0 and fills *p, freed with
+ * cli_pipeline_free(). */
+int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err, size_t errlen);
+void cli_pipeline_free(cli_pipeline *p);
+
+/* ---- exec.c: the exec stage kind ---- */
+
+typedef struct cli_exec cli_exec;
+
+/* Where the exec kind sends each line a stage's command prints (stdout or stderr), without the
+ * newline; the default (NULL) writes "[stage] line" to the terminal's stderr/stdout. */
+typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char *line,
+                              size_t len, void *udata);
+
+/* Registers the "exec" kind in e. Stage params (stage members other than the spec fields land in
+ * params): "run" (required, a shell command for /bin/sh -c), "compensate" (optional command for
+ * compensation), "no_retry_exit_codes" (array of integers), "kill_grace_ms" (default 5000), "cwd"
+ * (optional working directory), "env" (optional object of extra variables). *out is freed with
+ * cli_exec_free() after sc_engine_free(). */
+int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out);
+/* The number of commands still running. */
+size_t cli_exec_running(const cli_exec *x);
+/* Sends SIGKILL to the process group of every command still running. */
+void cli_exec_kill_all(cli_exec *x);
+void cli_exec_free(cli_exec *x);
+
+/* Resolves ${config.a.b}, ${context.x}, ${task.id} and ${tenant} in text (exposed for tests).
+ * Returns a malloc'd string, or NULL with *unresolved (malloc'd) naming the first variable that
+ * has no value, e.g. "${context.build_id}". Numbers and booleans are written as JSON; objects and
+ * arrays as compact JSON; strings as they are. "$${" writes a literal "${". */
+char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
+                      const char *task_id, const char *tenant, char **unresolved);
+
+#endif
