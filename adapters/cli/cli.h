@@ -72,4 +72,49 @@ void cli_exec_free(cli_exec *x);
 char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
                       const char *task_id, const char *tenant, char **unresolved);
 
+/* ---- progress.c: what an operator sees while tasks run ---- */
+
+typedef struct cli_progress cli_progress;
+
+/* live: redraw one status line per active task in place (a terminal); otherwise plain timestamped
+ * lines. out is where it writes (stdout). */
+int cli_progress_new(uv_loop_t *loop, bool live, FILE *out, cli_progress **p);
+/* The subscriber to attach to the engine (udata is the progress). */
+int cli_progress_on_event(const sc_event *ev, sc_ack *ack, void *udata);
+/* A line printed by a stage's command; fits cli_output_fn. */
+void cli_progress_output(const char *stage, int fd, const char *line, size_t len, void *udata);
+/* Prints a message between the status lines (the status lines are cleared and redrawn). */
+void cli_progress_say(cli_progress *p, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Clears the status lines (before a prompt) and stops redrawing until cli_progress_resume. */
+void cli_progress_hold(cli_progress *p);
+void cli_progress_resume(cli_progress *p);
+/* The last status seen of a task (SC_TASK__COUNT: unknown), and how many tasks were seen. */
+sc_task_status cli_progress_status(const cli_progress *p, const char *task_id);
+size_t cli_progress_task_count(const cli_progress *p);
+const char *cli_progress_task_id(const cli_progress *p, size_t i);
+/* The summary table: stage, status, attempts, duration, per task. */
+void cli_progress_summary(cli_progress *p);
+void cli_progress_free(cli_progress *p);
+
+/* ---- run.c: run and recover ---- */
+
+int cli_run(int argc, char **argv);
+int cli_recover(int argc, char **argv);
+
+/* ---- main.c ---- */
+
+/* Prints "stagecoach CMD: message" to stderr and returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Matches "--name VALUE" and "--name=VALUE" at argv[*i]; advances *i past the value. Returns 1 on
+ * a match (with *value set), 0 when argv[*i] is another argument, -1 when the value is missing. */
+int cli_option(int argc, char **argv, int *i, const char *name, const char **value);
+
 #endif

@@ -1,0 +1,318 @@
+/* The `stagecoach` command: run and recover pipelines from a shell, verify and read their logs,
+ * validate pipeline files. Exit codes: 0 completed (or OK), 1 failed, 2 usage or input error,
+ * 3 cancelled, 4 rolled back. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+static const char *or_default(const char *s, const char *fallback) {
+  return s ? s : fallback;
+}
+
+static const char *usage_text =
+    "usage: stagecoach COMMAND [ARGS]\n"
+    "\n"
+    "  run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
+    "                    [--plain] [--no-prompt]      run a pipeline\n"
+    "  recover PIPELINE.json --log FILE [--mode retry|rollback] [--from STAGE]\n"
+    "                    [--task ID] [--dry-run]      recover what the log says is unfinished\n"
+    "  verify FILE                                     check a log's hash chain\n"
+    "  events FILE [--task ID] [--type T] [--json]     print a log as a timeline\n"
+    "  validate PIPELINE.json                          check a pipeline file\n"
+    "\n"
+    "  --help (also after a command), --version\n"
+    "exit codes: 0 completed, 1 failed, 2 usage or input error, 3 cancelled, 4 rolled back\n";
+
+static const char *help_run =
+    "usage: stagecoach run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
+    "                      [--plain] [--no-prompt]\n"
+    "\n"
+    "Runs the pipeline's config as one task. Stages of kind exec run their command through\n"
+    "/bin/sh -c; their output is shown prefixed with the stage name.\n"
+    "\n"
+    "  --log FILE      append every event to FILE (a JSON-lines log with a hash chain); the\n"
+    "                  log is what `stagecoach recover` reads after a crash\n"
+    "  --fsync MODE    always: one fdatasync per event; batch (default): one per loop turn;\n"
+    "                  none: no fdatasync\n"
+    "  --task-id ID    the task's id (default: a generated UUIDv7)\n"
+    "  --plain         plain timestamped lines, also on a terminal\n"
+    "  --no-prompt     do not ask for approvals on the terminal; an approval gate then waits\n"
+    "                  for its timeout and applies its policy\n"
+    "\n"
+    "On a terminal the progress is redrawn in place and approvals are asked for. SIGINT or\n"
+    "SIGTERM cancels the task (the running command gets SIGTERM, then SIGKILL); a second one\n"
+    "exits at once. Exit codes: 0 completed, 1 failed, 2 input error, 3 cancelled.\n";
+
+static const char *help_recover =
+    "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback] [--from STAGE]\n"
+    "                          [--task ID] [--dry-run] [--fsync MODE] [--plain] [--no-prompt]\n"
+    "\n"
+    "Reads the log, finds every task without a terminal event, and carries each on as a new\n"
+    "task (epoch + 1) appended to the same log. The pipeline file gives the current config; a\n"
+    "pipeline whose plan changed since the log was written is refused (its fingerprint).\n"
+    "\n"
+    "  --mode retry     continue after the last completed stage (default)\n"
+    "  --mode rollback  re-run the touched stages with previous_config\n"
+    "  --from STAGE     resume at STAGE instead (the stage before it counts as completed)\n"
+    "  --task ID        only the task ID\n"
+    "  --dry-run        print each recovery plan and change nothing\n"
+    "\n"
+    "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
+    "4 rolled back.\n";
+
+static const char *help_verify =
+    "usage: stagecoach verify FILE\n"
+    "\n"
+    "Checks the hash chain of every line of a log. A last line without its newline is a torn\n"
+    "tail (a crash mid-write), reported but not an error. Exit codes: 0 the chain verifies, 1 a\n"
+    "line does not (its number and byte offset are printed), 2 the file cannot be read.\n";
+
+static const char *help_events =
+    "usage: stagecoach events FILE [--task ID] [--type T] [--json]\n"
+    "\n"
+    "Prints a log as a timeline: time, task, epoch, sequence number, type, stage, status and a\n"
+    "detail. --task keeps one task's events (the id or its last characters); --type keeps one\n"
+    "type (stage.failed, or a prefix such as approval); --json prints the raw lines.\n";
+
+static const char *help_validate =
+    "usage: stagecoach validate PIPELINE.json\n"
+    "\n"
+    "Checks a pipeline file and prints its stages and the plan fingerprint (exit 0), or every\n"
+    "error as FILE:LINE:COLUMN: message (exit 2).\n";
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "stagecoach %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return CLI_EXIT_USAGE;
+}
+
+int cli_option(int argc, char **argv, int *i, const char *name, const char **value) {
+  size_t len = strlen(name);
+  const char *a = argv[*i];
+  if (strncmp(a, name, len) != 0) return 0;
+  if (a[len] == '=') {
+    *value = a + len + 1;
+    return 1;
+  }
+  if (a[len] != '\0') return 0;
+  if (*i + 1 >= argc) return -1;
+  *value = argv[++*i];
+  return 1;
+}
+
+static bool wants_help(int argc, char **argv) {
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return true;
+  return false;
+}
+
+/* ---- verify ---- */
+
+static int cmd_verify(int argc, char **argv) {
+  if (argc != 1 || argv[0][0] == '-')
+    return cli_usage_error("verify", "give one log file (stagecoach verify FILE)");
+  sc_jsonl_report r;
+  int rc = sc_jsonl_verify(argv[0], &r);
+  if (rc == SC_ENOTFOUND || rc == SC_EIO) return cli_usage_error("verify", "%s", sc_error_message());
+  if (rc == SC_ECORRUPT) {
+    printf("%s: chain BROKEN at line %lld\n  %s\n  %llu lines before it verify (%llu bytes)\n",
+           argv[0], (long long)r.first_bad_line, sc_error_message(),
+           (unsigned long long)(r.first_bad_line - 1), (unsigned long long)r.good_bytes);
+    return CLI_EXIT_FAILED;
+  }
+  printf("%s: %llu lines, %llu bytes, chain verified\n", argv[0], (unsigned long long)r.lines,
+         (unsigned long long)r.bytes);
+  if (r.torn_tail)
+    printf("  torn tail: %llu bytes after line %llu (a crash mid-write; never acknowledged; cut "
+           "when the log is next opened)\n",
+           (unsigned long long)(r.bytes - r.good_bytes), (unsigned long long)r.lines);
+  return CLI_EXIT_COMPLETED;
+}
+
+/* ---- events ---- */
+
+static const char *member_string(const cJSON *o, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void event_detail(const sc_event *ev, char *buf, size_t cap) {
+  const cJSON *err = cJSON_GetObjectItemCaseSensitive(ev->data, "error");
+  const char *msg = member_string(err, "message");
+  buf[0] = '\0';
+  if (msg) {
+    snprintf(buf, cap, "%s", msg);
+    char *nl = strchr(buf, '\n');
+    if (nl) *nl = '\0';
+  }
+  const char *s;
+  if ((s = member_string(ev->data, "reviewer")))
+    snprintf(buf, cap, "by %s%s%s", s, member_string(ev->data, "comment") ? ": " : "",
+             member_string(ev->data, "comment") ? member_string(ev->data, "comment") : "");
+  else if ((s = member_string(ev->data, "recovered_from")))
+    snprintf(buf, cap, "from %s (%s)", s, or_default(member_string(ev->data, "mode"), "?"));
+  else if ((s = member_string(ev->data, "reason")) && !msg)
+    snprintf(buf, cap, "%s", s);
+  else if ((s = member_string(ev->data, "action")))
+    snprintf(buf, cap, "-> %s", s);
+  const cJSON *retry = cJSON_GetObjectItemCaseSensitive(ev->data, "will_retry");
+  if (cJSON_IsTrue(retry)) snprintf(buf + strlen(buf), cap - strlen(buf), " (will retry)");
+}
+
+static bool id_matches(const char *id, const char *want) {
+  size_t a = strlen(id), b = strlen(want);
+  return strcmp(id, want) == 0 || (b >= 4 && b <= a && strcmp(id + a - b, want) == 0);
+}
+
+static int cmd_events(int argc, char **argv) {
+  const char *file = NULL, *task = NULL, *type = NULL;
+  bool json = false;
+  for (int i = 0; i < argc; i++) {
+    int m;
+    if ((m = cli_option(argc, argv, &i, "--task", &task)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--type", &type)) != 0) {
+      if (m < 0) return cli_usage_error("events", "%s needs a value", argv[i]);
+      continue;
+    }
+    if (strcmp(argv[i], "--json") == 0) {
+      json = true;
+      continue;
+    }
+    if (argv[i][0] == '-' && argv[i][1] != '\0')
+      return cli_usage_error("events", "unknown option '%s' (see stagecoach events --help)", argv[i]);
+    if (file) return cli_usage_error("events", "one log at a time ('%s')", argv[i]);
+    file = argv[i];
+  }
+  if (file == NULL) return cli_usage_error("events", "which log? (stagecoach events FILE)");
+  if (type && strncmp(type, "stagecoach.", 11) == 0) type += 11;
+  FILE *f = fopen(file, "r");
+  if (f == NULL) return cli_usage_error("events", "%s: cannot read: %s", file, strerror(errno));
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  unsigned long lineno = 0, bad = 0;
+  while ((len = getline(&line, &cap, f)) > 0) {
+    lineno++;
+    if (line[len - 1] != '\n') break; /* a torn tail */
+    sc_event_doc *d;
+    if (sc_event_parse(line, (size_t)len - 1, &d) != SC_OK) {
+      bad++;
+      continue;
+    }
+    const sc_event *ev = sc_event_doc_event(d);
+    const char *t = sc_event_type_name(ev->type) + 11;
+    if ((task && !id_matches(ev->task_id, task)) || (type && strncmp(t, type, strlen(type)) != 0)) {
+      sc_event_doc_free(d);
+      continue;
+    }
+    if (json) {
+      fwrite(line, 1, (size_t)len, stdout);
+    } else {
+      time_t sec = (time_t)(ev->time_ns / 1000000000);
+      struct tm tm;
+      gmtime_r(&sec, &tm);
+      char when[32], detail[300];
+      strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+      event_detail(ev, detail, sizeof(detail));
+      printf("%s.%03d  %s  e%llu #%-3llu %-19s %-14s %-17s %s\n", when,
+             (int)(ev->time_ns / 1000000 % 1000), ev->task_id, (unsigned long long)ev->epoch,
+             (unsigned long long)ev->seq, t, ev->stage ? ev->stage : "-",
+             sc_task_status_name(ev->status), detail);
+    }
+    sc_event_doc_free(d);
+  }
+  free(line);
+  fclose(f);
+  if (bad) fprintf(stderr, "stagecoach events: %lu lines of %s are not events\n", bad, file);
+  return CLI_EXIT_COMPLETED;
+}
+
+/* ---- validate ---- */
+
+static void print_stages(const cJSON *config) {
+  const cJSON *stages = cJSON_GetObjectItemCaseSensitive(config, "stages");
+  int i = 0;
+  for (const cJSON *st = stages ? stages->child : NULL; st; st = st->next, i++) {
+    const char *name = member_string(st, "name"), *kind = member_string(st, "kind");
+    printf("  %2d  %-20s %-8s", i + 1, name ? name : "?", kind ? kind : "?");
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItemCaseSensitive(st, "timeout_ms")) && cJSON_IsNumber(v))
+      printf(" timeout %.0f ms", v->valuedouble);
+    const cJSON *retry = cJSON_GetObjectItemCaseSensitive(st, "retry");
+    if ((v = cJSON_GetObjectItemCaseSensitive(retry, "max_attempts")) && cJSON_IsNumber(v))
+      printf(" attempts %.0f", v->valuedouble);
+    const cJSON *approval = cJSON_GetObjectItemCaseSensitive(st, "approval");
+    if (approval && !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(approval, "required")))
+      printf(" approval");
+    if ((v = cJSON_GetObjectItemCaseSensitive(st, "effect")) && cJSON_IsString(v))
+      printf(" %s", v->valuestring);
+    printf("\n");
+  }
+}
+
+static int cmd_validate(int argc, char **argv) {
+  if (argc != 1 || argv[0][0] == '-')
+    return cli_usage_error("validate", "give one pipeline file (stagecoach validate PIPELINE.json)");
+  cli_pipeline p = {0};
+  char err[8192];
+  if (cli_pipeline_load(argv[0], NULL, &p, err, sizeof(err)) != 0) {
+    fputs(err, stderr);
+    return CLI_EXIT_USAGE;
+  }
+  printf("%s: plan %s, tenant %s\n", argv[0], p.plan ? p.plan : "(none)",
+         p.tenant ? p.tenant : "(none)");
+  print_stages(p.config);
+  printf("fingerprint %s\n", p.fingerprint);
+  if (p.previous_config) {
+    char fp[72];
+    sc_plan_fingerprint(NULL, NULL, p.previous_config, fp);
+    printf("previous_config (for rollback):\n");
+    print_stages(p.previous_config);
+    printf("fingerprint %s\n", fp);
+  }
+  cli_pipeline_free(&p);
+  return CLI_EXIT_COMPLETED;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage_text, stderr);
+    return CLI_EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("stagecoach %s\n", SC_VERSION_STRING);
+    return CLI_EXIT_COMPLETED;
+  }
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    fputs(usage_text, stdout);
+    return CLI_EXIT_COMPLETED;
+  }
+  static const struct {
+    const char *name, *help;
+    int (*fn)(int, char **);
+  } commands[] = {
+      {"run", NULL, cli_run},           {"recover", NULL, cli_recover},
+      {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
+      {"validate", NULL, cmd_validate},
+  };
+  const char *helps[] = {help_run, help_recover, help_verify, help_events, help_validate};
+  for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+    if (strcmp(cmd, commands[i].name) != 0) continue;
+    if (wants_help(argc - 2, argv + 2)) {
+      fputs(helps[i], stdout);
+      return CLI_EXIT_COMPLETED;
+    }
+    return commands[i].fn(argc - 2, argv + 2);
+  }
+  fprintf(stderr, "stagecoach: unknown command '%s'\n\n%s", cmd, usage_text);
+  return CLI_EXIT_USAGE;
+}
