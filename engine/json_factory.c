@@ -23,9 +23,11 @@ static int read_uint(reader *r, const cJSON *obj, const char *key, const char *f
                      uint32_t *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (v == NULL) return SC_OK;
-  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble)
+  /* The range is checked before the cast: converting a double beyond int64 is undefined. */
+  if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
+      v->valuedouble != (double)(int64_t)v->valuedouble)
     return refuse(r, field, "must be a non-negative integer");
-  if (v->valuedouble < 0 || v->valuedouble > max) {
+  if (v->valuedouble > max) {
     char what[96];
     snprintf(what, sizeof(what), "must be between 0 and %.0f (got %.0f)", max, v->valuedouble);
     return refuse(r, field, what);

@@ -1,0 +1,857 @@
+/* The "exec" stage kind of the stagecoach command: a stage's shell command run through uv_spawn in
+ * its own process group, its output passed on line by line, its result read from $SC_OUTPUT. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+extern char **environ;
+
+#define TAIL_LINES       10                 /* lines of output kept for a failure message */
+#define TAIL_LINE_BYTES  500                /* each truncated to this */
+#define LINE_MAX_BYTES   (64 * 1024)        /* a longer line is passed on in pieces of this size */
+#define OUTPUT_MAX_BYTES (16 * 1024 * 1024) /* the largest $SC_OUTPUT read */
+#define READ_BYTES       (64 * 1024)
+#define DEFAULT_GRACE_MS 5000
+
+/* ---- growing strings ---- */
+
+typedef struct strbuf {
+  char *data; /* NUL-terminated when not NULL */
+  size_t len, cap;
+} strbuf;
+
+static bool sb_append(strbuf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (data == NULL) return false;
+    b->data = data;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return true;
+}
+
+static bool sb_puts(strbuf *b, const char *s) {
+  return sb_append(b, s, strlen(s));
+}
+
+/* ---- ${...} expansion ---- */
+
+typedef enum var_result { VAR_FOREIGN, VAR_RESOLVED, VAR_UNRESOLVED, VAR_NOMEM } var_result;
+
+static bool name_is(const char *name, size_t n, const char *word) {
+  return strlen(word) == n && memcmp(name, word, n) == 0;
+}
+
+/* Follows a dotted path ("a.b.0") through objects (by member name) and arrays (by index). */
+static const cJSON *walk(const cJSON *node, const char *path, size_t n) {
+  char segment[256];
+  while (node != NULL) {
+    const char *dot = memchr(path, '.', n);
+    size_t len = dot ? (size_t)(dot - path) : n;
+    if (len == 0 || len >= sizeof(segment)) return NULL;
+    memcpy(segment, path, len);
+    segment[len] = '\0';
+    if (cJSON_IsObject(node)) {
+      node = cJSON_GetObjectItemCaseSensitive(node, segment);
+    } else if (cJSON_IsArray(node) && strspn(segment, "0123456789") == len && len < 10) {
+      node = cJSON_GetArrayItem(node, atoi(segment));
+    } else {
+      return NULL;
+    }
+    if (dot == NULL) return node;
+    path += len + 1;
+    n -= len + 1;
+  }
+  return NULL;
+}
+
+/* Strings as they are; numbers, booleans, objects and arrays as compact JSON; null: no value. */
+static var_result put_value(strbuf *out, const cJSON *v) {
+  if (v == NULL || cJSON_IsNull(v) || cJSON_IsInvalid(v)) return VAR_UNRESOLVED;
+  if (cJSON_IsString(v)) return sb_puts(out, v->valuestring) ? VAR_RESOLVED : VAR_NOMEM;
+  char *json = cJSON_PrintUnformatted(v);
+  bool ok = json != NULL && sb_puts(out, json);
+  free(json);
+  return ok ? VAR_RESOLVED : VAR_NOMEM;
+}
+
+static var_result put_string(strbuf *out, const char *s) {
+  if (s == NULL) return VAR_UNRESOLVED;
+  return sb_puts(out, s) ? VAR_RESOLVED : VAR_NOMEM;
+}
+
+/* Our namespaces are config, context, task and tenant; any other ${NAME} belongs to the shell. */
+static var_result resolve(strbuf *out, const char *name, size_t n, const cJSON *config,
+                          const cJSON *context, const char *task_id, const char *tenant) {
+  if (name_is(name, n, "tenant")) return put_string(out, tenant);
+  if (name_is(name, n, "task.id")) return put_string(out, task_id);
+  if (name_is(name, n, "task") || (n > 5 && memcmp(name, "task.", 5) == 0)) return VAR_UNRESOLVED;
+  const cJSON *root;
+  size_t skip;
+  if (n >= 6 && memcmp(name, "config", 6) == 0 && (n == 6 || name[6] == '.')) {
+    root = config;
+    skip = 6;
+  } else if (n >= 7 && memcmp(name, "context", 7) == 0 && (n == 7 || name[7] == '.')) {
+    root = context;
+    skip = 7;
+  } else {
+    return VAR_FOREIGN;
+  }
+  return put_value(out, n == skip ? root : walk(root, name + skip + 1, n - skip - 1));
+}
+
+char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
+                      const char *task_id, const char *tenant, char **unresolved) {
+  if (unresolved != NULL) *unresolved = NULL;
+  strbuf out = {0};
+  if (!sb_append(&out, "", 0)) return NULL;
+  const char *p = text;
+  while (*p != '\0') {
+    const char *dollar = strchr(p, '$');
+    if (dollar == NULL) {
+      if (!sb_puts(&out, p)) goto nomem;
+      break;
+    }
+    if (!sb_append(&out, p, (size_t)(dollar - p))) goto nomem;
+    p = dollar;
+    if (p[1] == '$' && p[2] == '{') { /* "$${": a literal "${" */
+      if (!sb_append(&out, "${", 2)) goto nomem;
+      p += 3;
+      continue;
+    }
+    const char *close = p[1] == '{' ? strchr(p + 2, '}') : NULL;
+    if (close == NULL) { /* a lone '$' or an unterminated "${": text */
+      if (!sb_append(&out, p, 1)) goto nomem;
+      p++;
+      continue;
+    }
+    const char *name = p + 2;
+    size_t n = (size_t)(close - name);
+    switch (resolve(&out, name, n, config, context, task_id, tenant)) {
+      case VAR_RESOLVED: break;
+      case VAR_FOREIGN:
+        if (!sb_append(&out, p, (size_t)(close + 1 - p))) goto nomem;
+        break;
+      case VAR_UNRESOLVED:
+        free(out.data);
+        if (unresolved != NULL) {
+          strbuf what = {0};
+          if (sb_append(&what, p, (size_t)(close + 1 - p))) *unresolved = what.data;
+        }
+        return NULL;
+      case VAR_NOMEM: goto nomem;
+    }
+    p = close + 1;
+  }
+  return out.data;
+nomem:
+  free(out.data);
+  return NULL;
+}
+
+/* ---- the registry and one running command ---- */
+
+typedef struct exec_run exec_run;
+
+struct cli_exec {
+  cli_output_fn output; /* NULL: write to our stdout/stderr */
+  void *udata;
+  exec_run *runs; /* every command whose handles are not all closed yet */
+  size_t nruns;
+};
+
+struct exec_run {
+  cli_exec *x; /* NULL after cli_exec_free */
+  exec_run *prev, *next;
+  sc_stage_ctx *ctx; /* NULL once the stage finished or the engine gave up on it */
+  char *stage;       /* the stage's name, for output that comes after ctx is gone */
+  uv_process_t process;
+  uv_pipe_t pipes[2]; /* the command's stdout and stderr */
+  uv_timer_t grace;   /* SIGKILL after a cancel's grace period */
+  int open_handles;
+  int pid; /* also the process group id */
+  bool exited, eof[2], cancelled, closing;
+  int64_t exit_status;
+  int term_signal;
+  uint64_t kill_grace_ms;
+  strbuf partial[2]; /* an unfinished line per pipe */
+  char tail[TAIL_LINES][TAIL_LINE_BYTES + 1];
+  size_t tail_next, tail_count;
+  char *tmpdir, *output_path;
+  char readbuf[READ_BYTES];
+};
+
+/* Removes a directory and what a command left in it (not following links). */
+static void remove_tree(const char *path, int depth) {
+  DIR *d = depth < 16 ? opendir(path) : NULL;
+  if (d != NULL) {
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+      if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0) continue;
+      strbuf child = {0};
+      if (!sb_puts(&child, path) || !sb_puts(&child, "/") || !sb_puts(&child, ent->d_name)) {
+        free(child.data);
+        continue;
+      }
+      struct stat st;
+      if (lstat(child.data, &st) == 0 && S_ISDIR(st.st_mode))
+        remove_tree(child.data, depth + 1);
+      else
+        unlink(child.data);
+      free(child.data);
+    }
+    closedir(d);
+  }
+  rmdir(path);
+}
+
+static void run_free(exec_run *run) {
+  cli_exec *x = run->x;
+  if (x != NULL) {
+    if (run->prev)
+      run->prev->next = run->next;
+    else
+      x->runs = run->next;
+    if (run->next) run->next->prev = run->prev;
+    x->nruns--;
+  }
+  if (run->tmpdir != NULL) remove_tree(run->tmpdir, 0);
+  free(run->tmpdir);
+  free(run->output_path);
+  free(run->partial[0].data);
+  free(run->partial[1].data);
+  free(run->stage);
+  free(run);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  exec_run *run = h->data;
+  if (--run->open_handles == 0) run_free(run);
+}
+
+/* Closes every handle of the run; it is freed when the last close callback has run. */
+static void close_all(exec_run *run) {
+  run->closing = true;
+  uv_handle_t *handles[] = {(uv_handle_t *)&run->process, (uv_handle_t *)&run->pipes[0],
+                            (uv_handle_t *)&run->pipes[1], (uv_handle_t *)&run->grace};
+  for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
+    if (!uv_is_closing(handles[i])) uv_close(handles[i], on_handle_closed);
+}
+
+static void signal_group(exec_run *run, int sig) {
+  if (run->pid > 0) kill(-run->pid, sig);
+}
+
+/* ---- output ---- */
+
+static void keep_tail(exec_run *run, const char *line, size_t len) {
+  if (len > TAIL_LINE_BYTES) {
+    len = TAIL_LINE_BYTES;
+    while (len > 0 && ((unsigned char)line[len] & 0xC0) == 0x80) /* not inside a UTF-8 sequence */
+      len--;
+  }
+  memcpy(run->tail[run->tail_next], line, len);
+  run->tail[run->tail_next][len] = '\0';
+  run->tail_next = (run->tail_next + 1) % TAIL_LINES;
+  if (run->tail_count < TAIL_LINES) run->tail_count++;
+}
+
+/* line is NUL-terminated at len. */
+static void emit_line(exec_run *run, int fd, const char *line, size_t len) {
+  keep_tail(run, line, len);
+  cli_exec *x = run->x;
+  if (x == NULL) return;
+  if (x->output != NULL) {
+    x->output(run->stage, fd, line, len, x->udata);
+    return;
+  }
+  FILE *f = fd == 1 ? stdout : stderr;
+  fprintf(f, "[%s] ", run->stage);
+  fwrite(line, 1, len, f);
+  fputc('\n', f);
+  fflush(f);
+}
+
+/* Splits what a pipe gave into lines; the piece after the last '\n' waits for the next read. */
+static void feed(exec_run *run, int i, char *data, size_t n) {
+  strbuf *pending = &run->partial[i];
+  int fd = i + 1;
+  while (n > 0) {
+    char *nl = memchr(data, '\n', n);
+    size_t take = nl ? (size_t)(nl - data) : n;
+    if (pending->len + take > LINE_MAX_BYTES) {
+      size_t room = LINE_MAX_BYTES - pending->len;
+      if (sb_append(pending, data, room)) emit_line(run, fd, pending->data, pending->len);
+      pending->len = 0;
+      data += room;
+      n -= room;
+      continue;
+    }
+    if (nl == NULL) {
+      if (!sb_append(pending, data, take)) pending->len = 0; /* out of memory: the piece is lost */
+      return;
+    }
+    if (pending->len == 0) {
+      *nl = '\0'; /* our own read buffer */
+      emit_line(run, fd, data, take);
+    } else {
+      if (sb_append(pending, data, take)) emit_line(run, fd, pending->data, pending->len);
+      pending->len = 0;
+    }
+    data += take + 1;
+    n -= take + 1;
+  }
+}
+
+/* The kept lines, oldest first, after "; last output:\n"; nothing when there are none. */
+static void append_tail(exec_run *run, strbuf *msg) {
+  if (run->tail_count == 0) return;
+  sb_puts(msg, "; last output:");
+  size_t first = (run->tail_next + TAIL_LINES - run->tail_count) % TAIL_LINES;
+  for (size_t k = 0; k < run->tail_count; k++) {
+    sb_puts(msg, "\n");
+    sb_puts(msg, run->tail[(first + k) % TAIL_LINES]);
+  }
+}
+
+/* ---- finishing ---- */
+
+static const char *signal_name(int sig) {
+  switch (sig) {
+    case SIGHUP: return "SIGHUP";
+    case SIGINT: return "SIGINT";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGILL: return "SIGILL";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGKILL: return "SIGKILL";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGALRM: return "SIGALRM";
+    case SIGTERM: return "SIGTERM";
+    default: return NULL;
+  }
+}
+
+static bool exit_code_listed(const cJSON *params, int64_t status) {
+  const cJSON *codes = cJSON_GetObjectItemCaseSensitive(params, "no_retry_exit_codes");
+  const cJSON *c;
+  cJSON_ArrayForEach(c, codes) {
+    if (cJSON_IsNumber(c) && c->valuedouble == (double)status) return true;
+  }
+  return false;
+}
+
+/* Reads $SC_OUTPUT: 0 with *text (NULL when the file is gone), or -1 with errno set. */
+static int read_file(const char *path, char **text, size_t *len) {
+  *text = NULL;
+  *len = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : -1;
+  strbuf b = {0};
+  char chunk[16384];
+  ssize_t n;
+  while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || b.len + (size_t)n > OUTPUT_MAX_BYTES || !sb_append(&b, chunk, (size_t)n)) {
+      if (n > 0 && b.len + (size_t)n > OUTPUT_MAX_BYTES) errno = EFBIG;
+      int saved = errno ? errno : ENOMEM;
+      close(fd);
+      free(b.data);
+      errno = saved;
+      return -1;
+    }
+  }
+  close(fd);
+  *text = b.data;
+  *len = b.len;
+  return 0;
+}
+
+static void complete_from_output(exec_run *run, sc_stage_ctx *ctx) {
+  char *text;
+  size_t len;
+  char msg[512];
+  if (read_file(run->output_path, &text, &len) != 0) {
+    snprintf(msg, sizeof(msg), "cannot read SC_OUTPUT of stage %s: %s", run->stage,
+             strerror(errno));
+    sc_stage_fail(ctx, SC_EIO, msg, false);
+    return;
+  }
+  size_t blank = 0;
+  while (blank < len &&
+         (text[blank] == ' ' || text[blank] == '\t' || text[blank] == '\r' || text[blank] == '\n'))
+    blank++;
+  if (blank == len) {
+    free(text);
+    sc_stage_complete(ctx, NULL);
+    return;
+  }
+  cJSON *output = cJSON_ParseWithLength(text, len);
+  free(text);
+  if (!cJSON_IsObject(output)) {
+    cJSON_Delete(output);
+    snprintf(msg, sizeof(msg), "SC_OUTPUT of stage %s is not a JSON object", run->stage);
+    sc_stage_fail(ctx, SC_EPARSE, msg, false);
+    return;
+  }
+  sc_stage_complete(ctx, output);
+}
+
+static void deliver(exec_run *run, sc_stage_ctx *ctx) {
+  if (run->term_signal == 0 && run->exit_status == 0) {
+    complete_from_output(run, ctx);
+    return;
+  }
+  strbuf msg = {0};
+  char head[96];
+  bool retryable = true;
+  if (run->term_signal != 0) {
+    const char *name = signal_name(run->term_signal);
+    snprintf(head, sizeof(head), "killed by signal %d%s%s%s", run->term_signal, name ? " (" : "",
+             name ? name : "", name ? ")" : "");
+  } else {
+    snprintf(head, sizeof(head), "exit status %lld", (long long)run->exit_status);
+    retryable = !exit_code_listed(sc_stage_params(ctx), run->exit_status);
+  }
+  sb_puts(&msg, head);
+  append_tail(run, &msg);
+  sc_stage_fail(ctx, SC_EIO, msg.data ? msg.data : head, retryable);
+  free(msg.data);
+}
+
+/* The command is done when its process has exited and both pipes reached end of file, in
+ * whichever order those come. */
+static void maybe_finish(exec_run *run) {
+  if (run->closing || !run->exited || !run->eof[0] || !run->eof[1]) return;
+  /* A cancelled command's leader is gone and its pipes are closed: whatever is left of its group
+   * is an orphan of a stage nobody waits for. */
+  if (run->cancelled) signal_group(run, SIGKILL);
+  sc_stage_ctx *ctx = run->ctx;
+  run->ctx = NULL;
+  if (ctx != NULL) deliver(run, ctx);
+  close_all(run);
+}
+
+static void on_process_exit(uv_process_t *process, int64_t exit_status, int term_signal) {
+  exec_run *run = process->data;
+  run->exited = true;
+  run->exit_status = exit_status;
+  run->term_signal = term_signal;
+  maybe_finish(run);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  exec_run *run = h->data;
+  /* One buffer serves both pipes: libuv hands each read to on_read before the next alloc. */
+  *buf = uv_buf_init(run->readbuf, sizeof(run->readbuf));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  exec_run *run = stream->data;
+  int i = stream == (uv_stream_t *)&run->pipes[0] ? 0 : 1;
+  if (nread > 0) {
+    feed(run, i, buf->base, (size_t)nread);
+    return;
+  }
+  if (nread == 0) return;
+  /* End of file, or an error: either way nothing more comes. A last line without '\n' counts. */
+  uv_read_stop(stream);
+  strbuf *pending = &run->partial[i];
+  if (pending->len > 0) {
+    emit_line(run, i + 1, pending->data, pending->len);
+    pending->len = 0;
+  }
+  run->eof[i] = true;
+  maybe_finish(run);
+}
+
+static void on_grace(uv_timer_t *timer) {
+  exec_run *run = timer->data;
+  if (!run->closing) signal_group(run, SIGKILL);
+}
+
+/* ---- starting ---- */
+
+/* Fails ctx (not retryable) with a printf-style message; the kind's start then returns 0. */
+static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  sc_stage_fail(ctx, code, msg, false);
+  return SC_OK;
+}
+
+/* Expands one text of the stage; NULL after failing the stage (what names the field). */
+static char *expand_for(sc_stage_ctx *ctx, const char *text, const char *what) {
+  sc_task *t = sc_stage_task(ctx);
+  char *unresolved = NULL;
+  char *out = cli_exec_expand(text, sc_stage_config(ctx), sc_stage_context(ctx),
+                              t ? sc_task_id(t) : NULL, t ? sc_task_tenant(t) : NULL, &unresolved);
+  if (out != NULL) return out;
+  if (unresolved != NULL)
+    refuse(ctx, SC_EPLAN, "unresolved variable %s in \"%s\"", unresolved, what);
+  else
+    sc_stage_fail(ctx, SC_ENOMEM, "out of memory expanding variables", true);
+  free(unresolved);
+  return NULL;
+}
+
+/* The variables the kind sets; params.env may not replace them. */
+static const char *const own_vars[] = {"SC_TASK_ID", "SC_TENANT",  "SC_STAGE", "SC_ATTEMPT",
+                                       "SC_MODE",    "SC_CONTEXT", "SC_OUTPUT"};
+#define OWN_VAR_COUNT (sizeof(own_vars) / sizeof(own_vars[0]))
+
+/* Checks the optional params: 0, or -1 after failing the stage. */
+static int check_params(sc_stage_ctx *ctx, const cJSON *params, uint64_t *grace_ms) {
+  const char *stage = sc_stage_name(ctx);
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "kill_grace_ms");
+  *grace_ms = DEFAULT_GRACE_MS;
+  if (v != NULL) {
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 86400000.0 ||
+        v->valuedouble != (double)(int64_t)v->valuedouble) {
+      refuse(ctx, SC_EPLAN, "stage %s: \"kill_grace_ms\" must be an integer 0..86400000", stage);
+      return -1;
+    }
+    *grace_ms = (uint64_t)v->valuedouble;
+  }
+  v = cJSON_GetObjectItemCaseSensitive(params, "no_retry_exit_codes");
+  if (v != NULL) {
+    bool ok = cJSON_IsArray(v);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, v) {
+      if (!cJSON_IsNumber(c) || c->valuedouble != (double)(int64_t)c->valuedouble) ok = false;
+    }
+    if (!ok) {
+      refuse(ctx, SC_EPLAN, "stage %s: \"no_retry_exit_codes\" must be an array of integers",
+             stage);
+      return -1;
+    }
+  }
+  v = cJSON_GetObjectItemCaseSensitive(params, "cwd");
+  if (v != NULL && (!cJSON_IsString(v) || v->valuestring[0] == '\0')) {
+    refuse(ctx, SC_EPLAN, "stage %s: \"cwd\" must be a non-empty string", stage);
+    return -1;
+  }
+  v = cJSON_GetObjectItemCaseSensitive(params, "env");
+  if (v == NULL) return 0;
+  if (!cJSON_IsObject(v)) {
+    refuse(ctx, SC_EPLAN, "stage %s: \"env\" must be an object", stage);
+    return -1;
+  }
+  const cJSON *m;
+  cJSON_ArrayForEach(m, v) {
+    if (m->string[0] == '\0' || strchr(m->string, '=') != NULL) {
+      refuse(ctx, SC_EPLAN, "stage %s: \"env\" has an invalid variable name \"%s\"", stage,
+             m->string);
+      return -1;
+    }
+    for (size_t i = 0; i < OWN_VAR_COUNT; i++)
+      if (strcmp(m->string, own_vars[i]) == 0) {
+        refuse(ctx, SC_EPLAN, "stage %s: \"env\" may not set %s (the exec kind sets it)", stage,
+               m->string);
+        return -1;
+      }
+  }
+  return 0;
+}
+
+/* True when the "NAME=value" entry of our environment is replaced by the stage's. */
+static bool replaced(const char *entry, const cJSON *env) {
+  size_t n = strcspn(entry, "=");
+  for (size_t i = 0; i < OWN_VAR_COUNT; i++)
+    if (name_is(entry, n, own_vars[i])) return true;
+  const cJSON *m;
+  cJSON_ArrayForEach(m, env) {
+    if (name_is(entry, n, m->string)) return true;
+  }
+  return false;
+}
+
+static char *env_entry(const char *name, const char *value) {
+  strbuf b = {0};
+  if (!sb_puts(&b, name) || !sb_puts(&b, "=") || !sb_puts(&b, value)) {
+    free(b.data);
+    return NULL;
+  }
+  return b.data;
+}
+
+static void env_free(char **env) {
+  if (env == NULL) return;
+  for (char **p = env; *p != NULL; p++)
+    free(*p);
+  free(env);
+}
+
+/* The command's environment: ours, then the SC_* variables, then params.env. NULL after failing
+ * the stage. */
+static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_params) {
+  size_t ours = 0, extra = (size_t)cJSON_GetArraySize(env_params);
+  while (environ != NULL && environ[ours] != NULL)
+    ours++;
+  char **env = calloc(ours + OWN_VAR_COUNT + extra + 1, sizeof(*env));
+  if (env == NULL) goto nomem;
+  size_t n = 0;
+  for (size_t i = 0; i < ours; i++)
+    if (!replaced(environ[i], env_params) && (env[n++] = strdup(environ[i])) == NULL) goto nomem;
+  sc_task *t = sc_stage_task(ctx);
+  const char *tenant = t ? sc_task_tenant(t) : NULL;
+  char attempt[16];
+  snprintf(attempt, sizeof(attempt), "%u", sc_stage_attempt(ctx));
+  char *context = cJSON_PrintUnformatted(sc_stage_context(ctx));
+  const char *values[OWN_VAR_COUNT] = {
+      t ? sc_task_id(t) : "", tenant ? tenant : "",     sc_stage_name(ctx), attempt,
+      sc_stage_mode(ctx),     context ? context : "{}", run->output_path};
+  bool ok = true;
+  for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
+    ok = (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
+  free(context);
+  if (!ok) goto nomem;
+  const cJSON *m;
+  cJSON_ArrayForEach(m, env_params) {
+    char what[300];
+    snprintf(what, sizeof(what), "env.%s", m->string);
+    char *value = NULL;
+    if (cJSON_IsString(m)) {
+      if ((value = expand_for(ctx, m->valuestring, what)) == NULL) {
+        env_free(env);
+        return NULL; /* the stage failed */
+      }
+    } else if (!cJSON_IsNull(m) && (value = cJSON_PrintUnformatted(m)) == NULL) {
+      goto nomem;
+    }
+    env[n++] = env_entry(m->string, value ? value : "");
+    free(value);
+    if (env[n - 1] == NULL) goto nomem;
+  }
+  return env;
+nomem:
+  env_free(env);
+  sc_stage_fail(ctx, SC_ENOMEM, "out of memory building the command's environment", true);
+  return NULL;
+}
+
+/* A private directory with an empty output file for $SC_OUTPUT. */
+static int make_output(sc_stage_ctx *ctx, exec_run *run) {
+  const char *base = getenv("TMPDIR");
+  if (base == NULL || base[0] == '\0') base = "/tmp";
+  strbuf dir = {0};
+  if (!sb_puts(&dir, base) || !sb_puts(&dir, "/stagecoach-exec-XXXXXX")) {
+    free(dir.data);
+    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+    return -1;
+  }
+  if (mkdtemp(dir.data) == NULL) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "stage %s: cannot create a temporary directory in %s: %s",
+             sc_stage_name(ctx), base, strerror(errno));
+    free(dir.data);
+    sc_stage_fail(ctx, SC_EIO, msg, true);
+    return -1;
+  }
+  run->tmpdir = dir.data;
+  strbuf path = {0};
+  if (!sb_puts(&path, run->tmpdir) || !sb_puts(&path, "/output.json")) {
+    free(path.data);
+    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+    return -1;
+  }
+  run->output_path = path.data;
+  int fd = open(run->output_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "stage %s: cannot create %s: %s", sc_stage_name(ctx),
+             run->output_path, strerror(errno));
+    sc_stage_fail(ctx, SC_EIO, msg, true);
+    return -1;
+  }
+  close(fd);
+  return 0;
+}
+
+static void run_link(cli_exec *x, exec_run *run) {
+  run->x = x;
+  run->next = x->runs;
+  if (x->runs) x->runs->prev = run;
+  x->runs = run;
+  x->nruns++;
+}
+
+/* Spawns the command; on failure the stage is failed and the run closes itself. */
+static void spawn(sc_stage_ctx *ctx, exec_run *run, const char *command, const char *cwd,
+                  char **env) {
+  uv_loop_t *loop = sc_stage_loop(ctx);
+  uv_pipe_init(loop, &run->pipes[0], 0);
+  uv_pipe_init(loop, &run->pipes[1], 0);
+  uv_timer_init(loop, &run->grace);
+  run->pipes[0].data = run->pipes[1].data = run->grace.data = run->process.data = run;
+  run->open_handles = 4; /* uv_spawn initializes the process handle also when it fails */
+  char *args[] = {"/bin/sh", "-c", (char *)command, NULL};
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_IGNORE; /* libuv opens /dev/null in the child */
+  stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  stdio[1].data.stream = (uv_stream_t *)&run->pipes[0];
+  stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  stdio[2].data.stream = (uv_stream_t *)&run->pipes[1];
+  uv_process_options_t options;
+  memset(&options, 0, sizeof(options));
+  options.exit_cb = on_process_exit;
+  options.file = args[0];
+  options.args = args;
+  options.env = env;
+  options.cwd = cwd;
+  options.flags = UV_PROCESS_DETACHED; /* its own process group, signalled as a whole */
+  options.stdio_count = 3;
+  options.stdio = stdio;
+  int rc = uv_spawn(loop, &run->process, &options);
+  if (rc < 0) {
+    bool transient = rc == UV_EAGAIN || rc == UV_ENOMEM || rc == UV_EMFILE || rc == UV_ENFILE;
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "stage %s: cannot start /bin/sh%s%s%s: %s", run->stage,
+             cwd ? " in \"" : "", cwd ? cwd : "", cwd ? "\"" : "", uv_strerror(rc));
+    sc_stage_fail(ctx, SC_EIO, msg, transient);
+    close_all(run);
+    return;
+  }
+  run->pid = run->process.pid;
+  uv_read_start((uv_stream_t *)&run->pipes[0], on_alloc, on_read);
+  uv_read_start((uv_stream_t *)&run->pipes[1], on_alloc, on_read);
+  run->ctx = ctx;
+  sc_stage_set_data(ctx, run);
+}
+
+/* start and compensate: run params[field]. */
+static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
+  const char *stage = sc_stage_name(ctx);
+  const cJSON *params = sc_stage_params(ctx);
+  const cJSON *command = cJSON_GetObjectItemCaseSensitive(params, field);
+  if (!cJSON_IsString(command) || command->valuestring[0] == '\0') {
+    if (strcmp(field, "compensate") == 0)
+      return refuse(ctx, SC_EPLAN, "stage %s has no compensate command", stage);
+    return refuse(ctx, SC_EPLAN, "stage %s: \"run\" is required (a non-empty shell command)",
+                  stage);
+  }
+  uint64_t grace_ms;
+  if (check_params(ctx, params, &grace_ms) < 0) return SC_OK;
+  const cJSON *cwd_param = cJSON_GetObjectItemCaseSensitive(params, "cwd");
+  const cJSON *env_params = cJSON_GetObjectItemCaseSensitive(params, "env");
+  char *expanded = NULL, *cwd = NULL, **env = NULL;
+  exec_run *run = NULL;
+  if ((expanded = expand_for(ctx, command->valuestring, field)) == NULL) goto out;
+  if (cwd_param != NULL && (cwd = expand_for(ctx, cwd_param->valuestring, "cwd")) == NULL) goto out;
+  if ((run = calloc(1, sizeof(*run))) == NULL || (run->stage = strdup(stage)) == NULL) {
+    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+    goto out;
+  }
+  run->kill_grace_ms = grace_ms;
+  if (make_output(ctx, run) < 0) goto out;
+  if ((env = build_env(ctx, run, env_params)) == NULL) goto out;
+  run_link(x, run);
+  spawn(ctx, run, expanded, cwd, env);
+  run = NULL; /* the handles own it now */
+out:
+  if (run != NULL) run_free(run); /* not linked yet */
+  env_free(env);
+  free(expanded);
+  free(cwd);
+  return SC_OK;
+}
+
+static int exec_start(sc_stage_ctx *ctx, void *udata) {
+  return exec_begin(ctx, udata, "run");
+}
+
+static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
+  return exec_begin(ctx, udata, "compensate");
+}
+
+/* The engine gave up on the stage (timeout, task cancel, engine teardown). The stage is finished
+ * here rather than when the process exits: sc_engine_free frees the contexts it gave up on, so a
+ * later finish could reach freed memory. The process is still signalled and waited for; the loop
+ * runs until cli_exec_running() is 0. */
+static void exec_cancel(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  exec_run *run = sc_stage_get_data(ctx);
+  if (run == NULL || run->ctx != ctx) return;
+  run->ctx = NULL;
+  run->cancelled = true;
+  char msg[256];
+  snprintf(msg, sizeof(msg),
+           "stage %s cancelled: sent SIGTERM to process group %d (SIGKILL after %llu ms)",
+           run->stage, run->pid, (unsigned long long)run->kill_grace_ms);
+  if (!run->closing) {
+    signal_group(run, SIGTERM);
+    uv_timer_start(&run->grace, on_grace, run->kill_grace_ms, 0);
+  }
+  sc_stage_fail(ctx, SC_ECANCELLED, msg, false);
+}
+
+/* ---- the registry ---- */
+
+int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out) {
+  static const sc_stage_kind kind = {SC_STAGE_KIND_VERSION, exec_start, exec_cancel,
+                                     exec_compensate};
+  if (out != NULL) *out = NULL;
+  if (e == NULL || out == NULL) return sc_error_set(SC_EINVAL, "cli_exec_register: NULL argument");
+  cli_exec *x = calloc(1, sizeof(*x));
+  if (x == NULL) return sc_error_set(SC_ENOMEM, "out of memory");
+  x->output = output;
+  x->udata = udata;
+  int rc = sc_engine_register_kind(e, "exec", &kind, x);
+  if (rc < 0) {
+    free(x);
+    return rc;
+  }
+  *out = x;
+  return SC_OK;
+}
+
+size_t cli_exec_running(const cli_exec *x) {
+  return x ? x->nruns : 0;
+}
+
+void cli_exec_kill_all(cli_exec *x) {
+  if (x == NULL) return;
+  for (exec_run *run = x->runs; run != NULL; run = run->next)
+    if (!run->closing) signal_group(run, SIGKILL);
+}
+
+void cli_exec_free(cli_exec *x) {
+  if (x == NULL) return;
+  /* Normally none is left (the caller ran the loop until cli_exec_running() was 0); any that is
+   * frees itself when its handles close and passes nothing on any more. */
+  for (exec_run *run = x->runs, *next; run != NULL; run = next) {
+    next = run->next;
+    if (!run->closing) signal_group(run, SIGKILL);
+    run->x = NULL;
+    run->prev = run->next = NULL;
+  }
+  free(x);
+}

@@ -1,0 +1,456 @@
+/* The pipeline file loader of the `stagecoach` command: reads a pipeline file, checks its JSON, its
+ * members and both configs (with the engine's own stage factory and kinds), and reports every
+ * mistake as FILE:LINE:COLUMN: what, so that an operator can go straight to it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "jsonpos.h"
+
+/* One mistake to report. */
+typedef struct complaint {
+  cli_jsonpos_at at;
+  size_t seq; /* the order found, to break ties */
+  char *text;
+} complaint;
+
+/* Every mistake is collected, then written sorted by position: one run of `validate` shows
+ * them all (except that the factory stops at the first refusal of each config). */
+typedef struct loader {
+  const cli_jsonpos *positions;
+  complaint *list;
+  size_t n, cap;
+  bool oom;
+} loader;
+
+/* The members of the top level that were accepted. */
+typedef struct top {
+  cJSON *plan, *tenant, *config, *previous_config;
+} top;
+
+/* ---- reading ---- */
+
+/* Returns 0 or an errno value. An empty file gives *text NULL and *len 0. */
+static int read_file(const char *path, char **text, size_t *len) {
+  *text = NULL;
+  *len = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  struct stat st;
+  size_t cap = 0, n = 0;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) cap = (size_t)st.st_size + 1;
+  char *buf = cap ? malloc(cap) : NULL;
+  int err = cap && buf == NULL ? ENOMEM : 0;
+  while (err == 0) {
+    if (n == cap) { /* a file that grew, or one whose size fstat does not tell (a pipe) */
+      size_t bigger = cap ? cap * 2 : 4096;
+      char *grown = realloc(buf, bigger);
+      if (grown == NULL) {
+        err = ENOMEM;
+        break;
+      }
+      buf = grown;
+      cap = bigger;
+    }
+    ssize_t got = read(fd, buf + n, cap - n);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) err = errno;
+    if (got <= 0) break;
+    n += (size_t)got;
+  }
+  close(fd);
+  if (err != 0) {
+    free(buf);
+    return err;
+  }
+  *text = buf;
+  *len = n;
+  return 0;
+}
+
+/* ---- complaints ---- */
+
+static cli_jsonpos_at value_at(const loader *l, const cJSON *item) {
+  cli_jsonpos_at at = {1, 1};
+  cli_jsonpos_value(l->positions, item, &at);
+  return at;
+}
+
+/* Where a member's name starts; the value's position for anything else. */
+static cli_jsonpos_at key_at(const loader *l, const cJSON *item) {
+  cli_jsonpos_at at;
+  return cli_jsonpos_key(l->positions, item, &at) ? at : value_at(l, item);
+}
+
+static void complain(loader *l, cli_jsonpos_at at, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static void complain(loader *l, cli_jsonpos_at at, const char *fmt, ...) {
+  char text[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 8;
+    complaint *list = realloc(l->list, cap * sizeof(*list));
+    if (list == NULL) {
+      l->oom = true;
+      return;
+    }
+    l->list = list;
+    l->cap = cap;
+  }
+  char *copy = strdup(text);
+  if (copy == NULL) {
+    l->oom = true;
+    return;
+  }
+  l->list[l->n] = (complaint){at, l->n, copy};
+  l->n++;
+}
+
+static int by_position(const void *a, const void *b) {
+  const complaint *x = a, *y = b;
+  if (x->at.line != y->at.line) return x->at.line < y->at.line ? -1 : 1;
+  if (x->at.column != y->at.column) return x->at.column < y->at.column ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Appends to err, cut (NUL-terminated) when it is full. */
+static void say(char *err, size_t errlen, size_t *off, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+static void say(char *err, size_t errlen, size_t *off, const char *fmt, ...) {
+  if (err == NULL || *off + 1 >= errlen) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(err + *off, errlen - *off, fmt, ap);
+  va_end(ap);
+  if (n > 0) *off = *off + (size_t)n < errlen ? *off + (size_t)n : errlen - 1;
+}
+
+static void write_complaints(loader *l, const char *path, char *err, size_t errlen) {
+  size_t off = 0;
+  qsort(l->list, l->n, sizeof(*l->list), by_position);
+  for (size_t i = 0; i < l->n; i++)
+    say(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)l->list[i].at.line,
+        (unsigned)l->list[i].at.column, l->list[i].text);
+  if (l->oom) say(err, errlen, &off, "%s: out of memory\n", path);
+}
+
+/* ---- JSON helpers ---- */
+
+static const char *type_name(const cJSON *v) {
+  if (cJSON_IsObject(v)) return "an object";
+  if (cJSON_IsArray(v)) return "an array";
+  if (cJSON_IsString(v)) return "a string";
+  if (cJSON_IsNumber(v)) return "a number";
+  if (cJSON_IsBool(v)) return "a boolean";
+  return "null";
+}
+
+/* The member named by name[0 .. n) of an object; NULL when obj is not an object. */
+static cJSON *member_n(const cJSON *obj, const char *name, size_t n) {
+  if (!cJSON_IsObject(obj)) return NULL;
+  for (cJSON *m = obj->child; m != NULL; m = m->next)
+    if (m->string != NULL && strlen(m->string) == n && memcmp(m->string, name, n) == 0) return m;
+  return NULL;
+}
+
+static cJSON *member(const cJSON *obj, const char *name) {
+  return member_n(obj, name, strlen(name));
+}
+
+/* A member of the top level, detached and without its name: the caller owns it. */
+static cJSON *detach(cJSON *root, cJSON *item) {
+  cJSON_DetachItemViaPointer(root, item);
+  cJSON_free(item->string);
+  item->string = NULL;
+  return item;
+}
+
+/* ---- the top level ---- */
+
+static void check_members(loader *l, const cJSON *root, top *t) {
+  memset(t, 0, sizeof(*t));
+  if (!cJSON_IsObject(root)) {
+    complain(l, value_at(l, root), "the top level must be an object with \"config\" (found %s)",
+             type_name(root));
+    return;
+  }
+  bool has_config = false;
+  for (cJSON *m = root->child; m != NULL; m = m->next) {
+    bool is_plan = strcmp(m->string, "plan") == 0;
+    if (is_plan || strcmp(m->string, "tenant") == 0) {
+      if (!cJSON_IsString(m))
+        complain(l, value_at(l, m), "\"%s\" must be a string (found %s)", m->string, type_name(m));
+      else if (is_plan)
+        t->plan = m;
+      else
+        t->tenant = m;
+    } else if (strcmp(m->string, "config") == 0) {
+      has_config = true;
+      if (cJSON_IsObject(m))
+        t->config = m;
+      else
+        complain(l, value_at(l, m), "\"config\" must be an object with \"stages\" (found %s)",
+                 type_name(m));
+    } else if (strcmp(m->string, "previous_config") == 0) {
+      if (cJSON_IsObject(m))
+        t->previous_config = m;
+      else if (!cJSON_IsNull(m))
+        complain(l, value_at(l, m), "\"previous_config\" must be an object or null (found %s)",
+                 type_name(m));
+    } else {
+      char name[96];
+      complain(l, key_at(l, m),
+               "unknown member %s (expected plan, tenant, config, previous_config)",
+               cli_jsonpos_quote(name, sizeof(name), m->string));
+    }
+  }
+  if (!has_config)
+    complain(l, value_at(l, root), "\"config\" is required (an object with \"stages\")");
+}
+
+/* ---- the factory's refusals ---- */
+
+/* Where a refused field of a stage is: the member's value ("retry.multiplier" is
+ * stage.retry.multiplier); when it is absent, the nearest object on the way to it, at worst the
+ * stage. */
+static const cJSON *resolve(const cJSON *stage, const char *field) {
+  if (!*field) return stage;
+  const cJSON *whole = member(stage, field); /* a params member given at the stage level */
+  if (whole != NULL) return whole;
+  const cJSON *cur = stage;
+  for (const char *seg = field;;) {
+    const char *dot = strchr(seg, '.');
+    const cJSON *next = member_n(cur, seg, dot ? (size_t)(dot - seg) : strlen(seg));
+    if (next == NULL) break;
+    cur = next;
+    if (dot == NULL) return cur;
+    seg = dot + 1;
+  }
+  /* The factory moves every stage member that is not a spec field into params. */
+  if (strncmp(field, "params.", 7) == 0) {
+    const cJSON *moved = member(stage, field + 7);
+    if (moved != NULL) return moved;
+  }
+  return cur;
+}
+
+/* Skips the stage label after "stage N": ` ("NAME"): ` or `: `. NULL when it is neither. */
+static const char *skip_stage_label(const char *rest, const char *name, bool *named) {
+  *named = false;
+  if (strncmp(rest, ": ", 2) == 0) return rest + 2;
+  if (strncmp(rest, " (\"", 3) != 0) return NULL;
+  *named = true;
+  size_t n = name ? strlen(name) : 0;
+  if (name && strncmp(rest + 3, name, n) == 0 && strncmp(rest + 3 + n, "\"): ", 4) == 0)
+    return rest + 3 + n + 4;
+  const char *end = strstr(rest + 3, "\"): "); /* a name the tree does not explain */
+  return end ? end + 4 : NULL;
+}
+
+/* The factory refuses a negative integer with "must be between 0 and 4294967295 (got -5)";
+ * true, but what the operator needs to hear is the rule, as the engine's own documentation
+ * words it. Other messages are kept as they are. */
+static const char *plain_words(const char *what) {
+  double got = 0;
+  int end = 0;
+  if (sscanf(what, "must be between 0 and %*[0-9] (got %lf)%n", &got, &end) == 1 && end > 0 &&
+      what[end] == '\0' && got < 0)
+    return "must be a non-negative integer";
+  return what;
+}
+
+static const char *stage_name(const cJSON *stage) {
+  const cJSON *name = member(stage, "name");
+  return cJSON_IsString(name) && *name->valuestring ? name->valuestring : NULL;
+}
+
+/* Reports a refusal of the factory, which comes as one of
+ *   stage N ("name"): "field" what      stage N: "field" what      stage N: what
+ *   config: what                        anything else (another factory)
+ * at the position of what it names. The engine has no structured form of the refusal, so the
+ * message is taken apart; a message that does not parse is still reported, at the config. */
+static void report_refusal(loader *l, const cJSON *config, bool previous, const char *message) {
+  const char *which = previous ? "previous_config" : "config";
+  const cJSON *stages = member(config, "stages");
+  const char *rest;
+  if (strncmp(message, "stage ", 6) == 0 && message[6] >= '0' && message[6] <= '9') {
+    char *end;
+    rest = message + 6;
+    unsigned long index = strtoul(rest, &end, 10);
+    const cJSON *stage =
+        cJSON_IsArray(stages) && index < INT_MAX ? cJSON_GetArrayItem(stages, (int)index) : NULL;
+    const char *name = stage_name(stage);
+    bool named;
+    if ((rest = skip_stage_label(end, name, &named)) != NULL) {
+      char field[128] = "", label[128], hint[64] = "";
+      const char *what = rest, *close;
+      if (rest[0] == '"' && (close = strstr(rest + 1, "\" ")) != NULL &&
+          (size_t)(close - rest - 1) < sizeof(field)) {
+        memcpy(field, rest + 1, (size_t)(close - rest - 1));
+        field[close - rest - 1] = '\0';
+        what = close + 2;
+      }
+      what = plain_words(what);
+      const cJSON *target = stage ? resolve(stage, field) : stages ? stages : config;
+      if (named && name != NULL) {
+        char quoted[112];
+        snprintf(label, sizeof(label), "stage %s", cli_jsonpos_quote(quoted, sizeof(quoted), name));
+      } else {
+        snprintf(label, sizeof(label), "stage %lu", index);
+      }
+      unsigned long other;
+      const cJSON *first;
+      if (sscanf(what, "duplicates stage %lu", &other) == 1 && other < INT_MAX &&
+          (first = member(cJSON_GetArrayItem(stages, (int)other), "name")) != NULL) {
+        cli_jsonpos_at at = value_at(l, first);
+        snprintf(hint, sizeof(hint), " (at %u:%u)", (unsigned)at.line, (unsigned)at.column);
+      }
+      complain(l, value_at(l, target), "%s%s: %s%s%s%s%s", previous ? "previous_config: " : "",
+               label, *field ? "\"" : "", field, *field ? "\" " : "", what, hint);
+      return;
+    }
+  }
+  if (strncmp(message, "config: ", 8) == 0) {
+    rest = message + 8;
+    const cJSON *target = strncmp(rest, "\"stages\"", 8) == 0 && stages ? stages : config;
+    complain(l, value_at(l, target), "%s: %s", which, rest);
+    return;
+  }
+  complain(l, value_at(l, config), "%s: %s", which, message);
+}
+
+static int refuse_to_run(sc_stage_ctx *ctx, void *udata) {
+  (void)ctx;
+  (void)udata;
+  return sc_error_set(SC_EINVAL, "this engine only checks pipeline files");
+}
+
+/* An engine that knows the kinds of a `stagecoach` run: the built-in ones and "exec". It runs
+ * nothing: it only builds plans. */
+static int checking_engine(sc_engine **out) {
+  static const sc_stage_kind exec_kind = {SC_STAGE_KIND_VERSION, refuse_to_run, NULL, NULL};
+  int rc = sc_engine_new(NULL, NULL, out);
+  if (rc == SC_OK && (rc = sc_engine_register_kind(*out, "exec", &exec_kind, NULL)) != SC_OK) {
+    sc_engine_free(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+/* Builds the plan of a config with e's factory and kinds, as a run or a recovery of it would.
+ * sc_recovery_plan() does exactly that and creates nothing (no task, no event), which suits a
+ * caller's engine; sc_task_submit() would start the task, and sc_plan_fingerprint() checks no
+ * kinds. On success fingerprint (may be NULL) gets the plan's fingerprint as the engine records
+ * it in task.created. */
+static void check_config(loader *l, sc_engine *e, const cJSON *config, bool previous,
+                         char *fingerprint) {
+  sc_recovery_request req;
+  sc_recovery_request_init(&req);
+  req.config = config;
+  cJSON *plan = NULL;
+  int rc = sc_recovery_plan(e, &req, &plan);
+  if (rc != SC_OK) {
+    char message[1024];
+    snprintf(message, sizeof(message), "%s", sc_error_message());
+    report_refusal(l, config, previous, message);
+    return;
+  }
+  const cJSON *fp = cJSON_GetObjectItemCaseSensitive(plan, "fingerprint");
+  if (fingerprint != NULL) {
+    if (cJSON_IsString(fp))
+      snprintf(fingerprint, 72, "%s", fp->valuestring);
+    else if (sc_plan_fingerprint(NULL, NULL, config, fingerprint) != SC_OK)
+      complain(l, value_at(l, config), "%s", sc_error_message());
+  }
+  cJSON_Delete(plan);
+}
+
+/* ---- the loader ---- */
+
+int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err, size_t errlen) {
+  loader l = {0};
+  char *text = NULL, fingerprint[72] = "";
+  size_t len = 0, off = 0;
+  cJSON *root = NULL;
+  cli_jsonpos *positions = NULL;
+  sc_engine *own = NULL;
+  int rc = CLI_EXIT_USAGE;
+  memset(p, 0, sizeof(*p));
+  if (err != NULL && errlen > 0) err[0] = '\0';
+  if (path == NULL) {
+    say(err, errlen, &off, "no pipeline file given\n");
+    goto out;
+  }
+  int errnum = read_file(path, &text, &len);
+  if (errnum != 0) {
+    say(err, errlen, &off, "%s: cannot read: %s\n", path, strerror(errnum));
+    goto out;
+  }
+  cli_jsonpos_at where;
+  char message[256];
+  if (cli_jsonpos_parse(text, len, &root, &positions, &where, message, sizeof(message)) != 0) {
+    say(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)where.line, (unsigned)where.column,
+        message);
+    goto out;
+  }
+  l.positions = positions;
+  top t;
+  check_members(&l, root, &t);
+  if (e == NULL && (t.config || t.previous_config) && checking_engine(&own) != SC_OK) {
+    say(err, errlen, &off, "%s: cannot check the configs: %s\n", path, sc_error_message());
+    goto out;
+  }
+  if (t.config) check_config(&l, e ? e : own, t.config, false, fingerprint);
+  if (t.previous_config) check_config(&l, e ? e : own, t.previous_config, true, NULL);
+  if (l.n > 0 || l.oom) {
+    write_complaints(&l, path, err, errlen);
+    goto out;
+  }
+  if ((p->path = strdup(path)) == NULL ||
+      (t.plan && (p->plan = strdup(t.plan->valuestring)) == NULL) ||
+      (t.tenant && (p->tenant = strdup(t.tenant->valuestring)) == NULL)) {
+    cli_pipeline_free(p);
+    say(err, errlen, &off, "%s: out of memory\n", path);
+    goto out;
+  }
+  p->config = detach(root, t.config);
+  p->previous_config = t.previous_config ? detach(root, t.previous_config) : NULL;
+  memcpy(p->fingerprint, fingerprint, sizeof(p->fingerprint));
+  rc = 0;
+out:
+  for (size_t i = 0; i < l.n; i++)
+    free(l.list[i].text);
+  free(l.list);
+  sc_engine_free(own);
+  cli_jsonpos_free(positions);
+  cJSON_Delete(root);
+  free(text);
+  return rc;
+}
+
+void cli_pipeline_free(cli_pipeline *p) {
+  if (p == NULL) return;
+  free(p->path);
+  free(p->plan);
+  free(p->tenant);
+  cJSON_Delete(p->config);
+  cJSON_Delete(p->previous_config);
+  memset(p, 0, sizeof(*p));
+}

@@ -1,0 +1,904 @@
+/* The exec stage kind of the stagecoach command: variable expansion, real shell commands through
+ * libuv, their output, environment, exit statuses, timeouts, cancels and compensation. */
+#include "harness.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ---- what the commands print ---- */
+
+typedef struct out_line {
+  char *stage, *text;
+  int fd;
+} out_line;
+
+typedef struct capture {
+  out_line *lines;
+  size_t n, cap;
+} capture;
+
+static void on_output(const char *stage, int fd, const char *line, size_t len, void *udata) {
+  capture *c = udata;
+  if (c->n == c->cap) {
+    c->cap = c->cap ? c->cap * 2 : 64;
+    c->lines = realloc(c->lines, c->cap * sizeof(*c->lines));
+    assert_non_null(c->lines);
+  }
+  out_line *l = &c->lines[c->n++];
+  l->stage = strdup(stage);
+  l->text = malloc(len + 1);
+  memcpy(l->text, line, len);
+  l->text[len] = '\0';
+  l->fd = fd;
+}
+
+static bool capture_has(const capture *c, const char *stage, int fd, const char *text) {
+  for (size_t i = 0; i < c->n; i++)
+    if (strcmp(c->lines[i].stage, stage) == 0 && c->lines[i].fd == fd &&
+        strcmp(c->lines[i].text, text) == 0)
+      return true;
+  return false;
+}
+
+static void capture_free(capture *c) {
+  for (size_t i = 0; i < c->n; i++) {
+    free(c->lines[i].stage);
+    free(c->lines[i].text);
+  }
+  free(c->lines);
+  memset(c, 0, sizeof(*c));
+}
+
+/* ---- one engine with the exec kind on a loop of the test's own ---- */
+
+typedef struct fixture {
+  uv_loop_t loop;
+  sc_engine *e;
+  cli_exec *x;
+  recorder r;
+  capture out;
+  char dir[PATH_MAX]; /* a scratch directory for the commands' pid files */
+} fixture;
+
+static void fixture_open_with(fixture *f, cli_output_fn output) {
+  memset(f, 0, sizeof(*f));
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  assert_int_equal(sc_engine_new(&f->loop, NULL, &f->e), SC_OK);
+  assert_int_equal(cli_exec_register(f->e, output, &f->out, &f->x), SC_OK);
+  assert_non_null(f->x);
+  recorder_attach(&f->r, f->e);
+  const char *base = getenv("TMPDIR");
+  snprintf(f->dir, sizeof(f->dir), "%s/test-exec-XXXXXX", base && *base ? base : "/tmp");
+  assert_non_null(mkdtemp(f->dir));
+  char real[PATH_MAX];
+  assert_non_null(realpath(f->dir, real));
+  snprintf(f->dir, sizeof(f->dir), "%s", real);
+}
+
+static void fixture_open(fixture *f) {
+  fixture_open_with(f, on_output);
+}
+
+typedef int (*cond_fn)(fixture *f, const void *arg);
+
+typedef struct waiter {
+  fixture *f;
+  cond_fn cond;
+  const void *arg;
+  uint64_t deadline;
+  int met;
+} waiter;
+
+static void waiter_tick(uv_timer_t *t) {
+  waiter *w = t->data;
+  if ((w->met = w->cond(w->f, w->arg)) || uv_now(t->loop) >= w->deadline) uv_stop(t->loop);
+}
+
+/* Runs the loop until cond holds, at most limit_ms; returns whether it holds. */
+static int wait_for(fixture *f, cond_fn cond, const void *arg, uint64_t limit_ms) {
+  if (cond(f, arg)) return 1;
+  uv_timer_t timer;
+  waiter w = {f, cond, arg, 0, 0};
+  uv_update_time(&f->loop);
+  w.deadline = uv_now(&f->loop) + limit_ms;
+  uv_timer_init(&f->loop, &timer);
+  timer.data = &w;
+  uv_timer_start(&timer, waiter_tick, 2, 2);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  return cond(f, arg);
+}
+
+static int no_command_running(fixture *f, const void *arg) {
+  (void)arg;
+  return cli_exec_running(f->x) == 0;
+}
+
+static int has_event(fixture *f, const void *arg) {
+  return recorder_count(&f->r, *(const sc_event_type *)arg, NULL) > 0;
+}
+
+typedef struct event_count {
+  sc_event_type type;
+  size_t n;
+} event_count;
+
+static int has_events(fixture *f, const void *arg) {
+  const event_count *want = arg;
+  return recorder_count(&f->r, want->type, NULL) >= want->n;
+}
+
+static void wait_event(fixture *f, sc_event_type type, uint64_t limit_ms) {
+  if (!wait_for(f, has_event, &type, limit_ms))
+    fail_msg("no %s after %llu ms; events: %s", sc_event_type_name(type),
+             (unsigned long long)limit_ms, recorder_types(&f->r, NULL));
+}
+
+static void remove_dir(const char *dir) {
+  char cmd[PATH_MAX + 16];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+/* Every test ends here: no command left, the engine and the registry freed, the loop closed. */
+static void fixture_close(fixture *f) {
+  if (!wait_for(f, no_command_running, NULL, 10000))
+    fail_msg("%zu commands still running after 10 s", cli_exec_running(f->x));
+  sc_engine_free(f->e);
+  cli_exec_free(f->x);
+  recorder_free(&f->r);
+  capture_free(&f->out);
+  remove_dir(f->dir);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+/* ---- configs and tasks ---- */
+
+/* {"name":name,"kind":"exec","run":run} (run may be NULL). */
+static cJSON *exec_stage(const char *name, const char *run) {
+  cJSON *st = cJSON_CreateObject();
+  cJSON_AddStringToObject(st, "name", name);
+  cJSON_AddStringToObject(st, "kind", "exec");
+  if (run != NULL) cJSON_AddStringToObject(st, "run", run);
+  return st;
+}
+
+static void add_json(cJSON *obj, const char *name, const char *json) {
+  cJSON_AddItemToObject(obj, name, json_or_die(json));
+}
+
+/* {"version":"2.4.1","stages":[...]} from a NULL-terminated list of stages (taken over). */
+static cJSON *config_of(cJSON *first, ...) {
+  cJSON *config = cJSON_CreateObject();
+  cJSON_AddStringToObject(config, "version", "2.4.1");
+  cJSON *stages = cJSON_AddArrayToObject(config, "stages");
+  va_list ap;
+  va_start(ap, first);
+  for (cJSON *st = first; st != NULL; st = va_arg(ap, cJSON *))
+    cJSON_AddItemToArray(stages, st);
+  va_end(ap);
+  return config;
+}
+
+static sc_task *submit(fixture *f, const char *id, const char *tenant, const cJSON *config,
+                       const cJSON *context) {
+  sc_task_spec s;
+  sc_task_spec_init(&s);
+  s.task_id = id;
+  s.tenant_id = tenant;
+  s.plan_id = "exec-test";
+  s.config = config;
+  s.context = context;
+  sc_task *t = NULL;
+  int rc = sc_task_submit(f->e, &s, &t);
+  if (rc != SC_OK) fail_msg("submit %s: %s: %s", id, sc_err_name(rc), sc_error_message());
+  return t;
+}
+
+/* The data of the nth event of a type; *root is the whole event (caller frees it). */
+static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
+  *root = recorder_json(r, type, nth);
+  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
+  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
+  assert_non_null(data);
+  return data;
+}
+
+static const char *str_at(const cJSON *obj, const char *path) {
+  const cJSON *v = obj;
+  char buf[128];
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (char *seg = strtok(buf, "."); seg != NULL && v != NULL; seg = strtok(NULL, "."))
+    v = cJSON_GetObjectItemCaseSensitive(v, seg);
+  if (!cJSON_IsString(v)) fail_msg("\"%s\" is not a string", path);
+  return v->valuestring;
+}
+
+/* The error of the nth stage.failed: its name and message (copied into the buffers). */
+static void failure(const fixture *f, size_t nth, char *name, char *message, size_t size,
+                    bool *will_retry) {
+  cJSON *root;
+  const cJSON *data = event_data(&f->r, SC_EV_STAGE_FAILED, nth, &root);
+  snprintf(name, 32, "%s", str_at(data, "error.name"));
+  snprintf(message, size, "%s", str_at(data, "error.message"));
+  if (will_retry != NULL)
+    *will_retry = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "will_retry"));
+  cJSON_Delete(root);
+}
+
+/* ---- processes ---- */
+
+static pid_t read_pid(const char *dir, const char *file) {
+  char path[PATH_MAX + 64];
+  snprintf(path, sizeof(path), "%s/%s", dir, file);
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL) return 0;
+  long pid = 0;
+  if (fscanf(fp, "%ld", &pid) != 1) pid = 0;
+  fclose(fp);
+  return (pid_t)pid;
+}
+
+static int pid_written(fixture *f, const void *file) {
+  return read_pid(f->dir, file) > 0;
+}
+
+/* Gone: no such process, or a zombie (an orphan whose parent, the container's init here, has not
+ * reaped it: it is dead, only its entry remains). */
+static bool process_gone(pid_t pid) {
+  if (kill(pid, 0) == -1 && errno == ESRCH) return true;
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  FILE *fp = fopen(path, "r");
+  if (fp == NULL) return true;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+  fclose(fp);
+  buf[n] = '\0';
+  const char *paren = strrchr(buf, ')');
+  return paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+static int pids_gone(fixture *f, const void *arg) {
+  (void)f;
+  for (const pid_t *p = arg; *p != 0; p++)
+    if (!process_gone(*p)) return 0;
+  return 1;
+}
+
+/* ---- expansion ---- */
+
+typedef struct vars {
+  cJSON *config, *context;
+} vars;
+
+static vars vars_new(void) {
+  vars v;
+  v.config = json_or_die("{\"version\":\"2.4.1\",\"deploy\":{\"region\":\"eu-west\","
+                         "\"replicas\":3,\"ratio\":0.5,\"canary\":true,\"big\":1e21,"
+                         "\"hosts\":[\"a\",\"b\"],\"limits\":{\"cpu\":2},\"none\":null}}");
+  v.context =
+      json_or_die("{\"build_id\":\"b-7\",\"n\":-42,\"ok\":false,\"meta\":{\"sha\":\"abc\"}}");
+  return v;
+}
+
+static void vars_free(vars *v) {
+  cJSON_Delete(v->config);
+  cJSON_Delete(v->context);
+}
+
+static void assert_expands(const vars *v, const char *text, const char *expected) {
+  char *unresolved = (char *)"untouched";
+  char *out = cli_exec_expand(text, v->config, v->context, "task-1", "acme", &unresolved);
+  if (out == NULL) fail_msg("\"%s\" did not expand (unresolved %s)", text, unresolved);
+  assert_null(unresolved);
+  assert_string_equal(out, expected);
+  free(out);
+}
+
+static void assert_unresolved(const vars *v, const char *text, const char *task_id,
+                              const char *tenant, const char *name) {
+  char *unresolved = NULL;
+  char *out = cli_exec_expand(text, v->config, v->context, task_id, tenant, &unresolved);
+  if (out != NULL) fail_msg("\"%s\" expanded to \"%s\"", text, out);
+  assert_non_null(unresolved);
+  assert_string_equal(unresolved, name);
+  free(unresolved);
+}
+
+static void expand_resolves_every_variable_form(void **state) {
+  (void)state;
+  vars v = vars_new();
+  assert_expands(&v, "./deploy.sh ${config.version}", "./deploy.sh 2.4.1");
+  assert_expands(&v, "${config.deploy.region}/${context.build_id}", "eu-west/b-7");
+  assert_expands(&v, "task=${task.id} tenant=${tenant}", "task=task-1 tenant=acme");
+  assert_expands(&v, "${context.meta.sha}${config.deploy.hosts.1}", "abcb");
+  assert_expands(&v, "no variables at all", "no variables at all");
+  assert_expands(&v, "", "");
+  vars_free(&v);
+}
+
+static void expand_writes_numbers_booleans_and_objects_as_json(void **state) {
+  (void)state;
+  vars v = vars_new();
+  assert_expands(&v, "${config.deploy.replicas}", "3");
+  assert_expands(&v, "${config.deploy.ratio}", "0.5");
+  assert_expands(&v, "${context.n}", "-42");
+  assert_expands(&v, "${config.deploy.big}", "1e+21");
+  assert_expands(&v, "${config.deploy.canary}/${context.ok}", "true/false");
+  assert_expands(&v, "${config.deploy.limits}", "{\"cpu\":2}");
+  assert_expands(&v, "${config.deploy.hosts}", "[\"a\",\"b\"]");
+  assert_expands(&v, "${context}",
+                 "{\"build_id\":\"b-7\",\"n\":-42,\"ok\":false,"
+                 "\"meta\":{\"sha\":\"abc\"}}");
+  vars_free(&v);
+}
+
+static void expand_names_the_first_unresolved_variable(void **state) {
+  (void)state;
+  vars v = vars_new();
+  assert_unresolved(&v, "echo ${context.build_id} ${context.build_number} ${config.nope}", "task-1",
+                    "acme", "${context.build_number}");
+  assert_unresolved(&v, "${config.deploy.nope}", "t", "acme", "${config.deploy.nope}");
+  assert_unresolved(&v, "${config.version.major}", "t", "acme", "${config.version.major}");
+  assert_unresolved(&v, "${config.deploy.hosts.2}", "t", "acme", "${config.deploy.hosts.2}");
+  assert_unresolved(&v, "${config.deploy.none}", "t", "acme", "${config.deploy.none}");
+  assert_unresolved(&v, "${config..version}", "t", "acme", "${config..version}");
+  assert_unresolved(&v, "for ${tenant}", "t", NULL, "${tenant}");
+  assert_unresolved(&v, "${task.id}", NULL, "acme", "${task.id}");
+  assert_unresolved(&v, "${task.name}", "t", "acme", "${task.name}");
+  /* Without a context or config every path is unresolved. */
+  char *unresolved = NULL;
+  assert_null(cli_exec_expand("${context.x}", NULL, NULL, "t", NULL, &unresolved));
+  assert_string_equal(unresolved, "${context.x}");
+  free(unresolved);
+  vars_free(&v);
+}
+
+static void expand_keeps_escapes_and_the_shells_own_variables(void **state) {
+  (void)state;
+  vars v = vars_new();
+  assert_expands(&v, "echo $${context.build_id}", "echo ${context.build_id}");
+  assert_expands(&v, "$${tenant}=${tenant}", "${tenant}=acme");
+  assert_expands(&v, "cd ${HOME} && echo $HOME $$ $1 ${1} ${PATH:-/bin}",
+                 "cd ${HOME} && echo $HOME $$ $1 ${1} ${PATH:-/bin}");
+  assert_expands(&v, "cost: 5$ ${config.version", "cost: 5$ ${config.version");
+  assert_expands(&v, "$", "$");
+  assert_expands(&v, "${configuration}${contexts}", "${configuration}${contexts}");
+  vars_free(&v);
+}
+
+/* ---- output ---- */
+
+static void output_lines_reach_the_callback_with_stage_and_fd(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *config = config_of(exec_stage("talk", "echo out1; echo err1 >&2; printf 'par'; sleep 0.1; "
+                                               "printf 'tial\\n'; seq 1 3000; printf 'no-newline'"),
+                            NULL);
+  submit(&f, "talk-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  assert_true(capture_has(&f.out, "talk", 1, "out1"));
+  assert_true(capture_has(&f.out, "talk", 2, "err1"));
+  assert_false(capture_has(&f.out, "talk", 1, "err1"));
+  assert_true(capture_has(&f.out, "talk", 1, "partial"));
+  /* stdout in order, every line whole, the last one without its newline too */
+  size_t next = 0, k = 0;
+  const char *expected_head[] = {"out1", "partial"};
+  for (size_t i = 0; i < f.out.n; i++) {
+    if (f.out.lines[i].fd != 1) continue;
+    if (k < 2) {
+      assert_string_equal(f.out.lines[i].text, expected_head[k++]);
+    } else if (next < 3000) {
+      char want[16];
+      snprintf(want, sizeof(want), "%zu", ++next);
+      assert_string_equal(f.out.lines[i].text, want);
+    } else {
+      assert_string_equal(f.out.lines[i].text, "no-newline");
+      next++;
+    }
+  }
+  assert_int_equal(next, 3001);
+  assert_int_equal(f.out.n, 3004);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void default_output_writes_stage_prefixed_lines(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open_with(&f, NULL);
+  char path[PATH_MAX + 16];
+  snprintf(path, sizeof(path), "%s/stderr.txt", f.dir);
+  fflush(stderr);
+  int saved = dup(STDERR_FILENO);
+  FILE *capture_file = fopen(path, "w");
+  assert_non_null(capture_file);
+  dup2(fileno(capture_file), STDERR_FILENO);
+  cJSON *config = config_of(exec_stage("quiet", "echo 'to stderr' >&2; printf last >&2"), NULL);
+  submit(&f, "quiet-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  fflush(stderr);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  fclose(capture_file);
+  FILE *in = fopen(path, "r");
+  char text[256] = "";
+  size_t n = fread(text, 1, sizeof(text) - 1, in);
+  text[n] = '\0';
+  fclose(in);
+  assert_string_equal(text, "[quiet] to stderr\n[quiet] last\n");
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+/* ---- environment, output file and context ---- */
+
+static void commands_see_the_sc_variables_env_and_cwd(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  setenv("SC_STAGE", "from-the-parent", 1); /* replaced, not duplicated */
+  setenv("STAGECOACH_TEST_PARENT", "inherited", 1);
+  cJSON *st = exec_stage(
+      "inspect",
+      "[ \"$SC_ATTEMPT\" -ge 2 ] || exit 1; "
+      "printf '{\"seen\":{\"task\":\"%s\",\"tenant\":\"%s\",\"stage\":\"%s\",\"attempt\":\"%s\","
+      "\"mode\":\"%s\",\"context\":%s,\"extra\":\"%s\",\"num\":\"%s\",\"flag\":\"%s\","
+      "\"parent\":\"%s\",\"cwd\":\"%s\",\"outdir\":\"%s\"}}' \"$SC_TASK_ID\" \"$SC_TENANT\" "
+      "\"$SC_STAGE\" \"$SC_ATTEMPT\" \"$SC_MODE\" \"$SC_CONTEXT\" \"$EXTRA\" \"$NUM\" \"$FLAG\" "
+      "\"$STAGECOACH_TEST_PARENT\" \"$(pwd)\" \"$(dirname \"$SC_OUTPUT\")\" > \"$SC_OUTPUT\"");
+  add_json(st, "env", "{\"EXTRA\":\"x-${config.version}\",\"NUM\":3,\"FLAG\":true}");
+  cJSON_AddStringToObject(st, "cwd", f.dir);
+  add_json(st, "retry", "{\"max_attempts\":2,\"initial_backoff_ms\":1}");
+  cJSON *config = config_of(st, NULL);
+  cJSON *context = json_or_die("{\"k\":\"v\",\"n\":2}");
+  submit(&f, "env-task", "acme", config, context);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  unsetenv("SC_STAGE");
+  unsetenv("STAGECOACH_TEST_PARENT");
+
+  cJSON *root;
+  const cJSON *data = event_data(&f.r, SC_EV_STAGE_COMPLETED, 0, &root);
+  const cJSON *seen =
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(data, "context"), "seen");
+  assert_non_null(seen);
+  assert_string_equal(str_at(seen, "task"), "env-task");
+  assert_string_equal(str_at(seen, "tenant"), "acme");
+  assert_string_equal(str_at(seen, "stage"), "inspect");
+  assert_string_equal(str_at(seen, "attempt"), "2");
+  assert_string_equal(str_at(seen, "mode"), "run");
+  assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(seen, "context"), context, true));
+  assert_string_equal(str_at(seen, "extra"), "x-2.4.1");
+  assert_string_equal(str_at(seen, "num"), "3");
+  assert_string_equal(str_at(seen, "flag"), "true");
+  assert_string_equal(str_at(seen, "parent"), "inherited");
+  assert_string_equal(str_at(seen, "cwd"), f.dir);
+  char outdir[PATH_MAX];
+  snprintf(outdir, sizeof(outdir), "%s", str_at(seen, "outdir"));
+  cJSON_Delete(root);
+  fixture_close(&f);
+  /* the private directory of $SC_OUTPUT is gone with the stage */
+  struct stat sb;
+  assert_int_equal(stat(outdir, &sb), -1);
+  assert_int_equal(errno, ENOENT);
+  cJSON_Delete(config);
+  cJSON_Delete(context);
+}
+
+static void output_json_is_merged_and_feeds_the_next_stage(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *config = config_of(
+      exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""),
+      exec_stage("second", "echo \"built ${context.build_id} n=${context.n} v=${config.version} "
+                           "t=${task.id} tenant=${tenant}\"; "
+                           "printf '{\"echoed\":\"%s\"}' '${context.build_id}' > \"$SC_OUTPUT\""),
+      exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
+  submit(&f, "merge-task", "acme", config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  assert_true(capture_has(&f.out, "second", 1, "built b-42 n=3 v=2.4.1 t=merge-task tenant=acme"));
+  cJSON *root;
+  const cJSON *data = event_data(&f.r, SC_EV_TASK_COMPLETED, 0, &root);
+  cJSON *expected = json_or_die("{\"build_id\":\"b-42\",\"n\":3,\"echoed\":\"b-42\"}");
+  assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "context"), expected, true));
+  cJSON_Delete(expected);
+  cJSON_Delete(root);
+  /* whitespace only: completed without an output */
+  data = event_data(&f.r, SC_EV_STAGE_COMPLETED, 2, &root);
+  assert_null(cJSON_GetObjectItemCaseSensitive(data, "output"));
+  cJSON_Delete(root);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void sc_output_that_is_not_an_object_fails_without_retry(void **state) {
+  (void)state;
+  const char *contents[] = {"echo 'not json' > \"$SC_OUTPUT\"", "echo '[1,2]' > \"$SC_OUTPUT\"",
+                            "echo '\"text\"' > \"$SC_OUTPUT\"",
+                            "printf '{\"a\":' > \"$SC_OUTPUT\""};
+  for (size_t i = 0; i < sizeof(contents) / sizeof(contents[0]); i++) {
+    fixture f;
+    fixture_open(&f);
+    cJSON *st = exec_stage("bad", contents[i]);
+    add_json(st, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
+    cJSON *config = config_of(st, NULL);
+    submit(&f, "bad-output", NULL, config, NULL);
+    wait_event(&f, SC_EV_TASK_FAILED, 10000);
+    char name[32], message[256];
+    bool will_retry;
+    failure(&f, 0, name, message, sizeof(message), &will_retry);
+    assert_string_equal(message, "SC_OUTPUT of stage bad is not a JSON object");
+    assert_false(will_retry);
+    assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_STARTED, NULL), 1);
+    cJSON_Delete(config);
+    fixture_close(&f);
+  }
+}
+
+/* ---- failures ---- */
+
+static void nonzero_exit_fails_with_status_and_the_last_lines(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *config = config_of(exec_stage("noisy", "i=1; while [ $i -le 12 ]; do echo line$i; "
+                                                "i=$((i+1)); done; sleep 0.2; echo err-line >&2; "
+                                                "sleep 0.2; head -c 2000 /dev/zero | tr '\\0' y; "
+                                                "exit 3"),
+                            NULL);
+  submit(&f, "noisy-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  char name[32], message[4096];
+  bool will_retry;
+  failure(&f, 0, name, message, sizeof(message), &will_retry);
+  assert_string_equal(name, "SC_EIO");
+  char expected[4096];
+  int n = snprintf(expected, sizeof(expected),
+                   "exit status 3; last output:\nline5\nline6\nline7\nline8\nline9\nline10\n"
+                   "line11\nline12\nerr-line\n");
+  memset(expected + n, 'y', 500); /* the 2000-byte last line, cut to 500 */
+  expected[n + 500] = '\0';
+  assert_string_equal(message, expected);
+  assert_true(capture_has(&f.out, "noisy", 2, "err-line"));
+  cJSON *root;
+  const cJSON *data = event_data(&f.r, SC_EV_TASK_FAILED, 0, &root);
+  assert_non_null(strstr(str_at(data, "error.message"), "exit status 3"));
+  cJSON_Delete(root);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void no_retry_exit_codes_stop_retries_and_other_codes_retry(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *final = exec_stage("deploy", "echo denied; exit 4");
+  add_json(final, "no_retry_exit_codes", "[4, 9]");
+  add_json(final, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
+  cJSON *flaky = exec_stage("deploy", "exit 5");
+  add_json(flaky, "no_retry_exit_codes", "[4, 9]");
+  add_json(flaky, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
+  cJSON *c1 = config_of(final, NULL), *c2 = config_of(flaky, NULL);
+  submit(&f, "final", NULL, c1, NULL);
+  submit(&f, "flaky", NULL, c2, NULL);
+  event_count two_failed = {SC_EV_TASK_FAILED, 2};
+  assert_true(wait_for(&f, has_events, &two_failed, 10000));
+  assert_int_equal(recorder_count(&f.r, SC_EV_TASK_FAILED, NULL), 2);
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_FAILED, "final"), 1);
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_FAILED, "flaky"), 3);
+  for (size_t i = 0; i < 4; i++) {
+    char name[32], message[512];
+    bool will_retry;
+    failure(&f, i, name, message, sizeof(message), &will_retry);
+    if (strncmp(message, "exit status 4", 13) == 0) {
+      assert_string_equal(message, "exit status 4; last output:\ndenied");
+      assert_false(will_retry);
+    } else {
+      assert_string_equal(message, "exit status 5");
+    }
+  }
+  cJSON_Delete(c1);
+  cJSON_Delete(c2);
+  fixture_close(&f);
+}
+
+static void a_missing_command_exits_127_and_retries(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *st = exec_stage("ghost", "no-such-command-stagecoach-test --flag");
+  add_json(st, "retry", "{\"max_attempts\":2,\"initial_backoff_ms\":1}");
+  cJSON *config = config_of(st, NULL);
+  submit(&f, "ghost-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_FAILED, NULL), 2);
+  char name[32], message[512];
+  bool will_retry;
+  failure(&f, 0, name, message, sizeof(message), &will_retry);
+  assert_true(will_retry);
+  assert_non_null(strstr(message, "exit status 127; last output:\n"));
+  assert_non_null(strstr(message, "no-such-command-stagecoach-test"));
+  failure(&f, 1, name, message, sizeof(message), &will_retry);
+  assert_false(will_retry);
+  assert_non_null(strstr(message, "exit status 127"));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void a_command_killed_by_a_signal_fails_retryable(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *st = exec_stage("suicide", "echo \"bye tenant=[$SC_TENANT]\"; kill -TERM $$; sleep 5");
+  add_json(st, "retry", "{\"max_attempts\":2,\"initial_backoff_ms\":1}");
+  cJSON *config = config_of(st, NULL);
+  submit(&f, "signal-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_FAILED, NULL), 2);
+  char name[32], message[512];
+  bool will_retry;
+  failure(&f, 0, name, message, sizeof(message), &will_retry);
+  assert_true(will_retry);
+  assert_string_equal(message, "killed by signal 15 (SIGTERM); last output:\nbye tenant=[]");
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void a_missing_or_unresolvable_command_fails_without_retry(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *no_run = exec_stage("empty", NULL);
+  add_json(no_run, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
+  cJSON *unresolved = exec_stage("needs-build", "echo ${context.build_id}");
+  add_json(unresolved, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
+  cJSON *bad_env = exec_stage("bad-env", "true");
+  add_json(bad_env, "env", "{\"TAG\":\"${config.tag}\"}");
+  cJSON *own_env = exec_stage("own-env", "true");
+  add_json(own_env, "env", "{\"SC_STAGE\":\"fake\"}");
+  cJSON *c1 = config_of(no_run, NULL), *c2 = config_of(unresolved, NULL),
+        *c3 = config_of(bad_env, NULL), *c4 = config_of(own_env, NULL);
+  submit(&f, "t1", NULL, c1, NULL);
+  submit(&f, "t2", NULL, c2, NULL);
+  submit(&f, "t3", NULL, c3, NULL);
+  submit(&f, "t4", NULL, c4, NULL);
+  event_count four_failed = {SC_EV_TASK_FAILED, 4};
+  assert_true(wait_for(&f, has_events, &four_failed, 10000));
+  assert_int_equal(recorder_count(&f.r, SC_EV_TASK_FAILED, NULL), 4);
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_FAILED, NULL), 4);
+  int seen = 0;
+  for (size_t i = 0; i < 4; i++) {
+    char name[32], message[512];
+    bool will_retry;
+    failure(&f, i, name, message, sizeof(message), &will_retry);
+    assert_string_equal(name, "SC_EPLAN");
+    assert_false(will_retry);
+    if (strcmp(message, "unresolved variable ${context.build_id} in \"run\"") == 0) seen |= 1;
+    if (strcmp(message, "stage empty: \"run\" is required (a non-empty shell command)") == 0)
+      seen |= 2;
+    if (strcmp(message, "unresolved variable ${config.tag} in \"env.TAG\"") == 0) seen |= 4;
+    if (strcmp(message, "stage own-env: \"env\" may not set SC_STAGE (the exec kind sets it)") == 0)
+      seen |= 8;
+  }
+  assert_int_equal(seen, 15);
+  assert_int_equal(f.out.n, 0); /* nothing ran */
+  cJSON_Delete(c1);
+  cJSON_Delete(c2);
+  cJSON_Delete(c3);
+  cJSON_Delete(c4);
+  fixture_close(&f);
+}
+
+static void a_cwd_that_is_not_a_directory_fails_the_spawn(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *st = exec_stage("lost", "echo never");
+  cJSON_AddStringToObject(st, "cwd", "/nonexistent-stagecoach-test/dir");
+  cJSON *config = config_of(st, NULL);
+  submit(&f, "cwd-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  char name[32], message[512];
+  failure(&f, 0, name, message, sizeof(message), NULL);
+  assert_string_equal(name, "SC_EIO");
+  assert_non_null(strstr(message, "cannot start /bin/sh in \"/nonexistent-stagecoach-test/dir\""));
+  assert_int_equal(f.out.n, 0);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+/* ---- timeouts, cancels, teardown ---- */
+
+static void a_timeout_kills_the_whole_group_after_the_grace_period(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX * 2 + 128];
+  /* The shell and its sleep ignore SIGTERM: only the SIGKILL after the grace period ends them. */
+  snprintf(run, sizeof(run),
+           "trap '' TERM; echo $$ > '%s/sh.pid'; sleep 30 & echo $! > '%s/sleep.pid'; wait", f.dir,
+           f.dir);
+  cJSON *st = exec_stage("slow", run);
+  cJSON_AddNumberToObject(st, "timeout_ms", 200);
+  cJSON_AddNumberToObject(st, "kill_grace_ms", 200);
+  cJSON *config = config_of(st, NULL);
+  submit(&f, "slow-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_STAGE_FAILED, 10000);
+  uv_update_time(&f.loop);
+  uint64_t failed_at = uv_now(&f.loop);
+  char name[32], message[512];
+  failure(&f, 0, name, message, sizeof(message), NULL);
+  assert_string_equal(name, "SC_ETIMEDOUT");
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  pid_t pids[3] = {read_pid(f.dir, "sh.pid"), read_pid(f.dir, "sleep.pid"), 0};
+  assert_true(pids[0] > 0 && pids[1] > 0);
+  assert_true(wait_for(&f, no_command_running, NULL, 3000));
+  uv_update_time(&f.loop);
+  assert_true(uv_now(&f.loop) - failed_at >= 150); /* SIGTERM alone did not do it */
+  assert_true(wait_for(&f, pids_gone, pids, 2000));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void task_cancel_ends_the_command_and_its_children(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX * 2 + 128];
+  snprintf(run, sizeof(run), "echo $$ > '%s/sh.pid'; sleep 30 & echo $! > '%s/sleep.pid'; wait",
+           f.dir, f.dir);
+  cJSON *config = config_of(exec_stage("long", run), NULL); /* default grace: 5 s */
+  sc_task *t = submit(&f, "cancel-task", NULL, config, NULL);
+  assert_true(wait_for(&f, pid_written, "sleep.pid", 5000));
+  pid_t pids[3] = {read_pid(f.dir, "sh.pid"), read_pid(f.dir, "sleep.pid"), 0};
+  assert_false(pids_gone(&f, pids));
+  assert_int_equal(cli_exec_running(f.x), 1);
+  assert_int_equal(sc_task_cancel(t, "operator"), SC_OK);
+  wait_event(&f, SC_EV_TASK_CANCELLED, 5000);
+  /* SIGTERM to the group is enough here: well within the grace period */
+  assert_true(wait_for(&f, no_command_running, NULL, 2000));
+  assert_true(wait_for(&f, pids_gone, pids, 2000));
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_COMPLETED, NULL), 0);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void engine_free_while_a_command_runs_leaves_no_process(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX + 64];
+  snprintf(run, sizeof(run), "sleep 30 & echo $! > '%s/sleep.pid'; wait", f.dir);
+  cJSON *st = exec_stage("long", run);
+  cJSON_AddNumberToObject(st, "kill_grace_ms", 300);
+  cJSON *config = config_of(st, NULL);
+  submit(&f, "teardown-task", NULL, config, NULL);
+  assert_true(wait_for(&f, pid_written, "sleep.pid", 5000));
+  pid_t pids[2] = {read_pid(f.dir, "sleep.pid"), 0};
+  sc_engine_free(f.e); /* calls cancel; the command outlives the engine for a moment */
+  f.e = NULL;
+  assert_true(wait_for(&f, no_command_running, NULL, 3000));
+  assert_true(wait_for(&f, pids_gone, pids, 2000));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void kill_all_sends_sigkill_to_every_command(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX + 64];
+  snprintf(run, sizeof(run), "trap '' TERM; echo $$ > '%s/sh.pid'; sleep 30", f.dir);
+  cJSON *config = config_of(exec_stage("stuck", run), NULL);
+  submit(&f, "kill-task", NULL, config, NULL);
+  assert_true(wait_for(&f, pid_written, "sh.pid", 5000));
+  cli_exec_kill_all(f.x);
+  wait_event(&f, SC_EV_TASK_FAILED, 5000);
+  char name[32], message[512];
+  bool will_retry;
+  failure(&f, 0, name, message, sizeof(message), &will_retry);
+  assert_string_equal(message, "killed by signal 9 (SIGKILL)");
+  assert_false(will_retry); /* retryable, but the policy has a single attempt */
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+/* ---- retry and compensation ---- */
+
+static void a_retried_task_runs_with_mode_retry(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *config =
+      config_of(exec_stage("picky", "echo \"mode=$SC_MODE\"; [ \"$SC_MODE\" = retry ]"), NULL);
+  sc_task *t = submit(&f, "retry-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  assert_true(capture_has(&f.out, "picky", 1, "mode=run"));
+  assert_true(capture_has(&f.out, "picky", 1, "mode=retry"));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void compensation_runs_the_compensate_command(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *a = exec_stage("a", "echo did-a; printf '{\"made\":\"thing-1\"}' > \"$SC_OUTPUT\"");
+  cJSON_AddStringToObject(a, "effect", "compensable");
+  /* No ${config.x} here: sc_stage_config() of a compensation is previous_config (none here). */
+  cJSON_AddStringToObject(a, "compensate",
+                          "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=${context.made}\"");
+  cJSON *b = exec_stage("b", "exit 1");
+  cJSON_AddStringToObject(b, "effect", "compensable");
+  cJSON_AddStringToObject(b, "compensate", "echo undo-b");
+  cJSON *config = config_of(a, b, NULL);
+  sc_task *t = submit(&f, "comp-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
+  wait_event(&f, SC_EV_ROLLBACK_COMPLETED, 10000);
+  assert_true(capture_has(&f.out, "a", 1, "did-a"));
+  assert_true(capture_has(&f.out, "a", 1, "undo mode=compensate stage=a made=thing-1"));
+  assert_false(capture_has(&f.out, "b", 1, "undo-b")); /* b never completed */
+  assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_COMPENSATED, NULL), 1);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void compensation_without_a_command_fails_the_rollback(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *a = exec_stage("a", "true");
+  cJSON_AddStringToObject(a, "effect", "compensable");
+  cJSON *config = config_of(a, exec_stage("b", "exit 2"), NULL);
+  sc_task *t = submit(&f, "nocomp-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
+  wait_event(&f, SC_EV_ROLLBACK_FAILED, 10000);
+  cJSON *root;
+  const cJSON *data = event_data(&f.r, SC_EV_ROLLBACK_FAILED, 0, &root);
+  assert_non_null(strstr(str_at(data, "error.message"), "stage a has no compensate command"));
+  cJSON_Delete(root);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(expand_resolves_every_variable_form),
+      cmocka_unit_test(expand_writes_numbers_booleans_and_objects_as_json),
+      cmocka_unit_test(expand_names_the_first_unresolved_variable),
+      cmocka_unit_test(expand_keeps_escapes_and_the_shells_own_variables),
+      cmocka_unit_test(output_lines_reach_the_callback_with_stage_and_fd),
+      cmocka_unit_test(default_output_writes_stage_prefixed_lines),
+      cmocka_unit_test(commands_see_the_sc_variables_env_and_cwd),
+      cmocka_unit_test(output_json_is_merged_and_feeds_the_next_stage),
+      cmocka_unit_test(sc_output_that_is_not_an_object_fails_without_retry),
+      cmocka_unit_test(nonzero_exit_fails_with_status_and_the_last_lines),
+      cmocka_unit_test(no_retry_exit_codes_stop_retries_and_other_codes_retry),
+      cmocka_unit_test(a_missing_command_exits_127_and_retries),
+      cmocka_unit_test(a_command_killed_by_a_signal_fails_retryable),
+      cmocka_unit_test(a_missing_or_unresolvable_command_fails_without_retry),
+      cmocka_unit_test(a_cwd_that_is_not_a_directory_fails_the_spawn),
+      cmocka_unit_test(a_timeout_kills_the_whole_group_after_the_grace_period),
+      cmocka_unit_test(task_cancel_ends_the_command_and_its_children),
+      cmocka_unit_test(engine_free_while_a_command_runs_leaves_no_process),
+      cmocka_unit_test(kill_all_sends_sigkill_to_every_command),
+      cmocka_unit_test(a_retried_task_runs_with_mode_retry),
+      cmocka_unit_test(compensation_runs_the_compensate_command),
+      cmocka_unit_test(compensation_without_a_command_fails_the_rollback),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
