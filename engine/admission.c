@@ -159,6 +159,7 @@ int sc__task_reacquire_lost_lock(sc_task *t) {
     return sc__error(SC_EBUSY, "cannot resume task %s: the lock of tenant '%s' is held elsewhere",
                      t->id, t->tenant);
   t->lock_lost = false;
+  arm_renew(e);
   return SC_OK;
 }
 

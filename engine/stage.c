@@ -21,7 +21,9 @@ sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index) {
   ctx->stage = stage;
   ctx->index = index;
   ctx->rollback = t->rollback;
-  ctx->config = t->rollback ? t->plan->previous_config : t->plan->config;
+  /* A redeploying rollback runs the previous config; a compensation undoes what ran with this one.
+   */
+  ctx->config = t->rollback && !t->compensating ? t->plan->previous_config : t->plan->config;
   ctx->state = CTX_RUNNING;
   ctx->started_ns = sc__now_ns();
   return ctx;

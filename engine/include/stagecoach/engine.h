@@ -191,7 +191,9 @@ const char *sc_stage_name(const sc_stage_ctx *ctx);
 int sc_stage_index(const sc_stage_ctx *ctx);
 unsigned sc_stage_attempt(const sc_stage_ctx *ctx); /* from 1 */
 const cJSON *sc_stage_params(const sc_stage_ctx *ctx);
-const cJSON *sc_stage_config(const sc_stage_ctx *ctx); /* previous_config in a rollback */
+/* The config the stage runs with: previous_config in a redeploying rollback; the task's config
+ * otherwise, also in a compensation (which undoes what ran with it). */
+const cJSON *sc_stage_config(const sc_stage_ctx *ctx);
 const cJSON *sc_stage_context(const sc_stage_ctx *ctx);
 bool sc_stage_is_rollback(const sc_stage_ctx *ctx);
 bool sc_stage_is_compensation(const sc_stage_ctx *ctx);
