@@ -24,12 +24,12 @@ enum {
 /* ---- pipeline.c: pipeline files ---- */
 
 typedef struct cli_pipeline {
-  char *path;            /* as given */
-  char *plan;            /* "plan", may be NULL */
-  char *tenant;          /* "tenant", may be NULL */
-  cJSON *config;         /* owned */
+  char *path;             /* as given */
+  char *plan;             /* "plan", may be NULL */
+  char *tenant;           /* "tenant", may be NULL */
+  cJSON *config;          /* owned */
   cJSON *previous_config; /* owned; NULL when absent */
-  char fingerprint[72];  /* of config's plan */
+  char fingerprint[72];   /* of config's plan */
 } cli_pipeline;
 
 /* Reads and checks a pipeline file: well-formed JSON, an object with "config" (an object) and the
@@ -50,8 +50,8 @@ typedef struct cli_exec cli_exec;
 
 /* Where the exec kind sends each line a stage's command prints (stdout or stderr), without the
  * newline; the default (NULL) writes "[stage] line" to the terminal's stderr/stdout. */
-typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char *line,
-                              size_t len, void *udata);
+typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char *line, size_t len,
+                              void *udata);
 
 /* Registers the "exec" kind in e. Stage params (stage members other than the spec fields land in
  * params): "run" (required, a shell command for /bin/sh -c), "compensate" (optional command for

@@ -121,7 +121,8 @@ static int cmd_verify(int argc, char **argv) {
     return cli_usage_error("verify", "give one log file (stagecoach verify FILE)");
   sc_jsonl_report r;
   int rc = sc_jsonl_verify(argv[0], &r);
-  if (rc == SC_ENOTFOUND || rc == SC_EIO) return cli_usage_error("verify", "%s", sc_error_message());
+  if (rc == SC_ENOTFOUND || rc == SC_EIO)
+    return cli_usage_error("verify", "%s", sc_error_message());
   if (rc == SC_ECORRUPT) {
     printf("%s: chain BROKEN at line %lld\n  %s\n  %llu lines before it verify (%llu bytes)\n",
            argv[0], (long long)r.first_bad_line, sc_error_message(),
@@ -187,7 +188,8 @@ static int cmd_events(int argc, char **argv) {
       continue;
     }
     if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("events", "unknown option '%s' (see stagecoach events --help)", argv[i]);
+      return cli_usage_error("events", "unknown option '%s' (see stagecoach events --help)",
+                             argv[i]);
     if (file) return cli_usage_error("events", "one log at a time ('%s')", argv[i]);
     file = argv[i];
   }
@@ -260,7 +262,8 @@ static void print_stages(const cJSON *config) {
 
 static int cmd_validate(int argc, char **argv) {
   if (argc != 1 || argv[0][0] == '-')
-    return cli_usage_error("validate", "give one pipeline file (stagecoach validate PIPELINE.json)");
+    return cli_usage_error("validate",
+                           "give one pipeline file (stagecoach validate PIPELINE.json)");
   cli_pipeline p = {0};
   char err[8192];
   if (cli_pipeline_load(argv[0], NULL, &p, err, sizeof(err)) != 0) {
@@ -300,9 +303,8 @@ int main(int argc, char **argv) {
     const char *name, *help;
     int (*fn)(int, char **);
   } commands[] = {
-      {"run", NULL, cli_run},           {"recover", NULL, cli_recover},
-      {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
-      {"validate", NULL, cmd_validate},
+      {"run", NULL, cli_run},       {"recover", NULL, cli_recover},   {"verify", NULL, cmd_verify},
+      {"events", NULL, cmd_events}, {"validate", NULL, cmd_validate},
   };
   const char *helps[] = {help_run, help_recover, help_verify, help_events, help_validate};
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {

@@ -91,7 +91,8 @@ static int64_t mono_ns(void) {
 
 static void clear(cli_progress *p) {
   if (!p->live) return;
-  for (unsigned i = 0; i < p->drawn; i++) fputs("\033[1A\033[2K", p->out);
+  for (unsigned i = 0; i < p->drawn; i++)
+    fputs("\033[1A\033[2K", p->out);
   p->drawn = 0;
 }
 
@@ -173,14 +174,17 @@ static void describe(const sc_event *ev, char *buf, size_t cap) {
       char *nl = strchr(first, '\n');
       if (nl) *nl = '\0';
       if (cJSON_IsTrue(retry))
-        snprintf(buf, cap, "%s; retrying in %.0f ms", first, cJSON_IsNumber(in) ? in->valuedouble : 0);
+        snprintf(buf, cap, "%s; retrying in %.0f ms", first,
+                 cJSON_IsNumber(in) ? in->valuedouble : 0);
       else
         snprintf(buf, cap, "%s", first);
       break;
     }
     case SC_EV_TASK_FAILED:
     case SC_EV_ROLLBACK_FAILED: snprintf(buf, cap, "%s", msg ? msg : ""); break;
-    case SC_EV_TASK_CANCELLED: snprintf(buf, cap, "%s", or_default(string_of(ev->data, "reason"), "")); break;
+    case SC_EV_TASK_CANCELLED:
+      snprintf(buf, cap, "%s", or_default(string_of(ev->data, "reason"), ""));
+      break;
     case SC_EV_TASK_PAUSED:
       snprintf(buf, cap, "%s", msg ? msg : (or_default(string_of(ev->data, "reason"), "")));
       break;
@@ -190,7 +194,8 @@ static void describe(const sc_event *ev, char *buf, size_t cap) {
     case SC_EV_APPROVAL_GRANTED:
     case SC_EV_APPROVAL_REJECTED:
       snprintf(buf, cap, "by %s%s%s", or_default(string_of(ev->data, "reviewer"), "?"),
-               string_of(ev->data, "comment") ? ": " : "", or_default(string_of(ev->data, "comment"), ""));
+               string_of(ev->data, "comment") ? ": " : "",
+               or_default(string_of(ev->data, "comment"), ""));
       break;
     case SC_EV_APPROVAL_TIMED_OUT:
       snprintf(buf, cap, "-> %s", or_default(string_of(ev->data, "action"), ""));
@@ -198,7 +203,8 @@ static void describe(const sc_event *ev, char *buf, size_t cap) {
     case SC_EV_TASK_RECOVERED: {
       const cJSON *start = cJSON_GetObjectItemCaseSensitive(ev->data, "start_index");
       snprintf(buf, cap, "from %s, %s mode, starting at stage %d",
-               or_default(string_of(ev->data, "recovered_from"), "?"), or_default(string_of(ev->data, "mode"), "?"),
+               or_default(string_of(ev->data, "recovered_from"), "?"),
+               or_default(string_of(ev->data, "mode"), "?"),
                cJSON_IsNumber(start) ? (int)start->valuedouble + 1 : 0);
       break;
     }
@@ -235,7 +241,8 @@ static void track(task_row *t, const sc_event *ev) {
     t->count = (int32_t)n->valuedouble;
   t->active = !sc_task_status_is_terminal(ev->status) && ev->status != SC_TASK_FAILED &&
               ev->status != SC_TASK_ROLLBACK_FAILED && ev->status != SC_TASK_CREATED;
-  if (ev->type == SC_EV_TASK_STARTED || ev->type == SC_EV_ROLLBACK_STARTED) t->task_started_ns = now;
+  if (ev->type == SC_EV_TASK_STARTED || ev->type == SC_EV_ROLLBACK_STARTED)
+    t->task_started_ns = now;
   if (ev->stage == NULL) return;
   free(t->stage);
   t->stage = strdup(ev->stage);
@@ -371,7 +378,8 @@ void cli_progress_free(cli_progress *p) {
   if (p == NULL) return;
   clear(p);
   for (size_t i = 0; i < p->ntasks; i++) {
-    for (size_t k = 0; k < p->tasks[i].nstages; k++) free(p->tasks[i].stages[k].name);
+    for (size_t k = 0; k < p->tasks[i].nstages; k++)
+      free(p->tasks[i].stages[k].name);
     free(p->tasks[i].stages);
     free(p->tasks[i].stage);
     free(p->tasks[i].id);

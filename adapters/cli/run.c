@@ -65,7 +65,8 @@ static void decide(runtime *rt, const char *comment) {
 
 static void on_line(runtime *rt, char *line) {
   if (!rt->asking) return;
-  while (*line == ' ') line++;
+  while (*line == ' ')
+    line++;
   if (!rt->asking_comment) {
     if (strcmp(line, "a") == 0 || strcmp(line, "approve") == 0 || strcmp(line, "y") == 0) {
       rt->decision_approve = true;
@@ -147,7 +148,8 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
     prompt *p = calloc(1, sizeof(*p));
     if (p && (p->task_id = strdup(ev->task_id)) && (p->stage = strdup(ev->stage))) {
       prompt **tail = &rt->queue;
-      while (*tail) tail = &(*tail)->next;
+      while (*tail)
+        tail = &(*tail)->next;
       *tail = p;
       ask_next(rt);
     } else if (p) {
@@ -195,7 +197,8 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   uv_loop_init(&rt->loop);
   rt->live = !o->plain && isatty(STDOUT_FILENO);
   rt->prompts = !o->no_prompt && isatty(STDIN_FILENO);
-  if (sc_engine_new(&rt->loop, NULL, &rt->e) != SC_OK) return cli_usage_error(cmd, "%s", sc_error_message());
+  if (sc_engine_new(&rt->loop, NULL, &rt->e) != SC_OK)
+    return cli_usage_error(cmd, "%s", sc_error_message());
   cli_progress_new(&rt->loop, rt->live, stdout, &rt->progress);
   cli_exec_register(rt->e, cli_progress_output, rt->progress, &rt->exec);
   if (o->log != NULL) {
@@ -237,7 +240,8 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
 static int runtime_finish(runtime *rt) {
   sc_engine_run(rt->e);
   /* Commands still running (a cancelled stage waiting out its grace period) are waited for. */
-  while (cli_exec_running(rt->exec) > 0) uv_run(&rt->loop, UV_RUN_ONCE);
+  while (cli_exec_running(rt->exec) > 0)
+    uv_run(&rt->loop, UV_RUN_ONCE);
   int code = CLI_EXIT_COMPLETED;
   bool any_failed = false, any_cancelled = false, all_rolled_back = true;
   for (size_t i = 0; i < cli_progress_task_count(rt->progress); i++) {
@@ -245,7 +249,8 @@ static int runtime_finish(runtime *rt) {
     sc_task_status s = cli_progress_status(rt->progress, id);
     if (s != SC_TASK_ROLLED_BACK) all_rolled_back = false;
     if (s == SC_TASK_CANCELLED) any_cancelled = true;
-    if (s == SC_TASK_FAILED || s == SC_TASK_ROLLBACK_FAILED || s == SC_TASK_PAUSED) any_failed = true;
+    if (s == SC_TASK_FAILED || s == SC_TASK_ROLLBACK_FAILED || s == SC_TASK_PAUSED)
+      any_failed = true;
     if (s == SC_TASK_AWAITING_APPROVAL) {
       any_failed = true;
       sc_task *t = sc_engine_find_task(rt->e, id);
@@ -270,10 +275,12 @@ static int runtime_finish(runtime *rt) {
 }
 
 static void runtime_close(runtime *rt) {
-  while (rt->queue) prompt_pop(rt);
+  while (rt->queue)
+    prompt_pop(rt);
   if (rt->exec) {
     cli_exec_kill_all(rt->exec);
-    for (int i = 0; i < 1000 && cli_exec_running(rt->exec) > 0; i++) uv_run(&rt->loop, UV_RUN_ONCE);
+    for (int i = 0; i < 1000 && cli_exec_running(rt->exec) > 0; i++)
+      uv_run(&rt->loop, UV_RUN_ONCE);
   }
   if (rt->log && sc_jsonl_close(rt->log) != SC_OK)
     fprintf(stderr, "stagecoach: %s\n", sc_error_message());
@@ -319,7 +326,8 @@ int cli_run(int argc, char **argv) {
     if (pipeline != NULL) return cli_usage_error("run", "one pipeline at a time ('%s')", argv[i]);
     pipeline = argv[i];
   }
-  if (pipeline == NULL) return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
+  if (pipeline == NULL)
+    return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
   runtime rt;
   int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
@@ -372,12 +380,17 @@ int cli_recover(int argc, char **argv) {
       continue;
     }
     if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("recover", "unknown option '%s' (see stagecoach recover --help)", argv[i]);
-    if (pipeline != NULL) return cli_usage_error("recover", "one pipeline at a time ('%s')", argv[i]);
+      return cli_usage_error("recover", "unknown option '%s' (see stagecoach recover --help)",
+                             argv[i]);
+    if (pipeline != NULL)
+      return cli_usage_error("recover", "one pipeline at a time ('%s')", argv[i]);
     pipeline = argv[i];
   }
-  if (pipeline == NULL) return cli_usage_error("recover", "which pipeline? (stagecoach recover PIPELINE.json --log FILE)");
-  if (o.log == NULL) return cli_usage_error("recover", "--log FILE is required: the log is what recovery reads");
+  if (pipeline == NULL)
+    return cli_usage_error("recover",
+                           "which pipeline? (stagecoach recover PIPELINE.json --log FILE)");
+  if (o.log == NULL)
+    return cli_usage_error("recover", "--log FILE is required: the log is what recovery reads");
   if (mode != NULL && strcmp(mode, "retry") != 0 && strcmp(mode, "rollback") != 0)
     return cli_usage_error("recover", "--mode must be retry or rollback (got '%s')", mode);
 
@@ -411,7 +424,8 @@ int cli_recover(int argc, char **argv) {
     /* The pipeline as it is now: a changed plan is caught by the logged fingerprint. */
     req.config = p.config;
     req.previous_config = p.previous_config ? p.previous_config : todo[i].request.previous_config;
-    if (mode != NULL) req.mode = strcmp(mode, "rollback") == 0 ? SC_RECOVER_ROLLBACK : SC_RECOVER_RETRY;
+    if (mode != NULL)
+      req.mode = strcmp(mode, "rollback") == 0 ? SC_RECOVER_ROLLBACK : SC_RECOVER_RETRY;
     char before[256];
     if (from != NULL) {
       /* Resume at a chosen stage: the one before it counts as the last completed. */
@@ -447,7 +461,8 @@ int cli_recover(int argc, char **argv) {
     if (dry_run) {
       cJSON *plan = NULL;
       if (sc_recovery_plan(rt.e, &req, &plan) != SC_OK) {
-        fprintf(stderr, "stagecoach recover: task %s: %s\n", req.recovered_from, sc_error_message());
+        fprintf(stderr, "stagecoach recover: task %s: %s\n", req.recovered_from,
+                sc_error_message());
         code = CLI_EXIT_USAGE;
         break;
       }
@@ -465,7 +480,8 @@ int cli_recover(int argc, char **argv) {
     }
   }
   if (code == CLI_EXIT_COMPLETED && only != NULL && chosen == 0)
-    code = cli_usage_error("recover", "no unfinished task '%s' in %s", only, o.log ? o.log : "the log");
+    code = cli_usage_error("recover", "no unfinished task '%s' in %s", only,
+                           o.log ? o.log : "the log");
   if (code == CLI_EXIT_COMPLETED && n == 0)
     printf("nothing to recover: every task in %s finished\n", o.log ? o.log : "the log");
   if (code == CLI_EXIT_COMPLETED && !dry_run && chosen > 0) code = runtime_finish(&rt);

@@ -292,7 +292,7 @@ int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfini
     task_state *t = s.tasks.slots[i];
     if (t && !t->terminal && !t->superseded && t->created.len) list[count++] = t;
   }
-  qsort(list, count, sizeof(*list), by_order);
+  if (count > 1) qsort(list, count, sizeof(*list), by_order);
   sc_unfinished *u = count ? calloc(count, sizeof(*u)) : NULL;
   rc = count && u == NULL ? SC_ENOMEM : SC_OK;
   for (size_t i = 0; i < count && rc == SC_OK; i++) {
