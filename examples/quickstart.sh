@@ -5,7 +5,7 @@
 # Installs missing packages with apt-get when run as root; otherwise prints the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(gcc meson ninja-build pkg-config libuv1-dev libcjson-dev libssl-dev)
+packages=(gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-packages=(gcc meson ninja-build pkg-config python3 libuv1-dev libcjson-dev libssl-dev libcmocka-dev
+packages=(gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev libcjson-dev libssl-dev libcmocka-dev
           clang-format)
 missing=()
 for p in "${packages[@]}"; do
