@@ -100,7 +100,8 @@ static const char *find_string(const char *p, const char *end, const char *key, 
 
 typedef struct scan_state {
   task_map tasks;
-  const char *base;
+  const char *base; /* the mapped log, handed over by walk() */
+  size_t mapped;
   int err;
 } scan_state;
 
@@ -189,7 +190,7 @@ static int walk(const char *path, bool stop_at_good, sc__line_fn fn, void *udata
   /* The caller needs the text for the final parse: keep the mapping in the state. */
   if (fn != NULL && rc == SC_OK) {
     ((scan_state *)udata)->base = l.data;
-    ((scan_state *)udata)->err = (int)l.mapped; /* handed over: unmapped by the caller */
+    ((scan_state *)udata)->mapped = l.mapped; /* handed over: unmapped by the caller */
     return SC_OK;
   }
   sc__log_unmap(&l);
@@ -285,7 +286,7 @@ int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfini
     map_free(&s.tasks);
     return rc;
   }
-  size_t mapped = (size_t)s.err;
+  size_t mapped = s.mapped;
   size_t count = 0;
   task_state **list = s.tasks.n ? malloc(s.tasks.n * sizeof(*list)) : NULL;
   for (size_t i = 0; i < s.tasks.cap; i++) {

@@ -340,9 +340,11 @@ int sc_jsonl_close(sc_jsonl *j) {
   }
   ackq_finish(j, &j->written, j->err ? j->err : SC_OK);
   ackq_finish(j, &j->unwritten, j->err ? j->err : SC_OK);
+  if (close(j->fd) != 0 && j->err == SC_OK) {
+    j->err = SC_EIO;
+    snprintf(j->errmsg, sizeof(j->errmsg), "close %s: %s", j->path, strerror(errno));
+  }
   int rc = j->err;
-  if (close(j->fd) != 0 && rc == SC_OK)
-    rc = sc_error_set(SC_EIO, "close %s: %s", j->path, strerror(errno));
   if (rc != SC_OK) sc_error_set(rc, "%s", j->errmsg);
   j->closing_handles = 1;
   uv_close((uv_handle_t *)&j->prepare, on_closed);

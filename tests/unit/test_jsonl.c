@@ -1,0 +1,1366 @@
+/* The JSON-lines log: chained lines, fsync modes, barrier, torn tail, corruption, scan, ENOSPC. */
+#include <dirent.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include <stagecoach/jsonl.h>
+#include <stagecoach/stagecoach.h>
+
+#include "harness.h"
+
+/* ---- a temporary directory per test ---- */
+
+typedef struct fixture {
+  char dir[64];
+} fixture;
+
+static int make_temp_dir(void **state) {
+  fixture *f = calloc(1, sizeof(*f));
+  if (f == NULL) return -1;
+  snprintf(f->dir, sizeof(f->dir), "/tmp/sc-jsonl-XXXXXX");
+  if (mkdtemp(f->dir) == NULL) {
+    free(f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static int remove_temp_dir(void **state) {
+  fixture *f = *state;
+  DIR *d = opendir(f->dir);
+  if (d != NULL) {
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+      if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+      char path[512];
+      snprintf(path, sizeof(path), "%s/%s", f->dir, de->d_name);
+      unlink(path);
+    }
+    closedir(d);
+  }
+  int rc = rmdir(f->dir);
+  free(f);
+  return rc == 0 ? 0 : -1;
+}
+
+static void temp_path(void **state, const char *name, char out[256]) {
+  snprintf(out, 256, "%s/%s", ((fixture *)*state)->dir, name);
+}
+
+static uint64_t file_size(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) fail_msg("stat %s failed", path);
+  return (uint64_t)st.st_size;
+}
+
+/* ---- the log file as the test reads it ---- */
+
+typedef struct logfile {
+  char *data;
+  size_t size;
+  size_t n;          /* complete lines */
+  size_t *off, *len; /* of each complete line; len without the newline */
+  bool torn;         /* the file ends in an incomplete line */
+} logfile;
+
+static void log_read(const char *path, logfile *l) {
+  memset(l, 0, sizeof(*l));
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) fail_msg("cannot open %s", path);
+  struct stat st;
+  assert_int_equal(fstat(fileno(f), &st), 0);
+  l->size = (size_t)st.st_size;
+  l->data = malloc(l->size + 1);
+  assert_non_null(l->data);
+  assert_int_equal(fread(l->data, 1, l->size, f), l->size);
+  fclose(f);
+  l->data[l->size] = '\0';
+  size_t lines = 0;
+  for (size_t i = 0; i < l->size; i++)
+    if (l->data[i] == '\n') lines++;
+  l->off = calloc(lines + 1, sizeof(*l->off));
+  l->len = calloc(lines + 1, sizeof(*l->len));
+  assert_non_null(l->off);
+  assert_non_null(l->len);
+  size_t start = 0;
+  for (size_t i = 0; i < l->size; i++)
+    if (l->data[i] == '\n') {
+      l->off[l->n] = start;
+      l->len[l->n] = i - start;
+      l->n++;
+      start = i + 1;
+    }
+  l->torn = start < l->size;
+}
+
+static void log_free(logfile *l) {
+  free(l->data);
+  free(l->off);
+  free(l->len);
+  memset(l, 0, sizeof(*l));
+}
+
+static void write_file(const char *path, const char *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL) fail_msg("cannot create %s", path);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* ---- the chain, computed independently with OpenSSL ---- */
+
+#define CHAIN_MEMBER     ",\"chain\":\""
+#define CHAIN_MEMBER_LEN (sizeof(CHAIN_MEMBER) - 1)
+#define CHAIN_TAIL       (CHAIN_MEMBER_LEN + 64 + 2) /* ,"chain":" + 64 hex + "} */
+
+static bool has_chain_member(const char *line, size_t len) {
+  if (len < CHAIN_TAIL + 2 || line[0] != '{') return false;
+  const char *tail = line + len - CHAIN_TAIL;
+  if (memcmp(tail, CHAIN_MEMBER, CHAIN_MEMBER_LEN) != 0 || memcmp(line + len - 2, "\"}", 2) != 0)
+    return false;
+  for (size_t i = 0; i < 64; i++) {
+    char c = tail[CHAIN_MEMBER_LEN + i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+/* The event's JSON of a log line: the line without its chain member, closed again. Caller frees. */
+static char *event_text(const char *line, size_t len) {
+  assert_true(has_chain_member(line, len));
+  size_t n = len - CHAIN_TAIL;
+  char *s = malloc(n + 2);
+  assert_non_null(s);
+  memcpy(s, line, n);
+  s[n] = '}';
+  s[n + 1] = '\0';
+  return s;
+}
+
+/* Advances prev (64 hex + NUL) over a line; false when the line's chain value is not
+ * hex(SHA-256(prev || the line's event JSON)). */
+static bool chain_step(char prev[65], const char *line, size_t len) {
+  if (!has_chain_member(line, len)) return false;
+  unsigned char raw[EVP_MAX_MD_SIZE];
+  unsigned int rawlen = 0;
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  assert_non_null(ctx);
+  assert_int_equal(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL), 1);
+  assert_int_equal(EVP_DigestUpdate(ctx, prev, 64), 1);
+  assert_int_equal(EVP_DigestUpdate(ctx, line, len - CHAIN_TAIL), 1);
+  assert_int_equal(EVP_DigestUpdate(ctx, "}", 1), 1);
+  assert_int_equal(EVP_DigestFinal_ex(ctx, raw, &rawlen), 1);
+  EVP_MD_CTX_free(ctx);
+  assert_int_equal(rawlen, 32);
+  char hex[65];
+  for (int i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+  if (memcmp(hex, line + len - CHAIN_TAIL + CHAIN_MEMBER_LEN, 64) != 0) return false;
+  memcpy(prev, hex, 65);
+  return true;
+}
+
+/* The 1-based number of the first line whose chain does not match; 0 when all do. */
+static size_t first_broken_line(const logfile *l) {
+  char prev[65];
+  memset(prev, '0', 64);
+  prev[64] = '\0';
+  for (size_t i = 0; i < l->n; i++)
+    if (!chain_step(prev, l->data + l->off[i], l->len[i])) return i + 1;
+  return 0;
+}
+
+/* ---- events in the log ---- */
+
+static sc_event_doc *line_event(const logfile *l, size_t i) {
+  sc_event_doc *d = NULL;
+  int rc = sc_event_parse(l->data + l->off[i], l->len[i], &d);
+  if (rc != SC_OK) fail_msg("line %zu does not parse: %s", i + 1, sc_error_message());
+  return d;
+}
+
+/* The last event of a type of a task among the first `upto` lines; NULL: none. Caller frees. */
+static sc_event_doc *last_event(const logfile *l, size_t upto, const char *task_id,
+                                sc_event_type type) {
+  sc_event_doc *found = NULL;
+  for (size_t i = 0; i < upto && i < l->n; i++) {
+    sc_event_doc *d = line_event(l, i);
+    const sc_event *ev = sc_event_doc_event(d);
+    if (ev->type == type && strcmp(ev->task_id, task_id) == 0) {
+      sc_event_doc_free(found);
+      found = d;
+    } else {
+      sc_event_doc_free(d);
+    }
+  }
+  return found;
+}
+
+static size_t count_events(const logfile *l, const char *task_id, sc_event_type type) {
+  size_t c = 0;
+  for (size_t i = 0; i < l->n; i++) {
+    sc_event_doc *d = line_event(l, i);
+    const sc_event *ev = sc_event_doc_event(d);
+    if (ev->type == type && (task_id == NULL || strcmp(ev->task_id, task_id) == 0)) c++;
+    sc_event_doc_free(d);
+  }
+  return c;
+}
+
+static const cJSON *member(const cJSON *obj, const char *key) {
+  return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+static const char *string_of(const cJSON *obj, const char *key) {
+  const cJSON *v = member(obj, key);
+  return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Every line is the recorded event's sc_event_to_json text plus its chain member, in order, and
+ * parses back to the same type and task. */
+static void expect_lines_are_the_recorded_events(const logfile *l, const recorder *rec) {
+  assert_false(l->torn);
+  assert_int_equal(l->n, rec->n);
+  for (size_t i = 0; i < l->n; i++) {
+    char *text = event_text(l->data + l->off[i], l->len[i]);
+    if (strcmp(text, rec->lines[i]) != 0)
+      fail_msg("line %zu is not the event's JSON plus its chain member", i + 1);
+    free(text);
+    sc_event_doc *d = line_event(l, i);
+    assert_int_equal(sc_event_doc_event(d)->type, rec->types[i]);
+    assert_string_equal(sc_event_doc_event(d)->task_id, rec->task_ids[i]);
+    sc_event_doc_free(d);
+  }
+}
+
+/* seq counts 1, 2, ... per task in the order of the lines. Tasks are named "<prefix>NNN". */
+static void expect_seq_per_task(const logfile *l, size_t tasks, size_t events_per_task) {
+  uint64_t *last = calloc(tasks, sizeof(*last));
+  assert_non_null(last);
+  for (size_t i = 0; i < l->n; i++) {
+    sc_event_doc *d = line_event(l, i);
+    const sc_event *ev = sc_event_doc_event(d);
+    size_t len = strlen(ev->task_id);
+    assert_true(len >= 3);
+    size_t k = (size_t)strtoul(ev->task_id + len - 3, NULL, 10);
+    assert_true(k < tasks);
+    if (ev->seq != last[k] + 1)
+      fail_msg("line %zu: task %s has seq %llu after %llu", i + 1, ev->task_id,
+               (unsigned long long)ev->seq, (unsigned long long)last[k]);
+    last[k] = ev->seq;
+    sc_event_doc_free(d);
+  }
+  for (size_t k = 0; k < tasks; k++)
+    assert_int_equal(last[k], events_per_task);
+  free(last);
+}
+
+static void expect_log_verifies(const char *path, const logfile *l) {
+  sc_jsonl_report r;
+  memset(&r, 0xa5, sizeof(r));
+  int rc = sc_jsonl_verify(path, &r);
+  if (rc != SC_OK) fail_msg("verify %s: %s", path, sc_error_message());
+  assert_int_equal(r.lines, l->n);
+  assert_int_equal(r.bytes, l->size);
+  assert_int_equal(r.good_bytes, l->size);
+  assert_false(r.torn_tail);
+  assert_int_equal(r.first_bad_line, 0);
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
+}
+
+/* ---- stages: a function and a kind whose behaviour each test chooses ---- */
+
+#define MAX_NAMES 4
+
+typedef struct behaviour {
+  const char *hang[MAX_NAMES]; /* stages that never finish (until cancelled) */
+  const char *fail[MAX_NAMES]; /* stages that fail, not retryable */
+  size_t blob_bytes;           /* > 0: the stage named "big" outputs a string this long */
+  const char *barrier_log;     /* set: each stage after the first looks for its predecessor */
+  char ran[2048];              /* the stages started, in order: "a0,a1,..." */
+  unsigned barrier_checks, barrier_misses;
+  char barrier_miss[300];
+} behaviour;
+
+static bool listed(const char *const *names, const char *name) {
+  for (int i = 0; i < MAX_NAMES && names[i] != NULL; i++)
+    if (strcmp(names[i], name) == 0) return true;
+  return false;
+}
+
+static bool has_run(const behaviour *b, const char *name) {
+  char list[sizeof(b->ran) + 2], needle[64];
+  snprintf(list, sizeof(list), ",%s,", b->ran);
+  snprintf(needle, sizeof(needle), ",%s,", name);
+  return strstr(list, needle) != NULL;
+}
+
+/* The stages of b->ran whose name starts with letter, in order: "d2,d3". Static buffer. */
+static const char *ran_of(const behaviour *b, char letter) {
+  static char out[sizeof(b->ran)];
+  char copy[sizeof(b->ran)];
+  snprintf(copy, sizeof(copy), "%s", b->ran);
+  size_t off = 0;
+  out[0] = '\0';
+  char *save = NULL;
+  for (char *n = strtok_r(copy, ",", &save); n != NULL; n = strtok_r(NULL, ",", &save))
+    if (n[0] == letter)
+      off += (size_t)snprintf(out + off, sizeof(out) - off, "%s%s", off ? "," : "", n);
+  return out;
+}
+
+/* True when the log file holds, as a complete line, the stage.completed of a task's stage, and
+ * the file verifies. */
+static bool log_holds_completed(const char *path, const char *task_id, int index) {
+  sc_jsonl_report r;
+  if (sc_jsonl_verify(path, &r) != SC_OK || r.torn_tail) return false;
+  logfile l;
+  log_read(path, &l);
+  bool found = false;
+  for (size_t i = 0; i < l.n && !found; i++) {
+    sc_event_doc *d = NULL;
+    if (sc_event_parse(l.data + l.off[i], l.len[i], &d) != SC_OK) continue;
+    const sc_event *ev = sc_event_doc_event(d);
+    found = ev->type == SC_EV_STAGE_COMPLETED && strcmp(ev->task_id, task_id) == 0 &&
+            ev->stage_index == index;
+    sc_event_doc_free(d);
+  }
+  log_free(&l);
+  return found;
+}
+
+static int work_start(sc_stage_ctx *ctx, void *udata) {
+  behaviour *b = udata;
+  const char *name = sc_stage_name(ctx);
+  size_t off = strlen(b->ran);
+  snprintf(b->ran + off, sizeof(b->ran) - off, "%s%s", off ? "," : "", name);
+  if (b->barrier_log != NULL && sc_stage_index(ctx) > 0) {
+    b->barrier_checks++;
+    const char *id = sc_task_id(sc_stage_task(ctx));
+    if (!log_holds_completed(b->barrier_log, id, sc_stage_index(ctx) - 1)) {
+      b->barrier_misses++;
+      snprintf(b->barrier_miss, sizeof(b->barrier_miss),
+               "stage %s of %s started before the stage.completed of stage %d was in the log", name,
+               id, sc_stage_index(ctx) - 1);
+    }
+  }
+  if (listed(b->hang, name)) return SC_OK;
+  if (listed(b->fail, name)) {
+    sc_stage_fail(ctx, SC_EIO, "boom", false);
+    return SC_OK;
+  }
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddNumberToObject(out, name, sc_stage_index(ctx));
+  if (b->blob_bytes > 0 && strcmp(name, "big") == 0) {
+    char *blob = malloc(b->blob_bytes + 1);
+    assert_non_null(blob);
+    memset(blob, 'x', b->blob_bytes);
+    blob[b->blob_bytes] = '\0';
+    cJSON_AddStringToObject(out, "blob", blob);
+    free(blob);
+  }
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+static void work_cancel(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  sc_stage_fail(ctx, SC_ECANCELLED, "cancelled", false);
+}
+
+/* An engine where fn "step" and kind "work" both run work_start with b. */
+static sc_engine *new_engine(uv_loop_t *loop, behaviour *b) {
+  static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, work_start, work_cancel, NULL};
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  assert_int_equal(sc_engine_register_kind(e, "work", &work, b), SC_OK);
+  assert_int_equal(sc_engine_register_fn(e, "step", work_start, b), SC_OK);
+  return e;
+}
+
+static sc_jsonl *open_log(sc_engine *e, const char *path, sc_fsync_mode mode) {
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.fsync = mode;
+  sc_jsonl *j = NULL;
+  int rc = sc_jsonl_open(e, path, &o, &j);
+  if (rc != SC_OK) fail_msg("sc_jsonl_open %s: %s", path, sc_error_message());
+  assert_non_null(j);
+  return j;
+}
+
+/* {"version":version,"stages":[...]}, one stage per comma-separated name, of kind "fn" (the
+ * function "step") or "work". Caller frees. */
+static cJSON *job(const char *version, const char *kind, const char *names) {
+  cJSON *c = cJSON_CreateObject();
+  cJSON_AddStringToObject(c, "version", version);
+  cJSON *stages = cJSON_AddArrayToObject(c, "stages");
+  char copy[256];
+  snprintf(copy, sizeof(copy), "%s", names);
+  char *save = NULL;
+  for (char *n = strtok_r(copy, ",", &save); n != NULL; n = strtok_r(NULL, ",", &save)) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "name", n);
+    cJSON_AddStringToObject(s, "kind", kind);
+    if (strcmp(kind, "fn") == 0)
+      cJSON_AddStringToObject(cJSON_AddObjectToObject(s, "params"), "fn", "step");
+    cJSON_AddItemToArray(stages, s);
+  }
+  return c;
+}
+
+static sc_task *submit_job(sc_engine *e, const char *id, const char *names) {
+  cJSON *config = job("1", "fn", names);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.config = config;
+  sc_task *t = NULL;
+  int rc = sc_task_submit(e, &spec, &t);
+  cJSON_Delete(config);
+  if (rc != SC_OK) fail_msg("submit %s: %s", id, sc_error_message());
+  return t;
+}
+
+/* Runs the loop until nothing holds it: every task finished or waits. */
+static void settle(uv_loop_t *loop) {
+  for (int i = 0; i < 1000000 && uv_loop_alive(loop); i++)
+    uv_run(loop, UV_RUN_ONCE);
+  assert_false(uv_loop_alive(loop));
+}
+
+/* Runs the loop without blocking until cond holds; about ten seconds at most. */
+static bool spin_until(uv_loop_t *loop, bool (*cond)(void *), void *udata) {
+  const struct timespec pause = {0, 200000};
+  for (int i = 0; i < 50000; i++) {
+    if (cond(udata)) return true;
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (!cond(udata)) nanosleep(&pause, NULL);
+  }
+  return cond(udata);
+}
+
+/* text holds prefix followed by the decimal number (and not by another digit). */
+static bool names_number(const char *text, const char *prefix, unsigned long long number) {
+  char needle[96];
+  snprintf(needle, sizeof(needle), "%s%llu", prefix, number);
+  for (const char *p = strstr(text, needle); p != NULL; p = strstr(p + 1, needle)) {
+    char next = p[strlen(needle)];
+    if (next < '0' || next > '9') return true;
+  }
+  return false;
+}
+
+/* ---- writer: each fsync mode ---- */
+
+static void run_one_job_and_check_the_log(void **state, sc_fsync_mode mode) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, mode);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit_job(e, "job-000", "s0,s1,s2,s3");
+  settle(&loop);
+  assert_string_equal(b.ran, "s0,s1,s2,s3");
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "job-000"), 1);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+
+  logfile l;
+  log_read(path, &l);
+  /* task.created, task.started, 4 x (stage.started, stage.completed), task.completed */
+  assert_int_equal(l.n, 11);
+  expect_lines_are_the_recorded_events(&l, &rec);
+  expect_seq_per_task(&l, 1, 11);
+  assert_int_equal(first_broken_line(&l), 0);
+  expect_log_verifies(path, &l);
+
+  log_free(&l);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void fsync_none_writes_every_event_as_one_chained_line(void **state) {
+  run_one_job_and_check_the_log(state, SC_FSYNC_NONE);
+}
+
+static void fsync_batch_writes_every_event_as_one_chained_line(void **state) {
+  run_one_job_and_check_the_log(state, SC_FSYNC_BATCH);
+}
+
+static void fsync_always_writes_every_event_as_one_chained_line(void **state) {
+  run_one_job_and_check_the_log(state, SC_FSYNC_ALWAYS);
+}
+
+static void
+each_stage_starts_only_after_the_previous_stage_completed_line_is_in_the_file(void **state) {
+  static const sc_fsync_mode modes[] = {SC_FSYNC_NONE, SC_FSYNC_BATCH, SC_FSYNC_ALWAYS};
+  static const char *const files[] = {"none.jsonl", "batch.jsonl", "always.jsonl"};
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  for (size_t m = 0; m < 3; m++) {
+    char path[256];
+    temp_path(state, files[m], path);
+    behaviour b = {0};
+    b.barrier_log = path;
+    sc_engine *e = new_engine(&loop, &b);
+    sc_jsonl *log = open_log(e, path, modes[m]);
+    submit_job(e, "job-000", "s0,s1,s2,s3,s4,s5");
+    settle(&loop);
+    assert_int_equal(sc_jsonl_close(log), SC_OK);
+    sc_engine_free(e);
+    assert_string_equal(b.ran, "s0,s1,s2,s3,s4,s5");
+    assert_int_equal(b.barrier_checks, 5);
+    if (b.barrier_misses != 0) fail_msg("%s: %s", files[m], b.barrier_miss);
+  }
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void run_many_tasks_and_check_the_log(void **state, size_t tasks, size_t buffer_bytes,
+                                             sc_fsync_mode mode) {
+  char path[256];
+  temp_path(state, "many.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.fsync = mode;
+  if (buffer_bytes) o.buffer_bytes = buffer_bytes;
+  sc_jsonl *log = NULL;
+  assert_int_equal(sc_jsonl_open(e, path, &o, &log), SC_OK);
+  recorder rec;
+  recorder_attach(&rec, e);
+  for (size_t k = 0; k < tasks; k++) {
+    char id[16];
+    snprintf(id, sizeof(id), "t%03zu", k);
+    submit_job(e, id, "s0,s1,s2,s3,s4"); /* NULL tenant: they all run at once */
+  }
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), tasks);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(l.n, tasks * 13);
+  expect_lines_are_the_recorded_events(&l, &rec);
+  expect_seq_per_task(&l, tasks, 13);
+  assert_int_equal(first_broken_line(&l), 0);
+  expect_log_verifies(path, &l);
+
+  log_free(&l);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void concurrent_tasks_never_interleave_or_split_lines(void **state) {
+  run_many_tasks_and_check_the_log(state, 200, 0, SC_FSYNC_BATCH);
+}
+
+static void a_buffer_smaller_than_a_line_still_writes_whole_lines(void **state) {
+  run_many_tasks_and_check_the_log(state, 50, 64, SC_FSYNC_NONE);
+}
+
+static void a_300_kb_context_is_written_as_whole_lines(void **state) {
+  const size_t blob = 300 * 1024;
+  char path[256];
+  temp_path(state, "big.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  b.blob_bytes = blob;
+  b.barrier_log = path;
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit_job(e, "big-000", "s0,big,s2,s3");
+  settle(&loop);
+  assert_string_equal(b.ran, "s0,big,s2,s3");
+  assert_int_equal(b.barrier_misses, 0);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+
+  logfile l;
+  log_read(path, &l);
+  assert_true(l.size > 4 * blob);
+  expect_lines_are_the_recorded_events(&l, &rec);
+  expect_seq_per_task(&l, 1, 11);
+  assert_int_equal(first_broken_line(&l), 0);
+  expect_log_verifies(path, &l);
+  sc_event_doc *d = last_event(&l, l.n, "big-000", SC_EV_STAGE_COMPLETED);
+  assert_non_null(d);
+  assert_string_equal(sc_event_doc_event(d)->stage, "s3");
+  const char *kept = string_of(member(sc_event_doc_event(d)->data, "context"), "blob");
+  assert_non_null(kept);
+  assert_int_equal(strlen(kept), blob);
+  sc_event_doc_free(d);
+
+  log_free(&l);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- reopening ---- */
+
+static void reopening_a_log_continues_the_chain(void **state) {
+  char path[256];
+  temp_path(state, "reopen.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+
+  behaviour b1 = {0};
+  sc_engine *e1 = new_engine(&loop, &b1);
+  sc_jsonl *log = open_log(e1, path, SC_FSYNC_ALWAYS);
+  submit_job(e1, "one-000", "s0,s1,s2");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e1);
+  logfile first;
+  log_read(path, &first);
+  assert_int_equal(first.n, 9);
+
+  behaviour b2 = {0};
+  sc_engine *e2 = new_engine(&loop, &b2);
+  log = open_log(e2, path, SC_FSYNC_NONE);
+  const sc_jsonl_report *r = sc_jsonl_open_report(log);
+  assert_non_null(r);
+  assert_int_equal(r->lines, first.n);
+  assert_int_equal(r->bytes, first.size);
+  assert_int_equal(r->good_bytes, first.size);
+  assert_false(r->torn_tail);
+  assert_int_equal(r->first_bad_line, 0);
+  submit_job(e2, "two-000", "s0,s1");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e2);
+
+  logfile both;
+  log_read(path, &both);
+  assert_int_equal(both.n, first.n + 7);
+  assert_memory_equal(both.data, first.data, first.size);
+  assert_int_equal(first_broken_line(&both), 0);
+  expect_log_verifies(path, &both);
+  assert_int_equal(count_events(&both, "two-000", SC_EV_TASK_COMPLETED), 1);
+
+  log_free(&first);
+  log_free(&both);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- a torn tail ---- */
+
+typedef struct said {
+  unsigned n;
+  char last[512];
+} said;
+
+static void remember(const char *message, void *udata) {
+  said *s = udata;
+  s->n++;
+  snprintf(s->last, sizeof(s->last), "%s", message);
+}
+
+static void open_cuts_a_torn_tail_and_says_so(void **state) {
+  static const char torn[] = "{\"specversion\":\"1.0\",\"id\":\"one-000/99\",\"type\":\"stageco";
+  char path[256];
+  temp_path(state, "torn.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+
+  behaviour b1 = {0};
+  sc_engine *e1 = new_engine(&loop, &b1);
+  sc_jsonl *log = open_log(e1, path, SC_FSYNC_BATCH);
+  submit_job(e1, "one-000", "s0,s1,s2");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e1);
+  uint64_t good = file_size(path);
+  logfile before;
+  log_read(path, &before);
+  FILE *f = fopen(path, "ab");
+  assert_non_null(f);
+  assert_int_equal(fwrite(torn, 1, sizeof(torn) - 1, f), sizeof(torn) - 1);
+  assert_int_equal(fclose(f), 0);
+
+  sc_jsonl_report r;
+  memset(&r, 0xa5, sizeof(r));
+  assert_int_equal(sc_jsonl_verify(path, &r), SC_OK);
+  assert_true(r.torn_tail);
+  assert_int_equal(r.lines, before.n);
+  assert_int_equal(r.good_bytes, good);
+  assert_int_equal(r.bytes, good + sizeof(torn) - 1);
+  assert_int_equal(r.first_bad_line, 0);
+
+  said told = {0};
+  behaviour b2 = {0};
+  sc_engine *e2 = new_engine(&loop, &b2);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.log = remember;
+  o.log_udata = &told;
+  log = NULL;
+  assert_int_equal(sc_jsonl_open(e2, path, &o, &log), SC_OK);
+  assert_int_equal(file_size(path), good);
+  assert_int_equal(told.n, 1);
+  if (strstr(told.last, path) == NULL)
+    fail_msg("the message does not name the file: %s", told.last);
+  const sc_jsonl_report *opened = sc_jsonl_open_report(log);
+  assert_true(opened->torn_tail);
+  assert_int_equal(opened->lines, before.n);
+  assert_int_equal(opened->good_bytes, good);
+  assert_int_equal(opened->bytes, good + sizeof(torn) - 1);
+  assert_int_equal(opened->first_bad_line, 0);
+  submit_job(e2, "two-000", "s0,s1");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e2);
+
+  logfile after;
+  log_read(path, &after);
+  assert_int_equal(after.n, before.n + 7);
+  assert_memory_equal(after.data, before.data, before.size);
+  assert_null(strstr(after.data, "one-000/99"));
+  assert_int_equal(first_broken_line(&after), 0);
+  expect_log_verifies(path, &after);
+
+  log_free(&before);
+  log_free(&after);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- corruption ---- */
+
+/* A good log: one task "job-000" of four fn stages, 11 lines. */
+static void write_good_log(uv_loop_t *loop, const char *path, logfile *l) {
+  behaviour b = {0};
+  sc_engine *e = new_engine(loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  submit_job(e, "job-000", "s0,s1,s2,s3");
+  settle(loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  log_read(path, l);
+  assert_int_equal(l->n, 11);
+  assert_int_equal(first_broken_line(l), 0);
+}
+
+/* Rewrites the log from lines of l (0-based indexes; SIZE_MAX: `replacement` instead). */
+static void rewrite_log(const char *path, const logfile *l, const size_t *order, size_t count,
+                        const char *replacement) {
+  size_t cap = l->size + 4096 + (replacement ? strlen(replacement) : 0);
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  size_t len = 0;
+  for (size_t i = 0; i < count; i++) {
+    const char *src = order[i] == SIZE_MAX ? replacement : l->data + l->off[order[i]];
+    size_t n = order[i] == SIZE_MAX ? strlen(replacement) : l->len[order[i]];
+    assert_true(len + n + 1 <= cap);
+    memcpy(buf + len, src, n);
+    len += n;
+    buf[len++] = '\n';
+  }
+  write_file(path, buf, len);
+  free(buf);
+}
+
+/* What every reader says about a log whose chain breaks at line `bad` (1-based). */
+static void expect_refused_from_line(uv_loop_t *loop, const char *path, size_t bad,
+                                     const char *why) {
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(first_broken_line(&l), bad); /* the test's own check agrees */
+  uint64_t offset = l.off[bad - 1];
+
+  sc_jsonl_report r;
+  memset(&r, 0xa5, sizeof(r));
+  assert_int_equal(sc_jsonl_verify(path, &r), SC_ECORRUPT);
+  char msg[1024];
+  snprintf(msg, sizeof(msg), "%s", sc_error_message());
+  assert_int_equal(r.first_bad_line, (int64_t)bad);
+  assert_int_equal(r.good_bytes, offset);
+  assert_int_equal(r.bytes, l.size);
+  assert_false(r.torn_tail);
+  if (!names_number(msg, "line ", bad))
+    fail_msg("the message does not name line %zu: %s", bad, msg);
+  if (!names_number(msg, "byte offset ", offset))
+    fail_msg("the message does not name byte offset %llu: %s", (unsigned long long)offset, msg);
+  if (why != NULL && strstr(msg, why) == NULL)
+    fail_msg("the message does not say \"%s\": %s", why, msg);
+
+  /* Appending to it would hide the damage: open refuses and leaves the file alone. */
+  behaviour b = {0};
+  sc_engine *e = new_engine(loop, &b);
+  sc_jsonl *log = NULL;
+  assert_int_equal(sc_jsonl_open(e, path, NULL, &log), SC_ECORRUPT);
+  assert_null(log);
+  if (!names_number(sc_error_message(), "line ", bad))
+    fail_msg("open's message does not name line %zu: %s", bad, sc_error_message());
+  sc_engine_free(e);
+  logfile unchanged;
+  log_read(path, &unchanged);
+  assert_int_equal(unchanged.size, l.size);
+  assert_memory_equal(unchanged.data, l.data, l.size);
+  log_free(&unchanged);
+
+  sc_unfinished *u = NULL;
+  size_t n = 99;
+  memset(&r, 0xa5, sizeof(r));
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), SC_ECORRUPT);
+  assert_null(u);
+  assert_int_equal(n, 0);
+  assert_int_equal(r.first_bad_line, (int64_t)bad);
+
+  /* The good prefix: job-000 has no terminal event there, so it is unfinished. */
+  sc_jsonl_scan_options so;
+  sc_jsonl_scan_options_init(&so);
+  so.stop_at_last_good_line = true;
+  memset(&r, 0xa5, sizeof(r));
+  int rc = sc_jsonl_scan_ex(path, &so, &u, &n, &r);
+  if (rc != SC_OK) fail_msg("scan_ex stop_at_last_good_line: %s", sc_error_message());
+  assert_int_equal(r.first_bad_line, (int64_t)bad);
+  assert_int_equal(r.good_bytes, offset);
+  assert_int_equal(n, 1);
+  assert_non_null(u);
+  assert_string_equal(u[0].request.recovered_from, "job-000");
+  assert_null(u[0].request.task_id);
+  sc_event_doc *last = last_event(&l, bad - 1, "job-000", SC_EV_STAGE_COMPLETED);
+  assert_non_null(last);
+  assert_string_equal(u[0].request.last_completed_stage, sc_event_doc_event(last)->stage);
+  assert_true(
+      cJSON_Compare(u[0].request.context, member(sc_event_doc_event(last)->data, "context"), true));
+  sc_event_doc_free(last);
+  sc_unfinished_free(u, n);
+  log_free(&l);
+}
+
+static void verify_reports_the_first_changed_line(void **state) {
+  char path[256];
+  temp_path(state, "changed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  size_t middle = l.n / 2; /* 0-based: line 6 of 11 */
+  char *at = l.data + l.off[middle] + l.len[middle] / 2;
+  *at = *at == 'a' ? 'b' : 'a';
+  write_file(path, l.data, l.size);
+  expect_refused_from_line(&loop, path, middle + 1, NULL);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void verify_reports_an_inserted_copy_of_a_line(void **state) {
+  char path[256];
+  temp_path(state, "inserted.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  size_t middle = l.n / 2, order[32], k = 0;
+  for (size_t i = 0; i < l.n; i++) {
+    if (i == middle) order[k++] = 1; /* a copy of line 2 */
+    order[k++] = i;
+  }
+  rewrite_log(path, &l, order, k, NULL);
+  expect_refused_from_line(&loop, path, middle + 1, NULL);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void verify_reports_a_removed_line_at_the_line_after_it(void **state) {
+  char path[256];
+  temp_path(state, "removed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  size_t middle = l.n / 2, order[32], k = 0;
+  for (size_t i = 0; i < l.n; i++)
+    if (i != middle) order[k++] = i;
+  rewrite_log(path, &l, order, k, NULL);
+  expect_refused_from_line(&loop, path, middle + 1, NULL);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void verify_reports_swapped_lines(void **state) {
+  char path[256];
+  temp_path(state, "swapped.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  size_t middle = l.n / 2, order[32];
+  for (size_t i = 0; i < l.n; i++)
+    order[i] = i;
+  order[middle] = middle + 1;
+  order[middle + 1] = middle;
+  rewrite_log(path, &l, order, l.n, NULL);
+  expect_refused_from_line(&loop, path, middle + 1, NULL);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void verify_reports_a_line_without_a_chain_member(void **state) {
+  char path[256];
+  temp_path(state, "unchained.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  size_t middle = l.n / 2, order[32];
+  for (size_t i = 0; i < l.n; i++)
+    order[i] = i;
+  order[middle] = SIZE_MAX;
+  char *bare = event_text(l.data + l.off[middle], l.len[middle]);
+  rewrite_log(path, &l, order, l.n, bare);
+  free(bare);
+  expect_refused_from_line(&loop, path, middle + 1, "no chain member");
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void an_empty_log_verifies_with_no_lines(void **state) {
+  char path[256];
+  temp_path(state, "empty.jsonl", path);
+  write_file(path, "", 0);
+  sc_jsonl_report r;
+  memset(&r, 0xa5, sizeof(r));
+  assert_int_equal(sc_jsonl_verify(path, &r), SC_OK);
+  assert_int_equal(r.lines, 0);
+  assert_int_equal(r.bytes, 0);
+  assert_int_equal(r.good_bytes, 0);
+  assert_false(r.torn_tail);
+  assert_int_equal(r.first_bad_line, 0);
+  sc_unfinished *u = NULL;
+  size_t n = 99;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_null(u);
+  assert_int_equal(n, 0);
+}
+
+static void a_missing_log_is_not_found_by_verify_and_scan(void **state) {
+  char path[256];
+  temp_path(state, "missing.jsonl", path);
+  sc_jsonl_report r;
+  assert_int_equal(sc_jsonl_verify(path, &r), SC_ENOTFOUND);
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_ENOTFOUND);
+  sc_unfinished *u = NULL;
+  size_t n = 99;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), SC_ENOTFOUND);
+  assert_null(u);
+  assert_int_equal(n, 0);
+}
+
+/* ---- scan ---- */
+
+static const char TRACEPARENT[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+typedef struct mixed_log {
+  cJSON *config_a, *config_b, *config_c, *config_d, *previous_d, *context_d;
+} mixed_log;
+
+static void mixed_log_free(mixed_log *m) {
+  cJSON_Delete(m->config_a);
+  cJSON_Delete(m->config_b);
+  cJSON_Delete(m->config_c);
+  cJSON_Delete(m->config_d);
+  cJSON_Delete(m->previous_d);
+  cJSON_Delete(m->context_d);
+}
+
+typedef struct watch {
+  const recorder *rec;
+  const behaviour *b;
+  const char *completed; /* a task whose task.completed was seen; NULL: none */
+  const char *started;   /* a stage that has started; NULL: none */
+} watch;
+
+static bool watch_done(void *udata) {
+  const watch *w = udata;
+  return (w->completed == NULL || recorder_count(w->rec, SC_EV_TASK_COMPLETED, w->completed) > 0) &&
+         (w->started == NULL || has_run(w->b, w->started));
+}
+
+static bool mixed_log_done(void *udata) {
+  const watch *w = udata;
+  return recorder_count(w->rec, SC_EV_TASK_COMPLETED, "task-a") == 1 &&
+         recorder_count(w->rec, SC_EV_TASK_CANCELLED, "task-b") == 1 &&
+         recorder_count(w->rec, SC_EV_TASK_FAILED, "task-c") == 1 && has_run(w->b, "d2");
+}
+
+static sc_task *submit_spec(sc_engine *e, const char *id, const char *tenant, const char *plan,
+                            const char *traceparent, const cJSON *config, const cJSON *previous,
+                            const cJSON *context) {
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.tenant_id = tenant;
+  spec.plan_id = plan;
+  spec.traceparent = traceparent;
+  spec.config = config;
+  spec.previous_config = previous;
+  spec.context = context;
+  sc_task *t = NULL;
+  if (sc_task_submit(e, &spec, &t) != SC_OK) fail_msg("submit %s: %s", id, sc_error_message());
+  return t;
+}
+
+/* A log of four tasks, submitted in this order: task-a completes; task-d stops in d2 (the engine
+ * is freed while the stage runs); task-b is cancelled in b1; task-c fails in c1. */
+static void write_mixed_log(uv_loop_t *loop, const char *path, mixed_log *m) {
+  m->config_a = job("1", "work", "a0,a1,a2");
+  m->config_d = job("2", "work", "d0,d1,d2,d3,d4");
+  m->previous_d = job("1", "work", "d0,d1,d2,d3,d4");
+  m->context_d = json_or_die("{\"seed\":7}");
+  m->config_b = job("1", "work", "b0,b1,b2");
+  m->config_c = job("3", "work", "c0,c1,c2");
+
+  behaviour b = {.hang = {"d2", "b1"}, .fail = {"c1"}};
+  sc_engine *e = new_engine(loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit_spec(e, "task-a", "acme", "deploy", NULL, m->config_a, NULL, NULL);
+  submit_spec(e, "task-d", "globex", "migrate", TRACEPARENT, m->config_d, m->previous_d,
+              m->context_d);
+  sc_task *tb = submit_spec(e, "task-b", "initech", "deploy", NULL, m->config_b, NULL, NULL);
+  submit_spec(e, "task-c", "umbrella", "build", NULL, m->config_c, NULL, NULL);
+  watch w = {&rec, &b, NULL, "b1"};
+  assert_true(spin_until(loop, watch_done, &w));
+  assert_int_equal(sc_task_cancel(tb, "operator"), SC_OK);
+  if (!spin_until(loop, mixed_log_done, &w)) fail_msg("events: %s", recorder_types(&rec, NULL));
+  assert_string_equal(ran_of(&b, 'a'), "a0,a1,a2");
+  assert_string_equal(ran_of(&b, 'd'), "d0,d1,d2");
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e); /* task-d stops in the middle of d2 */
+  recorder_free(&rec);
+}
+
+typedef struct expected {
+  const char *from; /* the stopped task's id */
+  sc_task_status status;
+  const char *tenant, *plan, *traceparent;
+  const cJSON *config, *previous_config;
+  const char *last_stage;
+  uint64_t epoch;
+  bool context_from_created; /* a recovered task without a stage of its own */
+} expected;
+
+static void expect_string_or_null(const char *actual, const char *wanted) {
+  if (wanted == NULL)
+    assert_null(actual);
+  else {
+    assert_non_null(actual);
+    assert_string_equal(actual, wanted);
+  }
+}
+
+static void expect_unfinished(const sc_unfinished *u, const logfile *l, const expected *x) {
+  const sc_recovery_request *req = &u->request;
+  assert_int_equal(req->version, SC_RECOVERY_REQUEST_VERSION);
+  assert_non_null(req->recovered_from);
+  assert_string_equal(req->recovered_from, x->from);
+  assert_null(req->task_id);
+  assert_int_equal(req->mode, SC_RECOVER_RETRY);
+  assert_int_equal(u->status, x->status);
+  assert_int_equal(req->epoch, x->epoch);
+  expect_string_or_null(req->tenant_id, x->tenant);
+  expect_string_or_null(req->plan_id, x->plan);
+  expect_string_or_null(req->traceparent, x->traceparent);
+  assert_true(cJSON_Compare(req->config, x->config, true));
+  if (x->previous_config == NULL)
+    assert_null(req->previous_config);
+  else
+    assert_true(cJSON_Compare(req->previous_config, x->previous_config, true));
+  expect_string_or_null(req->last_completed_stage, x->last_stage);
+
+  sc_event_doc *created = last_event(l, l->n, x->from, SC_EV_TASK_CREATED);
+  assert_non_null(created);
+  const char *fingerprint = string_of(sc_event_doc_event(created)->data, "fingerprint");
+  assert_non_null(fingerprint);
+  expect_string_or_null(req->plan_fingerprint, fingerprint);
+
+  sc_event_doc *completed = NULL;
+  const sc_event *source = sc_event_doc_event(created);
+  if (!x->context_from_created && x->last_stage != NULL) {
+    completed = last_event(l, l->n, x->from, SC_EV_STAGE_COMPLETED);
+    assert_non_null(completed);
+    source = sc_event_doc_event(completed);
+    assert_string_equal(source->stage, x->last_stage);
+  }
+  const cJSON *context = member(source->data, "context");
+  assert_non_null(context);
+  assert_true(cJSON_Compare(req->context, context, true));
+  expect_string_or_null(req->context_digest, string_of(source->data, "digest"));
+  char digest[72];
+  assert_int_equal(sc_json_digest(req->context, digest), SC_OK);
+  assert_string_equal(digest, req->context_digest);
+  sc_event_doc_free(created);
+  sc_event_doc_free(completed);
+}
+
+static void
+scan_returns_the_failed_and_the_stopped_tasks_in_the_order_they_first_appear(void **state) {
+  char path[256];
+  temp_path(state, "mixed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  mixed_log m;
+  write_mixed_log(&loop, path, &m);
+  logfile l;
+  log_read(path, &l);
+
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  sc_jsonl_report r;
+  int rc = sc_jsonl_scan(path, &u, &n, &r);
+  if (rc != SC_OK) fail_msg("scan: %s", sc_error_message());
+  assert_int_equal(r.lines, l.n);
+  assert_int_equal(r.first_bad_line, 0);
+  assert_false(r.torn_tail);
+  assert_int_equal(n, 2);
+  expected d = {"task-d",   SC_TASK_RUNNING, "globex", "migrate", TRACEPARENT,
+                m.config_d, m.previous_d,    "d1",     0,         false};
+  expected c = {"task-c",   SC_TASK_FAILED, "umbrella", "build", NULL,
+                m.config_c, NULL,           "c0",       0,       false};
+  expect_unfinished(&u[0], &l, &d);
+  expect_unfinished(&u[1], &l, &c);
+  sc_unfinished_free(u, n);
+
+  log_free(&l);
+  mixed_log_free(&m);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Recovers every entry of a scan in e; ids[i] is the new task of entry i (caller frees). */
+static void recover_all(sc_engine *e, const sc_unfinished *u, size_t n, char **ids) {
+  for (size_t i = 0; i < n; i++) {
+    sc_task *t = NULL;
+    int rc = sc_recover_from_restart(e, &u[i].request, &t);
+    if (rc != SC_OK)
+      fail_msg("recover %s: %s: %s", u[i].request.recovered_from, sc_err_name(rc),
+               sc_error_message());
+    assert_non_null(t);
+    ids[i] = strdup(sc_task_id(t));
+    assert_non_null(ids[i]);
+  }
+}
+
+static void scan_requests_recover_in_a_new_engine_and_run_only_the_remaining_stages(void **state) {
+  char path[256];
+  temp_path(state, "mixed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  mixed_log m;
+  write_mixed_log(&loop, path, &m);
+
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 2);
+  behaviour b = {.hang = {"d3"}}; /* the recovered task-d stops again, after d2 */
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
+  recorder rec;
+  recorder_attach(&rec, e);
+  char *ids[2] = {NULL, NULL};
+  recover_all(e, u, n, ids);
+  watch w = {&rec, &b, ids[1], "d3"};
+  if (!spin_until(&loop, watch_done, &w)) fail_msg("events: %s", recorder_types(&rec, NULL));
+  assert_string_equal(ran_of(&b, 'd'), "d2,d3");
+  assert_string_equal(ran_of(&b, 'c'), "c1,c2");
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  sc_unfinished_free(u, n);
+
+  /* task-d and task-c are superseded; the recovered task-d is unfinished itself. */
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(first_broken_line(&l), 0);
+  u = NULL;
+  n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 1);
+  expected d = {ids[0],     SC_TASK_RUNNING, "globex", "migrate", TRACEPARENT,
+                m.config_d, m.previous_d,    "d2",     1,         false};
+  expect_unfinished(&u[0], &l, &d);
+  sc_unfinished_free(u, n);
+
+  free(ids[0]);
+  free(ids[1]);
+  log_free(&l);
+  mixed_log_free(&m);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void
+scan_carries_over_the_recovery_point_of_a_recovered_task_that_stopped_at_once(void **state) {
+  char path[256];
+  temp_path(state, "mixed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  mixed_log m;
+  write_mixed_log(&loop, path, &m);
+
+  /* Second run: the recovered task-d stops in d2 again, before completing a stage of its own. */
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 2);
+  behaviour b2 = {.hang = {"d2"}};
+  sc_engine *e2 = new_engine(&loop, &b2);
+  sc_jsonl *log = open_log(e2, path, SC_FSYNC_ALWAYS);
+  recorder rec;
+  recorder_attach(&rec, e2);
+  char *ids[2] = {NULL, NULL};
+  recover_all(e2, u, n, ids);
+  watch w = {&rec, &b2, ids[1], "d2"};
+  if (!spin_until(&loop, watch_done, &w)) fail_msg("events: %s", recorder_types(&rec, NULL));
+  assert_string_equal(ran_of(&b2, 'd'), "d2");
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e2);
+  recorder_free(&rec);
+  sc_unfinished_free(u, n);
+
+  logfile l;
+  log_read(path, &l);
+  u = NULL;
+  n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 1);
+  expected d = {ids[0],     SC_TASK_RUNNING, "globex", "migrate", TRACEPARENT,
+                m.config_d, m.previous_d,    "d1",     1,         true};
+  expect_unfinished(&u[0], &l, &d);
+  assert_non_null(u[0].request.context_digest);
+
+  /* Third run: the carried-over request is accepted (digest and fingerprint verify). */
+  behaviour b3 = {0};
+  sc_engine *e3 = new_engine(&loop, &b3);
+  log = open_log(e3, path, SC_FSYNC_BATCH);
+  recorder_attach(&rec, e3);
+  char *third = NULL;
+  recover_all(e3, u, n, &third);
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, third), 1);
+  assert_string_equal(ran_of(&b3, 'd'), "d2,d3,d4");
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e3);
+  recorder_free(&rec);
+  sc_unfinished_free(u, n);
+
+  /* Everything finished or was superseded. */
+  log_free(&l);
+  log_read(path, &l);
+  expect_log_verifies(path, &l);
+  assert_int_equal(first_broken_line(&l), 0);
+  u = NULL;
+  n = 99;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 0);
+  assert_null(u);
+
+  free(ids[0]);
+  free(ids[1]);
+  free(third);
+  log_free(&l);
+  mixed_log_free(&m);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void unfinished_free_of_null_is_a_no_op(void **state) {
+  (void)state;
+  sc_unfinished_free(NULL, 0);
+  sc_unfinished_free(NULL, 3);
+}
+
+/* ---- write errors ---- */
+
+static bool paused_seen(void *udata) {
+  return recorder_count(udata, SC_EV_TASK_PAUSED, NULL) > 0;
+}
+
+static void a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio(void **state) {
+  (void)state;
+  if (access("/dev/full", W_OK) != 0) skip();
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, "/dev/full", SC_FSYNC_BATCH);
+  recorder rec; /* subscribes after the log: it sees every event the log failed to store */
+  recorder_attach(&rec, e);
+  sc_task *t = submit_job(e, "full-000", "s0,s1,s2");
+  if (!spin_until(&loop, paused_seen, &rec)) fail_msg("events: %s", recorder_types(&rec, NULL));
+  for (int i = 0; i < 50; i++) /* give anything that would wrongly run a chance to */
+    uv_run(&loop, UV_RUN_NOWAIT);
+
+  assert_int_equal(rec.types[0], SC_EV_TASK_CREATED);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "full-000"), 1);
+  assert_int_equal(rec.types[rec.n - 1], SC_EV_TASK_PAUSED); /* nothing after the pause */
+  assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
+  cJSON *paused = recorder_json(&rec, SC_EV_TASK_PAUSED, 0);
+  assert_non_null(paused);
+  const cJSON *data = member(paused, "data");
+  assert_string_equal(string_of(data, "reason"), "ack-failed");
+  const char *message = string_of(member(data, "error"), "message");
+  assert_non_null(message);
+  if (strstr(message, "/dev/full") == NULL || strstr(message, "No space left on device") == NULL)
+    fail_msg("the error does not name the file and the cause: %s", message);
+  cJSON_Delete(paused);
+  size_t stages_run = strlen(b.ran) ? 1 : 0;
+  for (const char *p = b.ran; *p; p++)
+    if (*p == ',') stages_run++;
+  if (stages_run > 1) fail_msg("stages ran after the first failed ack: %s", b.ran);
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, NULL), stages_run);
+
+  assert_int_equal(sc_jsonl_close(log), SC_EIO);
+  if (strstr(sc_error_message(), "/dev/full") == NULL)
+    fail_msg("close's message does not name the file: %s", sc_error_message());
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      T(fsync_none_writes_every_event_as_one_chained_line),
+      T(fsync_batch_writes_every_event_as_one_chained_line),
+      T(fsync_always_writes_every_event_as_one_chained_line),
+      T(each_stage_starts_only_after_the_previous_stage_completed_line_is_in_the_file),
+      T(concurrent_tasks_never_interleave_or_split_lines),
+      T(a_buffer_smaller_than_a_line_still_writes_whole_lines),
+      T(a_300_kb_context_is_written_as_whole_lines),
+      T(reopening_a_log_continues_the_chain),
+      T(open_cuts_a_torn_tail_and_says_so),
+      T(verify_reports_the_first_changed_line),
+      T(verify_reports_an_inserted_copy_of_a_line),
+      T(verify_reports_a_removed_line_at_the_line_after_it),
+      T(verify_reports_swapped_lines),
+      T(verify_reports_a_line_without_a_chain_member),
+      T(an_empty_log_verifies_with_no_lines),
+      T(a_missing_log_is_not_found_by_verify_and_scan),
+      T(scan_returns_the_failed_and_the_stopped_tasks_in_the_order_they_first_appear),
+      T(scan_requests_recover_in_a_new_engine_and_run_only_the_remaining_stages),
+      T(scan_carries_over_the_recovery_point_of_a_recovered_task_that_stopped_at_once),
+      T(unfinished_free_of_null_is_a_no_op),
+      T(a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
