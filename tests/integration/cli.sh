@@ -109,6 +109,19 @@ pid=$(cat "$tmp/long.pid" 2>/dev/null)
 write_pipeline "$tmp/gate.json" '[{"name":"gate","kind":"exec","run":"true","approval":{"required":true,"timeout_ms":200,"on_timeout":"reject"}}]'
 $sc run "$tmp/gate.json" --plain --no-prompt >"$tmp/out" 2>&1; check "an approval timed out with on_timeout reject cancels (exit 3)" 3 $? "$tmp/out"
 
+# --- on a terminal (a pty from script(1)): live progress and the approval prompt ---
+if command -v script >/dev/null; then
+  write_pipeline "$tmp/ask.json" '[{"name":"first","kind":"exec","run":"echo first"},{"name":"gate","kind":"exec","run":"echo passed the gate","approval":{"required":true}}]'
+  (sleep 1; printf 'a\nlooks good\n') | timeout 30 script -qec "$sc run $tmp/ask.json --log $tmp/ask.jsonl" /dev/null >"$tmp/out" 2>&1
+  check "on a terminal the operator approves at the prompt (exit 0)" 0 $? "$tmp/out"
+  grep -q '"reviewer":"[^"]*","comment":"looks good"' "$tmp/ask.jsonl" && ok "the approval records the reviewer and the comment" || fail "the approval records the reviewer and the comment" "$(grep approval "$tmp/ask.jsonl" | head -c 600)"
+  grep -q $'\033\[1A' "$tmp/out" && grep -q "attempt 1" "$tmp/out" && ok "on a terminal the status line is redrawn in place" || fail "live status line" "$(head -c 600 "$tmp/out" | cat -v)"
+  (sleep 1; printf 'r\nnot today\n') | timeout 30 script -qec "$sc run $tmp/ask.json" /dev/null >"$tmp/out" 2>&1
+  check "a rejection at the prompt cancels the run (exit 3)" 3 $? "$tmp/out"
+else
+  for t in 1 2 3 4; do ok "# SKIP script(1) is not installed"; done
+fi
+
 # --- recovery after kill -9 of `stagecoach run` ---
 stages='[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/ran"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/ran; sleep 1.5"},{"name":"three","kind":"exec","run":"echo three >> ${config.dir}/ran"}]'
 previous='[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/ran"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/ran"}]'
