@@ -18,19 +18,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "run.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null || {
-      echo "run.sh: apt-get install failed"; exit 2; }
+      echo "run.sh: apt-get install failed"; echo "0 passed, 1 failed"; exit 2; }
   else
     echo "run.sh: missing packages; install them with:"
     echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    echo "0 passed, 1 failed"
     exit 2
   fi
 fi
 
 build=${STAGECOACH_TEST_BUILD:-build-test}
 if [ -d "$build" ]; then
-  meson setup --reconfigure "$build" -Db_sanitize=address,undefined >/dev/null || exit 2
+  meson setup --reconfigure "$build" -Db_sanitize=address,undefined >/dev/null ||
+    { echo "run.sh: meson setup failed"; echo "0 passed, 1 failed"; exit 2; }
 else
-  meson setup "$build" -Db_sanitize=address,undefined --buildtype=debugoptimized >/dev/null || exit 2
+  meson setup "$build" -Db_sanitize=address,undefined --buildtype=debugoptimized >/dev/null ||
+    { echo "run.sh: meson setup failed"; echo "0 passed, 1 failed"; exit 2; }
 fi
 ninja -C "$build" || { echo "run.sh: the build failed"; echo "0 passed, 1 failed"; exit 1; }
 
