@@ -5,22 +5,8 @@
 # Installs missing packages with apt-get when run as root; otherwise prints the command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "quickstart: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "quickstart: missing packages; install them with:"
-    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
-    exit 2
-  fi
-fi
+. tests/need-packages.sh
+need_packages gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev || exit 2
 [ -d build ] || meson setup build >/dev/null
 ninja -C build >/dev/null
 sc=./build/stagecoach

@@ -7,25 +7,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-packages=(gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev libcjson-dev libssl-dev libcmocka-dev
-          clang-format)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "run.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null || {
-      echo "run.sh: apt-get install failed"; echo "0 passed, 1 failed"; exit 2; }
-  else
-    echo "run.sh: missing packages; install them with:"
-    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
-    echo "0 passed, 1 failed"
-    exit 2
-  fi
-fi
+. "$root/tests/need-packages.sh"
+need_packages gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev libcjson-dev \
+  libssl-dev libcmocka-dev clang-format || { echo "0 passed, 1 failed"; exit 2; }
 
 build=${STAGECOACH_TEST_BUILD:-build-test}
 if [ -d "$build" ]; then
