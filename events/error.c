@@ -34,10 +34,15 @@ const char *sc_error_message(void) {
   return last_message;
 }
 
+static int set_message(int code, const char *fmt, va_list ap) {
+  vsnprintf(last_message, sizeof(last_message), fmt, ap);
+  return code;
+}
+
 int sc__error(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_message, sizeof(last_message), fmt, ap);
+  set_message(code, fmt, ap);
   va_end(ap);
   return code;
 }
@@ -45,7 +50,7 @@ int sc__error(int code, const char *fmt, ...) {
 int sc_error_set(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_message, sizeof(last_message), fmt, ap);
+  set_message(code, fmt, ap);
   va_end(ap);
   return code;
 }
