@@ -131,12 +131,15 @@ static void on_renew(uv_timer_t *h) {
     any = true;
     int rc = e->locks.renew(t->tenant, t->id, e->locks.ttl_ms, e->locks.udata);
     if (rc == SC_OK) continue;
-    /* Someone else may hold the tenant now: stop at the next boundary, and say why. */
+    /* Someone else may hold the tenant now: stop at the next boundary, and say why. A task
+     * that is not running (paused, failed) only notes it; resuming it takes the lock again. */
     t->lock_lost = true;
+    if (!sc_transition_allowed((sc_task_status)t->status, SC_TASK_PAUSED)) continue;
     if (t->pause_reason == NULL) {
       char why[256];
       snprintf(why, sizeof(why), "lost the lock of tenant '%s': %s", t->tenant, sc_strerror(rc));
       t->pause_reason = strdup(why);
+      t->pause_kind = "lock-lost";
       t->pause_code = SC_EBUSY;
     }
     t->pause_requested = true;
@@ -215,7 +218,8 @@ size_t sc_engine_pending_approvals(sc_engine *e, sc_pending_approval *out, size_
   size_t n = 0;
   SC__MAP_FOREACH(&e->tasks, s) {
     sc_task *t = s->value;
-    if (t->status != SC_TASK_AWAITING_APPROVAL || t->approval == NULL) continue;
+    if (t->status != SC_TASK_AWAITING_APPROVAL || t->approval == NULL || t->approval->decided)
+      continue;
     if (out != NULL && n < cap) {
       const sc__approval_state *a = t->approval;
       sc_pending_approval *p = &out[n];

@@ -107,6 +107,10 @@ static int decide(sc_task *t, const char *stage, const char *reviewer, const cha
   sc__approval_state *a = t->approval;
   if (t->status != SC_TASK_AWAITING_APPROVAL || a == NULL)
     return refuse(t, op, "no approval is pending");
+  if (a->decided)
+    return sc__error(SC_ETRANSITION, "cannot %s stage '%s' of task %s: its gate was already %s", op,
+                     t->run_plan->stages[a->index].name, t->id,
+                     a->decided_code == SC_ETIMEDOUT ? "failed by its timeout" : "rejected");
   const char *waiting = t->run_plan->stages[a->index].name;
   if (stage != NULL && strcmp(stage, waiting) != 0)
     return sc__error(SC_ETRANSITION,

@@ -111,6 +111,7 @@ typedef enum task_step {
   STEP_BEGIN_STAGE, /* at a stage boundary: pause, cancel, approval, or start stage `index` */
   STEP_STAGE_DONE,  /* the running attempt finished: record it and move on */
   STEP_RELEASE,     /* terminal: free the task once its events are acknowledged */
+  STEP_DECIDED,     /* a gate was rejected or timed out: apply it once its event is stored */
 } task_step;
 
 typedef enum task_timer_use {
@@ -136,6 +137,11 @@ typedef struct sc__approval_state {
   uint32_t napproved;
   int64_t requested_ns, deadline_ns;        /* deadline 0: none */
   sc__decision *decisions, *decisions_tail; /* made by callers, applied by the task's next step */
+  /* Rejected or timed out; applied by STEP_DECIDED after the event's barrier: */
+  bool decided, decided_fail; /* fail the task (else cancel it) */
+  bool timeout_due;           /* the timeout fired while a barrier held: applied after it */
+  int decided_code;
+  char *decided_why;
 } sc__approval_state;
 
 /* The result of one attempt, taken from its context or made by the engine (a timeout). */
@@ -170,9 +176,10 @@ struct sc_task {
   unsigned retry_count;
   uint64_t seq, epoch;
   uint32_t barrier_pending, acks_pending;
-  sc_stage_ctx *ctx;  /* the running attempt */
-  uv_timer_t *timer;  /* lazily created */
-  char *pause_reason; /* a failed ack's message, for task.paused */
+  sc_stage_ctx *ctx;      /* the running attempt */
+  uv_timer_t *timer;      /* lazily created */
+  char *pause_reason;     /* a failed ack's or a lost lock's message, for task.paused */
+  const char *pause_kind; /* with pause_reason: "ack-failed" or "lock-lost" */
   int pause_code;
   char *cancel_reason;
   cJSON *recovery_plan; /* emitted as task.recovered at admission */

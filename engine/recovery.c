@@ -1,7 +1,7 @@
 /* Restart recovery: rebuild a stopped task from what the caller persisted and carry on, in RETRY
- * (continue after the last completed stage) or ROLLBACK (re-run the touched stages with the
- * previous config). Every check runs before anything is created, so a refusal leaves no task
- * and no event behind. */
+ * (continue after the last completed stage), ROLLBACK (re-run the touched stages with the
+ * previous config) or COMPENSATE (undo the touched compensable stages, last first). Every check
+ * runs before anything is created, so a refusal leaves no task and no event behind. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,17 +39,22 @@ static cJSON *names(const sc__plan *p, int32_t from, int32_t to) {
 static cJSON *report(const sc_recovery_request *req, const prepared *p) {
   cJSON *r = cJSON_CreateObject();
   if (r == NULL) return NULL;
-  bool rollback = req->mode == SC_RECOVER_ROLLBACK;
+  bool rollback = req->mode == SC_RECOVER_ROLLBACK, compensate = req->mode == SC_RECOVER_COMPENSATE;
   if (req->recovered_from) cJSON_AddStringToObject(r, "recovered_from", req->recovered_from);
-  cJSON_AddStringToObject(r, "mode", rollback ? "rollback" : "retry");
+  cJSON_AddStringToObject(r, "mode", rollback ? "rollback" : compensate ? "compensate" : "retry");
   cJSON_AddNumberToObject(r, "start_index", p->start);
   if (req->last_completed_stage)
     cJSON_AddStringToObject(r, "last_completed_stage", req->last_completed_stage);
   else
     cJSON_AddNullToObject(r, "last_completed_stage");
-  sc__json_put(r, "skipped", rollback ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
-  sc__json_put(r, "rerun", names(p->run_plan, p->start, p->end));
-  sc__json_put(r, "compensated", cJSON_CreateArray());
+  sc__json_put(r, "skipped",
+               rollback || compensate ? cJSON_CreateArray() : names(p->plan, 0, p->start - 1));
+  sc__json_put(r, "rerun", compensate ? cJSON_CreateArray() : names(p->run_plan, p->start, p->end));
+  cJSON *undone = cJSON_CreateArray();
+  for (int32_t i = p->start; compensate && undone != NULL && i >= 0; i--)
+    if (p->plan->stages[i].effect == SC_EFFECT_COMPENSABLE)
+      cJSON_AddItemToArray(undone, cJSON_CreateString(p->plan->stages[i].name));
+  sc__json_put(r, "compensated", undone);
   if (p->in_flight >= 0) {
     const sc__stage *st = &p->plan->stages[p->in_flight];
     cJSON *f = cJSON_AddObjectToObject(r, "in_flight");
@@ -72,7 +77,8 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   if (req->version < 1 || req->version > SC_RECOVERY_REQUEST_VERSION)
     return sc__error(SC_EINVAL, "recover: unsupported sc_recovery_request version %u",
                      req->version);
-  if (req->mode != SC_RECOVER_RETRY && req->mode != SC_RECOVER_ROLLBACK)
+  if (req->mode != SC_RECOVER_RETRY && req->mode != SC_RECOVER_ROLLBACK &&
+      req->mode != SC_RECOVER_COMPENSATE)
     return sc__error(SC_EINVAL, "recover: unknown mode %d", (int)req->mode);
   if (!cJSON_IsObject(req->config))
     return sc__error(SC_EINVAL, "recover: config must be a JSON object");
@@ -118,6 +124,11 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
     p->start = last + 1;
     p->end = n - 1;
     p->gate = p->in_flight >= 0 && p->plan->stages[p->in_flight].effect == SC_EFFECT_IRREVERSIBLE;
+  } else if (req->mode == SC_RECOVER_COMPENSATE) {
+    /* Backwards from the stage in flight (it may have done part of its work) to the first. */
+    p->run_plan = p->plan;
+    p->start = p->in_flight >= 0 ? p->in_flight : n - 1;
+    p->end = 0;
   } else {
     if ((rc = sc__plan_previous(e, p->plan, &p->run_plan)) != SC_OK) goto fail;
     p->start = 0;
@@ -167,7 +178,8 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   }
   t->epoch = req->epoch + 1;
   t->recovered = true;
-  t->rollback = req->mode == SC_RECOVER_ROLLBACK;
+  t->rollback = req->mode != SC_RECOVER_RETRY;
+  t->compensating = req->mode == SC_RECOVER_COMPENSATE;
   t->run_plan = p.run_plan;
   t->index = p.start;
   t->end_index = p.end;

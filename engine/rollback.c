@@ -62,6 +62,11 @@ void sc__task_apply_retry(sc_task *t) {
     cJSON_AddNumberToObject(data, "retry_count", t->retry_count);
     cJSON_AddStringToObject(data, "from_stage", t->plan->stages[t->index].name);
     cJSON_AddNumberToObject(data, "start_index", t->index);
+    /* The restart point, as a recovery would name it: the stage before from_stage. */
+    if (t->index > 0)
+      cJSON_AddStringToObject(data, "last_completed_stage", t->plan->stages[t->index - 1].name);
+    else
+      cJSON_AddNullToObject(data, "last_completed_stage");
     cJSON_AddBoolToObject(data, "reset_context", t->retry_reset);
     cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
   }

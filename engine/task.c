@@ -75,6 +75,7 @@ static void ack_failed(sc_task *t, int status, const char *message) {
   }
   if (t->pause_reason == NULL) {
     t->pause_reason = strdup(message && *message ? message : sc_strerror(status));
+    t->pause_kind = "ack-failed";
     t->pause_code = status;
   }
   t->pause_requested = true;
@@ -115,6 +116,13 @@ void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32
   }
 }
 
+/* Whether a caller asked for something the task's next step applies. */
+static bool has_requests(const sc_task *t) {
+  return t->pause_requested || t->resume_requested || t->cancel_requested || t->release_requested ||
+         t->retry_requested || t->rollback_requested ||
+         (t->approval != NULL && (t->approval->decisions != NULL || t->approval->timeout_due));
+}
+
 void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, const char *msg,
                      void *udata) {
   (void)seq;
@@ -125,7 +133,8 @@ void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, 
   else
     t->acks_pending--;
   if (status < 0) ack_failed(t, status, msg);
-  if (t->barrier_pending == 0 && (t->step != STEP_WAIT || t->pause_requested))
+  /* Whatever was asked while the barrier held (a retry, an approval, a cancel) applies now. */
+  if (t->barrier_pending == 0 && (t->step != STEP_WAIT || has_requests(t)))
     sc__engine_enqueue(t->e, t);
 }
 
@@ -159,9 +168,10 @@ static void on_timer_closed(uv_handle_t *h) {
 /* ---- stage results ---- */
 
 static uint64_t backoff_ms(const sc__stage *st, uint32_t failed_attempt) {
+  if (st->retry.initial_backoff_ms == 0) return 0; /* 0 * inf would be NaN */
   double d = st->retry.initial_backoff_ms * pow(st->retry.multiplier, (double)failed_attempt - 1);
-  if (st->retry.max_backoff_ms && d > st->retry.max_backoff_ms) d = st->retry.max_backoff_ms;
-  return d > 86400000.0 ? 86400000 : (uint64_t)d;
+  if (st->retry.max_backoff_ms && !(d <= st->retry.max_backoff_ms)) d = st->retry.max_backoff_ms;
+  return !(d <= 86400000.0) ? 86400000 : (uint64_t)d; /* a day at most; also for inf */
 }
 
 /* Merges the members of an output object into the context; the output is consumed. When the
@@ -191,10 +201,18 @@ static int merge_output(sc_task *t, cJSON *output, bool keep_output) {
   return SC_OK;
 }
 
+static void clear_pause_request(sc_task *t) {
+  t->pause_requested = false;
+  free(t->pause_reason);
+  t->pause_reason = NULL;
+  t->pause_kind = NULL;
+}
+
 static void fail_task(sc_task *t, const sc__stage *st, int32_t index, uint32_t attempt,
                       const sc__result *r) {
   bool rollback = t->rollback;
   if (!rollback) t->failed_index = index;
+  clear_pause_request(t); /* nothing runs to pause; a retry or rollback starts afresh */
   set_status(t, rollback ? SC_TASK_ROLLBACK_FAILED : SC_TASK_FAILED);
   sc__task_release_slot(t);
   t->step = STEP_WAIT;
@@ -302,6 +320,7 @@ void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx) {
 
 static void approval_free(sc__approval_state *a) {
   if (a == NULL) return;
+  free(a->decided_why);
   for (uint32_t i = 0; i < a->napproved; i++)
     free(a->reviewers[i]);
   free(a->reviewers);
@@ -337,7 +356,9 @@ static void request_approval(sc_task *t, const sc__stage *st) {
     return;
   }
   a->index = t->index;
-  a->reason = st->approval.required ? "policy" : "irreversible-stage-in-flight";
+  /* The recovered in-flight stage asks because of its effect, whatever its own policy. */
+  bool in_flight = t->gate_index == t->index;
+  a->reason = in_flight ? "irreversible-stage-in-flight" : "policy";
   a->needed = st->approval.required ? st->approval.approvers_needed : 1;
   a->requested_ns = sc__now_ns();
   uint32_t timeout_ms = st->approval.required ? st->approval.timeout_ms : 0;
@@ -369,18 +390,32 @@ static void request_approval(sc_task *t, const sc__stage *st) {
 
 static void cancel_now(sc_task *t, const char *reason);
 
-/* A rejection (by a person or a timeout) applies the stage's on_reject policy. */
-static void apply_rejection(sc_task *t, const sc__stage *st, const char *why) {
-  approval_free(t->approval);
-  t->approval = NULL;
+/* The gate is rejected (by a person or a timeout) or its timeout fails it. Its event was just
+ * emitted, a barrier: what follows (the task FAILED or CANCELLED) is taken by STEP_DECIDED, after
+ * the event is stored, like any step after a barrier. */
+static void decide_gate(sc_task *t, bool fail, int code, const char *why) {
+  sc__approval_state *a = t->approval;
   sc__task_stop_timer(t);
-  if (st->approval.on_reject == SC_ACTION_FAIL) {
-    sc__result r = {SC_ECANCELLED, false, strdup(why), NULL, sc__now_ns()};
+  a->decided = true;
+  a->decided_fail = fail;
+  a->decided_code = code;
+  a->decided_why = strdup(why);
+  t->step = STEP_DECIDED;
+}
+
+static void apply_decided(sc_task *t) {
+  sc__approval_state *a = t->approval;
+  const sc__stage *st = &t->run_plan->stages[a->index];
+  t->approval = NULL;
+  if (a->decided_fail) {
+    sc__result r = {a->decided_code, false, a->decided_why, NULL, sc__now_ns()};
+    a->decided_why = NULL;
     fail_task(t, st, t->index, t->attempt, &r);
     free(r.message);
   } else {
-    cancel_now(t, why);
+    cancel_now(t, a->decided_why ? a->decided_why : "rejected");
   }
+  approval_free(a);
 }
 
 static void grant(sc_task *t) {
@@ -405,7 +440,7 @@ static void apply_decision(sc_task *t, sc__decision *d) {
     snprintf(why, sizeof(why), "rejected by %s%s%s", d->reviewer, d->comment ? ": " : "",
              d->comment ? d->comment : "");
     sc__task_emit(t, type, st, t->index, 0, data);
-    apply_rejection(t, st, why);
+    decide_gate(t, st->approval.on_reject == SC_ACTION_FAIL, SC_ECANCELLED, why);
     return;
   }
   char **r = realloc(a->reviewers, (a->napproved + 1) * sizeof(*r));
@@ -428,8 +463,8 @@ static void apply_decision(sc_task *t, sc__decision *d) {
 }
 
 static void apply_decisions(sc_task *t) {
-  while (t->approval && t->approval->decisions && t->status == SC_TASK_AWAITING_APPROVAL &&
-         t->barrier_pending == 0) {
+  while (t->approval && t->approval->decisions && !t->approval->decided &&
+         t->status == SC_TASK_AWAITING_APPROVAL && t->barrier_pending == 0) {
     sc__decision *d = t->approval->decisions;
     t->approval->decisions = d->next;
     if (t->approval->decisions == NULL) t->approval->decisions_tail = NULL;
@@ -458,15 +493,10 @@ static void approval_timed_out(sc_task *t) {
   char why[128];
   snprintf(why, sizeof(why), "approval of '%s' timed out after %u ms", st->name,
            st->approval.timeout_ms);
-  if (action == SC_ACTION_FAIL) {
-    approval_free(t->approval);
-    t->approval = NULL;
-    sc__result r = {SC_ETIMEDOUT, false, strdup(why), NULL, sc__now_ns()};
-    fail_task(t, st, t->index, t->attempt, &r);
-    free(r.message);
-  } else {
-    apply_rejection(t, st, why);
-  }
+  if (action == SC_ACTION_FAIL)
+    decide_gate(t, true, SC_ETIMEDOUT, why);
+  else
+    decide_gate(t, st->approval.on_reject == SC_ACTION_FAIL, SC_ECANCELLED, why);
 }
 
 /* ---- pause, resume, cancel ---- */
@@ -474,7 +504,7 @@ static void approval_timed_out(sc_task *t) {
 static void enter_pause(sc_task *t) {
   sc_task_status from = (sc_task_status)t->status;
   t->pause_requested = false;
-  if (from == SC_TASK_AWAITING_APPROVAL) {
+  if (from == SC_TASK_AWAITING_APPROVAL && !(t->approval && t->approval->decided)) {
     /* Pausing withdraws the request; resume asks again (the table has no PAUSED ->
      * AWAITING_APPROVAL: the task resumes RUNNING at the gate). */
     approval_free(t->approval);
@@ -488,14 +518,13 @@ static void enter_pause(sc_task *t) {
   if (data) {
     cJSON_AddStringToObject(data, "paused_from", sc_task_status_name(from));
     if (t->pause_reason) {
-      cJSON_AddStringToObject(data, "reason", "ack-failed");
+      cJSON_AddStringToObject(data, "reason", t->pause_kind ? t->pause_kind : "ack-failed");
       sc__json_put(data, "error", sc__error_json(t->pause_code, t->pause_reason));
     } else {
       cJSON_AddStringToObject(data, "reason", "requested");
     }
   }
-  free(t->pause_reason);
-  t->pause_reason = NULL;
+  clear_pause_request(t);
   sc__task_emit(t, SC_EV_TASK_PAUSED, NULL, -1, 0, data);
 }
 
@@ -503,12 +532,14 @@ static void resume_now(sc_task *t) {
   t->resume_requested = false;
   sc_task_status to = (sc_task_status)t->paused_from;
   set_status(t, to == SC_TASK_AWAITING_APPROVAL ? SC_TASK_RUNNING : to);
-  t->step = STEP_BEGIN_STAGE;
+  /* At a gate already decided, the decision applies; anywhere else the next stage begins. */
+  t->step = t->approval && t->approval->decided ? STEP_DECIDED : STEP_BEGIN_STAGE;
   sc__task_emit(t, SC_EV_TASK_RESUMED, NULL, -1, 0, new_data(t, SC_EV_TASK_RESUMED));
 }
 
 static void cancel_now(sc_task *t, const char *reason) {
   t->cancel_requested = false;
+  clear_pause_request(t);
   if (t->ctx != NULL) {
     sc_stage_ctx *ctx = t->ctx;
     t->ctx = NULL;
@@ -547,7 +578,9 @@ static void admit(sc_task *t) {
   if (t->rollback) {
     set_status(t, SC_TASK_ROLLING_BACK);
     cJSON *data = new_data(t, SC_EV_ROLLBACK_STARTED);
-    if (data) {
+    if (data && t->compensating) {
+      cJSON_AddStringToObject(data, "strategy", "compensate");
+    } else if (data) {
       cJSON_AddStringToObject(data, "strategy", "redeploy");
       cJSON_AddNumberToObject(data, "stages", t->end_index + 1);
       sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->run_plan->fingerprint));
@@ -598,7 +631,14 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
     sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
   }
   sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
-  if (t->cancel_requested || t->ctx != ctx) return; /* a subscriber cancelled: never started */
+  if (t->cancel_requested || t->ctx != ctx) {
+    /* A subscriber cancelled: the stage is never started, so its kind is not asked to cancel. */
+    if (t->ctx == ctx) {
+      t->ctx = NULL;
+      sc__ctx_free(t->e, ctx);
+    }
+    return;
+  }
   if (st->timeout_ms) sc__task_start_timer(t, TIMER_TIMEOUT, st->timeout_ms);
   int rc = sc__ctx_start(ctx);
   if (rc < 0 && ctx->state == CTX_RUNNING) sc_stage_fail(ctx, rc, sc_error_message(), true);
@@ -652,11 +692,19 @@ static bool apply_requests(sc_task *t) {
     }
     return false;
   }
-  if (t->pause_requested && t->status == SC_TASK_AWAITING_APPROVAL) {
+  /* A decided gate is not withdrawn by a caller's pause (the decision wins), but a failed ack
+   * of the decision pauses the task, which applies the decision when resumed. */
+  if (t->pause_requested && t->status == SC_TASK_AWAITING_APPROVAL &&
+      (t->step != STEP_DECIDED || t->pause_reason != NULL)) {
     enter_pause(t);
     return false;
   }
   if (t->status == SC_TASK_AWAITING_APPROVAL) apply_decisions(t);
+  if (t->status == SC_TASK_AWAITING_APPROVAL && t->approval && t->approval->timeout_due &&
+      !t->approval->decided && t->barrier_pending == 0) {
+    t->approval->timeout_due = false;
+    approval_timed_out(t);
+  }
   return true;
 }
 
@@ -677,6 +725,7 @@ void sc__task_step(sc_task *t) {
         stage_finished(t, &r);
         break;
       }
+      case STEP_DECIDED: apply_decided(t); break;
       case STEP_RELEASE:
         t->stepping = false;
         if (t->acks_pending == 0 && t->barrier_pending == 0) sc__task_free(t);
@@ -715,7 +764,14 @@ static void on_timer(uv_timer_t *h) {
       break;
     case TIMER_BACKOFF: t->step = STEP_BEGIN_STAGE; break;
     case TIMER_APPROVAL:
-      if (t->status == SC_TASK_AWAITING_APPROVAL) approval_timed_out(t);
+      /* Like a decision, the timeout waits for a barrier in progress (an earlier approval being
+       * stored); the step after it applies the timeout. */
+      if (t->status == SC_TASK_AWAITING_APPROVAL && t->approval != NULL) {
+        if (t->barrier_pending > 0)
+          t->approval->timeout_due = true;
+        else
+          approval_timed_out(t);
+      }
       break;
     case TIMER_ADMIT: t->step = STEP_ADMIT; break;
     default: break;

@@ -237,6 +237,8 @@ static int parse_time(const char *s, int64_t *out) {
   if (*p != '\0') return -1;
   int64_t sec = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
   sec -= sign * (int64_t)(oh * 3600 + om * 60);
+  /* time_ns counts nanoseconds in an int64: 1677-09-21 to 2262-04-11. */
+  if (sec >= INT64_MAX / 1000000000 || sec <= INT64_MIN / 1000000000) return -1;
   *out = sec * 1000000000 + ns;
   return 0;
 }

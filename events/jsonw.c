@@ -65,13 +65,30 @@ bool sc__buf_cstr(sc__buf *b) {
 
 static const char hexdigits[] = "0123456789abcdef";
 
-/* Whether any of 8 bytes needs escaping: below 0x20, '"' or '\\'. The borrow of the subtraction
- * can flag a byte above a true hit, never a byte of a clean word, so a clean word is exact. */
-static inline bool word_needs_escape(uint64_t v) {
+/* Whether any of 8 bytes needs a look: below 0x20, '"', '\\', or not ASCII (to be checked as
+ * UTF-8). The borrow of the subtraction can flag a byte above a true hit, never a byte of a clean
+ * word, so a clean word is exact. */
+static inline bool word_needs_look(uint64_t v) {
   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
   uint64_t control = (v - ones * 0x20) & ~v & high;
   uint64_t q = v ^ (ones * '"'), bs = v ^ (ones * '\\');
-  return (control | ((q - ones) & ~q & high) | ((bs - ones) & ~bs & high)) != 0;
+  return (control | ((q - ones) & ~q & high) | ((bs - ones) & ~bs & high) | (v & high)) != 0;
+}
+
+/* The length of the well-formed UTF-8 sequence at s[0 .. n) that starts with a byte >= 0x80, or
+ * 0 when it is not one (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF). */
+static size_t utf8_length(const unsigned char *s, size_t n) {
+  size_t len = s[0] >= 0xC2 && s[0] <= 0xDF   ? 2
+               : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
+               : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4
+                                              : 0;
+  if (len == 0 || len > n) return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((s[i] & 0xC0) != 0x80) return 0;
+  if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||
+      (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F))
+    return 0;
+  return len;
 }
 
 static void escape_byte(sc__buf *b, unsigned char c) {
@@ -102,17 +119,28 @@ void sc__json_string(sc__buf *b, const char *s) {
     while (i + 8 <= n) {
       uint64_t v;
       memcpy(&v, s + i, 8);
-      if (word_needs_escape(v)) break;
+      if (word_needs_look(v)) break;
       i += 8;
     }
     if (i >= n) break;
     unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') {
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
       i++;
       continue;
     }
+    size_t seq = c >= 0x80 ? utf8_length((const unsigned char *)s + i, n - i) : 0;
+    if (seq > 0) {
+      i += seq;
+      continue;
+    }
+    /* JSON text is UTF-8: a byte that is not is written as U+FFFD, the replacement character,
+     * in its UTF-8 form, the form it has when the text is read back and written again (so that a
+     * digest over it comes out the same). */
     if (i > run) sc__buf_put(b, s + run, i - run);
-    escape_byte(b, c);
+    if (c >= 0x80)
+      sc__buf_lit(b, "\xef\xbf\xbd");
+    else
+      escape_byte(b, c);
     run = ++i;
   }
   if (n > run) sc__buf_put(b, s + run, n - run);
@@ -159,9 +187,41 @@ typedef struct keyed {
   size_t position; /* breaks ties between duplicate keys (cJSON allows them) deterministically */
 } keyed;
 
+/* The next character of a NUL-terminated string as it is written: its UTF-8 bytes, or those of
+ * U+FFFD for a byte that is not UTF-8. Returns how many bytes went into out; 0 at the end. */
+static size_t next_written(const unsigned char **p, unsigned char out[4]) {
+  const unsigned char *s = *p;
+  if (*s == 0) return 0;
+  size_t len = *s < 0x80 ? 1 : utf8_length(s, 4); /* stops at a NUL: it is no continuation byte */
+  if (len == 0) {
+    memcpy(out, "\xef\xbf\xbd", 3);
+    *p = s + 1;
+    return 3;
+  }
+  memcpy(out, s, len);
+  *p = s + len;
+  return len;
+}
+
+/* strcmp of two strings as they are written, so that canonical JSON sorts keys the same way
+ * before and after a key with a stray byte went through a log. */
+static int written_cmp(const char *a, const char *b) {
+  const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+  unsigned char bx[4], by[4];
+  size_t nx = 0, ny = 0, ix = 0, iy = 0;
+  for (;;) {
+    if (ix == nx) nx = next_written(&x, bx), ix = 0;
+    if (iy == ny) ny = next_written(&y, by), iy = 0;
+    if (nx == 0 || ny == 0) return (nx != 0) - (ny != 0);
+    if (bx[ix] != by[iy]) return bx[ix] < by[iy] ? -1 : 1;
+    ix++, iy++;
+  }
+}
+
 static int keyed_cmp(const void *a, const void *b) {
   const keyed *x = a, *y = b;
-  int c = strcmp(x->node->string ? x->node->string : "", y->node->string ? y->node->string : "");
+  int c =
+      written_cmp(x->node->string ? x->node->string : "", y->node->string ? y->node->string : "");
   if (c != 0) return c;
   return x->position < y->position ? -1 : x->position > y->position;
 }

@@ -13,6 +13,8 @@ sc=./build/stagecoach
 
 export DEPLOY_ROOT
 DEPLOY_ROOT=$(mktemp -d)
+# The stages' working files too, so that the run killed below leaves nothing elsewhere.
+export TMPDIR=$DEPLOY_ROOT
 log="$DEPLOY_ROOT/deploy.jsonl"
 trap 'rm -rf "$DEPLOY_ROOT"' EXIT
 
@@ -28,10 +30,12 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 sleep 1
+# The deploy script runs in its own process group, led by the shell stagecoach started.
+group=$(ps -o pid= --ppid "$pid" | head -n 1 | tr -d ' ')
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
-# The deploy script runs in its own process group; it is an orphan now, as after a real crash.
-pkill -9 -f "examples/deploy/deploy.sh" 2>/dev/null || true
+# After a real crash that group would be an orphan; here we end it, by its id.
+[ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null || true
 echo
 echo "== killed. stagecoach verify $log"
 $sc verify "$log"

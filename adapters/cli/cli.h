@@ -59,6 +59,15 @@ typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char
  * (optional working directory), "env" (optional object of extra variables). *out is freed with
  * cli_exec_free() after sc_engine_free(). */
 int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out);
+/* Checks what the exec kind reads of a stage: "run" (required), "compensate", "kill_grace_ms",
+ * "no_retry_exit_codes", "cwd" and "env", each taken from the stage object or else from its
+ * params (either may be NULL). True when they are right; otherwise false with why (at most len
+ * bytes), e.g. "\"kill_grace_ms\" must be an integer 0..86400000", and *bad the offending value
+ * (NULL when a required member is missing). The pipeline loader calls it, so that `validate`
+ * finds what would otherwise fail the stage when it starts. */
+bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, char *why,
+                    size_t len);
+
 /* The number of commands still running. */
 size_t cli_exec_running(const cli_exec *x);
 /* Sends SIGKILL to the process group of every command still running. */
@@ -66,11 +75,17 @@ void cli_exec_kill_all(cli_exec *x);
 void cli_exec_free(cli_exec *x);
 
 /* Resolves ${config.a.b}, ${context.x}, ${task.id} and ${tenant} in text (exposed for tests).
- * Returns a malloc'd string, or NULL with *unresolved (malloc'd) naming the first variable that
- * has no value, e.g. "${context.build_id}". Numbers and booleans are written as JSON; objects and
- * arrays as compact JSON; strings as they are. "$${" writes a literal "${". */
+ * Returns a malloc'd string, or NULL with *problem (malloc'd; NULL for out of memory) saying why:
+ * "unresolved variable ${context.build_id}" for the first variable without a value, or, with
+ * shell, a variable that stands where quoting cannot protect it. Numbers and booleans are written
+ * as JSON; objects and arrays as compact JSON; strings as they are. "$${" writes a literal "${".
+ * With shell set, text is a command for /bin/sh and each value is quoted for the place it stands
+ * in (outside quotes, inside '...' or inside "..."), so that the shell reads back exactly the
+ * value and never syntax: a value made only of letters, digits and _./:@%+,- stays bare. Nothing
+ * is substituted in a comment or after a backslash, and a variable inside $(...), $((...)),
+ * `...` or after "<<" (where the shell parses text a second time) is refused. */
 char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
-                      const char *task_id, const char *tenant, char **unresolved);
+                      const char *task_id, const char *tenant, bool shell, char **problem);
 
 /* ---- progress.c: what an operator sees while tasks run ---- */
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "jsonpos.h"
 
 extern char **environ;
 
@@ -20,6 +21,10 @@ extern char **environ;
 #define OUTPUT_MAX_BYTES (16 * 1024 * 1024) /* the largest $SC_OUTPUT read */
 #define READ_BYTES       (64 * 1024)
 #define DEFAULT_GRACE_MS 5000
+#define CONTEXT_ENV_MAX  (96 * 1024) /* a larger context is in $SC_CONTEXT_FILE only */
+#define SWEEP_TICK_MS    10          /* how often a sweep looks whether the group is gone */
+#define SWEEP_SETTLE_MS  100  /* after the group is gone, for the pipes to give their last bytes */
+#define SWEEP_GIVE_UP_MS 1000 /* after SIGKILL, for a process that cannot die (uninterruptible) */
 
 /* ---- growing strings ---- */
 
@@ -79,26 +84,161 @@ static const cJSON *walk(const cJSON *node, const char *path, size_t n) {
   return NULL;
 }
 
+/* Where in a shell command a variable stands: outside quotes, inside '...', inside "...". */
+typedef enum quoting { QUOTE_NONE, QUOTE_SINGLE, QUOTE_DOUBLE, QUOTE_OFF } quoting;
+
+#define SHELL_DEPTH 16
+
+/* What the shell makes of a command's text so far, as far as a variable after it is concerned. */
+typedef struct shell_state {
+  quoting q;       /* QUOTE_OFF: not shell text (cwd, env values) */
+  bool escape;     /* the last byte was a backslash that applies to the next one */
+  bool comment;    /* inside a comment: from a '#' that starts a word to the end of the line */
+  bool word_start; /* the next byte would start a word (for '#') */
+  bool escape_word_start; /* word_start before the backslash (a backslash-newline vanishes) */
+  bool dollar;            /* the last byte was an unquoted or double-quoted '$' */
+  bool in_name;           /* inside the NAME of a "$NAME" (a value next would lengthen it) */
+  /* Places where the shell parses text again, so quoting cannot keep a value one word: */
+  int depth;                  /* open "$(" (and "(" inside one); also "$((" */
+  quoting outer[SHELL_DEPTH]; /* the quoting each open parenthesis returns to */
+  bool backtick;              /* inside `...` */
+  bool heredoc;               /* after "<<": here-documents, to the end of the command */
+  bool unsure;                /* lost track (a "case" inside "$(", nesting too deep) */
+} shell_state;
+
+static bool shell_unsafe(const shell_state *sh) {
+  return sh->q != QUOTE_OFF && (sh->depth > 0 || sh->backtick || sh->heredoc || sh->unsure);
+}
+
+/* Follows text[0 .. n): quotes open and close, a backslash outside single quotes takes the next
+ * byte as it is (and with a newline vanishes), a '#' at the start of a word begins a comment,
+ * "$(", "$((", backticks and "<<" open places a variable may not stand in. */
+static void scan_shell(shell_state *sh, const char *text, size_t n) {
+  if (sh->q == QUOTE_OFF) return;
+  for (size_t i = 0; i < n; i++) {
+    char c = text[i];
+    bool dollar = sh->dollar;
+    sh->dollar = false;
+    bool name_char = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    sh->in_name = sh->q != QUOTE_SINGLE && !sh->comment && !sh->escape && !sh->backtick &&
+                  (dollar ? name_char : sh->in_name && (name_char || (c >= '0' && c <= '9')));
+    if (sh->comment) {
+      if (c == '\n') sh->comment = false, sh->word_start = true;
+      continue;
+    }
+    if (sh->escape) {
+      sh->escape = false;
+      sh->word_start = c == '\n' ? sh->escape_word_start : false;
+      continue;
+    }
+    if (sh->backtick) { /* only the closing backtick matters: nothing inside is quoted by us */
+      if (c == '\\') sh->escape = true, sh->escape_word_start = false;
+      if (c == '`') sh->backtick = false;
+      continue;
+    }
+    switch (sh->q) {
+      case QUOTE_SINGLE:
+        if (c == '\'') sh->q = QUOTE_NONE;
+        break;
+      case QUOTE_DOUBLE:
+        if (c == '\\') sh->escape = true, sh->escape_word_start = false;
+        if (c == '"') sh->q = QUOTE_NONE;
+        if (c == '$') sh->dollar = true;
+        if (c == '`') sh->backtick = true;
+        if (c == '(' && dollar) {
+          if (sh->depth == SHELL_DEPTH) {
+            sh->unsure = true;
+            break;
+          }
+          sh->outer[sh->depth++] = QUOTE_DOUBLE;
+          sh->q = QUOTE_NONE;
+          sh->word_start = true; /* a command starts: "case", '#' */
+        }
+        break;
+      default:
+        if (c == '#' && sh->word_start) {
+          sh->comment = true;
+          break;
+        }
+        if (sh->depth > 0 && sh->word_start && n - i >= 5 && memcmp(text + i, "case", 4) == 0 &&
+            strchr(" \t\n", text[i + 4]) != NULL)
+          sh->unsure = true; /* a "pattern)" would look like the end of the "$(" */
+        if (c == '\\') sh->escape = true, sh->escape_word_start = sh->word_start;
+        if (c == '"') sh->q = QUOTE_DOUBLE;
+        if (c == '\'') sh->q = QUOTE_SINGLE;
+        if (c == '$') sh->dollar = true;
+        if (c == '`') sh->backtick = true;
+        if (c == '<' && i + 1 < n && text[i + 1] == '<') sh->heredoc = true;
+        if (c == '(' && (dollar || sh->depth > 0)) {
+          if (sh->depth == SHELL_DEPTH) {
+            sh->unsure = true;
+            break;
+          }
+          sh->outer[sh->depth++] = QUOTE_NONE;
+        } else if (c == ')' && sh->depth > 0) {
+          sh->q = sh->outer[--sh->depth];
+          sh->word_start = false; /* "$(...)#" is one word: that '#' starts no comment */
+          break;
+        }
+        sh->word_start = strchr(" \t\n;&|()<>", c) != NULL;
+        break;
+    }
+  }
+}
+
+static bool plain_word(const char *s) {
+  if (*s == '\0') return false;
+  for (; *s; s++)
+    if (!(*s >= 'a' && *s <= 'z') && !(*s >= 'A' && *s <= 'Z') && !(*s >= '0' && *s <= '9') &&
+        strchr("_./:@%+,-", *s) == NULL) /* not '=': FOO=bar in front would be an assignment */
+      return false;
+  return true;
+}
+
+/* Writes value so that the shell reads it back as it is, one word, whatever it holds. */
+static bool put_quoted(strbuf *out, const char *value, quoting q) {
+  switch (q) {
+    case QUOTE_OFF: return sb_puts(out, value);
+    case QUOTE_NONE:
+      if (plain_word(value)) return sb_puts(out, value);
+      if (!sb_puts(out, "'")) return false;
+      for (const char *c = value; *c; c++)
+        if (!(*c == '\'' ? sb_puts(out, "'\\''") : sb_append(out, c, 1))) return false;
+      return sb_puts(out, "'");
+    case QUOTE_SINGLE: /* close, an escaped quote, open again */
+      for (const char *c = value; *c; c++)
+        if (!(*c == '\'' ? sb_puts(out, "'\\''") : sb_append(out, c, 1))) return false;
+      return true;
+    case QUOTE_DOUBLE:
+      for (const char *c = value; *c; c++)
+        if ((strchr("$`\"\\", *c) != NULL && !sb_puts(out, "\\")) || !sb_append(out, c, 1))
+          return false;
+      return true;
+  }
+  return false;
+}
+
 /* Strings as they are; numbers, booleans, objects and arrays as compact JSON; null: no value. */
-static var_result put_value(strbuf *out, const cJSON *v) {
+static var_result put_value(strbuf *out, const cJSON *v, quoting q) {
   if (v == NULL || cJSON_IsNull(v) || cJSON_IsInvalid(v)) return VAR_UNRESOLVED;
-  if (cJSON_IsString(v)) return sb_puts(out, v->valuestring) ? VAR_RESOLVED : VAR_NOMEM;
+  if (cJSON_IsString(v)) return put_quoted(out, v->valuestring, q) ? VAR_RESOLVED : VAR_NOMEM;
   char *json = cJSON_PrintUnformatted(v);
-  bool ok = json != NULL && sb_puts(out, json);
+  bool ok = json != NULL && put_quoted(out, json, q);
   free(json);
   return ok ? VAR_RESOLVED : VAR_NOMEM;
 }
 
-static var_result put_string(strbuf *out, const char *s) {
+static var_result put_string(strbuf *out, const char *s, quoting q) {
   if (s == NULL) return VAR_UNRESOLVED;
-  return sb_puts(out, s) ? VAR_RESOLVED : VAR_NOMEM;
+  return put_quoted(out, s, q) ? VAR_RESOLVED : VAR_NOMEM;
 }
 
 /* Our namespaces are config, context, task and tenant; any other ${NAME} belongs to the shell. */
 static var_result resolve(strbuf *out, const char *name, size_t n, const cJSON *config,
-                          const cJSON *context, const char *task_id, const char *tenant) {
-  if (name_is(name, n, "tenant")) return put_string(out, tenant);
-  if (name_is(name, n, "task.id")) return put_string(out, task_id);
+                          const cJSON *context, const char *task_id, const char *tenant,
+                          quoting q) {
+  if (name_is(name, n, "tenant")) return put_string(out, tenant, q);
+  if (name_is(name, n, "task.id")) return put_string(out, task_id, q);
   if (name_is(name, n, "task") || (n > 5 && memcmp(name, "task.", 5) == 0)) return VAR_UNRESOLVED;
   const cJSON *root;
   size_t skip;
@@ -111,15 +251,37 @@ static var_result resolve(strbuf *out, const char *name, size_t n, const cJSON *
   } else {
     return VAR_FOREIGN;
   }
-  return put_value(out, n == skip ? root : walk(root, name + skip + 1, n - skip - 1));
+  return put_value(out, n == skip ? root : walk(root, name + skip + 1, n - skip - 1), q);
 }
 
-char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
-                      const char *task_id, const char *tenant, char **unresolved) {
-  if (unresolved != NULL) *unresolved = NULL;
+/* Whether ${name} is one of ours (config, context, task, tenant) rather than the shell's. */
+static bool ours(const char *name, size_t n) {
+  return name_is(name, n, "tenant") || name_is(name, n, "task") ||
+         (n > 5 && memcmp(name, "task.", 5) == 0) || name_is(name, n, "config") ||
+         (n > 7 && memcmp(name, "config.", 7) == 0) || name_is(name, n, "context") ||
+         (n > 8 && memcmp(name, "context.", 8) == 0);
+}
+
+/* Sets *problem (when not NULL) to a malloc'd message: what, then the variable p[0 .. len). */
+static void say_problem(char **problem, const char *what, const char *p, size_t len,
+                        const char *after) {
+  if (problem == NULL) return;
+  strbuf b = {0};
+  if (sb_puts(&b, what) && sb_append(&b, p, len) && sb_puts(&b, after))
+    *problem = b.data;
+  else
+    free(b.data);
+}
+
+/* The expansion, or (check_only) the check of a template without values. */
+static char *expand(const char *text, const cJSON *config, const cJSON *context,
+                    const char *task_id, const char *tenant, bool shell, bool check_only,
+                    char **problem) {
+  if (problem != NULL) *problem = NULL;
   strbuf out = {0};
   if (!sb_append(&out, "", 0)) return NULL;
   const char *p = text;
+  shell_state sh = {.q = shell ? QUOTE_NONE : QUOTE_OFF, .word_start = true};
   while (*p != '\0') {
     const char *dollar = strchr(p, '$');
     if (dollar == NULL) {
@@ -127,31 +289,58 @@ char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *contex
       break;
     }
     if (!sb_append(&out, p, (size_t)(dollar - p))) goto nomem;
+    scan_shell(&sh, p, (size_t)(dollar - p));
     p = dollar;
+    if (sh.escape || sh.comment) {
+      /* "\${...}" is a literal for the shell, and a comment is not run: text, not a variable */
+      if (!sb_append(&out, p, 1)) goto nomem;
+      scan_shell(&sh, p, 1);
+      p++;
+      continue;
+    }
     if (p[1] == '$' && p[2] == '{') { /* "$${": a literal "${" */
       if (!sb_append(&out, "${", 2)) goto nomem;
+      scan_shell(&sh, "x{", 2); /* not a '$' for the shell either */
       p += 3;
       continue;
     }
     const char *close = p[1] == '{' ? strchr(p + 2, '}') : NULL;
     if (close == NULL) { /* a lone '$' or an unterminated "${": text */
       if (!sb_append(&out, p, 1)) goto nomem;
+      scan_shell(&sh, p, 1);
       p++;
       continue;
     }
     const char *name = p + 2;
     size_t n = (size_t)(close - name);
-    switch (resolve(&out, name, n, config, context, task_id, tenant)) {
-      case VAR_RESOLVED: break;
-      case VAR_FOREIGN:
-        if (!sb_append(&out, p, (size_t)(close + 1 - p))) goto nomem;
+    size_t whole = (size_t)(close + 1 - p);
+    if (ours(name, n) && shell_unsafe(&sh)) {
+      say_problem(problem, "", p, whole,
+                  " stands inside $(...), $((...)), `...` or after a here-document (<<), where "
+                  "the shell reads text twice and quoting cannot keep a value one word: pass it "
+                  "in \"env\" and use \"$NAME\" there");
+      free(out.data);
+      return NULL;
+    }
+    /* "$PREFIX${config.x}": the value must not lengthen the shell's variable name */
+    if (sh.in_name && ours(name, n) && !sb_puts(&out, "\"\"")) goto nomem;
+    var_result r = check_only && ours(name, n)
+                       ? VAR_RESOLVED
+                       : resolve(&out, name, n, config, context, task_id, tenant, sh.q);
+    switch (r) {
+      case VAR_RESOLVED: sh.word_start = sh.in_name = false; break;
+      case VAR_FOREIGN: {
+        if (!sb_append(&out, p, whole)) goto nomem;
+        scan_shell(&sh, p, whole);
+        /* The shell's own ${NAME...} with an operator word ("${FOO%)}", "${FOO:-${...}") is
+         * parsed by rules the scanner does not follow: after one, nothing of ours is placed. */
+        const char *odd = strpbrk(name, "()'\"`\\${");
+        if (sh.q != QUOTE_OFF && odd != NULL && (size_t)(odd - name) < n) sh.unsure = true;
         break;
+      }
       case VAR_UNRESOLVED:
         free(out.data);
-        if (unresolved != NULL) {
-          strbuf what = {0};
-          if (sb_append(&what, p, (size_t)(close + 1 - p))) *unresolved = what.data;
-        }
+        say_problem(problem, "unresolved variable ", p, whole, "");
         return NULL;
       case VAR_NOMEM: goto nomem;
     }
@@ -161,6 +350,11 @@ char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *contex
 nomem:
   free(out.data);
   return NULL;
+}
+
+char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
+                      const char *task_id, const char *tenant, bool shell, char **problem) {
+  return expand(text, config, context, task_id, tenant, shell, false, problem);
 }
 
 /* ---- the registry and one running command ---- */
@@ -185,13 +379,15 @@ struct exec_run {
   int open_handles;
   int pid; /* also the process group id */
   bool exited, eof[2], cancelled, closing;
+  bool sweeping, swept, sweep_killed; /* what the command left in its group, after it exited */
+  uint64_t sweep_started, group_gone_at;
   int64_t exit_status;
   int term_signal;
   uint64_t kill_grace_ms;
   strbuf partial[2]; /* an unfinished line per pipe */
   char tail[TAIL_LINES][TAIL_LINE_BYTES + 1];
   size_t tail_next, tail_count;
-  char *tmpdir, *output_path;
+  char *tmpdir, *output_path, *context_path;
   char readbuf[READ_BYTES];
 };
 
@@ -232,6 +428,7 @@ static void run_free(exec_run *run) {
   if (run->tmpdir != NULL) remove_tree(run->tmpdir, 0);
   free(run->tmpdir);
   free(run->output_path);
+  free(run->context_path);
   free(run->partial[0].data);
   free(run->partial[1].data);
   free(run->stage);
@@ -258,14 +455,19 @@ static void signal_group(exec_run *run, int sig) {
 
 /* ---- output ---- */
 
+/* Keeps a line for a failure message. A NUL byte would end the message early, so it becomes '?';
+ * bytes that are not UTF-8 are left to the event writer, which writes U+FFFD for each. Cut at
+ * TAIL_LINE_BYTES, not inside a UTF-8 sequence. */
 static void keep_tail(exec_run *run, const char *line, size_t len) {
   if (len > TAIL_LINE_BYTES) {
     len = TAIL_LINE_BYTES;
-    while (len > 0 && ((unsigned char)line[len] & 0xC0) == 0x80) /* not inside a UTF-8 sequence */
+    while (len > 0 && ((unsigned char)line[len] & 0xC0) == 0x80)
       len--;
   }
-  memcpy(run->tail[run->tail_next], line, len);
-  run->tail[run->tail_next][len] = '\0';
+  char *to = run->tail[run->tail_next];
+  for (size_t i = 0; i < len; i++)
+    to[i] = line[i] == '\0' ? '?' : line[i];
+  to[len] = '\0';
   run->tail_next = (run->tail_next + 1) % TAIL_LINES;
   if (run->tail_count < TAIL_LINES) run->tail_count++;
 }
@@ -404,12 +606,22 @@ static void complete_from_output(exec_run *run, sc_stage_ctx *ctx) {
     sc_stage_complete(ctx, NULL);
     return;
   }
-  cJSON *output = cJSON_ParseWithLength(text, len);
+  /* The strict parser: what it accepts is valid UTF-8 JSON, fit to go into the events. */
+  cJSON *output = NULL;
+  cli_jsonpos *positions = NULL;
+  cli_jsonpos_at at;
+  char why[256];
+  int rc = cli_jsonpos_parse(text, len, &output, &positions, &at, why, sizeof(why));
+  cli_jsonpos_free(positions);
   free(text);
-  if (!cJSON_IsObject(output)) {
+  if (rc != 0 || !cJSON_IsObject(output)) {
     cJSON_Delete(output);
-    snprintf(msg, sizeof(msg), "SC_OUTPUT of stage %s is not a JSON object", run->stage);
-    sc_stage_fail(ctx, SC_EPARSE, msg, false);
+    if (rc != 0)
+      snprintf(msg, sizeof(msg), "SC_OUTPUT of stage %s is not valid JSON: %u:%u: %s", run->stage,
+               (unsigned)at.line, (unsigned)at.column, why);
+    else
+      snprintf(msg, sizeof(msg), "SC_OUTPUT of stage %s is not a JSON object", run->stage);
+    sc_stage_fail(ctx, rc == SC_ENOMEM ? SC_ENOMEM : SC_EPARSE, msg, rc == SC_ENOMEM);
     return;
   }
   sc_stage_complete(ctx, output);
@@ -437,8 +649,43 @@ static void deliver(exec_run *run, sc_stage_ctx *ctx) {
   free(msg.data);
 }
 
+/* Whether /proc/PID/stat says the process is a zombie (dead, waiting to be reaped by whoever
+ * inherited it, which may take a while). */
+static bool is_zombie(const char *pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof(path), "/proc/%s/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true; /* gone meanwhile */
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return true;
+  buf[n] = '\0';
+  const char *paren = strrchr(buf, ')'); /* the command name may hold anything */
+  return paren != NULL && paren[1] == ' ' && paren[2] == 'Z';
+}
+
+/* Whether a process of the command's group still runs. kill(-pgid, 0) also counts zombies, and
+ * a zombie holds no pipe and does no work; where /proc tells, they are left out. */
+static bool group_alive(const exec_run *run) {
+  if (run->pid <= 0 || kill(-run->pid, 0) != 0) return false;
+  DIR *d = opendir("/proc");
+  if (d == NULL) return true;
+  bool alive = false;
+  struct dirent *ent;
+  while (!alive && (ent = readdir(d)) != NULL) {
+    if (ent->d_name[0] < '1' || ent->d_name[0] > '9') continue;
+    pid_t pid = (pid_t)strtol(ent->d_name, NULL, 10);
+    alive = getpgid(pid) == run->pid && !is_zombie(ent->d_name);
+  }
+  closedir(d);
+  return alive;
+}
+
+static void start_sweep(exec_run *run);
+
 /* The command is done when its process has exited and both pipes reached end of file, in
- * whichever order those come. */
+ * whichever order those come. Whatever it left running in its group is then ended: SIGTERM,
+ * SIGKILL after the grace period (the sweep); the run is freed when the group is gone. */
 static void maybe_finish(exec_run *run) {
   if (run->closing || !run->exited || !run->eof[0] || !run->eof[1]) return;
   /* A cancelled command's leader is gone and its pipes are closed: whatever is left of its group
@@ -447,7 +694,54 @@ static void maybe_finish(exec_run *run) {
   sc_stage_ctx *ctx = run->ctx;
   run->ctx = NULL;
   if (ctx != NULL) deliver(run, ctx);
+  if (!run->cancelled && !run->swept && group_alive(run)) {
+    start_sweep(run);
+    return;
+  }
   close_all(run);
+}
+
+/* Gives up the pipes a process that left the group may still hold: nothing more is read. */
+static void abandon_pipes(exec_run *run) {
+  for (int i = 0; i < 2; i++) {
+    if (run->eof[i]) continue;
+    uv_read_stop((uv_stream_t *)&run->pipes[i]);
+    if (run->partial[i].len > 0) emit_line(run, i + 1, run->partial[i].data, run->partial[i].len);
+    run->partial[i].len = 0;
+    run->eof[i] = true;
+  }
+}
+
+static void on_sweep(uv_timer_t *timer) {
+  exec_run *run = timer->data;
+  if (run->closing) return;
+  uint64_t now = uv_now(timer->loop), waited = now - run->sweep_started;
+  if (group_alive(run)) {
+    if (waited < run->kill_grace_ms) return;
+    if (!run->sweep_killed) {
+      signal_group(run, SIGKILL);
+      run->sweep_killed = true;
+    }
+    if (waited < run->kill_grace_ms + SWEEP_GIVE_UP_MS) return;
+  } else {
+    if (run->group_gone_at == 0) run->group_gone_at = now;
+    if (now - run->group_gone_at < SWEEP_SETTLE_MS && !(run->eof[0] && run->eof[1])) return;
+  }
+  uv_timer_stop(timer);
+  run->swept = true;
+  abandon_pipes(run);
+  maybe_finish(run);
+}
+
+/* The command exited and left processes in its group (a job sent to the background, a daemon):
+ * they get SIGTERM now and SIGKILL after the grace period. The stage's result does not wait for
+ * them longer than that, even when one of them keeps the output pipes open. */
+static void start_sweep(exec_run *run) {
+  if (run->sweeping || run->closing) return;
+  run->sweeping = true;
+  run->sweep_started = uv_now(run->grace.loop);
+  signal_group(run, SIGTERM);
+  uv_timer_start(&run->grace, on_sweep, SWEEP_TICK_MS, SWEEP_TICK_MS);
 }
 
 static void on_process_exit(uv_process_t *process, int64_t exit_status, int term_signal) {
@@ -455,6 +749,9 @@ static void on_process_exit(uv_process_t *process, int64_t exit_status, int term
   run->exited = true;
   run->exit_status = exit_status;
   run->term_signal = term_signal;
+  /* Pipes still open: their last bytes are on the way, or a process holds them, in the group or
+   * one that left it (setsid); the sweep waits a moment, then ends the group and gives them up. */
+  if (!run->cancelled && (!run->eof[0] || !run->eof[1])) start_sweep(run);
   maybe_finish(run);
 }
 
@@ -484,9 +781,19 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   maybe_finish(run);
 }
 
+/* SIGKILL came too late for a process that left the group and holds the pipes: give them up. */
+static void on_give_up(uv_timer_t *timer) {
+  exec_run *run = timer->data;
+  if (run->closing || !run->exited) return;
+  abandon_pipes(run);
+  maybe_finish(run);
+}
+
 static void on_grace(uv_timer_t *timer) {
   exec_run *run = timer->data;
-  if (!run->closing) signal_group(run, SIGKILL);
+  if (run->closing) return;
+  signal_group(run, SIGKILL);
+  uv_timer_start(timer, on_give_up, SWEEP_GIVE_UP_MS, 0);
 }
 
 /* ---- starting ---- */
@@ -509,77 +816,101 @@ static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) {
 }
 
 /* Expands one text of the stage; NULL after failing the stage (what names the field). */
-static char *expand_for(sc_stage_ctx *ctx, const char *text, const char *what) {
+static char *expand_for(sc_stage_ctx *ctx, const char *text, const char *what, bool shell) {
   sc_task *t = sc_stage_task(ctx);
-  char *unresolved = NULL;
-  char *out = cli_exec_expand(text, sc_stage_config(ctx), sc_stage_context(ctx),
-                              t ? sc_task_id(t) : NULL, t ? sc_task_tenant(t) : NULL, &unresolved);
+  char *problem = NULL;
+  char *out =
+      cli_exec_expand(text, sc_stage_config(ctx), sc_stage_context(ctx), t ? sc_task_id(t) : NULL,
+                      t ? sc_task_tenant(t) : NULL, shell, &problem);
   if (out != NULL) return out;
-  if (unresolved != NULL)
-    refuse(ctx, SC_EPLAN, "unresolved variable %s in \"%s\"", unresolved, what);
+  if (problem != NULL)
+    refuse(ctx, SC_EPLAN, "%s in \"%s\"", problem, what);
   else
     sc_stage_fail(ctx, SC_ENOMEM, "out of memory expanding variables", true);
-  free(unresolved);
+  free(problem);
   return NULL;
 }
 
 /* The variables the kind sets; params.env may not replace them. */
-static const char *const own_vars[] = {"SC_TASK_ID", "SC_TENANT",  "SC_STAGE", "SC_ATTEMPT",
-                                       "SC_MODE",    "SC_CONTEXT", "SC_OUTPUT"};
+static const char *const own_vars[] = {"SC_TASK_ID", "SC_TENANT",  "SC_STAGE",  "SC_ATTEMPT",
+                                       "SC_MODE",    "SC_CONTEXT", "SC_OUTPUT", "SC_CONTEXT_FILE"};
 #define OWN_VAR_COUNT (sizeof(own_vars) / sizeof(own_vars[0]))
 
-/* Checks the optional params: 0, or -1 after failing the stage. */
-static int check_params(sc_stage_ctx *ctx, const cJSON *params, uint64_t *grace_ms) {
-  const char *stage = sc_stage_name(ctx);
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "kill_grace_ms");
-  *grace_ms = DEFAULT_GRACE_MS;
-  if (v != NULL) {
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 86400000.0 ||
-        v->valuedouble != (double)(int64_t)v->valuedouble) {
-      refuse(ctx, SC_EPLAN, "stage %s: \"kill_grace_ms\" must be an integer 0..86400000", stage);
-      return -1;
+/* A member of the stage object, or of its "params" (the factory merges the two). */
+static const cJSON *param(const cJSON *stage, const cJSON *params, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(stage, name);
+  return v != NULL ? v : cJSON_GetObjectItemCaseSensitive(params, name);
+}
+
+static bool is_integer_in(const cJSON *v, double min, double max) {
+  return cJSON_IsNumber(v) && v->valuedouble >= min && v->valuedouble <= max &&
+         v->valuedouble == (double)(int64_t)v->valuedouble;
+}
+
+/* Fills why and *bad, returns false. */
+static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+
+static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, len, fmt, ap);
+  va_end(ap);
+  *bad = v;
+  return false;
+}
+
+bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, char *why,
+                    size_t len) {
+  *bad = NULL;
+  const cJSON *v = param(stage, params, "run");
+  if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
+    return wrong(bad, v, why, len, "\"run\" is required (a non-empty shell command)");
+  const cJSON *commands[] = {v, param(stage, params, "compensate")};
+  if (commands[1] != NULL && (!cJSON_IsString(commands[1]) || commands[1]->valuestring[0] == '\0'))
+    return wrong(bad, commands[1], why, len, "\"compensate\" must be a non-empty shell command");
+  for (size_t i = 0; i < 2 && commands[i] != NULL; i++) {
+    char *problem = NULL,
+         *text = expand(commands[i]->valuestring, NULL, NULL, NULL, NULL, true, true, &problem);
+    free(text);
+    if (problem != NULL) {
+      wrong(bad, commands[i], why, len, "\"%s\": %s", i ? "compensate" : "run", problem);
+      free(problem);
+      return false;
     }
-    *grace_ms = (uint64_t)v->valuedouble;
   }
-  v = cJSON_GetObjectItemCaseSensitive(params, "no_retry_exit_codes");
+  v = param(stage, params, "kill_grace_ms");
+  if (v != NULL && !is_integer_in(v, 0, 86400000.0))
+    return wrong(bad, v, why, len, "\"kill_grace_ms\" must be an integer 0..86400000");
+  v = param(stage, params, "no_retry_exit_codes");
   if (v != NULL) {
-    bool ok = cJSON_IsArray(v);
     const cJSON *c;
+    if (!cJSON_IsArray(v))
+      return wrong(bad, v, why, len, "\"no_retry_exit_codes\" must be an array of integers");
     cJSON_ArrayForEach(c, v) {
-      if (!cJSON_IsNumber(c) || c->valuedouble != (double)(int64_t)c->valuedouble) ok = false;
-    }
-    if (!ok) {
-      refuse(ctx, SC_EPLAN, "stage %s: \"no_retry_exit_codes\" must be an array of integers",
-             stage);
-      return -1;
+      if (!is_integer_in(c, 0, 255))
+        return wrong(bad, c, why, len,
+                     "\"no_retry_exit_codes\" must be an array of integers 0..255");
     }
   }
-  v = cJSON_GetObjectItemCaseSensitive(params, "cwd");
-  if (v != NULL && (!cJSON_IsString(v) || v->valuestring[0] == '\0')) {
-    refuse(ctx, SC_EPLAN, "stage %s: \"cwd\" must be a non-empty string", stage);
-    return -1;
-  }
-  v = cJSON_GetObjectItemCaseSensitive(params, "env");
-  if (v == NULL) return 0;
-  if (!cJSON_IsObject(v)) {
-    refuse(ctx, SC_EPLAN, "stage %s: \"env\" must be an object", stage);
-    return -1;
-  }
+  v = param(stage, params, "cwd");
+  if (v != NULL && (!cJSON_IsString(v) || v->valuestring[0] == '\0'))
+    return wrong(bad, v, why, len, "\"cwd\" must be a non-empty string");
+  v = param(stage, params, "env");
+  if (v == NULL) return true;
+  if (!cJSON_IsObject(v)) return wrong(bad, v, why, len, "\"env\" must be an object");
   const cJSON *m;
   cJSON_ArrayForEach(m, v) {
-    if (m->string[0] == '\0' || strchr(m->string, '=') != NULL) {
-      refuse(ctx, SC_EPLAN, "stage %s: \"env\" has an invalid variable name \"%s\"", stage,
-             m->string);
-      return -1;
-    }
+    if (m->string[0] == '\0' || strchr(m->string, '=') != NULL)
+      return wrong(bad, m, why, len, "\"env\" has an invalid variable name \"%s\"", m->string);
     for (size_t i = 0; i < OWN_VAR_COUNT; i++)
-      if (strcmp(m->string, own_vars[i]) == 0) {
-        refuse(ctx, SC_EPLAN, "stage %s: \"env\" may not set %s (the exec kind sets it)", stage,
-               m->string);
-        return -1;
-      }
+      if (strcmp(m->string, own_vars[i]) == 0)
+        return wrong(bad, m, why, len, "\"env\" may not set %s (the exec kind sets it)", m->string);
   }
-  return 0;
+  return true;
 }
 
 /* True when the "NAME=value" entry of our environment is replaced by the stage's. */
@@ -610,6 +941,35 @@ static void env_free(char **env) {
   free(env);
 }
 
+/* $SC_CONTEXT_FILE: the context as JSON, beside $SC_OUTPUT. 0, or -1 after failing the stage. */
+static int write_context(sc_stage_ctx *ctx, exec_run *run, const char *json) {
+  strbuf path = {0};
+  if (!sb_puts(&path, run->tmpdir) || !sb_puts(&path, "/context.json")) {
+    free(path.data);
+    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+    return -1;
+  }
+  run->context_path = path.data;
+  size_t len = strlen(json), done = 0;
+  int fd = open(run->context_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  while (fd >= 0 && done < len) {
+    ssize_t w = write(fd, json + done, len - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;
+    done += (size_t)w;
+  }
+  int err = fd < 0 || done < len ? (errno ? errno : EIO) : 0;
+  if (fd >= 0) close(fd);
+  if (err != 0) {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "stage %s: cannot write %s: %s", sc_stage_name(ctx),
+             run->context_path, strerror(err));
+    sc_stage_fail(ctx, SC_EIO, msg, true);
+    return -1;
+  }
+  return 0;
+}
+
 /* The command's environment: ours, then the SC_* variables, then params.env. NULL after failing
  * the stage. */
 static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_params) {
@@ -626,12 +986,21 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
   char attempt[16];
   snprintf(attempt, sizeof(attempt), "%u", sc_stage_attempt(ctx));
   char *context = cJSON_PrintUnformatted(sc_stage_context(ctx));
+  if (context == NULL) goto nomem;
+  if (write_context(ctx, run, context) < 0) {
+    free(context);
+    env_free(env);
+    return NULL; /* the stage failed */
+  }
+  /* A string in the environment is limited (128 KiB on Linux); past that only the file has it. */
   const char *values[OWN_VAR_COUNT] = {
-      t ? sc_task_id(t) : "", tenant ? tenant : "",     sc_stage_name(ctx), attempt,
-      sc_stage_mode(ctx),     context ? context : "{}", run->output_path};
+      t ? sc_task_id(t) : "", tenant ? tenant : "",
+      sc_stage_name(ctx),     attempt,
+      sc_stage_mode(ctx),     strlen(context) <= CONTEXT_ENV_MAX ? context : NULL,
+      run->output_path,       run->context_path};
   bool ok = true;
   for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
-    ok = (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
+    ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
   free(context);
   if (!ok) goto nomem;
   const cJSON *m;
@@ -640,7 +1009,7 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
     snprintf(what, sizeof(what), "env.%s", m->string);
     char *value = NULL;
     if (cJSON_IsString(m)) {
-      if ((value = expand_for(ctx, m->valuestring, what)) == NULL) {
+      if ((value = expand_for(ctx, m->valuestring, what, false)) == NULL) {
         env_free(env);
         return NULL; /* the stage failed */
       }
@@ -658,10 +1027,26 @@ nomem:
   return NULL;
 }
 
+/* Where the stages' private directories go: $TMPDIR when set; else a memory-backed directory
+ * ($XDG_RUNTIME_DIR, /dev/shm) when there is one we may write to; else /tmp. Creating and removing
+ * three files per stage on a disk file system costs more than starting the command itself (on
+ * ext4 here, about 0.4 ms of the 1.2 ms a spawn takes); in memory it is a few microseconds. */
+static const char *work_base(void) {
+  const char *base = getenv("TMPDIR");
+  if (base != NULL && base[0] != '\0') return base;
+  const char *const memory[] = {getenv("XDG_RUNTIME_DIR"), "/dev/shm"};
+  for (size_t i = 0; i < sizeof(memory) / sizeof(memory[0]); i++) {
+    struct stat st;
+    if (memory[i] != NULL && memory[i][0] == '/' && stat(memory[i], &st) == 0 &&
+        S_ISDIR(st.st_mode) && access(memory[i], W_OK | X_OK) == 0)
+      return memory[i];
+  }
+  return "/tmp";
+}
+
 /* A private directory with an empty output file for $SC_OUTPUT. */
 static int make_output(sc_stage_ctx *ctx, exec_run *run) {
-  const char *base = getenv("TMPDIR");
-  if (base == NULL || base[0] == '\0') base = "/tmp";
+  const char *base = work_base();
   strbuf dir = {0};
   if (!sb_puts(&dir, base) || !sb_puts(&dir, "/stagecoach-exec-XXXXXX")) {
     free(dir.data);
@@ -751,21 +1136,20 @@ static void spawn(sc_stage_ctx *ctx, exec_run *run, const char *command, const c
 static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
   const char *stage = sc_stage_name(ctx);
   const cJSON *params = sc_stage_params(ctx);
-  const cJSON *command = cJSON_GetObjectItemCaseSensitive(params, field);
-  if (!cJSON_IsString(command) || command->valuestring[0] == '\0') {
-    if (strcmp(field, "compensate") == 0)
-      return refuse(ctx, SC_EPLAN, "stage %s has no compensate command", stage);
-    return refuse(ctx, SC_EPLAN, "stage %s: \"run\" is required (a non-empty shell command)",
-                  stage);
-  }
-  uint64_t grace_ms;
-  if (check_params(ctx, params, &grace_ms) < 0) return SC_OK;
+  const cJSON *command = cJSON_GetObjectItemCaseSensitive(params, field), *bad;
+  char why[256];
+  if (!cli_exec_check(NULL, params, &bad, why, sizeof(why)))
+    return refuse(ctx, SC_EPLAN, "stage %s: %s", stage, why);
+  if (command == NULL) return refuse(ctx, SC_EPLAN, "stage %s has no compensate command", stage);
+  const cJSON *grace = cJSON_GetObjectItemCaseSensitive(params, "kill_grace_ms");
+  uint64_t grace_ms = grace ? (uint64_t)grace->valuedouble : DEFAULT_GRACE_MS;
   const cJSON *cwd_param = cJSON_GetObjectItemCaseSensitive(params, "cwd");
   const cJSON *env_params = cJSON_GetObjectItemCaseSensitive(params, "env");
   char *expanded = NULL, *cwd = NULL, **env = NULL;
   exec_run *run = NULL;
-  if ((expanded = expand_for(ctx, command->valuestring, field)) == NULL) goto out;
-  if (cwd_param != NULL && (cwd = expand_for(ctx, cwd_param->valuestring, "cwd")) == NULL) goto out;
+  if ((expanded = expand_for(ctx, command->valuestring, field, true)) == NULL) goto out;
+  if (cwd_param != NULL && (cwd = expand_for(ctx, cwd_param->valuestring, "cwd", false)) == NULL)
+    goto out;
   if ((run = calloc(1, sizeof(*run))) == NULL || (run->stage = strdup(stage)) == NULL) {
     sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
     goto out;

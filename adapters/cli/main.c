@@ -18,7 +18,7 @@ static const char *usage_text =
     "\n"
     "  run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
     "                    [--plain] [--no-prompt]      run a pipeline\n"
-    "  recover PIPELINE.json --log FILE [--mode retry|rollback] [--from STAGE]\n"
+    "  recover PIPELINE.json --log FILE [--mode retry|rollback|compensate] [--from STAGE]\n"
     "                    [--task ID] [--dry-run]      recover what the log says is unfinished\n"
     "  verify FILE                                     check a log's hash chain\n"
     "  events FILE [--task ID] [--type T] [--json]     print a log as a timeline\n"
@@ -48,18 +48,21 @@ static const char *help_run =
     "exits at once. Exit codes: 0 completed, 1 failed, 2 input error, 3 cancelled.\n";
 
 static const char *help_recover =
-    "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback] [--from STAGE]\n"
-    "                          [--task ID] [--dry-run] [--fsync MODE] [--plain] [--no-prompt]\n"
+    "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
+    "                          [--from STAGE] [--task ID] [--dry-run] [--fsync MODE] [--plain]\n"
+    "                          [--no-prompt]\n"
     "\n"
     "Reads the log, finds every task without a terminal event, and carries each on as a new\n"
     "task (epoch + 1) appended to the same log. The pipeline file gives the current config; a\n"
     "pipeline whose plan changed since the log was written is refused (its fingerprint).\n"
     "\n"
-    "  --mode retry     continue after the last completed stage (default)\n"
-    "  --mode rollback  re-run the touched stages with previous_config\n"
-    "  --from STAGE     resume at STAGE instead (the stage before it counts as completed)\n"
-    "  --task ID        only the task ID\n"
-    "  --dry-run        print each recovery plan and change nothing\n"
+    "  --mode retry       continue after the last completed stage (default)\n"
+    "  --mode rollback    re-run the touched stages with previous_config\n"
+    "  --mode compensate  run the compensate command of every touched compensable stage,\n"
+    "                     last first\n"
+    "  --from STAGE       resume at STAGE instead (the stage before it counts as completed)\n"
+    "  --task ID          only the task ID\n"
+    "  --dry-run          print each recovery plan and change nothing\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
     "4 rolled back.\n";
@@ -231,8 +234,11 @@ static int cmd_events(int argc, char **argv) {
     }
     sc_event_doc_free(d);
   }
+  int read_error = ferror(f) ? errno : 0;
   free(line);
   fclose(f);
+  if (read_error != 0)
+    return cli_usage_error("events", "%s: cannot read: %s", file, strerror(read_error));
   if (bad) fprintf(stderr, "stagecoach events: %lu lines of %s are not events\n", bad, file);
   return CLI_EXIT_COMPLETED;
 }

@@ -382,6 +382,22 @@ static void check_config(loader *l, sc_engine *e, const cJSON *config, bool prev
   cJSON_Delete(plan);
 }
 
+/* What the exec kind would refuse when the stage starts, found now: each exec stage of a config
+ * the factory accepted. */
+static void check_exec_stages(loader *l, const cJSON *config, bool previous) {
+  const cJSON *stages = member(config, "stages"), *stage;
+  cJSON_ArrayForEach(stage, stages) {
+    const cJSON *kind = member(stage, "kind"), *bad;
+    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "exec") != 0) continue;
+    char why[256], quoted[112];
+    if (cli_exec_check(stage, member(stage, "params"), &bad, why, sizeof(why))) continue;
+    const char *name = stage_name(stage);
+    complain(l, value_at(l, bad ? bad : stage), "%sstage %s: %s",
+             previous ? "previous_config: " : "",
+             name ? cli_jsonpos_quote(quoted, sizeof(quoted), name) : "?", why);
+  }
+}
+
 /* ---- the loader ---- */
 
 int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err, size_t errlen) {
@@ -417,8 +433,12 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
     say(err, errlen, &off, "%s: cannot check the configs: %s\n", path, sc_error_message());
     goto out;
   }
+  size_t before = l.n;
   if (t.config) check_config(&l, e ? e : own, t.config, false, fingerprint);
+  if (t.config && l.n == before) check_exec_stages(&l, t.config, false);
+  before = l.n;
   if (t.previous_config) check_config(&l, e ? e : own, t.previous_config, true, NULL);
+  if (t.previous_config && l.n == before) check_exec_stages(&l, t.previous_config, true);
   if (l.n > 0 || l.oom) {
     write_complaints(&l, path, err, errlen);
     goto out;

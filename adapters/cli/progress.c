@@ -15,7 +15,8 @@ static const char *or_default(const char *s, const char *fallback) {
 
 typedef struct stage_row {
   char *name;
-  const char *status; /* "pending", "running", "completed", "failed", "compensated", "skipped" */
+  const char *status; /* "pending", "running", "completed", "failed", "compensated", "skipped",
+                       * "awaiting approval", "rejected", "cancelled" */
   unsigned attempts;
   int64_t started_ns, duration_ms;
 } stage_row;
@@ -160,6 +161,19 @@ static const char *string_of(const cJSON *data, const char *name) {
   return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A message in one line: its first, and of "...; last output:\nA\nB" (the exec kind's failures)
+ * the last line of output too. */
+static void one_line(const char *msg, char *buf, size_t cap) {
+  snprintf(buf, cap, "%s", msg);
+  char *nl = strchr(buf, '\n');
+  if (nl) *nl = '\0';
+  static const char marker[] = "; last output:";
+  size_t n = strlen(buf), m = sizeof(marker) - 1;
+  const char *last = strrchr(msg, '\n');
+  if (n >= m && strcmp(buf + n - m, marker) == 0 && last != NULL)
+    snprintf(buf + n - m, cap - (n - m), " (last output: %.160s)", last + 1);
+}
+
 /* A short note for the events an operator must see even on a terminal. */
 static void describe(const sc_event *ev, char *buf, size_t cap) {
   buf[0] = '\0';
@@ -169,10 +183,8 @@ static void describe(const sc_event *ev, char *buf, size_t cap) {
     case SC_EV_STAGE_FAILED: {
       const cJSON *retry = cJSON_GetObjectItemCaseSensitive(ev->data, "will_retry");
       const cJSON *in = cJSON_GetObjectItemCaseSensitive(ev->data, "retry_in_ms");
-      char first[200];
-      snprintf(first, sizeof(first), "%s", msg ? msg : "failed");
-      char *nl = strchr(first, '\n');
-      if (nl) *nl = '\0';
+      char first[300];
+      one_line(msg ? msg : "failed", first, sizeof(first));
       if (cJSON_IsTrue(retry))
         snprintf(buf, cap, "%s; retrying in %.0f ms", first,
                  cJSON_IsNumber(in) ? in->valuedouble : 0);
@@ -181,7 +193,7 @@ static void describe(const sc_event *ev, char *buf, size_t cap) {
       break;
     }
     case SC_EV_TASK_FAILED:
-    case SC_EV_ROLLBACK_FAILED: snprintf(buf, cap, "%s", msg ? msg : ""); break;
+    case SC_EV_ROLLBACK_FAILED: one_line(msg ? msg : "", buf, cap); break;
     case SC_EV_TASK_CANCELLED:
       snprintf(buf, cap, "%s", or_default(string_of(ev->data, "reason"), ""));
       break;
@@ -243,6 +255,14 @@ static void track(task_row *t, const sc_event *ev) {
               ev->status != SC_TASK_ROLLBACK_FAILED && ev->status != SC_TASK_CREATED;
   if (ev->type == SC_EV_TASK_STARTED || ev->type == SC_EV_ROLLBACK_STARTED)
     t->task_started_ns = now;
+  if (ev->type == SC_EV_TASK_CANCELLED) /* the stage it stopped in */
+    for (size_t i = 0; i < t->nstages; i++) {
+      stage_row *s = &t->stages[i];
+      if (strcmp(s->status, "running") != 0 && strcmp(s->status, "awaiting approval") != 0)
+        continue;
+      if (strcmp(s->status, "running") == 0) s->duration_ms = (now - s->started_ns) / 1000000;
+      s->status = "cancelled";
+    }
   if (ev->stage == NULL) return;
   free(t->stage);
   t->stage = strdup(ev->stage);
@@ -307,10 +327,12 @@ void cli_progress_output(const char *stage, int fd, const char *line, size_t len
     struct tm tm;
     gmtime_r(&sec, &tm);
     strftime(when, sizeof(when), "%H:%M:%S", &tm);
-    fprintf(to, "%s [%s] %.*s\n", when, stage, (int)len, line);
+    fprintf(to, "%s [%s] ", when, stage);
   } else {
-    fprintf(to, "  [%s] %.*s\n", stage, (int)len, line);
+    fprintf(to, "  [%s] ", stage);
   }
+  fwrite(line, 1, len, to); /* all of it, NUL bytes too */
+  fputc('\n', to);
   fflush(to);
   draw(p);
 }

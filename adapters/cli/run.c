@@ -1,6 +1,7 @@
 /* `stagecoach run` and `stagecoach recover`: an engine with the exec kind, the durable log, live
  * progress, approval prompts on a terminal, and SIGINT/SIGTERM that cancel cleanly (a second one
  * exits at once). */
+#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -140,9 +141,41 @@ static void ask_next(runtime *rt) {
   uv_read_start((uv_stream_t *)&rt->tty, on_alloc, on_read);
 }
 
+/* Whether ev settles the gate a prompt asks about, so the question no longer stands. */
+static bool settles(const sc_event *ev, const prompt *p) {
+  if (strcmp(ev->task_id, p->task_id) != 0) return false;
+  switch (ev->type) {
+    case SC_EV_APPROVAL_GRANTED:
+    case SC_EV_APPROVAL_REJECTED:
+    case SC_EV_APPROVAL_TIMED_OUT: return ev->stage != NULL && strcmp(ev->stage, p->stage) == 0;
+    case SC_EV_TASK_PAUSED:
+    case SC_EV_TASK_CANCELLED:
+    case SC_EV_TASK_FAILED:
+    case SC_EV_TASK_COMPLETED:
+    case SC_EV_ROLLBACK_COMPLETED:
+    case SC_EV_ROLLBACK_FAILED: return true;
+    default: return false;
+  }
+}
+
+/* The gate of the question on screen was settled elsewhere (its timeout, a cancel): drop the
+ * question and stop reading the terminal, so nothing waits for an answer that means nothing. */
+static void withdraw(runtime *rt, const sc_event *ev) {
+  if (!rt->asking || rt->queue == NULL || !settles(ev, rt->queue)) return;
+  fprintf(stdout, "\n  (no longer asked: %s)\n", sc_event_type_name(ev->type) + 11);
+  fflush(stdout);
+  stop_reading(rt);
+  rt->line_len = 0;
+  rt->asking = rt->asking_comment = false;
+  prompt_pop(rt);
+  cli_progress_resume(rt->progress);
+  ask_next(rt);
+}
+
 /* The progress subscriber, plus the approval prompts. */
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   runtime *rt = udata;
+  withdraw(rt, ev);
   cli_progress_on_event(ev, ack, rt->progress);
   if (ev->type == SC_EV_APPROVAL_REQUESTED && rt->prompts) {
     prompt *p = calloc(1, sizeof(*p));
@@ -192,9 +225,36 @@ typedef struct run_options {
   bool plain, no_prompt;
 } run_options;
 
+/* --fsync MODE; false for anything else. */
+static bool parse_fsync(const char *text, sc_fsync_mode *mode) {
+  if (text == NULL || strcmp(text, "batch") == 0)
+    *mode = SC_FSYNC_BATCH;
+  else if (strcmp(text, "always") == 0)
+    *mode = SC_FSYNC_ALWAYS;
+  else if (strcmp(text, "none") == 0)
+    *mode = SC_FSYNC_NONE;
+  else
+    return false;
+  return true;
+}
+
+/* Options every command shares, checked before anything is opened. */
+static int check_options(const run_options *o, const char *cmd) {
+  sc_fsync_mode mode;
+  if (!parse_fsync(o->fsync, &mode))
+    return cli_usage_error(cmd, "--fsync must be always, batch or none (got '%s')", o->fsync);
+  if (o->fsync != NULL && o->log == NULL)
+    return cli_usage_error(cmd, "--fsync needs --log FILE (it says how the log is written)");
+  return CLI_EXIT_COMPLETED;
+}
+
+/* Opens what a run needs; runtime_close() undoes any part of it, also after a failure. */
 static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   memset(rt, 0, sizeof(*rt));
   uv_loop_init(&rt->loop);
+  uv_signal_init(&rt->loop, &rt->sigint);
+  uv_signal_init(&rt->loop, &rt->sigterm);
+  rt->sigint.data = rt->sigterm.data = rt;
   rt->live = !o->plain && isatty(STDOUT_FILENO);
   rt->prompts = !o->no_prompt && isatty(STDIN_FILENO);
   if (sc_engine_new(&rt->loop, NULL, &rt->e) != SC_OK)
@@ -204,13 +264,7 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   if (o->log != NULL) {
     sc_jsonl_options jo;
     sc_jsonl_options_init(&jo);
-    if (o->fsync == NULL || strcmp(o->fsync, "batch") == 0)
-      jo.fsync = SC_FSYNC_BATCH;
-    else if (strcmp(o->fsync, "always") == 0)
-      jo.fsync = SC_FSYNC_ALWAYS;
-    else if (strcmp(o->fsync, "none") == 0)
-      jo.fsync = SC_FSYNC_NONE;
-    else
+    if (!parse_fsync(o->fsync, &jo.fsync))
       return cli_usage_error(cmd, "--fsync must be always, batch or none (got '%s')", o->fsync);
     jo.log = log_say;
     jo.log_udata = rt;
@@ -222,9 +276,6 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   s.on_event = on_event;
   s.udata = rt;
   sc_engine_subscribe(rt->e, &s, NULL);
-  uv_signal_init(&rt->loop, &rt->sigint);
-  uv_signal_init(&rt->loop, &rt->sigterm);
-  rt->sigint.data = rt->sigterm.data = rt;
   uv_signal_start(&rt->sigint, on_signal, SIGINT);
   uv_signal_start(&rt->sigterm, on_signal, SIGTERM);
   uv_unref((uv_handle_t *)&rt->sigint);
@@ -308,6 +359,35 @@ static int common_option(int argc, char **argv, int *i, run_options *o, int *rc)
   return 0;
 }
 
+/* Whether the id is written as it is in a JSON string: no '"', '\\', control character or byte
+ * above 0x7F (which the event writer may replace). */
+static bool json_plain(const char *id) {
+  for (const unsigned char *c = (const unsigned char *)id; *c; c++)
+    if (*c < 0x20 || *c == '"' || *c == '\\' || *c >= 0x80) return false;
+  return true;
+}
+
+/* Whether the log at path already holds events of the task id (false when there is no log). */
+static bool log_holds_task(const char *path, const char *id) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return false;
+  char *line = NULL;
+  size_t cap = 0, idlen = strlen(id);
+  ssize_t len;
+  bool found = false, plain = json_plain(id);
+  while (!found && (len = getline(&line, &cap, f)) > 0) {
+    /* A plain id is in its lines as it is: the others are skipped cheaply. */
+    if (plain && memmem(line, (size_t)len, id, idlen) == NULL) continue;
+    sc_event_doc *d;
+    if (sc_event_parse(line, (size_t)len - (line[len - 1] == '\n'), &d) != SC_OK) continue;
+    found = strcmp(sc_event_doc_event(d)->task_id, id) == 0;
+    sc_event_doc_free(d);
+  }
+  free(line);
+  fclose(f);
+  return found;
+}
+
 int cli_run(int argc, char **argv) {
   run_options o = {0};
   const char *pipeline = NULL, *task_id = NULL;
@@ -328,6 +408,13 @@ int cli_run(int argc, char **argv) {
   }
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
+  if (check_options(&o, "run") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
+  if (task_id != NULL && o.log != NULL && log_holds_task(o.log, task_id))
+    return cli_usage_error("run",
+                           "task '%s' is already in %s: a log holds one task per id, or "
+                           "recovery could not tell the runs apart (stagecoach recover carries "
+                           "an unfinished one on)",
+                           task_id, o.log);
   runtime rt;
   int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
@@ -358,6 +445,37 @@ int cli_run(int argc, char **argv) {
 }
 
 /* ---- recover ---- */
+
+/* --from STAGE: *before is the stage before it in the plan the recovery would run (NULL for the
+ * first), so that recovery resumes at STAGE. Returns CLI_EXIT_COMPLETED or CLI_EXIT_USAGE. */
+static int resume_at(sc_engine *e, const sc_recovery_request *req, const char *stage,
+                     char **before) {
+  cJSON *plan = NULL;
+  sc_recovery_request probe = *req;
+  probe.last_completed_stage = NULL;
+  probe.context_digest = NULL;
+  if (sc_recovery_plan(e, &probe, &plan) != SC_OK)
+    return cli_usage_error("recover", "%s", sc_error_message());
+  const cJSON *rerun = cJSON_GetObjectItemCaseSensitive(plan, "rerun");
+  const cJSON *prev = NULL, *found = NULL;
+  for (const cJSON *s = rerun ? rerun->child : NULL; s; prev = s, s = s->next)
+    if (cJSON_IsString(s) && strcmp(s->valuestring, stage) == 0) {
+      found = s;
+      break;
+    }
+  int code = CLI_EXIT_COMPLETED;
+  if (found == NULL) {
+    char list[1024] = "";
+    for (const cJSON *s = rerun ? rerun->child : NULL; s; s = s->next)
+      snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", *list ? ", " : "",
+               s->valuestring);
+    code = cli_usage_error("recover", "--from: unknown stage '%s' (stages: %s)", stage, list);
+  } else if (prev != NULL && (*before = strdup(prev->valuestring)) == NULL) {
+    code = cli_usage_error("recover", "out of memory");
+  }
+  cJSON_Delete(plan);
+  return code;
+}
 
 int cli_recover(int argc, char **argv) {
   run_options o = {0};
@@ -391,102 +509,107 @@ int cli_recover(int argc, char **argv) {
                            "which pipeline? (stagecoach recover PIPELINE.json --log FILE)");
   if (o.log == NULL)
     return cli_usage_error("recover", "--log FILE is required: the log is what recovery reads");
-  if (mode != NULL && strcmp(mode, "retry") != 0 && strcmp(mode, "rollback") != 0)
-    return cli_usage_error("recover", "--mode must be retry or rollback (got '%s')", mode);
+  if (mode != NULL && strcmp(mode, "retry") != 0 && strcmp(mode, "rollback") != 0 &&
+      strcmp(mode, "compensate") != 0)
+    return cli_usage_error("recover", "--mode must be retry, rollback or compensate (got '%s')",
+                           mode);
+  if (from != NULL && mode != NULL && strcmp(mode, "retry") != 0)
+    return cli_usage_error("recover",
+                           "--from names where a retry resumes; it does not go with "
+                           "--mode %s",
+                           mode);
+  if (check_options(&o, "recover") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
+  const char *log_name = o.log;
 
   sc_unfinished *todo = NULL;
   size_t n = 0;
   sc_jsonl_report report;
   int rc = sc_jsonl_scan(o.log, &todo, &n, &report);
-  if (rc == SC_ENOTFOUND) return cli_usage_error("recover", "%s", sc_error_message());
-  if (rc != SC_OK) {
+  if (rc == SC_ECORRUPT) {
     fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());
     return CLI_EXIT_FAILED;
   }
+  if (rc != SC_OK) return cli_usage_error("recover", "%s", sc_error_message());
   runtime rt;
-  int code = CLI_EXIT_COMPLETED;
   if (dry_run) {
     o.log = NULL; /* a dry run changes nothing, not even the log */
     o.plain = true;
   }
-  code = runtime_open(&rt, &o, "recover");
+  int code = runtime_open(&rt, &o, "recover");
   cli_pipeline p = {0};
   char err[4096];
   if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
     fputs(err, stderr);
     code = CLI_EXIT_USAGE;
   }
-  size_t chosen = 0;
+  /* Every request is made and checked before any task starts, so a refusal changes nothing. */
+  sc_recovery_request *reqs = calloc(n ? n : 1, sizeof(*reqs));
+  char **resume = calloc(n ? n : 1, sizeof(*resume));
+  size_t chosen = 0, other_plans = 0;
+  if (reqs == NULL || resume == NULL) code = cli_usage_error("recover", "out of memory");
   for (size_t i = 0; i < n && code == CLI_EXIT_COMPLETED; i++) {
     sc_recovery_request req = todo[i].request;
     if (only != NULL && strcmp(req.recovered_from, only) != 0) continue;
-    chosen++;
+    if (only == NULL && p.plan != NULL && req.plan_id != NULL && strcmp(p.plan, req.plan_id) != 0) {
+      other_plans++; /* a task of another pipeline that shares the log: its own recover runs it */
+      continue;
+    }
     /* The pipeline as it is now: a changed plan is caught by the logged fingerprint. */
     req.config = p.config;
     req.previous_config = p.previous_config ? p.previous_config : todo[i].request.previous_config;
     if (mode != NULL)
-      req.mode = strcmp(mode, "rollback") == 0 ? SC_RECOVER_ROLLBACK : SC_RECOVER_RETRY;
-    char before[256];
+      req.mode = strcmp(mode, "rollback") == 0     ? SC_RECOVER_ROLLBACK
+                 : strcmp(mode, "compensate") == 0 ? SC_RECOVER_COMPENSATE
+                                                   : SC_RECOVER_RETRY;
     if (from != NULL) {
       /* Resume at a chosen stage: the one before it counts as the last completed. */
-      cJSON *plan = NULL;
-      sc_recovery_request probe = req;
-      probe.last_completed_stage = NULL;
-      probe.context_digest = NULL;
-      if (sc_recovery_plan(rt.e, &probe, &plan) != SC_OK) {
-        code = cli_usage_error("recover", "%s", sc_error_message());
-        break;
-      }
-      const cJSON *rerun = cJSON_GetObjectItemCaseSensitive(plan, "rerun");
-      const cJSON *prev = NULL, *found = NULL;
-      for (const cJSON *s = rerun ? rerun->child : NULL; s; prev = s, s = s->next)
-        if (cJSON_IsString(s) && strcmp(s->valuestring, from) == 0) {
-          found = s;
-          break;
-        }
-      if (found == NULL) {
-        char list[1024] = "";
-        for (const cJSON *s = rerun ? rerun->child : NULL; s; s = s->next)
-          snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", *list ? ", " : "",
-                   s->valuestring);
-        cJSON_Delete(plan);
-        code = cli_usage_error("recover", "--from: unknown stage '%s' (stages: %s)", from, list);
-        break;
-      }
-      snprintf(before, sizeof(before), "%s", prev ? prev->valuestring : "");
-      req.last_completed_stage = prev ? before : NULL;
+      code = resume_at(rt.e, &req, from, &resume[chosen]);
+      if (code != CLI_EXIT_COMPLETED) break;
+      req.last_completed_stage = resume[chosen];
       req.context_digest = NULL; /* the context is the log's latest, whatever stage we go back to */
-      cJSON_Delete(plan);
     }
-    if (dry_run) {
-      cJSON *plan = NULL;
-      if (sc_recovery_plan(rt.e, &req, &plan) != SC_OK) {
-        fprintf(stderr, "stagecoach recover: task %s: %s\n", req.recovered_from,
-                sc_error_message());
-        code = CLI_EXIT_USAGE;
-        break;
-      }
-      char *text = cJSON_Print(plan);
-      printf("task %s (%s in the log):\n%s\n", req.recovered_from,
-             sc_task_status_name(todo[i].status), text);
-      free(text);
-      cJSON_Delete(plan);
-      continue;
-    }
-    if (sc_recover_from_restart(rt.e, &req, NULL) != SC_OK) {
+    cJSON *plan = NULL;
+    if (sc_recovery_plan(rt.e, &req, &plan) != SC_OK) {
       fprintf(stderr, "stagecoach recover: task %s: %s\n", req.recovered_from, sc_error_message());
       code = CLI_EXIT_USAGE;
       break;
     }
+    if (dry_run) {
+      char *text = cJSON_Print(plan);
+      printf("task %s (%s in the log):\n%s\n", req.recovered_from,
+             sc_task_status_name(todo[i].status), text);
+      free(text);
+    }
+    cJSON_Delete(plan);
+    reqs[chosen++] = req;
   }
   if (code == CLI_EXIT_COMPLETED && only != NULL && chosen == 0)
-    code = cli_usage_error("recover", "no unfinished task '%s' in %s", only,
-                           o.log ? o.log : "the log");
-  if (code == CLI_EXIT_COMPLETED && n == 0)
-    printf("nothing to recover: every task in %s finished\n", o.log ? o.log : "the log");
-  if (code == CLI_EXIT_COMPLETED && !dry_run && chosen > 0) code = runtime_finish(&rt);
+    code = cli_usage_error("recover", "no unfinished task '%s' in %s", only, log_name);
+  if (code == CLI_EXIT_COMPLETED && chosen == 0) {
+    if (other_plans > 0)
+      printf("nothing to recover for plan '%s' in %s (%zu unfinished task%s of other plans)\n",
+             p.plan, log_name, other_plans, other_plans == 1 ? "" : "s");
+    else
+      printf("nothing to recover: every task in %s finished\n", log_name);
+  }
+  for (size_t i = 0; i < chosen && code == CLI_EXIT_COMPLETED && !dry_run; i++) {
+    if (sc_recover_from_restart(rt.e, &reqs[i], NULL) != SC_OK) {
+      /* Checked above; only running out of memory gets here. */
+      fprintf(stderr, "stagecoach recover: task %s: %s\n", reqs[i].recovered_from,
+              sc_error_message());
+      code = CLI_EXIT_FAILED;
+    }
+  }
+  if (!dry_run && chosen > 0) {
+    int finished = runtime_finish(&rt);
+    if (code == CLI_EXIT_COMPLETED) code = finished;
+  }
   runtime_close(&rt);
   cli_pipeline_free(&p);
+  for (size_t i = 0; resume != NULL && i < n; i++)
+    free(resume[i]);
+  free(resume);
+  free(reqs);
   sc_unfinished_free(todo, n);
   return code;
 }

@@ -82,18 +82,26 @@ bool sc__chain_check(sc__chain *c, const char *line, size_t len) {
 
 int sc__log_map(const char *path, sc__log *l) {
   memset(l, 0, sizeof(*l));
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno == ENOENT ? SC_ENOTFOUND : SC_EIO;
   struct stat st;
-  if (fstat(fd, &st) != 0) {
+  int err = fstat(fd, &st) != 0                            ? errno
+            : S_ISDIR(st.st_mode)                          ? EISDIR
+            : S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ? EINVAL /* not a file to keep */
+                                                           : 0;
+  if (err != 0) {
     close(fd);
+    errno = err;
     return SC_EIO;
   }
   l->size = (size_t)st.st_size;
   if (l->size > 0) {
     void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
+      err = errno;
       close(fd);
+      errno = err;
       return SC_EIO;
     }
     madvise(p, l->size, MADV_SEQUENTIAL);

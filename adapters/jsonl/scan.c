@@ -18,10 +18,12 @@ typedef struct line_ref {
 } line_ref;
 
 typedef struct task_state {
-  char *id;
+  char *id;     /* NUL-terminated; */
+  size_t idlen; /* the key is id[0 .. idlen), which a damaged line may give a NUL byte */
   uint64_t order;
   line_ref created, recovered, completed;
-  bool terminal, superseded, rolling_back;
+  line_ref retried; /* the last task.started of a retry: a restart point of its own */
+  bool terminal, superseded, rolling_back, compensating;
   sc_task_status status;
   uint64_t epoch;
 } task_state;
@@ -42,7 +44,7 @@ static uint64_t hash(const char *s, size_t len) {
 static task_state **map_slot(task_map *m, const char *id, size_t len) {
   for (size_t i = hash(id, len) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
     task_state *t = m->slots[i];
-    if (t == NULL || (strncmp(t->id, id, len) == 0 && t->id[len] == '\0')) return &m->slots[i];
+    if (t == NULL || (t->idlen == len && memcmp(t->id, id, len) == 0)) return &m->slots[i];
   }
 }
 
@@ -54,7 +56,7 @@ static bool map_grow(task_map *m) {
   m->slots = slots;
   m->cap = cap;
   for (size_t i = 0; i < old.cap; i++)
-    if (old.slots[i]) *map_slot(m, old.slots[i]->id, strlen(old.slots[i]->id)) = old.slots[i];
+    if (old.slots[i]) *map_slot(m, old.slots[i]->id, old.slots[i]->idlen) = old.slots[i];
   free(old.slots);
   return true;
 }
@@ -67,10 +69,13 @@ static task_state *map_get(task_map *m, const char *id, size_t len, bool create)
   task_state **slot = map_slot(m, id, len);
   if (*slot != NULL || !create) return *slot;
   task_state *t = calloc(1, sizeof(*t));
-  if (t == NULL || (t->id = strndup(id, len)) == NULL) {
+  if (t == NULL || (t->id = malloc(len + 1)) == NULL) {
     free(t);
     return NULL;
   }
+  memcpy(t->id, id, len);
+  t->id[len] = '\0';
+  t->idlen = len;
   t->order = m->n++;
   *slot = t;
   return t;
@@ -97,6 +102,8 @@ static const char *find_string(const char *p, const char *end, const char *key, 
   return v;
 }
 #define FIND(p, end, key, len) find_string((p), (end), key, sizeof(key) - 1, (len))
+/* Whether the literal lit occurs in p[0 .. n). */
+#define HAS(p, n, lit) (memmem((p), (n), lit, sizeof(lit) - 1) != NULL)
 
 typedef struct scan_state {
   task_map tasks;
@@ -110,7 +117,8 @@ static int note_recovery(scan_state *s, const char *line, size_t len, task_state
   if (sc_event_parse(line, len, &d) != SC_OK) return SC_OK; /* verified but not ours: skip */
   const cJSON *from =
       cJSON_GetObjectItemCaseSensitive(sc_event_doc_event(d)->data, "recovered_from");
-  if (cJSON_IsString(from)) {
+  if (cJSON_IsString(from) && strcmp(from->valuestring, t->id) != 0) { /* not itself, recovered
+                                                                          under its own id */
     task_state *old = map_get(&s->tasks, from->valuestring, strlen(from->valuestring), true);
     if (old == NULL) {
       sc_event_doc_free(d);
@@ -119,20 +127,18 @@ static int note_recovery(scan_state *s, const char *line, size_t len, task_state
     old->superseded = true;
   }
   const cJSON *mode = cJSON_GetObjectItemCaseSensitive(sc_event_doc_event(d)->data, "mode");
-  if (cJSON_IsString(mode) && strcmp(mode->valuestring, "rollback") == 0) t->rolling_back = true;
+  if (cJSON_IsString(mode)) {
+    t->compensating = strcmp(mode->valuestring, "compensate") == 0;
+    t->rolling_back = t->compensating || strcmp(mode->valuestring, "rollback") == 0;
+  }
   sc_event_doc_free(d);
   return SC_OK;
 }
 
-static int on_line(const char *line, size_t len, uint64_t offset, uint64_t lineno, void *udata) {
-  (void)lineno;
-  scan_state *s = udata;
+static int take_line(scan_state *s, const char *line, size_t len, uint64_t offset, const char *type,
+                     size_t tlen, const char *id, size_t idlen, const char *data) {
   const char *end = line + len;
-  size_t tlen, idlen, slen;
-  const char *type = FIND(line, end, "\"type\":\"stagecoach.", &tlen);
-  const char *id = FIND(line, end, "\"taskid\":\"", &idlen);
-  const char *data = memmem(line, len, "\"data\":{", 8);
-  if (type == NULL || id == NULL || data == NULL) return SC_OK; /* not an event of ours */
+  size_t slen;
   char name[32];
   if (tlen >= sizeof(name)) return SC_OK;
   memcpy(name, type, tlen);
@@ -151,19 +157,55 @@ static int on_line(const char *line, size_t len, uint64_t offset, uint64_t linen
   if (epoch != NULL) t->epoch = strtoull(epoch + 8, NULL, 10);
   line_ref ref = {(size_t)offset, len};
   switch (ev) {
-    case SC_EV_TASK_CREATED: t->created = ref; break;
+    case SC_EV_TASK_CREATED:
+      if (t->created.len) { /* the id is used again: a new run, whatever the old one did */
+        task_state fresh = {.id = t->id,
+                            .idlen = t->idlen,
+                            .order = t->order,
+                            .status = t->status,
+                            .epoch = t->epoch};
+        *t = fresh;
+      }
+      t->created = ref;
+      break;
     case SC_EV_TASK_RECOVERED: t->recovered = ref; return note_recovery(s, line, len, t);
     case SC_EV_STAGE_COMPLETED:
       if (!t->rolling_back) t->completed = ref; /* the forward run's checkpoints only */
       break;
-    case SC_EV_ROLLBACK_STARTED: t->rolling_back = true; break;
-    case SC_EV_TASK_STARTED: t->rolling_back = false; break; /* a retry after a failure */
+    case SC_EV_ROLLBACK_STARTED:
+      t->rolling_back = true;
+      t->compensating = HAS(line, len, "\"strategy\":\"compensate\"");
+      break;
+    case SC_EV_TASK_STARTED: /* the first start, or a retry after a failure */
+      t->rolling_back = t->compensating = false;
+      if (HAS(data, (size_t)(end - data), "\"retry\":true")) t->retried = ref;
+      break;
     case SC_EV_TASK_COMPLETED:
     case SC_EV_TASK_CANCELLED:
     case SC_EV_ROLLBACK_COMPLETED: t->terminal = true; break;
     default: break;
   }
   return SC_OK;
+}
+
+static int on_line(const char *line, size_t len, uint64_t offset, uint64_t lineno, void *udata) {
+  (void)lineno;
+  scan_state *s = udata;
+  const char *end = line + len;
+  size_t tlen = 0, idlen = 0;
+  const char *type = FIND(line, end, "\"type\":\"stagecoach.", &tlen);
+  const char *id = FIND(line, end, "\"taskid\":\"", &idlen);
+  const char *data = memmem(line, len, "\"data\":{", 8);
+  sc_event_doc *doc = NULL;
+  if (id == NULL && type != NULL && data != NULL && sc_event_parse(line, len, &doc) == SC_OK) {
+    id = sc_event_doc_event(doc)->task_id; /* an id with escapes: the parser unescapes it */
+    idlen = strlen(id);
+  }
+  int rc = id == NULL || type == NULL || data == NULL
+               ? SC_OK /* not an event of ours */
+               : take_line(s, line, len, offset, type, tlen, id, idlen, data);
+  sc_event_doc_free(doc);
+  return rc;
 }
 
 static int walk(const char *path, bool stop_at_good, sc__line_fn fn, void *udata,
@@ -231,7 +273,9 @@ static int build(const char *base, const task_state *t, sc_unfinished *u) {
   sc_recovery_request_init(req);
   u->status = t->status;
   req->epoch = t->epoch;
-  req->mode = t->rolling_back ? SC_RECOVER_ROLLBACK : SC_RECOVER_RETRY;
+  req->mode = t->compensating   ? SC_RECOVER_COMPENSATE
+              : t->rolling_back ? SC_RECOVER_ROLLBACK
+                                : SC_RECOVER_RETRY;
   req->recovered_from = dup_str(t->id);
   sc_event_doc *d = NULL;
   if (sc_event_parse(base + t->created.off, t->created.len, &d) != SC_OK) return SC_EPARSE;
@@ -261,6 +305,27 @@ static int build(const char *base, const task_state *t, sc_unfinished *u) {
     free((char *)req->context_digest);
     req->context = dup_object(member(ev, "context"));
     req->context_digest = dup_str(string_member(ev, "digest"));
+    sc_event_doc_free(d);
+  }
+  /* A retry after the last checkpoint restarts there: at the stage after the one it names, and
+   * with an empty context when it reset the context. */
+  bool retry_last = t->retried.len && (!t->completed.len || t->retried.off > t->completed.off) &&
+                    (!t->recovered.len || t->retried.off > t->recovered.off);
+  if (retry_last && sc_event_parse(base + t->retried.off, t->retried.len, &d) == SC_OK) {
+    ev = sc_event_doc_event(d);
+    const cJSON *last = member(ev, "last_completed_stage");
+    const cJSON *start = member(ev, "start_index");
+    if (cJSON_IsString(last) || cJSON_IsNull(last) ||
+        (cJSON_IsNumber(start) && start->valuedouble == 0)) {
+      free((char *)req->last_completed_stage);
+      req->last_completed_stage = cJSON_IsString(last) ? dup_str(last->valuestring) : NULL;
+    }
+    if (cJSON_IsTrue(member(ev, "reset_context"))) {
+      cJSON_Delete((cJSON *)req->context);
+      free((char *)req->context_digest);
+      req->context = NULL;
+      req->context_digest = NULL;
+    }
     sc_event_doc_free(d);
   }
   return req->config && req->recovered_from ? SC_OK : SC_ENOMEM;

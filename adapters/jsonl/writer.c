@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -195,10 +196,15 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
       return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
     n = sc_event_encode(ev, j->buf + j->len, j->cap - j->len);
   }
+  /* The ack is queued before the chain moves on: a line that cannot be queued leaves no trace. */
+  if (ackq_push(&j->unwritten, ack) != SC_OK)
+    return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
   char *line = j->buf + j->len;
   char hex[CHAIN_HEX];
-  if (sc__chain_next(&j->chain, line, (size_t)n, hex) != SC_OK)
+  if (sc__chain_next(&j->chain, line, (size_t)n, hex) != SC_OK) {
+    j->unwritten.n--; /* the ack just queued: the caller is told, not deferred */
     return sc_error_set(SC_EIO, "log %s: SHA-256 failed", j->path);
+  }
   /* Replace the closing brace with the chain member and close again. */
   char *p = line + n - 1;
   memcpy(p, CHAIN_PREFIX, CHAIN_PREFIX_LEN);
@@ -207,10 +213,6 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   p += CHAIN_HEX;
   memcpy(p, "\"}\n", 3);
   j->len += (size_t)n - 1 + CHAIN_SUFFIX_LEN + 1;
-  if (ackq_push(&j->unwritten, ack) != SC_OK) {
-    j->len -= (size_t)n - 1 + CHAIN_SUFFIX_LEN + 1;
-    return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
-  }
   if (j->opts.fsync == SC_FSYNC_ALWAYS) {
     flush_write(j);
     kick_sync(j);
@@ -283,6 +285,14 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
   j->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (j->fd < 0) {
     rc = sc_error_set(SC_EIO, "open %s: %s", path, strerror(errno));
+    goto fail;
+  }
+  /* One writer per log: a second one would interleave two chains. The lock goes with the file
+   * description, so a writer that crashed holds nothing. */
+  if (flock(j->fd, LOCK_EX | LOCK_NB) != 0) {
+    rc = errno == EWOULDBLOCK
+             ? sc_error_set(SC_EBUSY, "log %s is open for writing elsewhere (it is locked)", path)
+             : sc_error_set(SC_EIO, "lock %s: %s", path, strerror(errno));
     goto fail;
   }
   if (j->open_report.torn_tail) {

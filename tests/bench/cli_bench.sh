@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # cli_bench: wall time per stage of `stagecoach run` on a 200-stage pipeline of `true` commands,
-# beside the same number of uv_spawn + wait of `/bin/sh -c true` (spawn_bench) in the same run.
+# beside the same number of uv_spawn + wait of `/bin/sh -c true` (spawn_bench). This machine is
+# noisy, so the two are measured in turn, five rounds, and the medians are printed, with the median
+# of the per-round ratios. Usage: cli_bench.sh BUILD_DIR [STAGES] [ROUNDS]
 set -euo pipefail
 build=$1
 n=${2:-200}
+rounds=${3:-5}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 {
@@ -14,12 +17,23 @@ trap 'rm -rf "$tmp"' EXIT
   done
   printf ']}}\n'
 } >"$tmp/pipeline.json"
-"$build/tests/bench/spawn_bench" "$n"
-start=$(date +%s%N)
-"$build/stagecoach" run "$tmp/pipeline.json" --plain --no-prompt >/dev/null
-end=$(date +%s%N)
-echo "cli_exec_stage_overhead_us $(( (end - start) / 1000 / n )) us/stage"
-start=$(date +%s%N)
-"$build/stagecoach" run "$tmp/pipeline.json" --plain --no-prompt --log "$tmp/log.jsonl" >/dev/null
-end=$(date +%s%N)
-echo "cli_exec_stage_logged_us $(( (end - start) / 1000 / n )) us/stage"
+us_per_stage() { # us_per_stage COMMAND...: wall time of the command divided by n, in us
+  local start end
+  start=$(date +%s%N)
+  "$@" >/dev/null
+  end=$(date +%s%N)
+  echo $(( (end - start) / 1000 / n ))
+}
+for r in $(seq 1 "$rounds"); do
+  base=$("$build/tests/bench/spawn_bench" "$n" | awk '{print $2}')
+  plain=$(us_per_stage "$build/stagecoach" run "$tmp/pipeline.json" --plain --no-prompt)
+  rm -f "$tmp/log.jsonl"
+  logged=$(us_per_stage "$build/stagecoach" run "$tmp/pipeline.json" --plain --no-prompt \
+    --log "$tmp/log.jsonl")
+  echo "$base $plain $logged"
+done >"$tmp/rounds"
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+echo "baseline_spawn_us $(awk '{print $1}' "$tmp/rounds" | median) us/spawn"
+echo "cli_exec_stage_overhead_us $(awk '{print $2}' "$tmp/rounds" | median) us/stage"
+echo "cli_exec_stage_logged_us $(awk '{print $3}' "$tmp/rounds" | median) us/stage"
+echo "cli_exec_stage_ratio $(awk '{printf "%.2f\n", $2 / $1}' "$tmp/rounds" | median) x"

@@ -4,6 +4,8 @@
 # is killed (no orphan left), SIGINT during a stage.
 sc=$1
 tmp=$(mktemp -d)
+# The exec kind's working directories go here too: a run killed with -9 leaves its own behind.
+export TMPDIR=$tmp
 cleanup() {
   # End only what this script started: the recorded pids of its commands.
   for f in "$tmp"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
@@ -103,14 +105,15 @@ for _ in $(seq 1 100); do [ -s "$tmp/long.pid" ] && break; sleep 0.05; done
 kill -INT $runner
 wait $runner; status=$?
 check "SIGINT during a stage cancels the run (exit 3)" 3 $status "$tmp/out"
+contains "... and the summary shows the stage cancelled" "$tmp/out" "long  *cancelled"
 pid=$(cat "$tmp/long.pid" 2>/dev/null)
 [ -n "$pid" ] && gone "$pid" && ok "SIGINT leaves no orphan command" || fail "SIGINT leaves no orphan command"
 
 write_pipeline "$tmp/gate.json" '[{"name":"gate","kind":"exec","run":"true","approval":{"required":true,"timeout_ms":200,"on_timeout":"reject"}}]'
 $sc run "$tmp/gate.json" --plain --no-prompt >"$tmp/out" 2>&1; check "an approval timed out with on_timeout reject cancels (exit 3)" 3 $? "$tmp/out"
 
-# --- on a terminal (a pty from script(1)): live progress and the approval prompt ---
-if command -v script >/dev/null; then
+# --- on a terminal (a pty from script(1), util-linux): live progress and the approval prompt ---
+{
   write_pipeline "$tmp/ask.json" '[{"name":"first","kind":"exec","run":"echo first"},{"name":"gate","kind":"exec","run":"echo passed the gate","approval":{"required":true}}]'
   (sleep 1; printf 'a\nlooks good\n') | timeout 30 script -qec "$sc run $tmp/ask.json --log $tmp/ask.jsonl" /dev/null >"$tmp/out" 2>&1
   check "on a terminal the operator approves at the prompt (exit 0)" 0 $? "$tmp/out"
@@ -118,9 +121,21 @@ if command -v script >/dev/null; then
   grep -q $'\033\[1A' "$tmp/out" && grep -q "attempt 1" "$tmp/out" && ok "on a terminal the status line is redrawn in place" || fail "live status line" "$(head -c 600 "$tmp/out" | cat -v)"
   (sleep 1; printf 'r\nnot today\n') | timeout 30 script -qec "$sc run $tmp/ask.json" /dev/null >"$tmp/out" 2>&1
   check "a rejection at the prompt cancels the run (exit 3)" 3 $? "$tmp/out"
-else
-  for t in 1 2 3 4; do ok "# SKIP script(1) is not installed"; done
-fi
+  # A gate settled while its question is on screen: the question goes and the run ends, though
+  # the terminal stays open and nobody types (stdin is held open for 8 s).
+  write_pipeline "$tmp/lapse.json" '[{"name":"gate","kind":"exec","run":"echo passed","approval":{"required":true,"timeout_ms":300,"on_timeout":"approve"}}]'
+  began=$(date +%s)
+  timeout 30 script -qec "$sc run $tmp/lapse.json" /dev/null < <(sleep 8) >"$tmp/out" 2>&1
+  status=$?; took=$(($(date +%s) - began))
+  check "an approval that times out at the prompt lets the run finish (exit 0)" 0 $status "$tmp/out"
+  [ $took -lt 6 ] && ok "... without waiting for an answer (${took}s)" || fail "the run waited ${took}s for an answer to a settled gate" "$(head -c 800 "$tmp/out" | cat -v)"
+  contains "... and says the question lapsed" "$tmp/out" "no longer asked: approval.timed_out"
+  began=$(date +%s)
+  timeout 30 script -qec "$sc run $tmp/ask.json" /dev/null < <(sleep 1; printf '\003'; sleep 8) >"$tmp/out" 2>&1
+  status=$?; took=$(($(date +%s) - began))
+  check "Ctrl-C at the prompt cancels the run (exit 3)" 3 $status "$tmp/out"
+  [ $took -lt 6 ] && ok "... at once (${took}s)" || fail "Ctrl-C at the prompt took ${took}s" "$(head -c 800 "$tmp/out" | cat -v)"
+}
 
 # --- recovery after kill -9 of `stagecoach run` ---
 stages='[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/ran"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/ran; sleep 1.5"},{"name":"three","kind":"exec","run":"echo three >> ${config.dir}/ran"}]'
@@ -132,8 +147,9 @@ runner=$!
 echo $runner >"$tmp/runner.pid"
 for _ in $(seq 1 100); do grep -q two "$tmp/ran" 2>/dev/null && break; sleep 0.05; done
 sleep 0.3
+group=$(ps -o pid= --ppid $runner | head -n 1 | tr -d ' ')
 kill -9 $runner; wait $runner 2>/dev/null
-pkill -9 -f "sleep 1.5" 2>/dev/null
+[ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null # the stage's command, orphaned by the crash
 size=$(wc -c <"$tmp/crash.jsonl")
 $sc recover "$tmp/crash.json" --log "$tmp/crash.jsonl" --dry-run >"$tmp/out" 2>&1; check "recover --dry-run exits 0" 0 $? "$tmp/out"
 contains "the dry run prints the recovery plan" "$tmp/out" '"rerun"'
@@ -147,18 +163,71 @@ $sc recover "$tmp/crash.json" --log "$tmp/crash.jsonl" --plain >"$tmp/out" 2>&1;
 write_pipeline "$tmp/rb.json" '[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/rb"},{"name":"two","kind":"exec","run":"exit 9"}]' \
   '[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/rb; test \"$SC_MODE\" = rollback"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/rb"}]'
 $sc run "$tmp/rb.json" --plain --log "$tmp/rb.jsonl" >"$tmp/out" 2>&1; check "the failing run exits 1" 1 $? "$tmp/out"
+$sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --from one --dry-run >"$tmp/out" 2>&1; check "recover --from STAGE --dry-run exits 0" 0 $? "$tmp/out"
+contains "--from one resumes at one: nothing skipped" "$tmp/out" '"skipped":.*\[\]'
+contains "... and one is the first to run" "$tmp/out" '"rerun":.*\["one", "two"\]'
+$sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --from nope --dry-run >"$tmp/out" 2>&1; check "recover --from an unknown stage exits 2" 2 $? "$tmp/out"
+contains "... and lists the stages" "$tmp/out" "unknown stage 'nope' (stages: one, two)"
+$sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --from one --mode compensate >"$tmp/out" 2>&1; check "--from with --mode compensate exits 2" 2 $? "$tmp/out"
 $sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --mode rollback --plain >"$tmp/out" 2>&1; check "recover --mode rollback exits 4 (rolled back)" 4 $? "$tmp/out"
 grep -qx old-two "$tmp/rb" && ok "the rollback ran the previous config's stages with SC_MODE=rollback" || fail "rollback stages" "$(cat "$tmp/rb")"
+
+# compensate mode: a failed run whose compensable stages are undone, last first
+write_pipeline "$tmp/comp.json" '[{"name":"a","kind":"exec","run":"echo a >> ${config.dir}/comp","compensate":"echo undo-a $SC_MODE >> ${config.dir}/comp","effect":"compensable"},{"name":"b","kind":"exec","run":"echo b >> ${config.dir}/comp"},{"name":"c","kind":"exec","run":"echo c >> ${config.dir}/comp","compensate":"echo undo-c >> ${config.dir}/comp","effect":"compensable"},{"name":"d","kind":"exec","run":"exit 7"}]'
+$sc run "$tmp/comp.json" --plain --log "$tmp/comp.jsonl" >"$tmp/out" 2>&1; check "the run to compensate fails (exit 1)" 1 $? "$tmp/out"
+$sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate --dry-run >"$tmp/out" 2>&1
+contains "the dry run lists the stages to compensate, last first" "$tmp/out" '"compensated":.*\["c", "a"\]'
+$sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate --plain >"$tmp/out" 2>&1; check "recover --mode compensate exits 4 (rolled back)" 4 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/comp")" = "a b c undo-c undo-a compensate " ] && ok "the compensate commands ran in reverse with SC_MODE=compensate" || fail "compensation order" "$(cat "$tmp/comp")"
+$sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate >"$tmp/out" 2>&1; check "a compensated task is finished (nothing to recover)" 0 $? "$tmp/out"
+# killed while compensating: the log says so, and recover carries the compensation on by itself
+sed 's/echo undo-c >> \${config.dir}\/comp/echo undo-c >> ${config.dir}\/comp2; sleep 5/' "$tmp/comp.json" >"$tmp/comp2.json"
+$sc run "$tmp/comp2.json" --plain --log "$tmp/comp2.jsonl" >/dev/null 2>&1
+$sc recover "$tmp/comp2.json" --log "$tmp/comp2.jsonl" --mode compensate --plain >"$tmp/out" 2>&1 &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$tmp/comp2" ] && break; sleep 0.05; done
+group=$(ps -o pid= --ppid $runner | head -n 1 | tr -d ' ')
+kill -9 $runner; wait $runner 2>/dev/null
+[ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null
+$sc recover "$tmp/comp2.json" --log "$tmp/comp2.jsonl" --dry-run >"$tmp/out" 2>&1
+contains "a compensation killed midway is recovered as a compensation" "$tmp/out" '"mode":.*"compensate"'
 
 # a changed pipeline is refused
 $sc run "$tmp/crash.json" --plain --log "$tmp/changed.jsonl" --task-id changed >/dev/null 2>&1 &
 runner=$!
 for _ in $(seq 1 100); do grep -q '"stage":"two"' "$tmp/changed.jsonl" 2>/dev/null && break; sleep 0.05; done
+group=$(ps -o pid= --ppid $runner | head -n 1 | tr -d ' ')
 kill -9 $runner; wait $runner 2>/dev/null
-pkill -9 -f "sleep 1.5" 2>/dev/null
+[ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null # the stage's command, orphaned by the crash
 sed 's/echo three/echo THREE/' "$tmp/crash.json" >"$tmp/changed.json"
 $sc recover "$tmp/changed.json" --log "$tmp/changed.jsonl" --plain >"$tmp/out" 2>&1; check "recovery with a changed pipeline exits 2" 2 $? "$tmp/out"
 contains "the refusal says the plan changed" "$tmp/out" "changed"
+cp "$tmp/changed.jsonl" "$tmp/twoplans.jsonl"
+$sc run "$tmp/good.json" --plain --log "$tmp/twoplans.jsonl" --task-id other-done >/dev/null 2>&1
+size=$(wc -c <"$tmp/twoplans.jsonl")
+$sc recover "$tmp/changed.json" --log "$tmp/twoplans.jsonl" --plain >"$tmp/out" 2>&1; check "a refused recovery exits 2" 2 $? "$tmp/out"
+[ "$(wc -c <"$tmp/twoplans.jsonl")" = "$size" ] && ok "... and changes nothing in the log" || fail "a refused recovery wrote to the log" "$(tail -n 3 "$tmp/twoplans.jsonl" | head -c 800)"
+sed 's/"plan":"t"/"plan":"other"/' "$tmp/good.json" >"$tmp/other.json"
+$sc recover "$tmp/other.json" --log "$tmp/twoplans.jsonl" --plain >"$tmp/out" 2>&1; check "recover leaves another plan's tasks alone (exit 0)" 0 $? "$tmp/out"
+contains "... and says so" "$tmp/out" "nothing to recover for plan 'other' .*(1 unfinished task of other plans)"
+[ "$(wc -c <"$tmp/twoplans.jsonl")" = "$size" ] && ok "... without writing to the log" || fail "recover of another plan wrote to the log"
+$sc run "$tmp/good.json" --plain --log "$tmp/twoplans.jsonl" --task-id other-done >"$tmp/out" 2>&1; check "run --task-id of a task already in the log exits 2" 2 $? "$tmp/out"
+contains "... and names the task" "$tmp/out" "task 'other-done' is already in"
+$sc run "$tmp/good.json" --plain --log "$tmp/quoted.jsonl" --task-id 'id "q" \x' >/dev/null 2>&1
+$sc run "$tmp/good.json" --plain --log "$tmp/quoted.jsonl" --task-id 'id "q" \x' >"$tmp/out" 2>&1; check "... also an id the log holds escaped" 2 $? "$tmp/out"
+[ "$(wc -c <"$tmp/twoplans.jsonl")" = "$size" ] && ok "... and writes nothing" || fail "a refused run wrote to the log"
+
+# --- options and files that cannot work: exit 2, a message, no crash ---
+$sc run "$tmp/good.json" --log "$tmp/f.jsonl" --fsync sometimes >"$tmp/out" 2>&1; check "run --fsync with a bad mode exits 2" 2 $? "$tmp/out"
+contains "... and names the modes" "$tmp/out" "always, batch or none"
+$sc run "$tmp/good.json" --fsync always >"$tmp/out" 2>&1; check "run --fsync without --log exits 2" 2 $? "$tmp/out"
+$sc run "$tmp/good.json" --log "$tmp/no/such/dir/x.jsonl" >"$tmp/out" 2>&1; check "run with a log that cannot be opened exits 2" 2 $? "$tmp/out"
+contains "... and says why" "$tmp/out" "No such file or directory"
+$sc recover "$tmp/good.json" --log "$tmp/ok.jsonl" --fsync sometimes >"$tmp/out" 2>&1; check "recover --fsync with a bad mode exits 2" 2 $? "$tmp/out"
+$sc recover "$tmp/good.json" --log "$tmp" >"$tmp/out" 2>&1; check "recover --log of a directory exits 2" 2 $? "$tmp/out"
+contains "... and says why" "$tmp/out" "Is a directory"
+$sc events "$tmp" >"$tmp/out" 2>&1; check "events of a directory exits 2" 2 $? "$tmp/out"
+$sc verify "$tmp" >"$tmp/out" 2>&1; check "verify of a directory exits 2" 2 $? "$tmp/out"
 
 # --- verify ---
 cp "$tmp/ok.jsonl" "$tmp/corrupt.jsonl"

@@ -389,6 +389,9 @@ lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again(void
   const cJSON *from = cJSON_GetObjectItemCaseSensitive(data, "paused_from");
   assert_true(cJSON_IsString(from));
   assert_string_equal(from->valuestring, "RUNNING");
+  const cJSON *reason = cJSON_GetObjectItemCaseSensitive(data, "reason");
+  assert_true(cJSON_IsString(reason));
+  assert_string_equal(reason->valuestring, "lock-lost");
   const cJSON *msg =
       cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(data, "error"), "message");
   assert_true(cJSON_IsString(msg));
@@ -411,6 +414,38 @@ lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again(void
   assert_string_equal(f.log, "+acme:t +acme:t -acme:t ");
   assert_int_equal(f.n, 0);
 
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A task paused by a caller that loses its lock meanwhile is not paused a second time when it
+ * resumes: the resume takes the lock again and the task runs on. */
+static void a_paused_task_that_loses_its_lock_resumes_once_it_has_it_again(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  fake_locks f = {0};
+  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  install_fake(e, &f, 60, 20);
+  sc_task *t = submit(e, "t", "acme", CONFIG(NAP("nap", 30) "," STEP("s1")));
+  run_for_ms(&loop, 5); /* in the nap */
+  assert_int_equal(sc_task_pause(t), SC_OK);
+  run_for_ms(&loop, 60);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
+  f.fail_renew_at = f.renews + 1; /* the next renew finds the tenant taken */
+  run_for_ms(&loop, 100);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
+  assert_int_equal(sc_task_resume(t), SC_EBUSY); /* "elsewhere" holds it */
+  fake_free(&f, "acme");
+  assert_int_equal(sc_task_resume(t), SC_OK);
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
+  assert_string_equal(p.order, "t/s1,");
   sc_engine_free(e);
   recorder_free(&rec);
   assert_int_equal(uv_loop_close(&loop), 0);
@@ -953,6 +988,7 @@ int main(void) {
       cmocka_unit_test(provider_lock_is_renewed_about_every_third_of_the_ttl_while_a_stage_runs),
       cmocka_unit_test(lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again),
       cmocka_unit_test(renewing_goes_on_after_a_resumed_task_took_its_lock_again),
+      cmocka_unit_test(a_paused_task_that_loses_its_lock_resumes_once_it_has_it_again),
       cmocka_unit_test(set_lock_provider_is_refused_while_a_tenant_lock_is_held),
       cmocka_unit_test(set_lock_provider_refuses_a_provider_missing_a_callback),
       cmocka_unit_test(null_lock_provider_restores_the_in_process_default),

@@ -5,6 +5,10 @@
  */
 #include "harness.h"
 
+#include <unistd.h>
+
+#include <stagecoach/jsonl.h>
+
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t n);
@@ -134,9 +138,69 @@ static void every_allocation_failure_ends_cleanly(void **state) {
   print_message("# %ld allocation failures injected\n", n);
 }
 
+/* The same with the JSON-lines log: whatever allocation fails, the log left behind verifies (an
+ * event that could not be queued is acknowledged with an error and leaves no trace in the chain).
+ */
+static void one_logged_run(const cJSON *config, const char *path) {
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  sc_jsonl *log = NULL;
+  if (sc_engine_new(&loop, NULL, &e) != SC_OK) goto out;
+  sc_engine_register_fn(e, "produce", produce, NULL);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.fsync = SC_FSYNC_NONE; /* nothing on the thread pool: the countdown is not thread-safe */
+  if (sc_jsonl_open(e, path, &o, &log) == SC_OK) {
+    for (int i = 0; i < 3; i++) {
+      sc_task_spec spec;
+      sc_task_spec_init(&spec);
+      spec.config = config;
+      sc_task *t = NULL;
+      if (sc_task_submit(e, &spec, &t) != SC_OK) assert_null(t);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    sc_jsonl_close(log);
+  }
+  sc_engine_free(e);
+out:
+  countdown = -1;
+  assert_int_equal(uv_loop_close(&loop), 0);
+  sc_jsonl_report r;
+  int rc = sc_jsonl_verify(path, &r);
+  if (rc != SC_OK && rc != SC_ENOTFOUND)
+    fail_msg("after %d failed allocation(s) the log does not verify: %s", failed,
+             sc_error_message());
+}
+
+static void every_allocation_failure_leaves_a_log_that_verifies(void **state) {
+  (void)state;
+  char dir[] = "/tmp/stagecoach-alloc-XXXXXX", path[64];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/job.jsonl", dir);
+  cJSON_Hooks hooks = {json_malloc, json_free};
+  cJSON *config = json_or_die(config_text);
+  cJSON_InitHooks(&hooks);
+  long n;
+  for (n = 0; n < 20000; n++) {
+    failed = 0;
+    countdown = n;
+    one_logged_run(config, path);
+    if (failed == 0) break;
+  }
+  cJSON_InitHooks(NULL);
+  cJSON_Delete(config);
+  unlink(path);
+  rmdir(dir);
+  assert_true(n > 50);
+  assert_true(n < 20000);
+  print_message("# %ld allocation failures injected with the log\n", n);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_allocation_failure_ends_cleanly),
+      cmocka_unit_test(every_allocation_failure_leaves_a_log_that_verifies),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1224,8 +1224,244 @@ static void cancel_while_a_stage_completed_ack_is_deferred_runs_no_next_stage(vo
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Requests made while a barrier's ack is outstanding wait for it, then apply: none is lost. */
+static void a_retry_asked_while_task_failed_is_stored_applies_after_the_ack(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, &rec, &p);
+  rec.defer = 1;
+  rec.defer_mask = 1ull << SC_EV_TASK_FAILED;
+  p.flaky_failures = 1;
+  sc_task *t = submit(e, "t1", "acme", CONFIG(STAGE_FN("f0", "flaky")), NULL);
+  assert_true(run_until(&loop, holds_an_ack, &rec, 100));
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
+  for (int i = 0; i < 10; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(runs_of(&p, "f0"), 1); /* the barrier holds */
+  rec.defer = 0;
+  assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
+  settle(&loop);
+  assert_int_equal(runs_of(&p, "f0"), 2);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
+  /* the tenant is free again: a next task of acme runs */
+  submit(e, "t2", "acme", CONFIG(STEP("s0")), NULL);
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t2"), 1);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void approvals_and_cancels_asked_during_a_barrier_apply_after_it(void **state) {
+  (void)state;
+  for (int cancel = 0; cancel <= 1; cancel++) {
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    recorder rec;
+    probe p;
+    sc_engine *e = start_engine(&loop, &rec, &p);
+    sc_task *t = submit(e, "t1", NULL,
+                        CONFIG(GATED("g0", "{\"required\":true,\"approvers_needed\":2}")), NULL);
+    settle(&loop);
+    rec.defer = 1;
+    rec.defer_mask = 1ull << SC_EV_APPROVAL_GRANTED;
+    assert_int_equal(sc_task_approve(t, "g0", "alice", NULL), SC_OK);
+    assert_true(run_until(&loop, holds_an_ack, &rec, 100)); /* alice's grant is being stored */
+    if (cancel)
+      assert_int_equal(sc_task_cancel(t, "stop"), SC_OK);
+    else
+      assert_int_equal(sc_task_approve(t, "g0", "bob", NULL), SC_OK);
+    for (int i = 0; i < 10; i++)
+      uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(runs_of(&p, "g0"), 0);
+    rec.defer = 0;
+    assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
+    settle(&loop);
+    if (cancel) {
+      assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
+      assert_int_equal(runs_of(&p, "g0"), 0);
+    } else {
+      assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, "t1"), 2);
+      assert_int_equal(runs_of(&p, "g0"), 1);
+      assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
+    }
+    sc_engine_free(e);
+    recorder_free(&rec);
+    assert_int_equal(uv_loop_close(&loop), 0);
+  }
+}
+
+/* A rejection is a barrier too: the task is cancelled (or failed) only once it is stored, and a
+ * failed ack of it leaves the task where it was, paused, not silently cancelled. */
+static void a_rejection_takes_effect_after_its_event_is_stored(void **state) {
+  (void)state;
+  for (int ack_fails = 0; ack_fails <= 1; ack_fails++) {
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    recorder rec;
+    probe p;
+    sc_engine *e = start_engine(&loop, &rec, &p);
+    sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("g0", "{\"required\":true}")), NULL);
+    settle(&loop);
+    rec.defer = 1;
+    rec.defer_mask = 1ull << SC_EV_APPROVAL_REJECTED;
+    assert_int_equal(sc_task_reject(t, "g0", "carol", "no"), SC_OK);
+    assert_true(run_until(&loop, holds_an_ack, &rec, 100));
+    for (int i = 0; i < 10; i++)
+      uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 0);
+    assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
+    /* decided: no second decision, and no longer listed as pending */
+    assert_int_equal(sc_task_approve(t, "g0", "dave", NULL), SC_ETRANSITION);
+    assert_message_has("already rejected");
+    assert_int_equal(sc_engine_pending_approvals(e, NULL, 0), 0);
+    rec.defer = 0;
+    assert_int_equal(recorder_ack_all(&rec, ack_fails ? SC_EIO : SC_OK), 1);
+    settle(&loop);
+    if (ack_fails) {
+      assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 0);
+      assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
+      assert_string_equal(event_str(&rec, SC_EV_TASK_PAUSED, 0, "reason"), "ack-failed");
+      /* resumed, the decision stands: the task is cancelled, the stage never runs */
+      assert_int_equal(sc_task_resume(t), SC_OK);
+      settle(&loop);
+      assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
+      assert_int_equal(runs_of(&p, "g0"), 0);
+    } else {
+      assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
+      assert_string_equal(recorder_types(&rec, "t1"),
+                          "task.created,task.started,approval.requested,approval.rejected,"
+                          "task.cancelled");
+    }
+    sc_engine_free(e);
+    recorder_free(&rec);
+    assert_int_equal(uv_loop_close(&loop), 0);
+  }
+}
+
+static void stop_loop(uv_timer_t *h) {
+  uv_stop(h->loop);
+}
+
+/* Runs the loop for ms milliseconds (the timers of the engine fire meanwhile). */
+static void run_for_ms(uv_loop_t *loop, uint64_t ms) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, stop_loop, ms, 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* An approval timeout that fires while an earlier approval is being stored waits for it too. */
+static void an_approval_timeout_during_a_barrier_applies_after_it(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_task *t =
+      submit(e, "t1", NULL,
+             CONFIG(GATED("g0", "{\"required\":true,\"approvers_needed\":2,\"timeout_ms\":50,"
+                                "\"on_timeout\":\"reject\"}")),
+             NULL);
+  run_for_ms(&loop, 5);
+  rec.defer = 1;
+  rec.defer_mask = 1ull << SC_EV_APPROVAL_GRANTED;
+  assert_int_equal(sc_task_approve(t, "g0", "alice", NULL), SC_OK);
+  run_for_ms(&loop, 150); /* the timeout is due while alice's grant is held */
+  assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, "t1"), 1);
+  assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_TIMED_OUT, "t1"), 0);
+  rec.defer = 0;
+  assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
+  settle(&loop);
+  assert_string_equal(recorder_types(&rec, "t1"),
+                      "task.created,task.started,approval.requested,approval.granted,"
+                      "approval.timed_out,task.cancelled");
+  assert_int_equal(runs_of(&p, "g0"), 0);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A pause asked while a stage runs that then fails does not outlive the failure. */
+static void a_pause_request_ends_with_a_failure(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
+  settle(&loop);
+  assert_int_equal(sc_task_pause(t), SC_OK);
+  sc_stage_ctx *held = p.held;
+  p.held = NULL;
+  sc_stage_fail(held, SC_EIO, "broke", false);
+  settle(&loop);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  assert_int_equal(sc_task_resume(t), SC_ETRANSITION); /* nothing is paused or about to be */
+  assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
+  settle(&loop);
+  release_held(&p); /* h0 again, and this time it completes */
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t1"), 0);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static int cancel_on_stage_started(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ack;
+  if (ev->type == SC_EV_STAGE_STARTED)
+    assert_int_equal(sc_task_cancel(sc_engine_find_task(udata, ev->task_id), "from a subscriber"),
+                     SC_OK);
+  return SC_OK;
+}
+
+/* A cancel from a stage.started subscriber: the stage never starts, and its kind is not asked
+ * to cancel what it never began. */
+static void cancel_inside_stage_started_neither_starts_nor_cancels_the_stage(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_subscriber s;
+  sc_subscriber_init(&s);
+  s.on_event = cancel_on_stage_started;
+  s.udata = e;
+  assert_int_equal(sc_engine_subscribe(e, &s, NULL), SC_OK);
+  submit(e, "t1", NULL, CONFIG(HOLD("h0")), NULL);
+  settle(&loop);
+  assert_int_equal(p.n, 0);            /* never started */
+  assert_int_equal(p.hold_cancels, 0); /* and never asked to cancel */
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
+  /* the built-in sleep kind the same way (its cancel closes a timer it never opened) */
+  submit(e, "t2", NULL,
+         "{\"stages\":[{\"name\":\"nap\",\"kind\":\"sleep\",\"params\":{\"ms\":10000}}]}", NULL);
+  settle(&loop);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t2"), 1);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(a_retry_asked_while_task_failed_is_stored_applies_after_the_ack),
+      cmocka_unit_test(approvals_and_cancels_asked_during_a_barrier_apply_after_it),
+      cmocka_unit_test(a_rejection_takes_effect_after_its_event_is_stored),
+      cmocka_unit_test(a_pause_request_ends_with_a_failure),
+      cmocka_unit_test(an_approval_timeout_during_a_barrier_applies_after_it),
+      cmocka_unit_test(cancel_inside_stage_started_neither_starts_nor_cancels_the_stage),
       cmocka_unit_test(pause_running_task_stops_at_next_stage_boundary),
       cmocka_unit_test(resume_before_the_boundary_withdraws_the_pause),
       cmocka_unit_test(pause_awaiting_approval_then_resume_asks_for_approval_again),

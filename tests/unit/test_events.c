@@ -389,6 +389,76 @@ static void task_id_with_characters_to_escape_round_trips(void **state) {
   free(json);
 }
 
+/* True when text[0 .. n) is well-formed UTF-8 (checked here byte by byte, independently). */
+static bool is_utf8(const unsigned char *t, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned c = t[i], len = c < 0x80         ? 1
+                             : (c >> 5) == 6  ? 2
+                             : (c >> 4) == 14 ? 3
+                             : (c >> 3) == 30 ? 4
+                                              : 0;
+    if (len == 0 || i + len > n || (len == 2 && c < 0xC2)) return false;
+    unsigned cp = len == 1 ? c : c & (0x7F >> len);
+    for (unsigned k = 1; k < len; k++) {
+      if ((t[i + k] & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (t[i + k] & 0x3F);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += len;
+  }
+  return true;
+}
+
+static void bytes_that_are_not_utf8_are_written_as_replacement_characters(void **state) {
+  (void)state;
+  sc_event ev;
+  cJSON *data = cJSON_CreateObject();
+  /* a stray byte, a cut sequence, an overlong '/', an encoded surrogate; then good "é€😀" */
+  cJSON_AddStringToObject(
+      data, "message", "a\xff b\xc3 c\xc0\xaf d\xed\xa0\x80 \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+  cJSON_AddStringToObject(data, "k\xfe", "key too");
+  make_event(&ev, SC_EV_STAGE_FAILED, data);
+  ev.stage = "st\x80ge";
+  char *json = sc_event_to_json(&ev, NULL);
+  assert_non_null(json);
+  assert_true(is_utf8((const unsigned char *)json, strlen(json)));
+  cJSON *root = json_or_die(json);
+  const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
+  assert_string_equal(json_string_member(d, "message"),
+                      "a\xef\xbf\xbd b\xef\xbf\xbd c\xef\xbf\xbd\xef\xbf\xbd "
+                      "d\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
+  assert_string_equal(json_string_member(d, "k\xef\xbf\xbd"), "key too");
+  assert_string_equal(json_string_member(d, "stage"), "st\xef\xbf\xbdge");
+  cJSON_Delete(root);
+  free(json);
+  cJSON_Delete(data);
+}
+
+/* Canonical JSON sorts keys as they are written: a key with a stray byte sorts where its U+FFFD
+ * form does, so the canonical text (and a digest) is the same before and after a round trip. */
+static void canonical_keys_sort_as_written(void **state) {
+  (void)state;
+  cJSON *raw = cJSON_CreateObject();
+  cJSON_AddNumberToObject(raw, "\xf0\x90\x80\x80", 3);
+  cJSON_AddNumberToObject(raw, "\xff", 1);
+  cJSON_AddNumberToObject(raw,
+                          "\xef\xbf\xbd"
+                          "0",
+                          2);
+  char *a = sc_json_canonical(raw, NULL);
+  cJSON *back = json_or_die(a);
+  char *b = sc_json_canonical(back, NULL);
+  assert_string_equal(a, b);
+  assert_string_equal(a, "{\"\xef\xbf\xbd\":1,\"\xef\xbf\xbd"
+                         "0\":2,\"\xf0\x90\x80\x80\":3}");
+  free(a);
+  free(b);
+  cJSON_Delete(back);
+  cJSON_Delete(raw);
+}
+
 static void parsed_document_keeps_extension_attributes(void **state) {
   (void)state;
   sc_event_doc *doc = parse_or_die(mutate("myext", "\"value\""));
@@ -568,6 +638,17 @@ static void impossible_calendar_dates_are_refused(void **state) {
   assert_time_refused("2025-02-29T00:00:00Z");
 }
 
+static void times_beyond_the_range_of_time_ns_are_refused(void **state) {
+  (void)state;
+  /* time_ns is an int64 of nanoseconds: 1677-09-21T00:12:43Z .. 2262-04-11T23:47:16Z */
+  assert_time_refused("9999-12-31T23:59:59Z");
+  assert_time_refused("2262-04-12T00:00:00Z");
+  assert_time_refused("0001-01-01T00:00:00Z");
+  assert_time_refused("1677-09-20T00:00:00Z");
+  assert_true(parse_time_of("2262-04-11T00:00:00.999999Z") > 0);
+  assert_true(parse_time_of("1677-09-22T00:00:00Z") < 0);
+}
+
 /* ---- parse refusals ---- */
 
 static void malformed_json_is_refused_with_a_byte_offset(void **state) {
@@ -718,6 +799,8 @@ int main(void) {
       cmocka_unit_test(null_data_encodes_only_the_common_members),
       cmocka_unit_test(extreme_numbers_round_trip),
       cmocka_unit_test(task_id_with_characters_to_escape_round_trips),
+      cmocka_unit_test(bytes_that_are_not_utf8_are_written_as_replacement_characters),
+      cmocka_unit_test(canonical_keys_sort_as_written),
       cmocka_unit_test(parsed_document_keeps_extension_attributes),
       cmocka_unit_test(parse_reads_only_len_bytes),
       cmocka_unit_test(encode_into_a_small_buffer_returns_the_full_length_and_writes_a_prefix),
@@ -727,6 +810,7 @@ int main(void) {
       cmocka_unit_test(time_offset_is_honoured),
       cmocka_unit_test(bad_timestamps_are_refused),
       cmocka_unit_test(impossible_calendar_dates_are_refused),
+      cmocka_unit_test(times_beyond_the_range_of_time_ns_are_refused),
       cmocka_unit_test(mistyped_optional_attributes_are_refused),
       cmocka_unit_test(malformed_json_is_refused_with_a_byte_offset),
       cmocka_unit_test(trailing_garbage_is_refused),

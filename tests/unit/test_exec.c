@@ -295,7 +295,7 @@ static void vars_free(vars *v) {
 
 static void assert_expands(const vars *v, const char *text, const char *expected) {
   char *unresolved = (char *)"untouched";
-  char *out = cli_exec_expand(text, v->config, v->context, "task-1", "acme", &unresolved);
+  char *out = cli_exec_expand(text, v->config, v->context, "task-1", "acme", false, &unresolved);
   if (out == NULL) fail_msg("\"%s\" did not expand (unresolved %s)", text, unresolved);
   assert_null(unresolved);
   assert_string_equal(out, expected);
@@ -305,10 +305,12 @@ static void assert_expands(const vars *v, const char *text, const char *expected
 static void assert_unresolved(const vars *v, const char *text, const char *task_id,
                               const char *tenant, const char *name) {
   char *unresolved = NULL;
-  char *out = cli_exec_expand(text, v->config, v->context, task_id, tenant, &unresolved);
+  char *out = cli_exec_expand(text, v->config, v->context, task_id, tenant, false, &unresolved);
   if (out != NULL) fail_msg("\"%s\" expanded to \"%s\"", text, out);
   assert_non_null(unresolved);
-  assert_string_equal(unresolved, name);
+  char expected[256];
+  snprintf(expected, sizeof(expected), "unresolved variable %s", name);
+  assert_string_equal(unresolved, expected);
   free(unresolved);
 }
 
@@ -355,8 +357,8 @@ static void expand_names_the_first_unresolved_variable(void **state) {
   assert_unresolved(&v, "${task.name}", "t", "acme", "${task.name}");
   /* Without a context or config every path is unresolved. */
   char *unresolved = NULL;
-  assert_null(cli_exec_expand("${context.x}", NULL, NULL, "t", NULL, &unresolved));
-  assert_string_equal(unresolved, "${context.x}");
+  assert_null(cli_exec_expand("${context.x}", NULL, NULL, "t", NULL, false, &unresolved));
+  assert_string_equal(unresolved, "unresolved variable ${context.x}");
   free(unresolved);
   vars_free(&v);
 }
@@ -372,6 +374,157 @@ static void expand_keeps_escapes_and_the_shells_own_variables(void **state) {
   assert_expands(&v, "$", "$");
   assert_expands(&v, "${configuration}${contexts}", "${configuration}${contexts}");
   vars_free(&v);
+}
+
+/* What /bin/sh prints for command (at most cap - 1 bytes). */
+static size_t shell_prints(const char *command, char *buf, size_t cap) {
+  FILE *f = popen(command, "r");
+  assert_non_null(f);
+  size_t n = fread(buf, 1, cap - 1, f);
+  buf[n] = '\0';
+  assert_int_equal(pclose(f), 0);
+  return n;
+}
+
+static void expand_quotes_values_for_the_shell_wherever_they_stand(void **state) {
+  (void)state;
+  static const char *const values[] = {"plain-1.2",   "v1; touch /nonexistent/pwned",
+                                       "it's",        "a  b",
+                                       "$(echo no)",  "`echo no`",
+                                       "\"q\"",       "back\\slash",
+                                       "*",           "",
+                                       "line\nbreak", "${HOME}",
+                                       "'",           "\"'\"'",
+                                       "-n"};
+  /* Each template prints the value between brackets, whatever quoting it stands in. */
+  static const char *const templates[][3] = {
+      {"printf '[%s]' ${context.v}", "[", "]"},
+      {"printf '[%s]' \"${context.v}\"", "[", "]"},
+      {"printf '[%s]' 'pre ${context.v} post'", "[pre ", " post]"},
+      {"printf '[%s]' \"pre ${context.v} post\"", "[pre ", " post]"},
+      {"printf '[%s]' x\\'${context.v}", "[x'", "]"},
+      /* right after "$NAME" the value does not lengthen the name */
+      {"X=x; printf '[%s]' $X${context.v}", "[x", "]"},
+      {"X=x; printf '[%s]' \"$X${context.v}\"", "[x", "]"},
+      /* the '#' after "$(...)" continues the word: no comment, so the quote after it opens */
+      {"printf '[%s]' $(echo a)#'\n${context.v}'", "[a#\n", "]"},
+      {"printf '[%s]' \"it's\"${context.v}'\"'", "[it's", "\"]"},
+  };
+  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+    cJSON *context = cJSON_CreateObject();
+    cJSON_AddStringToObject(context, "v", values[i]);
+    for (size_t k = 0; k < sizeof(templates) / sizeof(templates[0]); k++) {
+      char *unresolved = NULL;
+      char *command =
+          cli_exec_expand(templates[k][0], NULL, context, "t", "acme", true, &unresolved);
+      assert_non_null(command);
+      char expected[256], got[256];
+      snprintf(expected, sizeof(expected), "%s%s%s", templates[k][1], values[i], templates[k][2]);
+      shell_prints(command, got, sizeof(got));
+      if (strcmp(got, expected) != 0)
+        fail_msg("value <%s> in <%s>: the shell ran <%s> and printed <%s>", values[i],
+                 templates[k][0], command, got);
+      free(command);
+    }
+    cJSON_Delete(context);
+  }
+  /* A comment is not run and an escaped '$' is no variable: nothing is substituted there, so a
+   * value can neither break out of the comment (a newline) nor be read unquoted. */
+  static const char *const literal[][2] = {
+      {"# the tenant's deploy\nprintf '[%s]' ${context.v}", "[x; touch /nonexistent/pwned]"},
+      {"printf '[%s]' ok # ${context.v}\n", "[ok]"},
+      {"printf '[%s]' \\${context.v}", "[${context.v}]"},
+      {"printf '[%s]' \"\\${context.v}\"", "[${context.v}]"},
+      {"printf '[%s]' x#${context.v}", "[x#x; touch /nonexistent/pwned]"},
+  };
+  cJSON *nasty = cJSON_CreateObject();
+  cJSON_AddStringToObject(nasty, "v", "x; touch /nonexistent/pwned");
+  cJSON *breakout = cJSON_CreateObject();
+  cJSON_AddStringToObject(breakout, "v", "x\nprintf '[%s]' escaped\n");
+  for (size_t k = 0; k < sizeof(literal) / sizeof(literal[0]); k++) {
+    for (int b = 0; b <= 1; b++) {
+      char *command =
+          cli_exec_expand(literal[k][0], NULL, b ? breakout : nasty, "t", "acme", true, NULL);
+      assert_non_null(command);
+      char got[256], expected[256];
+      shell_prints(command, got, sizeof(got));
+      snprintf(expected, sizeof(expected), "%s", literal[k][1]);
+      if (b && strstr(literal[k][0], "x#") != NULL)
+        snprintf(expected, sizeof(expected), "[x#x\nprintf '[%%s]' escaped\n]");
+      else if (b && strncmp(literal[k][0], "# the", 5) == 0)
+        snprintf(expected, sizeof(expected), "[x\nprintf '[%%s]' escaped\n]");
+      if (strcmp(got, expected) != 0)
+        fail_msg("<%s> ran <%s> and printed <%s>, not <%s>", literal[k][0], command, got, expected);
+      free(command);
+    }
+  }
+  /* Where the shell parses text a second time, no quoting holds: our variables are refused there
+   * (the shell's own, ${HOME}, pass), and the rest of the command still works. */
+  static const char *const misplaced[] = {
+      "echo $(basename ${context.v})",
+      "echo \"$(basename ${context.v})\"",
+      "echo $(( ${context.v} + 1 ))",
+      "echo \"$(( ${context.v} ))\"",
+      "echo `basename ${context.v}`",
+      "echo \"`basename ${context.v}`\"",
+      "cat <<EOF\n${context.v}\nEOF",
+      "cat <<'EOF'\n${context.v}\nEOF",
+      "echo $(echo $(date) ${context.v})",
+      "echo $(case x in x) true;; esac) ${context.v}",
+      "echo \"$(case x in x) echo ${context.v};; esac)\"",
+      "echo \"$(# )\necho ${context.v})\"",
+      "echo \"$(printf %s ${FOO%)} ${context.v})\"",
+  };
+  for (size_t k = 0; k < sizeof(misplaced) / sizeof(misplaced[0]); k++) {
+    char *problem = NULL;
+    char *command = cli_exec_expand(misplaced[k], NULL, nasty, "t", "acme", true, &problem);
+    if (command != NULL) fail_msg("<%s> expanded to <%s>", misplaced[k], command);
+    assert_non_null(problem);
+    if (strstr(problem, "${context.v} stands inside") != problem) fail_msg("%s", problem);
+    free(problem);
+  }
+  static const char *const placed[][2] = {
+      {"printf '[%s]' $(echo a) ${context.v}", "[a]"},
+      {"printf '[%s]' \"$(echo a)\" ${context.v}", "[a]"},
+      {"(printf '[%s]' ${context.v})", "[x; touch /nonexistent/pwned]"},
+      {"printf '[%s]' \"$(echo ${HOME})\" >/dev/null; printf '[%s]' ${context.v}",
+       "[x; touch /nonexistent/pwned]"},
+  };
+  for (size_t k = 0; k < sizeof(placed) / sizeof(placed[0]); k++) {
+    char *command = cli_exec_expand(placed[k][0], NULL, nasty, "t", "acme", true, NULL);
+    if (command == NULL) fail_msg("<%s> was refused", placed[k][0]);
+    char got[256];
+    shell_prints(command, got, sizeof(got));
+    if (strstr(got, placed[k][1]) == NULL)
+      fail_msg("<%s> ran <%s> and printed <%s>", placed[k][0], command, got);
+    free(command);
+  }
+  /* a backslash-newline vanishes: the '#' after it starts a comment, with nothing substituted */
+  char *lined = cli_exec_expand("printf '[%s]' ok \\\n#${context.v}", NULL, breakout, "t", "acme",
+                                true, NULL);
+  char out[256];
+  shell_prints(lined, out, sizeof(out));
+  assert_string_equal(out, "[ok]");
+  free(lined);
+  cJSON_Delete(breakout);
+  cJSON_Delete(nasty);
+  /* Plain values stay bare, so the command a log shows reads as it was written. */
+  cJSON *config = json_or_die("{\"version\":\"2.4.1\",\"n\":3,\"obj\":{\"a\":1}}");
+  char *command = cli_exec_expand("./deploy.sh ${config.version} ${config.n} ${config.obj}", config,
+                                  NULL, "t", "acme", true, NULL);
+  assert_string_equal(command, "./deploy.sh 2.4.1 3 '{\"a\":1}'");
+  free(command);
+  /* a value with '=' is quoted: in front of a command, FOO=bar would be an assignment */
+  cJSON *kv = json_or_die("{\"kv\":\"FOO=bar\"}");
+  command = cli_exec_expand("${context.kv}", NULL, kv, "t", "acme", true, NULL);
+  assert_string_equal(command, "'FOO=bar'");
+  free(command);
+  cJSON_Delete(kv);
+  /* Without shell the text is only substituted (cwd, env values). */
+  command = cli_exec_expand("${config.obj} it's", config, NULL, "t", "acme", false, NULL);
+  assert_string_equal(command, "{\"a\":1} it's");
+  free(command);
+  cJSON_Delete(config);
 }
 
 /* ---- output ---- */
@@ -522,21 +675,29 @@ static void output_json_is_merged_and_feeds_the_next_stage(void **state) {
 
 static void sc_output_that_is_not_an_object_fails_without_retry(void **state) {
   (void)state;
-  const char *contents[] = {"echo 'not json' > \"$SC_OUTPUT\"", "echo '[1,2]' > \"$SC_OUTPUT\"",
-                            "echo '\"text\"' > \"$SC_OUTPUT\"",
-                            "printf '{\"a\":' > \"$SC_OUTPUT\""};
-  for (size_t i = 0; i < sizeof(contents) / sizeof(contents[0]); i++) {
+  static const char *const cases[][2] = {
+      {"echo 'not json' > \"$SC_OUTPUT\"", "is not valid JSON: 1:1: expected a value"},
+      {"echo '[1,2]' > \"$SC_OUTPUT\"", "is not a JSON object"},
+      {"echo '\"text\"' > \"$SC_OUTPUT\"", "is not a JSON object"},
+      {"printf '{\"a\":' > \"$SC_OUTPUT\"", "is not valid JSON: 1:6: expected a value"},
+      /* Bytes that are not UTF-8 would go into the events as they are: refused. */
+      {"printf '{\"a\":\"\\377\"}' > \"$SC_OUTPUT\"", "is not valid JSON: 1:7: invalid UTF-8"},
+      {"printf '{\"a\":1,\"a\":2}' > \"$SC_OUTPUT\"", "is not valid JSON: 1:8: duplicate"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     fixture f;
     fixture_open(&f);
-    cJSON *st = exec_stage("bad", contents[i]);
+    cJSON *st = exec_stage("bad", cases[i][0]);
     add_json(st, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
     cJSON *config = config_of(st, NULL);
     submit(&f, "bad-output", NULL, config, NULL);
     wait_event(&f, SC_EV_TASK_FAILED, 10000);
-    char name[32], message[256];
+    char name[32], message[256], expected[256];
     bool will_retry;
     failure(&f, 0, name, message, sizeof(message), &will_retry);
-    assert_string_equal(message, "SC_OUTPUT of stage bad is not a JSON object");
+    snprintf(expected, sizeof(expected), "SC_OUTPUT of stage bad %s", cases[i][1]);
+    if (strncmp(message, expected, strlen(expected)) != 0)
+      fail_msg("case %zu: \"%s\" does not start with \"%s\"", i, message, expected);
     assert_false(will_retry);
     assert_int_equal(recorder_count(&f.r, SC_EV_STAGE_STARTED, NULL), 1);
     cJSON_Delete(config);
@@ -545,6 +706,54 @@ static void sc_output_that_is_not_an_object_fails_without_retry(void **state) {
 }
 
 /* ---- failures ---- */
+
+static void a_large_context_is_in_sc_context_file(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  /* Stage one adds 200 KB to the context: more than one environment string may hold. The next
+   * stage still starts, without $SC_CONTEXT, with all of it in $SC_CONTEXT_FILE. */
+  cJSON *config = config_of(
+      exec_stage("big", "printf '{\"blob\":\"%s\"}' \"$(head -c 200000 /dev/zero | tr '\\0' b)\" "
+                        "> \"$SC_OUTPUT\""),
+      exec_stage("reader", "test -z \"${SC_CONTEXT+set}\" && test $(wc -c < \"$SC_CONTEXT_FILE\") "
+                           "-gt 200000 && grep -q bbbb \"$SC_CONTEXT_FILE\""),
+      NULL);
+  submit(&f, "big-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  cJSON_Delete(config);
+  fixture_close(&f);
+  fixture_open(&f);
+  config = config_of(exec_stage("small", "test \"$SC_CONTEXT\" = \"$(cat \"$SC_CONTEXT_FILE\")\""),
+                     NULL);
+  cJSON *context = json_or_die("{\"k\":\"it's \\\"quoted\\\"\"}");
+  submit(&f, "small-task", NULL, config, context);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
+  cJSON_Delete(context);
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void the_last_lines_in_a_failure_are_text(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  cJSON *config = config_of(
+      exec_stage("binary", "printf 'a\\000b\\377c\\303\\251d\\355\\240\\200e\\n'; exit 4"), NULL);
+  submit(&f, "binary-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_FAILED, 10000);
+  char name[32], message[256];
+  bool will_retry;
+  failure(&f, 0, name, message, sizeof(message), &will_retry);
+  /* the NUL becomes '?'; a stray byte and each byte of an encoded surrogate become U+FFFD in
+   * the event; the "é" stays */
+  assert_string_equal(message, "exit status 4; last output:\na?b\xef\xbf\xbd"
+                               "c\xc3\xa9"
+                               "d\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                               "e");
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
 
 static void nonzero_exit_fails_with_status_and_the_last_lines(void **state) {
   (void)state;
@@ -772,6 +981,80 @@ static void task_cancel_ends_the_command_and_its_children(void **state) {
   fixture_close(&f);
 }
 
+static void a_background_job_neither_holds_the_stage_nor_outlives_it(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  /* One job keeps the output pipes, one does not; the command itself exits at once. */
+  char run[PATH_MAX * 2 + 128];
+  snprintf(run, sizeof(run),
+           "sleep 30 & echo $! > '%s/piped.pid'; sleep 31 >/dev/null 2>&1 & "
+           "echo $! > '%s/quiet.pid'; echo started",
+           f.dir, f.dir);
+  cJSON *config = config_of(exec_stage("bg", run), NULL);
+  uint64_t began = uv_now(&f.loop);
+  submit(&f, "bg-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 5000);
+  assert_true(uv_now(&f.loop) - began < 2000); /* not the 30 s of the job */
+  pid_t pids[3] = {read_pid(f.dir, "piped.pid"), read_pid(f.dir, "quiet.pid"), 0};
+  assert_true(wait_for(&f, no_command_running, NULL, 2000));
+  assert_true(wait_for(&f, pids_gone, pids, 2000));
+  assert_true(capture_has(&f.out, "bg", 1, "started"));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+static void a_job_that_ignores_sigterm_gets_sigkill_after_the_grace_period(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX * 2 + 160];
+  /* The job writes its pid once it ignores SIGTERM; the command waits for that, then exits. */
+  snprintf(run, sizeof(run),
+           "sh -c 'trap \"\" TERM; echo $$ > %s/stubborn.pid; exec sleep 30' & "
+           "while [ ! -s %s/stubborn.pid ]; do sleep 0.01; done",
+           f.dir, f.dir);
+  cJSON *st = exec_stage("stubborn", run);
+  cJSON_AddNumberToObject(st, "kill_grace_ms", 300);
+  cJSON *config = config_of(st, NULL);
+  uint64_t began = uv_now(&f.loop);
+  submit(&f, "stubborn-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 5000);
+  uint64_t took = uv_now(&f.loop) - began;
+  if (took < 250 || took > 1200) /* held for the grace period, then killed */
+    fail_msg("the stage took %llu ms with a grace period of 300 ms", (unsigned long long)took);
+  pid_t pids[2] = {read_pid(f.dir, "stubborn.pid"), 0};
+  assert_true(wait_for(&f, no_command_running, NULL, 2000));
+  assert_true(wait_for(&f, pids_gone, pids, 2000));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
+/* A process that left the group (setsid) and holds the output pipes is not ours to kill, and the
+ * stage does not wait for it: it ends a moment after the command, its pipes given up. */
+static void a_process_that_left_the_group_does_not_hold_the_stage(void **state) {
+  (void)state;
+  fixture f;
+  fixture_open(&f);
+  char run[PATH_MAX * 2 + 160];
+  snprintf(run, sizeof(run),
+           "setsid sh -c 'echo $$ > %s/away.pid; exec sleep 30' & "
+           "while [ ! -s %s/away.pid ]; do sleep 0.01; done; echo started",
+           f.dir, f.dir);
+  cJSON *config = config_of(exec_stage("away", run), NULL);
+  uint64_t began = uv_now(&f.loop);
+  submit(&f, "away-task", NULL, config, NULL);
+  wait_event(&f, SC_EV_TASK_COMPLETED, 5000);
+  uint64_t took = uv_now(&f.loop) - began;
+  pid_t away = read_pid(f.dir, "away.pid");
+  kill(away, SIGKILL); /* ours to end here: the test started it */
+  if (took > 2000) fail_msg("the stage took %llu ms", (unsigned long long)took);
+  assert_true(capture_has(&f.out, "away", 1, "started"));
+  assert_true(wait_for(&f, no_command_running, NULL, 2000));
+  cJSON_Delete(config);
+  fixture_close(&f);
+}
+
 static void engine_free_while_a_command_runs_leaves_no_process(void **state) {
   (void)state;
   fixture f;
@@ -881,11 +1164,14 @@ int main(void) {
       cmocka_unit_test(expand_writes_numbers_booleans_and_objects_as_json),
       cmocka_unit_test(expand_names_the_first_unresolved_variable),
       cmocka_unit_test(expand_keeps_escapes_and_the_shells_own_variables),
+      cmocka_unit_test(expand_quotes_values_for_the_shell_wherever_they_stand),
       cmocka_unit_test(output_lines_reach_the_callback_with_stage_and_fd),
       cmocka_unit_test(default_output_writes_stage_prefixed_lines),
       cmocka_unit_test(commands_see_the_sc_variables_env_and_cwd),
       cmocka_unit_test(output_json_is_merged_and_feeds_the_next_stage),
       cmocka_unit_test(sc_output_that_is_not_an_object_fails_without_retry),
+      cmocka_unit_test(a_large_context_is_in_sc_context_file),
+      cmocka_unit_test(the_last_lines_in_a_failure_are_text),
       cmocka_unit_test(nonzero_exit_fails_with_status_and_the_last_lines),
       cmocka_unit_test(no_retry_exit_codes_stop_retries_and_other_codes_retry),
       cmocka_unit_test(a_missing_command_exits_127_and_retries),
@@ -894,6 +1180,9 @@ int main(void) {
       cmocka_unit_test(a_cwd_that_is_not_a_directory_fails_the_spawn),
       cmocka_unit_test(a_timeout_kills_the_whole_group_after_the_grace_period),
       cmocka_unit_test(task_cancel_ends_the_command_and_its_children),
+      cmocka_unit_test(a_background_job_neither_holds_the_stage_nor_outlives_it),
+      cmocka_unit_test(a_job_that_ignores_sigterm_gets_sigkill_after_the_grace_period),
+      cmocka_unit_test(a_process_that_left_the_group_does_not_hold_the_stage),
       cmocka_unit_test(engine_free_while_a_command_runs_leaves_no_process),
       cmocka_unit_test(kill_all_sends_sigkill_to_every_command),
       cmocka_unit_test(a_retried_task_runs_with_mode_retry),

@@ -706,6 +706,46 @@ static void exhausted_attempts_fail_task_with_last_error(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Backoffs stay finite and in range whatever the policy: 0 * 100^n is 0, never NaN, and a huge
+ * product is capped at a day. */
+static void backoff_is_zero_or_capped_for_extreme_policies(void **state) {
+  (void)state;
+  static const char *const policies[][2] = {
+      {"{\"max_attempts\":200,\"initial_backoff_ms\":0,\"multiplier\":100}", "0"},
+      {"{\"max_attempts\":200,\"initial_backoff_ms\":0,\"multiplier\":100,\"max_backoff_ms\":0}",
+       "0"},
+  };
+  for (size_t k = 0; k < sizeof(policies) / sizeof(policies[0]); k++) {
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sc_engine *e = engine_on(&loop, NULL, 0);
+    flaky f = {0, 1000, true};
+    assert_int_equal(sc_engine_register_fn(e, "flaky", fn_flaky, &f), SC_OK);
+    recorder r;
+    recorder_attach(&r, e);
+    char text[512];
+    snprintf(text, sizeof(text),
+             "{\"stages\":[{\"name\":\"again\",\"kind\":\"fn\",\"params\":{\"fn\":\"flaky\"},"
+             "\"retry\":%s}]}",
+             policies[k][0]);
+    cJSON *config = json_or_die(text);
+    sc_task *t = submit(e, "extreme", NULL, config, NULL);
+    run_bounded(&loop, 10000);
+    assert_int_equal(f.calls, 200);
+    assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+    for (size_t i = 0; i < 199; i++) {
+      cJSON *root;
+      const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
+      assert_int_equal((long)num_member(data, "retry_in_ms"), atol(policies[k][1]));
+      cJSON_Delete(root);
+    }
+    cJSON_Delete(config);
+    sc_engine_free(e);
+    recorder_free(&r);
+    assert_int_equal(uv_loop_close(&loop), 0);
+  }
+}
+
 /* ---- timeouts ---- */
 
 typedef struct late_delivery {
@@ -1407,6 +1447,7 @@ int main(void) {
       cmocka_unit_test(retry_backs_off_exponentially_capped_then_succeeds),
       cmocka_unit_test(non_retryable_failure_stops_retries_at_once),
       cmocka_unit_test(exhausted_attempts_fail_task_with_last_error),
+      cmocka_unit_test(backoff_is_zero_or_capped_for_extreme_policies),
       cmocka_unit_test(timeout_fails_stage_cancels_kind_and_ignores_late_result),
       cmocka_unit_test(each_retry_attempt_times_out_separately),
       cmocka_unit_test(outputs_merge_shallowly_into_context_with_matching_digest),

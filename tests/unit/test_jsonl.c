@@ -952,6 +952,32 @@ static void an_empty_log_verifies_with_no_lines(void **state) {
   assert_int_equal(n, 0);
 }
 
+/* A directory or a FIFO is no log: refused at once (a FIFO must not block the open). */
+static void a_directory_or_a_fifo_is_refused_at_once(void **state) {
+  char path[256];
+  temp_path(state, "fifo.jsonl", path);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = NULL;
+  for (int dir = 0; dir <= 1; dir++) {
+    if (dir) *strrchr(path, '/') = '\0';
+    sc_jsonl_report r;
+    assert_int_equal(sc_jsonl_verify(path, &r), SC_EIO);
+    sc_unfinished *u = NULL;
+    size_t n = 0;
+    assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), SC_EIO);
+    assert_int_equal(sc_jsonl_open(e, path, NULL, &log), SC_EIO);
+    assert_null(log);
+  }
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  temp_path(state, "fifo.jsonl", path);
+  unlink(path);
+}
+
 static void a_missing_log_is_not_found_by_verify_and_scan(void **state) {
   char path[256];
   temp_path(state, "missing.jsonl", path);
@@ -1336,6 +1362,229 @@ static void a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio(v
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Scans path and returns the entry of the task recovered_from id (fails when absent). */
+static const sc_unfinished *find_unfinished(const sc_unfinished *u, size_t n, const char *id) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(u[i].request.recovered_from, id) == 0) return &u[i];
+  fail_msg("no unfinished task '%s' among %zu", id, n);
+  return NULL;
+}
+
+/* Ids are free text: one with quotes and a backslash is scanned like any other; an id used again
+ * after its task completed is a new run; a task recovered under its own id stays visible. */
+static void scan_reads_any_id_and_follows_reused_ones(void **state) {
+  char path[256];
+  temp_path(state, "ids.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {.hang = {"b"}};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  submit_job(e, "id \"quoted\" back\\slash", "a,b");
+  submit_job(e, "reused", "a"); /* completes */
+  settle(&loop);
+  submit_job(e, "reused", "a,b"); /* the same id again, and it stops at b */
+  submit_job(e, "self", "a,b");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 3);
+  assert_string_equal(
+      find_unfinished(u, n, "id \"quoted\" back\\slash")->request.last_completed_stage, "a");
+  assert_string_equal(find_unfinished(u, n, "reused")->request.last_completed_stage, "a");
+  /* "self" is recovered under its own id, and stops again at b */
+  e = new_engine(&loop, &b);
+  log = open_log(e, path, SC_FSYNC_NONE);
+  sc_recovery_request req = find_unfinished(u, n, "self")->request;
+  req.task_id = "self";
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  sc_unfinished_free(u, n);
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 3);
+  const sc_unfinished *self = find_unfinished(u, n, "self");
+  assert_string_equal(self->request.last_completed_stage, "a");
+  assert_int_equal(self->request.epoch, 1);
+  sc_unfinished_free(u, n);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A task retried from an earlier stage that stops before completing one restarts where the retry
+ * did: not after the stages the retry went back over, and with the context the retry left. */
+static void scan_restarts_a_retried_task_at_the_retry(void **state) {
+  for (int reset = 0; reset <= 1; reset++) {
+    char path[256];
+    temp_path(state, reset ? "retry-reset.jsonl" : "retry.jsonl", path);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    behaviour b = {.fail = {"c"}};
+    sc_engine *e = new_engine(&loop, &b);
+    sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+    sc_task *t = submit_job(e, "job", "a,b,c");
+    settle(&loop);
+    assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+    b.fail[0] = NULL;
+    b.hang[0] = reset ? "a" : "b"; /* the retried run stops in its first stage */
+    assert_int_equal(sc_task_retry(t, reset ? "a" : "b", reset), SC_OK);
+    settle(&loop);
+    assert_int_equal(sc_jsonl_close(log), SC_OK);
+    sc_engine_free(e);
+    sc_unfinished *u = NULL;
+    size_t n = 0;
+    assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+    assert_int_equal(n, 1);
+    if (reset) {
+      assert_null(u[0].request.last_completed_stage);
+      assert_true(u[0].request.context == NULL || u[0].request.context->child == NULL);
+      assert_null(u[0].request.context_digest);
+    } else {
+      assert_string_equal(u[0].request.last_completed_stage, "a");
+      /* the context the retry kept: a's and b's outputs */
+      assert_non_null(cJSON_GetObjectItemCaseSensitive(u[0].request.context, "b"));
+    }
+    /* and the request is one the engine takes */
+    cJSON *plan = NULL;
+    e = new_engine(&loop, &b);
+    assert_int_equal(sc_recovery_plan(e, &u[0].request, &plan), SC_OK);
+    cJSON_Delete(plan);
+    sc_engine_free(e);
+    sc_unfinished_free(u, n);
+    assert_int_equal(uv_loop_close(&loop), 0);
+  }
+}
+
+static int stray_bytes(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddStringToObject(out, "k", "caf\xe9");
+  cJSON_AddNumberToObject(out, "\xff", 1); /* sorts after "\xef\xbf\xbd0" once read */
+  cJSON_AddNumberToObject(out,
+                          "\xef\xbf\xbd"
+                          "0",
+                          2); /* and before it as it is */
+  cJSON_AddNumberToObject(out, "\xf0\x90\x80\x80", 3);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+/* A stage whose output holds bytes that are not UTF-8: the log holds U+FFFD for them, and the
+ * context read back from it still has the digest the engine logged, so the task recovers. */
+static void a_context_with_stray_bytes_recovers_from_the_log(void **state) {
+  char path[256];
+  temp_path(state, "stray.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {.fail = {"after"}};
+  sc_engine *e = new_engine(&loop, &b);
+  assert_int_equal(sc_engine_register_fn(e, "stray", stray_bytes, NULL), SC_OK);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  cJSON *config = json_or_die("{\"stages\":[{\"name\":\"stray\",\"kind\":\"fn\",\"params\":"
+                              "{\"fn\":\"stray\"}},{\"name\":\"after\",\"kind\":\"work\"}]}");
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "stray";
+  spec.config = config;
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_OK);
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(u[0].request.last_completed_stage, "stray");
+  const cJSON *k = cJSON_GetObjectItemCaseSensitive(u[0].request.context, "k");
+  assert_true(cJSON_IsString(k));
+  assert_string_equal(k->valuestring, "caf\xef\xbf\xbd");
+  cJSON *plan = NULL;
+  if (sc_recovery_plan(e, &u[0].request, &plan) != SC_OK) fail_msg("%s", sc_error_message());
+  cJSON_Delete(plan);
+  sc_unfinished_free(u, n);
+  cJSON_Delete(config);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Writes events (JSON objects, lengths given: they may hold any byte) as a log with a valid chain.
+ */
+static void write_chained(const char *path, const char *const *events, const size_t *lens,
+                          size_t n) {
+  char prev[65];
+  memset(prev, '0', 64);
+  prev[64] = '\0';
+  size_t cap = 1024;
+  for (size_t i = 0; i < n; i++)
+    cap += lens[i] + CHAIN_TAIL + 1;
+  char *buf = malloc(cap), *p = buf;
+  assert_non_null(buf);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char raw[EVP_MAX_MD_SIZE];
+    unsigned int rawlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    assert_non_null(ctx);
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, prev, 64);
+    EVP_DigestUpdate(ctx, events[i], lens[i]);
+    EVP_DigestFinal_ex(ctx, raw, &rawlen);
+    EVP_MD_CTX_free(ctx);
+    for (int k = 0; k < 32; k++)
+      snprintf(prev + 2 * k, 3, "%02x", raw[k]);
+    memcpy(p, events[i], lens[i] - 1);
+    p += lens[i] - 1;
+    p += sprintf(p, CHAIN_MEMBER "%s\"}\n", prev);
+  }
+  write_file(path, buf, (size_t)(p - buf));
+  free(buf);
+}
+
+/* A line whose task id holds a NUL byte (no engine writes one; a damaged or forged log may) is a
+ * task of its own, and reading it overruns nothing. Found by the fuzz target. */
+static void a_task_id_with_a_nul_byte_is_read_safely(void **state) {
+  char path[256];
+  temp_path(state, "nul.jsonl", path);
+  static const char a[] = "{\"type\":\"stagecoach.task.started\",\"taskid\":\"ab\",\"data\":"
+                          "{\"status\":\"RUNNING\"}}";
+  static const char b[] = "{\"type\":\"stagecoach.task.started\",\"taskid\":\"ab\0cd\",\"data\":"
+                          "{\"status\":\"RUNNING\"}}";
+  const char *events[] = {b, b, a};
+  size_t lens[] = {sizeof(b) - 1, sizeof(b) - 1, sizeof(a) - 1};
+  write_chained(path, events, lens, 3);
+  sc_jsonl_report r;
+  assert_int_equal(sc_jsonl_verify(path, &r), SC_OK);
+  assert_int_equal(r.lines, 3);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), SC_OK);
+  assert_int_equal(n, 0); /* no task.created: nothing to recover */
+  sc_unfinished_free(u, n);
+}
+
+/* One writer per log. */
+static void a_second_writer_is_refused(void **state) {
+  char path[256];
+  temp_path(state, "locked.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_engine *e2 = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE), *second = NULL;
+  assert_int_equal(sc_jsonl_open(e2, path, NULL, &second), SC_EBUSY);
+  assert_null(second);
+  if (strstr(sc_error_message(), path) == NULL) fail_msg("message: %s", sc_error_message());
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  second = open_log(e2, path, SC_FSYNC_NONE); /* free again once the first is closed */
+  assert_int_equal(sc_jsonl_close(second), SC_OK);
+  sc_engine_free(e);
+  sc_engine_free(e2);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
 
 int main(void) {
@@ -1356,11 +1605,17 @@ int main(void) {
       T(verify_reports_a_line_without_a_chain_member),
       T(an_empty_log_verifies_with_no_lines),
       T(a_missing_log_is_not_found_by_verify_and_scan),
+      T(a_directory_or_a_fifo_is_refused_at_once),
       T(scan_returns_the_failed_and_the_stopped_tasks_in_the_order_they_first_appear),
       T(scan_requests_recover_in_a_new_engine_and_run_only_the_remaining_stages),
       T(scan_carries_over_the_recovery_point_of_a_recovered_task_that_stopped_at_once),
       T(unfinished_free_of_null_is_a_no_op),
       T(a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio),
+      T(scan_reads_any_id_and_follows_reused_ones),
+      T(scan_restarts_a_retried_task_at_the_retry),
+      T(a_second_writer_is_refused),
+      T(a_context_with_stray_bytes_recovers_from_the_log),
+      T(a_task_id_with_a_nul_byte_is_read_safely),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -615,6 +615,45 @@ static void an_unknown_kind_is_located_at_its_value(void **state) {
       "stage \"deploy\": \"kind\" names an unknown kind \"deplyo\" (kinds: fn, sleep, exec)");
 }
 
+/* What the exec kind reads is checked when the file is loaded, not when the stage starts. */
+static void exec_members_are_checked_at_load_where_they_are(void **state) {
+  (void)state;
+  assert_refused_at(
+      with_stages("      { \"name\": \"first\", \"kind\": \"exec\", \"run\": \"true\" },\n"
+                  "      { \"name\": \"late\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                  "        \"kill_grace_ms\": \"soon\" }"),
+      "\"soon\"", 0, "stage \"late\": \"kill_grace_ms\" must be an integer 0..86400000");
+  assert_refused_at(with_stages("      { \"name\": \"norun\", \"kind\": \"exec\" }"), "{ \"name\"",
+                    0, "stage \"norun\": \"run\" is required (a non-empty shell command)");
+  assert_refused_at(with_stages("      { \"name\": \"num\", \"kind\": \"exec\", \"run\": 5 }"), "5",
+                    0, "stage \"num\": \"run\" is required (a non-empty shell command)");
+  assert_refused_at(with_stages("      { \"name\": \"codes\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"no_retry_exit_codes\": [2, 256] }"),
+                    "256", 0,
+                    "stage \"codes\": \"no_retry_exit_codes\" must be an array of integers 0..255");
+  assert_refused_at(with_stages("      { \"name\": \"env\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"env\": { \"A\": \"1\", \"SC_MODE\": \"run\" } }"),
+                    "\"run\" }", 0,
+                    "stage \"env\": \"env\" may not set SC_MODE (the exec kind sets it)");
+  assert_refused_at(with_stages("      { \"name\": \"undo\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"params\": { \"compensate\": \"\" } }"),
+                    "\"\" }", 0,
+                    "stage \"undo\": \"compensate\" must be a non-empty shell command");
+  assert_refused_at(
+      with_stages("      { \"name\": \"sub\", \"kind\": \"exec\",\n"
+                  "        \"run\": \"echo \\\"$(basename ${context.file})\\\"\" }"),
+      "\"echo", 0,
+      "stage \"sub\": \"run\": ${context.file} stands inside $(...), $((...)), `...` or after a "
+      "here-document (<<), where the shell reads text twice and quoting cannot keep a value one "
+      "word: pass it in \"env\" and use \"$NAME\" there");
+  /* previous_config is checked the same way */
+  assert_refused_at(
+      "{\"config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"run\":\"x\"}]},\n"
+      "\"previous_config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"cwd\":\"\","
+      "\"run\":\"x\"}]}}",
+      "\"\",", 0, "previous_config: stage \"a\": \"cwd\" must be a non-empty string");
+}
+
 static void a_duplicate_stage_name_is_located_at_the_second_name(void **state) {
   (void)state;
   assert_refused(
@@ -838,6 +877,7 @@ int main(void) {
       cmocka_unit_test(a_previous_config_refusal_says_previous_config),
       cmocka_unit_test(both_configs_are_checked_and_reported),
       cmocka_unit_test(a_stage_name_with_quotes_is_quoted_in_the_report),
+      cmocka_unit_test(exec_members_are_checked_at_load_where_they_are),
   };
   return cmocka_run_group_tests(tests, make_dir, remove_dir);
 }

@@ -70,6 +70,21 @@ static int step_fn(sc_stage_ctx *ctx, void *udata) {
   return SC_OK;
 }
 
+/* "undo": a kind whose compensation records "~name" in the probe. */
+static int undo_start(sc_stage_ctx *ctx, void *udata) {
+  return step_fn(ctx, udata);
+}
+
+static int undo_compensate(sc_stage_ctx *ctx, void *udata) {
+  probe *p = udata;
+  assert_true(sc_stage_is_compensation(ctx));
+  assert_string_equal(sc_stage_mode(ctx), "compensate");
+  if (p->n == MAX_RUNS) fail_msg("more than %d stage runs", MAX_RUNS);
+  snprintf(p->name[p->n++], sizeof(p->name[0]), "~%s", sc_stage_name(ctx));
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
 static int fail_fn(sc_stage_ctx *ctx, void *udata) {
   probe_record(udata, ctx);
   sc_stage_fail(ctx, SC_EIO, "boom", false);
@@ -85,6 +100,8 @@ static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, r
   memset(p, 0, sizeof(*p));
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, p), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "fail", fail_fn, p), SC_OK);
+  static const sc_stage_kind undo = {SC_STAGE_KIND_VERSION, undo_start, NULL, undo_compensate};
+  assert_int_equal(sc_engine_register_kind(e, "undo", &undo, p), SC_OK);
   if (rec != NULL) recorder_attach(rec, e);
   return e;
 }
@@ -765,13 +782,13 @@ static void recovery_plan_flags_irreversible_in_flight_stage(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
-static void recover_irreversible_in_flight(const char *approve_stage) {
+static void recover_irreversible_in_flight(const char *approve_stage, const char *config_text) {
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, NULL, &rec, &p);
-  cJSON *config = json_or_die(IRREVERSIBLE_S2);
+  cJSON *config = json_or_die(config_text);
   sc_recovery_request req;
   request_for(&req, config, "s1");
 
@@ -803,14 +820,67 @@ static void recover_irreversible_in_flight(const char *approve_stage) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+#define UNDO(name) "{\"name\":\"" name "\",\"kind\":\"undo\",\"effect\":\"compensable\"}"
+
+/* COMPENSATE: the touched compensable stages (completed, and the one in flight) are undone, last
+ * first; nothing runs forward; the task ends ROLLED_BACK. */
+static void recover_compensate_undoes_the_touched_compensable_stages_in_reverse(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  cJSON *config = json_or_die(
+      "{\"stages\":[" UNDO("u0") "," STEP("s1") "," UNDO("u2") "," UNDO("u3") "," UNDO("u4") "]}");
+  sc_recovery_request req;
+  request_for(&req, config, "u2"); /* u3 was in flight, u4 never started */
+  req.mode = SC_RECOVER_COMPENSATE;
+  cJSON *plan = NULL;
+  assert_int_equal(sc_recovery_plan(e, &req, &plan), SC_OK);
+  assert_string_equal(str_of(plan, "mode"), "compensate");
+  assert_names(member(plan, "compensated"), "u3,u2,u0");
+  assert_names(member(plan, "rerun"), "");
+  assert_names(member(plan, "skipped"), "");
+  cJSON_Delete(plan);
+  assert_int_equal(rec.n, 0); /* the dry run emits nothing */
+
+  sc_task *t = NULL;
+  assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
+  settle(&loop);
+  assert_string_equal(run_order(&p), "~u3,~u2,~u0");
+  assert_string_equal(recorder_types(&rec, NULL),
+                      "task.created,task.recovered,rollback.started,stage.started,"
+                      "stage.compensated,stage.started,stage.compensated,stage.started,"
+                      "stage.compensated,rollback.completed");
+  cJSON *started = event_json(&rec, SC_EV_ROLLBACK_STARTED, 0);
+  assert_string_equal(str_of(data_of(started), "strategy"), "compensate");
+  cJSON_Delete(started);
+  cJSON_Delete(config);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void recover_retry_asks_approval_before_irreversible_in_flight_stage(void **state) {
   (void)state;
-  recover_irreversible_in_flight(NULL);
+  recover_irreversible_in_flight(NULL, IRREVERSIBLE_S2);
+}
+
+/* An in-flight irreversible stage that also has an approval policy: the request says why it is
+ * asked now, the in-flight effect. */
+static void recover_in_flight_irreversible_gated_stage_says_in_flight(void **state) {
+  (void)state;
+  recover_irreversible_in_flight(
+      NULL,
+      "{\"version\":\"2\",\"stages\":[" STEP("s0") "," STEP(
+          "s1") ",{\"name\":\"s2\",\"kind\":\"fn\",\"params\":{\"fn\":\"step\"},"
+                "\"effect\":\"irreversible\",\"approval\":{\"required\":true}}," STEP("s3") "]}");
 }
 
 static void recover_retry_runs_irreversible_stage_once_approved_by_name(void **state) {
   (void)state;
-  recover_irreversible_in_flight("s2");
+  recover_irreversible_in_flight("s2", IRREVERSIBLE_S2);
 }
 
 static void recover_asks_again_for_approval_granted_before_the_crash(void **state) {
@@ -1101,6 +1171,8 @@ int main(void) {
       cmocka_unit_test(recovery_plan_flags_irreversible_in_flight_stage),
       cmocka_unit_test(recover_retry_asks_approval_before_irreversible_in_flight_stage),
       cmocka_unit_test(recover_retry_runs_irreversible_stage_once_approved_by_name),
+      cmocka_unit_test(recover_in_flight_irreversible_gated_stage_says_in_flight),
+      cmocka_unit_test(recover_compensate_undoes_the_touched_compensable_stages_in_reverse),
       cmocka_unit_test(recover_asks_again_for_approval_granted_before_the_crash),
       cmocka_unit_test(recovery_plan_is_a_dry_run_with_the_json_of_task_recovered),
       cmocka_unit_test(recovery_plan_refuses_what_recover_refuses),

@@ -317,7 +317,15 @@ void sc_subscription_cancel(sc_subscription *s);
 
 /* ---- restart recovery ---- */
 
-typedef enum sc_recovery_mode { SC_RECOVER_RETRY, SC_RECOVER_ROLLBACK } sc_recovery_mode;
+/* RETRY and ROLLBACK as DESIGN.md defines them. COMPENSATE (an addition): undo instead of redo,
+ * calling the compensate handler of every compensable stage the stopped task touched (the
+ * completed ones and the one in flight), in reverse order; the task ends ROLLED_BACK or
+ * ROLLBACK_FAILED, like sc_task_rollback(t, SC_ROLLBACK_COMPENSATE). */
+typedef enum sc_recovery_mode {
+  SC_RECOVER_RETRY,
+  SC_RECOVER_ROLLBACK,
+  SC_RECOVER_COMPENSATE
+} sc_recovery_mode;
 
 #define SC_RECOVERY_REQUEST_VERSION 1
 
@@ -329,7 +337,7 @@ typedef struct sc_recovery_request {
   const cJSON *config;              /* current config */
   const cJSON *previous_config;     /* required for SC_RECOVER_ROLLBACK */
   const char *last_completed_stage; /* NULL: nothing completed */
-  sc_recovery_mode mode;            /* SC_RECOVER_RETRY | SC_RECOVER_ROLLBACK */
+  sc_recovery_mode mode;            /* SC_RECOVER_RETRY | SC_RECOVER_ROLLBACK | _COMPENSATE */
   const cJSON *context;             /* context snapshot of the last stage.completed; may be NULL */
   const char *context_digest;       /* verified when set */
   const char *plan_fingerprint;     /* verified when set */

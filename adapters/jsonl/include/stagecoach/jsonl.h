@@ -47,8 +47,10 @@ typedef struct sc_jsonl_report {
   int64_t first_bad_line; /* 1-based number of the first line that does not verify; 0: none */
 } sc_jsonl_report;
 
-/* Opens (creating it if needed) a log for appending and subscribes to every event of e. An
- * existing log is verified first: a torn tail is cut (it was never acknowledged) and reported
+/* Opens (creating it if needed) a log for appending and subscribes to every event of e. A log has
+ * one writer: the file is locked (flock), and a second open, in this process or another, is
+ * refused with SC_EBUSY until the first is closed or its process ended. An existing log is
+ * verified first: a torn tail is cut (it was never acknowledged) and reported
  * through the log callback; a log whose chain breaks is refused with SC_ECORRUPT naming the line.
  * The chain continues from the last line. o NULL: defaults. On success *out is the adapter, which
  * the caller closes with sc_jsonl_close() before sc_engine_free(); on failure *out is NULL.
@@ -68,8 +70,8 @@ int sc_jsonl_close(sc_jsonl *j);
 
 /* Walks a log and checks every line's chain. SC_OK with r->torn_tail for a log that merely ends in
  * an incomplete line; SC_ECORRUPT with r->first_bad_line for a changed, inserted or removed line
- * (the message names the line and its byte offset); SC_EIO when the file cannot be read. r may be
- * NULL. */
+ * (the message names the line and its byte offset); SC_ENOTFOUND when there is no such file;
+ * SC_EIO when it cannot be read (a directory, no permission). r may be NULL. */
 int sc_jsonl_verify(const char *path, sc_jsonl_report *r);
 
 typedef struct sc_unfinished {
