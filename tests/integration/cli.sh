@@ -14,7 +14,7 @@ cleanup() {
 trap cleanup EXIT
 n=0
 ok() { n=$((n + 1)); echo "ok $n - $1"; }
-fail() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do echo "# $l"; done; }
+fail() { n=$((n + 1)); echo "not ok $n - $1"; shift; for l in "$@"; do printf '%s\n' "$l" | sed 's/^/# /'; done; }
 check() { # check NAME EXPECTED_STATUS ACTUAL_STATUS [file-with-output]
   if [ "$2" = "$3" ]; then ok "$1"; else fail "$1 (exit $3, expected $2)" "$(head -c 2000 "${4:-/dev/null}" | sed 's/^/  /')"; fi
 }
@@ -113,25 +113,34 @@ write_pipeline "$tmp/gate.json" '[{"name":"gate","kind":"exec","run":"true","app
 $sc run "$tmp/gate.json" --plain --no-prompt >"$tmp/out" 2>&1; check "an approval timed out with on_timeout reject cancels (exit 3)" 3 $? "$tmp/out"
 
 # --- on a terminal (a pty from script(1), util-linux): live progress and the approval prompt ---
+# script(1) runs its command through $SHELL -c; "exec" keeps a shell that does not exec by itself
+# (dash) out of the terminal's foreground group, where Ctrl-C would end it. What is typed waits for
+# the question on screen (bounded), so a slow start does not take the keys for something else.
+at_prompt() {
+  for _ in $(seq 1 200); do grep -aq "approval needed" "$tmp/out" 2>/dev/null && return; sleep 0.05; done
+}
 {
   write_pipeline "$tmp/ask.json" '[{"name":"first","kind":"exec","run":"echo first"},{"name":"gate","kind":"exec","run":"echo passed the gate","approval":{"required":true}}]'
-  (sleep 1; printf 'a\nlooks good\n') | timeout 30 script -qec "$sc run $tmp/ask.json --log $tmp/ask.jsonl" /dev/null >"$tmp/out" 2>&1
+  : >"$tmp/out"
+  (at_prompt; printf 'a\nlooks good\n') | timeout 30 script -qec "exec $sc run $tmp/ask.json --log $tmp/ask.jsonl" /dev/null >"$tmp/out" 2>&1
   check "on a terminal the operator approves at the prompt (exit 0)" 0 $? "$tmp/out"
   grep -q '"reviewer":"[^"]*","comment":"looks good"' "$tmp/ask.jsonl" && ok "the approval records the reviewer and the comment" || fail "the approval records the reviewer and the comment" "$(grep approval "$tmp/ask.jsonl" | head -c 600)"
   grep -q $'\033\[1A' "$tmp/out" && grep -q "attempt 1" "$tmp/out" && ok "on a terminal the status line is redrawn in place" || fail "live status line" "$(head -c 600 "$tmp/out" | cat -v)"
-  (sleep 1; printf 'r\nnot today\n') | timeout 30 script -qec "$sc run $tmp/ask.json" /dev/null >"$tmp/out" 2>&1
+  : >"$tmp/out"
+  (at_prompt; printf 'r\nnot today\n') | timeout 30 script -qec "exec $sc run $tmp/ask.json" /dev/null >"$tmp/out" 2>&1
   check "a rejection at the prompt cancels the run (exit 3)" 3 $? "$tmp/out"
   # A gate settled while its question is on screen: the question goes and the run ends, though
   # the terminal stays open and nobody types (stdin is held open for 8 s).
   write_pipeline "$tmp/lapse.json" '[{"name":"gate","kind":"exec","run":"echo passed","approval":{"required":true,"timeout_ms":300,"on_timeout":"approve"}}]'
   began=$(date +%s)
-  timeout 30 script -qec "$sc run $tmp/lapse.json" /dev/null < <(sleep 8) >"$tmp/out" 2>&1
+  timeout 30 script -qec "exec $sc run $tmp/lapse.json" /dev/null < <(sleep 8) >"$tmp/out" 2>&1
   status=$?; took=$(($(date +%s) - began))
   check "an approval that times out at the prompt lets the run finish (exit 0)" 0 $status "$tmp/out"
   [ $took -lt 6 ] && ok "... without waiting for an answer (${took}s)" || fail "the run waited ${took}s for an answer to a settled gate" "$(head -c 800 "$tmp/out" | cat -v)"
   contains "... and says the question lapsed" "$tmp/out" "no longer asked: approval.timed_out"
   began=$(date +%s)
-  timeout 30 script -qec "$sc run $tmp/ask.json" /dev/null < <(sleep 1; printf '\003'; sleep 8) >"$tmp/out" 2>&1
+  : >"$tmp/out"
+  timeout 30 script -qec "exec $sc run $tmp/ask.json" /dev/null < <(at_prompt; printf '\003'; sleep 8) >"$tmp/out" 2>&1
   status=$?; took=$(($(date +%s) - began))
   check "Ctrl-C at the prompt cancels the run (exit 3)" 3 $status "$tmp/out"
   [ $took -lt 6 ] && ok "... at once (${took}s)" || fail "Ctrl-C at the prompt took ${took}s" "$(head -c 800 "$tmp/out" | cat -v)"
