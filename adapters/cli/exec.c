@@ -168,7 +168,9 @@ static void scan_shell(shell_state *sh, const char *text, size_t n) {
         if (c == '\'') sh->q = QUOTE_SINGLE;
         if (c == '$') sh->dollar = true;
         if (c == '`') sh->backtick = true;
-        if (c == '<' && i + 1 < n && text[i + 1] == '<') sh->heredoc = true;
+        /* Inside "$((" "<<" is a shift; inside "$(" a here-document ends before the ")", and
+         * variables there are refused anyway. */
+        if (c == '<' && i + 1 < n && text[i + 1] == '<' && sh->depth == 0) sh->heredoc = true;
         if (c == '(' && (dollar || sh->depth > 0)) {
           if (sh->depth == SHELL_DEPTH) {
             sh->unsure = true;

@@ -116,6 +116,7 @@ $sc run "$tmp/gate.json" --plain --no-prompt >"$tmp/out" 2>&1; check "an approva
 # script(1) runs its command through $SHELL -c; "exec" keeps a shell that does not exec by itself
 # (dash) out of the terminal's foreground group, where Ctrl-C would end it. What is typed waits for
 # the question on screen (bounded), so a slow start does not take the keys for something else.
+export SHELL=/bin/sh # what script(1) runs the command with; whatever the caller's is (or is not)
 at_prompt() {
   for _ in $(seq 1 200); do grep -aq "approval needed" "$tmp/out" 2>/dev/null && return; sleep 0.05; done
 }

@@ -489,6 +489,11 @@ static void expand_quotes_values_for_the_shell_wherever_they_stand(void **state)
       {"(printf '[%s]' ${context.v})", "[x; touch /nonexistent/pwned]"},
       {"printf '[%s]' \"$(echo ${HOME})\" >/dev/null; printf '[%s]' ${context.v}",
        "[x; touch /nonexistent/pwned]"},
+      /* "<<" is a shift in arithmetic, and a here-document inside "$(" ends before its ")" */
+      {"printf '[%s]' $((1<<4)) ${context.v}", "[16][x; touch /nonexistent/pwned]"},
+      {"printf '[%s]' \"$((1 << 4))\" \"${context.v}\"", "[16][x; touch /nonexistent/pwned]"},
+      {"printf '[%s]' \"$(cat <<EOF\nin\nEOF\n)\" ${context.v}",
+       "[in][x; touch /nonexistent/pwned]"},
   };
   for (size_t k = 0; k < sizeof(placed) / sizeof(placed[0]); k++) {
     char *command = cli_exec_expand(placed[k][0], NULL, nasty, "t", "acme", true, NULL);
