@@ -197,12 +197,22 @@ static bool plain_word(const char *s) {
   return true;
 }
 
+/* A word the shell reads as syntax at the start of a command. */
+static bool reserved_word(const char *s) {
+  static const char *const words[] = {"if",   "then", "else",   "elif",     "fi",    "do",
+                                      "done", "case", "esac",   "while",    "until", "for",
+                                      "in",   "time", "select", "function", "coproc"};
+  for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+    if (strcmp(s, words[i]) == 0) return true;
+  return false;
+}
+
 /* Writes value so that the shell reads it back as it is, one word, whatever it holds. */
 static bool put_quoted(strbuf *out, const char *value, quoting q) {
   switch (q) {
     case QUOTE_OFF: return sb_puts(out, value);
     case QUOTE_NONE:
-      if (plain_word(value)) return sb_puts(out, value);
+      if (plain_word(value) && !reserved_word(value)) return sb_puts(out, value);
       if (!sb_puts(out, "'")) return false;
       for (const char *c = value; *c; c++)
         if (!(*c == '\'' ? sb_puts(out, "'\\''") : sb_append(out, c, 1))) return false;

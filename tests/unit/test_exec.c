@@ -525,6 +525,12 @@ static void expand_quotes_values_for_the_shell_wherever_they_stand(void **state)
   assert_string_equal(command, "'FOO=bar'");
   free(command);
   cJSON_Delete(kv);
+  /* a reserved word is quoted: at the start of a command it would be syntax */
+  cJSON *word = json_or_die("{\"w\":\"done\"}");
+  command = cli_exec_expand("${context.w} --now", NULL, word, "t", "acme", true, NULL);
+  assert_string_equal(command, "'done' --now");
+  free(command);
+  cJSON_Delete(word);
   /* Without shell the text is only substituted (cwd, env values). */
   command = cli_exec_expand("${config.obj} it's", config, NULL, "t", "acme", false, NULL);
   assert_string_equal(command, "{\"a\":1} it's");
