@@ -198,6 +198,13 @@ static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, r
   return e;
 }
 
+/* Frees the engine and the recorder and checks that nothing was left on the loop. */
+static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
+  sc_engine_free(e);
+  recorder_free(rec);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
 /* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
 static void settle(uv_loop_t *loop) {
   for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
@@ -302,9 +309,7 @@ provider_is_asked_once_per_task_with_the_task_id_and_tenant_tasks_still_run_in_t
   assert_int_equal(f.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void busy_provider_keeps_the_task_pending_and_is_asked_again_every_retry_ms(void **state) {
@@ -337,9 +342,7 @@ static void busy_provider_keeps_the_task_pending_and_is_asked_again_every_retry_
   assert_string_equal(f.log, "+acme:t -acme:t ");
   assert_int_equal(f.n, 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void provider_lock_is_renewed_about_every_third_of_the_ttl_while_a_stage_runs(void **state) {
@@ -362,9 +365,7 @@ static void provider_lock_is_renewed_about_every_third_of_the_ttl_while_a_stage_
   run_for_ms(&loop, 60); /* no holder: no renewing */
   assert_int_equal(f.renews, renews);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void
@@ -414,9 +415,7 @@ lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again(void
   assert_string_equal(f.log, "+acme:t +acme:t -acme:t ");
   assert_int_equal(f.n, 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* A task paused by a caller that loses its lock meanwhile is not paused a second time when it
@@ -446,9 +445,7 @@ static void a_paused_task_that_loses_its_lock_resumes_once_it_has_it_again(void 
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
   assert_string_equal(p.order, "t/s1,");
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void renewing_goes_on_after_a_resumed_task_took_its_lock_again(void **state) {
@@ -474,9 +471,7 @@ static void renewing_goes_on_after_a_resumed_task_took_its_lock_again(void **sta
     fail_msg("%d renew calls during a 200 ms stage after the resume (ttl_ms 60)",
              f.renews - before);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void set_lock_provider_is_refused_while_a_tenant_lock_is_held(void **state) {
@@ -507,9 +502,7 @@ static void set_lock_provider_is_refused_while_a_tenant_lock_is_held(void **stat
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), 3);
   assert_int_equal(f.acquires, 1); /* not for the task without a tenant */
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void set_lock_provider_refuses_a_provider_missing_a_callback(void **state) {
@@ -536,9 +529,7 @@ static void set_lock_provider_refuses_a_provider_missing_a_callback(void **state
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   assert_int_equal(f.acquires + f.renews + f.releases, 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void null_lock_provider_restores_the_in_process_default(void **state) {
@@ -569,9 +560,7 @@ static void null_lock_provider_restores_the_in_process_default(void **state) {
   assert_int_equal(f.releases, 1);
   assert_int_equal(f.renews, 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void provider_release_is_called_when_a_task_is_cancelled_fails_or_completes(void **state) {
@@ -605,9 +594,7 @@ static void provider_release_is_called_when_a_task_is_cancelled_fails_or_complet
   sc_task_release(y); /* forgetting a FAILED task releases nothing twice */
   assert_int_equal(f.releases, 3);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- max_active_tasks and tenant_exclusive ---- */
@@ -708,9 +695,7 @@ static void tenant_exclusive_false_lets_two_tasks_of_one_tenant_run_interleaved(
   assert_true(event_index(&rec, SC_EV_TASK_STARTED, "b") <
               event_index(&rec, SC_EV_TASK_COMPLETED, "a"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void failed_task_releases_its_tenant_lock_and_its_retry_waits_for_the_tenant(void **state) {
@@ -744,9 +729,7 @@ static void failed_task_releases_its_tenant_lock_and_its_retry_waits_for_the_ten
   assert_string_equal(p.order, "a/f0,b/h0,a/f0,");
   assert_int_equal(sc_engine_task_count(e), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- pending approvals ---- */

@@ -143,8 +143,11 @@ static int comp_compensate(sc_stage_ctx *ctx, void *udata) {
 
 /* ---- helpers ---- */
 
+/* Initializes loop and starts an engine on it with the test kinds and the recorder attached;
+ * stop_engine() undoes it and checks that nothing was left on the loop. */
 static sc_engine *start_engine(uv_loop_t *loop, recorder *rec, probe *p) {
   sc_engine *e = NULL;
+  assert_int_equal(uv_loop_init(loop), 0);
   assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
   memset(p, 0, sizeof(*p));
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, p), SC_OK);
@@ -157,6 +160,12 @@ static sc_engine *start_engine(uv_loop_t *loop, recorder *rec, probe *p) {
   assert_int_equal(sc_engine_register_kind(e, "comp", &comp, p), SC_OK);
   recorder_attach(rec, e);
   return e;
+}
+
+static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
+  sc_engine_free(e);
+  recorder_free(rec);
+  assert_int_equal(uv_loop_close(loop), 0);
 }
 
 /* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
@@ -251,7 +260,6 @@ static void run_until_status(uv_loop_t *loop, sc_task *t, sc_task_status status)
 static void pause_running_task_stops_at_next_stage_boundary(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -277,15 +285,12 @@ static void pause_running_task_stops_at_next_stage_boundary(void **state) {
                       "task.created,task.started,stage.started,stage.completed,task.paused,"
                       "task.resumed,stage.started,stage.completed,task.completed");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void resume_before_the_boundary_withdraws_the_pause(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -299,15 +304,12 @@ static void resume_before_the_boundary_withdraws_the_pause(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void pause_awaiting_approval_then_resume_asks_for_approval_again(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -335,15 +337,12 @@ static void pause_awaiting_approval_then_resume_asks_for_approval_again(void **s
                       "approval.requested,approval.granted,stage.started,stage.completed,"
                       "task.completed");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void pause_is_refused_outside_running_and_awaiting_approval(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -357,15 +356,12 @@ static void pause_is_refused_outside_running_and_awaiting_approval(void **state)
   assert_message_has("FAILED");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, NULL), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void resume_is_refused_unless_paused(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -377,9 +373,7 @@ static void resume_is_refused_unless_paused(void **state) {
   settle(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_RESUMED, NULL), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- cancel ---- */
@@ -387,7 +381,6 @@ static void resume_is_refused_unless_paused(void **state) {
 static void cancel_right_after_submit_runs_nothing(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -401,15 +394,12 @@ static void cancel_right_after_submit_runs_nothing(void **state) {
   assert_string_equal(event_str(&rec, SC_EV_TASK_CANCELLED, 0, "status"), "CANCELLED");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void cancel_pending_task_waiting_for_tenant_lock(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -428,15 +418,12 @@ static void cancel_pending_task_waiting_for_tenant_lock(void **state) {
   assert_string_equal(run_order(&p), "h0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "a"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void pending_task_starts_when_the_tenant_lock_is_released(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -449,15 +436,12 @@ static void pending_task_starts_when_the_tenant_lock_is_released(void **state) {
   assert_string_equal(run_order(&p), "h0,s0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "b"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void cancel_running_task_cancels_the_stage_and_runs_nothing_more(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -472,15 +456,12 @@ static void cancel_running_task_cancels_the_stage_and_runs_nothing_more(void **s
                       "task.created,task.started,stage.started,task.cancelled");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void cancel_paused_task(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -498,15 +479,12 @@ static void cancel_paused_task(void **state) {
                       "task.cancelled");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void pause_then_cancel_before_the_boundary_cancels(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -521,15 +499,12 @@ static void pause_then_cancel_before_the_boundary_cancels(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, "t1"), 0);
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void cancel_awaiting_approval_task(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -543,15 +518,12 @@ static void cancel_awaiting_approval_task(void **state) {
                       "task.created,task.started,approval.requested,task.cancelled");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void cancel_is_refused_on_failed_task_naming_its_status(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -564,9 +536,7 @@ static void cancel_is_refused_on_failed_task_naming_its_status(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, NULL), 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- approval gates ---- */
@@ -574,7 +544,6 @@ static void cancel_is_refused_on_failed_task_naming_its_status(void **state) {
 static void approval_required_asks_before_the_stage_with_its_policy(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -610,15 +579,12 @@ static void approval_required_asks_before_the_stage_with_its_policy(void **state
 
   cJSON_Delete(granted);
   cJSON_Delete(asked);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approval_without_timeout_has_no_deadline_and_defaults(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -636,15 +602,12 @@ static void approval_without_timeout_has_no_deadline_and_defaults(void **state) 
   assert_string_equal(run_order(&p), "deploy");
 
   cJSON_Delete(asked);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approval_needs_distinct_reviewers_up_to_approvers_needed(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -669,15 +632,12 @@ static void approval_needs_distinct_reviewers_up_to_approvers_needed(void **stat
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
   cJSON_Delete(first);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void reject_cancels_the_task_by_default(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -693,15 +653,12 @@ static void reject_cancels_the_task_by_default(void **state) {
   assert_non_null(strstr(event_str(&rec, SC_EV_TASK_CANCELLED, 0, "reason"), "bob"));
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void reject_fails_the_task_when_on_reject_is_fail(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -715,15 +672,12 @@ static void reject_fails_the_task_when_on_reject_is_fail(void **state) {
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,approval.rejected,task.failed");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approve_is_refused_for_another_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -739,15 +693,12 @@ static void approve_is_refused_for_another_stage(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_REJECTED, NULL), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approve_is_refused_when_no_approval_is_pending(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -764,15 +715,12 @@ static void approve_is_refused_when_no_approval_is_pending(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approval_timeout_with_approve_runs_the_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -787,15 +735,12 @@ static void approval_timeout_with_approve_runs_the_stage(void **state) {
                       "stage.started,stage.completed,task.completed");
   assert_string_equal(event_str(&rec, SC_EV_APPROVAL_TIMED_OUT, 0, "action"), "approve");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approval_timeout_with_reject_cancels_the_task(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -810,15 +755,12 @@ static void approval_timeout_with_reject_cancels_the_task(void **state) {
   assert_string_equal(event_str(&rec, SC_EV_APPROVAL_TIMED_OUT, 0, "action"), "reject");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approval_timeout_with_fail_fails_the_task(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -833,15 +775,12 @@ static void approval_timeout_with_fail_fails_the_task(void **state) {
                       "task.created,task.started,approval.requested,approval.timed_out,"
                       "task.failed");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approve_after_the_timeout_decided_is_refused(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -866,9 +805,7 @@ static void approve_after_the_timeout_decided_is_refused(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t2"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- retry ---- */
@@ -878,7 +815,6 @@ static void approve_after_the_timeout_decided_is_refused(void **state) {
 static void retry_failed_task_reruns_from_the_failed_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -902,15 +838,12 @@ static void retry_failed_task_reruns_from_the_failed_stage(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
   cJSON_Delete(restarted);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void retry_from_an_earlier_named_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -922,15 +855,12 @@ static void retry_from_an_earlier_named_stage(void **state) {
   assert_string_equal(run_order(&p), "s0,s1,s0,s1,s2");
   assert_string_equal(event_str(&rec, SC_EV_TASK_STARTED, 1, "from_stage"), "s0");
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void retry_refuses_a_later_or_unknown_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -945,15 +875,12 @@ static void retry_refuses_a_later_or_unknown_stage(void **state) {
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_STARTED, "t1"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void retry_with_reset_context_starts_from_an_empty_context(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -969,15 +896,12 @@ static void retry_with_reset_context_starts_from_an_empty_context(void **state) 
   assert_true(cJSON_IsTrue(member(data_of(restarted), "reset_context")));
   cJSON_Delete(restarted);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void retry_is_refused_unless_failed(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -991,9 +915,7 @@ static void retry_is_refused_unless_failed(void **state) {
   settle(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_STARTED, "t1"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- rollback and release ---- */
@@ -1001,7 +923,6 @@ static void retry_is_refused_unless_failed(void **state) {
 static void rollback_redeploy_reruns_up_to_the_failed_stage_with_previous_config(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1028,15 +949,12 @@ static void rollback_redeploy_reruns_up_to_the_failed_stage_with_previous_config
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_COMPLETED, "t1"), 1);
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void rollback_redeploy_is_refused_without_previous_config(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1048,9 +966,7 @@ static void rollback_redeploy_is_refused_without_previous_config(void **state) {
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_STARTED, NULL), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 #define COMPENSATE_PIPELINE                                                                        \
@@ -1059,7 +975,6 @@ static void rollback_redeploy_is_refused_without_previous_config(void **state) {
 static void rollback_compensate_undoes_compensable_stages_in_reverse(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1078,15 +993,12 @@ static void rollback_compensate_undoes_compensable_stages_in_reverse(void **stat
   assert_string_equal(event_str(&rec, SC_EV_ROLLBACK_COMPLETED, 0, "status"), "ROLLED_BACK");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void failed_compensation_ends_rollback_failed_and_can_run_again(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1112,15 +1024,12 @@ static void failed_compensation_ends_rollback_failed_and_can_run_again(void **st
   assert_null(sc_engine_find_task(e, "t1"));
 
   cJSON_Delete(again);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void rollback_is_refused_unless_failed(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1134,15 +1043,12 @@ static void rollback_is_refused_unless_failed(void **state) {
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_STARTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void release_forgets_a_failed_task(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1155,9 +1061,7 @@ static void release_forgets_a_failed_task(void **state) {
   assert_null(sc_engine_find_task(e, "t1"));
   assert_int_equal(sc_engine_task_count(e), 0);
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- races with the executor ---- */
@@ -1169,7 +1073,6 @@ static int failed_once(void *udata) {
 static void cancel_during_retry_backoff_makes_no_further_attempt(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1188,9 +1091,7 @@ static void cancel_during_retry_backoff_makes_no_further_attempt(void **state) {
   assert_null(sc_engine_find_task(e, "t1"));
 
   cJSON_Delete(failed);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static int holds_an_ack(void *udata) {
@@ -1200,7 +1101,6 @@ static int holds_an_ack(void *udata) {
 static void cancel_while_a_stage_completed_ack_is_deferred_runs_no_next_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1219,16 +1119,13 @@ static void cancel_while_a_stage_completed_ack_is_deferred_runs_no_next_stage(vo
                       "task.created,task.started,stage.started,stage.completed,task.cancelled");
   assert_null(sc_engine_find_task(e, "t1"));
 
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* Requests made while a barrier's ack is outstanding wait for it, then apply: none is lost. */
 static void a_retry_asked_while_task_failed_is_stored_applies_after_the_ack(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1251,16 +1148,13 @@ static void a_retry_asked_while_task_failed_is_stored_applies_after_the_ack(void
   submit(e, "t2", "acme", CONFIG(STEP("s0")), NULL);
   settle(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t2"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void approvals_and_cancels_asked_during_a_barrier_apply_after_it(void **state) {
   (void)state;
   for (int cancel = 0; cancel <= 1; cancel++) {
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
     recorder rec;
     probe p;
     sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1289,9 +1183,7 @@ static void approvals_and_cancels_asked_during_a_barrier_apply_after_it(void **s
       assert_int_equal(runs_of(&p, "g0"), 1);
       assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
     }
-    sc_engine_free(e);
-    recorder_free(&rec);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, &rec, &loop);
   }
 }
 
@@ -1301,7 +1193,6 @@ static void a_rejection_takes_effect_after_its_event_is_stored(void **state) {
   (void)state;
   for (int ack_fails = 0; ack_fails <= 1; ack_fails++) {
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
     recorder rec;
     probe p;
     sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1337,9 +1228,7 @@ static void a_rejection_takes_effect_after_its_event_is_stored(void **state) {
                           "task.created,task.started,approval.requested,approval.rejected,"
                           "task.cancelled");
     }
-    sc_engine_free(e);
-    recorder_free(&rec);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, &rec, &loop);
   }
 }
 
@@ -1361,7 +1250,6 @@ static void run_for_ms(uv_loop_t *loop, uint64_t ms) {
 static void an_approval_timeout_during_a_barrier_applies_after_it(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1384,16 +1272,13 @@ static void an_approval_timeout_during_a_barrier_applies_after_it(void **state) 
                       "task.created,task.started,approval.requested,approval.granted,"
                       "approval.timed_out,task.cancelled");
   assert_int_equal(runs_of(&p, "g0"), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* A pause asked while a stage runs that then fails does not outlive the failure. */
 static void a_pause_request_ends_with_a_failure(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1412,9 +1297,7 @@ static void a_pause_request_ends_with_a_failure(void **state) {
   settle(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t1"), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static int cancel_on_stage_started(const sc_event *ev, sc_ack *ack, void *udata) {
@@ -1430,7 +1313,6 @@ static int cancel_on_stage_started(const sc_event *ev, sc_ack *ack, void *udata)
 static void cancel_inside_stage_started_neither_starts_nor_cancels_the_stage(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
   sc_engine *e = start_engine(&loop, &rec, &p);
@@ -1449,9 +1331,7 @@ static void cancel_inside_stage_started_neither_starts_nor_cancels_the_stage(voi
          "{\"stages\":[{\"name\":\"nap\",\"kind\":\"sleep\",\"params\":{\"ms\":10000}}]}", NULL);
   settle(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t2"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 int main(void) {

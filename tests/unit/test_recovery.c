@@ -106,6 +106,13 @@ static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, r
   return e;
 }
 
+/* Frees the engine and the recorder and checks that nothing was left on the loop. */
+static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
+  sc_engine_free(e);
+  recorder_free(rec);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
 /* Runs the loop until nothing holds it: every task finished or waits for a person. */
 static void settle(uv_loop_t *loop) {
   for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
@@ -243,9 +250,7 @@ static void recover_retry_with_nothing_completed_runs_every_stage(void **state) 
 
   cJSON_Delete(recovered);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_retry_after_stage_1_runs_only_stages_2_and_3(void **state) {
@@ -289,9 +294,7 @@ static void recover_retry_after_stage_1_runs_only_stages_2_and_3(void **state) {
   cJSON_Delete(started);
   cJSON_Delete(recovered);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_retry_after_final_stage_completes_at_once(void **state) {
@@ -321,9 +324,7 @@ static void recover_retry_after_final_stage_completes_at_once(void **state) {
 
   cJSON_Delete(recovered);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recovered_task_carries_request_epoch_plus_one_in_every_event(void **state) {
@@ -356,9 +357,7 @@ static void recovered_task_carries_request_epoch_plus_one_in_every_event(void **
 
   cJSON_Delete(recovered);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_restores_the_context_snapshot_with_a_matching_digest(void **state) {
@@ -396,9 +395,7 @@ static void recover_restores_the_context_snapshot_with_a_matching_digest(void **
   cJSON_Delete(done);
   cJSON_Delete(context);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- refusals ---- */
@@ -423,9 +420,7 @@ static void recover_rejects_unknown_stage(void **state) {
 
   cJSON_Delete(gate);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_rejects_fingerprint_of_another_config(void **state) {
@@ -452,9 +447,7 @@ static void recover_rejects_fingerprint_of_another_config(void **state) {
   cJSON_Delete(gate);
   cJSON_Delete(other);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_rejects_context_digest_mismatch(void **state) {
@@ -479,9 +472,7 @@ static void recover_rejects_context_digest_mismatch(void **state) {
   cJSON_Delete(tampered);
   cJSON_Delete(context);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_rollback_requires_previous_config(void **state) {
@@ -499,9 +490,7 @@ static void recover_rollback_requires_previous_config(void **state) {
   assert_refused(e, &rec, &req, SC_EINVAL, "previous_config");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_rejects_unsupported_request_version(void **state) {
@@ -520,9 +509,7 @@ static void recover_rejects_unsupported_request_version(void **state) {
   assert_refused(e, &rec, &req, SC_EINVAL, "version");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_rejects_config_that_is_not_an_object(void **state) {
@@ -540,9 +527,7 @@ static void recover_rejects_config_that_is_not_an_object(void **state) {
   assert_refused(e, &rec, &req, SC_EINVAL, "config");
 
   cJSON_Delete(array);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_accepts_fingerprint_from_sc_plan_fingerprint(void **state) {
@@ -567,9 +552,7 @@ static void recover_accepts_fingerprint_from_sc_plan_fingerprint(void **state) {
   assert_string_equal(run_order(&p), "s3");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_accepts_fingerprint_from_task_created(void **state) {
@@ -599,9 +582,7 @@ static void recover_accepts_fingerprint_from_task_created(void **state) {
 
   cJSON_Delete(created);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- ROLLBACK ---- */
@@ -659,9 +640,7 @@ static void recover_rollback_reruns_touched_stages_with_previous_config(void **s
   cJSON_Delete(recovered);
   cJSON_Delete(previous);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recovered_rollback_goes_pending_rolling_back_rolled_back(void **state) {
@@ -709,9 +688,7 @@ static void recovered_rollback_goes_pending_rolling_back_rolled_back(void **stat
   cJSON_Delete(previous);
   cJSON_Delete(config);
   cJSON_Delete(gate);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recovered_rollback_with_failing_stage_ends_rollback_failed(void **state) {
@@ -746,9 +723,7 @@ static void recovered_rollback_with_failing_stage_ends_rollback_failed(void **st
   cJSON_Delete(failed);
   cJSON_Delete(previous);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- approvals after a restart ---- */
@@ -815,9 +790,7 @@ static void recover_irreversible_in_flight(const char *approve_stage, const char
   cJSON_Delete(asked);
   cJSON_Delete(recovered);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 #define UNDO(name) "{\"name\":\"" name "\",\"kind\":\"undo\",\"effect\":\"compensable\"}"
@@ -857,9 +830,7 @@ static void recover_compensate_undoes_the_touched_compensable_stages_in_reverse(
   assert_string_equal(str_of(data_of(started), "strategy"), "compensate");
   cJSON_Delete(started);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recover_retry_asks_approval_before_irreversible_in_flight_stage(void **state) {
@@ -923,9 +894,7 @@ static void recover_asks_again_for_approval_granted_before_the_crash(void **stat
 
   cJSON_Delete(asked);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- the dry run ---- */
@@ -974,9 +943,7 @@ static void recovery_plan_is_a_dry_run_with_the_json_of_task_recovered(void **st
   cJSON_Delete(plan);
   cJSON_Delete(context);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void recovery_plan_refuses_what_recover_refuses(void **state) {
@@ -1018,9 +985,7 @@ static void recovery_plan_refuses_what_recover_refuses(void **state) {
   cJSON_Delete(context);
   cJSON_Delete(array);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- many recoveries at once ---- */
