@@ -207,6 +207,10 @@ static size_t next_written(const unsigned char **p, unsigned char out[4]) {
  * before and after a key with a stray byte went through a log. */
 static int written_cmp(const char *a, const char *b) {
   const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+  /* ASCII, as almost every key is, is written as it is: strcmp up to the first other byte. */
+  while (*x != 0 && *x == *y && *x < 0x80)
+    x++, y++;
+  if (*x < 0x80 && *y < 0x80) return (*x > *y) - (*x < *y);
   unsigned char bx[4], by[4];
   size_t nx = 0, ny = 0, ix = 0, iy = 0;
   for (;;) {

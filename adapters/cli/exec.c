@@ -964,13 +964,15 @@ static int write_context(sc_stage_ctx *ctx, exec_run *run, const char *json) {
   run->context_path = path.data;
   size_t len = strlen(json), done = 0;
   int fd = open(run->context_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  while (fd >= 0 && done < len) {
+  int err = fd < 0 ? errno : 0;
+  while (err == 0 && done < len) {
     ssize_t w = write(fd, json + done, len - done);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) break;
-    done += (size_t)w;
+    if (w <= 0)
+      err = w < 0 ? errno : EIO;
+    else
+      done += (size_t)w;
   }
-  int err = fd < 0 || done < len ? (errno ? errno : EIO) : 0;
   if (fd >= 0) close(fd);
   if (err != 0) {
     char msg[512];

@@ -264,8 +264,7 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   if (o->log != NULL) {
     sc_jsonl_options jo;
     sc_jsonl_options_init(&jo);
-    if (!parse_fsync(o->fsync, &jo.fsync))
-      return cli_usage_error(cmd, "--fsync must be always, batch or none (got '%s')", o->fsync);
+    (void)parse_fsync(o->fsync, &jo.fsync); /* check_options() refused anything else */
     jo.log = log_say;
     jo.log_udata = rt;
     if (sc_jsonl_open(rt->e, o->log, &jo, &rt->log) != SC_OK)
@@ -592,15 +591,18 @@ int cli_recover(int argc, char **argv) {
     else
       printf("nothing to recover: every task in %s finished\n", log_name);
   }
+  size_t started = 0;
   for (size_t i = 0; i < chosen && code == CLI_EXIT_COMPLETED && !dry_run; i++) {
-    if (sc_recover_from_restart(rt.e, &reqs[i], NULL) != SC_OK) {
+    if (sc_recover_from_restart(rt.e, &reqs[i], NULL) == SC_OK) {
+      started++;
+    } else {
       /* Checked above; only running out of memory gets here. */
       fprintf(stderr, "stagecoach recover: task %s: %s\n", reqs[i].recovered_from,
               sc_error_message());
       code = CLI_EXIT_FAILED;
     }
   }
-  if (!dry_run && chosen > 0) {
+  if (started > 0) { /* the ones that started run to their end, whatever became of the others */
     int finished = runtime_finish(&rt);
     if (code == CLI_EXIT_COMPLETED) code = finished;
   }
