@@ -3,12 +3,15 @@
 # durable log, kills it with SIGKILL in the middle of the deploy stage, recovers it from the log
 # with `stagecoach recover`, and shows the timeline with `stagecoach events`.
 # Installs missing packages with apt-get when run as root; otherwise prints the command.
-set -euo pipefail
+# Needs only what the library and the command need; the test packages are tests/run.sh's business
+# (without cmocka, the build folder simply has no tests). Any step that fails says so.
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 . tests/need-packages.sh
+trap 'echo "quickstart.sh: failed at line $LINENO (exit $?): $BASH_COMMAND" >&2' ERR
 need_packages gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev || exit 2
-[ -d build ] || meson setup build >/dev/null
-ninja -C build >/dev/null
+setup_build build || exit 2
+step "the build (ninja -C build)" ninja -C build || exit 1
 sc=./build/stagecoach
 
 export DEPLOY_ROOT
@@ -25,10 +28,17 @@ echo "== stagecoach run examples/deploy/pipeline.json --log $log --plain --no-pr
 echo "   (killed with SIGKILL once the deploy stage is half done)"
 $sc run examples/deploy/pipeline.json --log "$log" --plain --no-prompt &
 pid=$!
+started=0
 for _ in $(seq 1 200); do
-  grep -q '"type":"stagecoach.stage.started".*"stage":"deploy"' "$log" 2>/dev/null && break
+  grep -q '"type":"stagecoach.stage.started".*"stage":"deploy"' "$log" 2>/dev/null && { started=1; break; }
   sleep 0.05
 done
+if [ $started = 0 ]; then
+  echo "quickstart.sh: the deploy stage did not start within 10 s; the log so far:" >&2
+  sed 's/^/  | /' "$log" >&2 2>/dev/null || true
+  kill -9 "$pid" 2>/dev/null || true
+  exit 1
+fi
 sleep 1
 # The deploy script runs in its own process group, led by the shell stagecoach started.
 group=$(ps -o pid= --ppid "$pid" | head -n 1 | tr -d ' ')

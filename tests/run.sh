@@ -14,15 +14,10 @@ need_packages gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev lib
 build=${STAGECOACH_TEST_BUILD:-build-test}
 # meson's "undefined" leaves out the floating-point checks; a double cast out of range is a bug here.
 ubsan_extra=-fsanitize=float-cast-overflow,float-divide-by-zero
-sanitize=(-Db_sanitize=address,undefined "-Dc_args=$ubsan_extra" "-Dc_link_args=$ubsan_extra")
-if [ -d "$build" ]; then
-  meson setup --reconfigure "$build" "${sanitize[@]}" >/dev/null ||
-    { echo "run.sh: meson setup failed"; echo "0 passed, 1 failed"; exit 2; }
-else
-  meson setup "$build" "${sanitize[@]}" --buildtype=debugoptimized >/dev/null ||
-    { echo "run.sh: meson setup failed"; echo "0 passed, 1 failed"; exit 2; }
-fi
-ninja -C "$build" || { echo "run.sh: the build failed"; echo "0 passed, 1 failed"; exit 1; }
+# -Dtests=enabled: here a missing cmocka is an error, not a build without tests.
+setup_build "$build" -Dtests=enabled -Db_sanitize=address,undefined "-Dc_args=$ubsan_extra" \
+  "-Dc_link_args=$ubsan_extra" --buildtype=debugoptimized || { echo "0 passed, 1 failed"; exit 2; }
+step "the build (ninja -C $build)" ninja -C "$build" || { echo "0 passed, 1 failed"; exit 1; }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
