@@ -7,22 +7,22 @@
  *
  *   SC_IOFAULT_LOG=PATH       the log (required; without it the shim does nothing)
  *   SC_IOFAULT_TRACE=FILE     append one line per counted call: "N write|sync BYTES", and
- *                             "N fail ERRNO" for the one that was failed
+ *                             "N fail write|sync ERRNO" for the one failed
  *   SC_IOFAULT_FAIL=N         the Nth counted call fails (returns -1, does nothing)...
  *   SC_IOFAULT_ERRNO=E        ... with errno E: EIO (default) or ENOSPC
- *   SC_IOFAULT_KILL_LINE=N    write the log up to the end of its Nth line (counted in this
- * process), then SIGKILL: a crash exactly at that event boundary SC_IOFAULT_HOLD=WHERE     hold
- * once: "open" (after the log is opened), "lock" (before the log is locked), "locked" (after it is
- * locked)... SC_IOFAULT_HOLD_DIR=DIR   ... by creating DIR/held (holding the pid) and waiting, at
- * most 60 s, until DIR/release exists
+ *   SC_IOFAULT_KILL_LINE=N    write the log up to the end of its Nth line (of this process),
+ *                             then SIGKILL: a crash exactly at that event boundary
+ *   SC_IOFAULT_HOLD=WHERE     hold once: "open" (after the log is opened), "lock" (before it
+ *                             is locked) or "locked" (after it is locked)...
+ *   SC_IOFAULT_HOLD_DIR=DIR   ... by creating DIR/held (holding the pid) and waiting, at most
+ *                             60 s, until DIR/release exists
  *
  * The failure is a real one for the caller: the call returns -1 with errno and its data never
  * reaches the file. The counters are shared by every thread of the process, so a sync made on
  * the thread pool is counted like one made on the loop's thread. The shim is built without the
  * sanitizers: it is also loaded into the stages' shells, which are not instrumented. */
 #define _GNU_SOURCE
-/* Both the plain and the 64 names are defined below; the build's 64-bit offsets would alias them.
- */
+/* The plain and the 64 names are both defined below; 64-bit offsets would alias them. */
 #undef _FILE_OFFSET_BITS
 #include <dlfcn.h>
 #include <errno.h>
