@@ -7,6 +7,10 @@
                                              approves itself on timeout (so --no-prompt passes it)
   faultcheck.py snapshot LOG RAN             one line for a later check: the log's line count, the
                                              stages whose stage.completed it holds, the ran count
+  faultcheck.py call LOG TRACE TYPE STAGE    the number of the counted call (in the shim's TRACE
+                                             of the run that wrote LOG) that wrote the first event
+                                             of TYPE (stage.completed, ...) for STAGE
+  faultcheck.py line LOG TYPE STAGE          the line number of that event in LOG
   faultcheck.py judge LOG RAN INCIDENTS SNAPSHOT...
                                              check the invariants after a job and its recoveries;
                                              prints one line per violation, exits 1 if any
@@ -147,6 +151,30 @@ def judge(log, ran, incidents, snaps, count=12):
     return why
 
 
+def event_line(log, kind, stage):
+    for number, e in enumerate(events(log), 1):
+        if e.get("type") == "stagecoach." + kind and e.get("data", {}).get("stage") == stage:
+            return number
+    return 0
+
+
+def event_call(log, trace, kind, stage):
+    number = event_line(log, kind, stage)
+    if number == 0:
+        return 0
+    with open(log, "rb") as f:
+        offset = sum(len(line) for line in f.read().split(b"\n")[:number - 1]) + number - 1
+    written = 0
+    with open(trace) as f:
+        for row in f:
+            field = row.split()
+            if len(field) == 3 and field[1] == "write":
+                written += int(field[2])
+                if written > offset:
+                    return int(field[0])
+    return 0
+
+
 def main(argv):
     if len(argv) >= 4 and argv[1] == "pipeline":
         pipeline(argv[2], argv[3], int(argv[4]) if len(argv) > 4 else 12)
@@ -154,9 +182,15 @@ def main(argv):
     if len(argv) == 4 and argv[1] == "snapshot":
         print(snapshot(argv[2], argv[3]))
         return 0
+    if len(argv) == 6 and argv[1] == "call":
+        print(event_call(argv[2], argv[3], argv[4], argv[5]))
+        return 0
+    if len(argv) == 5 and argv[1] == "line":
+        print(event_line(argv[2], argv[3], argv[4]))
+        return 0
     if len(argv) >= 5 and argv[1] == "judge":
         why = judge(argv[2], argv[3], int(argv[4]), argv[5:])
-        for w in why:
+        for w in dict.fromkeys(why):
             print(w)
         return 1 if why else 0
     sys.stderr.write(__doc__)
