@@ -5,12 +5,18 @@
                                              appending its name to DIR/ran (and its shell's pid to
                                              DIR/pids); s6 is irreversible, behind a gate that
                                              approves itself on timeout (so --no-prompt passes it)
+  faultcheck.py growth FILE DIR STAGES       write the growth job: STAGES exec stages, each adding
+                                             a 10 KiB member (its name) to the context; the last
+                                             one fails unless the context holds every earlier one
   faultcheck.py snapshot LOG RAN             one line for a later check: the log's line count, the
                                              stages whose stage.completed it holds, the ran count
   faultcheck.py call LOG TRACE TYPE STAGE    the number of the counted call (in the shim's TRACE
                                              of the run that wrote LOG) that wrote the first event
                                              of TYPE (stage.completed, ...) for STAGE
   faultcheck.py line LOG TYPE STAGE          the line number of that event in LOG
+  faultcheck.py biglog DONE TAIL OUT MB      write OUT: copies of the finished job in log DONE
+                                             (each under its own task id) up to MB megabytes,
+                                             then the lines of log TAIL, on one valid chain
   faultcheck.py judge LOG RAN INCIDENTS SNAPSHOT...
                                              check the invariants after a job and its recoveries;
                                              prints one line per violation, exits 1 if any
@@ -26,6 +32,7 @@ the log holds no task). The invariants, from DESIGN.md "Subscribers and the dura
   - the log ends with the job completed: a task.completed, and no task left without a terminal
     event that a later task does not supersede.
 """
+import hashlib
 import json
 import sys
 
@@ -48,6 +55,20 @@ def pipeline(path, directory, count=12):
         stages.append(stage)
     with open(path, "w") as f:
         json.dump({"plan": "ref", "tenant": "acme", "config": {"dir": directory, "stages": stages}}, f)
+        f.write("\n")
+
+
+PAD = 10 * 1024
+
+
+def growth(path, directory, count):
+    add = 'printf \'{"%s":"%s"}\' "$SC_STAGE" "$V" > "$SC_OUTPUT"; echo "$SC_STAGE" >> "$DIR/ran"'
+    last = ('test "$(grep -o \'"s[0-9]*":"\' "$SC_CONTEXT_FILE" | sort -u | wc -l)" = %d && ' % (count - 1)) + add
+    stages = [{"name": "s%d" % i, "kind": "exec", "run": last if i == count - 1 else add,
+               "env": {"V": "${config.pad}", "DIR": "${config.dir}"}} for i in range(count)]
+    with open(path, "w") as f:
+        json.dump({"plan": "growth", "tenant": "acme",
+                   "config": {"dir": directory, "pad": "x" * PAD, "stages": stages}}, f)
         f.write("\n")
 
 
@@ -175,15 +196,51 @@ def event_call(log, trace, kind, stage):
     return 0
 
 
+def bare(line):
+    """The event of a log line: the line without its chain member (docs/jsonl.md)."""
+    assert line[-76:-66] == b',"chain":"', "not a log line"
+    return line[:-76] + b"}"
+
+
+def biglog(done, tail, out, megabytes):
+    with open(done, "rb") as f:
+        done_lines = [bare(line) for line in f.read().split(b"\n")[:-1]]
+    with open(tail, "rb") as f:
+        tail_lines = [bare(line) for line in f.read().split(b"\n")[:-1]]
+    task = json.loads(done_lines[0])["taskid"].encode()
+    prev = b"0" * 64
+    size, copy = 0, 0
+    with open(out, "wb") as f:
+        def put(body):
+            nonlocal prev, size
+            prev = hashlib.sha256(prev + body).hexdigest().encode()
+            line = body[:-1] + b',"chain":"' + prev + b'"}\n'
+            f.write(line)
+            size += len(line)
+        while size < megabytes * 1024 * 1024:
+            copy += 1
+            other = task[:-8] + b"%08x" % copy
+            for body in done_lines:
+                put(body.replace(task, other))
+        for body in tail_lines:
+            put(body)
+
+
 def main(argv):
     if len(argv) >= 4 and argv[1] == "pipeline":
         pipeline(argv[2], argv[3], int(argv[4]) if len(argv) > 4 else 12)
+        return 0
+    if len(argv) == 5 and argv[1] == "growth":
+        growth(argv[2], argv[3], int(argv[4]))
         return 0
     if len(argv) == 4 and argv[1] == "snapshot":
         print(snapshot(argv[2], argv[3]))
         return 0
     if len(argv) == 6 and argv[1] == "call":
         print(event_call(argv[2], argv[3], argv[4], argv[5]))
+        return 0
+    if len(argv) == 6 and argv[1] == "biglog":
+        biglog(argv[2], argv[3], argv[4], int(argv[5]))
         return 0
     if len(argv) == 5 and argv[1] == "line":
         print(event_line(argv[2], argv[3], argv[4]))

@@ -32,12 +32,14 @@ fresh_job() {
 }
 
 # sc_shim ENV... -- ARGS...: stagecoach under the shim, watching $job/log; ENV are the shim's
-# settings (SC_IOFAULT_FAIL=3 ...). Output goes to $job/out; returns the command's status.
+# settings (SC_IOFAULT_FAIL=3 ...). Output goes to $out_file, else $job/out; returns the
+# command's status.
 sc_shim() {
   local env=(LD_PRELOAD="$shim" SC_IOFAULT_LOG="$job/log")
   while [ $# -gt 0 ] && [ "$1" != -- ]; do env+=("$1"); shift; done
   shift
-  env "${env[@]}" "$sc" "$@" >"$job/out" 2>&1
+  # The group's own stderr is closed to the shell's "Killed" notice of a process the shim kills.
+  { env "${env[@]}" "$sc" "$@" >"${out_file:-$job/out}" 2>&1; } 2>/dev/null
 }
 
 # has_task: the log holds a task.created, so the job is continued with `recover`; otherwise the
