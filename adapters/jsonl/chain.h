@@ -47,7 +47,8 @@ typedef struct sc__log {
 } sc__log;
 
 /* Maps a log: SC_OK, SC_ENOTFOUND (no such file), SC_EIO with errno (cannot be read, a
- * directory), or SC_EPARSE for a device, FIFO or socket (no log). The _fd form maps an open file. */
+ * directory), or SC_EPARSE for a device, FIFO or socket (no log). The _fd form maps an open file.
+ */
 int sc__log_map(const char *path, sc__log *l);
 int sc__log_map_fd(int fd, sc__log *l);
 void sc__log_unmap(sc__log *l);
@@ -63,7 +64,7 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
                  sc_jsonl_report *r);
 
 /* The scan of sc_jsonl_scan over a mapped log (the writer passes its locked one). */
-int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good,
-                       sc_unfinished **out, size_t *n, sc_jsonl_report *r);
+int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
+                       size_t *n, sc_jsonl_report *r);
 
 #endif

@@ -139,7 +139,8 @@ static int note_recovery(scan_state *s, const char *line, size_t len, task_state
     }
     old->superseded = true;
   }
-  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(point) ? point : data, "mode");
+  const cJSON *mode =
+      cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(point) ? point : data, "mode");
   if (cJSON_IsString(mode)) {
     t->compensating = strcmp(mode->valuestring, "compensate") == 0;
     t->rolling_back = t->compensating || strcmp(mode->valuestring, "rollback") == 0;
@@ -250,8 +251,8 @@ static int map_path(const char *path, sc__log *l) {
                       strerror(errno));
 }
 
-static int walk(const char *path, const sc__log *l, bool stop_at_good, sc__line_fn fn,
-                void *udata, sc_jsonl_report *r) {
+static int walk(const char *path, const sc__log *l, bool stop_at_good, sc__line_fn fn, void *udata,
+                sc_jsonl_report *r) {
   sc__chain c;
   if (sc__chain_init(&c) != SC_OK) return sc_error_set(SC_ENOMEM, "scan: out of memory");
   if (fn != NULL) ((scan_state *)udata)->base = l->data;
@@ -390,7 +391,8 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
   const cJSON *holder = cJSON_IsObject(point) ? point : ev->data;
   req->context = dup_object(cJSON_GetObjectItemCaseSensitive(holder, "context"));
   const cJSON *digest = cJSON_GetObjectItemCaseSensitive(holder, "digest");
-  req->context_digest = req->context && cJSON_IsString(digest) ? dup_str(digest->valuestring) : NULL;
+  req->context_digest =
+      req->context && cJSON_IsString(digest) ? dup_str(digest->valuestring) : NULL;
   const cJSON *point_last = cJSON_GetObjectItemCaseSensitive(point, "last_completed_stage");
   if (cJSON_IsString(point_last) && !t->completed.len)
     req->last_completed_stage = dup_str(point_last->valuestring);
@@ -440,8 +442,8 @@ static int by_order(const void *a, const void *b) {
   return x->order < y->order ? -1 : x->order > y->order;
 }
 
-int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good,
-                       sc_unfinished **out, size_t *n, sc_jsonl_report *r) {
+int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
+                       size_t *n, sc_jsonl_report *r) {
   sc_jsonl_report local;
   if (r == NULL) r = &local;
   *out = NULL;

@@ -45,7 +45,7 @@ struct sc_jsonl {
   const char *sync_what; /* what failed in the sync: "fdatasync" or the directory's fsync */
   bool cut_pending;      /* a torn tail to cut before the first write */
   bool dir_sync_pending; /* a new log: its directory entry is synced with the first sync */
-  int err; /* sticky: after a failed write or sync every event fails */
+  int err;               /* sticky: after a failed write or sync every event fails */
   char errmsg[300];
   unsigned closing_handles;
   sc_jsonl_report open_report;
@@ -275,8 +275,6 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   }
   return SC_DEFER;
 }
-
-
 
 /* The pid of the process holding an flock on the file open as fd, from /proc/locks (Linux);
  * 0 when it cannot be told. The kernel records the lock's owner there, so nothing of ours needs

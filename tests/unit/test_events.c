@@ -769,10 +769,10 @@ static void doc_free_of_null_is_a_no_op(void **state) {
 static void progress_events_are_barriers(void **state) {
   (void)state;
   const sc_event_type barriers[] = {
-      SC_EV_TASK_CREATED,       SC_EV_TASK_RECOVERED,     SC_EV_STAGE_COMPLETED,
-      SC_EV_TASK_COMPLETED,     SC_EV_TASK_FAILED,        SC_EV_TASK_CANCELLED,
-      SC_EV_APPROVAL_GRANTED,   SC_EV_APPROVAL_REJECTED,  SC_EV_APPROVAL_TIMED_OUT,
-      SC_EV_ROLLBACK_STARTED,   SC_EV_ROLLBACK_COMPLETED, SC_EV_ROLLBACK_FAILED,
+      SC_EV_TASK_CREATED,      SC_EV_TASK_RECOVERED,     SC_EV_STAGE_COMPLETED,
+      SC_EV_TASK_COMPLETED,    SC_EV_TASK_FAILED,        SC_EV_TASK_CANCELLED,
+      SC_EV_APPROVAL_GRANTED,  SC_EV_APPROVAL_REJECTED,  SC_EV_APPROVAL_TIMED_OUT,
+      SC_EV_ROLLBACK_STARTED,  SC_EV_ROLLBACK_COMPLETED, SC_EV_ROLLBACK_FAILED,
       SC_EV_STAGE_COMPENSATED,
   };
   /* stage.started is a barrier only for a compensable or irreversible stage (the engine's
