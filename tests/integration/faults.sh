@@ -5,14 +5,18 @@
 # writes and syncs made on the log (stdout, stderr and the stages' pipes are not counted). Then,
 # for every one of those calls and for EIO and ENOSPC, the job runs again with that call failing,
 # and the operator carries on: `recover` (or `run` again, when the log holds no task). Checked:
-# the faulted run does not exit 0 and reports no sanitizer error, the recovery completes, the
-# log verifies, a further recover finds nothing, every stage ran, none more than twice, no stage
-# whose stage.completed was logged ran again, the in-flight irreversible stage ran again only
-# after an approval that names it in flight. Then the same with a second fault in the recovery
-# itself, at a call that moves along the recovery's own calls from case to case.
+# the faulted run exits 5 (the log is incomplete) naming the error and reports no sanitizer
+# error; the recovery completes; the log verifies; a further recover finds nothing and writes
+# nothing; every stage ran; no stage whose stage.completed was logged ran again; at most one
+# stage re-ran per incident (so none more than twice after one fault); the in-flight
+# irreversible s6 ran again only after an approval that names it in flight; and no stage ran
+# while the log held no task.created. Then the same with a second fault in the recovery itself,
+# at a call that moves along the recovery's own calls from case to case (after two incidents a
+# stage in flight at both may run three times; the count is printed).
 sc=$1 shim=$2 judge=$3
 . "$(dirname "$0")/faultlib.sh"
 
+strerror() { [ "$1" = EIO ] && echo "Input/output error" || echo "No space left on device"; }
 faults=0 second_faults=0 cases=0 triple=0
 case_index=0
 for mode in always batch; do
@@ -46,8 +50,10 @@ for mode in always batch; do
       why=""
       if sanitizer_report "$job/out1"; then
         why="the faulted run reports a sanitizer error"
-      elif [ "$hit" = 1 ] && [ $status = 0 ]; then
-        why="the run exits 0 although its $failed_call failed"
+      elif [ "$hit" = 1 ] && [ $status != 5 ]; then
+        why="the run exits $status, not 5 (the log is incomplete), although its $failed_call failed"
+      elif [ "$hit" = 1 ] && ! grep -q "$(strerror $errno)" "$job/out1"; then
+        why="the run does not report the failed $failed_call (\"$(strerror $errno)\")"
       elif [ $status -ge 128 ]; then
         why="the faulted run died of signal $((status - 128))"
       elif [ "$hit" = 0 ] && [ $status != 0 ]; then
@@ -90,8 +96,10 @@ for mode in always batch; do
       why=""
       if sanitizer_report "$job/out2"; then
         why="the faulted recovery reports a sanitizer error"
-      elif [ "$hit2" = 1 ] && [ $status = 0 ]; then
-        why="the recovery exits 0 although its $(grep ' fail ' "$job/trace3" | awk '{ print $3 }') failed"
+      elif [ "$hit2" = 1 ] && [ $status != 5 ]; then
+        why="the recovery exits $status, not 5, although its $(grep ' fail ' "$job/trace3" | awk '{ print $3 }') failed"
+      elif [ "$hit2" = 1 ] && ! grep -q "$(strerror $other)" "$job/out2"; then
+        why="the recovery does not report its failed call (\"$(strerror $other)\")"
       elif [ $status -ge 128 ]; then
         why="the faulted recovery died of signal $((status - 128))"
       fi
