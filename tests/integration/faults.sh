@@ -124,6 +124,54 @@ for mode in always batch; do
     done
   done
 done
+# --- The same with a real failing system call: strace fails every fdatasync and fsync (of any
+# thread: the log's syncs run on the thread pool), in the run and in a recovery. LeakSanitizer
+# cannot run under ptrace; the rest of the sanitizers do.
+. "$(dirname "$0")/../need-packages.sh"
+need_packages strace >"$tmp/need.out" 2>&1 || echo "# strace is missing: $(tr '\n' ' ' <"$tmp/need.out")"
+strace_faults=0
+sc_strace() { # sc_strace ERRNO ARGS...: stagecoach with every sync failing with ERRNO
+  local errno=$1; shift
+  ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" strace -f -qq -o "$job/strace.out" \
+    -e trace=fdatasync,fsync -e inject=fdatasync,fsync:error="$errno" "$sc" "$@" >"$job/out" 2>&1
+}
+for mode in always batch; do
+  for where in run recovery; do
+    errno=$([ $where = run ] && echo EIO || echo ENOSPC)
+    label="$mode: every sync fails with $errno (strace) in the $where"
+    fresh_job
+    : >"$job/snaps"
+    incidents=1
+    if [ $where = recovery ]; then
+      sc_shim SC_IOFAULT_FAIL=20 -- run "$job/p.json" --log "$job/log" --fsync "$mode" --no-prompt --plain
+      python3 "$judge" snapshot "$job/log" "$job/ran" >>"$job/snaps"
+      incidents=2
+      sc_strace $errno recover "$job/p.json" --log "$job/log" --fsync "$mode" --no-prompt --plain
+    else
+      python3 "$judge" snapshot "$job/log" "$job/ran" >>"$job/snaps"
+      sc_strace $errno run "$job/p.json" --log "$job/log" --fsync "$mode" --no-prompt --plain
+    fi
+    status=$?
+    injected=$(grep -c "$errno.*(INJECTED)" "$job/strace.out" 2>/dev/null)
+    strace_faults=$((strace_faults + ${injected:-0}))
+    cp "$job/out" "$job/out1"
+    why=""
+    if [ "${injected:-0}" = 0 ]; then
+      why="strace injected no failure (exit $status)"
+    elif sanitizer_report "$job/out1"; then
+      why="a sanitizer error"
+    elif [ $status != 5 ] || ! grep -q "$(strerror $errno)" "$job/out1"; then
+      why="the $where exits $status (not 5) or does not name the error"
+    else
+      continue_job "$mode"
+      status=$?
+      if [ $status != 0 ]; then why="the recovery exits $status"; else finish_checks "$label" $incidents; fi
+    fi
+    if [ -z "$why" ]; then ok "$label, recovered"; else
+      fail "$label: $why" "$(tail -n 8 "$job/out1")" "then:" "$(tail -n 8 "$job/out")"; fi
+  done
+done
+echo "# real failing syncs injected by strace: $strace_faults"
 echo "# cases: $cases; faults injected: $faults in runs, $second_faults in recoveries; stages run three times after two incidents: $triple"
 echo "# violations: $violations"
 echo "1..$n"
