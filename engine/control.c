@@ -13,17 +13,39 @@ void sc_task_spec_init(sc_task_spec *s) {
   s->version = SC_TASK_SPEC_VERSION;
 }
 
-/* task.created: the fingerprint and the configs, so that a log alone is enough to recover. */
-void sc__emit_created(sc_task *t) {
+/* task.created: the fingerprint and the configs, so that a log alone is enough to recover; for a
+ * recovered task also the task it carries on and the point it recovers to, so that a log ending
+ * right after this event recovers to that same point. */
+void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
+                      int32_t start_index) {
   cJSON *data = NULL;
   if (sc__bus_wants(t->e->bus, SC_EV_TASK_CREATED) && (data = cJSON_CreateObject()) != NULL) {
     sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
     cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
+    bool context = t->context && sc__task_refresh_digest(t) == SC_OK;
+    if (req != NULL) {
+      if (req->recovered_from)
+        sc__json_put(data, "recovered_from", cJSON_CreateStringReference(req->recovered_from));
+      cJSON *point = cJSON_CreateObject();
+      if (point != NULL) {
+        sc__json_put(point, "mode", cJSON_CreateStringReference(mode));
+        cJSON_AddNumberToObject(point, "start_index", start_index);
+        sc__json_put(point, "last_completed_stage",
+                     req->last_completed_stage
+                         ? cJSON_CreateStringReference(req->last_completed_stage)
+                         : cJSON_CreateNull());
+        if (context) {
+          sc__json_put(point, "context", cJSON_CreateObjectReference(t->context->child));
+          sc__json_put(point, "digest", cJSON_CreateStringReference(t->digest));
+        }
+      }
+      sc__json_put(data, "recovery", point);
+    }
     sc__json_put(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
     if (t->plan->previous_config)
       sc__json_put(data, "previous_config",
                    cJSON_CreateObjectReference(t->plan->previous_config->child));
-    if (t->context && sc__task_refresh_digest(t) == SC_OK) {
+    if (context && req == NULL) {
       sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
       sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
     }
@@ -45,7 +67,7 @@ int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
     sc__plan_unref(e, plan);
     return rc;
   }
-  sc__emit_created(t);
+  sc__emit_created(t, NULL, NULL, 0);
   sc__engine_enqueue(e, t);
   if (out) *out = t;
   return SC_OK;

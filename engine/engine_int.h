@@ -112,6 +112,7 @@ typedef enum task_step {
   STEP_STAGE_DONE,  /* the running attempt finished: record it and move on */
   STEP_RELEASE,     /* terminal: free the task once its events are acknowledged */
   STEP_DECIDED,     /* a gate was rejected or timed out: apply it once its event is stored */
+  STEP_LAUNCH,      /* stage.started emitted: start the attempt (once it is stored, if a barrier) */
 } task_step;
 
 typedef enum task_timer_use {
@@ -176,6 +177,12 @@ struct sc_task {
   unsigned retry_count;
   uint64_t seq, epoch;
   uint32_t barrier_pending, acks_pending;
+  uint64_t started_barrier_seq; /* the seq of a stage.started that is a barrier; 0: none */
+  /* The serialized stage.completed carries the whole context only now and then (DESIGN.md,
+   * "Checkpoint"): the canonical size of the last snapshot, the bytes of outputs since, and
+   * whether the next one must carry it (the first of a run). */
+  size_t context_bytes, snapshot_bytes, outputs_since_snapshot;
+  bool snapshot_due;
   sc_stage_ctx *ctx;      /* the running attempt */
   uv_timer_t *timer;      /* lazily created */
   char *pause_reason;     /* a failed ack's or a lost lock's message, for task.paused */
@@ -269,7 +276,9 @@ const cJSON *sc__task_context(const sc_task *t);
 int sc__task_refresh_digest(sc_task *t);
 void sc__task_enter_terminal(sc_task *t, sc_task_status to, sc_event_type type, cJSON *data);
 cJSON *sc__error_json(int code, const char *message);
-void sc__emit_created(sc_task *t);
+/* task.created; req and the rest for a recovered task (req NULL for a new one). */
+void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
+                      int32_t start_index);
 
 /* stage.c */
 sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index);

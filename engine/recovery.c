@@ -184,7 +184,11 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   t->index = p.start;
   t->end_index = p.end;
   t->gate_index = p.gate ? p.in_flight : -1;
-  sc__emit_created(t);
+  sc__emit_created(t, req,
+                   req->mode == SC_RECOVER_ROLLBACK     ? "rollback"
+                   : req->mode == SC_RECOVER_COMPENSATE ? "compensate"
+                                                        : "retry",
+                   p.start);
   sc__task_emit(t, SC_EV_TASK_RECOVERED, NULL, -1, 0, p.report);
   sc__engine_enqueue(e, t);
   if (out) *out = t;

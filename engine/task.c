@@ -25,7 +25,10 @@ const cJSON *sc__task_context(const sc_task *t) {
 int sc__task_refresh_digest(sc_task *t) {
   if (!t->digest_stale) return SC_OK;
   int rc = sc__digest(t->e->sha, &t->e->scratch, sc__task_context(t), t->digest);
-  if (rc == SC_OK) t->digest_stale = false;
+  if (rc == SC_OK) {
+    t->digest_stale = false;
+    t->context_bytes = t->e->scratch.len; /* the digest's canonical JSON: its size for free */
+  }
   return rc;
 }
 
@@ -82,12 +85,20 @@ static void ack_failed(sc_task *t, int status, const char *message) {
   sc__engine_enqueue(t->e, t);
 }
 
+/* Whether an event holds the task's next step until it is stored. */
+static bool is_barrier(sc_event_type type, const sc__stage *stage) {
+  return sc_event_type_is_barrier(type) ||
+         (type == SC_EV_STAGE_STARTED && stage != NULL && stage->effect != SC_EFFECT_IDEMPOTENT);
+}
+
 void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32_t index,
                    uint32_t attempt, cJSON *data) {
   sc_engine *e = t->e;
   sc_event ev;
   ev.type = type;
   ev.seq = ++t->seq;
+  if (type == SC_EV_TASK_STARTED || type == SC_EV_ROLLBACK_STARTED)
+    t->snapshot_due = true; /* a reader starts a run's fold at its first stage.completed */
   if (!sc__bus_wants(e->bus, type)) {
     cJSON_Delete(data);
     return;
@@ -104,13 +115,19 @@ void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32
   ev.status = (sc_task_status)t->status;
   ev.data = data;
   ev.source = e->source;
+  ev.context = type == SC_EV_STAGE_COMPLETED || type == SC_EV_TASK_COMPLETED ||
+                       type == SC_EV_ROLLBACK_COMPLETED
+                   ? sc__task_context(t)
+                   : NULL;
   int rc = sc__bus_dispatch(e->bus, &ev, t);
   cJSON_Delete(data);
   if (rc == SC_DEFER) {
-    if (sc_event_type_is_barrier(type))
+    if (is_barrier(type, stage)) {
       t->barrier_pending++;
-    else
+      if (type == SC_EV_STAGE_STARTED) t->started_barrier_seq = ev.seq;
+    } else {
       t->acks_pending++;
+    }
   } else if (rc < 0) {
     ack_failed(t, rc, sc_error_message());
   }
@@ -125,13 +142,16 @@ static bool has_requests(const sc_task *t) {
 
 void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, const char *msg,
                      void *udata) {
-  (void)seq;
   (void)udata;
   sc_task *t = owner;
-  if (sc_event_type_is_barrier(type))
+  /* One barrier stage.started at most is outstanding: the task takes no step while it is. */
+  if (sc_event_type_is_barrier(type) ||
+      (type == SC_EV_STAGE_STARTED && seq == t->started_barrier_seq && seq != 0)) {
     t->barrier_pending--;
-  else
+    if (type == SC_EV_STAGE_STARTED) t->started_barrier_seq = 0;
+  } else {
     t->acks_pending--;
+  }
   if (status < 0) ack_failed(t, status, msg);
   /* Whatever was asked while the barrier held (a retry, an approval, a cancel) applies now. */
   if (t->barrier_pending == 0 && (t->step != STEP_WAIT || has_requests(t)))
@@ -229,6 +249,24 @@ static const char *mode_name(const sc_task *t) {
   return "run";
 }
 
+/* Whether this stage.completed carries the whole context (DESIGN.md, "Checkpoint"): the first of
+ * a run does, and then one whenever the outputs since the last snapshot reach that snapshot's
+ * size, so the serialized events grow with the sum of the outputs, never with stages x context.
+ * Sizes are of the canonical JSON: the context's comes with its digest, an output's is written
+ * into the scratch buffer (only when a subscriber wants the event). */
+static bool snapshot_now(sc_task *t, const cJSON *output) {
+  if (output != NULL && output->child != NULL) {
+    sc__buf_reset(&t->e->scratch);
+    sc__json_value(&t->e->scratch, output, false);
+    t->outputs_since_snapshot += t->e->scratch.len;
+  }
+  if (!t->snapshot_due && t->outputs_since_snapshot < t->snapshot_bytes) return false;
+  t->snapshot_due = false;
+  t->snapshot_bytes = t->context_bytes;
+  t->outputs_since_snapshot = 0;
+  return true;
+}
+
 /* Records a finished attempt: stage.completed and the next stage, or stage.failed and a retry
  * after a backoff, or the task's failure. Consumes r. */
 static void stage_finished(sc_task *t, sc__result *r) {
@@ -256,9 +294,11 @@ static void stage_finished(sc_task *t, sc__result *r) {
     } else {
       cJSON *data = NULL;
       if (want && sc__task_refresh_digest(t) == SC_OK && (data = cJSON_CreateObject()) != NULL) {
+        /* The whole context goes first, where a reader looks for it without parsing the line. */
+        if (snapshot_now(t, r->output))
+          sc__json_put(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
         if (r->output) sc__json_put(data, "output", r->output);
         r->output = NULL;
-        sc__json_put(data, "context", cJSON_CreateObjectReference(sc__task_context(t)->child));
         sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
         sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
         cJSON_AddNumberToObject(data, "duration_ms", (double)duration_ms);
@@ -611,7 +651,29 @@ static void finish(sc_task *t) {
   sc__task_emit(t, type, NULL, -1, 0, data);
 }
 
+/* stage.started; the attempt starts in launch(), at once for an idempotent stage and, for a
+ * compensable or irreversible one, once the event is stored (recovery must know it was in
+ * flight). */
 static void start_attempt(sc_task *t, const sc__stage *st) {
+  t->attempt++;
+  t->step = STEP_LAUNCH;
+  cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
+  if (data) {
+    sc__json_put(data, "kind", cJSON_CreateStringReference(st->kind));
+    sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
+  }
+  sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
+}
+
+static void launch(sc_task *t) {
+  const sc__stage *st = &t->run_plan->stages[t->index];
+  if (t->pause_requested && t->pause_reason != NULL) {
+    /* stage.started was not stored (or something before it was not): the stage does not run.
+     * The attempt starts again, with a new stage.started, when the task is resumed. */
+    t->attempt--;
+    t->step = STEP_BEGIN_STAGE;
+    return;
+  }
   sc_stage_ctx *ctx = sc__ctx_new(t, st, t->index);
   if (ctx == NULL) {
     sc__result r = {SC_ENOMEM, false, strdup("out of memory for a stage"), NULL, sc__now_ns()};
@@ -619,26 +681,11 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
     free(r.message);
     return;
   }
-  t->attempt++;
   ctx->attempt = t->attempt;
   ctx->compensation = t->compensating;
   ctx->mode = mode_name(t);
   t->ctx = ctx;
   t->step = STEP_WAIT;
-  cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
-  if (data) {
-    sc__json_put(data, "kind", cJSON_CreateStringReference(st->kind));
-    sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
-  }
-  sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
-  if (t->cancel_requested || t->ctx != ctx) {
-    /* A subscriber cancelled: the stage is never started, so its kind is not asked to cancel. */
-    if (t->ctx == ctx) {
-      t->ctx = NULL;
-      sc__ctx_free(t->e, ctx);
-    }
-    return;
-  }
   if (st->timeout_ms) sc__task_start_timer(t, TIMER_TIMEOUT, st->timeout_ms);
   int rc = sc__ctx_start(ctx);
   if (rc < 0 && ctx->state == CTX_RUNNING) sc_stage_fail(ctx, rc, sc_error_message(), true);
@@ -726,6 +773,7 @@ void sc__task_step(sc_task *t) {
         break;
       }
       case STEP_DECIDED: apply_decided(t); break;
+      case STEP_LAUNCH: launch(t); break;
       case STEP_RELEASE:
         t->stepping = false;
         if (t->acks_pending == 0 && t->barrier_pending == 0) sc__task_free(t);

@@ -276,6 +276,8 @@ static int read_data(sc_event_doc *d, const cJSON *data) {
   double num;
   if (!cJSON_IsObject(data)) return parse_fail(d, "missing or non-object member", "data");
   ev->data = data;
+  const cJSON *context = cJSON_GetObjectItemCaseSensitive(data, "context");
+  ev->context = cJSON_IsObject(context) ? context : NULL;
   const char *status = get_string(data, "status");
   if (status == NULL) return parse_fail(d, "missing or non-string member", "data.status");
   if (sc_task_status_from_name(status, &ev->status) != SC_OK)

@@ -53,6 +53,8 @@ int sc_event_type_from_name(const char *name, sc_event_type *out) {
 
 bool sc_event_type_is_barrier(sc_event_type t) {
   switch (t) {
+    case SC_EV_TASK_CREATED:
+    case SC_EV_TASK_RECOVERED:
     case SC_EV_STAGE_COMPLETED:
     case SC_EV_TASK_COMPLETED:
     case SC_EV_TASK_FAILED:

@@ -19,6 +19,7 @@ enum {
   CLI_EXIT_USAGE = 2, /* usage or input error */
   CLI_EXIT_CANCELLED = 3,
   CLI_EXIT_ROLLED_BACK = 4,
+  CLI_EXIT_INCOMPLETE = 5, /* the log could not store every event: the record is incomplete */
 };
 
 /* ---- pipeline.c: pipeline files ---- */

@@ -1,6 +1,6 @@
 /* The `stagecoach` command: run and recover pipelines from a shell, verify and read their logs,
  * validate pipeline files. Exit codes: 0 completed (or OK), 1 failed, 2 usage or input error,
- * 3 cancelled, 4 rolled back. */
+ * 3 cancelled, 4 rolled back, 5 the log could not store every event (the record is incomplete). */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -25,7 +25,8 @@ static const char *usage_text =
     "  validate PIPELINE.json                          check a pipeline file\n"
     "\n"
     "  --help (also after a command), --version\n"
-    "exit codes: 0 completed, 1 failed, 2 usage or input error, 3 cancelled, 4 rolled back\n";
+    "exit codes: 0 completed, 1 failed, 2 usage or input error, 3 cancelled, 4 rolled back,\n"
+    "            5 the log could not store every event (recover finishes the task)\n";
 
 static const char *help_run =
     "usage: stagecoach run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
@@ -45,7 +46,8 @@ static const char *help_run =
     "\n"
     "On a terminal the progress is redrawn in place and approvals are asked for. SIGINT or\n"
     "SIGTERM cancels the task (the running command gets SIGTERM, then SIGKILL); a second one\n"
-    "exits at once. Exit codes: 0 completed, 1 failed, 2 input error, 3 cancelled.\n";
+    "exits at once, writing no terminal event (recover carries the task on). Exit codes: 0\n"
+    "completed, 1 failed, 2 input error, 3 cancelled, 5 the log could not store every event.\n";
 
 static const char *help_recover =
     "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
@@ -65,14 +67,15 @@ static const char *help_recover =
     "  --dry-run          print each recovery plan and change nothing\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
-    "4 rolled back.\n";
+    "4 rolled back, 5 the log could not store every event.\n";
 
 static const char *help_verify =
     "usage: stagecoach verify FILE\n"
     "\n"
     "Checks the hash chain of every line of a log. A last line without its newline is a torn\n"
     "tail (a crash mid-write), reported but not an error. Exit codes: 0 the chain verifies, 1 a\n"
-    "line does not (its number and byte offset are printed), 2 the file cannot be read.\n";
+    "line does not (its number and byte offset are printed), 2 the file cannot be read or is not\n"
+    "a stagecoach log (a device, a file without one event line).\n";
 
 static const char *help_events =
     "usage: stagecoach events FILE [--task ID] [--type T] [--json]\n"
@@ -124,7 +127,7 @@ static int cmd_verify(int argc, char **argv) {
     return cli_usage_error("verify", "give one log file (stagecoach verify FILE)");
   sc_jsonl_report r;
   int rc = sc_jsonl_verify(argv[0], &r);
-  if (rc == SC_ENOTFOUND || rc == SC_EIO)
+  if (rc == SC_ENOTFOUND || rc == SC_EIO || rc == SC_EPARSE) /* EPARSE: not a log at all */
     return cli_usage_error("verify", "%s", sc_error_message());
   if (rc == SC_ECORRUPT) {
     printf("%s: chain BROKEN at line %lld\n  %s\n  %llu lines before it verify (%llu bytes)\n",

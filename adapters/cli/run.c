@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -15,11 +16,22 @@ typedef struct prompt {
   struct prompt *next;
 } prompt;
 
+/* What the engine emitted for one task: the type of each event by seq, so that a log that could
+ * not store them all can be told which ones it lacks. */
+typedef struct emitted {
+  char *task_id;
+  uint8_t *types; /* types[seq - 1] */
+  size_t n, cap;
+} emitted;
+
 typedef struct runtime {
   uv_loop_t loop;
   sc_engine *e;
   cli_exec *exec;
   sc_jsonl *log;
+  const char *log_path;
+  emitted *emitted;
+  size_t nemitted, capemitted;
   cli_progress *progress;
   bool live, prompts;
   uv_signal_t sigint, sigterm;
@@ -172,9 +184,43 @@ static void withdraw(runtime *rt, const sc_event *ev) {
   ask_next(rt);
 }
 
+/* Notes the event's type under its task and seq (nothing when out of memory: the report of what
+ * the log lacks is then shorter, never wrong). */
+static void note_emitted(runtime *rt, const sc_event *ev) {
+  emitted *t = NULL;
+  for (size_t i = rt->nemitted; i-- > 0 && t == NULL;)
+    if (strcmp(rt->emitted[i].task_id, ev->task_id) == 0) t = &rt->emitted[i];
+  if (t == NULL) {
+    if (rt->nemitted == rt->capemitted) {
+      size_t cap = rt->capemitted ? rt->capemitted * 2 : 8;
+      emitted *v = realloc(rt->emitted, cap * sizeof(*v));
+      if (v == NULL) return;
+      rt->emitted = v;
+      rt->capemitted = cap;
+    }
+    t = &rt->emitted[rt->nemitted];
+    memset(t, 0, sizeof(*t));
+    if ((t->task_id = strdup(ev->task_id)) == NULL) return;
+    rt->nemitted++;
+  }
+  if (ev->seq == 0 || ev->seq > 1000000) return;
+  if (ev->seq > t->cap) {
+    size_t cap = t->cap ? t->cap : 32;
+    while (cap < ev->seq)
+      cap *= 2;
+    uint8_t *v = realloc(t->types, cap);
+    if (v == NULL) return;
+    t->types = v;
+    t->cap = cap;
+  }
+  t->types[ev->seq - 1] = (uint8_t)ev->type;
+  if (ev->seq > t->n) t->n = ev->seq;
+}
+
 /* The progress subscriber, plus the approval prompts. */
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   runtime *rt = udata;
+  if (rt->log != NULL) note_emitted(rt, ev);
   withdraw(rt, ev);
   cli_progress_on_event(ev, ack, rt->progress);
   if (ev->type == SC_EV_APPROVAL_REQUESTED && rt->prompts) {
@@ -248,7 +294,23 @@ static int check_options(const run_options *o, const char *cmd) {
   return CLI_EXIT_COMPLETED;
 }
 
-/* Opens what a run needs; runtime_close() undoes any part of it, also after a failure. */
+/* Opens the log (after the pipeline was loaded and checked: a bad pipeline leaves the log
+ * alone). existing: the log must be there already (recover). */
+static int runtime_open_log(runtime *rt, const run_options *o, const char *cmd, bool existing) {
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  (void)parse_fsync(o->fsync, &jo.fsync); /* check_options() refused anything else */
+  jo.log = log_say;
+  jo.log_udata = rt;
+  jo.existing = existing;
+  if (sc_jsonl_open(rt->e, o->log, &jo, &rt->log) != SC_OK)
+    return cli_usage_error(cmd, "%s", sc_error_message());
+  rt->log_path = o->log;
+  return CLI_EXIT_COMPLETED;
+}
+
+/* Opens what a run needs but the log; runtime_close() undoes any part of it, also after a
+ * failure. */
 static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   memset(rt, 0, sizeof(*rt));
   uv_loop_init(&rt->loop);
@@ -261,15 +323,6 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
     return cli_usage_error(cmd, "%s", sc_error_message());
   cli_progress_new(&rt->loop, rt->live, stdout, &rt->progress);
   cli_exec_register(rt->e, cli_progress_output, rt->progress, &rt->exec);
-  if (o->log != NULL) {
-    sc_jsonl_options jo;
-    sc_jsonl_options_init(&jo);
-    (void)parse_fsync(o->fsync, &jo.fsync); /* check_options() refused anything else */
-    jo.log = log_say;
-    jo.log_udata = rt;
-    if (sc_jsonl_open(rt->e, o->log, &jo, &rt->log) != SC_OK)
-      return cli_usage_error(cmd, "%s", sc_error_message());
-  }
   sc_subscriber s;
   sc_subscriber_init(&s);
   s.on_event = on_event;
@@ -324,7 +377,54 @@ static int runtime_finish(runtime *rt) {
   return code;
 }
 
-static void runtime_close(runtime *rt) {
+/* The highest seq of each task the log holds, read back from the file (its lines up to the
+ * first that does not parse). */
+static void stored_seqs(const char *path, const runtime *rt, uint64_t *stored) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  while ((len = getline(&line, &cap, f)) > 0) {
+    if (line[len - 1] != '\n') break; /* a torn tail: not stored */
+    sc_event_doc *d;
+    if (sc_event_parse(line, (size_t)len - 1, &d) != SC_OK) continue;
+    const sc_event *ev = sc_event_doc_event(d);
+    for (size_t i = 0; i < rt->nemitted; i++)
+      if (strcmp(rt->emitted[i].task_id, ev->task_id) == 0 && ev->seq > stored[i])
+        stored[i] = ev->seq;
+    sc_event_doc_free(d);
+  }
+  free(line);
+  fclose(f);
+}
+
+/* After a failed write or sync: says, per task, which events the log does not hold. */
+static void report_unstored(const runtime *rt, const char *why) {
+  fprintf(stderr, "stagecoach: the log is incomplete: %s\n", why);
+  uint64_t *stored = calloc(rt->nemitted ? rt->nemitted : 1, sizeof(*stored));
+  if (stored != NULL) stored_seqs(rt->log_path, rt, stored);
+  for (size_t i = 0; stored != NULL && i < rt->nemitted; i++) {
+    const emitted *t = &rt->emitted[i];
+    if (stored[i] >= t->n) continue;
+    char list[512] = "";
+    size_t shown = 0;
+    for (uint64_t seq = stored[i] + 1; seq <= t->n && shown < 6; seq++, shown++)
+      snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s#%llu %s", shown ? ", " : "",
+               (unsigned long long)seq,
+               sc_event_type_name((sc_event_type)t->types[seq - 1]) + strlen("stagecoach."));
+    fprintf(stderr, "  not stored: task %s, events %s%s\n", t->task_id, list,
+            t->n - stored[i] > 6 ? ", ..." : "");
+  }
+  free(stored);
+  fprintf(stderr,
+          "  the log shows these tasks unfinished: fix the cause, then `stagecoach recover` "
+          "finishes them\n");
+}
+
+/* Closes everything; CLI_EXIT_INCOMPLETE when the log could not store every event. */
+static int runtime_close(runtime *rt) {
+  int code = CLI_EXIT_COMPLETED;
   while (rt->queue)
     prompt_pop(rt);
   if (rt->exec) {
@@ -332,8 +432,15 @@ static void runtime_close(runtime *rt) {
     for (int i = 0; i < 1000 && cli_exec_running(rt->exec) > 0; i++)
       uv_run(&rt->loop, UV_RUN_ONCE);
   }
-  if (rt->log && sc_jsonl_close(rt->log) != SC_OK)
-    fprintf(stderr, "stagecoach: %s\n", sc_error_message());
+  if (rt->log && sc_jsonl_close(rt->log) != SC_OK) {
+    report_unstored(rt, sc_error_message());
+    code = CLI_EXIT_INCOMPLETE;
+  }
+  for (size_t i = 0; i < rt->nemitted; i++) {
+    free(rt->emitted[i].task_id);
+    free(rt->emitted[i].types);
+  }
+  free(rt->emitted);
   sc_engine_free(rt->e);
   cli_exec_free(rt->exec);
   if (rt->progress) cli_progress_free(rt->progress);
@@ -345,6 +452,7 @@ static void runtime_close(runtime *rt) {
   uv_close((uv_handle_t *)&rt->sigterm, NULL);
   uv_run(&rt->loop, UV_RUN_DEFAULT);
   uv_loop_close(&rt->loop);
+  return code;
 }
 
 /* ---- run ---- */
@@ -387,6 +495,37 @@ static bool log_holds_task(const char *path, const char *id) {
   return found;
 }
 
+/* Whether s is well-formed UTF-8 (no overlong form, no surrogate, nothing above U+10FFFF). An id
+ * that is not would be stored with U+FFFD in place of its bad bytes, so two distinct ids could
+ * become one in the log. */
+static bool utf8_valid(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    unsigned c = *p, need = c < 0x80                 ? 0
+                            : c >= 0xc2 && c <= 0xdf ? 1
+                            : (c & 0xf0) == 0xe0     ? 2
+                            : c >= 0xf0 && c <= 0xf4 ? 3
+                                                     : 4;
+    if (need == 4) return false;
+    unsigned cp = need == 0 ? c : c & (0x3f >> need);
+    for (unsigned i = 1; i <= need; i++) {
+      if ((p[i] & 0xc0) != 0x80) return false;
+      cp = cp << 6 | (p[i] & 0x3f);
+    }
+    if ((need == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (need == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+      return false;
+    p += need + 1;
+  }
+  return true;
+}
+
+/* Whether a and b name the same existing file. */
+static bool same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int cli_run(int argc, char **argv) {
   run_options o = {0};
   const char *pipeline = NULL, *task_id = NULL;
@@ -408,20 +547,31 @@ int cli_run(int argc, char **argv) {
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
   if (check_options(&o, "run") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
-  if (task_id != NULL && o.log != NULL && log_holds_task(o.log, task_id))
+  if (task_id != NULL && !utf8_valid(task_id))
     return cli_usage_error("run",
-                           "task '%s' is already in %s: a log holds one task per id, or "
-                           "recovery could not tell the runs apart (stagecoach recover carries "
-                           "an unfinished one on)",
-                           task_id, o.log);
+                           "--task-id must be valid UTF-8 (an id with bad bytes would be stored "
+                           "changed, and two ids could become one)");
+  if (o.log != NULL && same_file(o.log, pipeline))
+    return cli_usage_error("run", "--log %s is the pipeline file itself; give the log its own file",
+                           o.log);
   runtime rt;
   int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
   char err[4096];
+  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
   if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
     fputs(err, stderr);
     code = CLI_EXIT_USAGE;
   }
+  if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
+  /* Read under the writer's lock: no other run can add the id meanwhile. */
+  if (code == CLI_EXIT_COMPLETED && task_id != NULL && o.log != NULL &&
+      log_holds_task(o.log, task_id))
+    code = cli_usage_error("run",
+                           "task '%s' is already in %s: a log holds one task per id, or "
+                           "recovery could not tell the runs apart (stagecoach recover carries "
+                           "an unfinished one on)",
+                           task_id, o.log);
   if (code == CLI_EXIT_COMPLETED) {
     sc_task_spec spec;
     sc_task_spec_init(&spec);
@@ -438,7 +588,8 @@ int cli_run(int argc, char **argv) {
       code = runtime_finish(&rt);
     }
   }
-  runtime_close(&rt);
+  int closed = runtime_close(&rt);
+  if (closed != CLI_EXIT_COMPLETED) code = closed;
   cli_pipeline_free(&p);
   return code;
 }
@@ -519,27 +670,44 @@ int cli_recover(int argc, char **argv) {
                            mode);
   if (check_options(&o, "recover") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
   const char *log_name = o.log;
+  if (same_file(o.log, pipeline))
+    return cli_usage_error("recover", "--log %s is the pipeline file itself, not a log", o.log);
 
-  sc_unfinished *todo = NULL;
-  size_t n = 0;
-  sc_jsonl_report report;
-  int rc = sc_jsonl_scan(o.log, &todo, &n, &report);
-  if (rc == SC_ECORRUPT) {
-    fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());
-    return CLI_EXIT_FAILED;
-  }
-  if (rc != SC_OK) return cli_usage_error("recover", "%s", sc_error_message());
   runtime rt;
-  if (dry_run) {
-    o.log = NULL; /* a dry run changes nothing, not even the log */
-    o.plain = true;
-  }
+  if (dry_run) o.plain = true;
   int code = runtime_open(&rt, &o, "recover");
   cli_pipeline p = {0};
   char err[4096];
+  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
   if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
     fputs(err, stderr);
     code = CLI_EXIT_USAGE;
+  }
+  sc_unfinished *todo = NULL;
+  size_t n = 0;
+  int rc = SC_OK;
+  if (code == CLI_EXIT_COMPLETED && dry_run) {
+    rc = sc_jsonl_scan(o.log, &todo, &n, NULL); /* a dry run takes no lock and changes nothing */
+  } else if (code == CLI_EXIT_COMPLETED) {
+    /* The writer's lock first, then the scan through it: what is recovered is what the lock
+     * holder sees, and a second recover is refused before it reads a byte. */
+    sc_jsonl_options jo;
+    sc_jsonl_options_init(&jo);
+    (void)parse_fsync(o.fsync, &jo.fsync);
+    jo.log = log_say;
+    jo.log_udata = &rt;
+    jo.existing = true;
+    rc = sc_jsonl_open(rt.e, o.log, &jo, &rt.log);
+    if (rc == SC_OK) {
+      rt.log_path = o.log;
+      rc = sc_jsonl_unfinished(rt.log, &todo, &n);
+    }
+  }
+  if (code == CLI_EXIT_COMPLETED && rc == SC_ECORRUPT) {
+    fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());
+    code = CLI_EXIT_FAILED;
+  } else if (code == CLI_EXIT_COMPLETED && rc != SC_OK) {
+    code = cli_usage_error("recover", "%s", sc_error_message());
   }
   /* Every request is made and checked before any task starts, so a refusal changes nothing. */
   sc_recovery_request *reqs = calloc(n ? n : 1, sizeof(*reqs));
@@ -606,7 +774,8 @@ int cli_recover(int argc, char **argv) {
     int finished = runtime_finish(&rt);
     if (code == CLI_EXIT_COMPLETED) code = finished;
   }
-  runtime_close(&rt);
+  int closed = runtime_close(&rt);
+  if (closed != CLI_EXIT_COMPLETED) code = closed;
   cli_pipeline_free(&p);
   for (size_t i = 0; resume != NULL && i < n; i++)
     free(resume[i]);

@@ -80,36 +80,37 @@ bool sc__chain_check(sc__chain *c, const char *line, size_t len) {
   return true;
 }
 
+int sc__log_map_fd(int fd, sc__log *l) {
+  memset(l, 0, sizeof(*l));
+  struct stat st;
+  if (fstat(fd, &st) != 0) return SC_EIO;
+  if (S_ISDIR(st.st_mode)) {
+    errno = EISDIR;
+    return SC_EIO;
+  }
+  /* A device, a FIFO or a socket holds no log; reading /dev/zero would never end. */
+  if (!S_ISREG(st.st_mode)) return SC_EPARSE;
+  l->size = (size_t)st.st_size;
+  if (l->size > 0) {
+    void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) return SC_EIO;
+    madvise(p, l->size, MADV_SEQUENTIAL);
+    l->data = p;
+    l->mapped = l->size;
+  }
+  return SC_OK;
+}
+
 int sc__log_map(const char *path, sc__log *l) {
   memset(l, 0, sizeof(*l));
   /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno == ENOENT ? SC_ENOTFOUND : SC_EIO;
-  struct stat st;
-  int err = fstat(fd, &st) != 0                            ? errno
-            : S_ISDIR(st.st_mode)                          ? EISDIR
-            : S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) ? EINVAL /* not a file to keep */
-                                                           : 0;
-  if (err != 0) {
-    close(fd);
-    errno = err;
-    return SC_EIO;
-  }
-  l->size = (size_t)st.st_size;
-  if (l->size > 0) {
-    void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      err = errno;
-      close(fd);
-      errno = err;
-      return SC_EIO;
-    }
-    madvise(p, l->size, MADV_SEQUENTIAL);
-    l->data = p;
-    l->mapped = l->size;
-  }
+  int rc = sc__log_map_fd(fd, l);
+  int err = errno;
   close(fd);
-  return SC_OK;
+  errno = err;
+  return rc;
 }
 
 void sc__log_unmap(sc__log *l) {
@@ -138,6 +139,11 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
       size_t event_len;
       const char *hex;
       bool shaped = sc__chain_split(line, len, &event_len, &hex);
+      if (lineno == 1 && !shaped)
+        return sc_error_set(SC_EPARSE,
+                            "%s is not a stagecoach log: its first line is no event line "
+                            "(it is left as it is)",
+                            path);
       return sc_error_set(SC_ECORRUPT, "%s: line %llu (byte offset %zu) %s", path,
                           (unsigned long long)lineno, off,
                           shaped ? "does not match the chain: it or a line before it was changed, "
@@ -152,5 +158,10 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
       if (rc != 0) return rc;
     }
   }
+  if (lineno == 0 && l->size > 0)
+    return sc_error_set(SC_EPARSE,
+                        "%s is not a stagecoach log: it holds %zu bytes and not one complete "
+                        "event line (it is left as it is)",
+                        path, l->size);
   return SC_OK;
 }

@@ -46,16 +46,25 @@ typedef struct sc__log {
   size_t mapped;
 } sc__log;
 
+/* Maps a log: SC_OK, SC_ENOTFOUND (no such file), SC_EIO with errno (cannot be read, a
+ * directory), or SC_EPARSE for a device, FIFO or socket (no log). The _fd form maps an open file.
+ */
 int sc__log_map(const char *path, sc__log *l);
+int sc__log_map_fd(int fd, sc__log *l);
 void sc__log_unmap(sc__log *l);
 
 /* The walk of sc_jsonl_verify: calls line_fn(line, len, offset, lineno, udata) for every line
  * whose chain verifies, in order; stops at the first that does not (or when line_fn returns
  * non-zero). Fills r and leaves the chain at the last good line. Returns SC_OK, SC_ECORRUPT (with
- * a message naming the line and byte offset), or line_fn's non-zero return. */
+ * a message naming the line and byte offset), SC_EPARSE for what is not a log at all (a first line
+ * without a chain member, or bytes without one complete line), or line_fn's non-zero return. */
 typedef int (*sc__line_fn)(const char *line, size_t len, uint64_t offset, uint64_t lineno,
                            void *udata);
 int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
                  sc_jsonl_report *r);
+
+/* The scan of sc_jsonl_scan over a mapped log (the writer passes its locked one). */
+int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
+                       size_t *n, sc_jsonl_report *r);
 
 #endif

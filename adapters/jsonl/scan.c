@@ -4,8 +4,9 @@
  * The scan reads a million lines in about a second: each line's chain is checked, but only its
  * type, task id, epoch and status are picked out (the writer puts the envelope attributes before
  * "data" and a bare `"key":` cannot occur inside a JSON string, so the first match is the
- * attribute). The few lines recovery needs — each task's task.created, task.recovered and last
- * stage.completed — are remembered by offset and parsed in full at the end. */
+ * attribute). The few lines recovery needs — each task's task.created, task.recovered, and the
+ * stage.completed lines from its last context snapshot on — are remembered by offset and parsed
+ * in full at the end, where the outputs are folded onto the snapshot (docs/jsonl.md). */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,6 +23,10 @@ typedef struct task_state {
   size_t idlen; /* the key is id[0 .. idlen), which a damaged line may give a NUL byte */
   uint64_t order;
   line_ref created, recovered, completed;
+  /* The forward run's stage.completed lines from the last one that carries the whole context
+   * on (that one first; every line when none was seen to carry it, as in an older log). */
+  line_ref *folds;
+  size_t nfolds, capfolds;
   line_ref retried; /* the last task.started of a retry: a restart point of its own */
   bool terminal, superseded, rolling_back, compensating;
   sc_task_status status;
@@ -85,6 +90,7 @@ static void map_free(task_map *m) {
   for (size_t i = 0; i < m->cap; i++)
     if (m->slots[i]) {
       free(m->slots[i]->id);
+      free(m->slots[i]->folds);
       free(m->slots[i]);
     }
   free(m->slots);
@@ -112,11 +118,18 @@ typedef struct scan_state {
   int err;
 } scan_state;
 
+/* A task.recovered, or a task.created that carries its recovery point: the task it names is
+ * superseded, and the mode says whether this one rolls back. */
 static int note_recovery(scan_state *s, const char *line, size_t len, task_state *t) {
   sc_event_doc *d;
   if (sc_event_parse(line, len, &d) != SC_OK) return SC_OK; /* verified but not ours: skip */
-  const cJSON *from =
-      cJSON_GetObjectItemCaseSensitive(sc_event_doc_event(d)->data, "recovered_from");
+  const cJSON *data = sc_event_doc_event(d)->data;
+  const cJSON *from = cJSON_GetObjectItemCaseSensitive(data, "recovered_from");
+  const cJSON *point = cJSON_GetObjectItemCaseSensitive(data, "recovery");
+  if (sc_event_doc_event(d)->type == SC_EV_TASK_CREATED && !cJSON_IsObject(point)) {
+    sc_event_doc_free(d); /* a new task whose config happens to hold the word */
+    return SC_OK;
+  }
   if (cJSON_IsString(from) && strcmp(from->valuestring, t->id) != 0) { /* not itself, recovered
                                                                           under its own id */
     task_state *old = map_get(&s->tasks, from->valuestring, strlen(from->valuestring), true);
@@ -126,7 +139,8 @@ static int note_recovery(scan_state *s, const char *line, size_t len, task_state
     }
     old->superseded = true;
   }
-  const cJSON *mode = cJSON_GetObjectItemCaseSensitive(sc_event_doc_event(d)->data, "mode");
+  const cJSON *mode =
+      cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(point) ? point : data, "mode");
   if (cJSON_IsString(mode)) {
     t->compensating = strcmp(mode->valuestring, "compensate") == 0;
     t->rolling_back = t->compensating || strcmp(mode->valuestring, "rollback") == 0;
@@ -162,15 +176,33 @@ static int take_line(scan_state *s, const char *line, size_t len, uint64_t offse
         task_state fresh = {.id = t->id,
                             .idlen = t->idlen,
                             .order = t->order,
+                            .folds = t->folds,
+                            .capfolds = t->capfolds,
                             .status = t->status,
                             .epoch = t->epoch};
         *t = fresh;
       }
       t->created = ref;
+      t->nfolds = 0;
+      if (HAS(data, (size_t)(end - data), "\"recovered_from\":"))
+        return note_recovery(s, line, len, t);
       break;
     case SC_EV_TASK_RECOVERED: t->recovered = ref; return note_recovery(s, line, len, t);
     case SC_EV_STAGE_COMPLETED:
-      if (!t->rolling_back) t->completed = ref; /* the forward run's checkpoints only */
+      if (t->rolling_back) break; /* the forward run's checkpoints only */
+      t->completed = ref;
+      /* The writer puts the whole context, when a line carries it, right after the status. */
+      if (status != NULL && (size_t)(end - (status + slen)) > 12 &&
+          memcmp(status + slen, "\",\"context\":{", 13) == 0)
+        t->nfolds = 0;
+      if (t->nfolds == t->capfolds) {
+        size_t cap = t->capfolds ? t->capfolds * 2 : 4;
+        line_ref *v = realloc(t->folds, cap * sizeof(*v));
+        if (v == NULL) return sc_error_set(SC_ENOMEM, "scan: out of memory");
+        t->folds = v;
+        t->capfolds = cap;
+      }
+      t->folds[t->nfolds++] = ref;
       break;
     case SC_EV_ROLLBACK_STARTED:
       t->rolling_back = true;
@@ -208,40 +240,40 @@ static int on_line(const char *line, size_t len, uint64_t offset, uint64_t linen
   return rc;
 }
 
-static int walk(const char *path, bool stop_at_good, sc__line_fn fn, void *udata,
+/* Maps the log at path (read only, no lock) with the message a caller shows. */
+static int map_path(const char *path, sc__log *l) {
+  int rc = sc__log_map(path, l);
+  if (rc == SC_OK) return SC_OK;
+  if (rc == SC_EPARSE)
+    return sc_error_set(SC_EPARSE,
+                        "%s is not a stagecoach log (a device, FIFO or socket, not a file)", path);
+  return sc_error_set(rc == SC_ENOTFOUND ? SC_ENOTFOUND : SC_EIO, "open %s: %s", path,
+                      strerror(errno));
+}
+
+static int walk(const char *path, const sc__log *l, bool stop_at_good, sc__line_fn fn, void *udata,
                 sc_jsonl_report *r) {
-  sc_jsonl_report local;
-  if (r == NULL) r = &local;
-  sc__log l;
-  int rc = sc__log_map(path, &l);
-  if (rc != SC_OK) {
-    memset(r, 0, sizeof(*r));
-    return sc_error_set(rc == SC_ENOTFOUND ? SC_ENOTFOUND : SC_EIO, "open %s: %s", path,
-                        strerror(errno));
-  }
   sc__chain c;
-  if (sc__chain_init(&c) != SC_OK) {
-    sc__log_unmap(&l);
-    return sc_error_set(SC_ENOMEM, "scan: out of memory");
-  }
-  if (fn != NULL) ((scan_state *)udata)->base = l.data;
-  rc = sc__log_walk(path, &l, &c, fn, udata, r);
+  if (sc__chain_init(&c) != SC_OK) return sc_error_set(SC_ENOMEM, "scan: out of memory");
+  if (fn != NULL) ((scan_state *)udata)->base = l->data;
+  int rc = sc__log_walk(path, l, &c, fn, udata, r);
   if (rc == SC_ECORRUPT && stop_at_good) rc = SC_OK;
   if (rc == SC_OK && fn != NULL) rc = ((scan_state *)udata)->err;
   sc__chain_free(&c);
-  /* The caller needs the text for the final parse: keep the mapping in the state. */
-  if (fn != NULL && rc == SC_OK) {
-    ((scan_state *)udata)->base = l.data;
-    ((scan_state *)udata)->mapped = l.mapped; /* handed over: unmapped by the caller */
-    return SC_OK;
-  }
-  sc__log_unmap(&l);
   return rc;
 }
 
 int sc_jsonl_verify(const char *path, sc_jsonl_report *r) {
+  sc_jsonl_report local;
+  if (r == NULL) r = &local;
+  memset(r, 0, sizeof(*r));
   if (path == NULL) return sc_error_set(SC_EINVAL, "verify: NULL path");
-  return walk(path, false, NULL, NULL, r);
+  sc__log l;
+  int rc = map_path(path, &l);
+  if (rc != SC_OK) return rc;
+  rc = walk(path, &l, false, NULL, NULL, r);
+  sc__log_unmap(&l);
+  return rc;
 }
 
 void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o) {
@@ -266,8 +298,75 @@ static const char *string_member(const sc_event *ev, const char *name) {
   return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* Merges the members of output into context, as the engine does (a member of the same name is
+ * replaced in place, a new one appended). */
+static bool merge_into(cJSON *context, const cJSON *output) {
+  for (const cJSON *m = cJSON_IsObject(output) ? output->child : NULL; m != NULL; m = m->next) {
+    cJSON *item = cJSON_Duplicate(m, true);
+    if (item == NULL) return false;
+    if (cJSON_GetObjectItemCaseSensitive(context, m->string) != NULL) {
+      cJSON_ReplaceItemInObjectCaseSensitive(context, m->string, item);
+    } else if (!cJSON_AddItemToObject(context, m->string, item)) {
+      cJSON_Delete(item);
+      return false;
+    }
+  }
+  return true;
+}
+
+/* The context after a task's last forward stage.completed: the last line that carries it whole,
+ * or the last snapshot with the outputs after it folded on, checked against the line's digest.
+ * base is the context before the first stage (task.created). On success req->context,
+ * req->context_digest and req->last_completed_stage are set from the last line. */
+static int fold_context(const char *base, const task_state *t, const cJSON *initial,
+                        sc_recovery_request *req, char *why, size_t whylen) {
+  sc_event_doc *d = NULL;
+  const line_ref *last = &t->folds[t->nfolds - 1];
+  if (sc_event_parse(base + last->off, last->len, &d) != SC_OK) return SC_EPARSE;
+  const sc_event *ev = sc_event_doc_event(d);
+  free((char *)req->last_completed_stage);
+  req->last_completed_stage = dup_str(ev->stage);
+  free((char *)req->context_digest);
+  req->context_digest = dup_str(string_member(ev, "digest"));
+  cJSON *context = dup_object(member(ev, "context"));
+  sc_event_doc_free(d);
+  if (context != NULL || req->context_digest == NULL) { /* a whole snapshot: nothing to fold */
+    cJSON_Delete((cJSON *)req->context);
+    req->context = context;
+    return SC_OK;
+  }
+  context = initial ? cJSON_Duplicate(initial, true) : cJSON_CreateObject();
+  for (size_t i = 0; context != NULL && i < t->nfolds; i++) {
+    if (sc_event_parse(base + t->folds[i].off, t->folds[i].len, &d) != SC_OK) continue;
+    const cJSON *whole = member(sc_event_doc_event(d), "context");
+    if (cJSON_IsObject(whole)) {
+      cJSON_Delete(context);
+      context = cJSON_Duplicate(whole, true);
+    } else if (!merge_into(context, member(sc_event_doc_event(d), "output"))) {
+      cJSON_Delete(context);
+      context = NULL;
+    }
+    sc_event_doc_free(d);
+  }
+  if (context == NULL) return SC_ENOMEM;
+  char digest[72];
+  if (sc_json_digest(context, digest) != SC_OK || strcmp(digest, req->context_digest) != 0) {
+    snprintf(why, whylen,
+             "the context folded from its snapshot and the outputs after it does not match the "
+             "digest of its stage.completed of '%s' (recorded %s, folded %s)",
+             req->last_completed_stage ? req->last_completed_stage : "?", req->context_digest,
+             digest);
+    cJSON_Delete(context);
+    return SC_ECORRUPT;
+  }
+  cJSON_Delete((cJSON *)req->context);
+  req->context = context;
+  return SC_OK;
+}
+
 /* Fills one recovery request from a task's remembered lines. */
-static int build(const char *base, const task_state *t, sc_unfinished *u) {
+static int build(const char *base, const task_state *t, sc_unfinished *u, char *why,
+                 size_t whylen) {
   memset(u, 0, sizeof(*u));
   sc_recovery_request *req = &u->request;
   sc_recovery_request_init(req);
@@ -286,31 +385,38 @@ static int build(const char *base, const task_state *t, sc_unfinished *u) {
   req->config = dup_object(member(ev, "config"));
   req->previous_config = dup_object(member(ev, "previous_config"));
   req->plan_fingerprint = dup_str(string_member(ev, "fingerprint"));
-  req->context = dup_object(member(ev, "context"));
-  req->context_digest = req->context ? dup_str(string_member(ev, "digest")) : NULL;
+  /* A recovered task's task.created carries the point it recovered to: a task that stopped
+   * right after it carries on from that same point. */
+  const cJSON *point = member(ev, "recovery");
+  const cJSON *holder = cJSON_IsObject(point) ? point : ev->data;
+  req->context = dup_object(cJSON_GetObjectItemCaseSensitive(holder, "context"));
+  const cJSON *digest = cJSON_GetObjectItemCaseSensitive(holder, "digest");
+  req->context_digest =
+      req->context && cJSON_IsString(digest) ? dup_str(digest->valuestring) : NULL;
+  const cJSON *point_last = cJSON_GetObjectItemCaseSensitive(point, "last_completed_stage");
+  if (cJSON_IsString(point_last) && !t->completed.len)
+    req->last_completed_stage = dup_str(point_last->valuestring);
   sc_event_doc_free(d);
-  if (t->recovered.len) {
-    /* A recovered run that completed no stage of its own carries on where its recovery began. */
+  if (t->recovered.len && !cJSON_IsObject(point)) {
+    /* An older log: the recovery point is in task.recovered only. */
     if (sc_event_parse(base + t->recovered.off, t->recovered.len, &d) == SC_OK) {
       const char *last = string_member(sc_event_doc_event(d), "last_completed_stage");
       if (last && !t->completed.len) req->last_completed_stage = dup_str(last);
       sc_event_doc_free(d);
     }
   }
-  if (t->completed.len && sc_event_parse(base + t->completed.off, t->completed.len, &d) == SC_OK) {
-    ev = sc_event_doc_event(d);
-    free((char *)req->last_completed_stage);
-    req->last_completed_stage = dup_str(ev->stage);
-    cJSON_Delete((cJSON *)req->context);
-    free((char *)req->context_digest);
-    req->context = dup_object(member(ev, "context"));
-    req->context_digest = dup_str(string_member(ev, "digest"));
-    sc_event_doc_free(d);
+  if (t->nfolds > 0) {
+    cJSON *initial = (cJSON *)req->context;
+    req->context = NULL;
+    int rc = fold_context(base, t, initial, req, why, whylen);
+    cJSON_Delete(initial);
+    if (rc != SC_OK) return rc;
   }
   /* A retry after the last checkpoint restarts there: at the stage after the one it names, and
    * with an empty context when it reset the context. */
   bool retry_last = t->retried.len && (!t->completed.len || t->retried.off > t->completed.off) &&
-                    (!t->recovered.len || t->retried.off > t->recovered.off);
+                    (!t->recovered.len || t->retried.off > t->recovered.off) &&
+                    t->retried.off > t->created.off;
   if (retry_last && sc_event_parse(base + t->retried.off, t->retried.len, &d) == SC_OK) {
     ev = sc_event_doc_event(d);
     const cJSON *last = member(ev, "last_completed_stage");
@@ -336,48 +442,67 @@ static int by_order(const void *a, const void *b) {
   return x->order < y->order ? -1 : x->order > y->order;
 }
 
-int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfinished **out,
-                     size_t *n, sc_jsonl_report *r) {
-  if (out) *out = NULL;
-  if (n) *n = 0;
-  if (path == NULL || out == NULL || n == NULL)
-    return sc_error_set(SC_EINVAL, "scan: NULL argument");
-  if (o != NULL && (o->version < 1 || o->version > SC_JSONL_SCAN_OPTIONS_VERSION))
-    return sc_error_set(SC_EINVAL, "scan: unsupported sc_jsonl_scan_options version %u",
-                        o->version);
+int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
+                       size_t *n, sc_jsonl_report *r) {
+  sc_jsonl_report local;
+  if (r == NULL) r = &local;
+  *out = NULL;
+  *n = 0;
   scan_state s = {0};
-  int rc = walk(path, o && o->stop_at_last_good_line, on_line, &s, r);
+  int rc = walk(path, l, stop_at_good, on_line, &s, r);
   if (rc != SC_OK) {
     map_free(&s.tasks);
     return rc;
   }
-  size_t mapped = s.mapped;
   size_t count = 0;
   task_state **list = s.tasks.n ? malloc(s.tasks.n * sizeof(*list)) : NULL;
+  if (s.tasks.n && list == NULL) {
+    map_free(&s.tasks);
+    return sc_error_set(SC_ENOMEM, "scan: out of memory");
+  }
   for (size_t i = 0; i < s.tasks.cap; i++) {
     task_state *t = s.tasks.slots[i];
     if (t && !t->terminal && !t->superseded && t->created.len) list[count++] = t;
   }
   if (count > 1) qsort(list, count, sizeof(*list), by_order);
   sc_unfinished *u = count ? calloc(count, sizeof(*u)) : NULL;
-  rc = count && u == NULL ? SC_ENOMEM : SC_OK;
+  rc = count && u == NULL ? sc_error_set(SC_ENOMEM, "scan: out of memory") : SC_OK;
   for (size_t i = 0; i < count && rc == SC_OK; i++) {
-    rc = build(s.base, list[i], &u[i]);
+    char why[400] = "";
+    rc = build(l->data, list[i], &u[i], why, sizeof(why));
+    u[i].scanned = u[i].request;
     if (rc != SC_OK) {
       sc_unfinished_free(u, i + 1);
       u = NULL;
-      rc = sc_error_set(rc, "scan %s: cannot rebuild task %s from its task.created line", path,
-                        list[i]->id);
+      rc = *why ? sc_error_set(rc, "scan %s: task %s: %s", path, list[i]->id, why)
+                : sc_error_set(rc, "scan %s: cannot rebuild task %s from its lines", path,
+                               list[i]->id);
     }
   }
   free(list);
-  sc__log l = {(char *)s.base, mapped, mapped};
-  sc__log_unmap(&l);
   map_free(&s.tasks);
   if (rc != SC_OK) return rc;
   *out = u;
   *n = count;
   return SC_OK;
+}
+
+int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfinished **out,
+                     size_t *n, sc_jsonl_report *r) {
+  if (out) *out = NULL;
+  if (n) *n = 0;
+  if (r) memset(r, 0, sizeof(*r));
+  if (path == NULL || out == NULL || n == NULL)
+    return sc_error_set(SC_EINVAL, "scan: NULL argument");
+  if (o != NULL && (o->version < 1 || o->version > SC_JSONL_SCAN_OPTIONS_VERSION))
+    return sc_error_set(SC_EINVAL, "scan: unsupported sc_jsonl_scan_options version %u",
+                        o->version);
+  sc__log l;
+  int rc = map_path(path, &l);
+  if (rc != SC_OK) return rc;
+  rc = sc__jsonl_scan_log(path, &l, o && o->stop_at_last_good_line, out, n, r);
+  sc__log_unmap(&l);
+  return rc;
 }
 
 int sc_jsonl_scan(const char *path, sc_unfinished **out, size_t *n, sc_jsonl_report *r) {
@@ -387,7 +512,7 @@ int sc_jsonl_scan(const char *path, sc_unfinished **out, size_t *n, sc_jsonl_rep
 void sc_unfinished_free(sc_unfinished *u, size_t n) {
   if (u == NULL) return;
   for (size_t i = 0; i < n; i++) {
-    sc_recovery_request *q = &u[i].request;
+    sc_recovery_request *q = &u[i].scanned; /* what the scan allocated, whatever request holds */
     free((char *)q->task_id);
     free((char *)q->recovered_from);
     free((char *)q->tenant_id);

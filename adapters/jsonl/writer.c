@@ -4,13 +4,16 @@
  * thread pool so the loop never waits for the disk. In BATCH mode the lines of a loop turn share
  * one sync, and lines written while a sync is in flight share the next one (group commit). */
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -39,7 +42,10 @@ struct sc_jsonl {
   uv_work_t work;
   bool sync_in_flight;
   int sync_errno;
-  int err; /* sticky: after a failed write or sync every event fails */
+  const char *sync_what; /* what failed in the sync: "fdatasync" or the directory's fsync */
+  bool cut_pending;      /* a torn tail to cut before the first write */
+  bool dir_sync_pending; /* a new log: its directory entry is synced with the first sync */
+  int err;               /* sticky: after a failed write or sync every event fails */
   char errmsg[300];
   unsigned closing_handles;
   sc_jsonl_report open_report;
@@ -51,6 +57,12 @@ void sc_jsonl_options_init(sc_jsonl_options *o) {
   o->fsync = SC_FSYNC_BATCH;
   o->buffer_bytes = 256 * 1024;
 }
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void
+say(const sc_jsonl_options *o, const char *fmt, ...);
 
 static int ackq_push(ackq *q, sc_ack *a) {
   if (q->n == q->cap) {
@@ -103,6 +115,21 @@ static void fail(sc_jsonl *j, const char *what, int errnum) {
  * the file keeps ending at a line boundary. */
 static void flush_write(sc_jsonl *j) {
   if (j->len == 0 || j->err) return;
+  if (j->cut_pending) {
+    /* The torn tail goes only now, when there is something to write after it: a process that
+     * opens a log and writes nothing leaves it byte for byte as it was. The sync that covers the
+     * first lines covers the new size too. */
+    if (ftruncate(j->fd, (off_t)j->open_report.good_bytes) != 0) {
+      fail(j, "cut the torn tail of", errno);
+      return;
+    }
+    j->cut_pending = false;
+    say(&j->opts,
+        "%s: cut a torn tail of %llu bytes after line %llu (a crash mid-write; it was never "
+        "acknowledged)",
+        j->path, (unsigned long long)(j->open_report.bytes - j->open_report.good_bytes),
+        (unsigned long long)j->open_report.lines);
+  }
   size_t done = 0;
   while (done < j->len) {
     ssize_t n = write(j->fd, j->buf + done, j->len - done);
@@ -125,9 +152,30 @@ static void flush_write(sc_jsonl *j) {
   }
 }
 
+/* fsync of the directory that holds a new log, so that its name survives a crash as well. */
+static int sync_dir_of(const char *path) {
+  char *copy = strdup(path);
+  if (copy == NULL) return ENOMEM;
+  int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int err = fd < 0 || fsync(fd) != 0 ? errno : 0;
+  if (fd >= 0) close(fd);
+  free(copy);
+  return err;
+}
+
+/* The sync itself, on the thread pool or (closing) on the loop's thread. Reads dir_sync_pending
+ * only: the loop's thread clears it once the sync is done. */
+static int sync_now(sc_jsonl *j) {
+  j->sync_what = "fdatasync";
+  if (fdatasync(j->fd) != 0) return errno;
+  if (!j->dir_sync_pending) return 0;
+  j->sync_what = "fsync (the directory of)";
+  return sync_dir_of(j->path);
+}
+
 static void sync_work(uv_work_t *w) {
   sc_jsonl *j = w->data;
-  j->sync_errno = fdatasync(j->fd) == 0 ? 0 : errno;
+  j->sync_errno = sync_now(j);
 }
 
 static void kick_sync(sc_jsonl *j);
@@ -138,18 +186,20 @@ static void sync_done(uv_work_t *w, int status) {
   if (status != 0 || j->sync_errno != 0) {
     /* After a failed fdatasync the kernel may have dropped the pages; a later sync that succeeds
      * proves nothing about them, so the failure is final. */
-    fail(j, "fdatasync", status != 0 ? EIO : j->sync_errno);
+    fail(j, status != 0 ? "fdatasync" : j->sync_what, status != 0 ? EIO : j->sync_errno);
     return;
   }
+  j->dir_sync_pending = false;
   ackq_finish(j, &j->syncing, SC_OK);
   kick_sync(j);
 }
 
 static void kick_sync(sc_jsonl *j) {
   if (j->sync_in_flight || j->written.n == 0 || j->err) return;
-  /* ALWAYS: one event per sync. BATCH: every line written so far. */
-  size_t count = j->opts.fsync == SC_FSYNC_ALWAYS ? 1 : j->written.n;
-  if (ackq_move(&j->written, &j->syncing, count) != SC_OK) {
+  /* Every line written so far shares the sync. In ALWAYS mode each line is written and its sync
+   * asked for at once; lines written while a sync is in flight share the next one, which starts
+   * as soon as that one ends, so no line waits for more than the sync after its write. */
+  if (ackq_move(&j->written, &j->syncing, j->written.n) != SC_OK) {
     fail(j, "queue", ENOMEM);
     return;
   }
@@ -226,34 +276,83 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   return SC_DEFER;
 }
 
-static void sync_dir_of(const char *path) {
-  char *copy = strdup(path);
-  if (copy == NULL) return;
-  int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    fsync(fd);
-    close(fd);
+/* The pid of the process holding an flock on the file open as fd, from /proc/locks (Linux);
+ * 0 when it cannot be told. The kernel records the lock's owner there, so nothing of ours needs
+ * to be written beside the log. */
+static long lock_holder(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  FILE *f = fopen("/proc/locks", "r");
+  if (f == NULL) return 0;
+  char want[64], line[256];
+  snprintf(want, sizeof(want), "%02x:%02x:%llu", (unsigned)major(st.st_dev),
+           (unsigned)minor(st.st_dev), (unsigned long long)st.st_ino);
+  long pid = 0;
+  while (pid == 0 && fgets(line, sizeof(line), f) != NULL) {
+    /* "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF"; a blocked waiter has "->" first. */
+    char kind[16], mode[16], access[16], dev[64];
+    long p;
+    if (strstr(line, "->") == NULL &&
+        sscanf(line, "%*d: %15s %15s %15s %ld %63s", kind, mode, access, &p, dev) == 5 &&
+        strcmp(kind, "FLOCK") == 0 && strcmp(dev, want) == 0 && p > 0)
+      pid = p;
   }
-  free(copy);
+  fclose(f);
+  return pid;
 }
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void
-say(const sc_jsonl_options *o, const char *fmt, ...);
+/* Opens the file, creating it when allowed and needed; *created says whether it did. */
+static int open_file(sc_jsonl *j, bool create, bool *created) {
+  const int flags = O_RDWR | O_APPEND | O_CLOEXEC | O_NONBLOCK; /* a FIFO must not block us */
+  *created = false;
+  j->fd = open(j->path, flags);
+  if (j->fd < 0 && errno == ENOENT && create) {
+    j->fd = open(j->path, flags | O_CREAT | O_EXCL, 0644);
+    if (j->fd >= 0)
+      *created = true;
+    else if (errno == EEXIST) /* created by someone else meanwhile */
+      j->fd = open(j->path, flags);
+  }
+  if (j->fd >= 0) return SC_OK;
+  if (errno == ENOENT && !create)
+    return sc_error_set(SC_ENOTFOUND, "open %s: no such log (%s)", j->path, strerror(errno));
+  return sc_error_set(SC_EIO, "open %s: %s", j->path, strerror(errno));
+}
 
-/* Verifies an existing log, cuts a torn tail, and leaves the chain at its last line. */
-static int recover_tail(sc_jsonl *j, bool *created) {
+/* Whether a torn tail may be cut: the lines before it verified, and it is no longer than one
+ * buffered write, or it begins as every line of ours begins (then it is one line we started,
+ * whatever its length). Anything else is not ours to cut. */
+static bool tail_is_ours(const sc_jsonl *j, const sc__log *l) {
+  static const char start[] = "{\"specversion\":\"1.0\",";
+  const sc_jsonl_report *r = &j->open_report;
+  size_t tail = (size_t)(r->bytes - r->good_bytes);
+  if (r->lines == 0) return false;
+  if (tail <= j->opts.buffer_bytes) return true;
+  return memcmp(l->data + r->good_bytes, start, sizeof(start) - 1) == 0;
+}
+
+/* Reads the locked log through its descriptor: verifies every line, leaves the chain at the last
+ * one and notes a torn tail to cut before the first write. */
+static int read_log(sc_jsonl *j) {
   sc__log l;
-  int rc = sc__log_map(j->path, &l);
-  *created = rc == SC_ENOTFOUND;
-  if (rc == SC_ENOTFOUND) return SC_OK;
-  if (rc != SC_OK) return sc_error_set(SC_EIO, "open %s: %s", j->path, strerror(errno));
+  int rc = sc__log_map_fd(j->fd, &l);
+  if (rc == SC_EPARSE)
+    return sc_error_set(SC_EPARSE,
+                        "%s is not a stagecoach log (a device, FIFO or socket, not a file); it "
+                        "is left as it is",
+                        j->path);
+  if (rc != SC_OK) return sc_error_set(SC_EIO, "read %s: %s", j->path, strerror(errno));
   rc = sc__log_walk(j->path, &l, &j->chain, NULL, NULL, &j->open_report);
+  if (rc == SC_OK && j->open_report.torn_tail && !tail_is_ours(j, &l))
+    rc = sc_error_set(SC_EPARSE,
+                      "%s is not a stagecoach log: it ends in %llu bytes without a newline that "
+                      "no writer of ours left (it is left as it is)",
+                      j->path,
+                      (unsigned long long)(j->open_report.bytes - j->open_report.good_bytes));
   sc__log_unmap(&l);
   if (rc != SC_OK) return rc;
   j->offset = j->open_report.good_bytes;
+  j->cut_pending = j->open_report.torn_tail;
   return SC_OK;
 }
 
@@ -268,45 +367,40 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
   sc_jsonl *j = calloc(1, sizeof(*j));
   if (j == NULL) return sc_error_set(SC_ENOMEM, "jsonl_open: out of memory");
   j->fd = -1;
-  if (o)
-    j->opts = *o;
-  else
-    sc_jsonl_options_init(&j->opts);
+  sc_jsonl_options_init(&j->opts);
+  if (o) memcpy(&j->opts, o, o->version >= 2 ? sizeof(*o) : offsetof(sc_jsonl_options, existing));
+  j->opts.version = SC_JSONL_OPTIONS_VERSION;
   if (j->opts.buffer_bytes == 0) j->opts.buffer_bytes = 256 * 1024;
   j->e = e;
   j->loop = sc_engine_loop(e);
   int rc = SC_ENOMEM;
+  bool created = false;
   if ((j->path = strdup(path)) == NULL || sc__chain_init(&j->chain) != SC_OK) {
     rc = sc_error_set(SC_ENOMEM, "jsonl_open: out of memory");
     goto fail;
   }
-  bool created;
-  if ((rc = recover_tail(j, &created)) != SC_OK) goto fail;
-  j->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (j->fd < 0) {
-    rc = sc_error_set(SC_EIO, "open %s: %s", path, strerror(errno));
-    goto fail;
-  }
-  /* One writer per log: a second one would interleave two chains. The lock goes with the file
-   * description, so a writer that crashed holds nothing. */
+  if ((rc = open_file(j, !j->opts.existing, &created)) != SC_OK) goto fail;
+  /* One writer per log, and it holds the lock before it reads a byte: what it reads is then what
+   * it appends to. The lock goes with the file description, so a writer that crashed holds
+   * nothing. */
   if (flock(j->fd, LOCK_EX | LOCK_NB) != 0) {
-    rc = errno == EWOULDBLOCK
-             ? sc_error_set(SC_EBUSY, "log %s is open for writing elsewhere (it is locked)", path)
-             : sc_error_set(SC_EIO, "lock %s: %s", path, strerror(errno));
+    long pid = errno == EWOULDBLOCK ? lock_holder(j->fd) : 0;
+    if (errno != EWOULDBLOCK)
+      rc = sc_error_set(SC_EIO, "lock %s: %s", path, strerror(errno));
+    else if (pid > 0)
+      rc = sc_error_set(SC_EBUSY,
+                        "log %s is locked by pid %ld: another process is writing it (one writer "
+                        "per log); nothing was changed",
+                        path, pid);
+    else
+      rc = sc_error_set(SC_EBUSY,
+                        "log %s is locked by another writer (one writer per log); nothing was "
+                        "changed",
+                        path);
     goto fail;
   }
-  if (j->open_report.torn_tail) {
-    uint64_t cut = j->open_report.bytes - j->open_report.good_bytes;
-    if (ftruncate(j->fd, (off_t)j->open_report.good_bytes) != 0 || fdatasync(j->fd) != 0) {
-      rc = sc_error_set(SC_EIO, "cut the torn tail of %s: %s", path, strerror(errno));
-      goto fail;
-    }
-    say(&j->opts,
-        "%s: cut a torn tail of %llu bytes after line %llu (a crash mid-write; it was never "
-        "acknowledged)",
-        path, (unsigned long long)cut, (unsigned long long)j->open_report.lines);
-  }
-  if (created && j->opts.fsync != SC_FSYNC_NONE) sync_dir_of(path);
+  if ((rc = read_log(j)) != SC_OK) goto fail;
+  j->dir_sync_pending = created && j->opts.fsync != SC_FSYNC_NONE;
   uv_prepare_init(j->loop, &j->prepare);
   j->prepare.data = j;
   sc_subscriber s;
@@ -328,6 +422,21 @@ fail:
   return rc;
 }
 
+int sc_jsonl_unfinished(sc_jsonl *j, sc_unfinished **out, size_t *n) {
+  if (out) *out = NULL;
+  if (n) *n = 0;
+  if (j == NULL || out == NULL || n == NULL)
+    return sc_error_set(SC_EINVAL, "jsonl_unfinished: NULL argument");
+  /* Through the locked descriptor: the file another process may have replaced under the name
+   * is not the one read. */
+  sc__log l;
+  int rc = sc__log_map_fd(j->fd, &l);
+  if (rc != SC_OK) return sc_error_set(SC_EIO, "read %s: %s", j->path, strerror(errno));
+  rc = sc__jsonl_scan_log(j->path, &l, false, out, n, NULL);
+  sc__log_unmap(&l);
+  return rc;
+}
+
 const sc_jsonl_report *sc_jsonl_open_report(const sc_jsonl *j) {
   return j ? &j->open_report : NULL;
 }
@@ -346,7 +455,8 @@ int sc_jsonl_close(sc_jsonl *j) {
     uv_run(j->loop, UV_RUN_ONCE);
   flush_write(j);
   if (!j->err && j->opts.fsync != SC_FSYNC_NONE && (j->written.n > 0)) {
-    if (fdatasync(j->fd) != 0) fail(j, "fdatasync", errno);
+    int err = sync_now(j);
+    if (err != 0) fail(j, j->sync_what, err);
   }
   ackq_finish(j, &j->written, j->err ? j->err : SC_OK);
   ackq_finish(j, &j->unwritten, j->err ? j->err : SC_OK);

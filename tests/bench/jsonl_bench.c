@@ -236,6 +236,29 @@ int main(int argc, char **argv) {
   report("baseline_fdatasync_per_s", median(base, ROUNDS), "syncs/s");
   report("jsonl_durable_vs_fdatasync", median(ratio, ROUNDS), "x");
 
+  /* One task alone, batch mode: each idempotent stage should cost about one sync, not more. */
+  for (int i = 0; i < ROUNDS; i++) {
+    base[i] = baseline_fdatasync(other, (int)(200 * scale));
+    rate[i] =
+        run_logged(path, SC_FSYNC_BATCH, 1, (int)(200 * scale), &events) * 1e6 / (200 * scale);
+    ratio[i] = rate[i] * base[i] / 1e6;
+    unlink(path);
+    unlink(other);
+  }
+  report("jsonl_single_task_durable_us_per_stage", median(rate, ROUNDS), "us/stage");
+  report("jsonl_single_task_syncs_per_stage", median(ratio, ROUNDS), "x");
+
+  /* always mode with 100 tasks writing at once, beside batch mode on the same work. */
+  double batch100[ROUNDS];
+  for (int i = 0; i < ROUNDS; i++) {
+    rate[i] = 100 * 10 / run_logged(path, SC_FSYNC_ALWAYS, 100, 10, &events);
+    unlink(path);
+    batch100[i] = 100 * 10 / run_logged(path, SC_FSYNC_BATCH, 100, 10, &events);
+    unlink(path);
+  }
+  report("jsonl_always_100_tasks_stages_per_s", median(rate, ROUNDS), "stages/s");
+  report("jsonl_batch_100_tasks_stages_per_s", median(batch100, ROUNDS), "stages/s");
+
   /* Scanning a log of a million lines (chain verified), three times beside the floor. */
   run_logged(path, SC_FSYNC_NONE, (int)(20000 * scale), 24, &events);
   sc_jsonl_report r = {0};

@@ -21,6 +21,7 @@ typedef struct recorder {
   char **lines;
   sc_event_type *types;
   char **task_ids;
+  char **contexts; /* ev->context as JSON (the whole context in process), or NULL */
   size_t n, cap;
   int defer;           /* 1: return SC_DEFER for every event */
   uint64_t defer_mask; /* with defer: only these types (0: all) */
@@ -37,7 +38,9 @@ static inline int recorder_on_event(const sc_event *ev, sc_ack *ack, void *udata
     r->lines = realloc(r->lines, r->cap * sizeof(*r->lines));
     r->types = realloc(r->types, r->cap * sizeof(*r->types));
     r->task_ids = realloc(r->task_ids, r->cap * sizeof(*r->task_ids));
+    r->contexts = realloc(r->contexts, r->cap * sizeof(*r->contexts));
   }
+  r->contexts[r->n] = ev->context ? cJSON_PrintUnformatted(ev->context) : NULL;
   r->lines[r->n] = sc_event_to_json(ev, NULL);
   r->types[r->n] = ev->type;
   r->task_ids[r->n] = strdup(ev->task_id);
@@ -79,7 +82,9 @@ static inline void recorder_free(recorder *r) {
   for (size_t i = 0; i < r->n; i++) {
     free(r->lines[i]);
     free(r->task_ids[i]);
+    free(r->contexts[i]);
   }
+  free(r->contexts);
   free(r->lines);
   free(r->types);
   free(r->task_ids);
@@ -113,6 +118,15 @@ static inline const char *recorder_types(const recorder *r, const char *task_id)
 static inline cJSON *recorder_json(const recorder *r, sc_event_type type, size_t nth) {
   for (size_t i = 0; i < r->n; i++)
     if (r->types[i] == type && nth-- == 0) return cJSON_Parse(r->lines[i]);
+  return NULL;
+}
+
+/* The whole context an in-process subscriber got with the nth (0-based) event of a type
+ * (sc_event.context), parsed; NULL when it had none. Caller frees with cJSON_Delete. */
+static inline cJSON *recorder_context(const recorder *r, sc_event_type type, size_t nth) {
+  for (size_t i = 0; i < r->n; i++)
+    if (r->types[i] == type && nth-- == 0)
+      return r->contexts[i] ? cJSON_Parse(r->contexts[i]) : NULL;
   return NULL;
 }
 

@@ -1,7 +1,10 @@
 /* The JSON-lines log: chained lines, fsync modes, barrier, torn tail, corruption, scan, ENOSPC. */
 #include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -594,14 +597,16 @@ static void a_300_kb_context_is_written_as_whole_lines(void **state) {
 
   logfile l;
   log_read(path, &l);
-  assert_true(l.size > 4 * blob);
+  /* The blob is in big's output, in the snapshot that output makes due, and in task.completed:
+   * not in every later line (the log grows with the outputs, not stages x context). */
+  assert_true(l.size > 3 * blob);
+  assert_true(l.size < 4 * blob);
   expect_lines_are_the_recorded_events(&l, &rec);
   expect_seq_per_task(&l, 1, 11);
   assert_int_equal(first_broken_line(&l), 0);
   expect_log_verifies(path, &l);
-  sc_event_doc *d = last_event(&l, l.n, "big-000", SC_EV_STAGE_COMPLETED);
+  sc_event_doc *d = last_event(&l, l.n, "big-000", SC_EV_TASK_COMPLETED);
   assert_non_null(d);
-  assert_string_equal(sc_event_doc_event(d)->stage, "s3");
   const char *kept = string_of(member(sc_event_doc_event(d)->data, "context"), "blob");
   assert_non_null(kept);
   assert_int_equal(strlen(kept), blob);
@@ -713,10 +718,9 @@ static void open_cuts_a_torn_tail_and_says_so(void **state) {
   o.log_udata = &told;
   log = NULL;
   assert_int_equal(sc_jsonl_open(e2, path, &o, &log), SC_OK);
-  assert_int_equal(file_size(path), good);
-  assert_int_equal(told.n, 1);
-  if (strstr(told.last, path) == NULL)
-    fail_msg("the message does not name the file: %s", told.last);
+  /* Nothing is cut before there is something to write: opening alone changes nothing. */
+  assert_int_equal(file_size(path), good + sizeof(torn) - 1);
+  assert_int_equal(told.n, 0);
   const sc_jsonl_report *opened = sc_jsonl_open_report(log);
   assert_true(opened->torn_tail);
   assert_int_equal(opened->lines, before.n);
@@ -725,6 +729,9 @@ static void open_cuts_a_torn_tail_and_says_so(void **state) {
   assert_int_equal(opened->first_bad_line, 0);
   submit_job(e2, "two-000", "s0,s1");
   settle(&loop);
+  assert_int_equal(told.n, 1);
+  if (strstr(told.last, path) == NULL || strstr(told.last, "torn tail") == NULL)
+    fail_msg("the message does not name the file and the cut: %s", told.last);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e2);
 
@@ -952,7 +959,8 @@ static void an_empty_log_verifies_with_no_lines(void **state) {
   assert_int_equal(n, 0);
 }
 
-/* A directory or a FIFO is no log: refused at once (a FIFO must not block the open). */
+/* A directory cannot be read as a log, a FIFO is no log: both refused at once (a FIFO must not
+ * block the open), and neither is changed. */
 static void a_directory_or_a_fifo_is_refused_at_once(void **state) {
   char path[256];
   temp_path(state, "fifo.jsonl", path);
@@ -964,13 +972,16 @@ static void a_directory_or_a_fifo_is_refused_at_once(void **state) {
   sc_jsonl *log = NULL;
   for (int dir = 0; dir <= 1; dir++) {
     if (dir) *strrchr(path, '/') = '\0';
+    int code = dir ? SC_EIO : SC_EPARSE;
     sc_jsonl_report r;
-    assert_int_equal(sc_jsonl_verify(path, &r), SC_EIO);
+    assert_int_equal(sc_jsonl_verify(path, &r), code);
     sc_unfinished *u = NULL;
     size_t n = 0;
-    assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), SC_EIO);
-    assert_int_equal(sc_jsonl_open(e, path, NULL, &log), SC_EIO);
+    assert_int_equal(sc_jsonl_scan(path, &u, &n, &r), code);
+    assert_int_equal(sc_jsonl_open(e, path, NULL, &log), code);
     assert_null(log);
+    if (!dir && strstr(sc_error_message(), "not a stagecoach log") == NULL)
+      fail_msg("message: %s", sc_error_message());
   }
   sc_engine_free(e);
   assert_int_equal(uv_loop_close(&loop), 0);
@@ -1128,10 +1139,15 @@ static void expect_unfinished(const sc_unfinished *u, const logfile *l, const ex
     source = sc_event_doc_event(completed);
     assert_string_equal(source->stage, x->last_stage);
   }
+  /* A line carries the whole context now and then; the scan folds the outputs onto the last
+   * snapshot, and the digest of the line says whether it got the same context. */
   const cJSON *context = member(source->data, "context");
-  assert_non_null(context);
-  assert_true(cJSON_Compare(req->context, context, true));
-  expect_string_or_null(req->context_digest, string_of(source->data, "digest"));
+  if (context == NULL) context = member(member(source->data, "recovery"), "context");
+  if (context != NULL) assert_true(cJSON_Compare(req->context, context, true));
+  assert_non_null(req->context);
+  const char *recorded = string_of(source->data, "digest");
+  if (recorded == NULL) recorded = string_of(member(source->data, "recovery"), "digest");
+  expect_string_or_null(req->context_digest, recorded);
   char digest[72];
   assert_int_equal(sc_json_digest(req->context, digest), SC_OK);
   assert_string_equal(digest, req->context_digest);
@@ -1320,14 +1336,29 @@ static bool paused_seen(void *udata) {
   return recorder_count(udata, SC_EV_TASK_PAUSED, NULL) > 0;
 }
 
+/* Makes every write to a regular file beyond its first `bytes` fail with EFBIG (a real failing
+ * write(2), as on a full disk); restore_file_size_limit() undoes it. */
+static struct rlimit saved_fsize;
+static void limit_file_size(rlim_t bytes) {
+  signal(SIGXFSZ, SIG_IGN);
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
+  struct rlimit l = saved_fsize;
+  l.rlim_cur = bytes;
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &l), 0);
+}
+static void restore_file_size_limit(void) {
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
+}
+
 static void a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio(void **state) {
-  (void)state;
-  if (access("/dev/full", W_OK) != 0) skip();
+  char path[256];
+  temp_path(state, "full.jsonl", path);
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   behaviour b = {0};
   sc_engine *e = new_engine(&loop, &b);
-  sc_jsonl *log = open_log(e, "/dev/full", SC_FSYNC_BATCH);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
+  limit_file_size(0);
   recorder rec; /* subscribes after the log: it sees every event the log failed to store */
   recorder_attach(&rec, e);
   sc_task *t = submit_job(e, "full-000", "s0,s1,s2");
@@ -1345,17 +1376,18 @@ static void a_log_that_cannot_be_written_pauses_the_task_and_close_reports_eio(v
   assert_string_equal(string_of(data, "reason"), "ack-failed");
   const char *message = string_of(member(data, "error"), "message");
   assert_non_null(message);
-  if (strstr(message, "/dev/full") == NULL || strstr(message, "No space left on device") == NULL)
+  if (strstr(message, path) == NULL || strstr(message, strerror(EFBIG)) == NULL)
     fail_msg("the error does not name the file and the cause: %s", message);
   cJSON_Delete(paused);
-  size_t stages_run = strlen(b.ran) ? 1 : 0;
-  for (const char *p = b.ran; *p; p++)
-    if (*p == ',') stages_run++;
-  if (stages_run > 1) fail_msg("stages ran after the first failed ack: %s", b.ran);
-  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, NULL), stages_run);
+  /* task.created is a barrier: its write failed, so no stage ran at all. */
+  if (strlen(b.ran) > 0) fail_msg("stages ran after the first failed ack: %s", b.ran);
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, NULL), 0);
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_STARTED, NULL), 0);
 
   assert_int_equal(sc_jsonl_close(log), SC_EIO);
-  if (strstr(sc_error_message(), "/dev/full") == NULL)
+  restore_file_size_limit();
+  assert_int_equal(file_size(path), 0); /* the failed write left nothing behind */
+  if (strstr(sc_error_message(), path) == NULL)
     fail_msg("close's message does not name the file: %s", sc_error_message());
   sc_engine_free(e);
   recorder_free(&rec);

@@ -84,7 +84,11 @@ const char *sc_event_type_name(sc_event_type t);
 int sc_event_type_from_name(const char *name, sc_event_type *out);
 
 /* Progress events are durability barriers: the engine takes no next step of the task until every
- * deferred acknowledgement of such an event is done (docs/design.md, "durability barrier"). */
+ * deferred acknowledgement of such an event is done (docs/design.md, "durability barrier"):
+ * task.created and task.recovered (no stage starts before its task is on record), stage.completed,
+ * the terminal events, approval decisions and the rollback events. stage.started is a barrier too
+ * when its stage is compensable or irreversible, which its type alone does not tell: the engine
+ * decides that one per stage. */
 bool sc_event_type_is_barrier(sc_event_type t);
 
 /* One event. Every pointer is borrowed: valid during the subscriber callback that receives it, or
@@ -105,6 +109,11 @@ typedef struct sc_event {
    * and skips members of these names here; a parsed event's data is the whole object read. */
   const cJSON *data;
   const char *source; /* CloudEvents source; NULL: "stagecoach" */
+  /* The task's whole context after the event, for stage.completed, task.completed and
+   * rollback.completed (borrowed, at no cost: the engine's own), whether or not data carries it;
+   * NULL for other events. The serialized stage.completed carries data.context only now and then
+   * (docs/events.md); a parsed event's context is its data.context, or NULL. Not encoded. */
+  const cJSON *context;
 } sc_event;
 
 /* Encodes an event as one line of CloudEvents 1.0 JSON (structured mode), without a newline.

@@ -25,7 +25,7 @@ typedef enum sc_fsync_mode {
   SC_FSYNC_ALWAYS /* one fdatasync per event, each before its ack */
 } sc_fsync_mode;
 
-#define SC_JSONL_OPTIONS_VERSION 1
+#define SC_JSONL_OPTIONS_VERSION 2
 
 typedef struct sc_jsonl_options {
   unsigned version;    /* SC_JSONL_OPTIONS_VERSION */
@@ -35,6 +35,9 @@ typedef struct sc_jsonl_options {
   /* Told what the adapter did on its own: a torn tail cut when the log was opened. May be NULL. */
   void (*log)(const char *message, void *udata);
   void *log_udata;
+  /* Version 2. true: the log must exist already (SC_ENOTFOUND otherwise, and nothing is
+   * created), as for a recovery, which reads a log and has nothing to do without one. */
+  bool existing;
 } sc_jsonl_options;
 
 void sc_jsonl_options_init(sc_jsonl_options *o);
@@ -47,14 +50,21 @@ typedef struct sc_jsonl_report {
   int64_t first_bad_line; /* 1-based number of the first line that does not verify; 0: none */
 } sc_jsonl_report;
 
-/* Opens (creating it if needed) a log for appending and subscribes to every event of e. A log has
- * one writer: the file is locked (flock), and a second open, in this process or another, is
- * refused with SC_EBUSY until the first is closed or its process ended. An existing log is
- * verified first: a torn tail is cut (it was never acknowledged) and reported
- * through the log callback; a log whose chain breaks is refused with SC_ECORRUPT naming the line.
- * The chain continues from the last line. o NULL: defaults. On success *out is the adapter, which
- * the caller closes with sc_jsonl_close() before sc_engine_free(); on failure *out is NULL.
- * Write and sync errors acknowledge the events concerned with SC_EIO (the engine pauses the task),
+/* Opens (creating it if needed, unless o->existing) a log for appending and subscribes to every
+ * event of e. A log has one writer, and it holds the lock before it reads a byte: the file is
+ * locked (flock) first, and a second open, in this process or another, is refused with SC_EBUSY
+ * ("log job.jsonl is locked by pid 4242 ...", the holder read from /proc/locks) until the first is
+ * closed or its process ended; the refused one changes nothing. Then the log is read through the
+ * locked descriptor and verified: a log whose chain breaks is refused with SC_ECORRUPT naming the
+ * line; a file that is not a log (a device, a FIFO, a first line without a chain member, bytes
+ * without one complete line, or a tail without a newline that is longer than one buffered write
+ * and does not begin as our lines begin) is refused with SC_EPARSE and left byte for byte as it
+ * is. A torn tail of a log (a crash mid-write; never acknowledged) is cut before the first line
+ * is written, and reported through the log callback then; an adapter that writes nothing changes
+ * nothing. The chain continues from the last line. o NULL: defaults. On success *out is the
+ * adapter, which the caller closes with sc_jsonl_close() before sc_engine_free(); on failure
+ * *out is NULL. Write and sync errors (the directory's fsync of a new log included, done with
+ * the first sync) acknowledge the events concerned with SC_EIO (the engine pauses the task),
  * with a message naming the file and the error; every later event fails the same way. */
 int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_jsonl **out);
 
@@ -70,13 +80,18 @@ int sc_jsonl_close(sc_jsonl *j);
 
 /* Walks a log and checks every line's chain. SC_OK with r->torn_tail for a log that merely ends in
  * an incomplete line; SC_ECORRUPT with r->first_bad_line for a changed, inserted or removed line
- * (the message names the line and its byte offset); SC_ENOTFOUND when there is no such file;
- * SC_EIO when it cannot be read (a directory, no permission). r may be NULL. */
+ * (the message names the line and its byte offset); SC_EPARSE for a file that is not a log at all
+ * (a device, a FIFO, a first line without a chain member, bytes without one complete line);
+ * SC_ENOTFOUND when there is no such file; SC_EIO when it cannot be read (a directory, no
+ * permission). An empty file is an empty log. Takes no lock and changes nothing. r may be NULL. */
 int sc_jsonl_verify(const char *path, sc_jsonl_report *r);
 
 typedef struct sc_unfinished {
-  sc_recovery_request request; /* mode RETRY preset; task_id NULL; recovered_from the stopped id */
+  sc_recovery_request request; /* mode RETRY preset; task_id NULL; recovered_from the stopped id;
+                                  the caller may change any field (sc_unfinished_free frees
+                                  what the scan put there, not what the caller did) */
   sc_task_status status;       /* the task's last status in the log */
+  sc_recovery_request scanned; /* private: the request as the scan allocated it */
 } sc_unfinished;
 
 /* Reads a log and returns one entry per task that has no terminal event and is not superseded by a
@@ -103,8 +118,16 @@ void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o);
 int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfinished **out,
                      size_t *n, sc_jsonl_report *r);
 
-/* Frees what sc_jsonl_scan returned: every string and JSON value the requests point to. NULL is a
- * no-op. */
+/* What the open, locked log holds: the same entries as sc_jsonl_scan, read through the writer's
+ * descriptor (the lines it verified when it opened, and those it wrote since), so that what a
+ * recovery recovers is what the lock holder sees and no other writer can change it meanwhile.
+ * Call it before the engine emits events of its own (lines still buffered are not read). *out
+ * and *n as for sc_jsonl_scan. */
+int sc_jsonl_unfinished(sc_jsonl *j, sc_unfinished **out, size_t *n);
+
+/* Frees what sc_jsonl_scan or sc_jsonl_unfinished returned: every string and JSON value the scan
+ * allocated. A request field the caller changed (a task_id of its own, another context) is not
+ * freed: the caller owns what it put there. NULL is a no-op. */
 void sc_unfinished_free(sc_unfinished *u, size_t n);
 
 #ifdef __cplusplus
