@@ -378,7 +378,12 @@ struct cli_exec {
   void *udata;
   exec_run *runs; /* every command whose handles are not all closed yet */
   size_t nruns;
+  bool stopping; /* cli_exec_stop_all(): results are held, nothing new starts */
 };
+
+/* The stage data of a stage whose command was stopped (or never started) by cli_exec_stop_all:
+ * its result waits for the engine's cancel. */
+static char held_marker;
 
 struct exec_run {
   cli_exec *x; /* NULL after cli_exec_free */
@@ -705,6 +710,10 @@ static void maybe_finish(exec_run *run) {
   if (run->cancelled) signal_group(run, SIGKILL);
   sc_stage_ctx *ctx = run->ctx;
   run->ctx = NULL;
+  if (ctx != NULL && run->x != NULL && run->x->stopping) {
+    sc_stage_set_data(ctx, &held_marker); /* no result: the cancel that follows finishes it */
+    ctx = NULL;
+  }
   if (ctx != NULL) deliver(run, ctx);
   if (!run->cancelled && !run->swept && group_alive(run)) {
     start_sweep(run);
@@ -1183,11 +1192,21 @@ out:
 }
 
 static int exec_start(sc_stage_ctx *ctx, void *udata) {
-  return exec_begin(ctx, udata, "run");
+  cli_exec *x = udata;
+  if (x->stopping) { /* interrupted: nothing new starts; the cancel finishes the stage */
+    sc_stage_set_data(ctx, &held_marker);
+    return SC_OK;
+  }
+  return exec_begin(ctx, x, "run");
 }
 
 static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
-  return exec_begin(ctx, udata, "compensate");
+  cli_exec *x = udata;
+  if (x->stopping) {
+    sc_stage_set_data(ctx, &held_marker);
+    return SC_OK;
+  }
+  return exec_begin(ctx, x, "compensate");
 }
 
 /* The engine gave up on the stage (timeout, task cancel, engine teardown). The stage is finished
@@ -1196,6 +1215,13 @@ static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
  * runs until cli_exec_running() is 0. */
 static void exec_cancel(sc_stage_ctx *ctx, void *udata) {
   (void)udata;
+  if (sc_stage_get_data(ctx) == &held_marker) {
+    sc_stage_set_data(ctx, NULL);
+    char msg[256];
+    snprintf(msg, sizeof(msg), "stage %s cancelled: its command was stopped", sc_stage_name(ctx));
+    sc_stage_fail(ctx, SC_ECANCELLED, msg, false);
+    return;
+  }
   exec_run *run = sc_stage_get_data(ctx);
   if (run == NULL || run->ctx != ctx) return;
   run->ctx = NULL;
@@ -1233,6 +1259,16 @@ int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec 
 
 size_t cli_exec_running(const cli_exec *x) {
   return x ? x->nruns : 0;
+}
+
+void cli_exec_stop_all(cli_exec *x) {
+  if (x == NULL) return;
+  x->stopping = true;
+  for (exec_run *run = x->runs; run != NULL; run = run->next) {
+    if (run->closing || run->exited || run->cancelled || run->sweeping) continue;
+    signal_group(run, SIGTERM);
+    uv_timer_start(&run->grace, on_grace, run->kill_grace_ms, 0);
+  }
 }
 
 void cli_exec_kill_all(cli_exec *x) {
