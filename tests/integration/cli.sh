@@ -312,6 +312,7 @@ if command -v strace >/dev/null; then
   check "a failed fsync of the new log's directory exits 5" 5 $? "$tmp/out"
   contains "... and names the directory sync" "$tmp/out" "fsync (the directory of) $tmp/dirsync.jsonl: Input/output error"
   [ ! -e "$tmp/dirsyncran" ] && ok "... and no stage ran (task.created was not on record)" || fail "a stage ran"
+  [ ! -s "$tmp/dirsync.jsonl" ] && ok "... and the log keeps only what was acknowledged (nothing)" || fail "the log kept unacknowledged lines" "$(head -c 300 "$tmp/dirsync.jsonl")"
 else
   fail "strace is needed for the ordering and directory-sync cases (apt-get install strace)"
 fi
