@@ -396,6 +396,7 @@ struct exec_run {
   int open_handles;
   int pid; /* also the process group id */
   bool exited, eof[2], cancelled, closing;
+  bool held; /* stopped by cli_exec_stop_all: its result waits for the task's cancel */
   bool sweeping, swept, sweep_killed; /* what the command left in its group, after it exited */
   uint64_t sweep_started, group_gone_at;
   int64_t exit_status;
@@ -710,7 +711,7 @@ static void maybe_finish(exec_run *run) {
   if (run->cancelled) signal_group(run, SIGKILL);
   sc_stage_ctx *ctx = run->ctx;
   run->ctx = NULL;
-  if (ctx != NULL && run->x != NULL && run->x->stopping) {
+  if (ctx != NULL && run->held) {
     sc_stage_set_data(ctx, &held_marker); /* no result: the cancel that follows finishes it */
     ctx = NULL;
   }
@@ -1191,9 +1192,15 @@ out:
   return SC_OK;
 }
 
+/* Whether the stage's task can still be cancelled (a rollback cannot: it runs to its end). */
+static bool cancellable(sc_stage_ctx *ctx) {
+  sc_task *t = sc_stage_task(ctx);
+  return t != NULL && sc_transition_allowed(sc_task_get_status(t), SC_TASK_CANCELLED);
+}
+
 static int exec_start(sc_stage_ctx *ctx, void *udata) {
   cli_exec *x = udata;
-  if (x->stopping) { /* interrupted: nothing new starts; the cancel finishes the stage */
+  if (x->stopping && cancellable(ctx)) { /* interrupted: the cancel that follows ends it */
     sc_stage_set_data(ctx, &held_marker);
     return SC_OK;
   }
@@ -1202,7 +1209,7 @@ static int exec_start(sc_stage_ctx *ctx, void *udata) {
 
 static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
   cli_exec *x = udata;
-  if (x->stopping) {
+  if (x->stopping && cancellable(ctx)) {
     sc_stage_set_data(ctx, &held_marker);
     return SC_OK;
   }
@@ -1261,11 +1268,21 @@ size_t cli_exec_running(const cli_exec *x) {
   return x ? x->nruns : 0;
 }
 
+size_t cli_exec_stopping(const cli_exec *x) {
+  size_t n = 0;
+  for (const exec_run *run = x ? x->runs : NULL; run != NULL; run = run->next)
+    n += run->held;
+  return n;
+}
+
 void cli_exec_stop_all(cli_exec *x) {
   if (x == NULL) return;
   x->stopping = true;
   for (exec_run *run = x->runs; run != NULL; run = run->next) {
-    if (run->closing || run->exited || run->cancelled || run->sweeping) continue;
+    if (run->closing || run->exited || run->cancelled || run->sweeping || run->ctx == NULL ||
+        !cancellable(run->ctx))
+      continue;
+    run->held = true;
     signal_group(run, SIGTERM);
     uv_timer_start(&run->grace, on_grace, run->kill_grace_ms, 0);
   }

@@ -253,7 +253,7 @@ static void cancel_tasks(runtime *rt) {
 
 static void on_stopping(uv_timer_t *h) {
   runtime *rt = h->data;
-  if (cli_exec_running(rt->exec) > 0) return;
+  if (cli_exec_stopping(rt->exec) > 0) return;
   uv_timer_stop(h);
   cancel_tasks(rt);
 }
@@ -275,7 +275,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   /* The tasks are cancelled (task.cancelled, a terminal event) only once their commands are
    * gone: until then a second interrupt leaves them as a crash would. */
   cli_exec_stop_all(rt->exec);
-  if (cli_exec_running(rt->exec) == 0)
+  if (cli_exec_stopping(rt->exec) == 0)
     cancel_tasks(rt);
   else
     uv_timer_start(&rt->stopping, on_stopping, 10, 10);
