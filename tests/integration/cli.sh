@@ -346,6 +346,18 @@ $sc recover "$tmp/twice.json" --log "$tmp/twice.jsonl" --plain >"$tmp/out" 2>&1;
 contains "... to its end" "$tmp/out" "COMPLETED"
 [ "$(tail -n 1 "$tmp/twiceran")" = after ] && ok "... running the stages left" || fail "recover did not run the rest" "$(cat "$tmp/twiceran")"
 
+# SIGINT during a rollback, which cannot be cancelled: its commands are not stopped, it finishes.
+write_pipeline "$tmp/rbint.json" '[{"name":"one","kind":"exec","run":"true"},{"name":"two","kind":"exec","run":"exit 9"}]' \
+  '[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/rbintran; sleep 1"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/rbintran"}]'
+rm -f "$tmp/rbintran"
+$sc run "$tmp/rbint.json" --plain --log "$tmp/rbint.jsonl" >/dev/null 2>&1
+$sc recover "$tmp/rbint.json" --log "$tmp/rbint.jsonl" --mode rollback --plain >"$tmp/out" 2>&1 &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$tmp/rbintran" ] && break; sleep 0.05; done
+kill -INT $runner
+wait $runner; check "SIGINT during a rollback lets it finish (exit 4)" 4 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/rbintran")" = "old-one old-two " ] && ok "... running every rollback stage" || fail "the rollback was cut short" "$(cat "$tmp/rbintran")"
+
 # --- verify ---
 cp "$tmp/ok.jsonl" "$tmp/corrupt.jsonl"
 sed -i '3s/"seq":3/"seq":4/' "$tmp/corrupt.jsonl"
