@@ -578,6 +578,7 @@ static void admit(sc_task *t) {
   if (t->rollback) {
     set_status(t, SC_TASK_ROLLING_BACK);
     cJSON *data = new_data(t, SC_EV_ROLLBACK_STARTED);
+    if (data) cJSON_AddNumberToObject(data, "intent", t->intent);
     if (data && t->compensating) {
       cJSON_AddStringToObject(data, "strategy", "compensate");
     } else if (data) {
@@ -623,12 +624,27 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
   ctx->attempt = t->attempt;
   ctx->compensation = t->compensating;
   ctx->mode = mode_name(t);
+  ctx->root_id = t->root_id;
+  ctx->intent = t->intent;
+  if (t->traceparent != NULL && sc_traceparent_valid(t->traceparent)) {
+    /* The attempt's own span in the task's trace: "00-" trace id "-" span id "-" flags. */
+    memcpy(ctx->traceparent, t->traceparent, 36);
+    sc__span_id(t->e, ctx->traceparent + 36);
+    ctx->traceparent[52] = '-';
+    memcpy(ctx->traceparent + 53, t->traceparent + 53, 3);
+  }
   t->ctx = ctx;
   t->step = STEP_WAIT;
   cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
   if (data) {
     sc__json_put(data, "kind", cJSON_CreateStringReference(st->kind));
     sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
+    if (ctx->traceparent[0]) {
+      char span[17];
+      memcpy(span, ctx->traceparent + 36, 16);
+      span[16] = '\0';
+      cJSON_AddStringToObject(data, "span_id", span);
+    }
   }
   sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
   if (t->cancel_requested || t->ctx != ctx) {
@@ -809,6 +825,7 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   if (lplan) t->plan_id = memcpy(p, spec->plan_id, lplan);
   p += lplan;
   if (ltrace) t->traceparent = memcpy(p, spec->traceparent, ltrace);
+  t->root_id = t->id;
   t->e = e;
   t->plan = plan;
   t->run_plan = plan;
@@ -868,6 +885,7 @@ void sc__task_free(sc_task *t) {
   cJSON_Delete(t->recovery_plan);
   free(t->pause_reason);
   free(t->cancel_reason);
+  if (t->root_id != t->id) free(t->root_id);
   sc__plan_unref(e, t->plan);
   free(t);
 }

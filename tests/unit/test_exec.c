@@ -295,7 +295,8 @@ static void vars_free(vars *v) {
 
 static void assert_expands(const vars *v, const char *text, const char *expected) {
   char *unresolved = (char *)"untouched";
-  char *out = cli_exec_expand(text, v->config, v->context, "task-1", "acme", false, &unresolved);
+  cli_exec_vars vars = {v->config, v->context, "task-1", "acme"};
+  char *out = cli_exec_expand(text, &vars, &unresolved);
   if (out == NULL) fail_msg("\"%s\" did not expand (unresolved %s)", text, unresolved);
   assert_null(unresolved);
   assert_string_equal(out, expected);
@@ -305,7 +306,8 @@ static void assert_expands(const vars *v, const char *text, const char *expected
 static void assert_unresolved(const vars *v, const char *text, const char *task_id,
                               const char *tenant, const char *name) {
   char *unresolved = NULL;
-  char *out = cli_exec_expand(text, v->config, v->context, task_id, tenant, false, &unresolved);
+  cli_exec_vars vars = {v->config, v->context, task_id, tenant};
+  char *out = cli_exec_expand(text, &vars, &unresolved);
   if (out != NULL) fail_msg("\"%s\" expanded to \"%s\"", text, out);
   assert_non_null(unresolved);
   char expected[256];
@@ -357,7 +359,8 @@ static void expand_names_the_first_unresolved_variable(void **state) {
   assert_unresolved(&v, "${task.name}", "t", "acme", "${task.name}");
   /* Without a context or config every path is unresolved. */
   char *unresolved = NULL;
-  assert_null(cli_exec_expand("${context.x}", NULL, NULL, "t", NULL, false, &unresolved));
+  cli_exec_vars none = {NULL, NULL, "t", NULL};
+  assert_null(cli_exec_expand("${context.x}", &none, &unresolved));
   assert_string_equal(unresolved, "unresolved variable ${context.x}");
   free(unresolved);
   vars_free(&v);
@@ -376,166 +379,103 @@ static void expand_keeps_escapes_and_the_shells_own_variables(void **state) {
   vars_free(&v);
 }
 
-/* What /bin/sh prints for command (at most cap - 1 bytes). */
-static size_t shell_prints(const char *command, char *buf, size_t cap) {
-  FILE *f = popen(command, "r");
-  assert_non_null(f);
-  size_t n = fread(buf, 1, cap - 1, f);
-  buf[n] = '\0';
-  assert_int_equal(pclose(f), 0);
-  return n;
+/* The refusal of one script, as the pipeline loader shows it. */
+static void assert_script_refused(const char *field, const char *script, const char *variable) {
+  cJSON *stage = cJSON_CreateObject();
+  cJSON_AddStringToObject(stage, "run", strcmp(field, "run") == 0 ? script : "true");
+  if (strcmp(field, "compensate") == 0) cJSON_AddStringToObject(stage, "compensate", script);
+  const cJSON *bad = NULL;
+  size_t offset = 0;
+  char why[1024];
+  if (cli_exec_check(stage, NULL, &bad, &offset, why, sizeof(why)))
+    fail_msg("%s <%s> was accepted", field, script);
+  assert_ptr_equal(bad, cJSON_GetObjectItemCaseSensitive(stage, field));
+  assert_true(offset < strlen(script));
+  assert_memory_equal(script + offset, variable, strlen(variable));
+  char start[256];
+  snprintf(start, sizeof(start), "\"%s\" may not contain %s; pass it as \"env\": {\"", field,
+           variable);
+  if (strncmp(why, start, strlen(start)) != 0) fail_msg("<%s>: %s", script, why);
+  cJSON_Delete(stage);
 }
 
-static void expand_quotes_values_for_the_shell_wherever_they_stand(void **state) {
+static void our_variables_in_a_script_are_refused_wherever_they_stand(void **state) {
   (void)state;
-  static const char *const values[] = {"plain-1.2",   "v1; touch /nonexistent/pwned",
-                                       "it's",        "a  b",
-                                       "$(echo no)",  "`echo no`",
-                                       "\"q\"",       "back\\slash",
-                                       "*",           "",
-                                       "line\nbreak", "${HOME}",
-                                       "'",           "\"'\"'",
-                                       "-n"};
-  /* Each template prints the value between brackets, whatever quoting it stands in. */
-  static const char *const templates[][3] = {
-      {"printf '[%s]' ${context.v}", "[", "]"},
-      {"printf '[%s]' \"${context.v}\"", "[", "]"},
-      {"printf '[%s]' 'pre ${context.v} post'", "[pre ", " post]"},
-      {"printf '[%s]' \"pre ${context.v} post\"", "[pre ", " post]"},
-      {"printf '[%s]' x\\'${context.v}", "[x'", "]"},
-      /* right after "$NAME" the value does not lengthen the name */
-      {"X=x; printf '[%s]' $X${context.v}", "[x", "]"},
-      {"X=x; printf '[%s]' \"$X${context.v}\"", "[x", "]"},
-      /* the '#' after "$(...)" continues the word: no comment, so the quote after it opens */
-      {"printf '[%s]' $(echo a)#'\n${context.v}'", "[a#\n", "]"},
-      {"printf '[%s]' \"it's\"${context.v}'\"'", "[it's", "\"]"},
-  };
-  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
-    cJSON *context = cJSON_CreateObject();
-    cJSON_AddStringToObject(context, "v", values[i]);
-    for (size_t k = 0; k < sizeof(templates) / sizeof(templates[0]); k++) {
-      char *unresolved = NULL;
-      char *command =
-          cli_exec_expand(templates[k][0], NULL, context, "t", "acme", true, &unresolved);
-      assert_non_null(command);
-      char expected[256], got[256];
-      snprintf(expected, sizeof(expected), "%s%s%s", templates[k][1], values[i], templates[k][2]);
-      shell_prints(command, got, sizeof(got));
-      if (strcmp(got, expected) != 0)
-        fail_msg("value <%s> in <%s>: the shell ran <%s> and printed <%s>", values[i],
-                 templates[k][0], command, got);
-      free(command);
-    }
-    cJSON_Delete(context);
-  }
-  /* A comment is not run and an escaped '$' is no variable: nothing is substituted there, so a
-   * value can neither break out of the comment (a newline) nor be read unquoted. */
-  static const char *const literal[][2] = {
-      {"# the tenant's deploy\nprintf '[%s]' ${context.v}", "[x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' ok # ${context.v}\n", "[ok]"},
-      {"printf '[%s]' \\${context.v}", "[${context.v}]"},
-      {"printf '[%s]' \"\\${context.v}\"", "[${context.v}]"},
-      {"printf '[%s]' x#${context.v}", "[x#x; touch /nonexistent/pwned]"},
-  };
-  cJSON *nasty = cJSON_CreateObject();
-  cJSON_AddStringToObject(nasty, "v", "x; touch /nonexistent/pwned");
-  cJSON *breakout = cJSON_CreateObject();
-  cJSON_AddStringToObject(breakout, "v", "x\nprintf '[%s]' escaped\n");
-  for (size_t k = 0; k < sizeof(literal) / sizeof(literal[0]); k++) {
-    for (int b = 0; b <= 1; b++) {
-      char *command =
-          cli_exec_expand(literal[k][0], NULL, b ? breakout : nasty, "t", "acme", true, NULL);
-      assert_non_null(command);
-      char got[256], expected[256];
-      shell_prints(command, got, sizeof(got));
-      snprintf(expected, sizeof(expected), "%s", literal[k][1]);
-      if (b && strstr(literal[k][0], "x#") != NULL)
-        snprintf(expected, sizeof(expected), "[x#x\nprintf '[%%s]' escaped\n]");
-      else if (b && strncmp(literal[k][0], "# the", 5) == 0)
-        snprintf(expected, sizeof(expected), "[x\nprintf '[%%s]' escaped\n]");
-      if (strcmp(got, expected) != 0)
-        fail_msg("<%s> ran <%s> and printed <%s>, not <%s>", literal[k][0], command, got, expected);
-      free(command);
-    }
-  }
-  /* Where the shell parses text a second time, no quoting holds: our variables are refused there
-   * (the shell's own, ${HOME}, pass), and the rest of the command still works. */
-  static const char *const misplaced[] = {
+  /* Every place the old quoting got wrong, and the plain ones: a script never holds a value. */
+  static const char *const scripts[] = {
+      "./deploy.sh ${context.v}",
+      "echo \"${context.v}\"",
+      "echo '${context.v}'",
+      "summary=$(cat <<EOF\n1) deployed ${context.v}\nEOF\n)",
+      "echo \"$\\\n(echo ${context.v})\"",
+      "cat <\\\n<EOF\n${context.v}\nEOF",
+      "echo $\\\n(( ${context.v} ))",
+      "echo $'[${context.v}]'",
       "echo $(basename ${context.v})",
-      "echo \"$(basename ${context.v})\"",
-      "echo $(( ${context.v} + 1 ))",
-      "echo \"$(( ${context.v} ))\"",
       "echo `basename ${context.v}`",
-      "echo \"`basename ${context.v}`\"",
-      "cat <<EOF\n${context.v}\nEOF",
-      "cat <<'EOF'\n${context.v}\nEOF",
-      "echo $(echo $(date) ${context.v})",
-      "echo $(case x in x) true;; esac) ${context.v}",
-      "echo \"$(case x in x) echo ${context.v};; esac)\"",
-      "echo \"$(# )\necho ${context.v})\"",
-      "echo \"$(printf %s ${FOO%)} ${context.v})\"",
+      "# a comment ${context.v}",
+      "echo \\${context.v}",
+      "echo ${context.v:-default}",
+      "echo ${config.version}",
+      "echo ${config}",
+      "echo ${task.id}",
+      "echo ${tenant}",
+      "echo $${tenant} ${context.v}",
   };
-  for (size_t k = 0; k < sizeof(misplaced) / sizeof(misplaced[0]); k++) {
-    char *problem = NULL;
-    char *command = cli_exec_expand(misplaced[k], NULL, nasty, "t", "acme", true, &problem);
-    if (command != NULL) fail_msg("<%s> expanded to <%s>", misplaced[k], command);
-    assert_non_null(problem);
-    if (strstr(problem, "${context.v} stands inside") != problem) fail_msg("%s", problem);
-    free(problem);
+  for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++) {
+    size_t at, n;
+    assert_true(cli_exec_find_variable(scripts[i], &at, &n));
+    char variable[64];
+    snprintf(variable, sizeof(variable), "%.*s", (int)n, scripts[i] + at);
+    assert_script_refused("run", scripts[i], variable);
+    assert_script_refused("compensate", scripts[i], variable);
   }
-  static const char *const placed[][2] = {
-      {"printf '[%s]' $(echo a) ${context.v}", "[a]"},
-      {"printf '[%s]' \"$(echo a)\" ${context.v}", "[a]"},
-      {"(printf '[%s]' ${context.v})", "[x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$(echo ${HOME})\" >/dev/null; printf '[%s]' ${context.v}",
-       "[x; touch /nonexistent/pwned]"},
-      /* "<<" is a shift in arithmetic, and a here-document inside "$(" ends before its ")" */
-      {"printf '[%s]' $((1<<4)) ${context.v}", "[16][x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$((1 << 4))\" \"${context.v}\"", "[16][x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$(cat <<EOF\nin\nEOF\n)\" ${context.v}",
-       "[in][x; touch /nonexistent/pwned]"},
+  /* The message names the fix in full. */
+  cJSON *stage = json_or_die("{\"run\":\"./deploy.sh ${context.artifact}\"}");
+  const cJSON *bad;
+  char why[1024];
+  assert_false(cli_exec_check(stage, NULL, &bad, NULL, why, sizeof(why)));
+  assert_string_equal(why, "\"run\" may not contain ${context.artifact}; pass it as \"env\": "
+                           "{\"ARTIFACT\": \"${context.artifact}\"} and write \"$ARTIFACT\"");
+  cJSON_Delete(stage);
+  char name[64];
+  cli_exec_env_name("${task.id}", 10, name, sizeof(name));
+  assert_string_equal(name, "TASK_ID");
+  cli_exec_env_name("${config.db.hosts.0}", 20, name, sizeof(name));
+  assert_string_equal(name, "HOSTS_0");
+  cli_exec_env_name("${context.sc_output}", 20, name, sizeof(name));
+  assert_string_equal(name, "V_SC_OUTPUT");
+  cli_exec_env_name("${tenant}", 9, name, sizeof(name));
+  assert_string_equal(name, "TENANT");
+}
+
+static void a_script_reaches_the_shell_as_written(void **state) {
+  (void)state;
+  /* The shell's own variables, "$$", a lone '$': no variable of ours, nothing changed. */
+  static const char *const kept[] = {
+      "cd ${HOME} && echo $HOME $$ $1 ${1} ${PATH:-/bin} \"$@\"",
+      "echo ${configuration} ${contexts} ${taskid} 5$",
+      "cat <<EOF\n$(date) `id` '$x'\nEOF",
   };
-  for (size_t k = 0; k < sizeof(placed) / sizeof(placed[0]); k++) {
-    char *command = cli_exec_expand(placed[k][0], NULL, nasty, "t", "acme", true, NULL);
-    if (command == NULL) fail_msg("<%s> was refused", placed[k][0]);
-    char got[256];
-    shell_prints(command, got, sizeof(got));
-    if (strstr(got, placed[k][1]) == NULL)
-      fail_msg("<%s> ran <%s> and printed <%s>", placed[k][0], command, got);
-    free(command);
+  size_t at, n;
+  for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+    assert_false(cli_exec_find_variable(kept[i], &at, &n));
+    char *script = cli_exec_script(kept[i]);
+    assert_string_equal(script, kept[i]);
+    free(script);
   }
-  /* a backslash-newline vanishes: the '#' after it starts a comment, with nothing substituted */
-  char *lined = cli_exec_expand("printf '[%s]' ok \\\n#${context.v}", NULL, breakout, "t", "acme",
-                                true, NULL);
-  char out[256];
-  shell_prints(lined, out, sizeof(out));
-  assert_string_equal(out, "[ok]");
-  free(lined);
-  cJSON_Delete(breakout);
-  cJSON_Delete(nasty);
-  /* Plain values stay bare, so the command a log shows reads as it was written. */
-  cJSON *config = json_or_die("{\"version\":\"2.4.1\",\"n\":3,\"obj\":{\"a\":1}}");
-  char *command = cli_exec_expand("./deploy.sh ${config.version} ${config.n} ${config.obj}", config,
-                                  NULL, "t", "acme", true, NULL);
-  assert_string_equal(command, "./deploy.sh 2.4.1 3 '{\"a\":1}'");
-  free(command);
-  /* a value with '=' is quoted: in front of a command, FOO=bar would be an assignment */
-  cJSON *kv = json_or_die("{\"kv\":\"FOO=bar\"}");
-  command = cli_exec_expand("${context.kv}", NULL, kv, "t", "acme", true, NULL);
-  assert_string_equal(command, "'FOO=bar'");
-  free(command);
-  cJSON_Delete(kv);
-  /* a reserved word is quoted: at the start of a command it would be syntax */
-  cJSON *word = json_or_die("{\"w\":\"done\"}");
-  command = cli_exec_expand("${context.w} --now", NULL, word, "t", "acme", true, NULL);
-  assert_string_equal(command, "'done' --now");
-  free(command);
-  cJSON_Delete(word);
-  /* Without shell the text is only substituted (cwd, env values). */
-  command = cli_exec_expand("${config.obj} it's", config, NULL, "t", "acme", false, NULL);
-  assert_string_equal(command, "{\"a\":1} it's");
-  free(command);
-  cJSON_Delete(config);
+  /* "$${" is the one rewrite: a literal "${" */
+  assert_false(cli_exec_find_variable("echo '$${context.x}'", &at, &n));
+  char *script = cli_exec_script("echo '$${context.x}' $${HOME}");
+  assert_string_equal(script, "echo '${context.x}' ${HOME}");
+  free(script);
+  /* args must be strings */
+  cJSON *stage = json_or_die("{\"run\":\"true\",\"args\":[\"a\",3]}");
+  const cJSON *bad;
+  char why[256];
+  assert_false(cli_exec_check(stage, NULL, &bad, NULL, why, sizeof(why)));
+  assert_string_equal(why, "\"args\" must be an array of strings");
+  cJSON_Delete(stage);
 }
 
 /* ---- output ---- */
@@ -661,11 +601,12 @@ static void output_json_is_merged_and_feeds_the_next_stage(void **state) {
   (void)state;
   fixture f;
   fixture_open(&f);
+  cJSON *second = exec_stage("second", "echo \"built $BUILD n=$N v=$1 t=$2 tenant=$3\"; "
+                                       "printf '{\"echoed\":\"%s\"}' \"$BUILD\" > \"$SC_OUTPUT\"");
+  add_json(second, "env", "{\"BUILD\":\"${context.build_id}\",\"N\":\"${context.n}\"}");
+  add_json(second, "args", "[\"${config.version}\",\"${task.id}\",\"${tenant}\"]");
   cJSON *config = config_of(
-      exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""),
-      exec_stage("second", "echo \"built ${context.build_id} n=${context.n} v=${config.version} "
-                           "t=${task.id} tenant=${tenant}\"; "
-                           "printf '{\"echoed\":\"%s\"}' '${context.build_id}' > \"$SC_OUTPUT\""),
+      exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""), second,
       exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
   submit(&f, "merge-task", "acme", config, NULL);
   wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
@@ -879,7 +820,8 @@ static void a_missing_or_unresolvable_command_fails_without_retry(void **state) 
   fixture_open(&f);
   cJSON *no_run = exec_stage("empty", NULL);
   add_json(no_run, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
-  cJSON *unresolved = exec_stage("needs-build", "echo ${context.build_id}");
+  cJSON *unresolved = exec_stage("needs-build", "echo \"$1\"");
+  add_json(unresolved, "args", "[\"${context.build_id}\"]");
   add_json(unresolved, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
   cJSON *bad_env = exec_stage("bad-env", "true");
   add_json(bad_env, "env", "{\"TAG\":\"${config.tag}\"}");
@@ -902,7 +844,7 @@ static void a_missing_or_unresolvable_command_fails_without_retry(void **state) 
     failure(&f, i, name, message, sizeof(message), &will_retry);
     assert_string_equal(name, "SC_EPLAN");
     assert_false(will_retry);
-    if (strcmp(message, "unresolved variable ${context.build_id} in \"run\"") == 0) seen |= 1;
+    if (strcmp(message, "unresolved variable ${context.build_id} in \"args.0\"") == 0) seen |= 1;
     if (strcmp(message, "stage empty: \"run\" is required (a non-empty shell command)") == 0)
       seen |= 2;
     if (strcmp(message, "unresolved variable ${config.tag} in \"env.TAG\"") == 0) seen |= 4;
@@ -1131,8 +1073,8 @@ static void compensation_runs_the_compensate_command(void **state) {
   cJSON *a = exec_stage("a", "echo did-a; printf '{\"made\":\"thing-1\"}' > \"$SC_OUTPUT\"");
   cJSON_AddStringToObject(a, "effect", "compensable");
   /* No ${config.x} here: sc_stage_config() of a compensation is previous_config (none here). */
-  cJSON_AddStringToObject(a, "compensate",
-                          "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=${context.made}\"");
+  cJSON_AddStringToObject(a, "compensate", "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=$MADE\"");
+  add_json(a, "env", "{\"MADE\":\"${context.made}\"}");
   cJSON *b = exec_stage("b", "exit 1");
   cJSON_AddStringToObject(b, "effect", "compensable");
   cJSON_AddStringToObject(b, "compensate", "echo undo-b");
@@ -1175,7 +1117,8 @@ int main(void) {
       cmocka_unit_test(expand_writes_numbers_booleans_and_objects_as_json),
       cmocka_unit_test(expand_names_the_first_unresolved_variable),
       cmocka_unit_test(expand_keeps_escapes_and_the_shells_own_variables),
-      cmocka_unit_test(expand_quotes_values_for_the_shell_wherever_they_stand),
+      cmocka_unit_test(our_variables_in_a_script_are_refused_wherever_they_stand),
+      cmocka_unit_test(a_script_reaches_the_shell_as_written),
       cmocka_unit_test(output_lines_reach_the_callback_with_stage_and_fd),
       cmocka_unit_test(default_output_writes_stage_prefixed_lines),
       cmocka_unit_test(commands_see_the_sc_variables_env_and_cwd),
