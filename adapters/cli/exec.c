@@ -618,6 +618,23 @@ static bool check_script(const cJSON *v, const char *field, const cJSON **bad, s
                field, shown, v->valuestring + at, name, shown, v->valuestring + at, name);
 }
 
+static bool check_env(const cJSON *v, const char *field, const cJSON **bad, char *why,
+                      size_t len) {
+  if (v == NULL) return true;
+  if (!cJSON_IsObject(v)) return wrong(bad, v, why, len, "\"%s\" must be an object", field);
+  const cJSON *m;
+  cJSON_ArrayForEach(m, v) {
+    if (m->string[0] == '\0' || strchr(m->string, '=') != NULL)
+      return wrong(bad, m, why, len, "\"%s\" has an invalid variable name \"%s\"", field,
+                   m->string);
+    for (size_t i = 0; i < OWN_VAR_COUNT; i++)
+      if (strcmp(m->string, own_vars[i]) == 0)
+        return wrong(bad, m, why, len, "\"%s\" may not set %s (the exec kind sets it)", field,
+                     m->string);
+  }
+  return true;
+}
+
 bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, size_t *offset,
                     char *why, size_t len) {
   *bad = NULL;
@@ -655,30 +672,25 @@ bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, 
   v = param(stage, params, "cwd");
   if (v != NULL && (!cJSON_IsString(v) || v->valuestring[0] == '\0'))
     return wrong(bad, v, why, len, "\"cwd\" must be a non-empty string");
-  v = param(stage, params, "env");
-  if (v == NULL) return true;
-  if (!cJSON_IsObject(v)) return wrong(bad, v, why, len, "\"env\" must be an object");
+  return check_env(param(stage, params, "env"), "env", bad, why, len) &&
+         check_env(param(stage, params, "compensate_env"), "compensate_env", bad, why, len);
+}
+
+/* Whether the object env sets the variable name[0 .. n). */
+static bool sets(const cJSON *env, const char *name, size_t n) {
   const cJSON *m;
-  cJSON_ArrayForEach(m, v) {
-    if (m->string[0] == '\0' || strchr(m->string, '=') != NULL)
-      return wrong(bad, m, why, len, "\"env\" has an invalid variable name \"%s\"", m->string);
-    for (size_t i = 0; i < OWN_VAR_COUNT; i++)
-      if (strcmp(m->string, own_vars[i]) == 0)
-        return wrong(bad, m, why, len, "\"env\" may not set %s (the exec kind sets it)", m->string);
+  cJSON_ArrayForEach(m, env) {
+    if (name_is(name, n, m->string)) return true;
   }
-  return true;
+  return false;
 }
 
 /* True when the "NAME=value" entry of our environment is replaced by the stage's. */
-static bool replaced(const char *entry, const cJSON *env) {
+static bool replaced(const char *entry, const cJSON *env, const cJSON *over) {
   size_t n = strcspn(entry, "=");
   for (size_t i = 0; i < OWN_VAR_COUNT; i++)
     if (name_is(entry, n, own_vars[i])) return true;
-  const cJSON *m;
-  cJSON_ArrayForEach(m, env) {
-    if (name_is(entry, n, m->string)) return true;
-  }
-  return false;
+  return sets(env, entry, n) || sets(over, entry, n);
 }
 
 static char *env_entry(const char *name, const char *value) {
@@ -728,17 +740,61 @@ static int write_context(sc_stage_ctx *ctx, exec_run *run, const char *json) {
   return 0;
 }
 
-/* The command's environment: ours, then the SC_* variables, then params.env. NULL after failing
- * the stage. */
-static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_params) {
-  size_t ours = 0, extra = (size_t)cJSON_GetArraySize(env_params);
+/* Linux passes at most MAX_ARG_STRLEN (32 pages) bytes per argument or "NAME=value" string; a
+ * longer value fails the stage with what to do instead, rather than reach the command cut. */
+#define ARG_STRING_MAX (32 * 4096)
+
+static bool too_long(sc_stage_ctx *ctx, const char *what, const char *name, const char *value) {
+  size_t len = strlen(value), total = (name ? strlen(name) + 1 : 0) + len + 1;
+  if (total <= ARG_STRING_MAX) return false;
+  refuse(ctx, SC_EPLAN,
+         "\"%s\" is %zu bytes, more than the %d the kernel passes to a command in one variable "
+         "or argument: read large values from the file $SC_CONTEXT_FILE (the whole context as "
+         "JSON) instead",
+         what, len, ARG_STRING_MAX - 1);
+  return true;
+}
+
+/* Appends obj's variables (those over does not set) to env[*n], expanded. 0, -1 out of memory,
+ * -2 after failing the stage. */
+static int add_vars(sc_stage_ctx *ctx, char **env, size_t *n, const cJSON *obj,
+                    const cJSON *over, const char *field) {
+  const cJSON *m;
+  cJSON_ArrayForEach(m, obj) {
+    if (sets(over, m->string, strlen(m->string))) continue;
+    char what[300];
+    snprintf(what, sizeof(what), "%s.%s", field, m->string);
+    char *value = NULL;
+    if (cJSON_IsString(m)) {
+      if ((value = expand_for(ctx, m->valuestring, what)) == NULL) return -2;
+    } else if (!cJSON_IsNull(m) && (value = cJSON_PrintUnformatted(m)) == NULL) {
+      return -1;
+    }
+    if (too_long(ctx, what, m->string, value ? value : "")) {
+      free(value);
+      return -2;
+    }
+    env[(*n)++] = env_entry(m->string, value ? value : "");
+    free(value);
+    if (env[*n - 1] == NULL) return -1;
+  }
+  return 0;
+}
+
+/* The command's environment: ours, then the SC_* variables, then params.env, and for a
+ * compensation params.compensate_env over it (over may be NULL). NULL after failing the stage. */
+static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_params,
+                        const cJSON *over) {
+  size_t ours = 0,
+         extra = (size_t)cJSON_GetArraySize(env_params) + (size_t)cJSON_GetArraySize(over);
   while (environ != NULL && environ[ours] != NULL)
     ours++;
   char **env = calloc(ours + OWN_VAR_COUNT + extra + 1, sizeof(*env));
   if (env == NULL) goto nomem;
   size_t n = 0;
   for (size_t i = 0; i < ours; i++)
-    if (!replaced(environ[i], env_params) && (env[n++] = strdup(environ[i])) == NULL) goto nomem;
+    if (!replaced(environ[i], env_params, over) && (env[n++] = strdup(environ[i])) == NULL)
+      goto nomem;
   sc_task *t = sc_stage_task(ctx);
   const char *tenant = t ? sc_task_tenant(t) : NULL;
   char attempt[16];
@@ -766,22 +822,12 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
     ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
   free(context);
   if (!ok) goto nomem;
-  const cJSON *m;
-  cJSON_ArrayForEach(m, env_params) {
-    char what[300];
-    snprintf(what, sizeof(what), "env.%s", m->string);
-    char *value = NULL;
-    if (cJSON_IsString(m)) {
-      if ((value = expand_for(ctx, m->valuestring, what)) == NULL) {
-        strv_free(env);
-        return NULL; /* the stage failed */
-      }
-    } else if (!cJSON_IsNull(m) && (value = cJSON_PrintUnformatted(m)) == NULL) {
-      goto nomem;
-    }
-    env[n++] = env_entry(m->string, value ? value : "");
-    free(value);
-    if (env[n - 1] == NULL) goto nomem;
+  int rc = add_vars(ctx, env, &n, env_params, over, "env");
+  if (rc == 0) rc = add_vars(ctx, env, &n, over, NULL, "compensate_env");
+  if (rc == -1) goto nomem;
+  if (rc < 0) {
+    strv_free(env);
+    return NULL; /* the stage failed */
   }
   return env;
 nomem:
@@ -803,10 +849,12 @@ static char **build_argv(sc_stage_ctx *ctx, const char *script, const cJSON *arg
   cJSON_ArrayForEach(a, args) {
     char what[32];
     snprintf(what, sizeof(what), "args.%zu", i - 4);
-    if ((argv[i++] = expand_for(ctx, a->valuestring, what)) == NULL) {
+    if ((argv[i] = expand_for(ctx, a->valuestring, what)) == NULL ||
+        too_long(ctx, what, NULL, argv[i])) {
       strv_free(argv);
       return NULL; /* the stage failed */
     }
+    i++;
   }
   return argv;
 nomem:
@@ -1040,7 +1088,10 @@ static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
   run->pidfd = -1;
   run->kill_grace_ms = grace_ms;
   if (make_output(ctx, run) < 0) goto out;
-  if ((env = build_env(ctx, run, env_params)) == NULL) goto out;
+  const cJSON *over = strcmp(field, "compensate") == 0
+                         ? cJSON_GetObjectItemCaseSensitive(params, "compensate_env")
+                         : NULL;
+  if ((env = build_env(ctx, run, env_params, over)) == NULL) goto out;
   run_link(x, run);
   spawn(ctx, run, argv, cwd, env);
   run = NULL; /* the handles own it now */

@@ -1074,7 +1074,7 @@ static void compensation_runs_the_compensate_command(void **state) {
   cJSON_AddStringToObject(a, "effect", "compensable");
   /* No ${config.x} here: sc_stage_config() of a compensation is previous_config (none here). */
   cJSON_AddStringToObject(a, "compensate", "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=$MADE\"");
-  add_json(a, "env", "{\"MADE\":\"${context.made}\"}");
+  add_json(a, "compensate_env", "{\"MADE\":\"${context.made}\"}");
   cJSON *b = exec_stage("b", "exit 1");
   cJSON_AddStringToObject(b, "effect", "compensable");
   cJSON_AddStringToObject(b, "compensate", "echo undo-b");
