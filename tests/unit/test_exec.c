@@ -1,12 +1,16 @@
 /* The exec stage kind of the stagecoach command: variable expansion, real shell commands through
  * libuv, their output, environment, exit statuses, timeouts, cancels and compensation. */
+#define _GNU_SOURCE /* unshare, CLONE_NEWNS */
 #include "harness.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -476,6 +480,215 @@ static void a_script_reaches_the_shell_as_written(void **state) {
   assert_false(cli_exec_check(stage, NULL, &bad, NULL, why, sizeof(why)));
   assert_string_equal(why, "\"args\" must be an array of strings");
   cJSON_Delete(stage);
+}
+
+/* ---- values never become syntax, whatever /bin/sh is ---- */
+
+typedef struct payload {
+  char *value;
+  bool name; /* usable as a directory name: also tried as cwd */
+} payload;
+
+static bool file_is(const char *path, const char *want, size_t len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return false;
+  char *got = malloc(len + 2);
+  size_t n = got ? fread(got, 1, len + 1, f) : 0;
+  fclose(f);
+  bool same = got != NULL && n == len && memcmp(got, want, len) == 0;
+  free(got);
+  return same;
+}
+
+typedef struct sweep_watch {
+  uv_timer_t timer;
+  sc_engine *e;
+  cli_exec *x;
+  size_t n;
+  uint64_t deadline;
+} sweep_watch;
+
+static void sweep_tick(uv_timer_t *t) {
+  sweep_watch *w = (sweep_watch *)t;
+  size_t open = 0;
+  for (size_t i = 0; i < w->n; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "sweep-%zu", i);
+    sc_task *task = sc_engine_find_task(w->e, id);
+    open += task != NULL && sc_task_get_status(task) != SC_TASK_FAILED;
+  }
+  if ((open == 0 && cli_exec_running(w->x) == 0) || uv_now(t->loop) > w->deadline)
+    uv_stop(t->loop);
+}
+
+/* The sweep, in a child process that made /bin/sh the given shell in a mount namespace of its
+ * own. No cmocka here (its failures jump back into the parent's test runner): each mismatch is
+ * printed, and the exit status is how many there were (2 and more: could not set up). */
+static int sweep_child(const char *shell, const char *dir) {
+  if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+      mount(shell, "/bin/sh", NULL, MS_BIND, NULL) != 0) {
+    fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell,
+            strerror(errno));
+    return 100;
+  }
+  /* It is that shell now: bash says its version, dash has none. */
+  FILE *id = popen("/bin/sh -c 'printf %s \"${BASH_VERSION:-dash}\"'", "r");
+  char which[64] = "";
+  if (id == NULL || fgets(which, sizeof(which), id) == NULL) return 101;
+  pclose(id);
+  if ((strstr(shell, "bash") != NULL) == (strcmp(which, "dash") == 0)) {
+    fprintf(stderr, "/bin/sh is %s, not %s\n", which, shell);
+    return 102;
+  }
+  char canary[PATH_MAX + 16];
+  snprintf(canary, sizeof(canary), "%s/pwned", dir);
+  /* Each way a value could be read as syntax, by the old quoting or by any shell. */
+  const char *forms[] = {
+      "2.4.1$(touch %s)", "`touch %s`", "; touch %s; #", "\\'; touch %s; #",
+      "'; touch %s; '", "\"; touch %s; \"", "\ntouch %s\n", "EOF\ntouch %s\nEOF",
+      "$(touch %s)\n)", "x\\\n$(touch %s)", "$((0)) $(touch %s)", "*", "--", "-n", "'", "\"", "\\",
+      "${HOME} $HOME $$ $1", "a\nb\n", "\xff\xfe\xc3( not UTF-8", "", "-- -x --y=z"};
+  size_t nforms = sizeof(forms) / sizeof(forms[0]);
+  payload p[32];
+  size_t n = 0;
+  for (size_t i = 0; i < nforms; i++) {
+    char v[PATH_MAX * 2];
+    snprintf(v, sizeof(v), forms[i], canary);
+    p[n].value = strdup(v);
+    p[n].name = v[0] != '\0' && strchr(v, '/') == NULL && strcmp(v, "-n") != 0 && strcmp(v, "--");
+    n++;
+  }
+  p[n].value = malloc(100 * 1024 + 1); /* a large value the kernel still passes */
+  for (size_t i = 0; i < 100 * 1024; i++)
+    p[n].value[i] = "$(`';\"\\\n *x"[i % 13];
+  p[n].value[100 * 1024] = '\0';
+  p[n++].name = false;
+  size_t big = n; /* more than a command can be given: refused, nothing runs */
+  p[n].value = malloc(1024 * 1024 + 1);
+  memset(p[n].value, 'x', 1024 * 1024);
+  memcpy(p[n].value, "$(touch ", 8);
+  p[n].value[1024 * 1024] = '\0';
+  p[n++].name = false;
+
+  uv_loop_t loop;
+  sc_engine *e = NULL;
+  cli_exec *x = NULL;
+  if (uv_loop_init(&loop) != 0 || sc_engine_new(&loop, NULL, &e) != SC_OK ||
+      cli_exec_register(e, NULL, NULL, &x) != SC_OK)
+    return 103;
+  const char *script = "printf '%s' \"$V\" >\"$OUT/env\"\n"
+                       "printf '%s' \"$1\" >\"$OUT/arg\"\n"
+                       "printf '%s' \"$#\" >\"$OUT/argc\"\n"
+                       "cat >\"$OUT/heredoc\" <<EOF\n1) deployed $V\nEOF\n"
+                       "summary=$(cat <<EOF\n1) deployed $V\nEOF\n)\n"
+                       "printf '%s' \"[$summary]\" >\"$OUT/subst\"\n"
+                       "pwd -P >\"$OUT/cwd\"\n";
+  for (size_t i = 0; i < n; i++) {
+    char out[PATH_MAX + 32], cwd[PATH_MAX * 2];
+    snprintf(out, sizeof(out), "%s/out-%zu", dir, i);
+    mkdir(out, 0700);
+    snprintf(cwd, sizeof(cwd), "%s/%s", dir, p[i].value);
+    if (p[i].name && mkdir(cwd, 0700) != 0) return 104;
+    cJSON *stage = cJSON_CreateObject();
+    cJSON_AddStringToObject(stage, "name", "values");
+    cJSON_AddStringToObject(stage, "kind", "exec");
+    cJSON_AddStringToObject(stage, "run", script);
+    cJSON *env = cJSON_AddObjectToObject(stage, "env");
+    cJSON_AddStringToObject(env, "V", "${context.v}");
+    cJSON_AddStringToObject(env, "OUT", "${context.out}");
+    cJSON *args = cJSON_AddArrayToObject(stage, "args");
+    cJSON_AddItemToArray(args, cJSON_CreateString("${context.v}"));
+    if (p[i].name) cJSON_AddStringToObject(stage, "cwd", "${context.dir}");
+    cJSON *config = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(config, "stages"), stage);
+    cJSON *context = cJSON_CreateObject();
+    cJSON_AddStringToObject(context, "v", p[i].value);
+    cJSON_AddStringToObject(context, "out", out);
+    cJSON_AddStringToObject(context, "dir", cwd);
+    sc_task_spec s;
+    sc_task_spec_init(&s);
+    char id[32];
+    snprintf(id, sizeof(id), "sweep-%zu", i);
+    s.task_id = id;
+    s.config = config;
+    s.context = context;
+    if (sc_task_submit(e, &s, NULL) != SC_OK) return 105;
+    cJSON_Delete(config);
+    cJSON_Delete(context);
+  }
+  sweep_watch w = {.e = e, .x = x, .n = n, .deadline = uv_now(&loop) + 60000};
+  uv_timer_init(&loop, &w.timer);
+  uv_timer_start(&w.timer, sweep_tick, 10, 10);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int failures = 0;
+  if (uv_now(&loop) > w.deadline) {
+    fprintf(stderr, "%s: the sweep did not finish in time\n", shell);
+    failures++;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char path[PATH_MAX + 64], want[PATH_MAX * 2 + 64];
+    size_t len = strlen(p[i].value);
+    const char *files[] = {"env", "arg", "argc", "heredoc", "subst", "cwd"};
+    for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
+      snprintf(path, sizeof(path), "%s/out-%zu/%s", dir, i, files[k]);
+      bool ok;
+      if (i == big) { /* refused before it started */
+        ok = access(path, F_OK) != 0;
+      } else if (k <= 1) {
+        ok = file_is(path, p[i].value, len);
+      } else if (k == 2) {
+        ok = file_is(path, "1", 1);
+      } else if (k == 3 || k == 4) {
+        /* "$(...)" drops the trailing newlines */
+        size_t body = len;
+        while (k == 4 && body > 0 && p[i].value[body - 1] == '\n')
+          body--;
+        char *w = malloc(len + 32);
+        int wl = snprintf(w, len + 32, "%s1) deployed %.*s%s", k == 4 ? "[" : "", (int)body,
+                          p[i].value, k == 4 ? "]" : "\n");
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else {
+        int wl = p[i].name ? snprintf(want, sizeof(want), "%s/%s\n", dir, p[i].value)
+                           : snprintf(want, sizeof(want), "%s\n", dir);
+        ok = !p[i].name || file_is(path, want, (size_t)wl);
+      }
+      if (!ok) {
+        fprintf(stderr, "%s: value %zu (%.40s...): %s is not what the command was given\n", shell,
+                i, p[i].value, files[k]);
+        failures++;
+      }
+    }
+  }
+  if (access(canary, F_OK) == 0) {
+    fprintf(stderr, "%s: a value was run as a command (%s exists)\n", shell, canary);
+    failures++;
+  }
+  return failures > 99 ? 99 : failures;
+}
+
+static void values_reach_the_command_exactly_under_dash_and_bash(void **state) {
+  (void)state;
+  const char *shells[] = {"/bin/dash", "/bin/bash"};
+  for (size_t i = 0; i < 2; i++) {
+    char dir[PATH_MAX], real[PATH_MAX];
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/test-sweep-XXXXXX", base && *base ? base : "/tmp");
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(realpath(dir, real));
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(sweep_child(shells[i], real));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char rm[PATH_MAX + 16];
+    snprintf(rm, sizeof(rm), "rm -rf '%s'", real);
+    assert_int_equal(system(rm), 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fail_msg("under %s: %d mismatches or setup failure (see above)", shells[i],
+               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  }
 }
 
 /* ---- output ---- */
@@ -1119,6 +1332,7 @@ int main(void) {
       cmocka_unit_test(expand_keeps_escapes_and_the_shells_own_variables),
       cmocka_unit_test(our_variables_in_a_script_are_refused_wherever_they_stand),
       cmocka_unit_test(a_script_reaches_the_shell_as_written),
+      cmocka_unit_test(values_reach_the_command_exactly_under_dash_and_bash),
       cmocka_unit_test(output_lines_reach_the_callback_with_stage_and_fd),
       cmocka_unit_test(default_output_writes_stage_prefixed_lines),
       cmocka_unit_test(commands_see_the_sc_variables_env_and_cwd),
