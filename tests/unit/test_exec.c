@@ -559,8 +559,9 @@ static int sweep_child(const char *shell, const char *dir) {
     n++;
   }
   p[n].value = malloc(100 * 1024 + 1); /* a large value the kernel still passes */
+  static const char mix[] = "$(`';\"\\\n *x";
   for (size_t i = 0; i < 100 * 1024; i++)
-    p[n].value[i] = "$(`';\"\\\n *x"[i % 13];
+    p[n].value[i] = mix[i % (sizeof(mix) - 1)];
   p[n].value[100 * 1024] = '\0';
   p[n++].name = false;
   size_t big = n; /* more than a command can be given: refused, nothing runs */
