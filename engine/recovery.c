@@ -178,8 +178,8 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   }
   t->epoch = req->epoch + 1;
   t->recovered = true;
-  const char *root = req->version >= 2 && req->root_task_id ? req->root_task_id
-                                                               : req->recovered_from;
+  const char *root =
+      req->version >= 2 && req->root_task_id ? req->root_task_id : req->recovered_from;
   if (req->version >= 2) t->intent = req->intent;
   if (root != NULL && (t->root_id = strdup(root)) == NULL) {
     t->root_id = t->id; /* not emitted yet: the task can still go */

@@ -59,8 +59,8 @@ typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char
  * compensation, run with the same args), "no_retry_exit_codes" (array of integers),
  * "kill_grace_ms" (default 5000), "cwd" (optional working directory), "env" (optional object of
  * extra variables), "compensate_env" (variables for the compensation only, over "env": a value
- * of the context the run made). ${config.x}, ${context.x}, ${task.id} and ${tenant} are resolved in env
- * values, args and cwd only. *out is freed with cli_exec_free() after sc_engine_free(). */
+ * of the context the run made). ${config.x}, ${context.x}, ${task.id} and ${tenant} are resolved in
+ * env values, args and cwd only. *out is freed with cli_exec_free() after sc_engine_free(). */
 int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out);
 /* Checks what the exec kind reads of a stage: "run" (required), "compensate", "args",
  * "kill_grace_ms", "no_retry_exit_codes", "cwd" and "env", each taken from the stage object or

@@ -1,6 +1,7 @@
 /* The "exec" stage kind of the stagecoach command: a stage's script run by /bin/sh through
  * posix_spawn in its own process group, its output passed on line by line, its result read from
- * $SC_OUTPUT. Values reach it only as data: the environment, the arguments, the working directory. */
+ * $SC_OUTPUT. Values reach it only as data: the environment, the arguments, the working directory.
+ */
 #define _GNU_SOURCE /* pipe2, posix_spawn_file_actions_addchdir_np */
 #include <dirent.h>
 #include <errno.h>
@@ -155,7 +156,8 @@ static void on_handle_closed(uv_handle_t *h) {
 /* Closes every handle of the run; it is freed when the last close callback has run. */
 static void close_all(exec_run *run) {
   run->closing = true;
-  uv_handle_t *watch = run->by_libuv ? (uv_handle_t *)&run->process : (uv_handle_t *)&run->exit_poll;
+  uv_handle_t *watch =
+      run->by_libuv ? (uv_handle_t *)&run->process : (uv_handle_t *)&run->exit_poll;
   uv_handle_t *handles[] = {watch, (uv_handle_t *)&run->pipes[0], (uv_handle_t *)&run->pipes[1],
                             (uv_handle_t *)&run->grace};
   for (size_t i = 0; i < sizeof(handles) / sizeof(handles[0]); i++)
@@ -569,10 +571,9 @@ static char *expand_for(sc_stage_ctx *ctx, const char *text, const char *what) {
 }
 
 /* The variables the kind sets; params.env may not replace them. */
-static const char *const own_vars[] = {"SC_TASK_ID",      "SC_TENANT",       "SC_STAGE",
-                                       "SC_ATTEMPT",      "SC_MODE",         "SC_IDEMPOTENCY_KEY",
-                                       "TRACEPARENT",     "SC_CONTEXT",      "SC_OUTPUT",
-                                       "SC_CONTEXT_FILE"};
+static const char *const own_vars[] = {
+    "SC_TASK_ID",         "SC_TENANT",   "SC_STAGE",   "SC_ATTEMPT", "SC_MODE",
+    "SC_IDEMPOTENCY_KEY", "TRACEPARENT", "SC_CONTEXT", "SC_OUTPUT",  "SC_CONTEXT_FILE"};
 #define OWN_VAR_COUNT (sizeof(own_vars) / sizeof(own_vars[0]))
 
 /* A member of the stage object, or of its "params" (the factory merges the two). */
@@ -618,8 +619,7 @@ static bool check_script(const cJSON *v, const char *field, const cJSON **bad, s
                field, shown, v->valuestring + at, name, shown, v->valuestring + at, name);
 }
 
-static bool check_env(const cJSON *v, const char *field, const cJSON **bad, char *why,
-                      size_t len) {
+static bool check_env(const cJSON *v, const char *field, const cJSON **bad, char *why, size_t len) {
   if (v == NULL) return true;
   if (!cJSON_IsObject(v)) return wrong(bad, v, why, len, "\"%s\" must be an object", field);
   const cJSON *m;
@@ -652,7 +652,8 @@ bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, 
     const cJSON *a;
     if (!cJSON_IsArray(v)) return wrong(bad, v, why, len, "\"args\" must be an array of strings");
     cJSON_ArrayForEach(a, v) {
-      if (!cJSON_IsString(a)) return wrong(bad, a, why, len, "\"args\" must be an array of strings");
+      if (!cJSON_IsString(a))
+        return wrong(bad, a, why, len, "\"args\" must be an array of strings");
     }
   }
   v = param(stage, params, "kill_grace_ms");
@@ -757,8 +758,8 @@ static bool too_long(sc_stage_ctx *ctx, const char *what, const char *name, cons
 
 /* Appends obj's variables (those over does not set) to env[*n], expanded. 0, -1 out of memory,
  * -2 after failing the stage. */
-static int add_vars(sc_stage_ctx *ctx, char **env, size_t *n, const cJSON *obj,
-                    const cJSON *over, const char *field) {
+static int add_vars(sc_stage_ctx *ctx, char **env, size_t *n, const cJSON *obj, const cJSON *over,
+                    const char *field) {
   const cJSON *m;
   cJSON_ArrayForEach(m, obj) {
     if (sets(over, m->string, strlen(m->string))) continue;
@@ -807,16 +808,12 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
     return NULL; /* the stage failed */
   }
   /* A string in the environment is limited (128 KiB on Linux); past that only the file has it. */
-  const char *values[OWN_VAR_COUNT] = {t ? sc_task_id(t) : "",
-                                       tenant ? tenant : "",
-                                       sc_stage_name(ctx),
-                                       attempt,
-                                       sc_stage_mode(ctx),
-                                       sc_stage_idempotency_key(ctx),
-                                       sc_stage_traceparent(ctx),
-                                       strlen(context) <= CONTEXT_ENV_MAX ? context : NULL,
-                                       run->output_path,
-                                       run->context_path};
+  const char *values[OWN_VAR_COUNT] = {
+      t ? sc_task_id(t) : "",    tenant ? tenant : "",
+      sc_stage_name(ctx),        attempt,
+      sc_stage_mode(ctx),        sc_stage_idempotency_key(ctx),
+      sc_stage_traceparent(ctx), strlen(context) <= CONTEXT_ENV_MAX ? context : NULL,
+      run->output_path,          run->context_path};
   bool ok = true;
   for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
     ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
@@ -960,8 +957,8 @@ static int spawn_posix(exec_run *run, uv_loop_t *loop, char **argv, const char *
   if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, err[1], 2);
   if (rc == 0 && cwd != NULL) rc = posix_spawn_file_actions_addchdir_np(&actions, cwd);
   if (rc == 0)
-    rc = posix_spawnattr_setflags(
-        &attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                             POSIX_SPAWN_SETSIGDEF);
   if (rc == 0) rc = posix_spawnattr_setpgroup(&attr, 0);
   if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
   if (rc == 0) rc = posix_spawnattr_setsigdefault(&attr, &defaults);
@@ -1089,8 +1086,8 @@ static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
   run->kill_grace_ms = grace_ms;
   if (make_output(ctx, run) < 0) goto out;
   const cJSON *over = strcmp(field, "compensate") == 0
-                         ? cJSON_GetObjectItemCaseSensitive(params, "compensate_env")
-                         : NULL;
+                          ? cJSON_GetObjectItemCaseSensitive(params, "compensate_env")
+                          : NULL;
   if ((env = build_env(ctx, run, env_params, over)) == NULL) goto out;
   run_link(x, run);
   spawn(ctx, run, argv, cwd, env);

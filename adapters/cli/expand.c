@@ -87,7 +87,7 @@ static var_result resolve(strbuf *out, const char *name, size_t n, const cli_exe
   if (name_is(name, n, "tenant"))
     return v->tenant == NULL ? VAR_UNRESOLVED : sb_puts(out, v->tenant) ? VAR_RESOLVED : VAR_NOMEM;
   if (name_is(name, n, "task.id"))
-    return v->task_id == NULL    ? VAR_UNRESOLVED
+    return v->task_id == NULL         ? VAR_UNRESOLVED
            : sb_puts(out, v->task_id) ? VAR_RESOLVED
                                       : VAR_NOMEM;
   if (name_is(name, n, "task") || has_prefix(name, n, "task.")) return VAR_UNRESOLVED;
@@ -190,9 +190,9 @@ void cli_exec_env_name(const char *variable, size_t len, char *out, size_t cap) 
   if (from < name + n && *from >= '0' && *from <= '9' && k + 1 < cap) out[k++] = 'V';
   for (const char *c = from; c < name + n && k + 1 < cap; c++) {
     char ch = *c;
-    out[k++] = ch >= 'a' && ch <= 'z'                                        ? (char)(ch - 32)
+    out[k++] = ch >= 'a' && ch <= 'z'                                 ? (char)(ch - 32)
                : (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ? ch
-                                                                            : '_';
+                                                                      : '_';
   }
   if (k >= 3 && memcmp(out, "SC_", 3) == 0 && k + 2 < cap) { /* the kind's own names */
     memmove(out + 2, out, k);

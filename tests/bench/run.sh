@@ -7,7 +7,7 @@ if [ ! -d "$dir" ]; then
   meson setup "$dir" --buildtype=release -Db_ndebug=true >/dev/null
 fi
 ninja -C "$dir" >/dev/null
-for b in "$dir"/tests/bench/engine_bench "$dir"/tests/bench/jsonl_bench; do
+for b in "$dir"/tests/bench/engine_bench "$dir"/tests/bench/jsonl_bench "$dir"/tests/bench/exec_bench; do
   [ -x "$b" ] || continue
   echo "# $(basename "$b")"
   "$b" "$@"

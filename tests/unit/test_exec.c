@@ -517,8 +517,7 @@ static void sweep_tick(uv_timer_t *t) {
     sc_task *task = sc_engine_find_task(w->e, id);
     open += task != NULL && sc_task_get_status(task) != SC_TASK_FAILED;
   }
-  if ((open == 0 && cli_exec_running(w->x) == 0) || uv_now(t->loop) > w->deadline)
-    uv_stop(t->loop);
+  if ((open == 0 && cli_exec_running(w->x) == 0) || uv_now(t->loop) > w->deadline) uv_stop(t->loop);
 }
 
 /* The sweep, in a child process that made /bin/sh the given shell in a mount namespace of its
@@ -527,8 +526,7 @@ static void sweep_tick(uv_timer_t *t) {
 static int sweep_child(const char *shell, const char *dir) {
   if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
       mount(shell, "/bin/sh", NULL, MS_BIND, NULL) != 0) {
-    fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell,
-            strerror(errno));
+    fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell, strerror(errno));
     return 100;
   }
   /* It is that shell now: bash says its version, dash has none. */
@@ -543,11 +541,28 @@ static int sweep_child(const char *shell, const char *dir) {
   char canary[PATH_MAX + 16];
   snprintf(canary, sizeof(canary), "%s/pwned", dir);
   /* Each way a value could be read as syntax, by the old quoting or by any shell. */
-  const char *forms[] = {
-      "2.4.1$(touch %s)", "`touch %s`", "; touch %s; #", "\\'; touch %s; #",
-      "'; touch %s; '", "\"; touch %s; \"", "\ntouch %s\n", "EOF\ntouch %s\nEOF",
-      "$(touch %s)\n)", "x\\\n$(touch %s)", "$((0)) $(touch %s)", "*", "--", "-n", "'", "\"", "\\",
-      "${HOME} $HOME $$ $1", "a\nb\n", "\xff\xfe\xc3( not UTF-8", "", "-- -x --y=z"};
+  const char *forms[] = {"2.4.1$(touch %s)",
+                         "`touch %s`",
+                         "; touch %s; #",
+                         "\\'; touch %s; #",
+                         "'; touch %s; '",
+                         "\"; touch %s; \"",
+                         "\ntouch %s\n",
+                         "EOF\ntouch %s\nEOF",
+                         "$(touch %s)\n)",
+                         "x\\\n$(touch %s)",
+                         "$((0)) $(touch %s)",
+                         "*",
+                         "--",
+                         "-n",
+                         "'",
+                         "\"",
+                         "\\",
+                         "${HOME} $HOME $$ $1",
+                         "a\nb\n",
+                         "\xff\xfe\xc3( not UTF-8",
+                         "",
+                         "-- -x --y=z"};
   size_t nforms = sizeof(forms) / sizeof(forms[0]);
   payload p[32];
   size_t n = 0;
@@ -819,9 +834,9 @@ static void output_json_is_merged_and_feeds_the_next_stage(void **state) {
                                        "printf '{\"echoed\":\"%s\"}' \"$BUILD\" > \"$SC_OUTPUT\"");
   add_json(second, "env", "{\"BUILD\":\"${context.build_id}\",\"N\":\"${context.n}\"}");
   add_json(second, "args", "[\"${config.version}\",\"${task.id}\",\"${tenant}\"]");
-  cJSON *config = config_of(
-      exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""), second,
-      exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
+  cJSON *config =
+      config_of(exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""),
+                second, exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
   submit(&f, "merge-task", "acme", config, NULL);
   wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
   assert_true(capture_has(&f.out, "second", 1, "built b-42 n=3 v=2.4.1 t=merge-task tenant=acme"));
@@ -1287,7 +1302,8 @@ static void compensation_runs_the_compensate_command(void **state) {
   cJSON *a = exec_stage("a", "echo did-a; printf '{\"made\":\"thing-1\"}' > \"$SC_OUTPUT\"");
   cJSON_AddStringToObject(a, "effect", "compensable");
   /* No ${config.x} here: sc_stage_config() of a compensation is previous_config (none here). */
-  cJSON_AddStringToObject(a, "compensate", "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=$MADE\"");
+  cJSON_AddStringToObject(a, "compensate",
+                          "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=$MADE\"");
   add_json(a, "compensate_env", "{\"MADE\":\"${context.made}\"}");
   cJSON *b = exec_stage("b", "exit 1");
   cJSON_AddStringToObject(b, "effect", "compensable");

@@ -1670,10 +1670,10 @@ static void the_idempotency_key_survives_crashes_and_changes_with_a_new_intent(v
   temp_path(state, "keys.jsonl", path);
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  cJSON *config =
-      json_or_die("{\"stages\":[{\"name\":\"prepare\",\"kind\":\"keyed\",\"effect\":\"compensable\"},"
-                  "{\"name\":\"flaky\",\"kind\":\"keyed\",\"effect\":\"compensable\","
-                  "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":1}}]}");
+  cJSON *config = json_or_die(
+      "{\"stages\":[{\"name\":\"prepare\",\"kind\":\"keyed\",\"effect\":\"compensable\"},"
+      "{\"name\":\"flaky\",\"kind\":\"keyed\",\"effect\":\"compensable\","
+      "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":1}}]}");
   /* Life 1: an automatic retry, then the crash. */
   keyed k1 = {.actions = "rh"};
   sc_jsonl *log;

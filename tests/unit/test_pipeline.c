@@ -640,12 +640,11 @@ static void exec_members_are_checked_at_load_where_they_are(void **state) {
                     "\"\" }", 0,
                     "stage \"undo\": \"compensate\" must be a non-empty shell command");
   /* A variable of ours in a script: located at its "${", also past escapes in the string */
-  assert_refused_at(
-      with_stages("      { \"name\": \"sub\", \"kind\": \"exec\",\n"
-                  "        \"run\": \"echo \\\"$(basename ${context.file})\\\"\" }"),
-      "${context.file}", 0,
-      "stage \"sub\": \"run\" may not contain ${context.file}; pass it as \"env\": "
-      "{\"FILE\": \"${context.file}\"} and write \"$FILE\"");
+  assert_refused_at(with_stages("      { \"name\": \"sub\", \"kind\": \"exec\",\n"
+                                "        \"run\": \"echo \\\"$(basename ${context.file})\\\"\" }"),
+                    "${context.file}", 0,
+                    "stage \"sub\": \"run\" may not contain ${context.file}; pass it as \"env\": "
+                    "{\"FILE\": \"${context.file}\"} and write \"$FILE\"");
   assert_refused_at(
       with_stages("      { \"name\": \"deploy\", \"kind\": \"exec\", \"run\": \"true\",\n"
                   "        \"compensate\": \"printf '\\u00e9\\t%s' ${context.artifact}\" }"),
