@@ -5,36 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-
-typedef struct strbuf {
-  char *data; /* NUL-terminated when not NULL */
-  size_t len, cap;
-} strbuf;
-
-static bool sb_append(strbuf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *data = realloc(b->data, cap);
-    if (data == NULL) return false;
-    b->data = data;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return true;
-}
-
-static bool sb_puts(strbuf *b, const char *s) {
-  return sb_append(b, s, strlen(s));
-}
-
-static bool name_is(const char *name, size_t n, const char *word) {
-  return strlen(word) == n && memcmp(name, word, n) == 0;
-}
+#include "exec_int.h"
 
 static bool has_prefix(const char *name, size_t n, const char *prefix) {
   size_t k = strlen(prefix);
