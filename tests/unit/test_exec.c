@@ -520,11 +520,32 @@ static void sweep_tick(uv_timer_t *t) {
   if ((open == 0 && cli_exec_running(w->x) == 0) || uv_now(t->loop) > w->deadline) uv_stop(t->loop);
 }
 
+static bool write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) return false;
+  bool ok = fputs(text, f) >= 0;
+  return fclose(f) == 0 && ok;
+}
+
+/* A mount namespace of our own: as root directly; otherwise inside a new user namespace (where we
+ * hold the capabilities a bind mount needs), our ids mapped to themselves. */
+static bool own_mount_namespace(void) {
+  if (unshare(CLONE_NEWNS) == 0) return true;
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) return false;
+  char map[64];
+  snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+  if (!write_file("/proc/self/uid_map", map)) return false;
+  snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+  return write_file("/proc/self/setgroups", "deny") && write_file("/proc/self/gid_map", map);
+}
+
 /* The sweep, in a child process that made /bin/sh the given shell in a mount namespace of its
  * own. No cmocka here (its failures jump back into the parent's test runner): each mismatch is
  * printed, and the exit status is how many there were (2 and more: could not set up). */
 static int sweep_child(const char *shell, const char *dir) {
-  if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+  if (!own_mount_namespace() || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
       mount(shell, "/bin/sh", NULL, MS_BIND, NULL) != 0) {
     fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell, strerror(errno));
     return 100;
