@@ -619,6 +619,8 @@ static int sweep_child(const char *shell, const char *dir) {
                        "cat >\"$OUT/heredoc\" <<EOF\n1) deployed $V\nEOF\n"
                        "summary=$(cat <<EOF\n1) deployed $V\nEOF\n)\n"
                        "printf '%s' \"[$summary]\" >\"$OUT/subst\"\n"
+                       /* a backslash-newline that makes "$(": the value is still one word */
+                       "printf '[%s]' \"$\\\n(printf '%s' \"$V\")\" >\"$OUT/joined\"\n"
                        "pwd -P >\"$OUT/cwd\"\n";
   for (size_t i = 0; i < n; i++) {
     char out[PATH_MAX + 32], cwd[PATH_MAX * 2];
@@ -665,7 +667,7 @@ static int sweep_child(const char *shell, const char *dir) {
   for (size_t i = 0; i < n; i++) {
     char path[PATH_MAX + 64], want[PATH_MAX * 2 + 64];
     size_t len = strlen(p[i].value);
-    const char *files[] = {"env", "arg", "argc", "heredoc", "subst", "cwd"};
+    const char *files[] = {"env", "arg", "argc", "heredoc", "subst", "cwd", "joined"};
     for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
       snprintf(path, sizeof(path), "%s/out-%zu/%s", dir, i, files[k]);
       bool ok;
@@ -683,6 +685,14 @@ static int sweep_child(const char *shell, const char *dir) {
         char *w = malloc(len + 32);
         int wl = snprintf(w, len + 32, "%s1) deployed %.*s%s", k == 4 ? "[" : "", (int)body,
                           p[i].value, k == 4 ? "]" : "\n");
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else if (k == 6) {
+        size_t body = len;
+        while (body > 0 && p[i].value[body - 1] == '\n')
+          body--;
+        char *w = malloc(len + 8);
+        int wl = snprintf(w, len + 8, "[%.*s]", (int)body, p[i].value);
         ok = file_is(path, w, (size_t)wl);
         free(w);
       } else {
