@@ -621,6 +621,10 @@ static int sweep_child(const char *shell, const char *dir) {
                        "printf '%s' \"[$summary]\" >\"$OUT/subst\"\n"
                        /* a backslash-newline that makes "$(": the value is still one word */
                        "printf '[%s]' \"$\\\n(printf '%s' \"$V\")\" >\"$OUT/joined\"\n"
+                       /* a here-document whose "<<" a backslash-newline splits */
+                       "cat >\"$OUT/split\" <\\\n<EOF\n1) deployed $V\nEOF\n"
+                       /* bash's $'...' quoting around a value (dash reads "$" and '...') */
+                       "printf '%s' $'['\"$V\"$']' >\"$OUT/ansi\"\n"
                        "pwd -P >\"$OUT/cwd\"\n";
   for (size_t i = 0; i < n; i++) {
     char out[PATH_MAX + 32], cwd[PATH_MAX * 2];
@@ -667,7 +671,8 @@ static int sweep_child(const char *shell, const char *dir) {
   for (size_t i = 0; i < n; i++) {
     char path[PATH_MAX + 64], want[PATH_MAX * 2 + 64];
     size_t len = strlen(p[i].value);
-    const char *files[] = {"env", "arg", "argc", "heredoc", "subst", "cwd", "joined"};
+    const char *files[] = {"env", "arg",    "argc",  "heredoc", "subst",
+                           "cwd", "joined", "split", "ansi"};
     for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
       snprintf(path, sizeof(path), "%s/out-%zu/%s", dir, i, files[k]);
       bool ok;
@@ -677,6 +682,17 @@ static int sweep_child(const char *shell, const char *dir) {
         ok = file_is(path, p[i].value, len);
       } else if (k == 2) {
         ok = file_is(path, "1", 1);
+      } else if (k == 7) {
+        char *w = malloc(len + 32);
+        int wl = snprintf(w, len + 32, "1) deployed %s\n", p[i].value);
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else if (k == 8) {
+        bool bash = strstr(shell, "bash") != NULL;
+        char *w = malloc(len + 8);
+        int wl = snprintf(w, len + 8, "%s%s%s", bash ? "[" : "$[", p[i].value, bash ? "]" : "$]");
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
       } else if (k == 3 || k == 4) {
         /* "$(...)" drops the trailing newlines */
         size_t body = len;
