@@ -196,6 +196,28 @@ TRACEPARENT=$tp $sc run "$tmp/trace.json" --plain >"$tmp/out" 2>&1
 read -r other_tp other_rest <"$tmp/trace" || true
 [ "${other_tp%-01}" != "${seen_tp%-01}" ] && ok "each run of a stage gets a new span id" || fail "span id reused" "$other_tp"
 
+# recover: TRACEPARENT of its environment when set, else the trace the log recorded
+write_pipeline "$tmp/retrace.json" '[{"name":"once","kind":"exec","env":{"D":"${config.dir}"},"run":"echo \"$TRACEPARENT\" >> $D/retrace; test -f $D/retrace.ok"}]'
+other=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00
+for with in env log; do
+  rm -f "$tmp/retrace" "$tmp/retrace.ok" "$tmp/retrace.jsonl"
+  TRACEPARENT=$tp $sc run "$tmp/retrace.json" --plain --log "$tmp/retrace.jsonl" >"$tmp/out" 2>&1
+  touch "$tmp/retrace.ok"
+  if [ $with = env ]; then
+    TRACEPARENT=$other $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
+    want=00-0af7651916cd43dd8448eb211c80319c-
+  else
+    $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
+    want=00-4bf92f3577b34da6a3ce929d0e0e4736-
+  fi
+  check "recover of a failed traced task exits 0 (trace from the $with)" 0 $? "$tmp/out"
+  last=$(tail -n 1 "$tmp/retrace")
+  case "$last" in
+    "$want"*) ok "... and its stage joins the trace of the $with" ;;
+    *) fail "... and its stage joins the trace of the $with" "$(cat "$tmp/retrace")" ;;
+  esac
+done
+
 # --- recovery after kill -9 of `stagecoach run` ---
 stages='[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo one >> $D/ran"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo two >> $D/ran; echo $SC_IDEMPOTENCY_KEY >> $D/keys; sleep 1.5"},{"name":"three","kind":"exec","env":{"D":"${config.dir}"},"run":"echo three >> $D/ran"}]'
 previous='[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-one >> $D/ran"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-two >> $D/ran"}]'
