@@ -165,7 +165,9 @@ void cli_exec_env_name(const char *variable, size_t len, char *out, size_t cap) 
                : (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ? ch
                                                                       : '_';
   }
-  if (k >= 3 && memcmp(out, "SC_", 3) == 0 && k + 2 < cap) { /* the kind's own names */
+  out[k] = '\0';
+  bool taken = (k >= 3 && memcmp(out, "SC_", 3) == 0) || strcmp(out, "TRACEPARENT") == 0;
+  if (taken && k + 2 < cap) { /* the kind sets those itself */
     memmove(out + 2, out, k);
     out[0] = 'V', out[1] = '_', k += 2;
   }

@@ -449,6 +449,8 @@ static void our_variables_in_a_script_are_refused_wherever_they_stand(void **sta
   assert_string_equal(name, "HOSTS_0");
   cli_exec_env_name("${context.sc_output}", 20, name, sizeof(name));
   assert_string_equal(name, "V_SC_OUTPUT");
+  cli_exec_env_name("${context.traceparent}", 22, name, sizeof(name));
+  assert_string_equal(name, "V_TRACEPARENT");
   cli_exec_env_name("${tenant}", 9, name, sizeof(name));
   assert_string_equal(name, "TENANT");
 }
