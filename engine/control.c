@@ -23,6 +23,7 @@ void sc__emit_created(sc_task *t) {
     if (t->plan->previous_config)
       sc__json_put(data, "previous_config",
                    cJSON_CreateObjectReference(t->plan->previous_config->child));
+    if (t->tracestate) sc__json_put(data, "tracestate", cJSON_CreateStringReference(t->tracestate));
     if (t->recovered) {
       /* What the next recovery needs for the idempotency key: the chain's first task, the intent */
       sc__json_put(data, "root_task_id", cJSON_CreateStringReference(t->root_id));
@@ -181,6 +182,10 @@ const cJSON *sc_task_context(const sc_task *t) {
 }
 const char *sc_task_traceparent(const sc_task *t) {
   return t ? t->traceparent : NULL;
+}
+
+const char *sc_task_tracestate(const sc_task *t) {
+  return t ? t->tracestate : NULL;
 }
 
 const char *sc_task_root_id(const sc_task *t) {

@@ -163,6 +163,7 @@ struct sc_task {
   sc__plan *plan;     /* the plan of config (shared, referenced) */
   sc__plan *run_plan; /* the plan being run: plan, or plan->previous_plan in a rollback */
   char *id, *tenant, *plan_id, *traceparent; /* one allocation behind id */
+  char *tracestate;                          /* in the same allocation; may be NULL */
   char *root_id;                             /* id, or a copy for a recovered task */
   uint32_t intent;                           /* sc_task_intent() */
   cJSON *context;                            /* NULL: {} */

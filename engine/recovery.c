@@ -170,6 +170,7 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   spec.plan_id = req->plan_id;
   spec.context = req->context;
   spec.traceparent = req->traceparent;
+  spec.tracestate = req->version >= 2 ? req->tracestate : NULL;
   sc_task *t;
   if ((rc = sc__task_create(e, &spec, p.plan, &t)) != SC_OK) {
     sc__plan_unref(e, p.plan);

@@ -814,8 +814,10 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   size_t lid = strlen(id) + 1, lten = spec->tenant_id ? strlen(spec->tenant_id) + 1 : 0;
   size_t lplan = spec->plan_id ? strlen(spec->plan_id) + 1 : 0;
   size_t ltrace = spec->traceparent ? strlen(spec->traceparent) + 1 : 0;
+  const char *tracestate = spec->version >= 2 ? spec->tracestate : NULL;
+  size_t lstate = tracestate ? strlen(tracestate) + 1 : 0;
   /* The strings live right behind the struct: one allocation per task. */
-  sc_task *t = calloc(1, sizeof(*t) + lid + lten + lplan + ltrace);
+  sc_task *t = calloc(1, sizeof(*t) + lid + lten + lplan + ltrace + lstate);
   if (t == NULL) return sc__error(SC_ENOMEM, "out of memory for a task");
   char *p = (char *)(t + 1);
   t->id = memcpy(p, id, lid);
@@ -825,6 +827,8 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   if (lplan) t->plan_id = memcpy(p, spec->plan_id, lplan);
   p += lplan;
   if (ltrace) t->traceparent = memcpy(p, spec->traceparent, ltrace);
+  p += ltrace;
+  if (lstate) t->tracestate = memcpy(p, tracestate, lstate);
   t->root_id = t->id;
   t->e = e;
   t->plan = plan;

@@ -60,8 +60,8 @@ static char *expand_for(sc_stage_ctx *ctx, const char *text, const char *what) {
 
 /* The variables the kind sets; params.env may not replace them. */
 static const char *const own_vars[] = {
-    "SC_TASK_ID",         "SC_TENANT",   "SC_STAGE",   "SC_ATTEMPT", "SC_MODE",
-    "SC_IDEMPOTENCY_KEY", "TRACEPARENT", "SC_CONTEXT", "SC_OUTPUT",  "SC_CONTEXT_FILE"};
+    "SC_TASK_ID",  "SC_TENANT",  "SC_STAGE",   "SC_ATTEMPT", "SC_MODE",        "SC_IDEMPOTENCY_KEY",
+    "TRACEPARENT", "TRACESTATE", "SC_CONTEXT", "SC_OUTPUT",  "SC_CONTEXT_FILE"};
 #define OWN_VAR_COUNT (sizeof(own_vars) / sizeof(own_vars[0]))
 
 /* A member of the stage object, or of its "params" (the factory merges the two). */
@@ -296,12 +296,20 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
     return NULL; /* the stage failed */
   }
   /* A string in the environment is limited (128 KiB on Linux); past that only the file has it. */
-  const char *values[OWN_VAR_COUNT] = {
-      t ? sc_task_id(t) : "",    tenant ? tenant : "",
-      sc_stage_name(ctx),        attempt,
-      sc_stage_mode(ctx),        sc_stage_idempotency_key(ctx),
-      sc_stage_traceparent(ctx), strlen(context) <= CONTEXT_ENV_MAX ? context : NULL,
-      run->output_path,          run->context_path};
+  /* TRACEPARENT and TRACESTATE are the task's trace (the stage's span), never ours: a task
+   * without one leaves the command without either. */
+  const char *traceparent = sc_stage_traceparent(ctx);
+  const char *values[OWN_VAR_COUNT] = {t ? sc_task_id(t) : "",
+                                       tenant ? tenant : "",
+                                       sc_stage_name(ctx),
+                                       attempt,
+                                       sc_stage_mode(ctx),
+                                       sc_stage_idempotency_key(ctx),
+                                       traceparent,
+                                       traceparent && t ? sc_task_tracestate(t) : NULL,
+                                       strlen(context) <= CONTEXT_ENV_MAX ? context : NULL,
+                                       run->output_path,
+                                       run->context_path};
   bool ok = true;
   for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
     ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;

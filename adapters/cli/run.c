@@ -423,11 +423,10 @@ static bool tracestate_valid(const char *s) {
 }
 
 /* TRACEPARENT and TRACESTATE of our environment, the OpenTelemetry carriers: 0 with *traceparent
- * (NULL when unset), or CLI_EXIT_USAGE after saying what is wrong. A malformed value is refused
- * rather than half-used. TRACESTATE reaches the stages as it is, through the environment they
- * inherit; the task keeps the traceparent. */
-static int trace_context(const char *cmd, const char **traceparent) {
-  *traceparent = NULL;
+ * and *tracestate (NULL when unset), or CLI_EXIT_USAGE after saying what is wrong. A malformed
+ * value is refused rather than half-used. */
+static int trace_context(const char *cmd, const char **traceparent, const char **tracestate) {
+  *traceparent = *tracestate = NULL;
   const char *tp = getenv("TRACEPARENT"), *ts = getenv("TRACESTATE");
   if (tp != NULL && !sc_traceparent_valid(tp))
     return cli_usage_error(cmd,
@@ -442,6 +441,7 @@ static int trace_context(const char *cmd, const char **traceparent) {
                            "members separated by commas)",
                            ts);
   *traceparent = tp;
+  *tracestate = ts;
   return 0;
 }
 
@@ -466,8 +466,8 @@ int cli_run(int argc, char **argv) {
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
   if (check_options(&o, "run") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
-  const char *traceparent;
-  if (trace_context("run", &traceparent) != 0) return CLI_EXIT_USAGE;
+  const char *traceparent, *tracestate;
+  if (trace_context("run", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
   if (task_id != NULL && o.log != NULL && log_holds_task(o.log, task_id))
     return cli_usage_error("run",
                            "task '%s' is already in %s: a log holds one task per id, or "
@@ -491,6 +491,7 @@ int cli_run(int argc, char **argv) {
     spec.config = p.config;
     spec.previous_config = p.previous_config;
     spec.traceparent = traceparent;
+    spec.tracestate = tracestate;
     sc_task *t;
     if (sc_task_submit(rt.e, &spec, &t) != SC_OK) {
       code = cli_usage_error("run", "%s", sc_error_message());
@@ -578,8 +579,9 @@ int cli_recover(int argc, char **argv) {
                            "--mode %s",
                            mode);
   if (check_options(&o, "recover") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
-  const char *traceparent; /* set: the recovered tasks join that trace; else each keeps its own */
-  if (trace_context("recover", &traceparent) != 0) return CLI_EXIT_USAGE;
+  /* Set: the recovered tasks join that trace; else each keeps the one the log recorded. */
+  const char *traceparent, *tracestate;
+  if (trace_context("recover", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
   const char *log_name = o.log;
 
   sc_unfinished *todo = NULL;
@@ -617,7 +619,10 @@ int cli_recover(int argc, char **argv) {
     }
     /* The pipeline as it is now: a changed plan is caught by the logged fingerprint. */
     req.config = p.config;
-    if (traceparent != NULL) req.traceparent = traceparent;
+    if (traceparent != NULL) {
+      req.traceparent = traceparent;
+      req.tracestate = tracestate; /* the state of that trace, not of the old one */
+    }
     req.previous_config = p.previous_config ? p.previous_config : todo[i].request.previous_config;
     if (mode != NULL)
       req.mode = strcmp(mode, "rollback") == 0     ? SC_RECOVER_ROLLBACK

@@ -292,6 +292,7 @@ static int build(const char *base, const task_state *t, sc_unfinished *u) {
   req->tenant_id = dup_str(ev->tenant_id);
   req->plan_id = dup_str(ev->plan_id);
   req->traceparent = dup_str(ev->traceparent);
+  req->tracestate = dup_str(string_member(ev, "tracestate"));
   req->config = dup_object(member(ev, "config"));
   req->previous_config = dup_object(member(ev, "previous_config"));
   req->plan_fingerprint = dup_str(string_member(ev, "fingerprint"));
@@ -418,6 +419,7 @@ void sc_unfinished_free(sc_unfinished *u, size_t n) {
     free((char *)q->plan_fingerprint);
     free((char *)q->traceparent);
     free((char *)q->root_task_id);
+    free((char *)q->tracestate);
     cJSON_Delete((cJSON *)q->config);
     cJSON_Delete((cJSON *)q->previous_config);
     cJSON_Delete((cJSON *)q->context);

@@ -197,24 +197,24 @@ read -r other_tp other_rest <"$tmp/trace" || true
 [ "${other_tp%-01}" != "${seen_tp%-01}" ] && ok "each run of a stage gets a new span id" || fail "span id reused" "$other_tp"
 
 # recover: TRACEPARENT of its environment when set, else the trace the log recorded
-write_pipeline "$tmp/retrace.json" '[{"name":"once","kind":"exec","env":{"D":"${config.dir}"},"run":"echo \"$TRACEPARENT\" >> $D/retrace; test -f $D/retrace.ok"}]'
+write_pipeline "$tmp/retrace.json" '[{"name":"once","kind":"exec","env":{"D":"${config.dir}"},"run":"echo \"$TRACEPARENT ${TRACESTATE:-none}\" >> $D/retrace; test -f $D/retrace.ok"}]'
 other=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00
 for with in env log; do
   rm -f "$tmp/retrace" "$tmp/retrace.ok" "$tmp/retrace.jsonl"
-  TRACEPARENT=$tp $sc run "$tmp/retrace.json" --plain --log "$tmp/retrace.jsonl" >"$tmp/out" 2>&1
+  TRACEPARENT=$tp TRACESTATE=vendor=a1 $sc run "$tmp/retrace.json" --plain --log "$tmp/retrace.jsonl" >"$tmp/out" 2>&1
   touch "$tmp/retrace.ok"
   if [ $with = env ]; then
     TRACEPARENT=$other $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
-    want=00-0af7651916cd43dd8448eb211c80319c-
+    want=00-0af7651916cd43dd8448eb211c80319c-*-00\ none
   else
     $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
-    want=00-4bf92f3577b34da6a3ce929d0e0e4736-
+    want=00-4bf92f3577b34da6a3ce929d0e0e4736-*-01\ vendor=a1
   fi
   check "recover of a failed traced task exits 0 (trace from the $with)" 0 $? "$tmp/out"
   last=$(tail -n 1 "$tmp/retrace")
   case "$last" in
-    "$want"*) ok "... and its stage joins the trace of the $with" ;;
-    *) fail "... and its stage joins the trace of the $with" "$(cat "$tmp/retrace")" ;;
+    $want) ok "... and its stage joins the trace of the $with, with its tracestate" ;;
+    *) fail "... and its stage joins the trace of the $with, with its tracestate" "$(cat "$tmp/retrace")" ;;
   esac
 done
 

@@ -1471,7 +1471,16 @@ static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void 
   s.task_id = "traced-task";
   s.config = config;
   s.traceparent = tp;
-  assert_int_equal(sc_task_submit(e, &s, NULL), SC_OK);
+  s.tracestate = "vendor=a1";
+  sc_task *traced_task = NULL;
+  assert_int_equal(sc_task_submit(e, &s, &traced_task), SC_OK);
+  assert_string_equal(sc_task_traceparent(traced_task), tp);
+  assert_string_equal(sc_task_tracestate(traced_task), "vendor=a1");
+  cJSON *created_json = recorder_json(&r, SC_EV_TASK_CREATED, 0);
+  const cJSON *created = cJSON_GetObjectItemCaseSensitive(created_json, "data");
+  assert_string_equal(str_member(created, "tracestate"), "vendor=a1");
+  cJSON_Delete(created_json);
+  s.tracestate = NULL;
   s.task_id = "untraced-task";
   s.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"; /* no flags */
   assert_int_equal(sc_task_submit(e, &s, NULL), SC_OK);

@@ -220,7 +220,7 @@ void *sc_stage_get_data(const sc_stage_ctx *ctx);
 
 /* ---- tasks ---- */
 
-#define SC_TASK_SPEC_VERSION 1
+#define SC_TASK_SPEC_VERSION 2
 
 typedef struct sc_task_spec {
   unsigned version;                      /* SC_TASK_SPEC_VERSION */
@@ -229,6 +229,8 @@ typedef struct sc_task_spec {
   const cJSON *config, *previous_config; /* copied; previous_config may be NULL */
   const cJSON *context;                  /* initial context, copied; must be an object; NULL: {} */
   const char *traceparent;               /* copied; may be NULL */
+  /* Version 2: */
+  const char *tracestate; /* W3C tracestate going with traceparent; copied; may be NULL */
 } sc_task_spec;
 
 void sc_task_spec_init(sc_task_spec *s);
@@ -268,6 +270,7 @@ size_t sc_task_stage_count(const sc_task *t);
 uint64_t sc_task_epoch(const sc_task *t);
 const char *sc_task_fingerprint(const sc_task *t);
 const char *sc_task_traceparent(const sc_task *t); /* borrowed; may be NULL */
+const char *sc_task_tracestate(const sc_task *t);  /* borrowed; may be NULL */
 /* The id of the first task of the recovery chain this task belongs to: its own id, or for a
  * recovered task the root_task_id of the request (else its recovered_from). Borrowed. */
 const char *sc_task_root_id(const sc_task *t);
@@ -369,6 +372,7 @@ typedef struct sc_recovery_request {
   const char *root_task_id; /* the first task of the recovery chain; NULL: recovered_from is */
   uint32_t intent;          /* the stopped task's sc_task_intent() (task.created, task.started of
                                a retry and rollback.started record it as "intent") */
+  const char *tracestate;   /* goes with traceparent (task.created records it); may be NULL */
 } sc_recovery_request;
 
 void sc_recovery_request_init(sc_recovery_request *r);
