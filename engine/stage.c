@@ -82,12 +82,12 @@ void sc__ctx_fill_key(sc_stage_ctx *ctx) {
 
 void sc__ctx_detach(sc_stage_ctx *ctx, bool call_cancel) {
   sc_engine *e = ctx->e;
-  sc__ctx_fill_key(ctx); /* the root id is the task's: take the key while the task is there */
-  ctx->root_id = NULL;
   if (ctx->state == CTX_FINISHED) {
     sc__ctx_free(e, ctx); /* finished but not yet taken: nothing runs any more */
     return;
   }
+  sc__ctx_fill_key(ctx); /* the root id is the task's: take the key while the task is there */
+  ctx->root_id = NULL;
   ctx->state = CTX_DETACHED;
   ctx->cancelled = true;
   /* Keep the plan (names, params, config) alive for the kind until the stage finishes. */
