@@ -45,6 +45,12 @@ void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mo
     if (t->plan->previous_config)
       sc__json_put(data, "previous_config",
                    cJSON_CreateObjectReference(t->plan->previous_config->child));
+    if (t->tracestate) sc__json_put(data, "tracestate", cJSON_CreateStringReference(t->tracestate));
+    if (t->recovered) {
+      /* What the next recovery needs for the idempotency key: the chain's first task, the intent */
+      sc__json_put(data, "root_task_id", cJSON_CreateStringReference(t->root_id));
+      if (t->intent > 0) cJSON_AddNumberToObject(data, "intent", t->intent);
+    }
     if (context && req == NULL) {
       sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
       sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
@@ -196,6 +202,38 @@ sc_task_status sc_task_get_status(const sc_task *t) {
 const cJSON *sc_task_context(const sc_task *t) {
   return t ? sc__task_context(t) : NULL;
 }
+const char *sc_task_traceparent(const sc_task *t) {
+  return t ? t->traceparent : NULL;
+}
+
+const char *sc_task_tracestate(const sc_task *t) {
+  return t ? t->tracestate : NULL;
+}
+
+const char *sc_task_root_id(const sc_task *t) {
+  return t ? t->root_id : NULL;
+}
+
+uint32_t sc_task_intent(const sc_task *t) {
+  return t ? t->intent : 0;
+}
+
+static bool lower_hex(const char *s, size_t n) {
+  bool nonzero = false;
+  for (size_t i = 0; i < n; i++) {
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
+    nonzero = nonzero || s[i] != '0';
+  }
+  return nonzero;
+}
+
+bool sc_traceparent_valid(const char *s) {
+  /* "00-" trace-id(32) "-" parent-id(16) "-" flags(2); the flags may be all zero. */
+  return s != NULL && strlen(s) == 55 && memcmp(s, "00-", 3) == 0 && lower_hex(s + 3, 32) &&
+         s[35] == '-' && lower_hex(s + 36, 16) && s[52] == '-' &&
+         (lower_hex(s + 53, 2) || memcmp(s + 53, "00", 2) == 0);
+}
+
 unsigned sc_task_retry_count(const sc_task *t) {
   return t ? t->retry_count : 0;
 }

@@ -179,6 +179,17 @@ static uint64_t next_random(sc_engine *e) {
   return e->uuid_state[1] + s0;
 }
 
+void sc__span_id(sc_engine *e, char out[17]) {
+  uint64_t r;
+  while ((r = next_random(e)) == 0) {
+  }
+  unsigned char b[8];
+  for (int i = 0; i < 8; i++)
+    b[i] = (unsigned char)(r >> (56 - 8 * i));
+  sc__hex(b, 8, out);
+  out[16] = '\0';
+}
+
 void sc__uuid_v7(sc_engine *e, char out[37]) {
   int64_t ms = sc__now_ns() / 1000000;
   /* rand_a counts up within one millisecond so ids of one engine sort by creation. */

@@ -93,6 +93,11 @@ struct sc_stage_ctx {
   bool rollback, compensation, cancelled;
   const char *mode; /* static: run, retry, rollback, compensate */
   void *data;
+  /* The idempotency key's parts, taken when the attempt starts, and the key once asked for. */
+  const char *root_id; /* borrowed from the task; NULL once detached */
+  uint32_t intent;
+  char key[65];
+  char traceparent[56]; /* "" when the task has no trace context */
   int64_t started_ns;
   /* the result */
   int code;
@@ -159,8 +164,13 @@ struct sc_task {
   sc__plan *plan;     /* the plan of config (shared, referenced) */
   sc__plan *run_plan; /* the plan being run: plan, or plan->previous_plan in a rollback */
   char *id, *tenant, *plan_id, *traceparent; /* one allocation behind id */
-  cJSON *context;                            /* NULL: {} */
-  char digest[72];                           /* of the context; valid when !digest_stale */
+  char *tracestate;                          /* in the same allocation; may be NULL */
+  char *root_id;                             /* id, or a copy for a recovered task */
+  uint32_t intent;                           /* sc_task_intent() */
+  char
+      attempt_span[17]; /* the span id of the attempt stage.started announced; "" without a trace */
+  cJSON *context;       /* NULL: {} */
+  char digest[72];      /* of the context; valid when !digest_stale */
   bool digest_stale;
   uint8_t status, paused_from, step, timer_use;
   bool queued, pending_listed, active, rollback, cancel_requested, pause_requested, recovered;
@@ -247,6 +257,8 @@ const sc__fn *sc__engine_fn(sc_engine *e, const char *name);
 void sc__engine_enqueue(sc_engine *e, sc_task *t);
 void sc__engine_closing_done(sc_engine *e);
 void sc__uuid_v7(sc_engine *e, char out[37]);
+/* Sixteen lowercase hex digits, not all zero: a new span id. */
+void sc__span_id(sc_engine *e, char out[17]);
 void sc__builtin_kinds(sc_engine *e);
 
 /* task.c */
@@ -284,6 +296,8 @@ void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mo
 sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index);
 void sc__ctx_free(sc_engine *e, sc_stage_ctx *ctx);
 void sc__ctx_detach(sc_stage_ctx *ctx, bool call_cancel);
+/* Fills ctx->key (once). */
+void sc__ctx_fill_key(sc_stage_ctx *ctx);
 int sc__ctx_start(sc_stage_ctx *ctx);
 
 #endif

@@ -170,6 +170,7 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   spec.plan_id = req->plan_id;
   spec.context = req->context;
   spec.traceparent = req->traceparent;
+  spec.tracestate = req->version >= 2 ? req->tracestate : NULL;
   sc_task *t;
   if ((rc = sc__task_create(e, &spec, p.plan, &t)) != SC_OK) {
     sc__plan_unref(e, p.plan);
@@ -178,6 +179,16 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   }
   t->epoch = req->epoch + 1;
   t->recovered = true;
+  const char *root =
+      req->version >= 2 && req->root_task_id ? req->root_task_id : req->recovered_from;
+  if (req->version >= 2) t->intent = req->intent;
+  if (root != NULL && (t->root_id = strdup(root)) == NULL) {
+    t->root_id = t->id; /* not emitted yet: the task can still go */
+    sc__task_free(t);
+    cJSON_Delete(p.report);
+    return sc__error(SC_ENOMEM, "recover: out of memory");
+  }
+  if (root == NULL) t->root_id = t->id;
   t->rollback = req->mode != SC_RECOVER_RETRY;
   t->compensating = req->mode == SC_RECOVER_COMPENSATE;
   t->run_plan = p.run_plan;

@@ -46,6 +46,7 @@ void sc__task_apply_retry(sc_task *t) {
   t->retry_requested = false;
   if (sc__task_set_status(t, SC_TASK_RUNNING) != SC_OK) return;
   t->retry_count++;
+  t->intent++; /* a deliberate retry is a new intent: new idempotency keys */
   t->index = t->retry_from;
   t->attempt = 0;
   t->approved_index = -1;
@@ -60,6 +61,7 @@ void sc__task_apply_retry(sc_task *t) {
   if (sc__bus_wants(t->e->bus, SC_EV_TASK_STARTED) && (data = cJSON_CreateObject()) != NULL) {
     cJSON_AddBoolToObject(data, "retry", true);
     cJSON_AddNumberToObject(data, "retry_count", t->retry_count);
+    cJSON_AddNumberToObject(data, "intent", t->intent);
     cJSON_AddStringToObject(data, "from_stage", t->plan->stages[t->index].name);
     cJSON_AddNumberToObject(data, "start_index", t->index);
     /* The restart point, as a recovery would name it: the stage before from_stage. */
@@ -103,6 +105,7 @@ void sc__task_apply_rollback(sc_task *t) {
   bool again = t->status == SC_TASK_ROLLBACK_FAILED;
   bool was_compensating = t->compensating;
   if (sc__task_set_status(t, SC_TASK_ROLLING_BACK) != SC_OK) return;
+  t->intent++; /* so is a rollback, also one tried again */
   /* The forward run failed at failed_index (a recovered rollback has none: every stage it ran
    * counts). */
   int32_t failed = t->failed_index >= 0 ? t->failed_index : (int32_t)t->plan->nstages - 1;
@@ -129,6 +132,7 @@ void sc__task_apply_rollback(sc_task *t) {
   if (sc__bus_wants(t->e->bus, SC_EV_ROLLBACK_STARTED) && (data = cJSON_CreateObject()) != NULL) {
     cJSON_AddStringToObject(data, "strategy", t->compensating ? "compensate" : "redeploy");
     cJSON_AddBoolToObject(data, "again", again);
+    cJSON_AddNumberToObject(data, "intent", t->intent);
     if (!t->compensating) {
       cJSON_AddNumberToObject(data, "stages", t->end_index + 1);
       cJSON_AddStringToObject(data, "fingerprint", t->run_plan->fingerprint);

@@ -57,12 +57,37 @@ static const sc__kind *resolve_kind(sc_stage_ctx *ctx) {
   return st->kind_ref;
 }
 
+void sc__ctx_fill_key(sc_stage_ctx *ctx) {
+  if (ctx->key[0] != '\0' || ctx->root_id == NULL) return;
+  /* Length-prefixed parts, so that no two different tuples hash the same bytes. */
+  const char *kind = ctx->compensation ? "compensate" : ctx->rollback ? "rollback" : "run";
+  char intent[16];
+  snprintf(intent, sizeof(intent), "%u", (unsigned)ctx->intent);
+  const char *parts[] = {"stagecoach-idempotency-key-1", ctx->root_id, ctx->stage->name, kind,
+                         intent};
+  sc__sha *sha = ctx->e->sha;
+  char hex[72];
+  if (sc__sha_begin(sha) != SC_OK) return;
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    char len[24];
+    int n = snprintf(len, sizeof(len), "%zu:", strlen(parts[i]));
+    if (sc__sha_update(sha, len, (size_t)n) != SC_OK ||
+        sc__sha_update(sha, parts[i], strlen(parts[i])) != SC_OK)
+      return;
+  }
+  if (sc__sha_end_hex(sha, hex) != SC_OK) return;
+  memcpy(ctx->key, hex + 7, 64); /* without the "sha256:" prefix */
+  ctx->key[64] = '\0';
+}
+
 void sc__ctx_detach(sc_stage_ctx *ctx, bool call_cancel) {
   sc_engine *e = ctx->e;
   if (ctx->state == CTX_FINISHED) {
     sc__ctx_free(e, ctx); /* finished but not yet taken: nothing runs any more */
     return;
   }
+  sc__ctx_fill_key(ctx); /* the root id is the task's: take the key while the task is there */
+  ctx->root_id = NULL;
   ctx->state = CTX_DETACHED;
   ctx->cancelled = true;
   /* Keep the plan (names, params, config) alive for the kind until the stage finishes. */
@@ -179,6 +204,14 @@ void sc_stage_set_data(sc_stage_ctx *ctx, void *data) {
 }
 void *sc_stage_get_data(const sc_stage_ctx *ctx) {
   return ctx->data;
+}
+const char *sc_stage_idempotency_key(const sc_stage_ctx *ctx) {
+  /* The key is computed on first use: most stages never ask, and a digest costs a microsecond. */
+  sc__ctx_fill_key((sc_stage_ctx *)ctx);
+  return ctx->key;
+}
+const char *sc_stage_traceparent(const sc_stage_ctx *ctx) {
+  return ctx->traceparent[0] ? ctx->traceparent : NULL;
 }
 
 /* ---- built-in kinds ---- */

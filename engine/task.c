@@ -618,6 +618,7 @@ static void admit(sc_task *t) {
   if (t->rollback) {
     set_status(t, SC_TASK_ROLLING_BACK);
     cJSON *data = new_data(t, SC_EV_ROLLBACK_STARTED);
+    if (data) cJSON_AddNumberToObject(data, "intent", t->intent);
     if (data && t->compensating) {
       cJSON_AddStringToObject(data, "strategy", "compensate");
     } else if (data) {
@@ -657,10 +658,18 @@ static void finish(sc_task *t) {
 static void start_attempt(sc_task *t, const sc__stage *st) {
   t->attempt++;
   t->step = STEP_LAUNCH;
+  /* The attempt's span is chosen here, so that stage.started names the span the stage runs in. */
+  t->attempt_span[0] = '\0';
+  if (t->traceparent != NULL && sc_traceparent_valid(t->traceparent)) {
+    sc__span_id(t->e, t->attempt_span);
+    t->attempt_span[16] = '\0';
+  }
   cJSON *data = new_data(t, SC_EV_STAGE_STARTED);
   if (data) {
     sc__json_put(data, "kind", cJSON_CreateStringReference(st->kind));
     sc__json_put(data, "mode", cJSON_CreateStringReference(mode_name(t)));
+    if (t->attempt_span[0])
+      sc__json_put(data, "span_id", cJSON_CreateStringReference(t->attempt_span));
   }
   sc__task_emit(t, SC_EV_STAGE_STARTED, st, t->index, t->attempt, data);
 }
@@ -684,6 +693,15 @@ static void launch(sc_task *t) {
   ctx->attempt = t->attempt;
   ctx->compensation = t->compensating;
   ctx->mode = mode_name(t);
+  ctx->root_id = t->root_id;
+  ctx->intent = t->intent;
+  if (t->attempt_span[0]) {
+    /* The attempt's own span in the task's trace: "00-" trace id "-" span id "-" flags. */
+    memcpy(ctx->traceparent, t->traceparent, 36);
+    memcpy(ctx->traceparent + 36, t->attempt_span, 16);
+    ctx->traceparent[52] = '-';
+    memcpy(ctx->traceparent + 53, t->traceparent + 53, 3);
+  }
   t->ctx = ctx;
   t->step = STEP_WAIT;
   if (st->timeout_ms) sc__task_start_timer(t, TIMER_TIMEOUT, st->timeout_ms);
@@ -846,8 +864,10 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   size_t lid = strlen(id) + 1, lten = spec->tenant_id ? strlen(spec->tenant_id) + 1 : 0;
   size_t lplan = spec->plan_id ? strlen(spec->plan_id) + 1 : 0;
   size_t ltrace = spec->traceparent ? strlen(spec->traceparent) + 1 : 0;
+  const char *tracestate = spec->version >= 2 ? spec->tracestate : NULL;
+  size_t lstate = tracestate ? strlen(tracestate) + 1 : 0;
   /* The strings live right behind the struct: one allocation per task. */
-  sc_task *t = calloc(1, sizeof(*t) + lid + lten + lplan + ltrace);
+  sc_task *t = calloc(1, sizeof(*t) + lid + lten + lplan + ltrace + lstate);
   if (t == NULL) return sc__error(SC_ENOMEM, "out of memory for a task");
   char *p = (char *)(t + 1);
   t->id = memcpy(p, id, lid);
@@ -857,6 +877,9 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   if (lplan) t->plan_id = memcpy(p, spec->plan_id, lplan);
   p += lplan;
   if (ltrace) t->traceparent = memcpy(p, spec->traceparent, ltrace);
+  p += ltrace;
+  if (lstate) t->tracestate = memcpy(p, tracestate, lstate);
+  t->root_id = t->id;
   t->e = e;
   t->plan = plan;
   t->run_plan = plan;
@@ -916,6 +939,7 @@ void sc__task_free(sc_task *t) {
   cJSON_Delete(t->recovery_plan);
   free(t->pause_reason);
   free(t->cancel_reason);
+  if (t->root_id != t->id) free(t->root_id);
   sc__plan_unref(e, t->plan);
   free(t);
 }

@@ -55,19 +55,27 @@ typedef void (*cli_output_fn)(const char *stage, int fd /* 1 or 2 */, const char
                               void *udata);
 
 /* Registers the "exec" kind in e. Stage params (stage members other than the spec fields land in
- * params): "run" (required, a shell command for /bin/sh -c), "compensate" (optional command for
- * compensation), "no_retry_exit_codes" (array of integers), "kill_grace_ms" (default 5000), "cwd"
- * (optional working directory), "env" (optional object of extra variables). *out is freed with
- * cli_exec_free() after sc_engine_free(). */
+ * params): "run" (required, a script for /bin/sh -c, passed as written), "args" (optional array of
+ * strings: the script's $1, $2, ...; $0 is "stagecoach"), "compensate" (optional script for
+ * compensation, run with the same args), "no_retry_exit_codes" (array of integers),
+ * "kill_grace_ms" (default 5000), "cwd" (optional working directory), "env" (optional object of
+ * extra variables), "compensate_env" (variables for the compensation only, over "env": a value
+ * of the context the run made). ${config.x}, ${context.x}, ${task.id} and ${tenant} are resolved in
+ * env values, args and cwd only. *out is freed with cli_exec_free() after sc_engine_free(). */
 int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out);
-/* Checks what the exec kind reads of a stage: "run" (required), "compensate", "kill_grace_ms",
- * "no_retry_exit_codes", "cwd" and "env", each taken from the stage object or else from its
- * params (either may be NULL). True when they are right; otherwise false with why (at most len
- * bytes), e.g. "\"kill_grace_ms\" must be an integer 0..86400000", and *bad the offending value
- * (NULL when a required member is missing). The pipeline loader calls it, so that `validate`
- * finds what would otherwise fail the stage when it starts. */
-bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, char *why,
-                    size_t len);
+/* Checks what the exec kind reads of a stage: "run" (required), "compensate", "args",
+ * "kill_grace_ms", "no_retry_exit_codes", "cwd" and "env", each taken from the stage object or
+ * else from its params (either may be NULL). True when they are right; otherwise false with why
+ * (at most len bytes), e.g. "\"kill_grace_ms\" must be an integer 0..86400000", *bad the
+ * offending value (NULL when a required member is missing) and *offset (may be NULL) the byte
+ * offset in bad's string where the mistake is (SIZE_MAX: the value as a whole). A ${...} of ours
+ * in "run" or "compensate" is refused with the "env" form that replaces it:
+ *   "run" may not contain ${context.artifact}; pass it as "env": {"ARTIFACT":
+ *   "${context.artifact}"} and write "$ARTIFACT"
+ * The pipeline loader calls it, so that `validate` finds what would otherwise fail the stage when
+ * it starts. */
+bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, size_t *offset,
+                    char *why, size_t len);
 
 /* The number of commands still running. */
 size_t cli_exec_running(const cli_exec *x);
@@ -83,18 +91,29 @@ void cli_exec_stop_all(cli_exec *x);
 size_t cli_exec_stopping(const cli_exec *x);
 void cli_exec_free(cli_exec *x);
 
-/* Resolves ${config.a.b}, ${context.x}, ${task.id} and ${tenant} in text (exposed for tests).
- * Returns a malloc'd string, or NULL with *problem (malloc'd; NULL for out of memory) saying why:
- * "unresolved variable ${context.build_id}" for the first variable without a value, or, with
- * shell, a variable that stands where quoting cannot protect it. Numbers and booleans are written
- * as JSON; objects and arrays as compact JSON; strings as they are. "$${" writes a literal "${".
- * With shell set, text is a command for /bin/sh and each value is quoted for the place it stands
- * in (outside quotes, inside '...' or inside "..."), so that the shell reads back exactly the
- * value and never syntax: a value made only of letters, digits and _./:@%+,- stays bare. Nothing
- * is substituted in a comment or after a backslash, and a variable inside $(...), $((...)),
- * `...` or after "<<" (where the shell parses text a second time) is refused. */
-char *cli_exec_expand(const char *text, const cJSON *config, const cJSON *context,
-                      const char *task_id, const char *tenant, bool shell, char **problem);
+/* ---- expand.c: the exec kind's ${...} variables ---- */
+
+/* What ${...} resolves against; each may be NULL (a variable of it is then unresolved). */
+typedef struct cli_exec_vars {
+  const cJSON *config, *context;
+  const char *task_id, *tenant;
+} cli_exec_vars;
+
+/* Resolves ${config.a.b}, ${context.x}, ${task.id} and ${tenant} in a value that reaches the
+ * command as data (an env value, an args item, cwd). Returns a malloc'd string, or NULL with
+ * *problem (malloc'd; NULL for out of memory) saying "unresolved variable ${context.build_id}"
+ * for the first variable without a value. Strings are written as they are; numbers, booleans,
+ * objects and arrays as compact JSON. "$${" writes a literal "${"; any other '$' is text. */
+char *cli_exec_expand(const char *text, const cli_exec_vars *vars, char **problem);
+/* Finds the first ${...} of ours in a script ("$${" is not one): true with *offset and *len its
+ * bytes in text. */
+bool cli_exec_find_variable(const char *text, size_t *offset, size_t *len);
+/* The script as /bin/sh gets it: text with each "$${" written "${", nothing else changed.
+ * malloc'd; NULL for out of memory. */
+char *cli_exec_script(const char *text);
+/* The environment variable name suggested for variable[0 .. len) ("${context.artifact}" gives
+ * ARTIFACT), NUL-terminated in out[cap]. */
+void cli_exec_env_name(const char *variable, size_t len, char *out, size_t cap);
 
 /* ---- progress.c: what an operator sees while tasks run ---- */
 

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -24,6 +25,8 @@ typedef struct complaint {
  * them all (except that the factory stops at the first refusal of each config). */
 typedef struct loader {
   const cli_jsonpos *positions;
+  const char *text; /* the file, for a position inside a string */
+  size_t len;
   complaint *list;
   size_t n, cap;
   bool oom;
@@ -382,6 +385,41 @@ static void check_config(loader *l, sc_engine *e, const cJSON *config, bool prev
   cJSON_Delete(plan);
 }
 
+/* Where byte offset of the decoded string item stands in the file: the string's position moved
+ * past the raw characters that decode to those bytes (an escape is several; a JSON string holds
+ * no newline, so the line stays). */
+static cli_jsonpos_at string_at(const loader *l, const cJSON *item, size_t offset) {
+  cli_jsonpos_at at = value_at(l, item);
+  if (offset == SIZE_MAX || l->text == NULL) return at;
+  size_t i = 0;
+  for (uint32_t line = 1; line < at.line && i < l->len; i++)
+    if (l->text[i] == '\n') line++;
+  i += at.column; /* past the opening quote */
+  size_t start = i, decoded = 0;
+  while (decoded < offset && i < l->len && l->text[i] != '"') {
+    if (l->text[i] != '\\') {
+      i++, decoded++;
+    } else if (i + 1 < l->len && l->text[i + 1] == 'u' && i + 5 < l->len) {
+      unsigned cp = 0;
+      for (size_t k = i + 2; k < i + 6; k++) {
+        char c = l->text[k];
+        cp = cp * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+      }
+      i += 6;
+      if (cp >= 0xD800 && cp < 0xDC00) { /* a surrogate pair: one 4-byte character */
+        i += 6;
+        decoded += 4;
+      } else {
+        decoded += cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
+      }
+    } else {
+      i += 2, decoded++;
+    }
+  }
+  at.column += (uint32_t)(i - start) + 1;
+  return at;
+}
+
 /* What the exec kind would refuse when the stage starts, found now: each exec stage of a config
  * the factory accepted. */
 static void check_exec_stages(loader *l, const cJSON *config, bool previous) {
@@ -389,10 +427,11 @@ static void check_exec_stages(loader *l, const cJSON *config, bool previous) {
   cJSON_ArrayForEach(stage, stages) {
     const cJSON *kind = member(stage, "kind"), *bad;
     if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "exec") != 0) continue;
-    char why[256], quoted[112];
-    if (cli_exec_check(stage, member(stage, "params"), &bad, why, sizeof(why))) continue;
+    char why[768], quoted[112];
+    size_t offset;
+    if (cli_exec_check(stage, member(stage, "params"), &bad, &offset, why, sizeof(why))) continue;
     const char *name = stage_name(stage);
-    complain(l, value_at(l, bad ? bad : stage), "%sstage %s: %s",
+    complain(l, bad ? string_at(l, bad, offset) : value_at(l, stage), "%sstage %s: %s",
              previous ? "previous_config: " : "",
              name ? cli_jsonpos_quote(quoted, sizeof(quoted), name) : "?", why);
   }
@@ -427,6 +466,8 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
     goto out;
   }
   l.positions = positions;
+  l.text = text;
+  l.len = len;
   top t;
   check_members(&l, root, &t);
   if (e == NULL && (t.config || t.previous_config) && checking_engine(&own) != SC_OK) {

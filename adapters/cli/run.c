@@ -550,6 +550,64 @@ static bool same_file(const char *a, const char *b) {
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* ---- trace context from the environment ---- */
+
+/* A W3C tracestate list: at most 32 "key=value" members separated by commas (blanks around them
+ * allowed), a key of lowercase letters, digits, '_', '-', '*' and '/' (one '@' for a tenant@system
+ * key), a value of printable ASCII other than ',' and '=' not ending in a space. */
+static bool tracestate_valid(const char *s) {
+  size_t members = 0;
+  while (*s != '\0') {
+    while (*s == ' ' || *s == '\t')
+      s++;
+    const char *key = s;
+    size_t at = 0;
+    while ((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+           (*s != '\0' && strchr("_-*/@", *s) != NULL)) {
+      at += *s == '@';
+      s++;
+    }
+    size_t klen = (size_t)(s - key);
+    if (klen == 0 || klen > 256 || at > 1 || *s != '=' || key[0] == '@' || s[-1] == '@')
+      return false;
+    const char *value = ++s;
+    while (*s >= 0x20 && *s <= 0x7e && *s != ',' && *s != '=')
+      s++;
+    const char *end = s;
+    while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
+      end--;
+    if (end == value || end - value > 256) return false;
+    while (*s == ' ' || *s == '\t')
+      s++;
+    if (++members > 32 || (*s != ',' && *s != '\0')) return false;
+    if (*s == ',') s++;
+  }
+  return members > 0;
+}
+
+/* TRACEPARENT and TRACESTATE of our environment, the OpenTelemetry carriers: 0 with *traceparent
+ * and *tracestate (NULL when unset), or CLI_EXIT_USAGE after saying what is wrong. A malformed
+ * value is refused rather than half-used. */
+static int trace_context(const char *cmd, const char **traceparent, const char **tracestate) {
+  *traceparent = *tracestate = NULL;
+  const char *tp = getenv("TRACEPARENT"), *ts = getenv("TRACESTATE");
+  if (tp != NULL && !sc_traceparent_valid(tp))
+    return cli_usage_error(cmd,
+                           "TRACEPARENT \"%.80s\" is not a W3C traceparent "
+                           "(00-<32 hex>-<16 hex>-<2 hex>, lowercase, ids not all zero)",
+                           tp);
+  if (ts != NULL && tp == NULL)
+    return cli_usage_error(cmd, "TRACESTATE is set without TRACEPARENT: it belongs to a trace");
+  if (ts != NULL && !tracestate_valid(ts))
+    return cli_usage_error(cmd,
+                           "TRACESTATE \"%.80s\" is not a W3C tracestate (up to 32 key=value "
+                           "members separated by commas)",
+                           ts);
+  *traceparent = tp;
+  *tracestate = ts;
+  return 0;
+}
+
 int cli_run(int argc, char **argv) {
   run_options o = {0};
   const char *pipeline = NULL, *task_id = NULL;
@@ -571,6 +629,8 @@ int cli_run(int argc, char **argv) {
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
   if (check_options(&o, "run") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
+  const char *traceparent, *tracestate;
+  if (trace_context("run", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
   if (task_id != NULL && !utf8_valid(task_id))
     return cli_usage_error("run",
                            "--task-id must be valid UTF-8 (an id with bad bytes would be stored "
@@ -604,7 +664,8 @@ int cli_run(int argc, char **argv) {
     spec.plan_id = p.plan;
     spec.config = p.config;
     spec.previous_config = p.previous_config;
-    spec.traceparent = getenv("TRACEPARENT");
+    spec.traceparent = traceparent;
+    spec.tracestate = tracestate;
     sc_task *t;
     if (sc_task_submit(rt.e, &spec, &t) != SC_OK) {
       code = cli_usage_error("run", "%s", sc_error_message());
@@ -693,6 +754,9 @@ int cli_recover(int argc, char **argv) {
                            "--mode %s",
                            mode);
   if (check_options(&o, "recover") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
+  /* Set: the recovered tasks join that trace; else each keeps the one the log recorded. */
+  const char *traceparent, *tracestate;
+  if (trace_context("recover", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
   const char *log_name = o.log;
   if (same_file(o.log, pipeline))
     return cli_usage_error("recover", "--log %s is the pipeline file itself, not a log", o.log);
@@ -747,6 +811,10 @@ int cli_recover(int argc, char **argv) {
     }
     /* The pipeline as it is now: a changed plan is caught by the logged fingerprint. */
     req.config = p.config;
+    if (traceparent != NULL) {
+      req.traceparent = traceparent;
+      req.tracestate = tracestate; /* the state of that trace, not of the old one */
+    }
     req.previous_config = p.previous_config ? p.previous_config : todo[i].request.previous_config;
     if (mode != NULL)
       req.mode = strcmp(mode, "rollback") == 0     ? SC_RECOVER_ROLLBACK

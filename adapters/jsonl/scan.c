@@ -28,6 +28,7 @@ typedef struct task_state {
   line_ref *folds;
   size_t nfolds, capfolds;
   line_ref retried; /* the last task.started of a retry: a restart point of its own */
+  line_ref rolled;  /* the last rollback.started: its "intent" */
   bool terminal, superseded, rolling_back, compensating;
   sc_task_status status;
   uint64_t epoch;
@@ -206,6 +207,7 @@ static int take_line(scan_state *s, const char *line, size_t len, uint64_t offse
       break;
     case SC_EV_ROLLBACK_STARTED:
       t->rolling_back = true;
+      t->rolled = ref;
       t->compensating = HAS(line, len, "\"strategy\":\"compensate\"");
       break;
     case SC_EV_TASK_STARTED: /* the first start, or a retry after a failure */
@@ -370,6 +372,13 @@ static int fold_context(const char *base, const task_state *t, const cJSON *init
   return SC_OK;
 }
 
+static uint32_t intent_of(const sc_event *ev) {
+  const cJSON *v = member(ev, "intent");
+  return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 4294967295.0
+             ? (uint32_t)v->valuedouble
+             : 0;
+}
+
 /* Fills one recovery request from a task's remembered lines. */
 static int build(const char *base, const task_state *t, sc_unfinished *u, char *why,
                  size_t whylen) {
@@ -388,6 +397,7 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
   req->tenant_id = dup_str(ev->tenant_id);
   req->plan_id = dup_str(ev->plan_id);
   req->traceparent = dup_str(ev->traceparent);
+  req->tracestate = dup_str(string_member(ev, "tracestate"));
   req->config = dup_object(member(ev, "config"));
   req->previous_config = dup_object(member(ev, "previous_config"));
   req->plan_fingerprint = dup_str(string_member(ev, "fingerprint"));
@@ -402,7 +412,19 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
   const cJSON *point_last = cJSON_GetObjectItemCaseSensitive(point, "last_completed_stage");
   if (cJSON_IsString(point_last) && !t->completed.len)
     req->last_completed_stage = dup_str(point_last->valuestring);
+  /* The idempotency key's root and intent (docs/design.md): the chain's first task, and the
+   * deliberate retries and rollbacks recorded last (task.created, then the later of a retry's
+   * task.started and rollback.started). */
+  const char *root = string_member(ev, "root_task_id");
+  req->root_task_id = dup_str(root ? root : t->id);
+  req->intent = intent_of(ev);
   sc_event_doc_free(d);
+  const line_ref *later = t->retried.off > t->rolled.off ? &t->retried : &t->rolled;
+  if (later->len && later->off > t->created.off &&
+      sc_event_parse(base + later->off, later->len, &d) == SC_OK) {
+    req->intent = intent_of(sc_event_doc_event(d));
+    sc_event_doc_free(d);
+  }
   if (t->recovered.len && !cJSON_IsObject(point)) {
     /* An older log: the recovery point is in task.recovered only. */
     if (sc_event_parse(base + t->recovered.off, t->recovered.len, &d) == SC_OK) {
@@ -440,7 +462,7 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
     }
     sc_event_doc_free(d);
   }
-  return req->config && req->recovered_from ? SC_OK : SC_ENOMEM;
+  return req->config && req->recovered_from && req->root_task_id ? SC_OK : SC_ENOMEM;
 }
 
 static int by_order(const void *a, const void *b) {
@@ -527,6 +549,8 @@ void sc_unfinished_free(sc_unfinished *u, size_t n) {
     free((char *)q->context_digest);
     free((char *)q->plan_fingerprint);
     free((char *)q->traceparent);
+    free((char *)q->root_task_id);
+    free((char *)q->tracestate);
     cJSON_Delete((cJSON *)q->config);
     cJSON_Delete((cJSON *)q->previous_config);
     cJSON_Delete((cJSON *)q->context);

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # cli_bench: wall time per stage of `stagecoach run` on a 200-stage pipeline of `true` commands,
-# beside the same number of uv_spawn + wait of `/bin/sh -c true` (spawn_bench). This machine is
-# noisy, so the two are measured in turn, five rounds, and the medians are printed, with the median
-# of the per-round ratios. Usage: cli_bench.sh BUILD_DIR [STAGES] [ROUNDS]
+# beside the same number of uv_spawn + wait of `/bin/true` from a small process (spawn_bench).
+# This machine is noisy, so the two are measured in turn, five rounds, and the medians are printed,
+# with the median of the per-round ratios. exec_bench measures the ratio inside one process with
+# 1,000 and 100,000 stages in the plan and 10,000 other tasks held.
+# Usage: cli_bench.sh BUILD_DIR [STAGES] [ROUNDS]
 set -euo pipefail
 build=$1
 n=${2:-200}

@@ -75,9 +75,35 @@ printf '{"config": {"stages": [\n  {"name": "a" "kind": "exec"}\n]}}\n' >"$tmp/m
 $sc validate "$tmp/malformed.json" >"$tmp/out" 2>&1; check "validate refuses malformed JSON with exit 2" 2 $? "$tmp/out"
 contains "malformed JSON is located by line and column" "$tmp/out" "malformed.json:2:16: "
 $sc validate "$tmp/missing.json" >"$tmp/out" 2>&1; check "validate of a missing file exits 2" 2 $? "$tmp/out"
+# a value of ours in a script is refused at load, where it stands, with the form that replaces it
+cat >"$tmp/inject.json" <<'JSON'
+{
+  "plan": "deploy",
+  "config": {
+    "stages": [
+      { "name": "build", "kind": "exec", "run": "true" },
+      {
+        "name": "deploy",
+        "kind": "exec",
+        "retry": { "max_attempts": 3 },
+        "timeout_ms": 60000,
+        "effect": "compensable",
+        "run": "./deploy.sh ${context.artifact}",
+        "compensate": "true"
+      }
+    ]
+  }
+}
+JSON
+: >"$tmp/empty.jsonl"
+for cmd in validate run recover; do
+  extra=; [ $cmd = recover ] && extra="--log $tmp/empty.jsonl"
+  $sc $cmd "$tmp/inject.json" $extra >"$tmp/out" 2>&1; check "$cmd refuses \${context.x} in run (exit 2)" 2 $? "$tmp/out"
+  contains "... at its line and column, with the env form" "$tmp/out" 'inject.json:12:29: stage "deploy": "run" may not contain ${context.artifact}; pass it as "env": {"ARTIFACT": "${context.artifact}"} and write "$ARTIFACT"'
+done
 
 # --- run ---
-write_pipeline "$tmp/ok.json" '[{"name":"hello","kind":"exec","run":"echo hello from ${config.version}; echo \"{\\\"greeting\\\":\\\"hi\\\"}\" > $SC_OUTPUT"},{"name":"use","kind":"exec","run":"echo got ${context.greeting}"}]'
+write_pipeline "$tmp/ok.json" '[{"name":"hello","kind":"exec","env":{"V":"${config.version}"},"run":"echo hello from $V; echo \"{\\\"greeting\\\":\\\"hi\\\"}\" > $SC_OUTPUT"},{"name":"use","kind":"exec","args":["${context.greeting}"],"run":"echo got \"$1\""}]'
 $sc run "$tmp/ok.json" --plain --log "$tmp/ok.jsonl" >"$tmp/out" 2>&1; check "run of a good pipeline exits 0" 0 $? "$tmp/out"
 contains "stage output is prefixed with the stage name" "$tmp/out" "\[hello\] hello from 2"
 contains "an output reaches the next stage as \${context.x}" "$tmp/out" "\[use\] got hi"
@@ -147,9 +173,54 @@ at_prompt() {
   [ $took -lt 6 ] && ok "... at once (${took}s)" || fail "Ctrl-C at the prompt took ${took}s" "$(head -c 800 "$tmp/out" | cat -v)"
 }
 
+# --- trace context: TRACEPARENT and TRACESTATE in, a span of its own per stage out ---
+tp=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
+write_pipeline "$tmp/trace.json" '[{"name":"traced","kind":"exec","env":{"D":"${config.dir}"},"run":"printf \"%s %s %s\\n\" \"$TRACEPARENT\" \"$TRACESTATE\" \"$SC_IDEMPOTENCY_KEY\" > $D/trace"}]'
+TRACEPARENT=$tp TRACESTATE='vendor=a1,other@sys=b 2' $sc run "$tmp/trace.json" --plain --log "$tmp/trace.jsonl" >"$tmp/out" 2>&1; check "run takes TRACEPARENT and TRACESTATE (exit 0)" 0 $? "$tmp/out"
+read -r seen_tp seen_ts seen_ts2 seen_key <"$tmp/trace" || true
+span=$(grep -o '"span_id":"[0-9a-f]*"' "$tmp/trace.jsonl" | head -n 1 | cut -d'"' -f4)
+case "$seen_tp" in
+  00-4bf92f3577b34da6a3ce929d0e0e4736-*-01) ok "the stage's TRACEPARENT has the task's trace id and flags" ;;
+  *) fail "the stage's TRACEPARENT has the task's trace id and flags" "$seen_tp" ;;
+esac
+[ -n "$span" ] && [ "$seen_tp" = "00-4bf92f3577b34da6a3ce929d0e0e4736-$span-01" ] && [ "$span" != 00f067aa0ba902b7 ] &&
+  ok "... and the span id of its own that stage.started records" || fail "span id" "$seen_tp / $span"
+[ "$seen_ts $seen_ts2" = "vendor=a1,other@sys=b 2" ] && ok "the stage gets TRACESTATE as it was" || fail "TRACESTATE" "$seen_ts $seen_ts2"
+echo "$seen_key" | grep -qx '[0-9a-f]\{64\}' && ok "the stage gets SC_IDEMPOTENCY_KEY" || fail "SC_IDEMPOTENCY_KEY" "$seen_key"
+TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7 $sc run "$tmp/trace.json" --plain >"$tmp/out" 2>&1; check "a malformed TRACEPARENT is refused (exit 2)" 2 $? "$tmp/out"
+contains "... with a message" "$tmp/out" "is not a W3C traceparent"
+TRACEPARENT=$tp TRACESTATE='Bad=1' $sc run "$tmp/trace.json" --plain >"$tmp/out" 2>&1; check "a malformed TRACESTATE is refused (exit 2)" 2 $? "$tmp/out"
+TRACESTATE='a=1' $sc recover "$tmp/trace.json" --log "$tmp/trace.jsonl" >"$tmp/out" 2>&1; check "recover refuses TRACESTATE without TRACEPARENT (exit 2)" 2 $? "$tmp/out"
+rm -f "$tmp/trace"
+TRACEPARENT=$tp $sc run "$tmp/trace.json" --plain >"$tmp/out" 2>&1
+read -r other_tp other_rest <"$tmp/trace" || true
+[ "${other_tp%-01}" != "${seen_tp%-01}" ] && ok "each run of a stage gets a new span id" || fail "span id reused" "$other_tp"
+
+# recover: TRACEPARENT of its environment when set, else the trace the log recorded
+write_pipeline "$tmp/retrace.json" '[{"name":"once","kind":"exec","env":{"D":"${config.dir}"},"run":"echo \"$TRACEPARENT ${TRACESTATE:-none}\" >> $D/retrace; test -f $D/retrace.ok"}]'
+other=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00
+for with in env log; do
+  rm -f "$tmp/retrace" "$tmp/retrace.ok" "$tmp/retrace.jsonl"
+  TRACEPARENT=$tp TRACESTATE=vendor=a1 $sc run "$tmp/retrace.json" --plain --log "$tmp/retrace.jsonl" >"$tmp/out" 2>&1
+  touch "$tmp/retrace.ok"
+  if [ $with = env ]; then
+    TRACEPARENT=$other $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
+    want=00-0af7651916cd43dd8448eb211c80319c-*-00\ none
+  else
+    $sc recover "$tmp/retrace.json" --log "$tmp/retrace.jsonl" --plain >"$tmp/out" 2>&1
+    want=00-4bf92f3577b34da6a3ce929d0e0e4736-*-01\ vendor=a1
+  fi
+  check "recover of a failed traced task exits 0 (trace from the $with)" 0 $? "$tmp/out"
+  last=$(tail -n 1 "$tmp/retrace")
+  case "$last" in
+    $want) ok "... and its stage joins the trace of the $with, with its tracestate" ;;
+    *) fail "... and its stage joins the trace of the $with, with its tracestate" "$(cat "$tmp/retrace")" ;;
+  esac
+done
+
 # --- recovery after kill -9 of `stagecoach run` ---
-stages='[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/ran"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/ran; sleep 1.5"},{"name":"three","kind":"exec","run":"echo three >> ${config.dir}/ran"}]'
-previous='[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/ran"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/ran"}]'
+stages='[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo one >> $D/ran"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo two >> $D/ran; echo $SC_IDEMPOTENCY_KEY >> $D/keys; sleep 1.5"},{"name":"three","kind":"exec","env":{"D":"${config.dir}"},"run":"echo three >> $D/ran"}]'
+previous='[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-one >> $D/ran"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-two >> $D/ran"}]'
 write_pipeline "$tmp/crash.json" "$stages" "$previous"
 rm -f "$tmp/ran" "$tmp/crash.jsonl"
 $sc run "$tmp/crash.json" --plain --log "$tmp/crash.jsonl" --fsync always >"$tmp/out" 2>&1 &
@@ -167,11 +238,12 @@ contains "the dry run prints the recovery plan" "$tmp/out" '"rerun"'
 $sc recover "$tmp/crash.json" --log "$tmp/crash.jsonl" --task nosuchtask >"$tmp/out" 2>&1; check "recover --task of an unknown task exits 2" 2 $? "$tmp/out"
 $sc recover "$tmp/crash.json" --log "$tmp/crash.jsonl" --plain >"$tmp/out" 2>&1; check "recover after kill -9 completes (exit 0)" 0 $? "$tmp/out"
 [ "$(grep -cx one "$tmp/ran")" = 1 ] && [ "$(grep -cx three "$tmp/ran")" = 1 ] && ok "the completed stage did not run again; the rest ran" || fail "stage runs" "$(cat "$tmp/ran")"
+[ "$(wc -l <"$tmp/keys")" = 2 ] && [ "$(sort -u "$tmp/keys" | wc -l)" = 1 ] && ok "the stage in flight got the same SC_IDEMPOTENCY_KEY after kill -9 and recover" || fail "idempotency key across recovery" "$(cat "$tmp/keys")"
 $sc recover "$tmp/crash.json" --log "$tmp/crash.jsonl" --plain >"$tmp/out" 2>&1; check "a second recover finds nothing (exit 0)" 0 $? "$tmp/out"
 
 # rollback mode: a run that fails, recovered with --mode rollback using previous_config
-write_pipeline "$tmp/rb.json" '[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/rb"},{"name":"two","kind":"exec","run":"exit 9"}]' \
-  '[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/rb; test \"$SC_MODE\" = rollback"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/rb"}]'
+write_pipeline "$tmp/rb.json" '[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo one >> $D/rb"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"exit 9"}]' \
+  '[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-one >> $D/rb; test \"$SC_MODE\" = rollback"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-two >> $D/rb"}]'
 $sc run "$tmp/rb.json" --plain --log "$tmp/rb.jsonl" >"$tmp/out" 2>&1; check "the failing run exits 1" 1 $? "$tmp/out"
 $sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --from one --dry-run >"$tmp/out" 2>&1; check "recover --from STAGE --dry-run exits 0" 0 $? "$tmp/out"
 contains "--from one resumes at one: nothing skipped" "$tmp/out" '"skipped":.*\[\]'
@@ -183,7 +255,7 @@ $sc recover "$tmp/rb.json" --log "$tmp/rb.jsonl" --mode rollback --plain >"$tmp/
 grep -qx old-two "$tmp/rb" && ok "the rollback ran the previous config's stages with SC_MODE=rollback" || fail "rollback stages" "$(cat "$tmp/rb")"
 
 # compensate mode: a failed run whose compensable stages are undone, last first
-write_pipeline "$tmp/comp.json" '[{"name":"a","kind":"exec","run":"echo a >> ${config.dir}/comp","compensate":"echo undo-a $SC_MODE >> ${config.dir}/comp","effect":"compensable"},{"name":"b","kind":"exec","run":"echo b >> ${config.dir}/comp"},{"name":"c","kind":"exec","run":"echo c >> ${config.dir}/comp","compensate":"echo undo-c >> ${config.dir}/comp","effect":"compensable"},{"name":"d","kind":"exec","run":"exit 7"}]'
+write_pipeline "$tmp/comp.json" '[{"name":"a","kind":"exec","env":{"D":"${config.dir}"},"run":"echo a >> $D/comp","compensate":"echo undo-a $SC_MODE >> $D/comp","effect":"compensable"},{"name":"b","kind":"exec","env":{"D":"${config.dir}"},"run":"echo b >> $D/comp"},{"name":"c","kind":"exec","env":{"D":"${config.dir}"},"run":"echo c >> $D/comp","compensate":"echo undo-c >> $D/comp","effect":"compensable"},{"name":"d","kind":"exec","env":{"D":"${config.dir}"},"run":"exit 7"}]'
 $sc run "$tmp/comp.json" --plain --log "$tmp/comp.jsonl" >"$tmp/out" 2>&1; check "the run to compensate fails (exit 1)" 1 $? "$tmp/out"
 $sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate --dry-run >"$tmp/out" 2>&1
 contains "the dry run lists the stages to compensate, last first" "$tmp/out" '"compensated":.*\["c", "a"\]'
@@ -191,7 +263,7 @@ $sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate --plain >
 [ "$(tr '\n' ' ' <"$tmp/comp")" = "a b c undo-c undo-a compensate " ] && ok "the compensate commands ran in reverse with SC_MODE=compensate" || fail "compensation order" "$(cat "$tmp/comp")"
 $sc recover "$tmp/comp.json" --log "$tmp/comp.jsonl" --mode compensate >"$tmp/out" 2>&1; check "a compensated task is finished (nothing to recover)" 0 $? "$tmp/out"
 # killed while compensating: the log says so, and recover carries the compensation on by itself
-sed 's/echo undo-c >> \${config.dir}\/comp/echo undo-c >> ${config.dir}\/comp2; sleep 5/' "$tmp/comp.json" >"$tmp/comp2.json"
+sed 's/echo undo-c >> \$D\/comp/echo undo-c >> $D\/comp2; sleep 5/' "$tmp/comp.json" >"$tmp/comp2.json"
 $sc run "$tmp/comp2.json" --plain --log "$tmp/comp2.jsonl" >/dev/null 2>&1
 $sc recover "$tmp/comp2.json" --log "$tmp/comp2.jsonl" --mode compensate --plain >"$tmp/out" 2>&1 &
 runner=$!

@@ -1,12 +1,16 @@
 /* The exec stage kind of the stagecoach command: variable expansion, real shell commands through
  * libuv, their output, environment, exit statuses, timeouts, cancels and compensation. */
+#define _GNU_SOURCE /* unshare, CLONE_NEWNS */
 #include "harness.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -295,7 +299,8 @@ static void vars_free(vars *v) {
 
 static void assert_expands(const vars *v, const char *text, const char *expected) {
   char *unresolved = (char *)"untouched";
-  char *out = cli_exec_expand(text, v->config, v->context, "task-1", "acme", false, &unresolved);
+  cli_exec_vars vars = {v->config, v->context, "task-1", "acme"};
+  char *out = cli_exec_expand(text, &vars, &unresolved);
   if (out == NULL) fail_msg("\"%s\" did not expand (unresolved %s)", text, unresolved);
   assert_null(unresolved);
   assert_string_equal(out, expected);
@@ -305,7 +310,8 @@ static void assert_expands(const vars *v, const char *text, const char *expected
 static void assert_unresolved(const vars *v, const char *text, const char *task_id,
                               const char *tenant, const char *name) {
   char *unresolved = NULL;
-  char *out = cli_exec_expand(text, v->config, v->context, task_id, tenant, false, &unresolved);
+  cli_exec_vars vars = {v->config, v->context, task_id, tenant};
+  char *out = cli_exec_expand(text, &vars, &unresolved);
   if (out != NULL) fail_msg("\"%s\" expanded to \"%s\"", text, out);
   assert_non_null(unresolved);
   char expected[256];
@@ -357,7 +363,8 @@ static void expand_names_the_first_unresolved_variable(void **state) {
   assert_unresolved(&v, "${task.name}", "t", "acme", "${task.name}");
   /* Without a context or config every path is unresolved. */
   char *unresolved = NULL;
-  assert_null(cli_exec_expand("${context.x}", NULL, NULL, "t", NULL, false, &unresolved));
+  cli_exec_vars none = {NULL, NULL, "t", NULL};
+  assert_null(cli_exec_expand("${context.x}", &none, &unresolved));
   assert_string_equal(unresolved, "unresolved variable ${context.x}");
   free(unresolved);
   vars_free(&v);
@@ -376,166 +383,377 @@ static void expand_keeps_escapes_and_the_shells_own_variables(void **state) {
   vars_free(&v);
 }
 
-/* What /bin/sh prints for command (at most cap - 1 bytes). */
-static size_t shell_prints(const char *command, char *buf, size_t cap) {
-  FILE *f = popen(command, "r");
-  assert_non_null(f);
-  size_t n = fread(buf, 1, cap - 1, f);
-  buf[n] = '\0';
-  assert_int_equal(pclose(f), 0);
-  return n;
+/* The refusal of one script, as the pipeline loader shows it. */
+static void assert_script_refused(const char *field, const char *script, const char *variable) {
+  cJSON *stage = cJSON_CreateObject();
+  cJSON_AddStringToObject(stage, "run", strcmp(field, "run") == 0 ? script : "true");
+  if (strcmp(field, "compensate") == 0) cJSON_AddStringToObject(stage, "compensate", script);
+  const cJSON *bad = NULL;
+  size_t offset = 0;
+  char why[1024];
+  if (cli_exec_check(stage, NULL, &bad, &offset, why, sizeof(why)))
+    fail_msg("%s <%s> was accepted", field, script);
+  assert_ptr_equal(bad, cJSON_GetObjectItemCaseSensitive(stage, field));
+  assert_true(offset < strlen(script));
+  assert_memory_equal(script + offset, variable, strlen(variable));
+  char start[256];
+  snprintf(start, sizeof(start), "\"%s\" may not contain %s; pass it as \"env\": {\"", field,
+           variable);
+  if (strncmp(why, start, strlen(start)) != 0) fail_msg("<%s>: %s", script, why);
+  cJSON_Delete(stage);
 }
 
-static void expand_quotes_values_for_the_shell_wherever_they_stand(void **state) {
+static void our_variables_in_a_script_are_refused_wherever_they_stand(void **state) {
   (void)state;
-  static const char *const values[] = {"plain-1.2",   "v1; touch /nonexistent/pwned",
-                                       "it's",        "a  b",
-                                       "$(echo no)",  "`echo no`",
-                                       "\"q\"",       "back\\slash",
-                                       "*",           "",
-                                       "line\nbreak", "${HOME}",
-                                       "'",           "\"'\"'",
-                                       "-n"};
-  /* Each template prints the value between brackets, whatever quoting it stands in. */
-  static const char *const templates[][3] = {
-      {"printf '[%s]' ${context.v}", "[", "]"},
-      {"printf '[%s]' \"${context.v}\"", "[", "]"},
-      {"printf '[%s]' 'pre ${context.v} post'", "[pre ", " post]"},
-      {"printf '[%s]' \"pre ${context.v} post\"", "[pre ", " post]"},
-      {"printf '[%s]' x\\'${context.v}", "[x'", "]"},
-      /* right after "$NAME" the value does not lengthen the name */
-      {"X=x; printf '[%s]' $X${context.v}", "[x", "]"},
-      {"X=x; printf '[%s]' \"$X${context.v}\"", "[x", "]"},
-      /* the '#' after "$(...)" continues the word: no comment, so the quote after it opens */
-      {"printf '[%s]' $(echo a)#'\n${context.v}'", "[a#\n", "]"},
-      {"printf '[%s]' \"it's\"${context.v}'\"'", "[it's", "\"]"},
+  /* Every place the old quoting got wrong, and the plain ones: a script never holds a value. */
+  static const char *const scripts[] = {
+      "./deploy.sh ${context.v}",
+      "echo \"${context.v}\"",
+      "echo '${context.v}'",
+      "summary=$(cat <<EOF\n1) deployed ${context.v}\nEOF\n)",
+      "echo \"$\\\n(echo ${context.v})\"",
+      "cat <\\\n<EOF\n${context.v}\nEOF",
+      "echo $\\\n(( ${context.v} ))",
+      "echo $'[${context.v}]'",
+      "echo $(basename ${context.v})",
+      "echo `basename ${context.v}`",
+      "# a comment ${context.v}",
+      "echo \\${context.v}",
+      "echo ${context.v:-default}",
+      "echo ${config.version}",
+      "echo ${config}",
+      "echo ${task.id}",
+      "echo ${tenant}",
+      "echo $${tenant} ${context.v}",
   };
-  for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+  for (size_t i = 0; i < sizeof(scripts) / sizeof(scripts[0]); i++) {
+    size_t at, n;
+    assert_true(cli_exec_find_variable(scripts[i], &at, &n));
+    char variable[64];
+    snprintf(variable, sizeof(variable), "%.*s", (int)n, scripts[i] + at);
+    assert_script_refused("run", scripts[i], variable);
+    assert_script_refused("compensate", scripts[i], variable);
+  }
+  /* The message names the fix in full. */
+  cJSON *stage = json_or_die("{\"run\":\"./deploy.sh ${context.artifact}\"}");
+  const cJSON *bad;
+  char why[1024];
+  assert_false(cli_exec_check(stage, NULL, &bad, NULL, why, sizeof(why)));
+  assert_string_equal(why, "\"run\" may not contain ${context.artifact}; pass it as \"env\": "
+                           "{\"ARTIFACT\": \"${context.artifact}\"} and write \"$ARTIFACT\"");
+  cJSON_Delete(stage);
+  char name[64];
+  cli_exec_env_name("${task.id}", 10, name, sizeof(name));
+  assert_string_equal(name, "TASK_ID");
+  cli_exec_env_name("${config.db.hosts.0}", 20, name, sizeof(name));
+  assert_string_equal(name, "HOSTS_0");
+  cli_exec_env_name("${context.sc_output}", 20, name, sizeof(name));
+  assert_string_equal(name, "V_SC_OUTPUT");
+  cli_exec_env_name("${context.traceparent}", 22, name, sizeof(name));
+  assert_string_equal(name, "V_TRACEPARENT");
+  cli_exec_env_name("${tenant}", 9, name, sizeof(name));
+  assert_string_equal(name, "TENANT");
+}
+
+static void a_script_reaches_the_shell_as_written(void **state) {
+  (void)state;
+  /* The shell's own variables, "$$", a lone '$': no variable of ours, nothing changed. */
+  static const char *const kept[] = {
+      "cd ${HOME} && echo $HOME $$ $1 ${1} ${PATH:-/bin} \"$@\"",
+      "echo ${configuration} ${contexts} ${taskid} 5$",
+      "cat <<EOF\n$(date) `id` '$x'\nEOF",
+  };
+  size_t at, n;
+  for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+    assert_false(cli_exec_find_variable(kept[i], &at, &n));
+    char *script = cli_exec_script(kept[i]);
+    assert_string_equal(script, kept[i]);
+    free(script);
+  }
+  /* "$${" is the one rewrite: a literal "${" */
+  assert_false(cli_exec_find_variable("echo '$${context.x}'", &at, &n));
+  char *script = cli_exec_script("echo '$${context.x}' $${HOME}");
+  assert_string_equal(script, "echo '${context.x}' ${HOME}");
+  free(script);
+  /* args must be strings */
+  cJSON *stage = json_or_die("{\"run\":\"true\",\"args\":[\"a\",3]}");
+  const cJSON *bad;
+  char why[256];
+  assert_false(cli_exec_check(stage, NULL, &bad, NULL, why, sizeof(why)));
+  assert_string_equal(why, "\"args\" must be an array of strings");
+  cJSON_Delete(stage);
+}
+
+/* ---- values never become syntax, whatever /bin/sh is ---- */
+
+typedef struct payload {
+  char *value;
+  bool name; /* usable as a directory name: also tried as cwd */
+} payload;
+
+static bool file_is(const char *path, const char *want, size_t len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return false;
+  char *got = malloc(len + 2);
+  size_t n = got ? fread(got, 1, len + 1, f) : 0;
+  fclose(f);
+  bool same = got != NULL && n == len && memcmp(got, want, len) == 0;
+  free(got);
+  return same;
+}
+
+typedef struct sweep_watch {
+  uv_timer_t timer;
+  sc_engine *e;
+  cli_exec *x;
+  size_t n;
+  uint64_t deadline;
+} sweep_watch;
+
+static void sweep_tick(uv_timer_t *t) {
+  sweep_watch *w = (sweep_watch *)t;
+  size_t open = 0;
+  for (size_t i = 0; i < w->n; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "sweep-%zu", i);
+    sc_task *task = sc_engine_find_task(w->e, id);
+    open += task != NULL && sc_task_get_status(task) != SC_TASK_FAILED;
+  }
+  if ((open == 0 && cli_exec_running(w->x) == 0) || uv_now(t->loop) > w->deadline) uv_stop(t->loop);
+}
+
+static bool write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) return false;
+  bool ok = fputs(text, f) >= 0;
+  return fclose(f) == 0 && ok;
+}
+
+/* A mount namespace of our own: as root directly; otherwise inside a new user namespace (where we
+ * hold the capabilities a bind mount needs), our ids mapped to themselves. */
+static bool own_mount_namespace(void) {
+  if (unshare(CLONE_NEWNS) == 0) return true;
+  uid_t uid = geteuid();
+  gid_t gid = getegid();
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) return false;
+  char map[64];
+  snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+  if (!write_file("/proc/self/uid_map", map)) return false;
+  snprintf(map, sizeof(map), "%u %u 1\n", (unsigned)gid, (unsigned)gid);
+  return write_file("/proc/self/setgroups", "deny") && write_file("/proc/self/gid_map", map);
+}
+
+/* The sweep, in a child process that made /bin/sh the given shell in a mount namespace of its
+ * own. No cmocka here (its failures jump back into the parent's test runner): each mismatch is
+ * printed, and the exit status is how many there were (2 and more: could not set up). */
+static int sweep_child(const char *shell, const char *dir) {
+  if (!own_mount_namespace() || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+      mount(shell, "/bin/sh", NULL, MS_BIND, NULL) != 0) {
+    fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell, strerror(errno));
+    return 100;
+  }
+  /* It is that shell now: bash says its version, dash has none. */
+  FILE *id = popen("/bin/sh -c 'printf %s \"${BASH_VERSION:-dash}\"'", "r");
+  char which[64] = "";
+  if (id == NULL || fgets(which, sizeof(which), id) == NULL) return 101;
+  pclose(id);
+  if ((strstr(shell, "bash") != NULL) == (strcmp(which, "dash") == 0)) {
+    fprintf(stderr, "/bin/sh is %s, not %s\n", which, shell);
+    return 102;
+  }
+  char canary[PATH_MAX + 16];
+  snprintf(canary, sizeof(canary), "%s/pwned", dir);
+  /* Each way a value could be read as syntax, by the old quoting or by any shell. */
+  const char *forms[] = {"2.4.1$(touch %s)",
+                         "`touch %s`",
+                         "; touch %s; #",
+                         "\\'; touch %s; #",
+                         "'; touch %s; '",
+                         "\"; touch %s; \"",
+                         "\ntouch %s\n",
+                         "EOF\ntouch %s\nEOF",
+                         "$(touch %s)\n)",
+                         "x\\\n$(touch %s)",
+                         "$((0)) $(touch %s)",
+                         "*",
+                         "--",
+                         "-n",
+                         "'",
+                         "\"",
+                         "\\",
+                         "${HOME} $HOME $$ $1",
+                         "a\nb\n",
+                         "\xff\xfe\xc3( not UTF-8",
+                         "",
+                         "-- -x --y=z"};
+  size_t nforms = sizeof(forms) / sizeof(forms[0]);
+  payload p[32];
+  size_t n = 0;
+  for (size_t i = 0; i < nforms; i++) {
+    char v[PATH_MAX * 2];
+    snprintf(v, sizeof(v), forms[i], canary);
+    p[n].value = strdup(v);
+    p[n].name = v[0] != '\0' && strchr(v, '/') == NULL && strcmp(v, "-n") != 0 && strcmp(v, "--");
+    n++;
+  }
+  p[n].value = malloc(100 * 1024 + 1); /* a large value the kernel still passes */
+  static const char mix[] = "$(`';\"\\\n *x";
+  for (size_t i = 0; i < 100 * 1024; i++)
+    p[n].value[i] = mix[i % (sizeof(mix) - 1)];
+  p[n].value[100 * 1024] = '\0';
+  p[n++].name = false;
+  size_t big = n; /* more than a command can be given: refused, nothing runs */
+  p[n].value = malloc(1024 * 1024 + 1);
+  memset(p[n].value, 'x', 1024 * 1024);
+  memcpy(p[n].value, "$(touch ", 8);
+  p[n].value[1024 * 1024] = '\0';
+  p[n++].name = false;
+
+  uv_loop_t loop;
+  sc_engine *e = NULL;
+  cli_exec *x = NULL;
+  if (uv_loop_init(&loop) != 0 || sc_engine_new(&loop, NULL, &e) != SC_OK ||
+      cli_exec_register(e, NULL, NULL, &x) != SC_OK)
+    return 103;
+  const char *script = "printf '%s' \"$V\" >\"$OUT/env\"\n"
+                       "printf '%s' \"$1\" >\"$OUT/arg\"\n"
+                       "printf '%s' \"$#\" >\"$OUT/argc\"\n"
+                       "cat >\"$OUT/heredoc\" <<EOF\n1) deployed $V\nEOF\n"
+                       "summary=$(cat <<EOF\n1) deployed $V\nEOF\n)\n"
+                       "printf '%s' \"[$summary]\" >\"$OUT/subst\"\n"
+                       /* a backslash-newline that makes "$(": the value is still one word */
+                       "printf '[%s]' \"$\\\n(printf '%s' \"$V\")\" >\"$OUT/joined\"\n"
+                       /* a here-document whose "<<" a backslash-newline splits */
+                       "cat >\"$OUT/split\" <\\\n<EOF\n1) deployed $V\nEOF\n"
+                       /* bash's $'...' quoting around a value (dash reads "$" and '...') */
+                       "printf '%s' $'['\"$V\"$']' >\"$OUT/ansi\"\n"
+                       "pwd -P >\"$OUT/cwd\"\n";
+  for (size_t i = 0; i < n; i++) {
+    char out[PATH_MAX + 32], cwd[PATH_MAX * 2];
+    snprintf(out, sizeof(out), "%s/out-%zu", dir, i);
+    mkdir(out, 0700);
+    snprintf(cwd, sizeof(cwd), "%s/%s", dir, p[i].value);
+    if (p[i].name && mkdir(cwd, 0700) != 0) return 104;
+    cJSON *stage = cJSON_CreateObject();
+    cJSON_AddStringToObject(stage, "name", "values");
+    cJSON_AddStringToObject(stage, "kind", "exec");
+    cJSON_AddStringToObject(stage, "run", script);
+    cJSON *env = cJSON_AddObjectToObject(stage, "env");
+    cJSON_AddStringToObject(env, "V", "${context.v}");
+    cJSON_AddStringToObject(env, "OUT", "${context.out}");
+    cJSON *args = cJSON_AddArrayToObject(stage, "args");
+    cJSON_AddItemToArray(args, cJSON_CreateString("${context.v}"));
+    if (p[i].name) cJSON_AddStringToObject(stage, "cwd", "${context.dir}");
+    cJSON *config = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(config, "stages"), stage);
     cJSON *context = cJSON_CreateObject();
-    cJSON_AddStringToObject(context, "v", values[i]);
-    for (size_t k = 0; k < sizeof(templates) / sizeof(templates[0]); k++) {
-      char *unresolved = NULL;
-      char *command =
-          cli_exec_expand(templates[k][0], NULL, context, "t", "acme", true, &unresolved);
-      assert_non_null(command);
-      char expected[256], got[256];
-      snprintf(expected, sizeof(expected), "%s%s%s", templates[k][1], values[i], templates[k][2]);
-      shell_prints(command, got, sizeof(got));
-      if (strcmp(got, expected) != 0)
-        fail_msg("value <%s> in <%s>: the shell ran <%s> and printed <%s>", values[i],
-                 templates[k][0], command, got);
-      free(command);
-    }
+    cJSON_AddStringToObject(context, "v", p[i].value);
+    cJSON_AddStringToObject(context, "out", out);
+    cJSON_AddStringToObject(context, "dir", cwd);
+    sc_task_spec s;
+    sc_task_spec_init(&s);
+    char id[32];
+    snprintf(id, sizeof(id), "sweep-%zu", i);
+    s.task_id = id;
+    s.config = config;
+    s.context = context;
+    if (sc_task_submit(e, &s, NULL) != SC_OK) return 105;
+    cJSON_Delete(config);
     cJSON_Delete(context);
   }
-  /* A comment is not run and an escaped '$' is no variable: nothing is substituted there, so a
-   * value can neither break out of the comment (a newline) nor be read unquoted. */
-  static const char *const literal[][2] = {
-      {"# the tenant's deploy\nprintf '[%s]' ${context.v}", "[x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' ok # ${context.v}\n", "[ok]"},
-      {"printf '[%s]' \\${context.v}", "[${context.v}]"},
-      {"printf '[%s]' \"\\${context.v}\"", "[${context.v}]"},
-      {"printf '[%s]' x#${context.v}", "[x#x; touch /nonexistent/pwned]"},
-  };
-  cJSON *nasty = cJSON_CreateObject();
-  cJSON_AddStringToObject(nasty, "v", "x; touch /nonexistent/pwned");
-  cJSON *breakout = cJSON_CreateObject();
-  cJSON_AddStringToObject(breakout, "v", "x\nprintf '[%s]' escaped\n");
-  for (size_t k = 0; k < sizeof(literal) / sizeof(literal[0]); k++) {
-    for (int b = 0; b <= 1; b++) {
-      char *command =
-          cli_exec_expand(literal[k][0], NULL, b ? breakout : nasty, "t", "acme", true, NULL);
-      assert_non_null(command);
-      char got[256], expected[256];
-      shell_prints(command, got, sizeof(got));
-      snprintf(expected, sizeof(expected), "%s", literal[k][1]);
-      if (b && strstr(literal[k][0], "x#") != NULL)
-        snprintf(expected, sizeof(expected), "[x#x\nprintf '[%%s]' escaped\n]");
-      else if (b && strncmp(literal[k][0], "# the", 5) == 0)
-        snprintf(expected, sizeof(expected), "[x\nprintf '[%%s]' escaped\n]");
-      if (strcmp(got, expected) != 0)
-        fail_msg("<%s> ran <%s> and printed <%s>, not <%s>", literal[k][0], command, got, expected);
-      free(command);
+  sweep_watch w = {.e = e, .x = x, .n = n, .deadline = uv_now(&loop) + 60000};
+  uv_timer_init(&loop, &w.timer);
+  uv_timer_start(&w.timer, sweep_tick, 10, 10);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int failures = 0;
+  if (uv_now(&loop) > w.deadline) {
+    fprintf(stderr, "%s: the sweep did not finish in time\n", shell);
+    failures++;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char path[PATH_MAX + 64], want[PATH_MAX * 2 + 64];
+    size_t len = strlen(p[i].value);
+    const char *files[] = {"env", "arg",    "argc",  "heredoc", "subst",
+                           "cwd", "joined", "split", "ansi"};
+    for (size_t k = 0; k < sizeof(files) / sizeof(files[0]); k++) {
+      snprintf(path, sizeof(path), "%s/out-%zu/%s", dir, i, files[k]);
+      bool ok;
+      if (i == big) { /* refused before it started */
+        ok = access(path, F_OK) != 0;
+      } else if (k <= 1) {
+        ok = file_is(path, p[i].value, len);
+      } else if (k == 2) {
+        ok = file_is(path, "1", 1);
+      } else if (k == 7) {
+        char *w = malloc(len + 32);
+        int wl = snprintf(w, len + 32, "1) deployed %s\n", p[i].value);
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else if (k == 8) {
+        bool bash = strstr(shell, "bash") != NULL;
+        char *w = malloc(len + 8);
+        int wl = snprintf(w, len + 8, "%s%s%s", bash ? "[" : "$[", p[i].value, bash ? "]" : "$]");
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else if (k == 3 || k == 4) {
+        /* "$(...)" drops the trailing newlines */
+        size_t body = len;
+        while (k == 4 && body > 0 && p[i].value[body - 1] == '\n')
+          body--;
+        char *w = malloc(len + 32);
+        int wl = snprintf(w, len + 32, "%s1) deployed %.*s%s", k == 4 ? "[" : "", (int)body,
+                          p[i].value, k == 4 ? "]" : "\n");
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else if (k == 6) {
+        size_t body = len;
+        while (body > 0 && p[i].value[body - 1] == '\n')
+          body--;
+        char *w = malloc(len + 8);
+        int wl = snprintf(w, len + 8, "[%.*s]", (int)body, p[i].value);
+        ok = file_is(path, w, (size_t)wl);
+        free(w);
+      } else {
+        int wl = p[i].name ? snprintf(want, sizeof(want), "%s/%s\n", dir, p[i].value)
+                           : snprintf(want, sizeof(want), "%s\n", dir);
+        ok = !p[i].name || file_is(path, want, (size_t)wl);
+      }
+      if (!ok) {
+        fprintf(stderr, "%s: value %zu (%.40s...): %s is not what the command was given\n", shell,
+                i, p[i].value, files[k]);
+        failures++;
+      }
     }
   }
-  /* Where the shell parses text a second time, no quoting holds: our variables are refused there
-   * (the shell's own, ${HOME}, pass), and the rest of the command still works. */
-  static const char *const misplaced[] = {
-      "echo $(basename ${context.v})",
-      "echo \"$(basename ${context.v})\"",
-      "echo $(( ${context.v} + 1 ))",
-      "echo \"$(( ${context.v} ))\"",
-      "echo `basename ${context.v}`",
-      "echo \"`basename ${context.v}`\"",
-      "cat <<EOF\n${context.v}\nEOF",
-      "cat <<'EOF'\n${context.v}\nEOF",
-      "echo $(echo $(date) ${context.v})",
-      "echo $(case x in x) true;; esac) ${context.v}",
-      "echo \"$(case x in x) echo ${context.v};; esac)\"",
-      "echo \"$(# )\necho ${context.v})\"",
-      "echo \"$(printf %s ${FOO%)} ${context.v})\"",
-  };
-  for (size_t k = 0; k < sizeof(misplaced) / sizeof(misplaced[0]); k++) {
-    char *problem = NULL;
-    char *command = cli_exec_expand(misplaced[k], NULL, nasty, "t", "acme", true, &problem);
-    if (command != NULL) fail_msg("<%s> expanded to <%s>", misplaced[k], command);
-    assert_non_null(problem);
-    if (strstr(problem, "${context.v} stands inside") != problem) fail_msg("%s", problem);
-    free(problem);
+  if (access(canary, F_OK) == 0) {
+    fprintf(stderr, "%s: a value was run as a command (%s exists)\n", shell, canary);
+    failures++;
   }
-  static const char *const placed[][2] = {
-      {"printf '[%s]' $(echo a) ${context.v}", "[a]"},
-      {"printf '[%s]' \"$(echo a)\" ${context.v}", "[a]"},
-      {"(printf '[%s]' ${context.v})", "[x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$(echo ${HOME})\" >/dev/null; printf '[%s]' ${context.v}",
-       "[x; touch /nonexistent/pwned]"},
-      /* "<<" is a shift in arithmetic, and a here-document inside "$(" ends before its ")" */
-      {"printf '[%s]' $((1<<4)) ${context.v}", "[16][x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$((1 << 4))\" \"${context.v}\"", "[16][x; touch /nonexistent/pwned]"},
-      {"printf '[%s]' \"$(cat <<EOF\nin\nEOF\n)\" ${context.v}",
-       "[in][x; touch /nonexistent/pwned]"},
-  };
-  for (size_t k = 0; k < sizeof(placed) / sizeof(placed[0]); k++) {
-    char *command = cli_exec_expand(placed[k][0], NULL, nasty, "t", "acme", true, NULL);
-    if (command == NULL) fail_msg("<%s> was refused", placed[k][0]);
-    char got[256];
-    shell_prints(command, got, sizeof(got));
-    if (strstr(got, placed[k][1]) == NULL)
-      fail_msg("<%s> ran <%s> and printed <%s>", placed[k][0], command, got);
-    free(command);
+  return failures > 99 ? 99 : failures;
+}
+
+static void values_reach_the_command_exactly_under_dash_and_bash(void **state) {
+  (void)state;
+  const char *shells[] = {"/bin/dash", "/bin/bash"};
+  for (size_t i = 0; i < 2; i++) {
+    char dir[PATH_MAX], real[PATH_MAX];
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/test-sweep-XXXXXX", base && *base ? base : "/tmp");
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(realpath(dir, real));
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(sweep_child(shells[i], real));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char rm[PATH_MAX + 16];
+    snprintf(rm, sizeof(rm), "rm -rf '%s'", real);
+    assert_int_equal(system(rm), 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fail_msg("under %s: %d mismatches or setup failure (see above)", shells[i],
+               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   }
-  /* a backslash-newline vanishes: the '#' after it starts a comment, with nothing substituted */
-  char *lined = cli_exec_expand("printf '[%s]' ok \\\n#${context.v}", NULL, breakout, "t", "acme",
-                                true, NULL);
-  char out[256];
-  shell_prints(lined, out, sizeof(out));
-  assert_string_equal(out, "[ok]");
-  free(lined);
-  cJSON_Delete(breakout);
-  cJSON_Delete(nasty);
-  /* Plain values stay bare, so the command a log shows reads as it was written. */
-  cJSON *config = json_or_die("{\"version\":\"2.4.1\",\"n\":3,\"obj\":{\"a\":1}}");
-  char *command = cli_exec_expand("./deploy.sh ${config.version} ${config.n} ${config.obj}", config,
-                                  NULL, "t", "acme", true, NULL);
-  assert_string_equal(command, "./deploy.sh 2.4.1 3 '{\"a\":1}'");
-  free(command);
-  /* a value with '=' is quoted: in front of a command, FOO=bar would be an assignment */
-  cJSON *kv = json_or_die("{\"kv\":\"FOO=bar\"}");
-  command = cli_exec_expand("${context.kv}", NULL, kv, "t", "acme", true, NULL);
-  assert_string_equal(command, "'FOO=bar'");
-  free(command);
-  cJSON_Delete(kv);
-  /* a reserved word is quoted: at the start of a command it would be syntax */
-  cJSON *word = json_or_die("{\"w\":\"done\"}");
-  command = cli_exec_expand("${context.w} --now", NULL, word, "t", "acme", true, NULL);
-  assert_string_equal(command, "'done' --now");
-  free(command);
-  cJSON_Delete(word);
-  /* Without shell the text is only substituted (cwd, env values). */
-  command = cli_exec_expand("${config.obj} it's", config, NULL, "t", "acme", false, NULL);
-  assert_string_equal(command, "{\"a\":1} it's");
-  free(command);
-  cJSON_Delete(config);
 }
 
 /* ---- output ---- */
@@ -661,12 +879,13 @@ static void output_json_is_merged_and_feeds_the_next_stage(void **state) {
   (void)state;
   fixture f;
   fixture_open(&f);
-  cJSON *config = config_of(
-      exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""),
-      exec_stage("second", "echo \"built ${context.build_id} n=${context.n} v=${config.version} "
-                           "t=${task.id} tenant=${tenant}\"; "
-                           "printf '{\"echoed\":\"%s\"}' '${context.build_id}' > \"$SC_OUTPUT\""),
-      exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
+  cJSON *second = exec_stage("second", "echo \"built $BUILD n=$N v=$1 t=$2 tenant=$3\"; "
+                                       "printf '{\"echoed\":\"%s\"}' \"$BUILD\" > \"$SC_OUTPUT\"");
+  add_json(second, "env", "{\"BUILD\":\"${context.build_id}\",\"N\":\"${context.n}\"}");
+  add_json(second, "args", "[\"${config.version}\",\"${task.id}\",\"${tenant}\"]");
+  cJSON *config =
+      config_of(exec_stage("first", "printf '{\"build_id\":\"b-42\",\"n\":3}' > \"$SC_OUTPUT\""),
+                second, exec_stage("third", "printf '  \\n\\t \\n' > \"$SC_OUTPUT\""), NULL);
   submit(&f, "merge-task", "acme", config, NULL);
   wait_event(&f, SC_EV_TASK_COMPLETED, 10000);
   assert_true(capture_has(&f.out, "second", 1, "built b-42 n=3 v=2.4.1 t=merge-task tenant=acme"));
@@ -879,7 +1098,8 @@ static void a_missing_or_unresolvable_command_fails_without_retry(void **state) 
   fixture_open(&f);
   cJSON *no_run = exec_stage("empty", NULL);
   add_json(no_run, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
-  cJSON *unresolved = exec_stage("needs-build", "echo ${context.build_id}");
+  cJSON *unresolved = exec_stage("needs-build", "echo \"$1\"");
+  add_json(unresolved, "args", "[\"${context.build_id}\"]");
   add_json(unresolved, "retry", "{\"max_attempts\":3,\"initial_backoff_ms\":1}");
   cJSON *bad_env = exec_stage("bad-env", "true");
   add_json(bad_env, "env", "{\"TAG\":\"${config.tag}\"}");
@@ -902,7 +1122,7 @@ static void a_missing_or_unresolvable_command_fails_without_retry(void **state) 
     failure(&f, i, name, message, sizeof(message), &will_retry);
     assert_string_equal(name, "SC_EPLAN");
     assert_false(will_retry);
-    if (strcmp(message, "unresolved variable ${context.build_id} in \"run\"") == 0) seen |= 1;
+    if (strcmp(message, "unresolved variable ${context.build_id} in \"args.0\"") == 0) seen |= 1;
     if (strcmp(message, "stage empty: \"run\" is required (a non-empty shell command)") == 0)
       seen |= 2;
     if (strcmp(message, "unresolved variable ${config.tag} in \"env.TAG\"") == 0) seen |= 4;
@@ -1132,7 +1352,8 @@ static void compensation_runs_the_compensate_command(void **state) {
   cJSON_AddStringToObject(a, "effect", "compensable");
   /* No ${config.x} here: sc_stage_config() of a compensation is previous_config (none here). */
   cJSON_AddStringToObject(a, "compensate",
-                          "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=${context.made}\"");
+                          "echo \"undo mode=$SC_MODE stage=$SC_STAGE made=$MADE\"");
+  add_json(a, "compensate_env", "{\"MADE\":\"${context.made}\"}");
   cJSON *b = exec_stage("b", "exit 1");
   cJSON_AddStringToObject(b, "effect", "compensable");
   cJSON_AddStringToObject(b, "compensate", "echo undo-b");
@@ -1175,7 +1396,9 @@ int main(void) {
       cmocka_unit_test(expand_writes_numbers_booleans_and_objects_as_json),
       cmocka_unit_test(expand_names_the_first_unresolved_variable),
       cmocka_unit_test(expand_keeps_escapes_and_the_shells_own_variables),
-      cmocka_unit_test(expand_quotes_values_for_the_shell_wherever_they_stand),
+      cmocka_unit_test(our_variables_in_a_script_are_refused_wherever_they_stand),
+      cmocka_unit_test(a_script_reaches_the_shell_as_written),
+      cmocka_unit_test(values_reach_the_command_exactly_under_dash_and_bash),
       cmocka_unit_test(output_lines_reach_the_callback_with_stage_and_fd),
       cmocka_unit_test(default_output_writes_stage_prefixed_lines),
       cmocka_unit_test(commands_see_the_sc_variables_env_and_cwd),

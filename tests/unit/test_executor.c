@@ -1444,8 +1444,121 @@ static void post_from_another_thread_runs_on_loop_thread(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- trace context and idempotency keys of stages ---- */
+
+typedef struct traced {
+  char traceparent[4][64]; /* "" for none */
+  char key[4][72];
+  size_t n;
+} traced;
+
+static int fn_traced(sc_stage_ctx *ctx, void *udata) {
+  traced *t = udata;
+  assert_true(t->n < 4);
+  const char *tp = sc_stage_traceparent(ctx);
+  snprintf(t->traceparent[t->n], sizeof(t->traceparent[0]), "%s", tp ? tp : "");
+  snprintf(t->key[t->n], sizeof(t->key[0]), "%s", sc_stage_idempotency_key(ctx));
+  t->n++;
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void **state) {
+  (void)state;
+  static const char *const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = engine_on(&loop, NULL, 0);
+  traced t = {0};
+  assert_int_equal(sc_engine_register_fn(e, "traced", fn_traced, &t), SC_OK);
+  recorder r;
+  recorder_attach(&r, e);
+  cJSON *config = fn_plan(2, "traced");
+  sc_task_spec s;
+  sc_task_spec_init(&s);
+  s.task_id = "traced-task";
+  s.config = config;
+  s.traceparent = tp;
+  s.tracestate = "vendor=a1";
+  sc_task *traced_task = NULL;
+  assert_int_equal(sc_task_submit(e, &s, &traced_task), SC_OK);
+  assert_string_equal(sc_task_traceparent(traced_task), tp);
+  assert_string_equal(sc_task_tracestate(traced_task), "vendor=a1");
+  cJSON *created_json = recorder_json(&r, SC_EV_TASK_CREATED, 0);
+  const cJSON *created = cJSON_GetObjectItemCaseSensitive(created_json, "data");
+  assert_string_equal(str_member(created, "tracestate"), "vendor=a1");
+  cJSON_Delete(created_json);
+  s.tracestate = NULL;
+  s.task_id = "untraced-task";
+  s.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"; /* no flags */
+  assert_int_equal(sc_task_submit(e, &s, NULL), SC_OK);
+  run_bounded(&loop, 5000);
+  assert_int_equal(t.n, 4);
+  size_t traced_stages = 0;
+  for (size_t i = 0; i < 4; i++) {
+    assert_int_equal(strlen(t.key[i]), 64);
+    assert_int_equal(strspn(t.key[i], "0123456789abcdef"), 64);
+    if (t.traceparent[i][0] == '\0') continue;
+    traced_stages++;
+    /* the task's trace id and flags, a span id of the attempt's own */
+    assert_true(sc_traceparent_valid(t.traceparent[i]));
+    assert_memory_equal(t.traceparent[i], tp, 36);
+    assert_string_equal(t.traceparent[i] + 52, "-01");
+    assert_memory_not_equal(t.traceparent[i] + 36, tp + 36, 16);
+  }
+  assert_int_equal(traced_stages, 2);
+  /* stage.started records the span: the same as the stage saw */
+  size_t spans = 0;
+  for (size_t i = 0; i < recorder_count(&r, SC_EV_STAGE_STARTED, NULL); i++) {
+    cJSON *root;
+    const cJSON *data = event_data(&r, SC_EV_STAGE_STARTED, i, &root);
+    const cJSON *span_item = cJSON_GetObjectItemCaseSensitive(data, "span_id");
+    const char *span = cJSON_IsString(span_item) ? span_item->valuestring : NULL;
+    const char *task = cJSON_GetObjectItemCaseSensitive(root, "taskid")->valuestring;
+    if (strcmp(task, "untraced-task") == 0) assert_null(span);
+    if (span != NULL) {
+      bool seen = false;
+      for (size_t k = 0; k < 4; k++)
+        seen = seen || (t.traceparent[k][0] && memcmp(t.traceparent[k] + 36, span, 16) == 0);
+      assert_true(seen);
+      spans++;
+    }
+    cJSON_Delete(root);
+  }
+  assert_int_equal(spans, 2);
+  /* keys differ between the stages of a task and between tasks */
+  for (size_t i = 0; i < 4; i++)
+    for (size_t k = i + 1; k < 4; k++)
+      assert_string_not_equal(t.key[i], t.key[k]);
+  cJSON_Delete(config);
+  sc_engine_free(e);
+  recorder_free(&r);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void traceparent_validation_follows_w3c_version_00(void **state) {
+  (void)state;
+  assert_true(sc_traceparent_valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+  assert_true(sc_traceparent_valid("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+  static const char *const bad[] = {
+      NULL,
+      "",
+      "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* another version */
+      "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  /* zero trace id */
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  /* zero span id */
+      "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  /* upper case */
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", /* too long */
+      "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",  /* misplaced dash */
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    if (sc_traceparent_valid(bad[i])) fail_msg("accepted <%s>", bad[i] ? bad[i] : "NULL");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own),
+      cmocka_unit_test(traceparent_validation_follows_w3c_version_00),
       cmocka_unit_test(sync_fn_stages_run_in_order_with_gapless_seq),
       cmocka_unit_test(hundred_thousand_sync_stages_complete_without_stack_growth),
       cmocka_unit_test(stage_completing_from_a_timer_callback_completes_the_task),

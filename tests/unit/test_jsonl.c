@@ -2217,11 +2217,157 @@ static void unfinished_free_frees_only_what_the_scan_allocated(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- the idempotency key through crashes ---- */
+
+/* What each start of the stage "flaky" does, in order: 'r' fails retryable, 'f' fails for good,
+ * 'h' hangs (the crash point), anything else completes. Every key a stage was given is kept. */
+typedef struct keyed {
+  const char *actions;
+  size_t next;
+  char keys[16][80]; /* "stage/mode=key" */
+  size_t nkeys;
+} keyed;
+
+static void keyed_note(keyed *k, sc_stage_ctx *ctx) {
+  assert_true(k->nkeys < 16);
+  const char *key = sc_stage_idempotency_key(ctx);
+  assert_int_equal(strlen(key), 64);
+  snprintf(k->keys[k->nkeys++], sizeof(k->keys[0]), "%s/%s=%s", sc_stage_name(ctx),
+           sc_stage_is_compensation(ctx) ? "undo" : "do", key);
+}
+
+static int keyed_start(sc_stage_ctx *ctx, void *udata) {
+  keyed *k = udata;
+  keyed_note(k, ctx);
+  char action = strcmp(sc_stage_name(ctx), "flaky") == 0 ? k->actions[k->next++] : 'c';
+  if (action == 'h') return SC_OK;
+  if (action == 'r' || action == 'f')
+    sc_stage_fail(ctx, SC_EIO, "the outside API said no", action == 'r');
+  else
+    sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+static int keyed_compensate(sc_stage_ctx *ctx, void *udata) {
+  keyed_note(udata, ctx);
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+static bool keys_at_least(void *udata) {
+  const keyed *k = udata;
+  return k->next == strlen(k->actions);
+}
+
+/* One life of the process: an engine with the log, until every action was used. */
+static sc_engine *keyed_engine(uv_loop_t *loop, keyed *k, const char *path, sc_jsonl **log) {
+  static const sc_stage_kind kind = {SC_STAGE_KIND_VERSION, keyed_start, work_cancel,
+                                     keyed_compensate};
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  assert_int_equal(sc_engine_register_kind(e, "keyed", &kind, k), SC_OK);
+  *log = open_log(e, path, SC_FSYNC_NONE);
+  return e;
+}
+
+static void crash(uv_loop_t *loop, sc_engine *e, sc_jsonl *log) {
+  settle(loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e); /* the process ends in the middle of a stage */
+  settle(loop);
+}
+
+/* The stopped task's recovery request from the log alone, started in e. */
+static sc_task *recover_from_log(sc_engine *e, const char *path, const char *root,
+                                 uint32_t intent) {
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(u[0].request.root_task_id, root);
+  assert_int_equal(u[0].request.intent, intent);
+  sc_task *t = NULL;
+  if (sc_recover_from_restart(e, &u[0].request, &t) != SC_OK) fail_msg("%s", sc_error_message());
+  sc_unfinished_free(u, n);
+  return t;
+}
+
+static const char *key_of(const keyed *k, size_t i) {
+  assert_true(i < k->nkeys);
+  return strchr(k->keys[i], '=') + 1;
+}
+
+static void the_idempotency_key_survives_crashes_and_changes_with_a_new_intent(void **state) {
+  char path[256];
+  temp_path(state, "keys.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  cJSON *config = json_or_die(
+      "{\"stages\":[{\"name\":\"prepare\",\"kind\":\"keyed\",\"effect\":\"compensable\"},"
+      "{\"name\":\"flaky\",\"kind\":\"keyed\",\"effect\":\"compensable\","
+      "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":1}}]}");
+  /* Life 1: an automatic retry, then the crash. */
+  keyed k1 = {.actions = "rh"};
+  sc_jsonl *log;
+  sc_engine *e = keyed_engine(&loop, &k1, path, &log);
+  submit_spec(e, "root-task", "acme", "deploy", NULL, config, NULL, NULL);
+  assert_true(spin_until(&loop, keys_at_least, &k1));
+  crash(&loop, e, log);
+  assert_int_equal(k1.nkeys, 3); /* prepare, flaky, flaky again */
+  assert_string_equal(key_of(&k1, 1), key_of(&k1, 2));
+  assert_string_not_equal(key_of(&k1, 0), key_of(&k1, 1));
+  /* Life 2: recovered, the same key; it fails, a deliberate retry gets a new one; crash. */
+  keyed k2 = {.actions = "fh"};
+  e = keyed_engine(&loop, &k2, path, &log);
+  sc_task *t = recover_from_log(e, path, "root-task", 0);
+  char *recovered_id = strdup(sc_task_id(t));
+  assert_string_equal(sc_task_root_id(t), "root-task");
+  const char *actions = k2.actions;
+  k2.actions = "f"; /* wait for the failure first */
+  assert_true(spin_until(&loop, keys_at_least, &k2));
+  settle(&loop);
+  t = sc_engine_find_task(e, recovered_id);
+  assert_non_null(t);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  k2.actions = actions;
+  assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
+  assert_true(spin_until(&loop, keys_at_least, &k2));
+  crash(&loop, e, log);
+  assert_int_equal(k2.nkeys, 2);
+  assert_string_equal(key_of(&k2, 0), key_of(&k1, 1));     /* the same stage after a crash */
+  assert_string_not_equal(key_of(&k2, 1), key_of(&k2, 0)); /* a deliberate retry */
+  /* Life 3: the retry's key survives its crash; then a compensation, a new intent again. */
+  keyed k3 = {.actions = "f"};
+  e = keyed_engine(&loop, &k3, path, &log);
+  t = recover_from_log(e, path, "root-task", 1);
+  char *third_id = strdup(sc_task_id(t));
+  assert_true(spin_until(&loop, keys_at_least, &k3));
+  settle(&loop);
+  t = sc_engine_find_task(e, third_id);
+  assert_non_null(t);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
+  settle(&loop);
+  assert_int_equal(k3.nkeys, 2); /* flaky, then prepare's compensation */
+  assert_string_equal(key_of(&k3, 0), key_of(&k2, 1));
+  assert_memory_equal(k3.keys[1], "prepare/undo=", 13);
+  for (size_t i = 0; i < 3; i++)
+    assert_string_not_equal(key_of(&k3, 1), key_of(&k1, i));
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  settle(&loop);
+  free(recovered_id);
+  free(third_id);
+  cJSON_Delete(config);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(fsync_none_writes_every_event_as_one_chained_line),
+      T(the_idempotency_key_survives_crashes_and_changes_with_a_new_intent),
       T(fsync_batch_writes_every_event_as_one_chained_line),
       T(fsync_always_writes_every_event_as_one_chained_line),
       T(each_stage_starts_only_after_the_previous_stage_completed_line_is_in_the_file),

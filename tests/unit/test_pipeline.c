@@ -639,13 +639,18 @@ static void exec_members_are_checked_at_load_where_they_are(void **state) {
                                 "        \"params\": { \"compensate\": \"\" } }"),
                     "\"\" }", 0,
                     "stage \"undo\": \"compensate\" must be a non-empty shell command");
+  /* A variable of ours in a script: located at its "${", also past escapes in the string */
+  assert_refused_at(with_stages("      { \"name\": \"sub\", \"kind\": \"exec\",\n"
+                                "        \"run\": \"echo \\\"$(basename ${context.file})\\\"\" }"),
+                    "${context.file}", 0,
+                    "stage \"sub\": \"run\" may not contain ${context.file}; pass it as \"env\": "
+                    "{\"FILE\": \"${context.file}\"} and write \"$FILE\"");
   assert_refused_at(
-      with_stages("      { \"name\": \"sub\", \"kind\": \"exec\",\n"
-                  "        \"run\": \"echo \\\"$(basename ${context.file})\\\"\" }"),
-      "\"echo", 0,
-      "stage \"sub\": \"run\": ${context.file} stands inside $(...), $((...)), `...` or after a "
-      "here-document (<<), where the shell reads text twice and quoting cannot keep a value one "
-      "word: pass it in \"env\" and use \"$NAME\" there");
+      with_stages("      { \"name\": \"deploy\", \"kind\": \"exec\", \"run\": \"true\",\n"
+                  "        \"compensate\": \"printf '\\u00e9\\t%s' ${context.artifact}\" }"),
+      "${context.artifact}", 0,
+      "stage \"deploy\": \"compensate\" may not contain ${context.artifact}; pass it as "
+      "\"env\": {\"ARTIFACT\": \"${context.artifact}\"} and write \"$ARTIFACT\"");
   /* previous_config is checked the same way */
   assert_refused_at(
       "{\"config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"run\":\"x\"}]},\n"

@@ -1170,8 +1170,77 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The idempotency key of stage s0 of a task, taken while it runs. */
+static int key_fn(sc_stage_ctx *ctx, void *udata) {
+  snprintf(udata, 72, "%s", sc_stage_idempotency_key(ctx));
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+static void a_recovered_task_carries_the_root_of_its_chain_and_its_intent(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  char key[72] = "";
+  assert_int_equal(sc_engine_register_fn(e, "key", key_fn, key), SC_OK);
+  cJSON *config = json_or_die("{\"stages\":[{\"name\":\"s0\",\"kind\":\"fn\","
+                              "\"params\":{\"fn\":\"key\"}}]}");
+  /* The first task of the chain is its own root; its task.created says nothing of a root. */
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "t-first";
+  spec.config = config;
+  sc_task *t = NULL;
+  assert_int_equal(sc_task_submit(e, &spec, &t), SC_OK);
+  assert_string_equal(sc_task_root_id(t), "t-first");
+  assert_int_equal(sc_task_intent(t), 0);
+  cJSON *created = event_json(&rec, SC_EV_TASK_CREATED, 0);
+  assert_null(member(data_of(created), "root_task_id"));
+  cJSON_Delete(created);
+  settle(&loop);
+  char first[72];
+  snprintf(first, sizeof(first), "%s", key);
+  /* Version 1 of the request: recovered_from is the root, the intent 0: the same key. */
+  sc_recovery_request req;
+  request_for(&req, config, NULL);
+  req.version = 1;
+  req.recovered_from = "t-first";
+  req.root_task_id = "ignored: not in version 1";
+  req.intent = 7;
+  assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
+  assert_string_equal(sc_task_root_id(t), "t-first");
+  assert_int_equal(sc_task_intent(t), 0);
+  created = event_json(&rec, SC_EV_TASK_CREATED, 1);
+  assert_string_equal(str_of(data_of(created), "root_task_id"), "t-first");
+  assert_null(member(data_of(created), "intent"));
+  cJSON_Delete(created);
+  settle(&loop);
+  assert_string_equal(key, first);
+  /* Version 2: the root and the intent as the request says; a new intent, a new key. */
+  request_for(&req, config, NULL);
+  req.task_id = "t-third";
+  req.recovered_from = "t-new";
+  req.root_task_id = "t-first";
+  req.intent = 2;
+  assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
+  assert_string_equal(sc_task_root_id(t), "t-first");
+  assert_int_equal(sc_task_intent(t), 2);
+  created = event_json(&rec, SC_EV_TASK_CREATED, 2);
+  assert_string_equal(str_of(data_of(created), "root_task_id"), "t-first");
+  assert_int_equal(num_of(data_of(created), "intent"), 2);
+  cJSON_Delete(created);
+  settle(&loop);
+  assert_string_not_equal(key, first);
+  cJSON_Delete(config);
+  stop_engine(e, &rec, &loop);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(a_recovered_task_carries_the_root_of_its_chain_and_its_intent),
       cmocka_unit_test(recover_retry_with_nothing_completed_runs_every_stage),
       cmocka_unit_test(recover_retry_after_stage_1_runs_only_stages_2_and_3),
       cmocka_unit_test(recover_retry_after_final_stage_completes_at_once),

@@ -202,13 +202,25 @@ const char *sc_stage_mode(const sc_stage_ctx *ctx);
 bool sc_stage_cancelled(const sc_stage_ctx *ctx);
 sc_task *sc_stage_task(const sc_stage_ctx *ctx); /* NULL once the engine gave up on the stage */
 uv_loop_t *sc_stage_loop(const sc_stage_ctx *ctx);
+/* The stage's idempotency key: 64 lowercase hex digits, the SHA-256 of the root task id of the
+ * recovery chain, the stage name, what the attempt does ("run", "rollback" or "compensate") and
+ * the task's intent (the deliberate retries and rollbacks so far, sc_task_intent()). It is the
+ * same across the automatic retries of the stage and across restart recovery, and new after
+ * sc_task_retry() and in a rollback or compensation (docs/design.md, "Idempotency key"). A stage
+ * that calls an outside API passes it along so that the API deduplicates a re-run. Borrowed,
+ * valid until the stage finishes; "" when SHA-256 is unavailable. */
+const char *sc_stage_idempotency_key(const sc_stage_ctx *ctx);
+/* The W3C traceparent for the work of this attempt: the task's trace id and flags with a span id
+ * of the attempt's own (the one stage.started records as "span_id"); NULL when the task has no
+ * valid trace context. Borrowed, valid until the stage finishes. */
+const char *sc_stage_traceparent(const sc_stage_ctx *ctx);
 /* A pointer-sized slot for the stage kind's own state. */
 void sc_stage_set_data(sc_stage_ctx *ctx, void *data);
 void *sc_stage_get_data(const sc_stage_ctx *ctx);
 
 /* ---- tasks ---- */
 
-#define SC_TASK_SPEC_VERSION 1
+#define SC_TASK_SPEC_VERSION 2
 
 typedef struct sc_task_spec {
   unsigned version;                      /* SC_TASK_SPEC_VERSION */
@@ -217,6 +229,8 @@ typedef struct sc_task_spec {
   const cJSON *config, *previous_config; /* copied; previous_config may be NULL */
   const cJSON *context;                  /* initial context, copied; must be an object; NULL: {} */
   const char *traceparent;               /* copied; may be NULL */
+  /* Version 2: */
+  const char *tracestate; /* W3C tracestate going with traceparent; copied; may be NULL */
 } sc_task_spec;
 
 void sc_task_spec_init(sc_task_spec *s);
@@ -255,6 +269,17 @@ int sc_task_stage_index(const sc_task *t); /* the stage it is on */
 size_t sc_task_stage_count(const sc_task *t);
 uint64_t sc_task_epoch(const sc_task *t);
 const char *sc_task_fingerprint(const sc_task *t);
+const char *sc_task_traceparent(const sc_task *t); /* borrowed; may be NULL */
+const char *sc_task_tracestate(const sc_task *t);  /* borrowed; may be NULL */
+/* The id of the first task of the recovery chain this task belongs to: its own id, or for a
+ * recovered task the root_task_id of the request (else its recovered_from). Borrowed. */
+const char *sc_task_root_id(const sc_task *t);
+/* The deliberate new intents of the chain so far: one for each sc_task_retry() and
+ * sc_task_rollback() applied, carried through recovery (sc_recovery_request.intent). */
+uint32_t sc_task_intent(const sc_task *t);
+/* True when s is a well-formed W3C traceparent of version 00 ("00-" 32 hex "-" 16 hex "-" 2 hex,
+ * lowercase, trace id and span id not all zero). */
+bool sc_traceparent_valid(const char *s);
 /* The number of tasks the engine holds. */
 size_t sc_engine_task_count(const sc_engine *e);
 
@@ -327,7 +352,7 @@ typedef enum sc_recovery_mode {
   SC_RECOVER_COMPENSATE
 } sc_recovery_mode;
 
-#define SC_RECOVERY_REQUEST_VERSION 1
+#define SC_RECOVERY_REQUEST_VERSION 2
 
 typedef struct sc_recovery_request {
   unsigned version;           /* SC_RECOVERY_REQUEST_VERSION */
@@ -343,6 +368,11 @@ typedef struct sc_recovery_request {
   const char *plan_fingerprint;     /* verified when set */
   const char *traceparent;
   uint64_t epoch; /* the stopped task's epoch; the new task gets epoch + 1 */
+  /* Version 2: */
+  const char *root_task_id; /* the first task of the recovery chain; NULL: recovered_from is */
+  uint32_t intent;          /* the stopped task's sc_task_intent() (task.created, task.started of
+                               a retry and rollback.started record it as "intent") */
+  const char *tracestate;   /* goes with traceparent (task.created records it); may be NULL */
 } sc_recovery_request;
 
 void sc_recovery_request_init(sc_recovery_request *r);

@@ -1,0 +1,110 @@
+/* Internals of the exec stage kind (not installed): the state of one running command, shared by
+ * the kind (exec.c: checking a stage, building the command and spawning it) and the run
+ * (exec_run.c: its output, its exit, what it left in its group, its result). */
+#ifndef STAGECOACH_CLI_EXEC_INT_H
+#define STAGECOACH_CLI_EXEC_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define TAIL_LINES       10                 /* lines of output kept for a failure message */
+#define TAIL_LINE_BYTES  500                /* each truncated to this */
+#define LINE_MAX_BYTES   (64 * 1024)        /* a longer line is passed on in pieces of this size */
+#define OUTPUT_MAX_BYTES (16 * 1024 * 1024) /* the largest $SC_OUTPUT read */
+#define READ_BYTES       (64 * 1024)
+#define SWEEP_TICK_MS    10   /* how often a sweep looks whether the group is gone */
+#define SWEEP_SETTLE_MS  100  /* after the group is gone, for the pipes to give their last bytes */
+#define SWEEP_GIVE_UP_MS 1000 /* after SIGKILL, for a process that cannot die (uninterruptible) */
+
+/* ---- growing strings ---- */
+
+typedef struct strbuf {
+  char *data; /* NUL-terminated when not NULL */
+  size_t len, cap;
+} strbuf;
+
+static inline bool sb_append(strbuf *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (data == NULL) return false;
+    b->data = data;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return true;
+}
+
+static inline bool sb_puts(strbuf *b, const char *s) {
+  return sb_append(b, s, strlen(s));
+}
+
+static inline bool name_is(const char *name, size_t n, const char *word) {
+  return strlen(word) == n && memcmp(name, word, n) == 0;
+}
+
+/* ---- one running command ---- */
+
+typedef struct exec_run exec_run;
+
+struct cli_exec {
+  cli_output_fn output; /* NULL: write to our stdout/stderr */
+  void *udata;
+  exec_run *runs; /* every command whose handles are not all closed yet */
+  size_t nruns;
+  bool stopping; /* cli_exec_stop_all(): results are held, nothing new starts */
+};
+
+/* The stage data of a stage whose command was stopped (or never started) by cli_exec_stop_all:
+ * its result waits for the engine's cancel. */
+extern char cli__exec_held_marker;
+
+struct exec_run {
+  cli_exec *x; /* NULL after cli_exec_free */
+  exec_run *prev, *next;
+  sc_stage_ctx *ctx; /* NULL once the stage finished or the engine gave up on it */
+  char *stage;       /* the stage's name, for output that comes after ctx is gone */
+  /* The exit watch: a pidfd polled on the loop (posix_spawn), or libuv's child watcher where the
+   * kernel has no pidfd (uv_spawn, which forks). */
+  uv_poll_t exit_poll;
+  uv_process_t process;
+  bool by_libuv;
+  int pidfd;
+  uv_pipe_t pipes[2]; /* the command's stdout and stderr */
+  uv_timer_t grace;   /* SIGKILL after a cancel's grace period */
+  int open_handles;
+  int pid; /* also the process group id */
+  bool exited, eof[2], cancelled, closing;
+  bool held; /* stopped by cli_exec_stop_all: its result waits for the task's cancel */
+  bool sweeping, swept, sweep_killed; /* what the command left in its group, after it exited */
+  uint64_t sweep_started, group_gone_at;
+  int64_t exit_status;
+  int term_signal;
+  uint64_t kill_grace_ms;
+  strbuf partial[2]; /* an unfinished line per pipe */
+  char tail[TAIL_LINES][TAIL_LINE_BYTES + 1];
+  size_t tail_next, tail_count;
+  char *tmpdir, *output_path, *context_path;
+  char readbuf[READ_BYTES];
+};
+
+/* exec_run.c. The run frees itself when the last of its handles closed (after close_all). */
+void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened */
+void cli__exec_close_all(exec_run *run);
+void cli__exec_signal_group(exec_run *run, int sig);
+/* The loop's callbacks of a run (each handle's data is the run). */
+void cli__exec_on_process_exit(uv_process_t *process, int64_t exit_status, int term_signal);
+void cli__exec_on_pidfd(uv_poll_t *poll, int status, int events);
+void cli__exec_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+void cli__exec_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+void cli__exec_on_grace(uv_timer_t *timer);
+
+#endif
