@@ -353,7 +353,7 @@ contains "... and says why" "$tmp/out" "UTF-8"
 $sc run "$tmp/good.json" --log "$tmp/utf.jsonl" --task-id "café-ü" --plain >"$tmp/out" 2>&1; check "a UTF-8 --task-id is taken (exit 0)" 0 $? "$tmp/out"
 
 # One writer: a second recover while the first holds the log is refused and changes nothing.
-write_pipeline "$tmp/lock.json" '[{"name":"one","kind":"exec","run":"true"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/lockran; sleep 3"}]'
+write_pipeline "$tmp/lock.json" '[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"true"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo two >> $D/lockran; sleep 3"}]'
 rm -f "$tmp/lockran"
 $sc run "$tmp/lock.json" --plain --log "$tmp/lock.jsonl" >/dev/null 2>&1 &
 first=$!
@@ -378,7 +378,7 @@ if command -v strace >/dev/null; then
     fail "the first stage ran before its task was on record" "$(grep -E 'execve|fdatasync' "$tmp/trace" | head -8)"
   # A failed fsync of a new log's directory is reported like any failed sync.
   rm -f "$tmp/dirsync.jsonl" "$tmp/dirsyncran"
-  write_pipeline "$tmp/dirsync.json" '[{"name":"a","kind":"exec","run":"echo a >> ${config.dir}/dirsyncran"}]'
+  write_pipeline "$tmp/dirsync.json" '[{"name":"a","kind":"exec","env":{"D":"${config.dir}"},"run":"echo a >> $D/dirsyncran"}]'
   ASAN_OPTIONS=detect_leaks=0 strace -f -o /dev/null -e trace=fsync -e inject=fsync:error=EIO \
     "$sc" run "$tmp/dirsync.json" --plain --log "$tmp/dirsync.jsonl" >"$tmp/out" 2>&1
   check "a failed fsync of the new log's directory exits 5" 5 $? "$tmp/out"
@@ -391,7 +391,7 @@ fi
 
 # A terminal event that cannot be stored: exit 5, the missing events named, and recover finishes.
 big=$(head -c 6000 /dev/zero | tr '\0' b)
-write_pipeline "$tmp/full.json" '[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/fullran"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/fullran; printf \"{\\\"big\\\":\\\"'"$big"'\\\"}\" > $SC_OUTPUT"}]'
+write_pipeline "$tmp/full.json" '[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo one >> $D/fullran"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo two >> $D/fullran; printf \"{\\\"big\\\":\\\"'"$big"'\\\"}\" > $SC_OUTPUT"}]'
 $sc run "$tmp/full.json" --plain --log "$tmp/full-clean.jsonl" --task-id full-task >/dev/null 2>&1
 before_last=$(head -n -1 "$tmp/full-clean.jsonl" | wc -c)
 blocks=$(((before_last + 2048) / 1024)) # room for all but task.completed (6 KB of context)
@@ -404,7 +404,7 @@ $sc recover "$tmp/full.json" --log "$tmp/full.jsonl" --plain >"$tmp/out" 2>&1; c
 [ "$(tr '\n' ' ' <"$tmp/fullran")" = "one two " ] && ok "... without running a stage again" || fail "stages ran again" "$(cat "$tmp/fullran")"
 
 # A second SIGINT exits 130 and writes no terminal event: recover carries the task on.
-write_pipeline "$tmp/twice.json" '[{"name":"slow","kind":"exec","run":"echo slow >> ${config.dir}/twiceran; echo $$ > ${config.dir}/twice.pid; trap \"\" TERM; sleep 1.5","kill_grace_ms":5000},{"name":"after","kind":"exec","run":"echo after >> ${config.dir}/twiceran"}]'
+write_pipeline "$tmp/twice.json" '[{"name":"slow","kind":"exec","env":{"D":"${config.dir}"},"run":"echo slow >> $D/twiceran; echo $$ > $D/twice.pid; trap \"\" TERM; sleep 1.5","kill_grace_ms":5000},{"name":"after","kind":"exec","env":{"D":"${config.dir}"},"run":"echo after >> $D/twiceran"}]'
 rm -f "$tmp/twiceran" "$tmp/twice.pid"
 $sc run "$tmp/twice.json" --plain --log "$tmp/twice.jsonl" >"$tmp/out" 2>&1 &
 runner=$!
@@ -420,7 +420,7 @@ contains "... to its end" "$tmp/out" "COMPLETED"
 
 # SIGINT during a rollback, which cannot be cancelled: its commands are not stopped, it finishes.
 write_pipeline "$tmp/rbint.json" '[{"name":"one","kind":"exec","run":"true"},{"name":"two","kind":"exec","run":"exit 9"}]' \
-  '[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/rbintran; sleep 1"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/rbintran"}]'
+  '[{"name":"one","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-one >> $D/rbintran; sleep 1"},{"name":"two","kind":"exec","env":{"D":"${config.dir}"},"run":"echo old-two >> $D/rbintran"}]'
 rm -f "$tmp/rbintran"
 $sc run "$tmp/rbint.json" --plain --log "$tmp/rbint.jsonl" >/dev/null 2>&1
 $sc recover "$tmp/rbint.json" --log "$tmp/rbint.jsonl" --mode rollback --plain >"$tmp/out" 2>&1 &
