@@ -24,7 +24,7 @@ for mode in always batch; do
   fresh_job
   sc_shim SC_IOFAULT_TRACE="$job/trace" -- run "$job/p.json" --log "$job/log" --fsync "$mode" --no-prompt --plain
   status=$?
-  calls=$(wc -l <"$job/trace")
+  calls=$(grep -c "^[0-9]" "$job/trace")
   writes=$(grep -c ' write ' "$job/trace")
   syncs=$(grep -c ' sync ' "$job/trace")
   bytes=$(awk '$2 == "write" { s += $3 } END { print s + 0 }' "$job/trace")
@@ -81,7 +81,7 @@ for mode in always batch; do
 
       # The same incident, then a second fault in the recovery itself: at call j of the calls
       # the clean recovery above made, moving along from case to case.
-      recovery_calls=$(wc -l <"$job/trace2")
+      recovery_calls=$(grep -c "^[0-9]" "$job/trace2")
       j=$((1 + case_index % (recovery_calls > 0 ? recovery_calls : 1)))
       rm -f "$job/log" "$job/ran" "$job/trace3"
       [ -f "$job/log.after" ] && cp "$job/log.after" "$job/log"

@@ -8,6 +8,8 @@
  *   SC_IOFAULT_LOG=PATH       the log (required; without it the shim does nothing)
  *   SC_IOFAULT_TRACE=FILE     append one line per counted call: "N write|sync BYTES", and
  *                             "N fail write|sync ERRNO" for the one failed
+ *                             and, not counted, "- read BYTES" for a read or a map of the log
+ *                             and "- locked" once the process holds its lock
  *   SC_IOFAULT_FAIL=N         the Nth counted call fails (returns -1, does nothing)...
  *   SC_IOFAULT_ERRNO=E        ... with errno E: EIO (default) or ENOSPC
  *   SC_IOFAULT_KILL_LINE=N    write the log up to the end of its Nth line (of this process),
@@ -34,6 +36,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -235,12 +239,17 @@ int sync_file_range(int fd, off_t off, off_t len, unsigned flags) {
   return real_sync_file_range(fd, off, len, flags);
 }
 
+static void got_lock(void) {
+  trace("- locked\n");
+  hold("locked");
+}
+
 int flock(int fd, int op) {
   REAL(flock, int, int, int);
   bool log = what(fd) == 1 && (op & (LOCK_EX | LOCK_SH));
   if (log) hold("lock");
   int rc = real_flock(fd, op);
-  if (log && rc == 0) hold("locked");
+  if (log && rc == 0) got_lock();
   return rc;
 }
 
@@ -261,7 +270,7 @@ static int lock_call(const char *name, int fd, int cmd, void *arg) {
   bool log = is_lock(cmd) && what(fd) == 1 && ((struct flock *)arg)->l_type != F_UNLCK;
   if (log) hold("lock");
   int rc = (*slot)(fd, cmd, arg);
-  if (log && rc == 0) hold("locked");
+  if (log && rc == 0) got_lock();
   return rc;
 }
 
@@ -322,4 +331,31 @@ int openat64(int dirfd, const char *path, int flags, ...) {
   mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
   va_end(ap);
   return opened(real_openat64(dirfd, path, flags, mode));
+}
+
+/* Reads are only traced: the two-writer suite checks that a writer locks before it reads. */
+ssize_t read(int fd, void *buf, size_t len) {
+  REAL(read, ssize_t, int, void *, size_t);
+  if (what(fd) == 1) trace("- read %zu\n", len);
+  return real_read(fd, buf, len);
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t off) {
+  REAL(pread, ssize_t, int, void *, size_t, off_t);
+  if (what(fd) == 1) trace("- read %zu\n", len);
+  return real_pread(fd, buf, len, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t off) {
+  return pread(fd, buf, len, off);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  REAL(mmap, void *, void *, size_t, int, int, int, off_t);
+  if (fd >= 0 && what(fd) == 1) trace("- read %zu\n", len);
+  return real_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  return mmap(addr, len, prot, flags, fd, off);
 }
