@@ -108,15 +108,8 @@ int main(int argc, char **argv) {
   static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, work_start, work_cancel, NULL};
   sc_engine_register_kind(e, "work", &work, NULL);
 
-  /* What the log says is unfinished, read before the log is opened for writing. */
-  sc_unfinished *todo = NULL;
-  size_t n = 0;
-  int rc = sc_jsonl_scan(path, &todo, &n, NULL);
-  if (rc != SC_OK && rc != SC_ENOTFOUND) {
-    fprintf(stderr, "scan: %s\n", sc_error_message());
-    return 1;
-  }
-
+  /* The log is opened (and locked: one writer) first; what it says is unfinished is then read
+   * through it, so no other process can change it between the read and the recovery. */
   sc_jsonl_options o;
   sc_jsonl_options_init(&o);
   o.fsync = SC_FSYNC_BATCH;
@@ -124,6 +117,15 @@ int main(int argc, char **argv) {
   sc_jsonl *log;
   if (sc_jsonl_open(e, path, &o, &log) != SC_OK) {
     fprintf(stderr, "open: %s\n", sc_error_message());
+    return 1;
+  }
+  sc_unfinished *todo = NULL;
+  size_t n = 0;
+  int rc = sc_jsonl_unfinished(log, &todo, &n);
+  if (rc != SC_OK) {
+    fprintf(stderr, "scan: %s\n", sc_error_message());
+    sc_jsonl_close(log);
+    sc_engine_free(e);
     return 1;
   }
 

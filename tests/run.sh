@@ -9,7 +9,7 @@ root=$(pwd)
 
 . "$root/tests/need-packages.sh"
 need_packages gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev libcjson-dev \
-  libssl-dev libcmocka-dev clang-format || { echo "0 passed, 1 failed"; exit 2; }
+  libssl-dev libcmocka-dev clang-format strace || { echo "0 passed, 1 failed"; exit 2; }
 
 build=${STAGECOACH_TEST_BUILD:-build-test}
 # meson's "undefined" leaves out the floating-point checks; a double cast out of range is a bug here.

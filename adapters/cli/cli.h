@@ -73,6 +73,14 @@ bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, 
 size_t cli_exec_running(const cli_exec *x);
 /* Sends SIGKILL to the process group of every command still running. */
 void cli_exec_kill_all(cli_exec *x);
+/* Interrupted: stops the command of every stage whose task can be cancelled (SIGTERM to its
+ * process group, SIGKILL after its grace period) and holds those stages' results, so that nothing
+ * more is recorded of them until the engine cancels their tasks; no new command of such a task
+ * starts. A rolling-back task, which cannot be cancelled, runs on. cli_exec_stopping() says when
+ * the commands are gone. */
+void cli_exec_stop_all(cli_exec *x);
+/* The commands cli_exec_stop_all stopped that are not gone yet. */
+size_t cli_exec_stopping(const cli_exec *x);
 void cli_exec_free(cli_exec *x);
 
 /* Resolves ${config.a.b}, ${context.x}, ${task.id} and ${tenant} in text (exposed for tests).

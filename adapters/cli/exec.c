@@ -378,7 +378,12 @@ struct cli_exec {
   void *udata;
   exec_run *runs; /* every command whose handles are not all closed yet */
   size_t nruns;
+  bool stopping; /* cli_exec_stop_all(): results are held, nothing new starts */
 };
+
+/* The stage data of a stage whose command was stopped (or never started) by cli_exec_stop_all:
+ * its result waits for the engine's cancel. */
+static char held_marker;
 
 struct exec_run {
   cli_exec *x; /* NULL after cli_exec_free */
@@ -391,6 +396,7 @@ struct exec_run {
   int open_handles;
   int pid; /* also the process group id */
   bool exited, eof[2], cancelled, closing;
+  bool held; /* stopped by cli_exec_stop_all: its result waits for the task's cancel */
   bool sweeping, swept, sweep_killed; /* what the command left in its group, after it exited */
   uint64_t sweep_started, group_gone_at;
   int64_t exit_status;
@@ -705,6 +711,10 @@ static void maybe_finish(exec_run *run) {
   if (run->cancelled) signal_group(run, SIGKILL);
   sc_stage_ctx *ctx = run->ctx;
   run->ctx = NULL;
+  if (ctx != NULL && run->held) {
+    sc_stage_set_data(ctx, &held_marker); /* no result: the cancel that follows finishes it */
+    ctx = NULL;
+  }
   if (ctx != NULL) deliver(run, ctx);
   if (!run->cancelled && !run->swept && group_alive(run)) {
     start_sweep(run);
@@ -1182,12 +1192,28 @@ out:
   return SC_OK;
 }
 
+/* Whether the stage's task can still be cancelled (a rollback cannot: it runs to its end). */
+static bool cancellable(sc_stage_ctx *ctx) {
+  sc_task *t = sc_stage_task(ctx);
+  return t != NULL && sc_transition_allowed(sc_task_get_status(t), SC_TASK_CANCELLED);
+}
+
 static int exec_start(sc_stage_ctx *ctx, void *udata) {
-  return exec_begin(ctx, udata, "run");
+  cli_exec *x = udata;
+  if (x->stopping && cancellable(ctx)) { /* interrupted: the cancel that follows ends it */
+    sc_stage_set_data(ctx, &held_marker);
+    return SC_OK;
+  }
+  return exec_begin(ctx, x, "run");
 }
 
 static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
-  return exec_begin(ctx, udata, "compensate");
+  cli_exec *x = udata;
+  if (x->stopping && cancellable(ctx)) {
+    sc_stage_set_data(ctx, &held_marker);
+    return SC_OK;
+  }
+  return exec_begin(ctx, x, "compensate");
 }
 
 /* The engine gave up on the stage (timeout, task cancel, engine teardown). The stage is finished
@@ -1196,6 +1222,13 @@ static int exec_compensate(sc_stage_ctx *ctx, void *udata) {
  * runs until cli_exec_running() is 0. */
 static void exec_cancel(sc_stage_ctx *ctx, void *udata) {
   (void)udata;
+  if (sc_stage_get_data(ctx) == &held_marker) {
+    sc_stage_set_data(ctx, NULL);
+    char msg[256];
+    snprintf(msg, sizeof(msg), "stage %s cancelled: its command was stopped", sc_stage_name(ctx));
+    sc_stage_fail(ctx, SC_ECANCELLED, msg, false);
+    return;
+  }
   exec_run *run = sc_stage_get_data(ctx);
   if (run == NULL || run->ctx != ctx) return;
   run->ctx = NULL;
@@ -1233,6 +1266,26 @@ int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec 
 
 size_t cli_exec_running(const cli_exec *x) {
   return x ? x->nruns : 0;
+}
+
+size_t cli_exec_stopping(const cli_exec *x) {
+  size_t n = 0;
+  for (const exec_run *run = x ? x->runs : NULL; run != NULL; run = run->next)
+    n += run->held;
+  return n;
+}
+
+void cli_exec_stop_all(cli_exec *x) {
+  if (x == NULL) return;
+  x->stopping = true;
+  for (exec_run *run = x->runs; run != NULL; run = run->next) {
+    if (run->closing || run->exited || run->cancelled || run->sweeping || run->ctx == NULL ||
+        !cancellable(run->ctx))
+      continue;
+    run->held = true;
+    signal_group(run, SIGTERM);
+    uv_timer_start(&run->grace, on_grace, run->kill_grace_ms, 0);
+  }
 }
 
 void cli_exec_kill_all(cli_exec *x) {

@@ -165,7 +165,12 @@ static void event_detail(const sc_event *ev, char *buf, size_t cap) {
     snprintf(buf, cap, "by %s%s%s", s, member_string(ev->data, "comment") ? ": " : "",
              member_string(ev->data, "comment") ? member_string(ev->data, "comment") : "");
   else if ((s = member_string(ev->data, "recovered_from")))
-    snprintf(buf, cap, "from %s (%s)", s, or_default(member_string(ev->data, "mode"), "?"));
+    snprintf(
+        buf, cap, "from %s (%s)", s,
+        or_default(member_string(ev->data, "mode"),
+                   or_default(member_string(cJSON_GetObjectItemCaseSensitive(ev->data, "recovery"),
+                                            "mode"),
+                              "?")));
   else if ((s = member_string(ev->data, "reason")) && !msg)
     snprintf(buf, cap, "%s", s);
   else if ((s = member_string(ev->data, "action")))

@@ -36,6 +36,8 @@ typedef struct runtime {
   bool live, prompts;
   uv_signal_t sigint, sigterm;
   int interrupts;
+  uv_timer_t stopping; /* after the first interrupt: waits for the commands to be gone */
+  char cancel_reason[64];
   /* Approval prompts, one at a time, read from the terminal. */
   prompt *queue;
   bool asking, asking_comment, decision_approve;
@@ -241,22 +243,42 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
 
 /* ---- signals ---- */
 
+static void cancel_tasks(runtime *rt) {
+  for (size_t i = 0; i < cli_progress_task_count(rt->progress); i++) {
+    sc_task *t = sc_engine_find_task(rt->e, cli_progress_task_id(rt->progress, i));
+    if (t != NULL && sc_transition_allowed(sc_task_get_status(t), SC_TASK_CANCELLED))
+      sc_task_cancel(t, rt->cancel_reason);
+  }
+}
+
+static void on_stopping(uv_timer_t *h) {
+  runtime *rt = h->data;
+  if (cli_exec_stopping(rt->exec) > 0) return;
+  uv_timer_stop(h);
+  cancel_tasks(rt);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   runtime *rt = h->data;
   if (++rt->interrupts > 1) {
-    /* The second interrupt: stop now, and take the commands down with us. */
+    /* The second interrupt: stop now, and take the commands down with us. No terminal event was
+     * written (the cancel waits for the commands), so the log shows the tasks unfinished and
+     * `recover` carries them on. */
     cli_exec_kill_all(rt->exec);
     fprintf(stderr, "\nstagecoach: interrupted again, exiting now\n");
     _exit(128 + signum);
   }
-  char reason[64];
-  snprintf(reason, sizeof(reason), "interrupted by %s", signum == SIGINT ? "SIGINT" : "SIGTERM");
-  cli_progress_say(rt->progress, "stagecoach: %s; cancelling (again to exit at once)", reason);
-  for (size_t i = 0; i < cli_progress_task_count(rt->progress); i++) {
-    sc_task *t = sc_engine_find_task(rt->e, cli_progress_task_id(rt->progress, i));
-    if (t != NULL && sc_transition_allowed(sc_task_get_status(t), SC_TASK_CANCELLED))
-      sc_task_cancel(t, reason);
-  }
+  snprintf(rt->cancel_reason, sizeof(rt->cancel_reason), "interrupted by %s",
+           signum == SIGINT ? "SIGINT" : "SIGTERM");
+  cli_progress_say(rt->progress, "stagecoach: %s; cancelling (again to exit at once)",
+                   rt->cancel_reason);
+  /* The tasks are cancelled (task.cancelled, a terminal event) only once their commands are
+   * gone: until then a second interrupt leaves them as a crash would. */
+  cli_exec_stop_all(rt->exec);
+  if (cli_exec_stopping(rt->exec) == 0)
+    cancel_tasks(rt);
+  else
+    uv_timer_start(&rt->stopping, on_stopping, 10, 10);
 }
 
 /* ---- setup and teardown ---- */
@@ -316,7 +338,8 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   uv_loop_init(&rt->loop);
   uv_signal_init(&rt->loop, &rt->sigint);
   uv_signal_init(&rt->loop, &rt->sigterm);
-  rt->sigint.data = rt->sigterm.data = rt;
+  uv_timer_init(&rt->loop, &rt->stopping);
+  rt->sigint.data = rt->sigterm.data = rt->stopping.data = rt;
   rt->live = !o->plain && isatty(STDOUT_FILENO);
   rt->prompts = !o->no_prompt && isatty(STDIN_FILENO);
   if (sc_engine_new(&rt->loop, NULL, &rt->e) != SC_OK)
@@ -450,6 +473,7 @@ static int runtime_close(runtime *rt) {
   }
   uv_close((uv_handle_t *)&rt->sigint, NULL);
   uv_close((uv_handle_t *)&rt->sigterm, NULL);
+  uv_close((uv_handle_t *)&rt->stopping, NULL);
   uv_run(&rt->loop, UV_RUN_DEFAULT);
   uv_loop_close(&rt->loop);
   return code;

@@ -214,7 +214,13 @@ static int take_line(scan_state *s, const char *line, size_t len, uint64_t offse
       break;
     case SC_EV_TASK_COMPLETED:
     case SC_EV_TASK_CANCELLED:
-    case SC_EV_ROLLBACK_COMPLETED: t->terminal = true; break;
+    case SC_EV_ROLLBACK_COMPLETED:
+      t->terminal = true;
+      t->nfolds = 0; /* a finished task needs no fold: its memory goes back at once */
+      t->capfolds = 0;
+      free(t->folds);
+      t->folds = NULL;
+      break;
     default: break;
   }
   return SC_OK;

@@ -37,6 +37,8 @@ struct sc_jsonl {
   size_t len, cap;
   ackq unwritten, written, syncing; /* acks by the state of their line */
   uint64_t offset;                  /* bytes in the file */
+  uint64_t synced_offset;           /* bytes known durable: up to the end of the last good sync */
+  uint64_t sync_target;             /* the offset the sync in flight makes durable */
   uv_prepare_t prepare;             /* the end of a loop turn: write, start a sync */
   bool prepare_active;
   uv_work_t work;
@@ -104,6 +106,12 @@ static void fail(sc_jsonl *j, const char *what, int errnum) {
   if (j->err == 0) {
     j->err = SC_EIO;
     snprintf(j->errmsg, sizeof(j->errmsg), "%s %s: %s", what, j->path, strerror(errnum));
+    /* The file keeps only what was acknowledged: the lines of events that now fail (written,
+     * but their sync failed or never came) are cut, so a reader of the log sees those tasks
+     * unfinished, as the engine does, and recovery finishes them. Best effort: should the cut
+     * not last, the lines it loses still only record what happened. */
+    uint64_t keep = j->opts.fsync == SC_FSYNC_NONE ? j->offset : j->synced_offset;
+    if (ftruncate(j->fd, (off_t)keep) == 0) j->offset = keep;
   }
   ackq_finish(j, &j->syncing, SC_EIO);
   ackq_finish(j, &j->written, SC_EIO);
@@ -136,9 +144,7 @@ static void flush_write(sc_jsonl *j) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       int errnum = n < 0 ? errno : EIO;
-      if (ftruncate(j->fd, (off_t)j->offset) != 0) { /* the log then ends in a torn tail */
-      }
-      fail(j, "write", errnum);
+      fail(j, "write", errnum); /* cuts what the write left behind */
       return;
     }
     done += (size_t)n;
@@ -190,6 +196,7 @@ static void sync_done(uv_work_t *w, int status) {
     return;
   }
   j->dir_sync_pending = false;
+  j->synced_offset = j->sync_target;
   ackq_finish(j, &j->syncing, SC_OK);
   kick_sync(j);
 }
@@ -205,6 +212,7 @@ static void kick_sync(sc_jsonl *j) {
   }
   j->work.data = j;
   j->sync_in_flight = true;
+  j->sync_target = j->offset; /* every line in syncing was written before this point */
   int rc = uv_queue_work(j->loop, &j->work, sync_work, sync_done);
   if (rc != 0) {
     j->sync_in_flight = false;
@@ -351,7 +359,7 @@ static int read_log(sc_jsonl *j) {
                       (unsigned long long)(j->open_report.bytes - j->open_report.good_bytes));
   sc__log_unmap(&l);
   if (rc != SC_OK) return rc;
-  j->offset = j->open_report.good_bytes;
+  j->offset = j->synced_offset = j->open_report.good_bytes;
   j->cut_pending = j->open_report.torn_tail;
   return SC_OK;
 }
@@ -456,7 +464,10 @@ int sc_jsonl_close(sc_jsonl *j) {
   flush_write(j);
   if (!j->err && j->opts.fsync != SC_FSYNC_NONE && (j->written.n > 0)) {
     int err = sync_now(j);
-    if (err != 0) fail(j, j->sync_what, err);
+    if (err != 0)
+      fail(j, j->sync_what, err);
+    else
+      j->synced_offset = j->offset;
   }
   ackq_finish(j, &j->written, j->err ? j->err : SC_OK);
   ackq_finish(j, &j->unwritten, j->err ? j->err : SC_OK);

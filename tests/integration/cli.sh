@@ -239,6 +239,125 @@ contains "... and says why" "$tmp/out" "Is a directory"
 $sc events "$tmp" >"$tmp/out" 2>&1; check "events of a directory exits 2" 2 $? "$tmp/out"
 $sc verify "$tmp" >"$tmp/out" 2>&1; check "verify of a directory exits 2" 2 $? "$tmp/out"
 
+# --- durability: one writer, only logs are written, an incomplete record is said ---
+# Files that are not logs: refused (exit 2, "not a stagecoach log") and left byte for byte.
+unchanged() { # unchanged NAME FILE COPY
+  cmp -s "$2" "$3" && ok "$1" || fail "$1" "$(head -c 300 "$2")"
+}
+printf '{"plan":"t","config":{"stages":[{"name":"a","kind":"exec","run":"true"}]}}' >"$tmp/nonl.json"
+cp "$tmp/nonl.json" "$tmp/nonl.copy"
+$sc run "$tmp/nonl.json" --log "$tmp/nonl.json" --plain >"$tmp/out" 2>&1; check "run p.json --log p.json is refused (exit 2)" 2 $? "$tmp/out"
+unchanged "... and the pipeline file is left as it is" "$tmp/nonl.json" "$tmp/nonl.copy"
+cp "$tmp/good.json" "$tmp/good.copy"
+$sc run "$tmp/good.json" --log "$tmp/good.json" --plain >"$tmp/out" 2>&1; check "run p.json --log p.json (with a newline) is refused (exit 2)" 2 $? "$tmp/out"
+unchanged "... and left as it is" "$tmp/good.json" "$tmp/good.copy"
+printf 'meeting at noon' >"$tmp/notes.txt"; cp "$tmp/notes.txt" "$tmp/notes.copy"
+$sc recover "$tmp/good.json" --log "$tmp/notes.txt" --plain >"$tmp/out" 2>&1; check "recover --log notes.txt is refused (exit 2)" 2 $? "$tmp/out"
+contains "... as not a stagecoach log" "$tmp/out" "not a stagecoach log"
+unchanged "... and notes.txt is left as it is" "$tmp/notes.txt" "$tmp/notes.copy"
+$sc run "$tmp/good.json" --log "$tmp/notes.txt" --plain >"$tmp/out" 2>&1; check "run --log notes.txt is refused (exit 2)" 2 $? "$tmp/out"
+unchanged "... and notes.txt is left as it is" "$tmp/notes.txt" "$tmp/notes.copy"
+printf 'line one\nline two\n' >"$tmp/lines.txt"; cp "$tmp/lines.txt" "$tmp/lines.copy"
+$sc recover "$tmp/good.json" --log "$tmp/lines.txt" --plain >"$tmp/out" 2>&1; check "recover --log of a text file with lines is refused (exit 2)" 2 $? "$tmp/out"
+unchanged "... and the file is left as it is" "$tmp/lines.txt" "$tmp/lines.copy"
+$sc verify /dev/zero >"$tmp/out" 2>&1; check "verify /dev/zero exits 2" 2 $? "$tmp/out"
+contains "... as not a stagecoach log" "$tmp/out" "not a stagecoach log"
+$sc verify "$tmp/notes.txt" >"$tmp/out" 2>&1; check "verify of a file with no event line exits 2" 2 $? "$tmp/out"
+contains "... as not a stagecoach log" "$tmp/out" "not a stagecoach log"
+$sc run "$tmp/good.json" --log /dev/null --plain >"$tmp/out" 2>&1; check "run --log /dev/null (a device) is refused (exit 2)" 2 $? "$tmp/out"
+# The pipeline is loaded and checked before the log is opened.
+$sc run "$tmp/bad.json" --log "$tmp/never.jsonl" --plain >"$tmp/out" 2>&1; check "run of a bad pipeline with --log exits 2" 2 $? "$tmp/out"
+[ ! -e "$tmp/never.jsonl" ] && ok "... and creates no log" || fail "a bad pipeline created its log"
+$sc recover "$tmp/good.json" --log "$tmp/never.jsonl" --plain >"$tmp/out" 2>&1; check "recover of a missing log exits 2" 2 $? "$tmp/out"
+[ ! -e "$tmp/never.jsonl" ] && ok "... and creates none" || fail "recover created a log"
+# A command with nothing to do modifies nothing, not even a torn tail.
+cp "$tmp/ok.jsonl" "$tmp/idle.jsonl"; printf '{"specversion":"1.0","id":"torn' >>"$tmp/idle.jsonl"; cp "$tmp/idle.jsonl" "$tmp/idle.copy"
+$sc recover "$tmp/ok.json" --log "$tmp/idle.jsonl" --plain >"$tmp/out" 2>&1; check "recover with nothing to do exits 0" 0 $? "$tmp/out"
+unchanged "... and leaves the log byte for byte (the torn tail too)" "$tmp/idle.jsonl" "$tmp/idle.copy"
+# --task-id must be valid UTF-8: bad bytes would be stored changed and two ids could collide.
+$sc run "$tmp/good.json" --log "$tmp/utf.jsonl" --task-id "$(printf 'caf\xe9')" --plain >"$tmp/out" 2>&1; check "a --task-id that is not UTF-8 is refused (exit 2)" 2 $? "$tmp/out"
+contains "... and says why" "$tmp/out" "UTF-8"
+[ ! -e "$tmp/utf.jsonl" ] && ok "... before the log is opened" || fail "a refused --task-id created the log"
+$sc run "$tmp/good.json" --log "$tmp/utf.jsonl" --task-id "café-ü" --plain >"$tmp/out" 2>&1; check "a UTF-8 --task-id is taken (exit 0)" 0 $? "$tmp/out"
+
+# One writer: a second recover while the first holds the log is refused and changes nothing.
+write_pipeline "$tmp/lock.json" '[{"name":"one","kind":"exec","run":"true"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/lockran; sleep 3"}]'
+rm -f "$tmp/lockran"
+$sc run "$tmp/lock.json" --plain --log "$tmp/lock.jsonl" >/dev/null 2>&1 &
+first=$!
+for _ in $(seq 1 100); do [ -s "$tmp/lockran" ] && break; sleep 0.05; done
+cp "$tmp/lock.jsonl" "$tmp/lock.copy"
+$sc recover "$tmp/lock.json" --log "$tmp/lock.jsonl" --plain >"$tmp/out" 2>&1; check "recover of a log another process writes is refused (exit 2)" 2 $? "$tmp/out"
+contains "... naming the holder's pid" "$tmp/out" "locked by pid $first"
+unchanged "... and the log is unchanged" "$tmp/lock.jsonl" "$tmp/lock.copy"
+wait $first; check "the first writer finishes (exit 0)" 0 $? /dev/null
+[ "$(grep -c two "$tmp/lockran")" = 1 ] && ok "... and no stage ran twice" || fail "a stage ran twice" "$(cat "$tmp/lockran")"
+$sc verify "$tmp/lock.jsonl" >"$tmp/out" 2>&1; check "... and the chain is intact" 0 $? "$tmp/out"
+
+# No stage starts before its task is on record: the first write and sync of the log come before
+# the first execve of a stage's command.
+if command -v strace >/dev/null; then
+  rm -f "$tmp/order.jsonl"
+  ASAN_OPTIONS=detect_leaks=0 strace -f -tt -o "$tmp/trace" -e trace=write,fdatasync,execve \
+    "$sc" run "$tmp/good.json" --plain --log "$tmp/order.jsonl" >"$tmp/out" 2>&1
+  check "run under strace exits 0" 0 $? "$tmp/out"
+  awk '/execve\("\/bin\/sh"/ && !e {e = NR} /fdatasync\(/ && !s {s = NR} END {exit !(s && e && s < e)}' "$tmp/trace" &&
+    ok "the log's first sync comes before the first stage's execve" ||
+    fail "the first stage ran before its task was on record" "$(grep -E 'execve|fdatasync' "$tmp/trace" | head -8)"
+  # A failed fsync of a new log's directory is reported like any failed sync.
+  rm -f "$tmp/dirsync.jsonl" "$tmp/dirsyncran"
+  write_pipeline "$tmp/dirsync.json" '[{"name":"a","kind":"exec","run":"echo a >> ${config.dir}/dirsyncran"}]'
+  ASAN_OPTIONS=detect_leaks=0 strace -f -o /dev/null -e trace=fsync -e inject=fsync:error=EIO \
+    "$sc" run "$tmp/dirsync.json" --plain --log "$tmp/dirsync.jsonl" >"$tmp/out" 2>&1
+  check "a failed fsync of the new log's directory exits 5" 5 $? "$tmp/out"
+  contains "... and names the directory sync" "$tmp/out" "fsync (the directory of) $tmp/dirsync.jsonl: Input/output error"
+  [ ! -e "$tmp/dirsyncran" ] && ok "... and no stage ran (task.created was not on record)" || fail "a stage ran"
+  [ ! -s "$tmp/dirsync.jsonl" ] && ok "... and the log keeps only what was acknowledged (nothing)" || fail "the log kept unacknowledged lines" "$(head -c 300 "$tmp/dirsync.jsonl")"
+else
+  fail "strace is needed for the ordering and directory-sync cases (apt-get install strace)"
+fi
+
+# A terminal event that cannot be stored: exit 5, the missing events named, and recover finishes.
+big=$(head -c 6000 /dev/zero | tr '\0' b)
+write_pipeline "$tmp/full.json" '[{"name":"one","kind":"exec","run":"echo one >> ${config.dir}/fullran"},{"name":"two","kind":"exec","run":"echo two >> ${config.dir}/fullran; printf \"{\\\"big\\\":\\\"'"$big"'\\\"}\" > $SC_OUTPUT"}]'
+$sc run "$tmp/full.json" --plain --log "$tmp/full-clean.jsonl" --task-id full-task >/dev/null 2>&1
+before_last=$(head -n -1 "$tmp/full-clean.jsonl" | wc -c)
+blocks=$(((before_last + 2048) / 1024)) # room for all but task.completed (6 KB of context)
+rm -f "$tmp/fullran"
+(trap '' XFSZ; ulimit -f "$blocks"; exec "$sc" run "$tmp/full.json" --plain --log "$tmp/full.jsonl" --task-id full-task) >"$tmp/out" 2>&1
+check "a run whose task.completed was not stored exits 5" 5 $? "$tmp/out"
+contains "... and names what was not stored" "$tmp/out" "not stored: task full-task, events #[0-9]* task.completed"
+$sc verify "$tmp/full.jsonl" >"$tmp/out2" 2>&1; check "... and its log verifies" 0 $? "$tmp/out2"
+$sc recover "$tmp/full.json" --log "$tmp/full.jsonl" --plain >"$tmp/out" 2>&1; check "recover then finishes the task (exit 0)" 0 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/fullran")" = "one two " ] && ok "... without running a stage again" || fail "stages ran again" "$(cat "$tmp/fullran")"
+
+# A second SIGINT exits 130 and writes no terminal event: recover carries the task on.
+write_pipeline "$tmp/twice.json" '[{"name":"slow","kind":"exec","run":"echo slow >> ${config.dir}/twiceran; echo $$ > ${config.dir}/twice.pid; trap \"\" TERM; sleep 1.5","kill_grace_ms":5000},{"name":"after","kind":"exec","run":"echo after >> ${config.dir}/twiceran"}]'
+rm -f "$tmp/twiceran" "$tmp/twice.pid"
+$sc run "$tmp/twice.json" --plain --log "$tmp/twice.jsonl" >"$tmp/out" 2>&1 &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$tmp/twice.pid" ] && break; sleep 0.05; done
+kill -INT $runner; sleep 0.3; kill -INT $runner
+wait $runner; check "a second SIGINT exits 130" 130 $? "$tmp/out"
+grep -q '"type":"stagecoach.task.cancelled"' "$tmp/twice.jsonl" && fail "the log holds task.cancelled after a second SIGINT" || ok "... and writes no terminal event"
+pid=$(cat "$tmp/twice.pid" 2>/dev/null)
+[ -n "$pid" ] && gone "$pid" && ok "... and kills the command" || fail "the command outlived the second SIGINT"
+$sc recover "$tmp/twice.json" --log "$tmp/twice.jsonl" --plain >"$tmp/out" 2>&1; check "recover carries the task on (exit 0)" 0 $? "$tmp/out"
+contains "... to its end" "$tmp/out" "COMPLETED"
+[ "$(tail -n 1 "$tmp/twiceran")" = after ] && ok "... running the stages left" || fail "recover did not run the rest" "$(cat "$tmp/twiceran")"
+
+# SIGINT during a rollback, which cannot be cancelled: its commands are not stopped, it finishes.
+write_pipeline "$tmp/rbint.json" '[{"name":"one","kind":"exec","run":"true"},{"name":"two","kind":"exec","run":"exit 9"}]' \
+  '[{"name":"one","kind":"exec","run":"echo old-one >> ${config.dir}/rbintran; sleep 1"},{"name":"two","kind":"exec","run":"echo old-two >> ${config.dir}/rbintran"}]'
+rm -f "$tmp/rbintran"
+$sc run "$tmp/rbint.json" --plain --log "$tmp/rbint.jsonl" >/dev/null 2>&1
+$sc recover "$tmp/rbint.json" --log "$tmp/rbint.jsonl" --mode rollback --plain >"$tmp/out" 2>&1 &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$tmp/rbintran" ] && break; sleep 0.05; done
+kill -INT $runner
+wait $runner; check "SIGINT during a rollback lets it finish (exit 4)" 4 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/rbintran")" = "old-one old-two " ] && ok "... running every rollback stage" || fail "the rollback was cut short" "$(cat "$tmp/rbintran")"
+
 # --- verify ---
 cp "$tmp/ok.jsonl" "$tmp/corrupt.jsonl"
 sed -i '3s/"seq":3/"seq":4/' "$tmp/corrupt.jsonl"

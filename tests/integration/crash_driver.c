@@ -123,22 +123,20 @@ int main(int argc, char **argv) {
   static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, work_start, work_cancel, NULL};
   sc_engine_register_kind(e, "work", &work, NULL);
 
-  sc_unfinished *todo = NULL;
-  size_t n = 0;
-  sc_jsonl_report report = {0};
-  if (strcmp(cmd, "recover") == 0) {
-    int rc = sc_jsonl_scan(log_path, &todo, &n, &report);
-    if (rc != SC_OK && rc != SC_ENOTFOUND) {
-      fprintf(stderr, "scan: %s\n", sc_error_message());
-      return 1;
-    }
-  }
+  /* The log first (locked), then what it holds, read through it. */
   sc_jsonl_options o;
   sc_jsonl_options_init(&o);
   o.fsync = mode;
   sc_jsonl *log;
   if (sc_jsonl_open(e, log_path, &o, &log) != SC_OK) {
     fprintf(stderr, "open: %s\n", sc_error_message());
+    return 1;
+  }
+  sc_unfinished *todo = NULL;
+  size_t n = 0;
+  sc_jsonl_report report = *sc_jsonl_open_report(log);
+  if (strcmp(cmd, "recover") == 0 && sc_jsonl_unfinished(log, &todo, &n) != SC_OK) {
+    fprintf(stderr, "scan: %s\n", sc_error_message());
     return 1;
   }
   if (kill_at > 0) {

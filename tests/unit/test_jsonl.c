@@ -1,9 +1,12 @@
 /* The JSON-lines log: chained lines, fsync modes, barrier, torn tail, corruption, scan, ENOSPC. */
+#define _GNU_SOURCE /* memmem */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -285,6 +288,7 @@ typedef struct behaviour {
   const char *hang[MAX_NAMES]; /* stages that never finish (until cancelled) */
   const char *fail[MAX_NAMES]; /* stages that fail, not retryable */
   size_t blob_bytes;           /* > 0: the stage named "big" outputs a string this long */
+  size_t each_bytes;           /* > 0: every stage also outputs "<name>_blob", this long */
   const char *barrier_log;     /* set: each stage after the first looks for its predecessor */
   char ran[2048];              /* the stages started, in order: "a0,a1,..." */
   unsigned barrier_checks, barrier_misses;
@@ -368,6 +372,15 @@ static int work_start(sc_stage_ctx *ctx, void *udata) {
     cJSON_AddStringToObject(out, "blob", blob);
     free(blob);
   }
+  if (b->each_bytes > 0) {
+    char *blob = malloc(b->each_bytes + 1), key[80];
+    assert_non_null(blob);
+    memset(blob, 'y', b->each_bytes);
+    blob[b->each_bytes] = '\0';
+    snprintf(key, sizeof(key), "%s_blob", name);
+    cJSON_AddStringToObject(out, key, blob);
+    free(blob);
+  }
   sc_stage_complete(ctx, out);
   return SC_OK;
 }
@@ -404,7 +417,7 @@ static cJSON *job(const char *version, const char *kind, const char *names) {
   cJSON *c = cJSON_CreateObject();
   cJSON_AddStringToObject(c, "version", version);
   cJSON *stages = cJSON_AddArrayToObject(c, "stages");
-  char copy[256];
+  char copy[4096];
   snprintf(copy, sizeof(copy), "%s", names);
   char *save = NULL;
   for (char *n = strtok_r(copy, ",", &save); n != NULL; n = strtok_r(NULL, ",", &save)) {
@@ -1606,14 +1619,556 @@ static void a_second_writer_is_refused(void **state) {
   sc_engine *e = new_engine(&loop, &b);
   sc_engine *e2 = new_engine(&loop, &b);
   sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE), *second = NULL;
+  submit_job(e, "first-000", "s0,s1");
+  settle(&loop);
+  logfile before;
+  log_read(path, &before);
   assert_int_equal(sc_jsonl_open(e2, path, NULL, &second), SC_EBUSY);
   assert_null(second);
-  if (strstr(sc_error_message(), path) == NULL) fail_msg("message: %s", sc_error_message());
+  char holder[64];
+  snprintf(holder, sizeof(holder), "locked by pid %ld", (long)getpid());
+  if (strstr(sc_error_message(), path) == NULL || strstr(sc_error_message(), holder) == NULL)
+    fail_msg("the message does not name the log and the holder's pid: %s", sc_error_message());
+  logfile after;
+  log_read(path, &after); /* the refused writer changed nothing */
+  assert_int_equal(after.size, before.size);
+  assert_memory_equal(after.data, before.data, before.size);
+  log_free(&before);
+  log_free(&after);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   second = open_log(e2, path, SC_FSYNC_NONE); /* free again once the first is closed */
   assert_int_equal(sc_jsonl_close(second), SC_OK);
   sc_engine_free(e);
   sc_engine_free(e2);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- one writer, and only logs are written ---- */
+
+/* The lock comes before the first read: a file another writer holds is refused as busy whatever
+ * it holds, even bytes that are no log at all (reading them would say so). */
+static void the_lock_is_taken_before_the_log_is_read(void **state) {
+  char path[256];
+  temp_path(state, "held.jsonl", path);
+  static const char notes[] = "not a log, and never read by a second writer\n";
+  write_file(path, notes, sizeof(notes) - 1);
+  int held = open(path, O_RDONLY | O_CLOEXEC);
+  assert_true(held >= 0);
+  assert_int_equal(flock(held, LOCK_EX | LOCK_NB), 0);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = NULL;
+  assert_int_equal(sc_jsonl_open(e, path, NULL, &log), SC_EBUSY);
+  assert_null(log);
+  close(held);
+  assert_int_equal(sc_jsonl_open(e, path, NULL, &log), SC_EPARSE); /* now it is read */
+  assert_null(log);
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(l.size, sizeof(notes) - 1);
+  assert_memory_equal(l.data, notes, l.size);
+  log_free(&l);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* What sc_jsonl_unfinished returns is what the locked file holds, even when the name has been
+ * given to another file meanwhile. */
+static void unfinished_reads_the_log_through_the_locked_descriptor(void **state) {
+  char path[256], other[256];
+  temp_path(state, "locked.jsonl", path);
+  temp_path(state, "other.jsonl", other);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b1 = {.hang = {"s2"}};
+  sc_engine *e1 = new_engine(&loop, &b1);
+  sc_jsonl *log = open_log(e1, path, SC_FSYNC_BATCH);
+  submit_job(e1, "stops-000", "s0,s1,s2,s3");
+  for (int i = 0; i < 1000 && !has_run(&b1, "s2"); i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e1);
+
+  behaviour b2 = {0};
+  sc_engine *e2 = new_engine(&loop, &b2);
+  log = open_log(e2, path, SC_FSYNC_BATCH);
+  write_file(other, "", 0);
+  assert_int_equal(rename(other, path), 0); /* the name is another (empty) file now */
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_unfinished(log, &u, &n), SC_OK);
+  assert_int_equal(n, 1);
+  assert_string_equal(u[0].request.recovered_from, "stops-000");
+  assert_string_equal(u[0].request.last_completed_stage, "s1");
+  sc_unfinished_free(u, n);
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK); /* the name: an empty log */
+  assert_int_equal(n, 0);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e2);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Opens path and expects SC_EPARSE ("not a stagecoach log"), with the file left byte for byte. */
+static void expect_not_a_log(sc_engine *e, const char *path, size_t buffer_bytes) {
+  logfile before;
+  log_read(path, &before);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  if (buffer_bytes) o.buffer_bytes = buffer_bytes;
+  sc_jsonl *log = NULL;
+  int rc = sc_jsonl_open(e, path, &o, &log);
+  if (rc != SC_EPARSE) fail_msg("%s: open gave %s: %s", path, sc_err_name(rc), sc_error_message());
+  assert_null(log);
+  if (strstr(sc_error_message(), "not a stagecoach log") == NULL)
+    fail_msg("message: %s", sc_error_message());
+  logfile after;
+  log_read(path, &after);
+  assert_int_equal(after.size, before.size);
+  if (before.size) assert_memory_equal(after.data, before.data, before.size);
+  log_free(&before);
+  log_free(&after);
+}
+
+static void a_file_that_is_not_a_log_is_refused_and_left_as_it_is(void **state) {
+  static const char *const files[] = {
+      "{\"plan\":\"t\",\"config\":{\"stages\":[]}}",   /* a pipeline without a newline */
+      "{\"plan\":\"t\",\"config\":{\"stages\":[]}}\n", /* and with one */
+      "meeting notes\nsecond line\n",
+      "a line never ended",
+      "\n",
+  };
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+    char path[256], name[32];
+    snprintf(name, sizeof(name), "not-a-log-%zu", i);
+    temp_path(state, name, path);
+    write_file(path, files[i], strlen(files[i]));
+    expect_not_a_log(e, path, 0);
+    sc_jsonl_report r;
+    assert_int_equal(sc_jsonl_verify(path, &r), SC_EPARSE);
+    sc_unfinished *u = NULL;
+    size_t n = 0;
+    assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_EPARSE);
+    assert_null(u);
+  }
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_device_is_not_a_log(void **state) {
+  (void)state;
+  sc_jsonl_report r;
+  assert_int_equal(sc_jsonl_verify("/dev/zero", &r), SC_EPARSE); /* and it returns at once */
+  if (strstr(sc_error_message(), "not a stagecoach log") == NULL)
+    fail_msg("message: %s", sc_error_message());
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = NULL;
+  assert_int_equal(sc_jsonl_open(e, "/dev/null", NULL, &log), SC_EPARSE);
+  assert_null(log);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Writes a good log of one finished task at path, then appends tail (tail_len bytes). */
+static void log_with_tail(uv_loop_t *loop, const char *path, const char *tail, size_t tail_len) {
+  behaviour b = {0};
+  sc_engine *e = new_engine(loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  submit_job(e, "done-000", "s0");
+  settle(loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  FILE *f = fopen(path, "ab");
+  assert_non_null(f);
+  assert_int_equal(fwrite(tail, 1, tail_len, f), tail_len);
+  assert_int_equal(fclose(f), 0);
+}
+
+/* A tail is ours to cut when it could be a line the writer started: no longer than one buffered
+ * write, or beginning as every line begins. */
+static void a_torn_tail_is_cut_only_when_it_could_be_a_line_we_started(void **state) {
+  char garbage[200], line_start[200];
+  memset(garbage, 'x', sizeof(garbage));
+  memset(line_start, 'x', sizeof(line_start));
+  memcpy(line_start, "{\"specversion\":\"1.0\",", 21);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  char path[256];
+
+  temp_path(state, "long-garbage.jsonl", path); /* 200 bytes after a 64-byte buffer: not ours */
+  log_with_tail(&loop, path, garbage, sizeof(garbage));
+  expect_not_a_log(e, path, 64);
+
+  temp_path(state, "long-line.jsonl", path); /* as long, but a line we started: cut */
+  log_with_tail(&loop, path, line_start, sizeof(line_start));
+  uint64_t size = file_size(path);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.buffer_bytes = 64;
+  sc_jsonl *log = NULL;
+  assert_int_equal(sc_jsonl_open(e, path, &o, &log), SC_OK);
+  assert_int_equal(file_size(path), size); /* not before the first write */
+  submit_job(e, "next-000", "s0");
+  settle(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  logfile l;
+  log_read(path, &l);
+  assert_false(l.torn);
+  assert_int_equal(first_broken_line(&l), 0);
+  assert_null(memmem(l.data, l.size, "xxxx", 4));
+  log_free(&l);
+
+  temp_path(state, "short-garbage.jsonl", path); /* within one buffered write: cut */
+  log_with_tail(&loop, path, garbage, 32);
+  log = open_log(e, path, SC_FSYNC_BATCH);
+  assert_true(sc_jsonl_open_report(log)->torn_tail);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A writer that writes nothing changes nothing: no torn tail cut, no file created when asked
+ * for an existing one. */
+static void opening_a_log_and_writing_nothing_changes_nothing(void **state) {
+  char path[256], missing[256];
+  temp_path(state, "idle.jsonl", path);
+  temp_path(state, "missing.jsonl", missing);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  static const char torn[] = "{\"specversion\":\"1.0\",\"id\":\"cut-0";
+  log_with_tail(&loop, path, torn, sizeof(torn) - 1);
+  logfile before;
+  log_read(path, &before);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_ALWAYS);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  logfile after;
+  log_read(path, &after);
+  assert_int_equal(after.size, before.size);
+  assert_memory_equal(after.data, before.data, before.size);
+
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.existing = true;
+  log = NULL;
+  assert_int_equal(sc_jsonl_open(e, missing, &o, &log), SC_ENOTFOUND);
+  assert_null(log);
+  assert_int_equal(access(missing, F_OK), -1);
+  log_free(&before);
+  log_free(&after);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- linear growth and the fold ---- */
+
+/* Lines of the log that carry a stage.completed with the whole context. */
+static size_t snapshot_lines(const logfile *l) {
+  size_t c = 0;
+  for (size_t i = 0; i < l->n; i++) {
+    sc_event_doc *d = line_event(l, i);
+    const sc_event *ev = sc_event_doc_event(d);
+    if (ev->type == SC_EV_STAGE_COMPLETED && member(ev->data, "context") != NULL) c++;
+    sc_event_doc_free(d);
+  }
+  return c;
+}
+
+static void a_log_grows_with_the_outputs_not_with_stages_times_context(void **state) {
+  char path[256];
+  temp_path(state, "growth.jsonl", path);
+  enum { STAGES = 150, EACH = 2000 };
+  char names[STAGES * 8] = "";
+  for (int i = 0; i < STAGES; i++)
+    snprintf(names + strlen(names), sizeof(names) - strlen(names), "%sg%d", i ? "," : "", i);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {.hang = {"g149"}, .each_bytes = EACH};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit_job(e, "grows-000", names);
+  for (int i = 0; i < 100000 && !has_run(&b, "g149"); i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  assert_true(has_run(&b, "g149"));
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+
+  logfile l;
+  log_read(path, &l);
+  /* 149 outputs of 2 KB: about 300 KB of outputs, and the snapshots (each at most twice the one
+   * before) add at most twice the last context. Stages x context would be about 22 MB. */
+  if (l.size > 4 * (size_t)STAGES * EACH)
+    fail_msg("%zu bytes for %d outputs of %d bytes", l.size, STAGES - 1, EACH);
+  size_t snapshots = snapshot_lines(&l);
+  if (snapshots > 12) fail_msg("%zu lines carry the whole context", snapshots);
+
+  /* The scan folds the outputs after the last snapshot onto it: the context the engine had. */
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  int rc = sc_jsonl_scan(path, &u, &n, NULL);
+  if (rc != SC_OK) fail_msg("scan: %s", sc_error_message());
+  assert_int_equal(n, 1);
+  assert_string_equal(u[0].request.last_completed_stage, "g148");
+  cJSON *engine_had = recorder_context(&rec, SC_EV_STAGE_COMPLETED, STAGES - 2);
+  assert_non_null(engine_had);
+  assert_true(cJSON_Compare(u[0].request.context, engine_had, true));
+  cJSON *plan = NULL; /* and the engine accepts it: the digest verifies */
+  if (sc_recovery_plan(e, &u[0].request, &plan) != SC_OK) fail_msg("%s", sc_error_message());
+  cJSON_Delete(plan);
+  cJSON_Delete(engine_had);
+  sc_unfinished_free(u, n);
+  log_free(&l);
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Rewrites the log at path from its events, each changed by edit (which may leave it as it is),
+ * with a chain that verifies. */
+static void rewrite_events(const char *path, void (*edit)(cJSON *event, size_t i, void *udata),
+                           void *udata) {
+  logfile l;
+  log_read(path, &l);
+  char **texts = calloc(l.n, sizeof(*texts));
+  size_t *lens = calloc(l.n, sizeof(*lens));
+  assert_true(texts && lens);
+  for (size_t i = 0; i < l.n; i++) {
+    char *text = event_text(l.data + l.off[i], l.len[i]);
+    cJSON *ev = cJSON_Parse(text);
+    assert_non_null(ev);
+    free(text);
+    edit(ev, i, udata);
+    texts[i] = cJSON_PrintUnformatted(ev);
+    lens[i] = strlen(texts[i]);
+    cJSON_Delete(ev);
+  }
+  write_chained(path, (const char *const *)texts, lens, l.n);
+  for (size_t i = 0; i < l.n; i++)
+    free(texts[i]);
+  free(texts);
+  free(lens);
+  log_free(&l);
+}
+
+/* Writes a log whose task "fold-000" stopped in s3 after s0..s2 each added a little to a large
+ * initial context (so only s0's stage.completed carries it whole). */
+static void write_fold_log(uv_loop_t *loop, const char *path, recorder *rec) {
+  behaviour b = {.hang = {"s3"}};
+  sc_engine *e = new_engine(loop, &b);
+  sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
+  recorder_attach(rec, e);
+  cJSON *config = job("1", "fn", "s0,s1,s2,s3");
+  cJSON *initial = json_or_die("{\"seed\":\"an initial context larger than the few bytes each "
+                               "stage adds, so that later lines carry outputs only\"}");
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "fold-000";
+  spec.config = config;
+  spec.context = initial;
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_OK);
+  for (int i = 0; i < 10000 && !has_run(&b, "s3"); i++)
+    uv_run(loop, UV_RUN_NOWAIT);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  cJSON_Delete(config);
+  cJSON_Delete(initial);
+}
+
+static void break_last_digest(cJSON *ev, size_t i, void *udata) {
+  (void)i;
+  (void)udata;
+  cJSON *data = cJSON_GetObjectItemCaseSensitive(ev, "data");
+  const cJSON *type = cJSON_GetObjectItemCaseSensitive(ev, "type");
+  const cJSON *stage = cJSON_GetObjectItemCaseSensitive(data, "stage");
+  if (strcmp(type->valuestring, "stagecoach.stage.completed") != 0 ||
+      strcmp(stage->valuestring, "s2") != 0)
+    return;
+  cJSON_ReplaceItemInObjectCaseSensitive(
+      data, "digest",
+      cJSON_CreateString(
+          "sha256:0000000000000000000000000000000000000000000000000000000000000000"));
+}
+
+static void the_scan_refuses_a_fold_that_does_not_match_its_digest(void **state) {
+  char path[256];
+  temp_path(state, "fold.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  write_fold_log(&loop, path, &rec);
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(snapshot_lines(&l), 1);
+  log_free(&l);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK); /* as written, it folds */
+  assert_int_equal(n, 1);
+  cJSON *had = recorder_context(&rec, SC_EV_STAGE_COMPLETED, 2);
+  assert_true(cJSON_Compare(u[0].request.context, had, true));
+  cJSON_Delete(had);
+  sc_unfinished_free(u, n);
+
+  rewrite_events(path, break_last_digest, NULL); /* a chain that verifies, a digest that lies */
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_ECORRUPT);
+  if (strstr(sc_error_message(), "digest") == NULL || strstr(sc_error_message(), "s2") == NULL)
+    fail_msg("message: %s", sc_error_message());
+  assert_null(u);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* An older log: every stage.completed carries the whole context, after its output. */
+static void context_on_every_line(cJSON *ev, size_t i, void *udata) {
+  const recorder *rec = udata;
+  if (rec->types[i] != SC_EV_STAGE_COMPLETED) return;
+  cJSON *data = cJSON_GetObjectItemCaseSensitive(ev, "data");
+  cJSON_DeleteItemFromObjectCaseSensitive(data, "context");
+  cJSON *digest = cJSON_DetachItemFromObjectCaseSensitive(data, "digest");
+  cJSON_AddItemToObject(data, "context", cJSON_Parse(rec->contexts[i]));
+  cJSON_AddItemToObject(data, "digest", digest);
+}
+
+static void an_older_log_with_a_context_on_every_line_stays_readable(void **state) {
+  char path[256];
+  temp_path(state, "old.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  write_fold_log(&loop, path, &rec);
+  rewrite_events(path, context_on_every_line, &rec);
+  logfile l;
+  log_read(path, &l);
+  assert_int_equal(snapshot_lines(&l), 3);
+  log_free(&l);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  int rc = sc_jsonl_scan(path, &u, &n, NULL);
+  if (rc != SC_OK) fail_msg("scan: %s", sc_error_message());
+  assert_int_equal(n, 1);
+  assert_string_equal(u[0].request.last_completed_stage, "s2");
+  cJSON *had = recorder_context(&rec, SC_EV_STAGE_COMPLETED, 2);
+  assert_true(cJSON_Compare(u[0].request.context, had, true));
+  char digest[72];
+  assert_int_equal(sc_json_digest(had, digest), SC_OK);
+  assert_string_equal(u[0].request.context_digest, digest);
+  cJSON_Delete(had);
+  sc_unfinished_free(u, n);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ---- a recovery recorded only in part ---- */
+
+static void
+a_log_ending_right_after_a_recovered_task_created_recovers_to_the_same_point(void **state) {
+  char path[256];
+  temp_path(state, "half.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  mixed_log m;
+  write_mixed_log(&loop, path, &m);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  const sc_unfinished *d = find_unfinished(u, n, "task-d");
+  uint64_t before = file_size(path);
+
+  /* Recover task-d, then keep the log only up to the end of the recovered task's task.created:
+   * a recovery that stopped right there (a full disk after that one line). */
+  behaviour b2 = {.hang = {"d2"}};
+  sc_engine *e2 = new_engine(&loop, &b2);
+  sc_jsonl *log = open_log(e2, path, SC_FSYNC_BATCH);
+  sc_task *t = NULL;
+  assert_int_equal(sc_recover_from_restart(e2, &d->request, &t), SC_OK);
+  char *recovered = strdup(sc_task_id(t));
+  for (int i = 0; i < 10000 && !has_run(&b2, "d2"); i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e2);
+  sc_unfinished_free(u, n);
+  logfile l;
+  log_read(path, &l);
+  size_t end = 0;
+  for (size_t i = 0; i < l.n && end == 0; i++)
+    if (l.off[i] >= before) end = l.off[i] + l.len[i] + 1;
+  sc_event_doc *created = NULL;
+  assert_int_equal(sc_event_parse(l.data + before, end - before - 1, &created), SC_OK);
+  const sc_event *ev = sc_event_doc_event(created);
+  assert_int_equal(ev->type, SC_EV_TASK_CREATED);
+  assert_string_equal(ev->task_id, recovered);
+  const cJSON *point = member(ev->data, "recovery");
+  assert_string_equal(string_of(ev->data, "recovered_from"), "task-d");
+  assert_string_equal(string_of(point, "mode"), "retry");
+  assert_string_equal(string_of(point, "last_completed_stage"), "d1");
+  assert_int_equal((int)member(point, "start_index")->valuedouble, 2);
+  assert_non_null(string_of(point, "digest"));
+  assert_true(cJSON_IsObject(member(point, "context")));
+  sc_event_doc_free(created);
+  assert_int_equal(truncate(path, (off_t)end), 0);
+  log_free(&l);
+
+  /* The stopped task-d is superseded; the recovered one carries on from d2, never from d0. */
+  u = NULL;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(u[i].request.recovered_from, "task-d") == 0) fail_msg("task-d is not superseded");
+  const sc_unfinished *again = find_unfinished(u, n, recovered);
+  assert_string_equal(again->request.last_completed_stage, "d1");
+  assert_int_equal(again->request.epoch, 1);
+  behaviour b3 = {0};
+  sc_engine *e3 = new_engine(&loop, &b3);
+  log = open_log(e3, path, SC_FSYNC_BATCH);
+  assert_int_equal(sc_recover_from_restart(e3, &again->request, NULL), SC_OK);
+  settle(&loop);
+  assert_string_equal(ran_of(&b3, 'd'), "d2,d3,d4");
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e3);
+  sc_unfinished_free(u, n);
+  free(recovered);
+  mixed_log_free(&m);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A caller may point any field of a request at its own memory before recovering; the free
+ * frees only what the scan allocated. */
+static void unfinished_free_frees_only_what_the_scan_allocated(void **state) {
+  char path[256];
+  temp_path(state, "mixed.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  mixed_log m;
+  write_mixed_log(&loop, path, &m);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+  assert_true(n > 0);
+  char mine[] = "my-own-id";
+  cJSON *context = json_or_die("{\"mine\":true}");
+  u[0].request.task_id = mine;
+  u[0].request.context = context;
+  u[0].request.context_digest = NULL;
+  u[0].request.config = m.config_d;
+  u[0].request.last_completed_stage = "d0";
+  sc_unfinished_free(u, n); /* ASan: nothing of the caller's freed, nothing of the scan's leaked */
+  assert_string_equal(mine, "my-own-id");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(context, "mine")));
+  cJSON_Delete(context);
+  mixed_log_free(&m);
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -1648,6 +2203,17 @@ int main(void) {
       T(a_second_writer_is_refused),
       T(a_context_with_stray_bytes_recovers_from_the_log),
       T(a_task_id_with_a_nul_byte_is_read_safely),
+      T(the_lock_is_taken_before_the_log_is_read),
+      T(unfinished_reads_the_log_through_the_locked_descriptor),
+      T(a_file_that_is_not_a_log_is_refused_and_left_as_it_is),
+      T(a_device_is_not_a_log),
+      T(a_torn_tail_is_cut_only_when_it_could_be_a_line_we_started),
+      T(opening_a_log_and_writing_nothing_changes_nothing),
+      T(a_log_grows_with_the_outputs_not_with_stages_times_context),
+      T(the_scan_refuses_a_fold_that_does_not_match_its_digest),
+      T(an_older_log_with_a_context_on_every_line_stays_readable),
+      T(a_log_ending_right_after_a_recovered_task_created_recovers_to_the_same_point),
+      T(unfinished_free_frees_only_what_the_scan_allocated),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -398,6 +398,61 @@ static void recover_restores_the_context_snapshot_with_a_matching_digest(void **
   stop_engine(e, &rec, &loop);
 }
 
+/* A recovered task's task.created is a recovery record of its own: a log that ends right after
+ * it recovers to the same point. */
+static void a_recovered_task_created_carries_its_recovery_point(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  recorder rec;
+  probe p;
+  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  cJSON *config = json_or_die(FOUR_STAGES);
+  cJSON *previous = json_or_die(PREVIOUS_FOUR_STAGES);
+  cJSON *context = json_or_die("{\"seed\":41,\"s0\":0,\"s1\":1}");
+  char digest[72];
+  assert_int_equal(sc_json_digest(context, digest), SC_OK);
+  sc_recovery_request req;
+  request_for(&req, config, "s1");
+  req.context = context;
+  req.context_digest = digest;
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
+  req.task_id = "t-back";
+  req.mode = SC_RECOVER_ROLLBACK;
+  req.previous_config = previous;
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
+  settle(&loop);
+
+  const char *modes[] = {"retry", "rollback"};
+  const int starts[] = {2, 0};
+  for (size_t i = 0; i < 2; i++) {
+    cJSON *created = event_json(&rec, SC_EV_TASK_CREATED, i);
+    const cJSON *data = data_of(created);
+    assert_string_equal(str_of(data, "recovered_from"), "t-old");
+    const cJSON *point = member(data, "recovery");
+    assert_true(cJSON_IsObject(point));
+    assert_string_equal(str_of(point, "mode"), modes[i]);
+    assert_int_equal(num_of(point, "start_index"), starts[i]);
+    assert_string_equal(str_of(point, "last_completed_stage"), "s1");
+    assert_true(cJSON_Compare(member(point, "context"), context, true));
+    assert_string_equal(str_of(point, "digest"), digest);
+    assert_null(member(data, "context")); /* once, in the recovery point */
+    assert_non_null(member(data, "config"));
+    cJSON_Delete(created);
+  }
+  /* A new task's task.created has no recovery point. */
+  submit_bystander(e, config);
+  settle(&loop);
+  cJSON *fresh = event_json(&rec, SC_EV_TASK_CREATED, 2);
+  assert_null(member(data_of(fresh), "recovery"));
+  assert_null(member(data_of(fresh), "recovered_from"));
+  cJSON_Delete(fresh);
+  cJSON_Delete(context);
+  cJSON_Delete(previous);
+  cJSON_Delete(config);
+  stop_engine(e, &rec, &loop);
+}
+
 /* ---- refusals ---- */
 
 static void recover_rejects_unknown_stage(void **state) {
@@ -1122,6 +1177,7 @@ int main(void) {
       cmocka_unit_test(recover_retry_after_final_stage_completes_at_once),
       cmocka_unit_test(recovered_task_carries_request_epoch_plus_one_in_every_event),
       cmocka_unit_test(recover_restores_the_context_snapshot_with_a_matching_digest),
+      cmocka_unit_test(a_recovered_task_created_carries_its_recovery_point),
       cmocka_unit_test(recover_rejects_unknown_stage),
       cmocka_unit_test(recover_rejects_fingerprint_of_another_config),
       cmocka_unit_test(recover_rejects_context_digest_mismatch),

@@ -22,7 +22,8 @@ typedef struct sc_jsonl sc_jsonl;
 typedef enum sc_fsync_mode {
   SC_FSYNC_NONE,  /* ack after write(): survives a crash of the process, not of the machine */
   SC_FSYNC_BATCH, /* one fdatasync per loop turn for every line written in it (group commit) */
-  SC_FSYNC_ALWAYS /* one fdatasync per event, each before its ack */
+  SC_FSYNC_ALWAYS /* each line written at once and fdatasync'd before its ack; lines written
+                     while a sync is in flight share the next one (at most one sync per event) */
 } sc_fsync_mode;
 
 #define SC_JSONL_OPTIONS_VERSION 2
