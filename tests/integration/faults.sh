@@ -68,7 +68,7 @@ for mode in always batch; do
         if [ $status != 0 ]; then
           why="the recovery exits $status"
         else
-          finish_checks "$label" "$hit"
+          finish_checks "$hit"
         fi
       fi
       if [ -z "$why" ]; then
@@ -109,7 +109,7 @@ for mode in always batch; do
         if [ $status != 0 ]; then
           why="the recovery after the second fault exits $status"
         else
-          finish_checks "$label2" $((hit + hit2))
+          finish_checks $((hit + hit2))
         fi
       fi
       for s in $(seq 0 11); do
@@ -165,7 +165,7 @@ for mode in always batch; do
     else
       continue_job "$mode"
       status=$?
-      if [ $status != 0 ]; then why="the recovery exits $status"; else finish_checks "$label" $incidents; fi
+      if [ $status != 0 ]; then why="the recovery exits $status"; else finish_checks $incidents; fi
     fi
     if [ -z "$why" ]; then ok "$label, recovered"; else
       fail "$label: $why" "$(tail -n 8 "$job/out1")" "then:" "$(tail -n 8 "$job/out")"; fi

@@ -36,7 +36,7 @@ for mode in always batch; do
     continue_job "$mode"
     rstatus=$?
     boundaries=$(($(wc -l <"$job/log") - before))
-    finish_checks "clean" 1
+    finish_checks 1
     if [ "$at" -gt 0 ] && [ $status != 0 ] && [ $rstatus = 0 ] && [ -z "$why" ] && [ $boundaries -gt 0 ]; then
       ok "$mode, $stop: the clean recovery completes, writing $boundaries lines"
     else
@@ -57,7 +57,7 @@ for mode in always batch; do
         kills=$((kills + 1))
         continue_job "$mode"
         status=$?
-        if [ $status != 0 ]; then why="the recovery after the kill exits $status"; else finish_checks "$label" 2; fi
+        if [ $status != 0 ]; then why="the recovery after the kill exits $status"; else finish_checks 2; fi
       fi
       if [ -z "$why" ]; then
         ok "$label, recovered again"

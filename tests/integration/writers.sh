@@ -93,7 +93,7 @@ for where in open lock; do
   elif ! cmp -s "$job/ran" "$job/ran.a"; then
     why="B ran stages after A had finished the job: $(tr '\n' ' ' <"$job/ran")"
   else
-    finish_checks "$label" 1
+    finish_checks 1
   fi
   if [ -z "$why" ]; then ok "$label: A recovers, B finds nothing and writes nothing"; else
     fail "$label: $why" "A:" "$(tail -n 6 "$job/out")" "B:" "$(tail -n 6 "$job/outB")"; fi
@@ -124,7 +124,7 @@ if hold_b locked; then
   python3 "$judge" snapshot "$job/log" "$job/ran" >>"$job/snaps"
   release_b
   b_status=$?
-  if [ $b_status = 0 ]; then finish_checks "$label" 1; else why="B exits $b_status"; fi
+  if [ $b_status = 0 ]; then finish_checks 1; else why="B exits $b_status"; fi
   if [ -z "$why" ]; then ok "$label: B, the writer, completes the job"; else
     fail "$label: $why" "B:" "$(tail -n 6 "$job/outB")"; fi
 else
