@@ -3,7 +3,8 @@
 # reference job (12 exec stages of the real `stagecoach` command, s6 irreversible behind a gate)
 # runs once clean in `always` and in `batch` mode under the iofault shim, which counts the
 # writes and syncs made on the log (stdout, stderr and the stages' pipes are not counted). Then,
-# for every one of those calls and for EIO and ENOSPC, the job runs again with that call failing,
+# for every one of those calls and for EIO and ENOSPC (a write failing with ENOSPC first writes
+# half its bytes, as on a disk that fills up), the job runs again with that call failing,
 # and the operator carries on: `recover` (or `run` again, when the log holds no task). Checked:
 # the faulted run exits 5 (the log is incomplete) naming the error and reports no sanitizer
 # error; the recovery completes; the log verifies; a further recover finds nothing and writes
@@ -16,6 +17,9 @@
 sc=$1 shim=$2 judge=$3
 . "$(dirname "$0")/faultlib.sh"
 
+# A disk that fills up takes part of a write: with ENOSPC the failing write writes half its bytes
+# and the write of the rest fails; with EIO nothing is written.
+short() { [ "$1" = ENOSPC ] && echo 1 || echo 0; }
 strerror() { [ "$1" = EIO ] && echo "Input/output error" || echo "No space left on device"; }
 faults=0 second_faults=0 cases=0 triple=0
 case_index=0
@@ -40,7 +44,8 @@ for mode in always batch; do
       cases=$((cases + 1)); case_index=$((case_index + 1))
       label="$mode: $errno at call $k of $calls"
       fresh_job
-      sc_shim SC_IOFAULT_TRACE="$job/trace1" SC_IOFAULT_FAIL=$k SC_IOFAULT_ERRNO=$errno -- \
+      sc_shim SC_IOFAULT_TRACE="$job/trace1" SC_IOFAULT_FAIL=$k SC_IOFAULT_ERRNO=$errno \
+        SC_IOFAULT_SHORT="$(short $errno)" -- \
         run "$job/p.json" --log "$job/log" --fsync "$mode" --no-prompt --plain
       status=$?
       cp "$job/out" "$job/out1"
@@ -88,7 +93,8 @@ for mode in always batch; do
       [ -f "$job/ran.after" ] && cp "$job/ran.after" "$job/ran"
       : >"$job/snaps"
       label2="$label, then $other at call $j of the recovery's $recovery_calls"
-      continue_job "$mode" SC_IOFAULT_TRACE="$job/trace3" SC_IOFAULT_FAIL=$j SC_IOFAULT_ERRNO=$other
+      continue_job "$mode" SC_IOFAULT_TRACE="$job/trace3" SC_IOFAULT_FAIL=$j SC_IOFAULT_ERRNO=$other \
+        SC_IOFAULT_SHORT="$(short $other)"
       status=$?
       cp "$job/out" "$job/out2"
       hit2=$(grep -c ' fail ' "$job/trace3")
