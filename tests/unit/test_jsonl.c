@@ -9,6 +9,7 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1674,6 +1675,50 @@ static void the_lock_is_taken_before_the_log_is_read(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A writer in another process: refused, with that process's pid in the message. */
+static void a_writer_in_another_process_is_named_by_its_pid(void **state) {
+  char path[256];
+  temp_path(state, "other-process.jsonl", path);
+  write_file(path, "", 0);
+  int ready[2], release[2];
+  assert_int_equal(pipe(ready), 0);
+  assert_int_equal(pipe(release), 0);
+  pid_t child = fork();
+  assert_true(child >= 0);
+  if (child == 0) { /* holds the lock as a writer would, until told to let go */
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    char c = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 ? 'y' : 'n';
+    if (write(ready[1], &c, 1) != 1 || read(release[0], &c, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  char c = 0;
+  assert_int_equal(read(ready[0], &c, 1), 1);
+  assert_int_equal(c, 'y');
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_jsonl *log = NULL;
+  int rc = sc_jsonl_open(e, path, NULL, &log);
+  char holder[64];
+  snprintf(holder, sizeof(holder), "locked by pid %ld", (long)child);
+  bool named = strstr(sc_error_message(), holder) != NULL;
+  assert_int_equal(write(release[1], "x", 1), 1);
+  int status = 0;
+  assert_int_equal(waitpid(child, &status, 0), child);
+  assert_int_equal(rc, SC_EBUSY);
+  assert_null(log);
+  if (!named) fail_msg("the message does not name pid %ld: %s", (long)child, sc_error_message());
+  log = open_log(e, path, SC_FSYNC_NONE); /* the holder ended: free again */
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  for (int i = 0; i < 2; i++) {
+    close(ready[i]);
+    close(release[i]);
+  }
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* What sc_jsonl_unfinished returns is what the locked file holds, even when the name has been
  * given to another file meanwhile. */
 static void unfinished_reads_the_log_through_the_locked_descriptor(void **state) {
@@ -2204,6 +2249,7 @@ int main(void) {
       T(a_context_with_stray_bytes_recovers_from_the_log),
       T(a_task_id_with_a_nul_byte_is_read_safely),
       T(the_lock_is_taken_before_the_log_is_read),
+      T(a_writer_in_another_process_is_named_by_its_pid),
       T(unfinished_reads_the_log_through_the_locked_descriptor),
       T(a_file_that_is_not_a_log_is_refused_and_left_as_it_is),
       T(a_device_is_not_a_log),
