@@ -21,7 +21,7 @@ sc=$1 shim=$2 judge=$3
 # and the write of the rest fails; with EIO nothing is written.
 short() { [ "$1" = ENOSPC ] && echo 1 || echo 0; }
 strerror() { [ "$1" = EIO ] && echo "Input/output error" || echo "No space left on device"; }
-faults=0 second_faults=0 cases=0 triple=0
+faults=0 second_faults=0 cases=0 triple=0 restarted=0 in_flight=0
 case_index=0
 for mode in always batch; do
   # The clean run gives the number of calls to fail.
@@ -68,12 +68,14 @@ for mode in always batch; do
       cp "$job/ran" "$job/ran.after" 2>/dev/null || rm -f "$job/ran.after"
       if [ -z "$why" ]; then
         : >"$job/snaps"
+        has_task || restarted=$((restarted + 1))
         continue_job "$mode" SC_IOFAULT_TRACE="$job/trace2"
         status=$?
         if [ $status != 0 ]; then
           why="the recovery exits $status"
         else
           finish_checks "$hit"
+          grep -q '"reason":"irreversible-stage-in-flight"' "$job/log" && in_flight=$((in_flight + 1))
         fi
       fi
       if [ -z "$why" ]; then
@@ -178,6 +180,12 @@ for mode in always batch; do
   done
 done
 echo "# real failing syncs injected by strace: $strace_faults"
+# The invariants about the barriers were exercised, not vacuous.
+if [ $in_flight -gt 0 ] && [ $restarted -gt 0 ]; then
+  ok "the faults left s6 in flight $in_flight times (its recovery asked approval) and no task on record $restarted times (the job ran again)"
+else
+  fail "the faults never left s6 in flight ($in_flight) or never left the log without a task ($restarted)"
+fi
 echo "# cases: $cases; faults injected: $faults in runs, $second_faults in recoveries; stages run three times after two incidents: $triple"
 echo "# violations: $violations"
 echo "1..$n"
