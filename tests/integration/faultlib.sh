@@ -72,10 +72,11 @@ stages_gone() {
   done
 }
 
-# finish_checks LABEL INCIDENTS: the job is over; the log verifies, a further recover finds
-# nothing and writes nothing, and the invariants hold (faultcheck.py judge). Sets $why.
+# finish_checks INCIDENTS: the job is over; the log verifies, a further recover finds nothing
+# and writes nothing, and the invariants hold (faultcheck.py judge) after INCIDENTS faults or
+# kills. Sets $why: empty when all holds, else what does not.
 finish_checks() {
-  local label=$1 incidents=$2
+  local incidents=$1
   why=""
   if ! "$sc" verify "$job/log" >"$job/verify.out" 2>&1; then
     why="verify fails: $(head -c 600 "$job/verify.out")"
@@ -92,5 +93,4 @@ finish_checks() {
   fi
   # shellcheck disable=SC2046
   why=$(python3 "$judge" judge "$job/log" "$job/ran" "$incidents" $(cat "$job/snaps") | tr '\n' ';')
-  : "$label"
 }

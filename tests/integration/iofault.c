@@ -8,8 +8,13 @@
  *   SC_IOFAULT_LOG=PATH       the log (required; without it the shim does nothing)
  *   SC_IOFAULT_TRACE=FILE     append one line per counted call: "N write|sync BYTES", and
  *                             "N fail write|sync ERRNO" for the one failed
+ *                             and, not counted, "- read BYTES" for a read or a map of the log
+ *                             and "- locked" once the process holds its lock
  *   SC_IOFAULT_FAIL=N         the Nth counted call fails (returns -1, does nothing)...
  *   SC_IOFAULT_ERRNO=E        ... with errno E: EIO (default) or ENOSPC
+ *   SC_IOFAULT_SHORT=1        a write that fails writes half its bytes first and returns that
+ *                             short count; the next write of the log (the rest) fails with E, as
+ *                             a write does when the disk fills up in the middle of it
  *   SC_IOFAULT_KILL_LINE=N    write the log up to the end of its Nth line (of this process),
  *                             then SIGKILL: a crash exactly at that event boundary
  *   SC_IOFAULT_HOLD=WHERE     hold once: "open" (after the log is opened), "lock" (before it
@@ -34,6 +39,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -49,6 +56,8 @@ static int fail_errno = EIO;
 static char hold_where[16], hold_dir[PATH_MAX - 16];
 static long calls, lines; /* counted calls and log lines written, by every thread */
 static int held;          /* the hold is done once */
+static bool short_writes;
+static int rest_fails; /* a short write was made: the write of the rest fails */
 
 /* Writes the trace with the raw system call, so that the shim does not see its own writes. */
 static void trace(const char *fmt, ...) {
@@ -83,6 +92,8 @@ __attribute__((constructor)) static void iofault_init(void) {
   fail_at = f ? atol(f) : 0;
   const char *e = getenv("SC_IOFAULT_ERRNO");
   fail_errno = e && strcmp(e, "ENOSPC") == 0 ? ENOSPC : EIO;
+  const char *sh = getenv("SC_IOFAULT_SHORT");
+  short_writes = sh && strcmp(sh, "1") == 0;
   const char *k = getenv("SC_IOFAULT_KILL_LINE");
   kill_line = k ? atol(k) : 0;
   const char *h = getenv("SC_IOFAULT_HOLD"), *hd = getenv("SC_IOFAULT_HOLD_DIR");
@@ -158,10 +169,49 @@ static void after_write(const char *buf, size_t done) {
     }
 }
 
+/* A write of the log that fails: -1, or with SC_IOFAULT_SHORT the first half for real (the rest
+ * then fails). `put` writes `len` bytes at the caller's position. */
+static ssize_t failed_write(const char *buf, size_t len,
+                            ssize_t (*put)(const char *, size_t, void *), void *how) {
+  if (!short_writes || len < 2) return -1;
+  int saved = errno;
+  ssize_t n = put(buf, len / 2, how);
+  if (n <= 0) {
+    errno = saved;
+    return -1;
+  }
+  trace("- short write of %zd of %zu bytes\n", n, len);
+  after_write(buf, (size_t)n);
+  __atomic_store_n(&rest_fails, 1, __ATOMIC_SEQ_CST);
+  return n;
+}
+
+/* True when this write is the rest of a short one: it fails (errno is set). */
+static bool rest_of_short(void) {
+  if (!__atomic_exchange_n(&rest_fails, 0, __ATOMIC_SEQ_CST)) return false;
+  trace("- the rest fails %s\n", fail_errno == ENOSPC ? "ENOSPC" : "EIO");
+  errno = fail_errno;
+  return true;
+}
+
+typedef struct {
+  int fd;
+  off_t off;
+  bool positional;
+} where_to;
+
+static ssize_t put_plain(const char *buf, size_t len, void *how) {
+  REAL(write, ssize_t, int, const void *, size_t);
+  REAL(pwrite, ssize_t, int, const void *, size_t, off_t);
+  where_to *w = how;
+  return w->positional ? real_pwrite(w->fd, buf, len, w->off) : real_write(w->fd, buf, len);
+}
+
 ssize_t write(int fd, const void *buf, size_t len) {
   REAL(write, ssize_t, int, const void *, size_t);
   if (what(fd) != 1) return real_write(fd, buf, len);
-  if (count("write", len)) return -1;
+  if (rest_of_short()) return -1;
+  if (count("write", len)) return failed_write(buf, len, put_plain, &(where_to){fd, 0, false});
   size_t part = until_kill(buf, len);
   ssize_t n = real_write(fd, buf, part);
   if (n > 0) after_write(buf, (size_t)n);
@@ -171,7 +221,8 @@ ssize_t write(int fd, const void *buf, size_t len) {
 ssize_t pwrite(int fd, const void *buf, size_t len, off_t off) {
   REAL(pwrite, ssize_t, int, const void *, size_t, off_t);
   if (what(fd) != 1) return real_pwrite(fd, buf, len, off);
-  if (count("write", len)) return -1;
+  if (rest_of_short()) return -1;
+  if (count("write", len)) return failed_write(buf, len, put_plain, &(where_to){fd, off, true});
   size_t part = until_kill(buf, len);
   ssize_t n = real_pwrite(fd, buf, part, off);
   if (n > 0) after_write(buf, (size_t)n);
@@ -191,7 +242,7 @@ static ssize_t vector_write(int fd, const struct iovec *iov, int cnt, off_t off,
   size_t total = 0;
   for (int i = 0; i < cnt; i++)
     total += iov[i].iov_len;
-  if (count("write", total)) return -1;
+  if (rest_of_short() || count("write", total)) return -1;
   ssize_t done = 0;
   for (int i = 0; i < cnt; i++) {
     size_t part = until_kill(iov[i].iov_base, iov[i].iov_len);
@@ -235,12 +286,17 @@ int sync_file_range(int fd, off_t off, off_t len, unsigned flags) {
   return real_sync_file_range(fd, off, len, flags);
 }
 
+static void got_lock(void) {
+  trace("- locked\n");
+  hold("locked");
+}
+
 int flock(int fd, int op) {
   REAL(flock, int, int, int);
   bool log = what(fd) == 1 && (op & (LOCK_EX | LOCK_SH));
   if (log) hold("lock");
   int rc = real_flock(fd, op);
-  if (log && rc == 0) hold("locked");
+  if (log && rc == 0) got_lock();
   return rc;
 }
 
@@ -261,7 +317,7 @@ static int lock_call(const char *name, int fd, int cmd, void *arg) {
   bool log = is_lock(cmd) && what(fd) == 1 && ((struct flock *)arg)->l_type != F_UNLCK;
   if (log) hold("lock");
   int rc = (*slot)(fd, cmd, arg);
-  if (log && rc == 0) hold("locked");
+  if (log && rc == 0) got_lock();
   return rc;
 }
 
@@ -322,4 +378,31 @@ int openat64(int dirfd, const char *path, int flags, ...) {
   mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;
   va_end(ap);
   return opened(real_openat64(dirfd, path, flags, mode));
+}
+
+/* Reads are only traced: the two-writer suite checks that a writer locks before it reads. */
+ssize_t read(int fd, void *buf, size_t len) {
+  REAL(read, ssize_t, int, void *, size_t);
+  if (what(fd) == 1) trace("- read %zu\n", len);
+  return real_read(fd, buf, len);
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t off) {
+  REAL(pread, ssize_t, int, void *, size_t, off_t);
+  if (what(fd) == 1) trace("- read %zu\n", len);
+  return real_pread(fd, buf, len, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t len, off_t off) {
+  return pread(fd, buf, len, off);
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  REAL(mmap, void *, void *, size_t, int, int, int, off_t);
+  if (fd >= 0 && what(fd) == 1) trace("- read %zu\n", len);
+  return real_mmap(addr, len, prot, flags, fd, off);
+}
+
+void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  return mmap(addr, len, prot, flags, fd, off);
 }

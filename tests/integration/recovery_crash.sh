@@ -11,7 +11,7 @@
 sc=$1 shim=$2 judge=$3
 . "$(dirname "$0")/faultlib.sh"
 
-kills=0
+kills=0 in_flight=0
 base=$tmp/base
 for mode in always batch; do
   for stop in irreversible-in-flight killed-after-s2; do
@@ -36,7 +36,7 @@ for mode in always batch; do
     continue_job "$mode"
     rstatus=$?
     boundaries=$(($(wc -l <"$job/log") - before))
-    finish_checks "clean" 1
+    finish_checks 1
     if [ "$at" -gt 0 ] && [ $status != 0 ] && [ $rstatus = 0 ] && [ -z "$why" ] && [ $boundaries -gt 0 ]; then
       ok "$mode, $stop: the clean recovery completes, writing $boundaries lines"
     else
@@ -57,7 +57,9 @@ for mode in always batch; do
         kills=$((kills + 1))
         continue_job "$mode"
         status=$?
-        if [ $status != 0 ]; then why="the recovery after the kill exits $status"; else finish_checks "$label" 2; fi
+        if [ $status != 0 ]; then why="the recovery after the kill exits $status"; else finish_checks 2; fi
+        [ -z "$why" ] && [ $stop = irreversible-in-flight ] &&
+          [ "$(grep -c '"reason":"irreversible-stage-in-flight"' "$job/log")" -ge 1 ] && in_flight=$((in_flight + 1))
       fi
       if [ -z "$why" ]; then
         ok "$label, recovered again"
@@ -68,6 +70,11 @@ for mode in always batch; do
     done
   done
 done
+if [ $in_flight -gt 0 ]; then
+  ok "recoveries asked approval for s6 in flight after $in_flight of the kills"
+else
+  fail "no recovery asked approval for s6 in flight"
+fi
 echo "# kills: $kills"
 echo "# violations: $violations"
 echo "1..$n"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two writers on one log, as TAP (issue 10). The reference job (faultcheck.py pipeline) is killed
 # right after s3's stage.completed, and two processes want to carry it on.
+#  - `recover` and `run` on an existing log hold its lock before they read a byte of it.
 #  - Deterministic: the iofault shim holds process B at a chosen point while process A recovers:
 #    right after B opened the log, or just before B locks it (both before B reads a byte), A is
 #    the writer: it completes the job, and B, let go, finds nothing to recover and writes nothing.
@@ -34,6 +35,22 @@ else
 fi
 
 restore() { rm -rf "$job"; cp -r "$1" "$job"; : >"$job/snaps"; mkdir -p "$job/hold"; }
+
+# A writer locks the log before it reads a byte of it (the shim traces reads and maps of the log
+# and the moment the lock is held).
+for cmd in recover run; do
+  restore "$small"
+  sc_shim SC_IOFAULT_TRACE="$job/rtrace" -- $cmd "$job/p.json" --log "$job/log" --no-prompt --plain
+  status=$?
+  first_lock=$(grep -n -m 1 '^- locked' "$job/rtrace" | cut -d: -f1)
+  first_read=$(grep -n -m 1 '^- read' "$job/rtrace" | cut -d: -f1)
+  if [ $status = 0 ] && [ -n "$first_lock" ] && [ -n "$first_read" ] && [ "$first_lock" -lt "$first_read" ]; then
+    ok "$cmd on an existing log holds the lock before its first read of it"
+  else
+    fail "$cmd on an existing log: exit $status, lock at trace line ${first_lock:-never}, first read at ${first_read:-never}" \
+      "$(head -n 8 "$job/rtrace")" "$(tail -n 4 "$job/out")"
+  fi
+done
 
 # hold_b WHERE: start B held at WHERE; sets b_job (its background job) and b_pid (from the shim).
 hold_b() {
@@ -76,7 +93,7 @@ for where in open lock; do
   elif ! cmp -s "$job/ran" "$job/ran.a"; then
     why="B ran stages after A had finished the job: $(tr '\n' ' ' <"$job/ran")"
   else
-    finish_checks "$label" 1
+    finish_checks 1
   fi
   if [ -z "$why" ]; then ok "$label: A recovers, B finds nothing and writes nothing"; else
     fail "$label: $why" "A:" "$(tail -n 6 "$job/out")" "B:" "$(tail -n 6 "$job/outB")"; fi
@@ -107,7 +124,7 @@ if hold_b locked; then
   python3 "$judge" snapshot "$job/log" "$job/ran" >>"$job/snaps"
   release_b
   b_status=$?
-  if [ $b_status = 0 ]; then finish_checks "$label" 1; else why="B exits $b_status"; fi
+  if [ $b_status = 0 ]; then finish_checks 1; else why="B exits $b_status"; fi
   if [ -z "$why" ]; then ok "$label: B, the writer, completes the job"; else
     fail "$label: $why" "B:" "$(tail -n 6 "$job/outB")"; fi
 else
