@@ -83,7 +83,14 @@ struct exec_run {
   int open_handles;
   int pid; /* also the process group id */
   bool exited, eof[2], cancelled, closing;
-  bool held; /* stopped by cli_exec_stop_all: its result waits for the task's cancel */
+  bool held;     /* stopped by cli_exec_stop_all: its result waits for the task's cancel */
+  char *task_id; /* the task's id: an attempt of the same stage and task waits for this one */
+  /* An earlier attempt of the same stage of the same task whose command is still ending (the
+   * engine gave up on it: a timeout, a cancel): this one spawns only when that one is gone, so
+   * two commands of one stage never run at once. Until then nothing is open; what to spawn is
+   * kept here. */
+  exec_run *waits_for;
+  char **waiting_argv, **waiting_env, *waiting_cwd;
   bool sweeping, swept, sweep_killed; /* what the command left in its group, after it exited */
   uint64_t sweep_started, group_gone_at;
   int64_t exit_status;
@@ -98,6 +105,9 @@ struct exec_run {
 
 /* exec_run.c. The run frees itself when the last of its handles closed (after close_all). */
 void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened */
+/* exec.c: spawns the runs that waited for gone, which is being freed. */
+void cli__exec_start_waiting(cli_exec *x, exec_run *gone);
+void cli__exec_strv_free(char **v);
 void cli__exec_close_all(exec_run *run);
 void cli__exec_signal_group(exec_run *run, int sig);
 /* The loop's callbacks of a run (each handle's data is the run). */

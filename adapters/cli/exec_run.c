@@ -47,7 +47,12 @@ void cli__exec_run_free(exec_run *run) {
       x->runs = run->next;
     if (run->next) run->next->prev = run->prev;
     x->nruns--;
+    cli__exec_start_waiting(x, run);
   }
+  free(run->task_id);
+  cli__exec_strv_free(run->waiting_argv);
+  cli__exec_strv_free(run->waiting_env);
+  free(run->waiting_cwd);
   if (run->tmpdir != NULL) remove_tree(run->tmpdir, 0);
   free(run->tmpdir);
   free(run->output_path);
@@ -188,12 +193,20 @@ static bool exit_code_listed(const cJSON *params, int64_t status) {
   return false;
 }
 
-/* Reads $SC_OUTPUT: 0 with *text (NULL when the file is gone), or -1 with errno set. */
+/* Reads $SC_OUTPUT: 0 with *text (NULL when the file is gone), -1 with errno set, or -2 when it
+ * is not a regular file. The command
+ * may have put anything under that name; only a regular file is read, and it is opened without
+ * blocking, so a FIFO or a terminal there can never stall the loop. */
 static int read_file(const char *path, char **text, size_t *len) {
   *text = NULL;
   *len = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) return errno == ENOENT ? 0 : -1;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return -2; /* not a regular file */
+  }
   strbuf b = {0};
   char chunk[16384];
   ssize_t n;
@@ -218,7 +231,16 @@ static void complete_from_output(exec_run *run, sc_stage_ctx *ctx) {
   char *text;
   size_t len;
   char msg[512];
-  if (read_file(run->output_path, &text, &len) != 0) {
+  int got = read_file(run->output_path, &text, &len);
+  if (got == -2) {
+    snprintf(msg, sizeof(msg),
+             "SC_OUTPUT of stage %s is not a regular file (a FIFO, device or "
+             "directory was put in its place): it is not read",
+             run->stage);
+    sc_stage_fail(ctx, SC_EIO, msg, false);
+    return;
+  }
+  if (got != 0) {
     snprintf(msg, sizeof(msg), "cannot read SC_OUTPUT of stage %s: %s", run->stage,
              strerror(errno));
     sc_stage_fail(ctx, SC_EIO, msg, false);

@@ -2,6 +2,7 @@
  * validate pipeline files. Exit codes: 0 completed (or OK), 1 failed, 2 usage or input error,
  * 3 cancelled, 4 rolled back, 5 the log could not store every event (the record is incomplete). */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,6 +305,9 @@ int main(int argc, char **argv) {
     fputs(usage_text, stderr);
     return CLI_EXIT_USAGE;
   }
+  /* A reader of our output that goes away (`| head`, a closed pipe) must not end a run as a crash
+   * would: the writes fail and the run goes on. Commands get the default back (exec.c). */
+  signal(SIGPIPE, SIG_IGN);
   const char *cmd = argv[1];
   if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
     printf("stagecoach %s\n", SC_VERSION_STRING);

@@ -39,7 +39,11 @@ typedef struct top {
 
 /* ---- reading ---- */
 
-/* Returns 0 or an errno value. An empty file gives *text NULL and *len 0. */
+/* A pipeline file is a few kilobytes; past this it is the wrong file (/dev/zero, a log). */
+#define PIPELINE_MAX_BYTES (64u * 1024 * 1024)
+
+/* Returns 0 or an errno value (EFBIG past PIPELINE_MAX_BYTES). An empty file gives *text NULL and
+ * *len 0. */
 static int read_file(const char *path, char **text, size_t *len) {
   *text = NULL;
   *len = 0;
@@ -47,10 +51,20 @@ static int read_file(const char *path, char **text, size_t *len) {
   if (fd < 0) return errno;
   struct stat st;
   size_t cap = 0, n = 0;
-  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) cap = (size_t)st.st_size + 1;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    if ((uint64_t)st.st_size > PIPELINE_MAX_BYTES) {
+      close(fd);
+      return EFBIG;
+    }
+    cap = (size_t)st.st_size + 1;
+  }
   char *buf = cap ? malloc(cap) : NULL;
   int err = cap && buf == NULL ? ENOMEM : 0;
   while (err == 0) {
+    if (n > PIPELINE_MAX_BYTES) {
+      err = EFBIG;
+      break;
+    }
     if (n == cap) { /* a file that grew, or one whose size fstat does not tell (a pipe) */
       size_t bigger = cap ? cap * 2 : 4096;
       char *grown = realloc(buf, bigger);
@@ -455,7 +469,11 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
   }
   int errnum = read_file(path, &text, &len);
   if (errnum != 0) {
-    say(err, errlen, &off, "%s: cannot read: %s\n", path, strerror(errnum));
+    if (errnum == EFBIG)
+      say(err, errlen, &off, "%s: cannot read: larger than %u MiB, not a pipeline file\n", path,
+          PIPELINE_MAX_BYTES / (1024 * 1024));
+    else
+      say(err, errlen, &off, "%s: cannot read: %s\n", path, strerror(errnum));
     goto out;
   }
   cli_jsonpos_at where;

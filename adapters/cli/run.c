@@ -591,6 +591,9 @@ static bool tracestate_valid(const char *s) {
 static int trace_context(const char *cmd, const char **traceparent, const char **tracestate) {
   *traceparent = *tracestate = NULL;
   const char *tp = getenv("TRACEPARENT"), *ts = getenv("TRACESTATE");
+  /* Exported but empty is the same as unset (a shell's `export TRACESTATE=`). */
+  if (tp != NULL && tp[0] == '\0') tp = NULL;
+  if (ts != NULL && ts[0] == '\0') ts = NULL;
   if (tp != NULL && !sc_traceparent_valid(tp))
     return cli_usage_error(cmd,
                            "TRACEPARENT \"%.80s\" is not a W3C traceparent "

@@ -430,6 +430,53 @@ kill -INT $runner
 wait $runner; check "SIGINT during a rollback lets it finish (exit 4)" 4 $? "$tmp/out"
 [ "$(tr '\n' ' ' <"$tmp/rbintran")" = "old-one old-two " ] && ok "... running every rollback stage" || fail "the rollback was cut short" "$(cat "$tmp/rbintran")"
 
+# --- what a command can do to the command that runs it ---
+# An attempt whose command outlives the engine's timeout (it ignores SIGTERM) is not overlapped
+# by the next attempt of the same stage: that one starts when the first command is gone.
+write_pipeline "$tmp/overlap.json" '[{"name":"to","kind":"exec","env":{"D":"${config.dir}"},"run":"trap \"\" TERM; echo start $SC_ATTEMPT >> $D/overlap; [ $SC_ATTEMPT = 1 ] && sleep 0.9; echo end $SC_ATTEMPT >> $D/overlap","timeout_ms":600,"kill_grace_ms":3000,"retry":{"max_attempts":2}}]'
+rm -f "$tmp/overlap"
+timeout 30 $sc run "$tmp/overlap.json" --plain >"$tmp/out" 2>&1; check "a retry after a timeout completes (exit 0)" 0 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/overlap")" = "start 1 end 1 start 2 end 2 " ] && ok "... and its two attempts never ran at once" ||
+  fail "the retry overlapped the timed-out attempt" "$(cat "$tmp/overlap")"
+
+# $SC_OUTPUT replaced by a FIFO (or anything but a regular file) fails the stage; it never blocks.
+write_pipeline "$tmp/fifo.json" '[{"name":"f","kind":"exec","run":"rm \"$SC_OUTPUT\"; mkfifo \"$SC_OUTPUT\""}]'
+timeout 20 $sc run "$tmp/fifo.json" --plain >"$tmp/out" 2>&1; check "a FIFO as \$SC_OUTPUT fails the stage (exit 1), no hang" 1 $? "$tmp/out"
+contains "... saying it is not a regular file" "$tmp/out" "not a regular file"
+
+# A reader of our output that goes away does not end the run: the run and its commands carry on.
+write_pipeline "$tmp/head.json" '[{"name":"p","kind":"exec","env":{"D":"${config.dir}"},"run":"for i in 1 2 3 4 5 6 7 8; do echo progress $i; sleep 0.05; done; echo done > $D/head.done"}]'
+rm -f "$tmp/head.done"
+(timeout 30 $sc run "$tmp/head.json" --plain --log "$tmp/head.jsonl"; echo $? >"$tmp/head.rc") | head -n 1 >/dev/null
+check "a run whose stdout closed still exits 0 (no SIGPIPE)" 0 "$(cat "$tmp/head.rc")"
+[ -s "$tmp/head.done" ] && ok "... and its command ran to its end" || fail "the command died with the reader"
+grep -q '"stagecoach.task.completed"' "$tmp/head.jsonl" && ok "... and the log holds task.completed" || fail "no task.completed in the log"
+
+# A command in a session of its own: reading /dev/tty fails at once instead of stopping it.
+write_pipeline "$tmp/tty.json" '[{"name":"t","kind":"exec","run":"if read x < /dev/tty; then echo read; else echo no-terminal; fi"}]'
+timeout 20 script -qec "exec $sc run $tmp/tty.json --plain --no-prompt" /dev/null </dev/null >"$tmp/out" 2>&1
+check "a command that reads /dev/tty under a terminal is not stopped (exit 0)" 0 $? "$tmp/out"
+contains "... it has no controlling terminal" "$tmp/out" "no-terminal"
+
+# A script that begins with '-' is the script, not an option of the shell.
+write_pipeline "$tmp/dash.json" '[{"name":"d","kind":"exec","run":"-x"}]'
+$sc run "$tmp/dash.json" --plain >"$tmp/out" 2>&1; check "a script '-x' is run as a command (exit 1: not found)" 1 $? "$tmp/out"
+contains "... the shell looked for the command -x" "$tmp/out" "\-x: not found"
+
+# A relative TMPDIR is not used (the command runs in its own cwd): $SC_OUTPUT still arrives.
+mkdir -p "$tmp/rel/reltmp" "$tmp/rel/work"
+write_pipeline "$tmp/rel/rel.json" '[{"name":"r","kind":"exec","cwd":"work","run":"cat \"$SC_CONTEXT_FILE\" >/dev/null && echo \"{\\\"a\\\":1}\" > \"$SC_OUTPUT\""},{"name":"s","kind":"exec","args":["${context.a}"],"run":"test \"$1\" = 1"}]'
+sc_path=$(cd "$(dirname "$sc")" && pwd)/$(basename "$sc")
+(cd "$tmp/rel" && TMPDIR=reltmp "$sc_path" run rel.json --plain >"$tmp/out" 2>&1); check "a relative TMPDIR still gives working SC_OUTPUT and SC_CONTEXT_FILE" 0 $? "$tmp/out"
+[ -z "$(ls -A "$tmp/rel/reltmp")" ] && ok "... and nothing went to the relative folder" || fail "the relative TMPDIR was used"
+
+# An empty TRACESTATE (or TRACEPARENT), as `export TRACESTATE=` leaves it, is the same as unset.
+TRACESTATE= TRACEPARENT= $sc run "$tmp/good.json" --plain >"$tmp/out" 2>&1; check "empty TRACEPARENT and TRACESTATE are as unset (exit 0)" 0 $? "$tmp/out"
+
+# The wrong file as a pipeline: a device that never ends is refused, not read into memory.
+timeout 20 $sc validate /dev/zero >"$tmp/out" 2>&1; check "validate /dev/zero is refused (exit 2)" 2 $? "$tmp/out"
+contains "... as larger than a pipeline can be" "$tmp/out" "not a pipeline file"
+
 # --- verify ---
 cp "$tmp/ok.jsonl" "$tmp/corrupt.jsonl"
 sed -i '3s/"seq":3/"seq":4/' "$tmp/corrupt.jsonl"
