@@ -156,6 +156,15 @@ void sc_stage_complete(sc_stage_ctx *ctx, cJSON *output) {
     finish(ctx, SC_EINVAL, "stage output must be a JSON object", false, NULL);
     return;
   }
+  if (sc__json_too_deep(output, SC__JSON_MAX_DEPTH)) {
+    cJSON_Delete(output);
+    char msg[128];
+    snprintf(msg, sizeof(msg),
+             "stage output nests deeper than %d levels: it could not be read back from a log",
+             SC__JSON_MAX_DEPTH);
+    finish(ctx, SC_EINVAL, msg, false, NULL);
+    return;
+  }
   finish(ctx, SC_OK, NULL, false, output);
 }
 

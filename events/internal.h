@@ -71,6 +71,14 @@ static inline bool sc__json_put(cJSON *obj, const char *const_key, cJSON *item) 
   return true;
 }
 
+/* The deepest nesting a value may have where it enters the engine (a stage's output, a task's
+ * config and context): an event puts it a few levels down (the event, data, context), and the
+ * reader of an event line (cJSON) stops at CJSON_NESTING_LIMIT, 1000 levels. A deeper value would
+ * be stored in a line that cannot be read back; it is refused instead. */
+#define SC__JSON_MAX_DEPTH 512
+/* Whether v nests deeper than limit (a scalar is depth 0); looks no deeper than limit + 1. */
+bool sc__json_too_deep(const cJSON *v, unsigned limit);
+
 /* Writes a cJSON value compactly; canonical sorts object keys by their bytes. */
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical);
 

@@ -266,6 +266,14 @@ static void json_object(sc__buf *b, const cJSON *v, bool canonical) {
   sc__buf_putc(b, '}');
 }
 
+bool sc__json_too_deep(const cJSON *v, unsigned limit) {
+  if (v == NULL || !(cJSON_IsObject(v) || cJSON_IsArray(v))) return false;
+  if (limit == 0) return true;
+  for (const cJSON *c = v->child; c != NULL; c = c->next)
+    if (sc__json_too_deep(c, limit - 1)) return true;
+  return false;
+}
+
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical) {
   if (v == NULL) {
     sc__buf_lit(b, "null");

@@ -2,11 +2,14 @@
  * validate pipeline files. Exit codes: 0 completed (or OK), 1 failed, 2 usage or input error,
  * 3 cancelled, 4 rolled back, 5 the log could not store every event (the record is incomplete). */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -207,20 +210,35 @@ static int cmd_events(int argc, char **argv) {
   }
   if (file == NULL) return cli_usage_error("events", "which log? (stagecoach events FILE)");
   if (type && strncmp(type, "stagecoach.", 11) == 0) type += 11;
-  FILE *f = fopen(file, "r");
-  if (f == NULL) return cli_usage_error("events", "%s: cannot read: %s", file, strerror(errno));
+  /* A log is a regular file: a device (/dev/zero) would be read for ever, a FIFO would wait for
+   * a writer. */
+  int fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return cli_usage_error("events", "%s: cannot read: %s", file, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return cli_usage_error("events", "%s is not a stagecoach log (not a regular file)", file);
+  }
+  FILE *f = fdopen(fd, "r");
+  if (f == NULL) {
+    close(fd);
+    return cli_usage_error("events", "%s: cannot read: %s", file, strerror(errno));
+  }
   char *line = NULL;
   size_t cap = 0;
   ssize_t len;
-  unsigned long lineno = 0, bad = 0;
+  unsigned long lineno = 0, bad = 0, events = 0;
+  bool first_is_ours = false;
+  static const char ours[] = "{\"specversion\":\"1.0\",";
   while ((len = getline(&line, &cap, f)) > 0) {
-    lineno++;
+    if (lineno++ == 0) first_is_ours = strncmp(line, ours, sizeof(ours) - 1) == 0;
     if (line[len - 1] != '\n') break; /* a torn tail */
     sc_event_doc *d;
     if (sc_event_parse(line, (size_t)len - 1, &d) != SC_OK) {
       bad++;
       continue;
     }
+    events++;
     const sc_event *ev = sc_event_doc_event(d);
     const char *t = sc_event_type_name(ev->type) + 11;
     if ((task && !id_matches(ev->task_id, task)) || (type && strncmp(t, type, strlen(type)) != 0)) {
@@ -248,6 +266,9 @@ static int cmd_events(int argc, char **argv) {
   fclose(f);
   if (read_error != 0)
     return cli_usage_error("events", "%s: cannot read: %s", file, strerror(read_error));
+  if (events == 0 && lineno > 0 && !first_is_ours)
+    return cli_usage_error(
+        "events", "%s is not a stagecoach log: none of its %lu lines is an event", file, lineno);
   if (bad) fprintf(stderr, "stagecoach events: %lu lines of %s are not events\n", bad, file);
   return CLI_EXIT_COMPLETED;
 }
@@ -308,6 +329,9 @@ int main(int argc, char **argv) {
   /* A reader of our output that goes away (`| head`, a closed pipe) must not end a run as a crash
    * would: the writes fail and the run goes on. Commands get the default back (exec.c). */
   signal(SIGPIPE, SIG_IGN);
+  /* A file size limit (ulimit -f) reached by the log is a failed write (EFBIG), reported as any
+   * failed write is (exit 5), not a death by SIGXFSZ that leaves the commands orphaned. */
+  signal(SIGXFSZ, SIG_IGN);
   const char *cmd = argv[1];
   if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
     printf("stagecoach %s\n", SC_VERSION_STRING);

@@ -427,9 +427,14 @@ static void report_unstored(const runtime *rt, const char *why) {
   fprintf(stderr, "stagecoach: the log is incomplete: %s\n", why);
   uint64_t *stored = calloc(rt->nemitted ? rt->nemitted : 1, sizeof(*stored));
   if (stored != NULL) stored_seqs(rt->log_path, rt, stored);
+  size_t unrecorded = 0, unfinished = 0;
   for (size_t i = 0; stored != NULL && i < rt->nemitted; i++) {
     const emitted *t = &rt->emitted[i];
     if (stored[i] >= t->n) continue;
+    if (stored[i] == 0)
+      unrecorded++; /* not even its task.created: no stage of it ran (a barrier) */
+    else
+      unfinished++;
     char list[512] = "";
     size_t shown = 0;
     for (uint64_t seq = stored[i] + 1; seq <= t->n && shown < 6; seq++, shown++)
@@ -440,9 +445,16 @@ static void report_unstored(const runtime *rt, const char *why) {
             t->n - stored[i] > 6 ? ", ..." : "");
   }
   free(stored);
-  fprintf(stderr,
-          "  the log shows these tasks unfinished: fix the cause, then `stagecoach recover` "
-          "finishes them\n");
+  if (unfinished > 0 || stored == NULL)
+    fprintf(stderr,
+            "  the log shows %s unfinished: fix the cause, then `stagecoach recover` finishes "
+            "%s\n",
+            unfinished == 1 ? "that task" : "those tasks", unfinished == 1 ? "it" : "them");
+  if (unrecorded > 0)
+    fprintf(stderr,
+            "  %s no event in the log, so no stage of %s ran: fix the cause, then run the same "
+            "command again\n",
+            unrecorded == 1 ? "one task has" : "some tasks have", unrecorded == 1 ? "it" : "them");
 }
 
 /* Closes everything; CLI_EXIT_INCOMPLETE when the log could not store every event. */
@@ -550,6 +562,16 @@ static bool same_file(const char *a, const char *b) {
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* Whether path names the file our stdout or stderr goes to (--log /dev/stdout with stdout sent
+ * to a file): progress lines would be written into the log. */
+static bool is_our_output(const char *path) {
+  struct stat sp, so;
+  if (stat(path, &sp) != 0) return false;
+  for (int fd = 1; fd <= 2; fd++)
+    if (fstat(fd, &so) == 0 && sp.st_dev == so.st_dev && sp.st_ino == so.st_ino) return true;
+  return false;
+}
+
 /* ---- trace context from the environment ---- */
 
 /* A W3C tracestate list: at most 32 "key=value" members separated by commas (blanks around them
@@ -640,6 +662,11 @@ int cli_run(int argc, char **argv) {
                            "changed, and two ids could become one)");
   if (o.log != NULL && same_file(o.log, pipeline))
     return cli_usage_error("run", "--log %s is the pipeline file itself; give the log its own file",
+                           o.log);
+  if (o.log != NULL && is_our_output(o.log))
+    return cli_usage_error("run",
+                           "--log %s is where this command's own output goes; give the log its "
+                           "own file",
                            o.log);
   runtime rt;
   int code = runtime_open(&rt, &o, "run");
@@ -763,6 +790,11 @@ int cli_recover(int argc, char **argv) {
   const char *log_name = o.log;
   if (same_file(o.log, pipeline))
     return cli_usage_error("recover", "--log %s is the pipeline file itself, not a log", o.log);
+  if (is_our_output(o.log))
+    return cli_usage_error("recover",
+                           "--log %s is where this command's own output goes; give the log its "
+                           "own file",
+                           o.log);
 
   runtime rt;
   if (dry_run) o.plain = true;
@@ -808,7 +840,10 @@ int cli_recover(int argc, char **argv) {
   for (size_t i = 0; i < n && code == CLI_EXIT_COMPLETED; i++) {
     sc_recovery_request req = todo[i].request;
     if (only != NULL && strcmp(req.recovered_from, only) != 0) continue;
-    if (only == NULL && p.plan != NULL && req.plan_id != NULL && strcmp(p.plan, req.plan_id) != 0) {
+    /* A task without a plan id belongs to a pipeline without "plan", and only to one of those. */
+    bool same_plan = p.plan == NULL || req.plan_id == NULL ? p.plan == req.plan_id
+                                                           : strcmp(p.plan, req.plan_id) == 0;
+    if (only == NULL && !same_plan) {
       other_plans++; /* a task of another pipeline that shares the log: its own recover runs it */
       continue;
     }
@@ -850,7 +885,7 @@ int cli_recover(int argc, char **argv) {
   if (code == CLI_EXIT_COMPLETED && chosen == 0) {
     if (other_plans > 0)
       printf("nothing to recover for plan '%s' in %s (%zu unfinished task%s of other plans)\n",
-             p.plan, log_name, other_plans, other_plans == 1 ? "" : "s");
+             p.plan ? p.plan : "(unnamed)", log_name, other_plans, other_plans == 1 ? "" : "s");
     else
       printf("nothing to recover: every task in %s finished\n", log_name);
   }

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -101,12 +102,49 @@ int sc__log_map_fd(int fd, sc__log *l) {
   return SC_OK;
 }
 
+/* Reads the file's bytes into memory: a reader takes no lock, and the writer may cut the file
+ * (a torn tail, or back to what was acknowledged after a failed write) while it reads. A mapping
+ * would then fault (SIGBUS) on the pages past the new end; a read just sees the shorter file. */
+static int read_whole(int fd, sc__log *l) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return SC_EIO;
+  if (S_ISDIR(st.st_mode)) {
+    errno = EISDIR;
+    return SC_EIO;
+  }
+  if (!S_ISREG(st.st_mode)) return SC_EPARSE;
+  size_t want = (size_t)st.st_size;
+  if (want == 0) return SC_OK;
+  char *buf = malloc(want);
+  if (buf == NULL) {
+    errno = ENOMEM;
+    return SC_EIO;
+  }
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = pread(fd, buf + got, want - got, (off_t)got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      free(buf);
+      errno = err;
+      return SC_EIO;
+    }
+    if (n == 0) break; /* cut meanwhile: what is left is the log */
+    got += (size_t)n;
+  }
+  l->data = buf;
+  l->size = got;
+  l->heap = true;
+  return SC_OK;
+}
+
 int sc__log_map(const char *path, sc__log *l) {
   memset(l, 0, sizeof(*l));
   /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno == ENOENT ? SC_ENOTFOUND : SC_EIO;
-  int rc = sc__log_map_fd(fd, l);
+  int rc = read_whole(fd, l);
   int err = errno;
   close(fd);
   errno = err;
@@ -114,8 +152,16 @@ int sc__log_map(const char *path, sc__log *l) {
 }
 
 void sc__log_unmap(sc__log *l) {
-  if (l->data) munmap(l->data, l->mapped);
+  if (l->heap)
+    free(l->data);
+  else if (l->data)
+    munmap(l->data, l->mapped);
   memset(l, 0, sizeof(*l));
+}
+
+bool sc__log_line_start(const char *bytes, size_t len) {
+  static const char start[] = "{\"specversion\":\"1.0\",";
+  return len >= sizeof(start) - 1 && memcmp(bytes, start, sizeof(start) - 1) == 0;
 }
 
 int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
@@ -158,7 +204,9 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
       if (rc != 0) return rc;
     }
   }
-  if (lineno == 0 && l->size > 0)
+  /* Bytes without one complete line are a log only when they begin as each of our lines does: a
+   * crash during the first write of a new log. */
+  if (lineno == 0 && l->size > 0 && !sc__log_line_start(l->data, l->size))
     return sc_error_set(SC_EPARSE,
                         "%s is not a stagecoach log: it holds %zu bytes and not one complete "
                         "event line (it is left as it is)",

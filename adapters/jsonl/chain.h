@@ -41,15 +41,20 @@ bool sc__chain_check(sc__chain *c, const char *line, size_t len);
 
 /* A log file read into memory: the walk over its lines. */
 typedef struct sc__log {
-  char *data; /* the file's bytes (mmap'd or NULL when empty) */
+  char *data; /* the file's bytes (mmap'd, read into memory, or NULL when empty) */
   size_t size;
   size_t mapped;
+  bool heap; /* data was read into memory (free), not mapped (munmap) */
 } sc__log;
 
-/* Maps a log: SC_OK, SC_ENOTFOUND (no such file), SC_EIO with errno (cannot be read, a
- * directory), or SC_EPARSE for a device, FIFO or socket (no log). The _fd form maps an open file.
- */
+/* Reads a log: SC_OK, SC_ENOTFOUND (no such file), SC_EIO with errno (cannot be read, a
+ * directory), or SC_EPARSE for a device, FIFO or socket (no log). sc__log_map, for readers that
+ * take no lock, reads the bytes into memory (the writer may cut the file meanwhile, which a
+ * mapping would not survive); the _fd form maps a file whose writer's lock the caller holds, so
+ * that only the caller can cut it. */
 int sc__log_map(const char *path, sc__log *l);
+/* Whether bytes begin as every line the writer writes begins ({"specversion":"1.0",). */
+bool sc__log_line_start(const char *bytes, size_t len);
 int sc__log_map_fd(int fd, sc__log *l);
 void sc__log_unmap(sc__log *l);
 

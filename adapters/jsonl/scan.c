@@ -338,7 +338,16 @@ static int fold_context(const char *base, const task_state *t, const cJSON *init
   req->context_digest = dup_str(string_member(ev, "digest"));
   cJSON *context = dup_object(member(ev, "context"));
   sc_event_doc_free(d);
-  if (context != NULL || req->context_digest == NULL) { /* a whole snapshot: nothing to fold */
+  if (context == NULL && req->context_digest == NULL) {
+    /* Every stage.completed the writer writes carries its digest: without one and without a
+     * snapshot, the context it recorded cannot be told. */
+    snprintf(why, whylen,
+             "the stage.completed of '%s' carries neither the context nor its digest (a changed "
+             "line)",
+             req->last_completed_stage ? req->last_completed_stage : "?");
+    return SC_ECORRUPT;
+  }
+  if (context != NULL) { /* a whole snapshot: nothing to fold */
     cJSON_Delete((cJSON *)req->context);
     req->context = context;
     return SC_OK;

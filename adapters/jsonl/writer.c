@@ -331,12 +331,12 @@ static int open_file(sc_jsonl *j, bool create, bool *created) {
  * buffered write, or it begins as every line of ours begins (then it is one line we started,
  * whatever its length). Anything else is not ours to cut. */
 static bool tail_is_ours(const sc_jsonl *j, const sc__log *l) {
-  static const char start[] = "{\"specversion\":\"1.0\",";
   const sc_jsonl_report *r = &j->open_report;
   size_t tail = (size_t)(r->bytes - r->good_bytes);
-  if (r->lines == 0) return false;
-  if (tail <= j->opts.buffer_bytes) return true;
-  return memcmp(l->data + r->good_bytes, start, sizeof(start) - 1) == 0;
+  bool starts_as_ours = sc__log_line_start(l->data + r->good_bytes, tail);
+  /* No line before it: only a first line we started (a crash during a new log's first write). */
+  if (r->lines == 0) return starts_as_ours;
+  return tail <= j->opts.buffer_bytes || starts_as_ours;
 }
 
 /* Reads the locked log through its descriptor: verifies every line, leaves the chain at the last
@@ -392,9 +392,15 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
    * it appends to. The lock goes with the file description, so a writer that crashed holds
    * nothing. */
   if (flock(j->fd, LOCK_EX | LOCK_NB) != 0) {
-    long pid = errno == EWOULDBLOCK ? lock_holder(j->fd) : 0;
-    if (errno != EWOULDBLOCK)
-      rc = sc_error_set(SC_EIO, "lock %s: %s", path, strerror(errno));
+    int lock_errno = errno; /* lock_holder() reads /proc and may change errno */
+    long pid = lock_errno == EWOULDBLOCK ? lock_holder(j->fd) : 0;
+    if (lock_errno != EWOULDBLOCK)
+      rc = sc_error_set(SC_EIO, "lock %s: %s", path, strerror(lock_errno));
+    else if (pid == (long)getpid())
+      rc = sc_error_set(SC_EBUSY,
+                        "log %s is already open for writing in this process (one writer per "
+                        "log); nothing was changed",
+                        path);
     else if (pid > 0)
       rc = sc_error_set(SC_EBUSY,
                         "log %s is locked by pid %ld: another process is writing it (one writer "
@@ -408,7 +414,9 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
     goto fail;
   }
   if ((rc = read_log(j)) != SC_OK) goto fail;
-  j->dir_sync_pending = created && j->opts.fsync != SC_FSYNC_NONE;
+  /* A new log's name must survive a crash too; an empty file may be one whose creator died before
+   * its first sync, so it is treated as new. */
+  j->dir_sync_pending = (created || j->open_report.bytes == 0) && j->opts.fsync != SC_FSYNC_NONE;
   uv_prepare_init(j->loop, &j->prepare);
   j->prepare.data = j;
   sc_subscriber s;

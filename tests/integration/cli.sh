@@ -385,6 +385,13 @@ if command -v strace >/dev/null; then
   contains "... and names the directory sync" "$tmp/out" "fsync (the directory of) $tmp/dirsync.jsonl: Input/output error"
   [ ! -e "$tmp/dirsyncran" ] && ok "... and no stage ran (task.created was not on record)" || fail "a stage ran"
   [ ! -s "$tmp/dirsync.jsonl" ] && ok "... and the log keeps only what was acknowledged (nothing)" || fail "the log kept unacknowledged lines" "$(head -c 300 "$tmp/dirsync.jsonl")"
+  contains "... and says that nothing of the task is in the log, so the run is to be done again" "$tmp/out" "no event in the log, so no stage of it ran"
+  # An empty file given as a log may be a new one whose creator died before its first sync: its
+  # directory is synced as a new log's is (here that sync fails, so it shows).
+  : >"$tmp/dirsync.jsonl"
+  ASAN_OPTIONS=detect_leaks=0 strace -f -o /dev/null -e trace=fsync -e inject=fsync:error=EIO \
+    "$sc" run "$tmp/dirsync.json" --plain --log "$tmp/dirsync.jsonl" >"$tmp/out" 2>&1
+  check "an empty existing log gets its directory synced too (the injected failure exits 5)" 5 $? "$tmp/out"
 else
   fail "strace is needed for the ordering and directory-sync cases (apt-get install strace)"
 fi
@@ -402,6 +409,51 @@ contains "... and names what was not stored" "$tmp/out" "not stored: task full-t
 $sc verify "$tmp/full.jsonl" >"$tmp/out2" 2>&1; check "... and its log verifies" 0 $? "$tmp/out2"
 $sc recover "$tmp/full.json" --log "$tmp/full.jsonl" --plain >"$tmp/out" 2>&1; check "recover then finishes the task (exit 0)" 0 $? "$tmp/out"
 [ "$(tr '\n' ' ' <"$tmp/fullran")" = "one two " ] && ok "... without running a stage again" || fail "stages ran again" "$(cat "$tmp/fullran")"
+
+# The file size limit (ulimit -f) is a failed write like any other: exit 5, not death by SIGXFSZ.
+rm -f "$tmp/fullran" "$tmp/xfsz.jsonl"
+(ulimit -f "$blocks"; exec "$sc" run "$tmp/full.json" --plain --log "$tmp/xfsz.jsonl" --task-id xfsz-task) >"$tmp/out" 2>&1
+check "reaching ulimit -f exits 5 (SIGXFSZ is ignored)" 5 $? "$tmp/out"
+contains "... and names what was not stored" "$tmp/out" "not stored: task xfsz-task"
+$sc verify "$tmp/xfsz.jsonl" >"$tmp/out2" 2>&1; check "... and its log verifies" 0 $? "$tmp/out2"
+
+# A crash during the first write of a new log leaves one line without its newline: that is a torn
+# tail of ours, cut by the next writer, not a file to refuse for ever.
+printf '{"specversion":"1.0","id":"torn-first/1","source":"stagecoach","type":"stagecoach.task.cr' >"$tmp/torn1.jsonl"
+$sc verify "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "verify accepts a log torn in its first line (exit 0)" 0 $? "$tmp/out"
+$sc run "$tmp/good.json" --plain --log "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "run on a log torn in its first line cuts the tail and runs (exit 0)" 0 $? "$tmp/out"
+$sc verify "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "... and the log verifies after it" 0 $? "$tmp/out"
+printf 'some notes, no newline' >"$tmp/notes1.txt"
+$sc run "$tmp/good.json" --plain --log "$tmp/notes1.txt" >"$tmp/out" 2>&1; check "a one-line text file is still not a log (exit 2)" 2 $? "$tmp/out"
+
+# Readers take no lock and read while a writer cuts a torn tail: they see the shorter file, they
+# never die of SIGBUS (a mapping of the pages past the new end would).
+cp "$tmp/ok.jsonl" "$tmp/bus.jsonl"
+{ printf '{"specversion":"1.0",'; head -c 30000000 /dev/zero | tr '\0' x; } >>"$tmp/bus.jsonl"
+(for _ in $(seq 1 40); do $sc verify "$tmp/bus.jsonl" >/dev/null 2>&1; echo $?; done) >"$tmp/bus.rc" &
+readers=$!
+sleep 0.2
+$sc run "$tmp/good.json" --plain --log "$tmp/bus.jsonl" >"$tmp/out" 2>&1; check "a run cuts a 30 MB torn tail while verify reads (exit 0)" 0 $? "$tmp/out"
+wait $readers
+grep -qv '^[01]$' "$tmp/bus.rc" && fail "a reader died while the tail was cut" "$(sort "$tmp/bus.rc" | uniq -c)" || ok "... and no reader died (every verify exited 0 or 1)"
+
+# Tasks of a pipeline without "plan" and of one with it share a log: each recover takes its own.
+write_pipeline "$tmp/named.json" '[{"name":"n1","kind":"exec","env":{"D":"${config.dir}"},"run":"test -f $D/plans.ok && echo named >> $D/plans"}]'
+printf '{"config":{"dir":"%s","stages":[{"name":"u1","kind":"exec","env":{"D":"${config.dir}"},"run":"test -f $D/plans.ok && echo unnamed >> $D/plans"}]}}\n' "$tmp" >"$tmp/unnamed.json"
+rm -f "$tmp/plans" "$tmp/plans.ok" "$tmp/plans.jsonl"
+$sc run "$tmp/named.json" --plain --log "$tmp/plans.jsonl" >/dev/null 2>&1
+$sc run "$tmp/unnamed.json" --plain --log "$tmp/plans.jsonl" >/dev/null 2>&1
+touch "$tmp/plans.ok"
+$sc recover "$tmp/named.json" --log "$tmp/plans.jsonl" --plain >"$tmp/out" 2>&1; check "recover of a named pipeline leaves a plan-less task alone (exit 0)" 0 $? "$tmp/out"
+$sc recover "$tmp/unnamed.json" --log "$tmp/plans.jsonl" --plain >"$tmp/out" 2>&1; check "recover of a plan-less pipeline takes only its own task (exit 0)" 0 $? "$tmp/out"
+[ "$(tr '\n' ' ' <"$tmp/plans")" = "named unnamed " ] && ok "... each task recovered once, by its own pipeline" || fail "the tasks were recovered by the wrong pipeline" "$(cat "$tmp/plans")"
+
+# events reads only logs: a device is refused at once, a file without one event is not a log.
+timeout 20 $sc events /dev/zero >"$tmp/out" 2>&1; check "events /dev/zero is refused (exit 2), not read for ever" 2 $? "$tmp/out"
+$sc events "$tmp/notes.txt" >"$tmp/out" 2>&1; check "events of a text file is refused (exit 2)" 2 $? "$tmp/out"
+
+# --log naming where the command's own output goes would mix progress lines into the log.
+$sc run "$tmp/good.json" --plain --log /dev/stdout >"$tmp/so.txt" 2>&1; check "--log /dev/stdout with stdout in a file is refused (exit 2)" 2 $? "$tmp/so.txt"
 
 # A second SIGINT exits 130 and writes no terminal event: recover carries the task on.
 write_pipeline "$tmp/twice.json" '[{"name":"slow","kind":"exec","env":{"D":"${config.dir}"},"run":"echo slow >> $D/twiceran; echo $$ > $D/twice.pid; trap \"\" TERM; sleep 1.5","kill_grace_ms":5000},{"name":"after","kind":"exec","env":{"D":"${config.dir}"},"run":"echo after >> $D/twiceran"}]'

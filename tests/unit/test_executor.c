@@ -557,6 +557,72 @@ static void sync_failure_inside_start_fails_stage_then_task(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A value nested `depth` levels deep: {"n":{"n":...{}}} (depth objects). */
+static cJSON *nested(int depth) {
+  cJSON *inner = cJSON_CreateObject();
+  for (int i = 1; i < depth && inner != NULL; i++) {
+    cJSON *outer = cJSON_CreateObject();
+    cJSON_AddItemToObject(outer, "n", inner);
+    inner = outer;
+  }
+  return inner;
+}
+
+/* Completes with an output nested params.depth levels deep. */
+static int fn_deep(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  const cJSON *d = cJSON_GetObjectItemCaseSensitive(sc_stage_params(ctx), "depth");
+  sc_stage_complete(ctx, nested((int)d->valuedouble));
+  return SC_OK;
+}
+
+/* An output, a config or a context nested deeper than an event line can be read back is refused
+ * where it enters: the stage fails (not retried), the submit is refused; 512 levels are fine. */
+static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = engine_on(&loop, NULL, 0);
+  assert_int_equal(sc_engine_register_fn(e, "deep", fn_deep, NULL), SC_OK);
+  recorder r;
+  recorder_attach(&r, e);
+  cJSON *config = json_or_die("{\"stages\":["
+                              "{\"name\":\"fine\",\"kind\":\"fn\",\"params\":{\"fn\":\"deep\","
+                              "\"depth\":512}},"
+                              "{\"name\":\"deep\",\"kind\":\"fn\",\"params\":{\"fn\":\"deep\","
+                              "\"depth\":1100},\"retry\":{\"max_attempts\":3}}]}");
+  sc_task *t = submit(e, "deep-output", NULL, config, NULL);
+  run_bounded(&loop, 5000);
+  assert_string_equal(recorder_types(&r, NULL), "task.created,task.started,stage.started,"
+                                                "stage.completed,stage.started,stage.failed,"
+                                                "task.failed");
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  cJSON *root;
+  const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
+  const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
+  assert_int_equal((int)num_member(err, "code"), SC_EINVAL);
+  assert_non_null(strstr(str_member(err, "message"), "deeper than 512 levels"));
+  cJSON_Delete(root);
+
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "deep-context";
+  spec.config = config;
+  cJSON *context = cJSON_CreateObject();
+  cJSON_AddItemToObject(context, "n", nested(600));
+  spec.context = context;
+  sc_task *refused = NULL;
+  assert_int_equal(sc_task_submit(e, &spec, &refused), SC_EINVAL);
+  assert_null(refused);
+  assert_non_null(strstr(sc_error_message(), "context nests deeper than 512 levels"));
+  cJSON_Delete(context);
+
+  cJSON_Delete(config);
+  sc_engine_free(e);
+  recorder_free(&r);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void start_returning_error_without_finishing_fails_stage_with_that_code(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -1564,6 +1630,7 @@ int main(void) {
       cmocka_unit_test(stage_completing_from_a_timer_callback_completes_the_task),
       cmocka_unit_test(sleep_kind_waits_its_milliseconds),
       cmocka_unit_test(sync_failure_inside_start_fails_stage_then_task),
+      cmocka_unit_test(values_nested_deeper_than_a_log_can_read_back_are_refused),
       cmocka_unit_test(start_returning_error_without_finishing_fails_stage_with_that_code),
       cmocka_unit_test(retry_backs_off_exponentially_capped_then_succeeds),
       cmocka_unit_test(non_retryable_failure_stops_retries_at_once),

@@ -178,7 +178,9 @@ int sc_engine_register_fn(sc_engine *e, const char *name, sc_stage_fn fn, void *
 
 /* Finishes the stage successfully. output (may be NULL) is taken over: an object's members are
  * merged into the task's context (a shallow merge: each member replaces the context member of
- * the same name); another type is refused and fails the stage. A second finish of the same stage
+ * the same name); another type, or an object nested deeper than 512 levels (its event line could
+ * not be read back), is refused and fails the stage (SC_EINVAL, not retried; sc_task_submit
+ * refuses a config or context that deep the same way). A second finish of the same stage
  * is refused (reported through the engine's log callback) and output is freed. After the call
  * ctx may be freed: do not use it again. */
 void sc_stage_complete(sc_stage_ctx *ctx, cJSON *output);
