@@ -543,11 +543,28 @@ static bool own_mount_namespace(void) {
   return write_file("/proc/self/setgroups", "deny") && write_file("/proc/self/gid_map", map);
 }
 
+/* Whether a bind mount made now stays in our namespace: "/" made private, recursively. In a
+ * chroot whose root is not a mount point (a build root) "/" cannot be named (EINVAL); there the
+ * mounts we can see are checked instead, and none may propagate ("shared:" in mountinfo). */
+static bool mounts_are_private(void) {
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0) return true;
+  if (errno != EINVAL) return false;
+  FILE *f = fopen("/proc/self/mountinfo", "r");
+  if (f == NULL) return false;
+  char line[4096];
+  bool shared = false;
+  while (!shared && fgets(line, sizeof(line), f) != NULL)
+    shared = strstr(line, " shared:") != NULL;
+  fclose(f);
+  errno = shared ? EPERM : 0;
+  return !shared;
+}
+
 /* The sweep, in a child process that made /bin/sh the given shell in a mount namespace of its
  * own. No cmocka here (its failures jump back into the parent's test runner): each mismatch is
  * printed, and the exit status is how many there were (2 and more: could not set up). */
 static int sweep_child(const char *shell, const char *dir) {
-  if (!own_mount_namespace() || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+  if (!own_mount_namespace() || !mounts_are_private() ||
       mount(shell, "/bin/sh", NULL, MS_BIND, NULL) != 0) {
     fprintf(stderr, "cannot bind %s on /bin/sh in a mount namespace: %s\n", shell, strerror(errno));
     return 100;
