@@ -586,7 +586,15 @@ void cli__exec_start_waiting(cli_exec *x, exec_run *gone) {
   exec_run *r = x->runs;
   while (r != NULL) {
     exec_run *next = r->next;
-    if (r->waits_for == gone) {
+    if (r->waits_for == gone && x->killed) { /* everything is being taken down */
+      sc_stage_ctx *ctx = r->ctx;
+      char msg[256];
+      snprintf(msg, sizeof(msg), "stage %s cancelled before its command started", r->stage);
+      sc_stage_set_data(ctx, NULL);
+      drop_waiting(r);
+      sc_stage_fail(ctx, SC_ECANCELLED, msg, false);
+      next = x->runs;
+    } else if (r->waits_for == gone) {
       sc_stage_ctx *ctx = r->ctx;
       char **argv = r->waiting_argv, **env = r->waiting_env;
       char *cwd = r->waiting_cwd;
@@ -651,6 +659,12 @@ static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
     cwd = NULL;
     run->ctx = ctx;
     sc_stage_set_data(ctx, run);
+    char note[160];
+    int len = snprintf(note, sizeof(note),
+                       "stagecoach: this attempt starts once the command of the one before "
+                       "(process group %d) has ended",
+                       earlier->pid);
+    cli__exec_emit_line(run, 2, note, (size_t)len);
     run = NULL;
     goto out;
   }
@@ -754,6 +768,10 @@ size_t cli_exec_running(const cli_exec *x) {
 }
 
 size_t cli_exec_stopping(const cli_exec *x) {
+  /* Only the commands stop_all stopped. A command the engine gave up on before (a timeout, in its
+   * grace period) is not waited for: the engine would meanwhile go on timing out the attempts
+   * that wait for it, and fail the task instead of cancelling it. It ends with its grace period,
+   * or by cli_exec_kill_all when the program exits. */
   size_t n = 0;
   for (const exec_run *run = x ? x->runs : NULL; run != NULL; run = run->next)
     n += run->held;
@@ -781,6 +799,7 @@ void cli_exec_stop_all(cli_exec *x) {
 
 void cli_exec_kill_all(cli_exec *x) {
   if (x == NULL) return;
+  x->killed = true;
   for (exec_run *run = x->runs; run != NULL; run = run->next)
     if (!run->closing) cli__exec_signal_group(run, SIGKILL);
 }

@@ -61,6 +61,7 @@ struct cli_exec {
   exec_run *runs; /* every command whose handles are not all closed yet */
   size_t nruns;
   bool stopping; /* cli_exec_stop_all(): results are held, nothing new starts */
+  bool killed;   /* cli_exec_kill_all(): a waiting attempt is not started any more */
 };
 
 /* The stage data of a stage whose command was stopped (or never started) by cli_exec_stop_all:
@@ -108,6 +109,8 @@ void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened
 /* exec.c: spawns the runs that waited for gone, which is being freed. */
 void cli__exec_start_waiting(cli_exec *x, exec_run *gone);
 void cli__exec_strv_free(char **v);
+/* Passes one line of a command's output on (fd 1 or 2), and keeps it for a failure message. */
+void cli__exec_emit_line(exec_run *run, int fd, const char *line, size_t len);
 void cli__exec_close_all(exec_run *run);
 void cli__exec_signal_group(exec_run *run, int sig);
 /* The loop's callbacks of a run (each handle's data is the run). */

@@ -105,7 +105,7 @@ static void keep_tail(exec_run *run, const char *line, size_t len) {
 }
 
 /* line is NUL-terminated at len. */
-static void emit_line(exec_run *run, int fd, const char *line, size_t len) {
+void cli__exec_emit_line(exec_run *run, int fd, const char *line, size_t len) {
   keep_tail(run, line, len);
   cli_exec *x = run->x;
   if (x == NULL) return;
@@ -129,7 +129,7 @@ static void feed(exec_run *run, int i, char *data, size_t n) {
     size_t take = nl ? (size_t)(nl - data) : n;
     if (pending->len + take > LINE_MAX_BYTES) {
       size_t room = LINE_MAX_BYTES - pending->len;
-      if (sb_append(pending, data, room)) emit_line(run, fd, pending->data, pending->len);
+      if (sb_append(pending, data, room)) cli__exec_emit_line(run, fd, pending->data, pending->len);
       pending->len = 0;
       data += room;
       n -= room;
@@ -141,9 +141,9 @@ static void feed(exec_run *run, int i, char *data, size_t n) {
     }
     if (pending->len == 0) {
       *nl = '\0'; /* our own read buffer */
-      emit_line(run, fd, data, take);
+      cli__exec_emit_line(run, fd, data, take);
     } else {
-      if (sb_append(pending, data, take)) emit_line(run, fd, pending->data, pending->len);
+      if (sb_append(pending, data, take)) cli__exec_emit_line(run, fd, pending->data, pending->len);
       pending->len = 0;
     }
     data += take + 1;
@@ -359,7 +359,8 @@ static void abandon_pipes(exec_run *run) {
   for (int i = 0; i < 2; i++) {
     if (run->eof[i]) continue;
     uv_read_stop((uv_stream_t *)&run->pipes[i]);
-    if (run->partial[i].len > 0) emit_line(run, i + 1, run->partial[i].data, run->partial[i].len);
+    if (run->partial[i].len > 0)
+      cli__exec_emit_line(run, i + 1, run->partial[i].data, run->partial[i].len);
     run->partial[i].len = 0;
     run->eof[i] = true;
   }
@@ -452,7 +453,7 @@ void cli__exec_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) 
   uv_read_stop(stream);
   strbuf *pending = &run->partial[i];
   if (pending->len > 0) {
-    emit_line(run, i + 1, pending->data, pending->len);
+    cli__exec_emit_line(run, i + 1, pending->data, pending->len);
     pending->len = 0;
   }
   run->eof[i] = true;

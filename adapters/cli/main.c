@@ -326,6 +326,11 @@ int main(int argc, char **argv) {
     fputs(usage_text, stderr);
     return CLI_EXIT_USAGE;
   }
+  /* Descriptors 0, 1 and 2 are always open: started with one closed, the next file we open (the
+   * log, the loop's epoll) would take its number, and a progress line would go into it. */
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF && open("/dev/null", O_RDWR) != fd)
+      return CLI_EXIT_USAGE;
   /* A reader of our output that goes away (`| head`, a closed pipe) must not end a run as a crash
    * would: the writes fail and the run goes on. Commands get the default back (exec.c). */
   signal(SIGPIPE, SIG_IGN);

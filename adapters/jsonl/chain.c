@@ -159,9 +159,19 @@ void sc__log_unmap(sc__log *l) {
   memset(l, 0, sizeof(*l));
 }
 
-bool sc__log_line_start(const char *bytes, size_t len) {
+bool sc__log_tail_is_ours(const char *tail, size_t len, bool first_line) {
   static const char start[] = "{\"specversion\":\"1.0\",";
-  return len >= sizeof(start) - 1 && memcmp(bytes, start, sizeof(start) - 1) == 0;
+  static const char created[] = "\"type\":\"stagecoach.task.created\"";
+  /* A write that stopped part way left the beginning of a line: all of its opening, or a part. */
+  size_t n = len < sizeof(start) - 1 ? len : sizeof(start) - 1;
+  if (len == 0 || memcmp(tail, start, n) != 0) return false;
+  if (!first_line) return true;
+  /* No line before it: the first line of every log is a task.created, whose type comes within
+   * its first bytes (after the id); a CloudEvents file of someone else's is not ours. */
+  size_t window = len < 4096 ? len : 4096;
+  for (size_t i = 0; i + sizeof(created) - 1 <= window; i++)
+    if (memcmp(tail + i, created, sizeof(created) - 1) == 0) return true;
+  return false;
 }
 
 int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
@@ -204,12 +214,20 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
       if (rc != 0) return rc;
     }
   }
-  /* Bytes without one complete line are a log only when they begin as each of our lines does: a
-   * crash during the first write of a new log. */
-  if (lineno == 0 && l->size > 0 && !sc__log_line_start(l->data, l->size))
+  /* Bytes without one complete line are a log only when they are the start of a first line we
+   * wrote (a crash during the first write of a new log); bytes after the last line only when
+   * they are the start of a line (a crash in the middle of a write). Anything else no writer of
+   * ours left: it is not cut, and the file is not taken for a log. */
+  if (lineno == 0 && l->size > 0 && !sc__log_tail_is_ours(l->data, l->size, true))
     return sc_error_set(SC_EPARSE,
                         "%s is not a stagecoach log: it holds %zu bytes and not one complete "
                         "event line (it is left as it is)",
                         path, l->size);
+  if (lineno > 0 && r->torn_tail &&
+      !sc__log_tail_is_ours(l->data + r->good_bytes, l->size - r->good_bytes, false))
+    return sc_error_set(SC_EPARSE,
+                        "%s is not a stagecoach log: it ends in %zu bytes without a newline that "
+                        "no writer of ours left (it is left as it is)",
+                        path, l->size - (size_t)r->good_bytes);
   return SC_OK;
 }

@@ -53,8 +53,11 @@ typedef struct sc__log {
  * mapping would not survive); the _fd form maps a file whose writer's lock the caller holds, so
  * that only the caller can cut it. */
 int sc__log_map(const char *path, sc__log *l);
-/* Whether bytes begin as every line the writer writes begins ({"specversion":"1.0",). */
-bool sc__log_line_start(const char *bytes, size_t len);
+/* Whether the len bytes of tail, which end a file without a newline, can be what a writer of ours
+ * left when it stopped in the middle of a write: the beginning of a line (all or part of the
+ * opening every line has, {"specversion":"1.0",), and for a first line (first_line: no complete
+ * line before it) the beginning of a task.created. */
+bool sc__log_tail_is_ours(const char *tail, size_t len, bool first_line);
 int sc__log_map_fd(int fd, sc__log *l);
 void sc__log_unmap(sc__log *l);
 

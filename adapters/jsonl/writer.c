@@ -327,18 +327,6 @@ static int open_file(sc_jsonl *j, bool create, bool *created) {
   return sc_error_set(SC_EIO, "open %s: %s", j->path, strerror(errno));
 }
 
-/* Whether a torn tail may be cut: the lines before it verified, and it is no longer than one
- * buffered write, or it begins as every line of ours begins (then it is one line we started,
- * whatever its length). Anything else is not ours to cut. */
-static bool tail_is_ours(const sc_jsonl *j, const sc__log *l) {
-  const sc_jsonl_report *r = &j->open_report;
-  size_t tail = (size_t)(r->bytes - r->good_bytes);
-  bool starts_as_ours = sc__log_line_start(l->data + r->good_bytes, tail);
-  /* No line before it: only a first line we started (a crash during a new log's first write). */
-  if (r->lines == 0) return starts_as_ours;
-  return tail <= j->opts.buffer_bytes || starts_as_ours;
-}
-
 /* Reads the locked log through its descriptor: verifies every line, leaves the chain at the last
  * one and notes a torn tail to cut before the first write. */
 static int read_log(sc_jsonl *j) {
@@ -350,13 +338,8 @@ static int read_log(sc_jsonl *j) {
                         "is left as it is",
                         j->path);
   if (rc != SC_OK) return sc_error_set(SC_EIO, "read %s: %s", j->path, strerror(errno));
+  /* The walk refuses a tail that no writer of ours left: only a torn line of ours is cut. */
   rc = sc__log_walk(j->path, &l, &j->chain, NULL, NULL, &j->open_report);
-  if (rc == SC_OK && j->open_report.torn_tail && !tail_is_ours(j, &l))
-    rc = sc_error_set(SC_EPARSE,
-                      "%s is not a stagecoach log: it ends in %llu bytes without a newline that "
-                      "no writer of ours left (it is left as it is)",
-                      j->path,
-                      (unsigned long long)(j->open_report.bytes - j->open_report.good_bytes));
   sc__log_unmap(&l);
   if (rc != SC_OK) return rc;
   j->offset = j->synced_offset = j->open_report.good_bytes;

@@ -419,12 +419,22 @@ $sc verify "$tmp/xfsz.jsonl" >"$tmp/out2" 2>&1; check "... and its log verifies"
 
 # A crash during the first write of a new log leaves one line without its newline: that is a torn
 # tail of ours, cut by the next writer, not a file to refuse for ever.
-printf '{"specversion":"1.0","id":"torn-first/1","source":"stagecoach","type":"stagecoach.task.cr' >"$tmp/torn1.jsonl"
+printf '{"specversion":"1.0","id":"torn-first/1","source":"stagecoach","type":"stagecoach.task.created","time":"2026-' >"$tmp/torn1.jsonl"
 $sc verify "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "verify accepts a log torn in its first line (exit 0)" 0 $? "$tmp/out"
 $sc run "$tmp/good.json" --plain --log "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "run on a log torn in its first line cuts the tail and runs (exit 0)" 0 $? "$tmp/out"
 $sc verify "$tmp/torn1.jsonl" >"$tmp/out" 2>&1; check "... and the log verifies after it" 0 $? "$tmp/out"
 printf 'some notes, no newline' >"$tmp/notes1.txt"
 $sc run "$tmp/good.json" --plain --log "$tmp/notes1.txt" >"$tmp/out" 2>&1; check "a one-line text file is still not a log (exit 2)" 2 $? "$tmp/out"
+# Someone else's CloudEvents file opens as our lines do; without a newline it is still not a log.
+printf '{"specversion":"1.0","id":"a1","source":"/my/app","type":"com.example.order","data":{"keep":"me"}}' >"$tmp/ce.json"
+cp "$tmp/ce.json" "$tmp/ce.copy"
+$sc run "$tmp/good.json" --plain --log "$tmp/ce.json" >"$tmp/out" 2>&1; check "a one-line CloudEvents file of another source is refused (exit 2)" 2 $? "$tmp/out"
+cmp -s "$tmp/ce.json" "$tmp/ce.copy" && ok "... and left byte for byte as it is" || fail "the CloudEvents file was changed"
+$sc verify "$tmp/ce.json" >"$tmp/out" 2>&1; check "... and verify says it is not a log (exit 2)" 2 $? "$tmp/out"
+# A valid log followed by bytes that no writer of ours left: verify and run agree it is no log.
+cp "$tmp/ok.jsonl" "$tmp/junk.jsonl"; head -c 3000 /dev/zero | tr '\0' x >>"$tmp/junk.jsonl"
+$sc verify "$tmp/junk.jsonl" >"$tmp/out" 2>&1; check "verify of a log with a tail no writer left exits 2" 2 $? "$tmp/out"
+$sc run "$tmp/good.json" --plain --log "$tmp/junk.jsonl" >"$tmp/out" 2>&1; check "... and run refuses it alike (exit 2)" 2 $? "$tmp/out"
 
 # Readers take no lock and read while a writer cuts a torn tail: they see the shorter file, they
 # never die of SIGBUS (a mapping of the pages past the new end would).
@@ -490,6 +500,24 @@ rm -f "$tmp/overlap"
 timeout 30 $sc run "$tmp/overlap.json" --plain >"$tmp/out" 2>&1; check "a retry after a timeout completes (exit 0)" 0 $? "$tmp/out"
 [ "$(tr '\n' ' ' <"$tmp/overlap")" = "start 1 end 1 start 2 end 2 " ] && ok "... and its two attempts never ran at once" ||
   fail "the retry overlapped the timed-out attempt" "$(cat "$tmp/overlap")"
+
+# SIGINT while the timed-out attempt's command still runs (the retry waits for it): the task is
+# cancelled, no retry starts, and that command does not outlive stagecoach.
+write_pipeline "$tmp/sigwait.json" '[{"name":"to","kind":"exec","env":{"D":"${config.dir}"},"run":"trap \"\" TERM; echo $$ > $D/sigwait.pid; echo start >> $D/sigwait; sleep 1.5; echo end >> $D/sigwait","timeout_ms":300,"kill_grace_ms":3000,"retry":{"max_attempts":4}}]'
+rm -f "$tmp/sigwait" "$tmp/sigwait.pid"
+$sc run "$tmp/sigwait.json" --plain --log "$tmp/sigwait.jsonl" >"$tmp/out" 2>&1 &
+runner=$!
+for _ in $(seq 1 100); do [ -s "$tmp/sigwait" ] && break; sleep 0.05; done
+sleep 0.45
+kill -INT $runner
+wait $runner; check "SIGINT while a timed-out command still runs cancels (exit 3)" 3 $? "$tmp/out"
+[ "$(grep -c '^start$' "$tmp/sigwait")" = 1 ] && ok "... and no retry started" || fail "a retry started after SIGINT" "$(cat "$tmp/sigwait")"
+pid=$(cat "$tmp/sigwait.pid" 2>/dev/null)
+[ -n "$pid" ] && gone "$pid" && ok "... and the timed-out command did not outlive stagecoach" || fail "the timed-out command outlived stagecoach"
+
+# Started with stdout, stderr or stdin closed: the loop's own descriptors must not take 0-2.
+$sc run "$tmp/good.json" --plain --log "$tmp/closed.jsonl" >&- 2>&- <&-; check "run with 0, 1 and 2 closed exits 0" 0 $?
+$sc verify "$tmp/closed.jsonl" >"$tmp/out" 2>&1; check "... and its log verifies" 0 $? "$tmp/out"
 
 # $SC_OUTPUT replaced by a FIFO (or anything but a regular file) fails the stage; it never blocks.
 write_pipeline "$tmp/fifo.json" '[{"name":"f","kind":"exec","run":"rm \"$SC_OUTPUT\"; mkfifo \"$SC_OUTPUT\""}]'

@@ -1873,8 +1873,14 @@ static void a_torn_tail_is_cut_only_when_it_could_be_a_line_we_started(void **st
   assert_null(memmem(l.data, l.size, "xxxx", 4));
   log_free(&l);
 
-  temp_path(state, "short-garbage.jsonl", path); /* within one buffered write: cut */
+  /* Short garbage is not ours either: every line, and so every part of one a write left, begins
+   * with the opening. */
+  temp_path(state, "short-garbage.jsonl", path);
   log_with_tail(&loop, path, garbage, 32);
+  expect_not_a_log(e, path, 64);
+
+  temp_path(state, "short-start.jsonl", path); /* the first 8 bytes of a line: ours, cut */
+  log_with_tail(&loop, path, line_start, 8);
   log = open_log(e, path, SC_FSYNC_BATCH);
   assert_true(sc_jsonl_open_report(log)->torn_tail);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
