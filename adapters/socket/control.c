@@ -12,21 +12,21 @@
 
 #define TOO_MANY_PENDING "{\"error\":\"too-many-pending\"}\n"
 
-static void send_json_line(sk_client *c, cJSON *o) {
+static void send_json_line(sc__sock_client *c, cJSON *o) {
   char *text = o ? cJSON_PrintUnformatted(o) : NULL;
   cJSON_Delete(o);
   if (text == NULL) return;
   size_t len = strlen(text);
   text[len] = '\n';
-  sk_client_send(c, text, len + 1, true);
+  sc__sock_client_send(c, text, len + 1, true);
   free(text);
 }
 
-static void unauthorized(sk_client *c, const char *message, const cJSON *id) {
-  sk_client_error_reply(c, "unauthorized", message, id);
+static void unauthorized(sc__sock_client *c, const char *message, const cJSON *id) {
+  sc__sock_client_error_reply(c, "unauthorized", message, id);
 }
 
-static void gap_line(sk_client *c, const char *task, uint64_t from, uint64_t first_available,
+static void gap_line(sc__sock_client *c, const char *task, uint64_t from, uint64_t first_available,
                      bool known) {
   cJSON *o = cJSON_CreateObject();
   if (o == NULL) return;
@@ -43,7 +43,7 @@ static void gap_line(sk_client *c, const char *task, uint64_t from, uint64_t fir
 /* ---- delivery from the ring ---- */
 
 /* Everything the ring holds since the client connected that its filter takes. */
-static void deliver_since_connect(sk_client *c) {
+static void deliver_since_connect(sc__sock_client *c) {
   sc_socket *s = c->server;
   uint64_t oldest = s->ring_pos - s->ring_n, pos = c->start_pos;
   if (pos < oldest) {
@@ -52,20 +52,20 @@ static void deliver_since_connect(sk_client *c) {
                      "{\"error\":\"missed\",\"events\":%llu,\"message\":\"events since the "
                      "connection that the replay ring no longer held\"}\n",
                      (unsigned long long)(oldest - pos));
-    sk_client_send(c, line, (size_t)n, true);
+    sc__sock_client_send(c, line, (size_t)n, true);
     pos = oldest;
   }
-  for (; pos < s->ring_pos && c->state == SK_STREAM; pos++) {
-    const sk_ring_entry *r = &s->ring[pos % s->ring_cap];
-    if (sk_filter_match(&c->filter, r->task->id, r->task->tenant, r->type))
-      sk_client_send(c, r->line, r->len, true);
+  for (; pos < s->ring_pos && c->state == SC__SOCK_STREAM; pos++) {
+    const sc__sock_ring_entry *r = &s->ring[pos % s->ring_cap];
+    if (sc__sock_filter_match(&c->filter, r->task->id, r->task->tenant, r->type))
+      sc__sock_client_send(c, r->line, r->len, true);
   }
 }
 
 /* ---- replay ---- */
 
 typedef struct replay_state {
-  sk_client *c;
+  sc__sock_client *c;
   const char *task;
   const char *needle; /* "taskid":"ID", to skip other tasks' lines without parsing them */
   uint64_t expected, upto;
@@ -84,9 +84,9 @@ static int replay_line(const char *json, size_t len, void *udata) {
       stop = 1; /* the ring and the live stream hold the rest */
     } else {
       if (ev->seq > st->expected) gap_line(st->c, st->task, st->expected, ev->seq, true);
-      if (sk_filter_match(&st->c->filter, ev->task_id, ev->tenant_id, ev->type)) {
-        sk_client_send(st->c, json, len, true);
-        sk_client_send(st->c, "\n", 1, true);
+      if (sc__sock_filter_match(&st->c->filter, ev->task_id, ev->tenant_id, ev->type)) {
+        sc__sock_client_send(st->c, json, len, true);
+        sc__sock_client_send(st->c, "\n", 1, true);
       }
       st->expected = ev->seq + 1;
       st->any = true;
@@ -105,9 +105,9 @@ static bool plain_id(const char *id) {
 /* The task's events from seq `from`: the log for what the ring no longer holds, then the ring;
  * the live stream carries on from there, so nothing is missed or sent twice at the seam. What
  * neither holds is said in a replay-gap line. */
-static void replay(sk_client *c, const char *task, uint64_t from) {
+static void replay(sc__sock_client *c, const char *task, uint64_t from) {
   sc_socket *s = c->server;
-  sk_task_rec *rec = sk_task_find(s, task);
+  sc__sock_task_rec *rec = sc__sock_task_find(s, task);
   uint64_t upto = UINT64_MAX; /* the first seq the ring or the live stream will deliver */
   if (rec != NULL) {
     upto = rec->last_seq + 1;
@@ -129,18 +129,19 @@ static void replay(sk_client *c, const char *task, uint64_t from) {
   }
   if (expected < upto) gap_line(c, task, expected, upto, upto != UINT64_MAX);
   if (rec == NULL) return;
-  for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos && c->state == SK_STREAM; pos++) {
-    const sk_ring_entry *r = &s->ring[pos % s->ring_cap];
+  for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos && c->state == SC__SOCK_STREAM;
+       pos++) {
+    const sc__sock_ring_entry *r = &s->ring[pos % s->ring_cap];
     if (r->task == rec && r->seq >= from &&
-        sk_filter_match(&c->filter, rec->id, rec->tenant, r->type))
-      sk_client_send(c, r->line, r->len, true);
+        sc__sock_filter_match(&c->filter, rec->id, rec->tenant, r->type))
+      sc__sock_client_send(c, r->line, r->len, true);
   }
 }
 
 /* ---- subscribe ---- */
 
-static bool set_filter(sk_client *c, const sk_request *r) {
-  sk_filter *f = &c->filter;
+static bool set_filter(sc__sock_client *c, const sc__sock_request *r) {
+  sc__sock_filter *f = &c->filter;
   if ((r->tenant && (f->tenant = strdup(r->tenant)) == NULL) ||
       (r->task && (f->task = strdup(r->task)) == NULL))
     return false;
@@ -155,45 +156,46 @@ static bool set_filter(sk_client *c, const sk_request *r) {
   return true;
 }
 
-static void subscribe(sk_client *c, const sk_request *r) {
+static void subscribe(sc__sock_client *c, const sc__sock_request *r) {
   sc_socket *s = c->server;
-  if (c->state != SK_WAITING) {
-    sk_client_error_reply(c, "SC_EINVAL",
-                          "subscribe must be the first line (a connection that sent an op, or "
-                          "that already streams, keeps what it has)",
-                          r->id);
+  if (c->state != SC__SOCK_WAITING) {
+    sc__sock_client_error_reply(
+        c, "SC_EINVAL",
+        "subscribe must be the first line (a connection that sent an op, or "
+        "that already streams, keeps what it has)",
+        r->id);
     return;
   }
   if (s->have_tokens) {
-    const sk_token *t = sk_tokens_find(&s->tokens, r->token);
-    if (t == NULL || !(t->roles & SK_ROLE_VIEWER)) {
+    const sc__sock_token *t = sc__sock_tokens_find(&s->tokens, r->token);
+    if (t == NULL || !(t->roles & SC__SOCK_ROLE_VIEWER)) {
       unauthorized(c, t ? "this token has no viewer role" : "a valid token is needed to read",
                    r->id);
-      sk_client_close_after_flush(c);
+      sc__sock_client_close_after_flush(c);
       return;
     }
     c->roles = t->roles;
   }
   if (!set_filter(c, r)) {
-    sk_client_error_reply(c, "SC_ENOMEM", "out of memory", r->id);
-    sk_client_close_after_flush(c);
+    sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory", r->id);
+    sc__sock_client_close_after_flush(c);
     return;
   }
-  c->state = SK_STREAM;
+  c->state = SC__SOCK_STREAM;
   if (r->has_from_seq)
     replay(c, r->task, r->from_seq);
   else
     deliver_since_connect(c);
 }
 
-void sk_start_unfiltered(sk_client *c) {
+void sc__sock_start_unfiltered(sc__sock_client *c) {
   if (c->server->have_tokens) {
     unauthorized(c, "this server needs a token to read: send {\"subscribe\":{\"token\":\"...\"}}",
                  NULL);
-    sk_client_close_after_flush(c);
+    sc__sock_client_close_after_flush(c);
     return;
   }
-  c->state = SK_STREAM;
+  c->state = SC__SOCK_STREAM;
   deliver_since_connect(c);
 }
 
@@ -201,7 +203,7 @@ void sk_start_unfiltered(sk_client *c) {
 
 static cJSON *task_json(sc_socket *s, const char *id) {
   sc_task *t = sc_engine_find_task(s->e, id);
-  sk_task_rec *rec = sk_task_find(s, id);
+  sc__sock_task_rec *rec = sc__sock_task_find(s, id);
   if (t == NULL && rec == NULL) return NULL;
   cJSON *o = cJSON_CreateObject();
   if (o == NULL) return NULL;
@@ -224,20 +226,20 @@ static cJSON *task_json(sc_socket *s, const char *id) {
   return o;
 }
 
-static cJSON *ok_reply(sk_op op) {
+static cJSON *ok_reply(sc__sock_op op) {
   cJSON *o = cJSON_CreateObject();
   if (o == NULL) return NULL;
   cJSON_AddTrueToObject(o, "ok");
-  cJSON_AddStringToObject(o, "op", sk_op_name(op));
+  cJSON_AddStringToObject(o, "op", sc__sock_op_name(op));
   return o;
 }
 
-static void op_pending(sk_client *c, const sk_request *r) {
+static void op_pending(sc__sock_client *c, const sc__sock_request *r) {
   sc_socket *s = c->server;
   size_t n = sc_engine_pending_approvals(s->e, NULL, 0);
   sc_pending_approval *v = n ? calloc(n, sizeof(*v)) : NULL;
   if (n && v == NULL) {
-    sk_client_error_reply(c, "SC_ENOMEM", "out of memory", r->id);
+    sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory", r->id);
     return;
   }
   n = sc_engine_pending_approvals(s->e, v, n);
@@ -257,10 +259,10 @@ static void op_pending(sk_client *c, const sk_request *r) {
     cJSON_AddItemToArray(list, p);
   }
   free(v);
-  sk_client_reply(c, o, r->id);
+  sc__sock_client_reply(c, o, r->id);
 }
 
-static void op_status(sk_client *c, const sk_request *r) {
+static void op_status(sc__sock_client *c, const sc__sock_request *r) {
   sc_socket *s = c->server;
   if (r->task) {
     cJSON *t = task_json(s, r->task);
@@ -268,21 +270,21 @@ static void op_status(sk_client *c, const sk_request *r) {
       char msg[300];
       snprintf(msg, sizeof(msg), "no task '%.200s' (neither running here nor seen by this server)",
                r->task);
-      sk_client_error_reply(c, "SC_ENOTFOUND", msg, r->id);
+      sc__sock_client_error_reply(c, "SC_ENOTFOUND", msg, r->id);
       return;
     }
     cJSON *o = ok_reply(r->op);
     cJSON_AddItemToObject(o, "task", t);
-    sk_client_reply(c, o, r->id);
+    sc__sock_client_reply(c, o, r->id);
     return;
   }
   cJSON *o = ok_reply(r->op), *list = cJSON_AddArrayToObject(o, "tasks");
-  for (sk_task_rec *t = s->all; t && list; t = t->all)
+  for (sc__sock_task_rec *t = s->all; t && list; t = t->all)
     cJSON_AddItemToArray(list, task_json(s, t->id));
-  sk_client_reply(c, o, r->id);
+  sc__sock_client_reply(c, o, r->id);
 }
 
-static void op_task(sk_client *c, const sk_request *r, const sk_token *who) {
+static void op_task(sc__sock_client *c, const sc__sock_request *r, const sc__sock_token *who) {
   sc_socket *s = c->server;
   sc_task *t = sc_engine_find_task(s->e, r->task);
   int rc;
@@ -292,81 +294,82 @@ static void op_task(sk_client *c, const sk_request *r, const sk_token *who) {
                       r->task);
   } else {
     switch (r->op) {
-      case SK_OP_APPROVE: rc = sc_task_approve(t, r->stage, who->name, r->comment); break;
-      case SK_OP_REJECT: rc = sc_task_reject(t, r->stage, who->name, r->comment); break;
-      case SK_OP_PAUSE: rc = sc_task_pause(t); break;
-      case SK_OP_RESUME: rc = sc_task_resume(t); break;
-      case SK_OP_CANCEL:
+      case SC__SOCK_OP_APPROVE: rc = sc_task_approve(t, r->stage, who->name, r->comment); break;
+      case SC__SOCK_OP_REJECT: rc = sc_task_reject(t, r->stage, who->name, r->comment); break;
+      case SC__SOCK_OP_PAUSE: rc = sc_task_pause(t); break;
+      case SC__SOCK_OP_RESUME: rc = sc_task_resume(t); break;
+      case SC__SOCK_OP_CANCEL:
         snprintf(reason, sizeof(reason), "%s", r->reason ? r->reason : "");
         if (!r->reason) snprintf(reason, sizeof(reason), "cancelled by %.100s", who->name);
         rc = sc_task_cancel(t, reason);
         break;
-      case SK_OP_RETRY: rc = sc_task_retry(t, r->from_stage, r->reset_context); break;
-      case SK_OP_ROLLBACK: rc = sc_task_rollback(t, r->strategy); break;
-      default: rc = sc_error_set(SC_EINVAL, "op %s takes no task action", sk_op_name(r->op));
+      case SC__SOCK_OP_RETRY: rc = sc_task_retry(t, r->from_stage, r->reset_context); break;
+      case SC__SOCK_OP_ROLLBACK: rc = sc_task_rollback(t, r->strategy); break;
+      default: rc = sc_error_set(SC_EINVAL, "op %s takes no task action", sc__sock_op_name(r->op));
     }
   }
   if (rc != SC_OK) {
-    sk_client_error_reply(c, sc_err_name(rc), sc_error_message(), r->id);
+    sc__sock_client_error_reply(c, sc_err_name(rc), sc_error_message(), r->id);
     return;
   }
   cJSON *o = ok_reply(r->op);
   cJSON_AddStringToObject(o, "task", r->task);
   t = sc_engine_find_task(s->e, r->task);
   if (t) cJSON_AddStringToObject(o, "status", sc_task_status_name(sc_task_get_status(t)));
-  if (r->op == SK_OP_APPROVE || r->op == SK_OP_REJECT)
+  if (r->op == SC__SOCK_OP_APPROVE || r->op == SC__SOCK_OP_REJECT)
     cJSON_AddStringToObject(o, "reviewer", who->name);
-  sk_client_reply(c, o, r->id);
+  sc__sock_client_reply(c, o, r->id);
 }
 
-static void control(sk_client *c, const sk_request *r) {
+static void control(sc__sock_client *c, const sc__sock_request *r) {
   sc_socket *s = c->server;
-  if (c->state == SK_WAITING) c->state = SK_CONTROL; /* a control connection gets no events */
+  if (c->state == SC__SOCK_WAITING)
+    c->state = SC__SOCK_CONTROL; /* a control connection gets no events */
   if (!s->have_tokens) {
     unauthorized(c, "this server has no token file: control is off", r->id);
     return;
   }
-  const sk_token *who = sk_tokens_find(&s->tokens, r->token);
+  const sc__sock_token *who = sc__sock_tokens_find(&s->tokens, r->token);
   if (who == NULL) {
     unauthorized(c, r->token ? "unknown token" : "\"token\" is required", r->id);
     return;
   }
-  unsigned need = sk_op_role(r->op);
+  unsigned need = sc__sock_op_role(r->op);
   if (!(who->roles & need)) {
     char msg[200];
     snprintf(msg, sizeof(msg), "token '%.64s' may not %s: it needs the %s role", who->name,
-             sk_op_name(r->op),
-             need == SK_ROLE_APPROVER   ? "approver"
-             : need == SK_ROLE_OPERATOR ? "operator"
-                                        : "viewer");
+             sc__sock_op_name(r->op),
+             need == SC__SOCK_ROLE_APPROVER   ? "approver"
+             : need == SC__SOCK_ROLE_OPERATOR ? "operator"
+                                              : "viewer");
     unauthorized(c, msg, r->id);
     return;
   }
   switch (r->op) {
-    case SK_OP_PENDING: op_pending(c, r); break;
-    case SK_OP_STATUS: op_status(c, r); break;
+    case SC__SOCK_OP_PENDING: op_pending(c, r); break;
+    case SC__SOCK_OP_STATUS: op_status(c, r); break;
     default: op_task(c, r, who);
   }
 }
 
-void sk_handle_line(sk_client *c, const char *line, size_t len) {
+void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len) {
   if (c->replies >= c->server->o.max_pending) {
     /* It sends and does not read its replies: no more work for it. */
-    sk_client_send(c, TOO_MANY_PENDING, sizeof(TOO_MANY_PENDING) - 1, true);
-    sk_client_close_after_flush(c);
+    sc__sock_client_send(c, TOO_MANY_PENDING, sizeof(TOO_MANY_PENDING) - 1, true);
+    sc__sock_client_close_after_flush(c);
     return;
   }
-  sk_request r;
+  sc__sock_request r;
   char why[256];
-  int rc = sk_request_parse(line, len, &r, why, sizeof(why));
+  int rc = sc__sock_request_parse(line, len, &r, why, sizeof(why));
   if (rc != SC_OK) {
-    sk_client_error_reply(c, sc_err_name(rc), why, r.id);
-    sk_request_free(&r);
+    sc__sock_client_error_reply(c, sc_err_name(rc), why, r.id);
+    sc__sock_request_free(&r);
     return;
   }
-  if (r.kind == SK_SUBSCRIBE)
+  if (r.kind == SC__SOCK_SUBSCRIBE)
     subscribe(c, &r);
   else
     control(c, &r);
-  sk_request_free(&r);
+  sc__sock_request_free(&r);
 }

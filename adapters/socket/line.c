@@ -9,17 +9,17 @@
 static const char *op_names[] = {"approve", "reject",   "pause",   "resume", "cancel",
                                  "retry",   "rollback", "pending", "status"};
 
-const char *sk_op_name(sk_op op) {
+const char *sc__sock_op_name(sc__sock_op op) {
   return (unsigned)op < sizeof(op_names) / sizeof(op_names[0]) ? op_names[op] : "?";
 }
 
-unsigned sk_op_role(sk_op op) {
+unsigned sc__sock_op_role(sc__sock_op op) {
   switch (op) {
-    case SK_OP_APPROVE:
-    case SK_OP_REJECT: return SK_ROLE_APPROVER;
-    case SK_OP_PENDING:
-    case SK_OP_STATUS: return SK_ROLE_VIEWER;
-    default: return SK_ROLE_OPERATOR;
+    case SC__SOCK_OP_APPROVE:
+    case SC__SOCK_OP_REJECT: return SC__SOCK_ROLE_APPROVER;
+    case SC__SOCK_OP_PENDING:
+    case SC__SOCK_OP_STATUS: return SC__SOCK_ROLE_VIEWER;
+    default: return SC__SOCK_ROLE_OPERATOR;
   }
 }
 
@@ -37,7 +37,7 @@ static int string_member(const cJSON *o, const char *name, const char **out, cha
   return SC_OK;
 }
 
-static int parse_subscribe(const cJSON *sub, sk_request *r, char *why, size_t cap) {
+static int parse_subscribe(const cJSON *sub, sc__sock_request *r, char *why, size_t cap) {
   if (!cJSON_IsObject(sub)) {
     snprintf(why, cap, "\"subscribe\" must be an object");
     return SC_EINVAL;
@@ -78,7 +78,7 @@ static int parse_subscribe(const cJSON *sub, sk_request *r, char *why, size_t ca
   return SC_OK;
 }
 
-static int parse_op(const cJSON *root, sk_request *r, char *why, size_t cap) {
+static int parse_op(const cJSON *root, sc__sock_request *r, char *why, size_t cap) {
   const cJSON *op = cJSON_GetObjectItemCaseSensitive(root, "op");
   if (!cJSON_IsString(op) || op->valuestring == NULL) {
     snprintf(why, cap, "\"op\" must be a string");
@@ -94,7 +94,7 @@ static int parse_op(const cJSON *root, sk_request *r, char *why, size_t cap) {
              op->valuestring);
     return SC_EINVAL;
   }
-  r->op = (sk_op)i;
+  r->op = (sc__sock_op)i;
   int rc;
   if ((rc = string_member(root, "token", &r->token, why, cap)) != SC_OK ||
       (rc = string_member(root, "task", &r->task, why, cap)) != SC_OK ||
@@ -118,33 +118,34 @@ static int parse_op(const cJSON *root, sk_request *r, char *why, size_t cap) {
     snprintf(why, cap, "\"strategy\" must be redeploy or compensate");
     return SC_EINVAL;
   }
-  bool needs_task = r->op != SK_OP_PENDING && r->op != SK_OP_STATUS;
+  bool needs_task = r->op != SC__SOCK_OP_PENDING && r->op != SC__SOCK_OP_STATUS;
   if (needs_task && r->task == NULL) {
     snprintf(why, cap, "op %s needs \"task\"", op_names[i]);
     return SC_EINVAL;
   }
-  if ((r->op == SK_OP_APPROVE || r->op == SK_OP_REJECT) && r->stage == NULL) {
+  if ((r->op == SC__SOCK_OP_APPROVE || r->op == SC__SOCK_OP_REJECT) && r->stage == NULL) {
     snprintf(why, cap, "op %s needs \"stage\"", op_names[i]);
     return SC_EINVAL;
   }
   return SC_OK;
 }
 
-int sk_request_parse(const char *line, size_t len, sk_request *r, char *why, size_t cap) {
+int sc__sock_request_parse(const char *line, size_t len, sc__sock_request *r, char *why,
+                           size_t cap) {
   memset(r, 0, sizeof(*r));
   why[0] = '\0';
   const char *end = NULL;
   r->root = cJSON_ParseWithLengthOpts(line, len, &end, false);
   if (r->root == NULL || !cJSON_IsObject(r->root)) {
     snprintf(why, cap, r->root ? "a line must be a JSON object" : "not JSON");
-    sk_request_free(r);
+    sc__sock_request_free(r);
     return SC_EPARSE;
   }
   while (end != NULL && end < line + len && (*end == ' ' || *end == '\t'))
     end++;
   if (end != NULL && end < line + len) {
     snprintf(why, cap, "one JSON object per line: bytes after it");
-    sk_request_free(r);
+    sc__sock_request_free(r);
     return SC_EPARSE;
   }
   const cJSON *id = cJSON_GetObjectItemCaseSensitive(r->root, "id");
@@ -156,10 +157,10 @@ int sk_request_parse(const char *line, size_t len, sk_request *r, char *why, siz
     snprintf(why, cap, "a line is a subscribe or an op, not both");
     rc = SC_EINVAL;
   } else if (sub) {
-    r->kind = SK_SUBSCRIBE;
+    r->kind = SC__SOCK_SUBSCRIBE;
     rc = parse_subscribe(sub, r, why, cap);
   } else if (op) {
-    r->kind = SK_OP;
+    r->kind = SC__SOCK_OP;
     rc = parse_op(r->root, r, why, cap);
   } else {
     snprintf(why, cap, "a line is {\"subscribe\":{...}} or {\"op\":\"...\",...}");
@@ -181,7 +182,7 @@ int sk_request_parse(const char *line, size_t len, sk_request *r, char *why, siz
   return rc;
 }
 
-void sk_request_free(sk_request *r) {
+void sc__sock_request_free(sc__sock_request *r) {
   cJSON_Delete(r->root);
   memset(r, 0, sizeof(*r));
 }

@@ -43,18 +43,18 @@ static size_t hash_id(const char *s) {
   return h;
 }
 
-sk_task_rec *sk_task_find(sc_socket *s, const char *id) {
+sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id) {
   if (s->nbuckets == 0 || id == NULL) return NULL;
-  for (sk_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
+  for (sc__sock_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
     if (strcmp(t->id, id) == 0) return t;
   return NULL;
 }
 
 static bool grow_table(sc_socket *s) {
   size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
-  sk_task_rec **b = calloc(n, sizeof(*b));
+  sc__sock_task_rec **b = calloc(n, sizeof(*b));
   if (b == NULL) return false;
-  for (sk_task_rec *t = s->all; t; t = t->all) {
+  for (sc__sock_task_rec *t = s->all; t; t = t->all) {
     size_t i = hash_id(t->id) % n;
     t->next = b[i];
     b[i] = t;
@@ -69,8 +69,8 @@ static char *dup_or_null(const char *s) {
   return s ? strdup(s) : NULL;
 }
 
-static sk_task_rec *task_record(sc_socket *s, const sc_event *ev) {
-  sk_task_rec *t = sk_task_find(s, ev->task_id);
+static sc__sock_task_rec *task_record(sc_socket *s, const sc_event *ev) {
+  sc__sock_task_rec *t = sc__sock_task_find(s, ev->task_id);
   if (t != NULL) return t;
   if (s->ntasks + 1 > s->nbuckets && !grow_table(s)) return NULL;
   if ((t = calloc(1, sizeof(*t))) == NULL) return NULL;
@@ -101,8 +101,8 @@ static bool type_matches(const char *pattern, const char *dotted) {
   return strcmp(pattern, dotted) == 0;
 }
 
-bool sk_filter_match(const sk_filter *f, const char *task_id, const char *tenant,
-                     sc_event_type type) {
+bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
+                           sc_event_type type) {
   if (f->task && strcmp(f->task, task_id) != 0) return false;
   if (f->tenant && (tenant == NULL || strcmp(f->tenant, tenant) != 0)) return false;
   if (f->ntypes == 0) return true;
@@ -112,7 +112,7 @@ bool sk_filter_match(const sk_filter *f, const char *task_id, const char *tenant
   return false;
 }
 
-void sk_filter_free(sk_filter *f) {
+void sc__sock_filter_free(sc__sock_filter *f) {
   free(f->tenant);
   free(f->task);
   for (size_t i = 0; i < f->ntypes; i++)
@@ -123,13 +123,13 @@ void sk_filter_free(sk_filter *f) {
 
 /* ---- client output ---- */
 
-static void client_close(sk_client *c);
+static void client_close(sc__sock_client *c);
 
 static void on_client_io(uv_poll_t *p, int status, int events);
 
-static void set_watch(sk_client *c) {
+static void set_watch(sc__sock_client *c) {
   int ev = 0;
-  if (c->state != SK_CLOSING) ev |= UV_READABLE;
+  if (c->state != SC__SOCK_CLOSING) ev |= UV_READABLE;
   if (c->out_len > c->out_off) ev |= UV_WRITABLE;
   if (ev != c->events) {
     c->events = ev;
@@ -141,7 +141,7 @@ static void set_watch(sk_client *c) {
 }
 
 /* Writes what it can without blocking. False when the client is gone (closed by it). */
-static bool client_write(sk_client *c) {
+static bool client_write(sc__sock_client *c) {
   while (c->out_len > c->out_off) {
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
@@ -156,7 +156,7 @@ static bool client_write(sk_client *c) {
     c->out_off = c->out_len = 0;
     c->replies = 0;
     if (c->cap > c->server->o.queue_bytes) c->cap = c->server->o.queue_bytes;
-    if (c->state == SK_CLOSING) {
+    if (c->state == SC__SOCK_CLOSING) {
       client_close(c);
       return false;
     }
@@ -165,7 +165,7 @@ static bool client_write(sk_client *c) {
   return true;
 }
 
-static void mark_dirty(sk_client *c, size_t len) {
+static void mark_dirty(sc__sock_client *c, size_t len) {
   sc_socket *s = c->server;
   if (s->dirty == NULL) s->dirty_since = uv_now(s->loop);
   s->dirty_bytes += len;
@@ -175,7 +175,7 @@ static void mark_dirty(sk_client *c, size_t len) {
   s->dirty = c;
 }
 
-static bool out_reserve(sk_client *c, size_t extra) {
+static bool out_reserve(sc__sock_client *c, size_t extra) {
   if (c->out_off > 0 && c->out_off >= c->out_len / 2) { /* slide the written part out */
     memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
     c->out_len -= c->out_off;
@@ -194,7 +194,7 @@ static bool out_reserve(sk_client *c, size_t extra) {
 
 /* The queue is full: what is not written yet goes (but the rest of a line already begun), the
  * client is told and closed once that is written. */
-static void drop_slow(sk_client *c) {
+static void drop_slow(sc__sock_client *c) {
   size_t keep = c->out_off;
   if (keep > 0 && c->out[keep - 1] != '\n') {
     const char *nl = memchr(c->out + keep, '\n', c->out_len - keep);
@@ -202,17 +202,17 @@ static void drop_slow(sk_client *c) {
   }
   c->out_len = keep;
   c->server->dropped++;
-  c->state = SK_CLOSING;
-  c->deadline = uv_now(c->server->loop) + CLOSE_WAIT;
+  c->state = SC__SOCK_CLOSING;
+  c->deadline = uv_now(c->server->loop) + DROP_WAIT;
   if (out_reserve(c, sizeof(SLOW_LINE) - 1)) {
     memcpy(c->out + c->out_len, SLOW_LINE, sizeof(SLOW_LINE) - 1);
     c->out_len += sizeof(SLOW_LINE) - 1;
   }
-  sk_client_close_after_flush(c);
+  sc__sock_client_close_after_flush(c);
 }
 
-bool sk_client_send(sk_client *c, const char *line, size_t len, bool replay) {
-  if (c->state == SK_CLOSING || c->closed) return false;
+bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay) {
+  if (c->state == SC__SOCK_CLOSING || c->closed) return false;
   size_t queued = c->out_len - c->out_off;
   if (!replay && queued + len > c->cap) {
     drop_slow(c);
@@ -230,7 +230,7 @@ bool sk_client_send(sk_client *c, const char *line, size_t len, bool replay) {
   return true;
 }
 
-void sk_client_reply(sk_client *c, cJSON *reply, const cJSON *id) {
+void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id) {
   if (reply == NULL) return;
   if (id != NULL) cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, true));
   char *text = cJSON_PrintUnformatted(reply);
@@ -239,24 +239,25 @@ void sk_client_reply(sk_client *c, cJSON *reply, const cJSON *id) {
   size_t len = strlen(text);
   text[len] = '\n'; /* the NUL becomes the newline: sent by length */
   c->replies++;
-  sk_client_send(c, text, len + 1, true);
+  sc__sock_client_send(c, text, len + 1, true);
   free(text);
 }
 
-void sk_client_error_reply(sk_client *c, const char *error, const char *message, const cJSON *id) {
+void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
+                                 const cJSON *id) {
   cJSON *r = cJSON_CreateObject();
   if (r == NULL) return;
   cJSON_AddFalseToObject(r, "ok");
   cJSON_AddStringToObject(r, "error", error);
   if (message) cJSON_AddStringToObject(r, "message", message);
-  sk_client_reply(c, r, id);
+  sc__sock_client_reply(c, r, id);
 }
 
 static void start_tick(sc_socket *s);
 
-void sk_client_close_after_flush(sk_client *c) {
-  if (c->state != SK_CLOSING) {
-    c->state = SK_CLOSING;
+void sc__sock_client_close_after_flush(sc__sock_client *c) {
+  if (c->state != SC__SOCK_CLOSING) {
+    c->state = SC__SOCK_CLOSING;
     c->deadline = uv_now(c->server->loop) + CLOSE_WAIT;
   }
   start_tick(c->server);
@@ -264,22 +265,22 @@ void sk_client_close_after_flush(sk_client *c) {
 }
 
 static void on_client_closed(uv_handle_t *h) {
-  sk_client *c = h->data;
+  sc__sock_client *c = h->data;
   sc_socket *s = c->server;
   close(c->fd);
-  sk_filter_free(&c->filter);
+  sc__sock_filter_free(&c->filter);
   free(c->in);
   free(c->out);
   free(c);
   s->open_handles--;
 }
 
-static void client_close(sk_client *c) {
+static void client_close(sc__sock_client *c) {
   sc_socket *s = c->server;
   if (c->closed) return;
   c->closed = true;
   if (c->dirty) { /* out of the dirty list */
-    for (sk_client **p = &s->dirty; *p; p = &(*p)->dirty_next)
+    for (sc__sock_client **p = &s->dirty; *p; p = &(*p)->dirty_next)
       if (*p == c) {
         *p = c->dirty_next;
         break;
@@ -295,15 +296,15 @@ static void client_close(sk_client *c) {
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, on_client_closed);
   /* fd stays open until the handle is closed: libuv may still hold it in its watcher list */
-  c->state = SK_CLOSING;
+  c->state = SC__SOCK_CLOSING;
 }
 
 static void flush_all(sc_socket *s) {
-  sk_client *c = s->dirty;
+  sc__sock_client *c = s->dirty;
   s->dirty = NULL;
   s->dirty_bytes = 0;
   while (c) {
-    sk_client *next = c->dirty_next;
+    sc__sock_client *next = c->dirty_next;
     c->dirty = false;
     c->dirty_next = NULL;
     client_write(c);
@@ -327,15 +328,15 @@ static void on_tick(uv_timer_t *t) {
   sc_socket *s = t->data;
   uint64_t now = uv_now(s->loop);
   bool waiting = false;
-  for (sk_client *c = s->clients, *next; c; c = next) {
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
     next = c->next;
-    if (c->state == SK_WAITING && now >= c->deadline) {
-      sk_start_unfiltered(c);
-    } else if (c->state == SK_CLOSING && now >= c->deadline) {
+    if (c->state == SC__SOCK_WAITING && now >= c->deadline) {
+      sc__sock_start_unfiltered(c);
+    } else if (c->state == SC__SOCK_CLOSING && now >= c->deadline) {
       client_close(c);
       continue;
     }
-    if (c->state == SK_WAITING || c->state == SK_CLOSING) waiting = true;
+    if (c->state == SC__SOCK_WAITING || c->state == SC__SOCK_CLOSING) waiting = true;
   }
   if (!waiting) {
     uv_timer_stop(&s->tick);
@@ -351,10 +352,10 @@ static void start_tick(sc_socket *s) {
 
 /* ---- reading ---- */
 
-static void client_read(sk_client *c) {
+static void client_read(sc__sock_client *c) {
   sc_socket *s = c->server;
   size_t max = s->o.max_line_bytes;
-  for (int rounds = 0; rounds < 16 && !c->closed && c->state != SK_CLOSING; rounds++) {
+  for (int rounds = 0; rounds < 16 && !c->closed && c->state != SC__SOCK_CLOSING; rounds++) {
     if (c->in_cap - c->in_len < 4096) {
       size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
       if (cap > max + 8192) cap = max + 8192;
@@ -375,7 +376,7 @@ static void client_read(sk_client *c) {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (n <= 0) { /* the client went away; a half line it left is dropped unread */
       if (c->out_len > c->out_off && n == 0) {
-        sk_client_close_after_flush(c);
+        sc__sock_client_close_after_flush(c);
         set_watch(c);
       } else {
         client_close(c);
@@ -385,15 +386,15 @@ static void client_read(sk_client *c) {
     c->in_len += (size_t)n;
     size_t start = 0;
     char *nl;
-    while (c->state != SK_CLOSING &&
+    while (c->state != SC__SOCK_CLOSING &&
            (nl = memchr(c->in + start, '\n', c->in_len - start)) != NULL) {
       size_t len = (size_t)(nl - (c->in + start));
       if (len > max) break;
       if (len > 0 && c->in[start + len - 1] == '\r') len--;
-      if (len > 0) sk_handle_line(c, c->in + start, len);
+      if (len > 0) sc__sock_handle_line(c, c->in + start, len);
       start = (size_t)(nl - c->in) + 1;
     }
-    if (c->state == SK_CLOSING) return;
+    if (c->state == SC__SOCK_CLOSING) return;
     memmove(c->in, c->in + start, c->in_len - start);
     c->in_len -= start;
     const char *nl2 = memchr(c->in, '\n', c->in_len);
@@ -401,22 +402,22 @@ static void client_read(sk_client *c) {
       char line[96];
       int len = snprintf(line, sizeof(line),
                          "{\"error\":\"line-too-long\",\"max_line_bytes\":%zu}\n", max);
-      sk_client_send(c, line, (size_t)len, true);
-      sk_client_close_after_flush(c);
+      sc__sock_client_send(c, line, (size_t)len, true);
+      sc__sock_client_close_after_flush(c);
       return;
     }
   }
 }
 
 static void on_client_io(uv_poll_t *p, int status, int events) {
-  sk_client *c = p->data;
+  sc__sock_client *c = p->data;
   if (status < 0) {
     client_close(c);
     return;
   }
   if ((events & UV_WRITABLE) && !client_write(c)) return;
   if (events & (UV_READABLE | UV_DISCONNECT)) client_read(c);
-  if (!c->closed && c->state != SK_CLOSING) set_watch(c);
+  if (!c->closed && c->state != SC__SOCK_CLOSING) set_watch(c);
 }
 
 /* ---- accepting ---- */
@@ -434,7 +435,7 @@ static void on_accept(uv_poll_t *p, int status, int events) {
       close(fd);
       continue;
     }
-    sk_client *c = calloc(1, sizeof(*c));
+    sc__sock_client *c = calloc(1, sizeof(*c));
     if (c == NULL || uv_poll_init(s->loop, &c->poll, fd) != 0) {
       free(c);
       close(fd);
@@ -446,7 +447,7 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     c->fd = fd;
     c->server = s;
     c->cap = s->o.queue_bytes;
-    c->state = SK_WAITING;
+    c->state = SC__SOCK_WAITING;
     c->start_pos = s->ring_pos;
     c->deadline = uv_now(s->loop) + s->o.subscribe_wait_ms;
     c->next = s->clients;
@@ -460,10 +461,10 @@ static void on_accept(uv_poll_t *p, int status, int events) {
 
 /* ---- the subscriber ---- */
 
-static void ring_push(sc_socket *s, sk_task_rec *t, const sc_event *ev, const char *line,
+static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev, const char *line,
                       size_t len) {
   if (s->ring_cap == 0) return;
-  sk_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
+  sc__sock_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
   char *copy = malloc(len);
   if (copy == NULL) return;
   memcpy(copy, line, len);
@@ -482,7 +483,7 @@ static void ring_push(sc_socket *s, sk_task_rec *t, const sc_event *ev, const ch
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   (void)ack;
   sc_socket *s = udata;
-  sk_task_rec *t = task_record(s, ev);
+  sc__sock_task_rec *t = task_record(s, ev);
   if (t == NULL) return SC_OK; /* out of memory: the stream misses it; the engine goes on */
   t->last_seq = ev->seq;
   t->status = ev->status;
@@ -507,10 +508,11 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   s->scratch[n] = '\n';
   size_t len = (size_t)n + 1;
   ring_push(s, t, ev, s->scratch, len);
-  for (sk_client *c = s->clients, *next; c; c = next) {
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
     next = c->next;
-    if (c->state == SK_STREAM && sk_filter_match(&c->filter, t->id, t->tenant, ev->type))
-      sk_client_send(c, s->scratch, len, false);
+    if (c->state == SC__SOCK_STREAM &&
+        sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
+      sc__sock_client_send(c, s->scratch, len, false);
   }
   return SC_OK; /* never SC_DEFER: no step of the engine waits for a client */
 }
@@ -627,7 +629,7 @@ static void free_server(sc_socket *s) {
   for (size_t i = 0; i < s->ring_n; i++)
     free(s->ring[(s->ring_pos - s->ring_n + i) % s->ring_cap].line);
   free(s->ring);
-  for (sk_task_rec *t = s->all, *next; t; t = next) {
+  for (sc__sock_task_rec *t = s->all, *next; t; t = next) {
     next = t->all;
     free(t->id);
     free(t->tenant);
@@ -635,7 +637,7 @@ static void free_server(sc_socket *s) {
     free(t);
   }
   free(s->buckets);
-  sk_tokens_free(&s->tokens);
+  sc__sock_tokens_free(&s->tokens);
   free(s->log_path);
   free(s->addr);
   free(s->unix_path);
@@ -665,7 +667,7 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->listen_fd = -1;
   int rc = SC_OK;
   if (o && o->token_file) {
-    rc = sk_tokens_load(o->token_file, &s->tokens);
+    rc = sc__sock_tokens_load(o->token_file, &s->tokens);
     s->have_tokens = rc == SC_OK;
   }
   if (rc == SC_OK && o && o->log_path && (s->log_path = strdup(o->log_path)) == NULL)
@@ -735,12 +737,12 @@ void sc_socket_close(sc_socket *s) {
       unlink(s->unix_path);
   }
   /* Every client gets what is queued for it, within CLOSE_WAIT. */
-  for (sk_client *c = s->clients; c; c = c->next) {
-    c->state = SK_CLOSING;
+  for (sc__sock_client *c = s->clients; c; c = c->next) {
+    c->state = SC__SOCK_CLOSING;
     c->deadline = uv_now(s->loop) + CLOSE_WAIT;
   }
   flush_all(s);
-  for (sk_client *c = s->clients, *next; c; c = next) {
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
     next = c->next;
     if (c->out_len == c->out_off) client_close(c);
   }

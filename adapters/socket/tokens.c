@@ -22,7 +22,7 @@ static bool digest(const char *text, size_t len, unsigned char out[32]) {
 static int parse_roles(const char *text, size_t len, unsigned *roles) {
   *roles = 0;
   if (len == 0) {
-    *roles = SK_ROLE_VIEWER | SK_ROLE_OPERATOR | SK_ROLE_APPROVER;
+    *roles = SC__SOCK_ROLE_VIEWER | SC__SOCK_ROLE_OPERATOR | SC__SOCK_ROLE_APPROVER;
     return SC_OK;
   }
   size_t i = 0;
@@ -32,11 +32,11 @@ static int parse_roles(const char *text, size_t len, unsigned *roles) {
       j++;
     size_t n = j - i;
     if (n == 6 && memcmp(text + i, "viewer", 6) == 0)
-      *roles |= SK_ROLE_VIEWER;
+      *roles |= SC__SOCK_ROLE_VIEWER;
     else if (n == 8 && memcmp(text + i, "operator", 8) == 0)
-      *roles |= SK_ROLE_OPERATOR;
+      *roles |= SC__SOCK_ROLE_OPERATOR;
     else if (n == 8 && memcmp(text + i, "approver", 8) == 0)
-      *roles |= SK_ROLE_APPROVER;
+      *roles |= SC__SOCK_ROLE_APPROVER;
     else
       return SC_EINVAL;
     i = j + 1;
@@ -44,7 +44,7 @@ static int parse_roles(const char *text, size_t len, unsigned *roles) {
   return SC_OK;
 }
 
-int sk_tokens_parse(const char *text, size_t len, const char *path, sk_tokens *out) {
+int sc__sock_tokens_parse(const char *text, size_t len, const char *path, sc__sock_tokens *out) {
   memset(out, 0, sizeof(*out));
   size_t off = 0, lineno = 0;
   int rc = SC_OK;
@@ -75,7 +75,7 @@ int sk_tokens_parse(const char *text, size_t len, const char *path, sk_tokens *o
                         path, lineno);
       break;
     }
-    sk_token *v = realloc(out->v, (out->n + 1) * sizeof(*v));
+    sc__sock_token *v = realloc(out->v, (out->n + 1) * sizeof(*v));
     if (v == NULL || (v[out->n].name = strndup(line, name_len)) == NULL) {
       if (v) out->v = v;
       rc = sc_error_set(SC_ENOMEM, "token file %s: out of memory", path);
@@ -92,11 +92,11 @@ int sk_tokens_parse(const char *text, size_t len, const char *path, sk_tokens *o
   }
   if (rc == SC_OK && out->n == 0)
     rc = sc_error_set(SC_EAUTH, "token file %s holds no token (name:token[:roles] lines)", path);
-  if (rc != SC_OK) sk_tokens_free(out);
+  if (rc != SC_OK) sc__sock_tokens_free(out);
   return rc;
 }
 
-int sk_tokens_load(const char *path, sk_tokens *out) {
+int sc__sock_tokens_load(const char *path, sc__sock_tokens *out) {
   memset(out, 0, sizeof(*out));
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return sc_error_set(SC_EAUTH, "token file %s: %s", path, strerror(errno));
@@ -126,22 +126,22 @@ int sk_tokens_load(const char *path, sk_tokens *out) {
   }
   close(fd);
   if (text == NULL) return sc_error_set(SC_ENOMEM, "token file %s: out of memory", path);
-  int rc = sk_tokens_parse(text, got, path, out);
+  int rc = sc__sock_tokens_parse(text, got, path, out);
   OPENSSL_cleanse(text, got);
   free(text);
   return rc;
 }
 
-const sk_token *sk_tokens_find(const sk_tokens *t, const char *token) {
+const sc__sock_token *sc__sock_tokens_find(const sc__sock_tokens *t, const char *token) {
   unsigned char want[32];
   if (token == NULL || !digest(token, strlen(token), want)) return NULL;
-  const sk_token *found = NULL;
+  const sc__sock_token *found = NULL;
   for (size_t i = 0; i < t->n; i++) /* no early exit: every entry costs the same */
     if (CRYPTO_memcmp(want, t->v[i].digest, sizeof(want)) == 0) found = &t->v[i];
   return found;
 }
 
-void sk_tokens_free(sk_tokens *t) {
+void sc__sock_tokens_free(sc__sock_tokens *t) {
   for (size_t i = 0; i < t->n; i++)
     free(t->v[i].name);
   free(t->v);
