@@ -20,6 +20,7 @@
 #define FLUSH_BYTES (64 * 1024) /* write once this much waits, even in a busy loop turn */
 #define FLUSH_MS    5           /* and at the latest after this long */
 #define CLOSE_WAIT  1000        /* ms a closing client gets to take what is queued */
+#define DROP_WAIT   10000       /* ms a dropped client gets to read its slow-consumer line */
 #define SLOW_LINE   "{\"error\":\"slow-consumer\"}\n"
 #define TOO_MANY    "{\"error\":\"too-many-clients\"}\n"
 
