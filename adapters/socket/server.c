@@ -456,7 +456,10 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     s->clients = c;
     s->nclients++;
     set_watch(c);
-    start_tick(s);
+    if (s->o.subscribe_wait_ms == 0)
+      sc__sock_start_unfiltered(c); /* no first line is waited for */
+    else
+      start_tick(s);
   }
 }
 
