@@ -17,7 +17,7 @@
 
 #include "socket_int.h"
 
-#define FLUSH_BYTES (64 * 1024) /* write once this much waits, even in a busy loop turn */
+#define FLUSH_BYTES (64 * 1024) /* per client: write once this much waits, even in a busy turn */
 #define FLUSH_MS    5           /* and at the latest after this long */
 #define CLOSE_WAIT  1000        /* ms a closing client gets to take what is queued */
 #define DROP_WAIT   10000       /* ms a dropped client gets to read its slow-consumer line */
@@ -172,6 +172,7 @@ static void mark_dirty(sc__sock_client *c, size_t len) {
   s->dirty_bytes += len;
   if (c->dirty) return;
   c->dirty = true;
+  s->ndirty++;
   c->dirty_next = s->dirty;
   s->dirty = c;
 }
@@ -284,6 +285,7 @@ static void client_close(sc__sock_client *c) {
     for (sc__sock_client **p = &s->dirty; *p; p = &(*p)->dirty_next)
       if (*p == c) {
         *p = c->dirty_next;
+        s->ndirty--;
         break;
       }
     c->dirty = false;
@@ -304,6 +306,7 @@ static void flush_all(sc_socket *s) {
   sc__sock_client *c = s->dirty;
   s->dirty = NULL;
   s->dirty_bytes = 0;
+  s->ndirty = 0;
   while (c) {
     sc__sock_client *next = c->dirty_next;
     c->dirty = false;
@@ -318,7 +321,7 @@ static void flush_all(sc_socket *s) {
 static void on_prepare(uv_prepare_t *h) {
   sc_socket *s = h->data;
   if (s->dirty == NULL) return;
-  if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES ||
+  if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
       uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
     flush_all(s);
 }
@@ -469,17 +472,17 @@ static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev, co
                       size_t len) {
   if (s->ring_cap == 0) return;
   sc__sock_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
-  char *copy = malloc(len);
-  if (copy == NULL) return;
-  memcpy(copy, line, len);
-  if (s->ring_n == s->ring_cap)
-    free(slot->line);
-  else
-    s->ring_n++;
+  if (len > slot->cap) { /* a slot keeps its memory: no allocation per event once warm */
+    char *p = realloc(slot->line, len);
+    if (p == NULL) return;
+    slot->line = p;
+    slot->cap = len;
+  }
+  memcpy(slot->line, line, len);
+  if (s->ring_n < s->ring_cap) s->ring_n++;
   slot->task = t;
   slot->type = ev->type;
   slot->seq = ev->seq;
-  slot->line = copy;
   slot->len = len;
   s->ring_pos++;
 }
@@ -493,8 +496,15 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   t->status = ev->status;
   t->stage_index = ev->stage_index;
   if (ev->stage && (t->stage == NULL || strcmp(t->stage, ev->stage) != 0)) {
-    free(t->stage);
-    t->stage = strdup(ev->stage);
+    size_t n = strlen(ev->stage) + 1;
+    if (n > t->stage_cap) { /* reused: no allocation per stage once it is long enough */
+      char *p = realloc(t->stage, n);
+      if (p != NULL) {
+        t->stage = p;
+        t->stage_cap = n;
+      }
+    }
+    if (n <= t->stage_cap) memcpy(t->stage, ev->stage, n);
   }
   if (s->ring_cap == 0 && s->clients == NULL) return SC_OK;
   long n = sc_event_encode(ev, s->scratch, s->scratch_cap ? s->scratch_cap - 1 : 0);
@@ -630,8 +640,8 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 static void free_server(sc_socket *s) {
-  for (size_t i = 0; i < s->ring_n; i++)
-    free(s->ring[(s->ring_pos - s->ring_n + i) % s->ring_cap].line);
+  for (size_t i = 0; i < s->ring_cap; i++)
+    free(s->ring[i].line);
   free(s->ring);
   for (sc__sock_task_rec *t = s->all, *next; t; t = next) {
     next = t->all;

@@ -76,6 +76,7 @@ const char *sc__sock_op_name(sc__sock_op op);
 
 typedef struct sc__sock_task_rec {
   char *id, *tenant, *stage;
+  size_t stage_cap;
   uint64_t last_seq;
   sc_task_status status;
   int32_t stage_index;
@@ -88,7 +89,7 @@ typedef struct sc__sock_ring_entry {
   sc_event_type type;
   uint64_t seq;
   char *line; /* the event's JSON and a newline */
-  size_t len;
+  size_t len, cap;
 } sc__sock_ring_entry;
 
 typedef enum sc__sock_state {
@@ -146,7 +147,7 @@ struct sc_socket {
   size_t nclients;
   uint64_t dropped;
   sc__sock_client *dirty;
-  size_t dirty_bytes;
+  size_t dirty_bytes, ndirty;
   uint64_t dirty_since;
   /* the ring: positions [ring_pos - ring_n, ring_pos) at slots pos % ring_cap */
   sc__sock_ring_entry *ring;
