@@ -640,7 +640,7 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 static void free_server(sc_socket *s) {
-  for (size_t i = 0; i < s->ring_cap; i++)
+  for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++)
     free(s->ring[i].line);
   free(s->ring);
   for (sc__sock_task_rec *t = s->all, *next; t; t = next) {
