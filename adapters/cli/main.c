@@ -37,7 +37,7 @@ static const char *usage_text =
 
 static const char *help_run =
     "usage: stagecoach run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
-    "                      [--plain] [--no-prompt]\n"
+    "                      [--plain] [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
     "Runs the pipeline's config as one task. Stages of kind exec run their command through\n"
     "/bin/sh -c; their output is shown prefixed with the stage name.\n"
@@ -54,6 +54,8 @@ static const char *help_run =
     "                  tcp:127.0.0.1:PORT (docs/socket.md); a task waiting for an approval\n"
     "                  or a resume then waits for a client\n"
     "  --token-file F  the name:token[:roles] lines that may read and control it (mode 0600)\n"
+    "  --socket-limits ring=N,queue=BYTES,line=BYTES,clients=N,pending=N,wait=MS\n"
+    "                  the server's limits (docs/socket.md)\n"
     "\n"
     "On a terminal the progress is redrawn in place and approvals are asked for. SIGINT or\n"
     "SIGTERM cancels the task (the running command gets SIGTERM, then SIGKILL); a second one\n"
@@ -63,7 +65,7 @@ static const char *help_run =
 static const char *help_recover =
     "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
     "                          [--from STAGE] [--task ID] [--dry-run] [--fsync MODE] [--plain]\n"
-    "                          [--no-prompt]\n"
+    "                          [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
     "Reads the log, finds every task without a terminal event, and carries each on as a new\n"
     "task (epoch + 1) appended to the same log. The pipeline file gives the current config; a\n"
@@ -76,6 +78,7 @@ static const char *help_recover =
     "  --from STAGE       resume at STAGE instead (the stage before it counts as completed)\n"
     "  --task ID          only the task ID\n"
     "  --dry-run          print each recovery plan and change nothing\n"
+    "  --socket ADDR, --token-file F, --socket-limits L   as for run\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
     "4 rolled back, 5 the log could not store every event.\n";

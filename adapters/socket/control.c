@@ -182,6 +182,7 @@ static void subscribe(sc__sock_client *c, const sc__sock_request *r) {
     return;
   }
   c->state = SC__SOCK_STREAM;
+  if (r->has_from_seq) c->filter.from_seq = r->from_seq; /* the live stream starts there too */
   if (r->has_from_seq)
     replay(c, r->task, r->from_seq);
   else

@@ -524,7 +524,7 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   ring_push(s, t, ev, s->scratch, len);
   for (sc__sock_client *c = s->clients, *next; c; c = next) {
     next = c->next;
-    if (c->state == SC__SOCK_STREAM &&
+    if (c->state == SC__SOCK_STREAM && ev->seq >= c->filter.from_seq &&
         sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
       sc__sock_client_send(c, s->scratch, len, false);
   }

@@ -103,6 +103,7 @@ typedef struct sc__sock_filter {
   char *tenant, *task;
   char **types; /* patterns: "stage.completed", "stage.*", "*" */
   size_t ntypes;
+  uint64_t from_seq; /* with task: events of a lower seq are not sent (0: all) */
 } sc__sock_filter;
 
 typedef struct sc__sock_client {

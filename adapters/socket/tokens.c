@@ -76,12 +76,14 @@ int sc__sock_tokens_parse(const char *text, size_t len, const char *path, sc__so
       break;
     }
     sc__sock_token *v = realloc(out->v, (out->n + 1) * sizeof(*v));
-    if (v == NULL || (v[out->n].name = strndup(line, name_len)) == NULL) {
+    if (v == NULL || (v[out->n].name = malloc(name_len + 1)) == NULL) {
       if (v) out->v = v;
       rc = sc_error_set(SC_ENOMEM, "token file %s: out of memory", path);
       break;
     }
     out->v = v;
+    memcpy(v[out->n].name, line, name_len); /* the text need not end in a NUL */
+    v[out->n].name[name_len] = '\0';
     v[out->n].roles = roles;
     if (!digest(c1 + 1, token_len, v[out->n].digest)) {
       free(v[out->n].name);
@@ -126,6 +128,7 @@ int sc__sock_tokens_load(const char *path, sc__sock_tokens *out) {
   }
   close(fd);
   if (text == NULL) return sc_error_set(SC_ENOMEM, "token file %s: out of memory", path);
+  text[got] = '\0';
   int rc = sc__sock_tokens_parse(text, got, path, out);
   OPENSSL_cleanse(text, got);
   free(text);
