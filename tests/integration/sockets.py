@@ -224,6 +224,46 @@ try:
     ok(r and json.loads(r[-1]).get("error") == "too-many-pending", "a client that does not read its replies is cut off", r[-1:] if r else r)
     ok(status_of(sock, "job-a") == "AWAITING_APPROVAL", "bad input and refused tokens changed nothing")
 
+    # the commands
+    def cmd(args, token=None, **kw):
+        env = dict(os.environ)
+        env.pop("STAGECOACH_TOKEN", None)
+        if token:
+            env["STAGECOACH_TOKEN"] = token
+        return subprocess.run([sc] + args, capture_output=True, text=True, env=env, timeout=30, **kw)
+
+    r = cmd(["pending", sock], VIEW)
+    ok(r.returncode == 0 and "job-a" in r.stdout and "gate" in r.stdout and "0/1" in r.stdout,
+       "stagecoach pending lists the gate", r.stdout + r.stderr)
+    r = cmd(["pending", sock, "--json"], VIEW)
+    ok(r.returncode == 0 and json.loads(r.stdout)[0]["stage"] == "gate", "stagecoach pending --json", r.stdout)
+    r = cmd(["pending", sock])
+    ok(r.returncode == 6 and "unauthorized" in r.stderr, "stagecoach pending without a token exits 6", r.stderr)
+    r = cmd(["approve", sock, "job-a", "gate"], VIEW)
+    ok(r.returncode == 6 and "approver" in r.stderr, "stagecoach approve with a viewer token exits 6", r.stderr)
+    r = cmd(["approve", sock, "job-a", "gate"])
+    ok(r.returncode == 2 and "STAGECOACH_TOKEN" in r.stderr, "stagecoach approve without a token exits 2", r.stderr)
+    r = cmd(["reject", sock, "job-a", "nosuch"], APPR)
+    ok(r.returncode == 1 and "SC_E" in r.stderr, "stagecoach reject of a stage that does not wait exits 1", r.stderr)
+    r = cmd(["approve", "unix:" + path("nothing.sock"), "job-a", "gate"], APPR)
+    ok(r.returncode == 2 and "cannot connect" in r.stderr, "no server: exit 2", r.stderr)
+    r = cmd(["tail", sock, "--from-seq", "3"], VIEW)
+    ok(r.returncode == 2, "tail --from-seq without --task is a usage error", r.stderr)
+    r = cmd(["tail", sock], OPER.replace("olga", "nobody"))
+    ok(r.returncode == 6, "tail with a wrong token exits 6", r.stderr)
+    env = dict(os.environ, STAGECOACH_TOKEN=VIEW)
+    tails = [subprocess.Popen([sc, "tail", sock, "--task", "job-a", "--from-seq", "1"] + extra,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for extra in ([], ["--json"])]
+    r = c.ask({"op": "status", "token": VIEW})
+    ok(r and r["ok"] and [t["task"] for t in r["tasks"]] == ["job-a"] and r["tasks"][0]["held"],
+       "status without a task lists every task the server saw", r)
+    typed = Client(sock, timeout=60)
+    typed.send({"subscribe": {"token": VIEW, "types": ["approval.*", "task.completed"]}})
+    other = Client(sock, timeout=60)
+    other.send({"subscribe": {"token": VIEW, "tenant": "other"}})
+    time.sleep(0.3)
+
     r = c.ask({"op": "approve", "token": APPR, "task": "job-a", "stage": "gate", "comment": "lgtm",
                "reviewer": "mallory"})
     ok(r and r["ok"] and r["reviewer"] == "alice", "an approver approves, as the token's name", r)
@@ -262,6 +302,16 @@ try:
     ok(not os.path.exists(path("a.sock")), "the socket file is removed at exit")
     for c in consumers:
         c.close()
+    typed_got = [json.loads(l)["type"] for l in typed.rest()]
+    ok(typed_got == ["stagecoach.approval.granted", "stagecoach.task.completed"],
+       "a types filter gets only those types, from its connection on", typed_got)
+    ok(other.rest() == [], "a tenant filter of another tenant gets nothing")
+    outs = [t.communicate(timeout=30) for t in tails]
+    events = subprocess.run([sc, "events", path("a.jsonl"), "--task", "job-a"], capture_output=True, text=True).stdout
+    ok(tails[0].returncode == 0 and outs[0][0].decode() == events,
+       "stagecoach tail prints what stagecoach events prints of the log, and exits 0 at the end",
+       (tails[0].returncode, outs[0][0].decode()[:500], outs[0][1].decode()[:500]))
+    ok(tails[1].returncode == 0 and outs[1][0].split(b"\n")[:-1] == want, "stagecoach tail --json prints the raw lines")
 
     # --- replay: the log, the ring, the seam, the gap ---
     rc = subprocess.run([sc, "run", pipeline("old.json", exec_stages("o", 2)), "--log", path("r.jsonl"),
