@@ -70,6 +70,10 @@ static void listen_on_port_zero_reports_the_port(void **state) {
   const char *addr = sc_socket_address(s);
   assert_true(strncmp(addr, "tcp:127.0.0.1:", 14) == 0 && atoi(addr + 14) > 0);
   assert_int_equal(sc_socket_client_count(s), 0);
+  sc_socket *s6;
+  assert_int_equal(sc_socket_listen(e, "tcp:[::1]:0", NULL, &s6), SC_OK);
+  assert_true(strncmp(sc_socket_address(s6), "tcp:[::1]:", 10) == 0);
+  sc_socket_close(s6);
   sc_socket_close(s);
   sc_engine_free(e);
   uv_run(&loop, UV_RUN_DEFAULT);
