@@ -414,6 +414,8 @@ try:
     ok(fds() == fd0, "1,000 connections opened and closed: the descriptor count is back", "%d, was %d" % (fds(), fd0))
     time.sleep(0.3)
     held = [Client(sock) for _ in range(20)]
+    for h in held:  # subscribed: they stay (a silent one would be closed after the wait)
+        h.send({"subscribe": {"token": VIEW, "task": "gap"}})
     time.sleep(0.2)
     extra = Client(sock)
     said = extra.line()
