@@ -341,7 +341,17 @@ try:
     env = dict(os.environ, STAGECOACH_TOKEN=VIEW)
     first_run = subprocess.Popen([sys.executable, os.path.join(examples, "consumer.py"), sock, "new", state],
                                  stdout=subprocess.PIPE, env=env, text=True)
-    time.sleep(1.5)
+    c = Client(sock)
+    last_seq = c.ask({"op": "status", "token": VIEW, "task": "new"})["task"]["seq"]
+    c.close()
+    deadline = time.time() + 20  # until it has printed everything so far and noted it
+    while time.time() < deadline:
+        try:
+            if int(open(state).read() or 0) == last_seq:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
     first_run.send_signal(signal.SIGTERM)
     printed1 = first_run.communicate(timeout=10)[0].split("\n")[:-1]
     old = Client(sock)
