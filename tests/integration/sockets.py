@@ -224,6 +224,21 @@ try:
     ok(r and json.loads(r[-1]).get("error") == "too-many-pending", "a client that does not read its replies is cut off", r[-1:] if r else r)
     ok(status_of(sock, "job-a") == "AWAITING_APPROVAL", "bad input and refused tokens changed nothing")
 
+    def wait_status(want):
+        deadline = time.time() + 20
+        while status_of(sock, "job-a") != want and time.time() < deadline:
+            time.sleep(0.05)
+        return status_of(sock, "job-a") == want
+
+    r = c.ask({"op": "pause", "token": OPER, "task": "job-a"})
+    ok(r and r["ok"] and wait_status("PAUSED"), "an operator pauses the waiting task", r)
+    r = c.ask({"op": "approve", "token": APPR, "task": "job-a", "stage": "gate"})
+    ok(r and r["error"] == "SC_ETRANSITION", "a paused task cannot be approved: the engine's error", r)
+    r = c.ask({"op": "resume", "token": OPER, "task": "job-a"})
+    ok(r and r["ok"] and wait_status("AWAITING_APPROVAL"), "... and resumes it, back at its gate", r)
+    r = c.ask({"op": "retry", "token": OPER, "task": "job-a"})
+    ok(r and r["error"] == "SC_ETRANSITION" and "FAILED" in r["message"], "retry of a task that did not fail is refused", r)
+
     # the commands
     def cmd(args, token=None, **kw):
         env = dict(os.environ)
