@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include <stagecoach/jsonl.h>
+#include <stagecoach/socket.h>
 #include <stagecoach/stagecoach.h>
 #include <uv.h>
 
@@ -19,7 +20,8 @@ enum {
   CLI_EXIT_USAGE = 2, /* usage or input error */
   CLI_EXIT_CANCELLED = 3,
   CLI_EXIT_ROLLED_BACK = 4,
-  CLI_EXIT_INCOMPLETE = 5, /* the log could not store every event: the record is incomplete */
+  CLI_EXIT_INCOMPLETE = 5,   /* the log could not store every event: the record is incomplete */
+  CLI_EXIT_UNAUTHORIZED = 6, /* a socket server refused the token */
 };
 
 /* ---- pipeline.c: pipeline files ---- */
@@ -148,7 +150,21 @@ void cli_progress_free(cli_progress *p);
 int cli_run(int argc, char **argv);
 int cli_recover(int argc, char **argv);
 
+/* ---- client.c: the commands that talk to a socket server ---- */
+
+int cli_tail(int argc, char **argv);
+int cli_pending(int argc, char **argv);
+int cli_approve(int argc, char **argv);
+int cli_reject(int argc, char **argv);
+/* --socket-limits ring=N,queue=BYTES,line=BYTES,clients=N,pending=N,wait=MS into o; -1 for a
+ * malformed text. */
+int cli_socket_limits(const char *text, sc_socket_options *o);
+
 /* ---- main.c ---- */
+
+/* One event as a line of `stagecoach events` (time, task, epoch, seq, type, stage, status,
+ * detail). */
+void cli_print_event(FILE *out, const sc_event *ev);
 
 /* Prints "stagecoach CMD: message" to stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -27,14 +27,21 @@ static const char *usage_text =
     "  verify FILE                                     check a log's hash chain\n"
     "  events FILE [--task ID] [--type T] [--json]     print a log as a timeline\n"
     "  validate PIPELINE.json                          check a pipeline file\n"
+    "  tail ADDR [--tenant T] [--task ID] [--from-seq N] [--type T] [--json]\n"
+    "                                                  follow a socket's event stream\n"
+    "  pending ADDR [--json]                           the approvals a socket server waits for\n"
+    "  approve|reject ADDR TASK STAGE [--comment C]    decide an approval over a socket\n"
+    "  (run and recover take --socket unix:/path|tcp:127.0.0.1:PORT [--token-file F];\n"
+    "   tail, pending, approve, reject take --token-file F or $STAGECOACH_TOKEN)\n"
     "\n"
     "  --help (also after a command), --version\n"
     "exit codes: 0 completed, 1 failed, 2 usage or input error, 3 cancelled, 4 rolled back,\n"
-    "            5 the log could not store every event (recover finishes the task)\n";
+    "            5 the log could not store every event (recover finishes the task),\n"
+    "            6 a socket server refused the token\n";
 
 static const char *help_run =
     "usage: stagecoach run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
-    "                      [--plain] [--no-prompt]\n"
+    "                      [--plain] [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
     "Runs the pipeline's config as one task. Stages of kind exec run their command through\n"
     "/bin/sh -c; their output is shown prefixed with the stage name.\n"
@@ -47,6 +54,12 @@ static const char *help_run =
     "  --plain         plain timestamped lines, also on a terminal\n"
     "  --no-prompt     do not ask for approvals on the terminal; an approval gate then waits\n"
     "                  for its timeout and applies its policy\n"
+    "  --socket ADDR   serve the event stream and control lines on unix:/path or\n"
+    "                  tcp:127.0.0.1:PORT (docs/socket.md); a task waiting for an approval\n"
+    "                  or a resume then waits for a client\n"
+    "  --token-file F  the name:token[:roles] lines that may read and control it (mode 0600)\n"
+    "  --socket-limits ring=N,queue=BYTES,line=BYTES,clients=N,pending=N,wait=MS\n"
+    "                  the server's limits (docs/socket.md)\n"
     "\n"
     "On a terminal the progress is redrawn in place and approvals are asked for. SIGINT or\n"
     "SIGTERM cancels the task (the running command gets SIGTERM, then SIGKILL); a second one\n"
@@ -56,7 +69,7 @@ static const char *help_run =
 static const char *help_recover =
     "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
     "                          [--from STAGE] [--task ID] [--dry-run] [--fsync MODE] [--plain]\n"
-    "                          [--no-prompt]\n"
+    "                          [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
     "Reads the log, finds every task without a terminal event, and carries each on as a new\n"
     "task (epoch + 1) appended to the same log. The pipeline file gives the current config; a\n"
@@ -69,6 +82,7 @@ static const char *help_recover =
     "  --from STAGE       resume at STAGE instead (the stage before it counts as completed)\n"
     "  --task ID          only the task ID\n"
     "  --dry-run          print each recovery plan and change nothing\n"
+    "  --socket ADDR, --token-file F, --socket-limits L   as for run\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
     "4 rolled back, 5 the log could not store every event.\n";
@@ -87,6 +101,32 @@ static const char *help_events =
     "Prints a log as a timeline: time, task, epoch, sequence number, type, stage, status and a\n"
     "detail. --task keeps one task's events (the id or its last characters); --type keeps one\n"
     "type (stage.failed, or a prefix such as approval); --json prints the raw lines.\n";
+
+static const char *help_tail =
+    "usage: stagecoach tail ADDR [--tenant T] [--task ID] [--from-seq N] [--type T]... [--json]\n"
+    "                      [--token-file F]\n"
+    "\n"
+    "Follows the event stream of a `run --socket ADDR` (or any socket server) and prints it as\n"
+    "`stagecoach events` does; --json prints the raw lines. --from-seq N (with --task) replays\n"
+    "the task's events from N first. Exit codes: 0 the server closed the stream, 1 the server\n"
+    "dropped this client (it read too slowly) or said something went wrong, 2 usage or no\n"
+    "connection, 6 the token was refused.\n";
+
+static const char *help_pending =
+    "usage: stagecoach pending ADDR [--json] [--token-file F]\n"
+    "\n"
+    "Lists the approvals the server's engine waits for: task, stage, reason, approvals so far\n"
+    "and needed, deadline. Needs a viewer token (--token-file F or $STAGECOACH_TOKEN).\n"
+    "Exit codes: 0 listed, 1 refused by the server, 2 usage or no connection, 6 the token was\n"
+    "refused.\n";
+
+static const char *help_approve =
+    "usage: stagecoach approve|reject ADDR TASK STAGE [--comment C] [--token-file F]\n"
+    "\n"
+    "Approves or rejects the approval gate of STAGE of task TASK over a socket. The reviewer\n"
+    "recorded is the name of the token (--token-file F, or $STAGECOACH_TOKEN), which needs the\n"
+    "approver role. Exit codes: 0 recorded, 1 refused by the engine (the message says why: not\n"
+    "waiting for approval, unknown task), 2 usage or no connection, 6 the token was refused.\n";
 
 static const char *help_validate =
     "usage: stagecoach validate PIPELINE.json\n"
@@ -183,6 +223,19 @@ static void event_detail(const sc_event *ev, char *buf, size_t cap) {
   if (cJSON_IsTrue(retry)) snprintf(buf + strlen(buf), cap - strlen(buf), " (will retry)");
 }
 
+void cli_print_event(FILE *out, const sc_event *ev) {
+  time_t sec = (time_t)(ev->time_ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&sec, &tm);
+  char when[32], detail[300];
+  strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+  event_detail(ev, detail, sizeof(detail));
+  fprintf(out, "%s.%03d  %s  e%llu #%-3llu %-19s %-14s %-17s %s\n", when,
+          (int)(ev->time_ns / 1000000 % 1000), ev->task_id, (unsigned long long)ev->epoch,
+          (unsigned long long)ev->seq, sc_event_type_name(ev->type) + strlen("stagecoach."),
+          ev->stage ? ev->stage : "-", sc_task_status_name(ev->status), detail);
+}
+
 static bool id_matches(const char *id, const char *want) {
   size_t a = strlen(id), b = strlen(want);
   return strcmp(id, want) == 0 || (b >= 4 && b <= a && strcmp(id + a - b, want) == 0);
@@ -245,20 +298,10 @@ static int cmd_events(int argc, char **argv) {
       sc_event_doc_free(d);
       continue;
     }
-    if (json) {
+    if (json)
       fwrite(line, 1, (size_t)len, stdout);
-    } else {
-      time_t sec = (time_t)(ev->time_ns / 1000000000);
-      struct tm tm;
-      gmtime_r(&sec, &tm);
-      char when[32], detail[300];
-      strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
-      event_detail(ev, detail, sizeof(detail));
-      printf("%s.%03d  %s  e%llu #%-3llu %-19s %-14s %-17s %s\n", when,
-             (int)(ev->time_ns / 1000000 % 1000), ev->task_id, (unsigned long long)ev->epoch,
-             (unsigned long long)ev->seq, t, ev->stage ? ev->stage : "-",
-             sc_task_status_name(ev->status), detail);
-    }
+    else
+      cli_print_event(stdout, ev);
     sc_event_doc_free(d);
   }
   int read_error = ferror(f) ? errno : 0;
@@ -350,10 +393,14 @@ int main(int argc, char **argv) {
     const char *name, *help;
     int (*fn)(int, char **);
   } commands[] = {
-      {"run", NULL, cli_run},       {"recover", NULL, cli_recover},   {"verify", NULL, cmd_verify},
-      {"events", NULL, cmd_events}, {"validate", NULL, cmd_validate},
+      {"run", NULL, cli_run},           {"recover", NULL, cli_recover},
+      {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
+      {"validate", NULL, cmd_validate}, {"tail", NULL, cli_tail},
+      {"pending", NULL, cli_pending},   {"approve", NULL, cli_approve},
+      {"reject", NULL, cli_reject},
   };
-  const char *helps[] = {help_run, help_recover, help_verify, help_events, help_validate};
+  const char *helps[] = {help_run,  help_recover, help_verify,  help_events, help_validate,
+                         help_tail, help_pending, help_approve, help_approve};
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
     if (strcmp(cmd, commands[i].name) != 0) continue;
     if (wants_help(argc - 2, argv + 2)) {

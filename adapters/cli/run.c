@@ -30,6 +30,8 @@ typedef struct runtime {
   cli_exec *exec;
   sc_jsonl *log;
   const char *log_path;
+  sc_socket *socket;      /* --socket: the event stream and control (docs/socket.md) */
+  uv_timer_t socket_tick; /* keeps the loop turning while a task waits for a socket client */
   emitted *emitted;
   size_t nemitted, capemitted;
   cli_progress *progress;
@@ -289,7 +291,7 @@ static void log_say(const char *message, void *udata) {
 }
 
 typedef struct run_options {
-  const char *log, *fsync;
+  const char *log, *fsync, *socket, *token_file, *socket_limits;
   bool plain, no_prompt;
 } run_options;
 
@@ -313,6 +315,8 @@ static int check_options(const run_options *o, const char *cmd) {
     return cli_usage_error(cmd, "--fsync must be always, batch or none (got '%s')", o->fsync);
   if (o->fsync != NULL && o->log == NULL)
     return cli_usage_error(cmd, "--fsync needs --log FILE (it says how the log is written)");
+  if ((o->token_file != NULL || o->socket_limits != NULL) && o->socket == NULL)
+    return cli_usage_error(cmd, "--token-file and --socket-limits need --socket ADDR");
   return CLI_EXIT_COMPLETED;
 }
 
@@ -331,6 +335,38 @@ static int runtime_open_log(runtime *rt, const run_options *o, const char *cmd, 
   return CLI_EXIT_COMPLETED;
 }
 
+/* --socket: the server, listening before the first event, replaying older events from the log. */
+static int runtime_open_socket(runtime *rt, const run_options *o, const char *cmd) {
+  if (o->socket == NULL) return CLI_EXIT_COMPLETED;
+  sc_socket_options so;
+  sc_socket_options_init(&so);
+  so.token_file = o->token_file;
+  so.log_path = o->log;
+  if (o->socket_limits && cli_socket_limits(o->socket_limits, &so) != 0)
+    return cli_usage_error(cmd,
+                           "--socket-limits %s: give ring=N,queue=BYTES,line=BYTES,clients=N,"
+                           "pending=N,wait=MS (any of them)",
+                           o->socket_limits);
+  if (sc_socket_listen(rt->e, o->socket, &so, &rt->socket) != SC_OK)
+    return cli_usage_error(cmd, "%s", sc_error_message());
+  return CLI_EXIT_COMPLETED;
+}
+
+/* With a socket, a task that waits for a person (an approval, a resume) may get the answer from
+ * a client: the run goes on while one does. */
+static bool waits_for_socket(runtime *rt) {
+  if (rt->socket == NULL || rt->interrupts > 0) return false;
+  for (size_t i = 0; i < cli_progress_task_count(rt->progress); i++) {
+    sc_task_status s = cli_progress_status(rt->progress, cli_progress_task_id(rt->progress, i));
+    if (s == SC_TASK_AWAITING_APPROVAL || s == SC_TASK_PAUSED) return true;
+  }
+  return false;
+}
+
+static void on_socket_tick(uv_timer_t *t) {
+  (void)t;
+}
+
 /* Opens what a run needs but the log; runtime_close() undoes any part of it, also after a
  * failure. */
 static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
@@ -339,6 +375,7 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   uv_signal_init(&rt->loop, &rt->sigint);
   uv_signal_init(&rt->loop, &rt->sigterm);
   uv_timer_init(&rt->loop, &rt->stopping);
+  uv_timer_init(&rt->loop, &rt->socket_tick);
   rt->sigint.data = rt->sigterm.data = rt->stopping.data = rt;
   rt->live = !o->plain && isatty(STDOUT_FILENO);
   rt->prompts = !o->no_prompt && isatty(STDIN_FILENO);
@@ -365,6 +402,11 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
 /* Runs until nothing is in flight, then says what happened to each task. */
 static int runtime_finish(runtime *rt) {
   sc_engine_run(rt->e);
+  while (waits_for_socket(rt)) {
+    uv_timer_start(&rt->socket_tick, on_socket_tick, 100, 0);
+    uv_run(&rt->loop, UV_RUN_ONCE);
+    sc_engine_run(rt->e);
+  }
   /* Commands still running (a cancelled stage waiting out its grace period) are waited for. */
   while (cli_exec_running(rt->exec) > 0)
     uv_run(&rt->loop, UV_RUN_ONCE);
@@ -467,6 +509,7 @@ static int runtime_close(runtime *rt) {
     for (int i = 0; i < 1000 && cli_exec_running(rt->exec) > 0; i++)
       uv_run(&rt->loop, UV_RUN_ONCE);
   }
+  sc_socket_close(rt->socket); /* its clients get the last events first */
   if (rt->log && sc_jsonl_close(rt->log) != SC_OK) {
     report_unstored(rt, sc_error_message());
     code = CLI_EXIT_INCOMPLETE;
@@ -486,6 +529,7 @@ static int runtime_close(runtime *rt) {
   uv_close((uv_handle_t *)&rt->sigint, NULL);
   uv_close((uv_handle_t *)&rt->sigterm, NULL);
   uv_close((uv_handle_t *)&rt->stopping, NULL);
+  uv_close((uv_handle_t *)&rt->socket_tick, NULL);
   uv_run(&rt->loop, UV_RUN_DEFAULT);
   uv_loop_close(&rt->loop);
   return code;
@@ -497,6 +541,11 @@ static int common_option(int argc, char **argv, int *i, run_options *o, int *rc)
   int m;
   if ((m = cli_option(argc, argv, i, "--log", &o->log)) != 0) return *rc = m < 0 ? -1 : 0, 1;
   if ((m = cli_option(argc, argv, i, "--fsync", &o->fsync)) != 0) return *rc = m < 0 ? -1 : 0, 1;
+  if ((m = cli_option(argc, argv, i, "--socket", &o->socket)) != 0) return *rc = m < 0 ? -1 : 0, 1;
+  if ((m = cli_option(argc, argv, i, "--token-file", &o->token_file)) != 0)
+    return *rc = m < 0 ? -1 : 0, 1;
+  if ((m = cli_option(argc, argv, i, "--socket-limits", &o->socket_limits)) != 0)
+    return *rc = m < 0 ? -1 : 0, 1;
   if (strcmp(argv[*i], "--plain") == 0) return o->plain = true, *rc = 0, 1;
   if (strcmp(argv[*i], "--no-prompt") == 0) return o->no_prompt = true, *rc = 0, 1;
   return 0;
@@ -678,6 +727,7 @@ int cli_run(int argc, char **argv) {
     code = CLI_EXIT_USAGE;
   }
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
+  if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
   if (code == CLI_EXIT_COMPLETED && task_id != NULL && o.log != NULL &&
       log_holds_task(o.log, task_id))
@@ -880,6 +930,7 @@ int cli_recover(int argc, char **argv) {
     cJSON_Delete(plan);
     reqs[chosen++] = req;
   }
+  if (code == CLI_EXIT_COMPLETED && !dry_run) code = runtime_open_socket(&rt, &o, "recover");
   if (code == CLI_EXIT_COMPLETED && only != NULL && chosen == 0)
     code = cli_usage_error("recover", "no unfinished task '%s' in %s", only, log_name);
   if (code == CLI_EXIT_COMPLETED && chosen == 0) {

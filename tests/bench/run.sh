@@ -10,7 +10,8 @@ dir=build-bench
 # -Dtests=auto builds the benchmarks whether or not cmocka is there.
 setup_build "$dir" --buildtype=release -Db_ndebug=true -Dtests=auto || exit 2
 step "the build (ninja -C $dir)" ninja -C "$dir" || exit 1
-for b in "$dir"/tests/bench/engine_bench "$dir"/tests/bench/jsonl_bench "$dir"/tests/bench/exec_bench; do
+for b in "$dir"/tests/bench/engine_bench "$dir"/tests/bench/jsonl_bench "$dir"/tests/bench/exec_bench \
+    "$dir"/tests/bench/socket_bench; do
   [ -x "$b" ] || { echo "bench/run.sh: $b was not built" >&2; exit 1; }
   echo "# $(basename "$b")"
   "$b" "$@"

@@ -131,6 +131,14 @@ int sc_jsonl_unfinished(sc_jsonl *j, sc_unfinished **out, size_t *n);
  * freed: the caller owns what it put there. NULL is a no-op. */
 void sc_unfinished_free(sc_unfinished *u, size_t n);
 
+/* Reads a log's events in order: calls fn(json, len, udata) for every line whose chain verifies,
+ * with json the event exactly as the engine encoded it (the line without its chain member and
+ * newline, NUL-terminated; borrowed for the call). A non-zero return of fn stops the walk and is
+ * returned. Otherwise SC_OK, or the errors of sc_jsonl_verify (the lines before a broken one are
+ * still handed over). Takes no lock and changes nothing. The socket adapter replays from it. */
+typedef int (*sc_jsonl_event_fn)(const char *json, size_t len, void *udata);
+int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
+
 #ifdef __cplusplus
 }
 #endif

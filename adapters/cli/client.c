@@ -1,0 +1,449 @@
+/* The commands that talk to a socket server (`run --socket`): tail follows the event stream;
+ * pending, approve and reject send one control line each and print its reply. Plain blocking
+ * sockets: each command has one connection and nothing else to do. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+typedef struct reader {
+  int fd;
+  char *buf;
+  size_t len, off, cap;
+} reader;
+
+/* Connects to unix:/path or tcp:HOST:PORT; -1 with a message on stderr. */
+static int connect_addr(const char *cmd, const char *addr) {
+  int fd = -1;
+  if (strncmp(addr, "unix:", 5) == 0) {
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    if (strlen(addr + 5) == 0 || strlen(addr + 5) >= sizeof(sa.sun_path)) {
+      cli_usage_error(cmd, "%s: the socket path must be 1 to %zu bytes", addr,
+                      sizeof(sa.sun_path) - 1);
+      return -1;
+    }
+    memcpy(sa.sun_path, addr + 5, strlen(addr + 5));
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
+  } else if (strncmp(addr, "tcp:", 4) == 0) {
+    const char *hp = addr + 4, *colon = strrchr(hp, ':');
+    char host[64];
+    if (colon == NULL || (size_t)(colon - hp) >= sizeof(host)) {
+      cli_usage_error(cmd, "%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT", addr);
+      return -1;
+    }
+    memcpy(host, hp, (size_t)(colon - hp));
+    host[colon - hp] = '\0';
+    int port = atoi(colon + 1);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t sl;
+    if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      a->sin6_family = AF_INET6;
+      a->sin6_addr = in6addr_loopback;
+      a->sin6_port = htons((uint16_t)port);
+      sl = sizeof(*a);
+    } else {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      a->sin_family = AF_INET;
+      if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+        cli_usage_error(cmd, "%s: the host must be an address (127.0.0.1, [::1])", addr);
+        return -1;
+      }
+      a->sin_port = htons((uint16_t)port);
+      sl = sizeof(*a);
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&ss, sl) == 0) return fd;
+  } else {
+    cli_usage_error(cmd, "address '%s': give unix:/path or tcp:127.0.0.1:PORT", addr);
+    return -1;
+  }
+  cli_usage_error(cmd, "cannot connect to %s: %s", addr, strerror(errno));
+  if (fd >= 0) close(fd);
+  return -1;
+}
+
+/* The next line (without its newline; NUL-terminated, valid until the next call); NULL at the
+ * end of the stream. */
+static char *read_line(reader *r, size_t *len) {
+  for (;;) {
+    char *nl = r->buf == NULL ? NULL : memchr(r->buf + r->off, '\n', r->len - r->off);
+    if (nl != NULL) {
+      char *line = r->buf + r->off;
+      *nl = '\0';
+      *len = (size_t)(nl - line);
+      r->off = (size_t)(nl - r->buf) + 1;
+      return line;
+    }
+    if (r->off > 0) {
+      memmove(r->buf, r->buf + r->off, r->len - r->off);
+      r->len -= r->off;
+      r->off = 0;
+    }
+    if (r->cap - r->len < 4096) {
+      size_t cap = r->cap ? r->cap * 2 : 65536;
+      char *p = realloc(r->buf, cap);
+      if (p == NULL) return NULL;
+      r->buf = p;
+      r->cap = cap;
+    }
+    ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len - 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return NULL; /* a last line without its newline is not a whole line */
+    r->len += (size_t)n;
+  }
+}
+
+static bool send_all(int fd, const char *text, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, text, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    text += n;
+    len -= (size_t)n;
+  }
+  return true;
+}
+
+static bool send_json(int fd, cJSON *o) {
+  char *text = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (text == NULL) return false;
+  bool ok = send_all(fd, text, strlen(text)) && send_all(fd, "\n", 1);
+  free(text);
+  return ok;
+}
+
+/* The token: the file's first line that is not a comment ("TOKEN" or "name:token[:roles]"), or
+ * $STAGECOACH_TOKEN. NULL when there is none; *owned is what the caller frees. */
+static const char *find_token(const char *cmd, const char *file, char **owned, int *rc) {
+  *owned = NULL;
+  *rc = 0;
+  if (file == NULL) return getenv("STAGECOACH_TOKEN");
+  FILE *f = fopen(file, "r");
+  if (f == NULL) {
+    *rc = cli_usage_error(cmd, "--token-file %s: %s", file, strerror(errno));
+    return NULL;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  while ((n = getline(&line, &cap, f)) >= 0) {
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+      line[--n] = '\0';
+    if (n == 0 || line[0] == '#') continue;
+    char *c1 = strchr(line, ':');
+    if (c1 == NULL) {
+      *owned = strdup(line);
+    } else {
+      char *c2 = strchr(c1 + 1, ':');
+      *owned = c2 ? strndup(c1 + 1, (size_t)(c2 - c1 - 1)) : strdup(c1 + 1);
+    }
+    break;
+  }
+  free(line);
+  fclose(f);
+  if (*owned == NULL) *rc = cli_usage_error(cmd, "--token-file %s holds no token", file);
+  return *owned;
+}
+
+static const char *member_string(const cJSON *o, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Sends one op and waits for its reply (lines that are not replies are skipped). Returns the
+ * reply (the caller deletes it) or NULL with the exit code in *code. */
+static cJSON *roundtrip(const char *cmd, const char *addr, cJSON *op, int *code) {
+  int fd = connect_addr(cmd, addr);
+  if (fd < 0) {
+    cJSON_Delete(op);
+    *code = CLI_EXIT_USAGE;
+    return NULL;
+  }
+  reader r = {fd, NULL, 0, 0, 0};
+  cJSON *reply = NULL;
+  if (!send_json(fd, op)) {
+    fprintf(stderr, "stagecoach %s: %s: %s\n", cmd, addr, strerror(errno));
+    *code = CLI_EXIT_USAGE;
+  } else {
+    char *line;
+    size_t len;
+    while (reply == NULL && (line = read_line(&r, &len)) != NULL) {
+      cJSON *o = cJSON_ParseWithLength(line, len);
+      if (o && cJSON_GetObjectItemCaseSensitive(o, "ok") != NULL) {
+        reply = o;
+      } else if (o && member_string(o, "error") != NULL) { /* the connection's own error */
+        fprintf(stderr, "stagecoach %s: the server says: %s\n", cmd, line);
+        cJSON_Delete(o);
+        break;
+      } else {
+        cJSON_Delete(o);
+      }
+    }
+    if (reply == NULL) {
+      fprintf(stderr, "stagecoach %s: %s closed the connection without a reply\n", cmd, addr);
+      *code = CLI_EXIT_FAILED;
+    }
+  }
+  free(r.buf);
+  close(fd);
+  if (reply && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+    const char *err = member_string(reply, "error"), *msg = member_string(reply, "message");
+    fprintf(stderr, "stagecoach %s: %s: %s\n", cmd, err ? err : "refused", msg ? msg : "");
+    *code = err && strcmp(err, "unauthorized") == 0 ? CLI_EXIT_UNAUTHORIZED : CLI_EXIT_FAILED;
+    cJSON_Delete(reply);
+    return NULL;
+  }
+  return reply;
+}
+
+/* ---- tail ---- */
+
+int cli_tail(int argc, char **argv) {
+  const char *addr = NULL, *tenant = NULL, *task = NULL, *from = NULL, *token_file = NULL;
+  const char *types[32];
+  size_t ntypes = 0;
+  bool json = false;
+  for (int i = 0; i < argc; i++) {
+    int m;
+    const char *type;
+    if ((m = cli_option(argc, argv, &i, "--tenant", &tenant)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--task", &task)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--from-seq", &from)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--token-file", &token_file)) != 0) {
+      if (m < 0) return cli_usage_error("tail", "%s needs a value", argv[i]);
+      continue;
+    }
+    if ((m = cli_option(argc, argv, &i, "--type", &type)) != 0) {
+      if (m < 0) return cli_usage_error("tail", "--type needs a value");
+      if (ntypes == sizeof(types) / sizeof(types[0]))
+        return cli_usage_error("tail", "at most 32 --type");
+      types[ntypes++] = type;
+      continue;
+    }
+    if (strcmp(argv[i], "--json") == 0) {
+      json = true;
+      continue;
+    }
+    if (argv[i][0] == '-' && argv[i][1] != '\0')
+      return cli_usage_error("tail", "unknown option '%s' (see stagecoach tail --help)", argv[i]);
+    if (addr) return cli_usage_error("tail", "one address at a time ('%s')", argv[i]);
+    addr = argv[i];
+  }
+  if (addr == NULL) return cli_usage_error("tail", "which server? (stagecoach tail ADDR)");
+  char *end = NULL;
+  unsigned long long from_seq = from ? strtoull(from, &end, 10) : 0;
+  if (from && (*end != '\0' || from_seq == 0))
+    return cli_usage_error("tail", "--from-seq must be a number from 1");
+  if (from && task == NULL)
+    return cli_usage_error("tail", "--from-seq replays one task: give --task ID too");
+  char *owned;
+  int rc;
+  const char *token = find_token("tail", token_file, &owned, &rc);
+  if (rc != 0) return rc;
+  cJSON *line = cJSON_CreateObject(), *sub = cJSON_AddObjectToObject(line, "subscribe");
+  if (tenant) cJSON_AddStringToObject(sub, "tenant", tenant);
+  if (task) cJSON_AddStringToObject(sub, "task", task);
+  if (from) cJSON_AddNumberToObject(sub, "from_seq", (double)from_seq);
+  if (token) cJSON_AddStringToObject(sub, "token", token);
+  if (ntypes) {
+    cJSON *t = cJSON_AddArrayToObject(sub, "types");
+    for (size_t i = 0; i < ntypes; i++)
+      cJSON_AddItemToArray(t, cJSON_CreateString(types[i]));
+  }
+  free(owned);
+  int fd = connect_addr("tail", addr);
+  if (fd < 0) {
+    cJSON_Delete(line);
+    return CLI_EXIT_USAGE;
+  }
+  if (!send_json(fd, line)) {
+    close(fd);
+    return cli_usage_error("tail", "%s: %s", addr, strerror(errno));
+  }
+  reader r = {fd, NULL, 0, 0, 0};
+  int code = CLI_EXIT_COMPLETED;
+  char *text;
+  size_t len;
+  while ((text = read_line(&r, &len)) != NULL) {
+    if (strncmp(text, "{\"error\"", 8) == 0 || strncmp(text, "{\"ok\"", 5) == 0) {
+      cJSON *o = cJSON_ParseWithLength(text, len);
+      const char *err = member_string(o, "error");
+      fprintf(stderr, "stagecoach tail: %s\n", text);
+      if (err && strcmp(err, "unauthorized") == 0)
+        code = CLI_EXIT_UNAUTHORIZED;
+      else if (err && strcmp(err, "replay-gap") != 0 && strcmp(err, "missed") != 0)
+        code = CLI_EXIT_FAILED;
+      cJSON_Delete(o);
+      continue;
+    }
+    if (json) {
+      text[len] = '\n';
+      fwrite(text, 1, len + 1, stdout);
+    } else {
+      sc_event_doc *d;
+      if (sc_event_parse(text, len, &d) == SC_OK) {
+        cli_print_event(stdout, sc_event_doc_event(d));
+        sc_event_doc_free(d);
+      }
+    }
+    fflush(stdout);
+  }
+  free(r.buf);
+  close(fd);
+  return code;
+}
+
+/* ---- pending ---- */
+
+int cli_pending(int argc, char **argv) {
+  const char *addr = NULL, *token_file = NULL;
+  bool json = false;
+  for (int i = 0; i < argc; i++) {
+    int m;
+    if ((m = cli_option(argc, argv, &i, "--token-file", &token_file)) != 0) {
+      if (m < 0) return cli_usage_error("pending", "--token-file needs a value");
+      continue;
+    }
+    if (strcmp(argv[i], "--json") == 0) {
+      json = true;
+      continue;
+    }
+    if (argv[i][0] == '-' && argv[i][1] != '\0')
+      return cli_usage_error("pending", "unknown option '%s' (see stagecoach pending --help)",
+                             argv[i]);
+    if (addr) return cli_usage_error("pending", "one address at a time ('%s')", argv[i]);
+    addr = argv[i];
+  }
+  if (addr == NULL) return cli_usage_error("pending", "which server? (stagecoach pending ADDR)");
+  char *owned;
+  int code = 0;
+  const char *token = find_token("pending", token_file, &owned, &code);
+  if (code != 0) return code;
+  cJSON *op = cJSON_CreateObject();
+  cJSON_AddStringToObject(op, "op", "pending");
+  if (token) cJSON_AddStringToObject(op, "token", token);
+  free(owned);
+  cJSON *reply = roundtrip("pending", addr, op, &code);
+  if (reply == NULL) return code;
+  const cJSON *list = cJSON_GetObjectItemCaseSensitive(reply, "pending");
+  if (json) {
+    char *text = cJSON_PrintUnformatted(list);
+    printf("%s\n", text ? text : "[]");
+    free(text);
+  } else if (cJSON_GetArraySize(list) == 0) {
+    printf("no approval pending\n");
+  } else {
+    printf("%-38s %-20s %-30s %-9s %s\n", "TASK", "STAGE", "REASON", "APPROVALS", "DEADLINE");
+    for (const cJSON *p = list->child; p; p = p->next) {
+      const cJSON *dl = cJSON_GetObjectItemCaseSensitive(p, "deadline_ms");
+      char when[32] = "-";
+      if (cJSON_IsNumber(dl)) {
+        time_t sec = (time_t)(dl->valuedouble / 1000);
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
+      }
+      char approvals[32];
+      snprintf(approvals, sizeof(approvals), "%d/%d",
+               cJSON_GetObjectItemCaseSensitive(p, "approvals")->valueint,
+               cJSON_GetObjectItemCaseSensitive(p, "approvers_needed")->valueint);
+      printf("%-38s %-20s %-30s %-9s %s\n", member_string(p, "task"), member_string(p, "stage"),
+             member_string(p, "reason"), approvals, when);
+    }
+  }
+  cJSON_Delete(reply);
+  return CLI_EXIT_COMPLETED;
+}
+
+/* ---- approve, reject ---- */
+
+static int decide(const char *cmd, int argc, char **argv) {
+  const char *pos[3], *comment = NULL, *token_file = NULL;
+  int npos = 0;
+  for (int i = 0; i < argc; i++) {
+    int m;
+    if ((m = cli_option(argc, argv, &i, "--comment", &comment)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--token-file", &token_file)) != 0) {
+      if (m < 0) return cli_usage_error(cmd, "%s needs a value", argv[i]);
+      continue;
+    }
+    if (argv[i][0] == '-' && argv[i][1] != '\0')
+      return cli_usage_error(cmd, "unknown option '%s' (see stagecoach %s --help)", argv[i], cmd);
+    if (npos == 3) return cli_usage_error(cmd, "too many arguments ('%s')", argv[i]);
+    pos[npos++] = argv[i];
+  }
+  if (npos != 3)
+    return cli_usage_error(cmd,
+                           "give the server, the task and the stage (stagecoach %s ADDR "
+                           "TASK STAGE)",
+                           cmd);
+  char *owned;
+  int code = 0;
+  const char *token = find_token(cmd, token_file, &owned, &code);
+  if (code != 0) return code;
+  if (token == NULL)
+    return cli_usage_error(cmd, "no token: give --token-file F or set STAGECOACH_TOKEN");
+  cJSON *op = cJSON_CreateObject();
+  cJSON_AddStringToObject(op, "op", cmd);
+  cJSON_AddStringToObject(op, "token", token);
+  cJSON_AddStringToObject(op, "task", pos[1]);
+  cJSON_AddStringToObject(op, "stage", pos[2]);
+  if (comment) cJSON_AddStringToObject(op, "comment", comment);
+  free(owned);
+  cJSON *reply = roundtrip(cmd, pos[0], op, &code);
+  if (reply == NULL) return code;
+  printf("%s stage %s of task %s as %s\n", strcmp(cmd, "approve") == 0 ? "approved" : "rejected",
+         pos[2], pos[1], member_string(reply, "reviewer") ? member_string(reply, "reviewer") : "?");
+  cJSON_Delete(reply);
+  return CLI_EXIT_COMPLETED;
+}
+
+int cli_approve(int argc, char **argv) {
+  return decide("approve", argc, argv);
+}
+
+int cli_reject(int argc, char **argv) {
+  return decide("reject", argc, argv);
+}
+
+int cli_socket_limits(const char *text, sc_socket_options *o) {
+  const char *p = text;
+  while (*p) {
+    const char *eq = strchr(p, '=');
+    if (eq == NULL) return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(eq + 1, &end, 10);
+    if (end == eq + 1 || errno != 0 || (*end != ',' && *end != '\0')) return -1;
+    size_t n = (size_t)(eq - p);
+    if (n == 4 && memcmp(p, "ring", 4) == 0)
+      o->ring_events = (size_t)v;
+    else if (n == 5 && memcmp(p, "queue", 5) == 0 && v > 0)
+      o->queue_bytes = (size_t)v;
+    else if (n == 4 && memcmp(p, "line", 4) == 0 && v > 0)
+      o->max_line_bytes = (size_t)v;
+    else if (n == 7 && memcmp(p, "clients", 7) == 0 && v > 0)
+      o->max_clients = (size_t)v;
+    else if (n == 7 && memcmp(p, "pending", 7) == 0 && v > 0)
+      o->max_pending = (size_t)v;
+    else if (n == 4 && memcmp(p, "wait", 4) == 0 && v <= 600000)
+      o->subscribe_wait_ms = (uint32_t)v;
+    else
+      return -1;
+    p = *end == ',' ? end + 1 : end;
+  }
+  return 0;
+}

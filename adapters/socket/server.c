@@ -1,0 +1,780 @@
+/* The socket server: a listening socket and its clients watched with uv_poll_t in the engine's
+ * loop, the subscriber that encodes each event once into the replay ring and every client's
+ * queue, and the writes, batched per loop turn. Clients are plain non-blocking sockets written
+ * with send(): no write request of libuv is ever pending, so no client keeps the loop running,
+ * and a client that does not read only fills its own queue. */
+#define _GNU_SOURCE /* accept4, asprintf */
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "socket_int.h"
+
+#define FLUSH_BYTES (64 * 1024) /* per client: write once this much waits, even in a busy turn */
+#define FLUSH_MS    5           /* and at the latest after this long */
+#define CLOSE_WAIT  1000        /* ms a closing client gets to take what is queued */
+#define DROP_WAIT   10000       /* ms a dropped client gets to read its slow-consumer line */
+#define SLOW_LINE   "{\"error\":\"slow-consumer\"}\n"
+#define TOO_MANY    "{\"error\":\"too-many-clients\"}\n"
+
+void sc_socket_options_init(sc_socket_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->version = SC_SOCKET_OPTIONS_VERSION;
+  o->queue_bytes = 4u << 20;
+  o->ring_events = 4096;
+  o->max_line_bytes = 64u << 10;
+  o->max_clients = 1024;
+  o->max_pending = 64;
+  o->subscribe_wait_ms = 100;
+}
+
+/* ---- the task table ---- */
+
+static size_t hash_id(const char *s) {
+  size_t h = 1469598103934665603u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211u;
+  return h;
+}
+
+sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id) {
+  if (s->nbuckets == 0 || id == NULL) return NULL;
+  for (sc__sock_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
+    if (strcmp(t->id, id) == 0) return t;
+  return NULL;
+}
+
+static bool grow_table(sc_socket *s) {
+  size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
+  sc__sock_task_rec **b = calloc(n, sizeof(*b));
+  if (b == NULL) return false;
+  for (sc__sock_task_rec *t = s->all; t; t = t->all) {
+    size_t i = hash_id(t->id) % n;
+    t->next = b[i];
+    b[i] = t;
+  }
+  free(s->buckets);
+  s->buckets = b;
+  s->nbuckets = n;
+  return true;
+}
+
+static char *dup_or_null(const char *s) {
+  return s ? strdup(s) : NULL;
+}
+
+static sc__sock_task_rec *task_record(sc_socket *s, const sc_event *ev) {
+  sc__sock_task_rec *t = sc__sock_task_find(s, ev->task_id);
+  if (t != NULL) return t;
+  if (s->ntasks + 1 > s->nbuckets && !grow_table(s)) return NULL;
+  if ((t = calloc(1, sizeof(*t))) == NULL) return NULL;
+  t->id = strdup(ev->task_id);
+  t->tenant = dup_or_null(ev->tenant_id);
+  if (t->id == NULL || (ev->tenant_id && t->tenant == NULL)) {
+    free(t->id);
+    free(t->tenant);
+    free(t);
+    return NULL;
+  }
+  size_t i = hash_id(t->id) % s->nbuckets;
+  t->next = s->buckets[i];
+  s->buckets[i] = t;
+  t->all = s->all;
+  s->all = t;
+  s->ntasks++;
+  return t;
+}
+
+/* ---- filters ---- */
+
+static bool type_matches(const char *pattern, const char *dotted) {
+  size_t n = strlen(pattern);
+  if (strcmp(pattern, "*") == 0) return true;
+  if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] == '.')
+    return strncmp(pattern, dotted, n - 1) == 0;
+  return strcmp(pattern, dotted) == 0;
+}
+
+bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
+                           sc_event_type type) {
+  if (f->task && strcmp(f->task, task_id) != 0) return false;
+  if (f->tenant && (tenant == NULL || strcmp(f->tenant, tenant) != 0)) return false;
+  if (f->ntypes == 0) return true;
+  const char *dotted = sc_event_type_name(type) + strlen("stagecoach.");
+  for (size_t i = 0; i < f->ntypes; i++)
+    if (type_matches(f->types[i], dotted)) return true;
+  return false;
+}
+
+void sc__sock_filter_free(sc__sock_filter *f) {
+  free(f->tenant);
+  free(f->task);
+  for (size_t i = 0; i < f->ntypes; i++)
+    free(f->types[i]);
+  free(f->types);
+  memset(f, 0, sizeof(*f));
+}
+
+/* ---- client output ---- */
+
+static void client_close(sc__sock_client *c);
+
+static void on_client_io(uv_poll_t *p, int status, int events);
+
+static void set_watch(sc__sock_client *c) {
+  int ev = 0;
+  if (c->state != SC__SOCK_CLOSING) ev |= UV_READABLE;
+  if (c->out_len > c->out_off) ev |= UV_WRITABLE;
+  if (ev != c->events) {
+    c->events = ev;
+    if (ev == 0)
+      uv_poll_stop(&c->poll);
+    else
+      uv_poll_start(&c->poll, ev, on_client_io);
+  }
+}
+
+/* Writes what it can without blocking. False when the client is gone (closed by it). */
+static bool client_write(sc__sock_client *c) {
+  while (c->out_len > c->out_off) {
+    ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n <= 0) {
+      client_close(c);
+      return false;
+    }
+    c->out_off += (size_t)n;
+  }
+  if (c->out_off == c->out_len) {
+    c->out_off = c->out_len = 0;
+    c->replies = 0;
+    if (c->cap > c->server->o.queue_bytes) c->cap = c->server->o.queue_bytes;
+    if (c->state == SC__SOCK_CLOSING) {
+      client_close(c);
+      return false;
+    }
+  }
+  set_watch(c);
+  return true;
+}
+
+static void mark_dirty(sc__sock_client *c, size_t len) {
+  sc_socket *s = c->server;
+  if (s->dirty == NULL) s->dirty_since = uv_now(s->loop);
+  s->dirty_bytes += len;
+  if (c->dirty) return;
+  c->dirty = true;
+  s->ndirty++;
+  c->dirty_next = s->dirty;
+  s->dirty = c;
+}
+
+static bool out_reserve(sc__sock_client *c, size_t extra) {
+  if (c->out_off > 0 && c->out_off >= c->out_len / 2) { /* slide the written part out */
+    memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+    c->out_len -= c->out_off;
+    c->out_off = 0;
+  }
+  if (c->out_len + extra <= c->out_cap) return true;
+  size_t cap = c->out_cap ? c->out_cap : 16384;
+  while (cap < c->out_len + extra)
+    cap *= 2;
+  char *p = realloc(c->out, cap);
+  if (p == NULL) return false;
+  c->out = p;
+  c->out_cap = cap;
+  return true;
+}
+
+/* The queue is full: what is not written yet goes (but the rest of a line already begun), the
+ * client is told and closed once that is written. */
+static void drop_slow(sc__sock_client *c) {
+  size_t keep = c->out_off;
+  if (keep > 0 && c->out[keep - 1] != '\n') {
+    const char *nl = memchr(c->out + keep, '\n', c->out_len - keep);
+    keep = nl ? (size_t)(nl - c->out) + 1 : c->out_len;
+  }
+  c->out_len = keep;
+  c->server->dropped++;
+  c->state = SC__SOCK_CLOSING;
+  c->deadline = uv_now(c->server->loop) + DROP_WAIT;
+  if (out_reserve(c, sizeof(SLOW_LINE) - 1)) {
+    memcpy(c->out + c->out_len, SLOW_LINE, sizeof(SLOW_LINE) - 1);
+    c->out_len += sizeof(SLOW_LINE) - 1;
+  }
+  sc__sock_client_close_after_flush(c);
+}
+
+bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay) {
+  if (c->state == SC__SOCK_CLOSING || c->closed) return false;
+  size_t queued = c->out_len - c->out_off;
+  if (!replay && queued + len > c->cap) {
+    drop_slow(c);
+    return false;
+  }
+  if (!out_reserve(c, len)) {
+    drop_slow(c);
+    return false;
+  }
+  memcpy(c->out + c->out_len, line, len);
+  c->out_len += len;
+  if (replay && c->out_len - c->out_off > c->cap)
+    c->cap = c->out_len - c->out_off + c->server->o.queue_bytes;
+  mark_dirty(c, len);
+  return true;
+}
+
+void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id) {
+  if (reply == NULL) return;
+  if (id != NULL) cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, true));
+  char *text = cJSON_PrintUnformatted(reply);
+  cJSON_Delete(reply);
+  if (text == NULL) return;
+  size_t len = strlen(text);
+  text[len] = '\n'; /* the NUL becomes the newline: sent by length */
+  c->replies++;
+  sc__sock_client_send(c, text, len + 1, true);
+  free(text);
+}
+
+void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
+                                 const cJSON *id) {
+  cJSON *r = cJSON_CreateObject();
+  if (r == NULL) return;
+  cJSON_AddFalseToObject(r, "ok");
+  cJSON_AddStringToObject(r, "error", error);
+  if (message) cJSON_AddStringToObject(r, "message", message);
+  sc__sock_client_reply(c, r, id);
+}
+
+static void start_tick(sc_socket *s);
+
+void sc__sock_client_close_after_flush(sc__sock_client *c) {
+  if (c->state != SC__SOCK_CLOSING) {
+    c->state = SC__SOCK_CLOSING;
+    c->deadline = uv_now(c->server->loop) + CLOSE_WAIT;
+  }
+  start_tick(c->server);
+  mark_dirty(c, 0);
+}
+
+static void on_client_closed(uv_handle_t *h) {
+  sc__sock_client *c = h->data;
+  sc_socket *s = c->server;
+  close(c->fd);
+  sc__sock_filter_free(&c->filter);
+  free(c->in);
+  free(c->out);
+  free(c);
+  s->open_handles--;
+}
+
+static void client_close(sc__sock_client *c) {
+  sc_socket *s = c->server;
+  if (c->closed) return;
+  c->closed = true;
+  if (c->dirty) { /* out of the dirty list */
+    for (sc__sock_client **p = &s->dirty; *p; p = &(*p)->dirty_next)
+      if (*p == c) {
+        *p = c->dirty_next;
+        s->ndirty--;
+        break;
+      }
+    c->dirty = false;
+  }
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->clients = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nclients--;
+  uv_poll_stop(&c->poll);
+  uv_close((uv_handle_t *)&c->poll, on_client_closed);
+  /* fd stays open until the handle is closed: libuv may still hold it in its watcher list */
+  c->state = SC__SOCK_CLOSING;
+}
+
+static void flush_all(sc_socket *s) {
+  sc__sock_client *c = s->dirty;
+  s->dirty = NULL;
+  s->dirty_bytes = 0;
+  s->ndirty = 0;
+  while (c) {
+    sc__sock_client *next = c->dirty_next;
+    c->dirty = false;
+    c->dirty_next = NULL;
+    client_write(c);
+    c = next;
+  }
+}
+
+/* Before the loop waits for I/O, and in a busy loop at least every FLUSH_BYTES or FLUSH_MS:
+ * one send() per client for everything of a loop turn, not one per event. */
+static void on_prepare(uv_prepare_t *h) {
+  sc_socket *s = h->data;
+  if (s->dirty == NULL) return;
+  if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
+      uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
+    flush_all(s);
+}
+
+/* ---- the clock: first lines not sent in time, closing clients that do not read ---- */
+
+static void on_tick(uv_timer_t *t) {
+  sc_socket *s = t->data;
+  uint64_t now = uv_now(s->loop);
+  bool waiting = false;
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
+    next = c->next;
+    if (c->state == SC__SOCK_WAITING && now >= c->deadline) {
+      sc__sock_start_unfiltered(c);
+    } else if (c->state == SC__SOCK_CLOSING && now >= c->deadline) {
+      client_close(c);
+      continue;
+    }
+    if (c->state == SC__SOCK_WAITING || c->state == SC__SOCK_CLOSING) waiting = true;
+  }
+  if (!waiting) {
+    uv_timer_stop(&s->tick);
+    s->tick_active = false;
+  }
+}
+
+static void start_tick(sc_socket *s) {
+  if (s->tick_active) return;
+  s->tick_active = true;
+  uv_timer_start(&s->tick, on_tick, 20, 20);
+}
+
+/* ---- reading ---- */
+
+static void client_read(sc__sock_client *c) {
+  sc_socket *s = c->server;
+  size_t max = s->o.max_line_bytes;
+  for (int rounds = 0; rounds < 16 && !c->closed && c->state != SC__SOCK_CLOSING; rounds++) {
+    if (c->in_cap - c->in_len < 4096) {
+      size_t cap = c->in_cap ? c->in_cap * 2 : 8192;
+      if (cap > max + 8192) cap = max + 8192;
+      if (cap <= c->in_len) {
+        c->in_len = 0; /* cannot happen: a full buffer holds a line over the limit */
+        continue;
+      }
+      char *p = realloc(c->in, cap);
+      if (p == NULL) {
+        client_close(c);
+        return;
+      }
+      c->in = p;
+      c->in_cap = cap;
+    }
+    ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n <= 0) { /* the client went away; a half line it left is dropped unread */
+      if (c->out_len > c->out_off && n == 0) {
+        sc__sock_client_close_after_flush(c);
+        set_watch(c);
+      } else {
+        client_close(c);
+      }
+      return;
+    }
+    c->in_len += (size_t)n;
+    size_t start = 0;
+    char *nl;
+    while (c->state != SC__SOCK_CLOSING &&
+           (nl = memchr(c->in + start, '\n', c->in_len - start)) != NULL) {
+      size_t len = (size_t)(nl - (c->in + start));
+      if (len > max) break;
+      if (len > 0 && c->in[start + len - 1] == '\r') len--;
+      if (len > 0) sc__sock_handle_line(c, c->in + start, len);
+      start = (size_t)(nl - c->in) + 1;
+    }
+    if (c->state == SC__SOCK_CLOSING) return;
+    memmove(c->in, c->in + start, c->in_len - start);
+    c->in_len -= start;
+    const char *nl2 = memchr(c->in, '\n', c->in_len);
+    if ((nl2 ? (size_t)(nl2 - c->in) : c->in_len) > max) {
+      char line[96];
+      int len = snprintf(line, sizeof(line),
+                         "{\"error\":\"line-too-long\",\"max_line_bytes\":%zu}\n", max);
+      sc__sock_client_send(c, line, (size_t)len, true);
+      sc__sock_client_close_after_flush(c);
+      return;
+    }
+  }
+}
+
+static void on_client_io(uv_poll_t *p, int status, int events) {
+  sc__sock_client *c = p->data;
+  if (status < 0) {
+    client_close(c);
+    return;
+  }
+  if ((events & UV_WRITABLE) && !client_write(c)) return;
+  if (events & (UV_READABLE | UV_DISCONNECT)) client_read(c);
+  if (!c->closed && c->state != SC__SOCK_CLOSING) set_watch(c);
+}
+
+/* ---- accepting ---- */
+
+static void on_accept(uv_poll_t *p, int status, int events) {
+  (void)events;
+  sc_socket *s = p->data;
+  if (status < 0) return;
+  for (int i = 0; i < 64; i++) {
+    int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return; /* EAGAIN, or out of descriptors: the next turn tries again */
+    if (s->nclients >= s->o.max_clients || s->closing) {
+      ssize_t n = send(fd, TOO_MANY, sizeof(TOO_MANY) - 1, MSG_NOSIGNAL);
+      (void)n;
+      close(fd);
+      continue;
+    }
+    sc__sock_client *c = calloc(1, sizeof(*c));
+    if (c == NULL || uv_poll_init(s->loop, &c->poll, fd) != 0) {
+      free(c);
+      close(fd);
+      continue;
+    }
+    s->open_handles++;
+    uv_unref((uv_handle_t *)&c->poll);
+    c->poll.data = c;
+    c->fd = fd;
+    c->server = s;
+    c->cap = s->o.queue_bytes;
+    c->state = SC__SOCK_WAITING;
+    c->start_pos = s->ring_pos;
+    c->deadline = uv_now(s->loop) + s->o.subscribe_wait_ms;
+    c->next = s->clients;
+    if (s->clients) s->clients->prev = c;
+    s->clients = c;
+    s->nclients++;
+    set_watch(c);
+    if (s->o.subscribe_wait_ms == 0)
+      sc__sock_start_unfiltered(c); /* no first line is waited for */
+    else
+      start_tick(s);
+  }
+}
+
+/* ---- the subscriber ---- */
+
+static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev, const char *line,
+                      size_t len) {
+  if (s->ring_cap == 0) return;
+  sc__sock_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
+  if (len > slot->cap) { /* a slot keeps its memory: no allocation per event once warm */
+    char *p = realloc(slot->line, len);
+    if (p == NULL) return;
+    slot->line = p;
+    slot->cap = len;
+  }
+  memcpy(slot->line, line, len);
+  if (s->ring_n < s->ring_cap) s->ring_n++;
+  slot->task = t;
+  slot->type = ev->type;
+  slot->seq = ev->seq;
+  slot->len = len;
+  s->ring_pos++;
+}
+
+static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ack;
+  sc_socket *s = udata;
+  sc__sock_task_rec *t = task_record(s, ev);
+  if (t == NULL) return SC_OK; /* out of memory: the stream misses it; the engine goes on */
+  t->last_seq = ev->seq;
+  t->status = ev->status;
+  t->stage_index = ev->stage_index;
+  if (ev->stage && (t->stage == NULL || strcmp(t->stage, ev->stage) != 0)) {
+    size_t n = strlen(ev->stage) + 1;
+    if (n > t->stage_cap) { /* reused: no allocation per stage once it is long enough */
+      char *p = realloc(t->stage, n);
+      if (p != NULL) {
+        t->stage = p;
+        t->stage_cap = n;
+      }
+    }
+    if (n <= t->stage_cap) memcpy(t->stage, ev->stage, n);
+  }
+  if (s->ring_cap == 0 && s->clients == NULL) return SC_OK;
+  long n = sc_event_encode(ev, s->scratch, s->scratch_cap ? s->scratch_cap - 1 : 0);
+  if (n < 0) return SC_OK;
+  if ((size_t)n + 1 > s->scratch_cap) {
+    size_t cap = s->scratch_cap ? s->scratch_cap : 4096;
+    while (cap < (size_t)n + 1)
+      cap *= 2;
+    char *p = realloc(s->scratch, cap);
+    if (p == NULL) return SC_OK;
+    s->scratch = p;
+    s->scratch_cap = cap;
+    n = sc_event_encode(ev, s->scratch, s->scratch_cap - 1);
+  }
+  s->scratch[n] = '\n';
+  size_t len = (size_t)n + 1;
+  ring_push(s, t, ev, s->scratch, len);
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
+    next = c->next;
+    if (c->state == SC__SOCK_STREAM && ev->seq >= c->filter.from_seq &&
+        sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
+      sc__sock_client_send(c, s->scratch, len, false);
+  }
+  return SC_OK; /* never SC_DEFER: no step of the engine waits for a client */
+}
+
+/* ---- listening ---- */
+
+static int listen_unix(sc_socket *s, const char *path) {
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  if (strlen(path) == 0 || strlen(path) >= sizeof(sa.sun_path))
+    return sc_error_set(SC_EINVAL, "socket unix:%s: the path must be 1 to %zu bytes", path,
+                        sizeof(sa.sun_path) - 1);
+  memcpy(sa.sun_path, path, strlen(path));
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return sc_error_set(SC_EINVAL, "socket unix:%s: the file exists and is not a socket", path);
+    /* A socket file: replaced only when nothing listens on it (one a crash left behind). */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
+    int rc = connect(probe, (struct sockaddr *)&sa, sizeof(sa));
+    int err = errno;
+    close(probe);
+    if (rc == 0 || err != ECONNREFUSED)
+      return sc_error_set(SC_EBUSY, "socket unix:%s: something listens on it already", path);
+    if (unlink(path) != 0)
+      return sc_error_set(SC_EIO, "socket unix:%s: cannot remove the stale socket: %s", path,
+                          strerror(errno));
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
+  mode_t old = umask(0177); /* the file is born 0600: no moment where others could connect */
+  int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+  int err = errno;
+  umask(old);
+  if (rc != 0 || chmod(path, 0600) != 0 || listen(fd, 512) != 0 || lstat(path, &st) != 0) {
+    err = rc != 0 ? err : errno;
+    close(fd);
+    if (rc == 0) unlink(path);
+    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket unix:%s: %s", path,
+                        strerror(err));
+  }
+  s->unix_path = strdup(path);
+  s->unix_ino = st.st_ino;
+  s->unix_dev = st.st_dev;
+  s->listen_fd = fd;
+  if (asprintf(&s->addr, "unix:%s", path) < 0) s->addr = NULL;
+  return SC_OK;
+}
+
+static int listen_tcp(sc_socket *s, const char *hostport) {
+  char host[64];
+  const char *colon = strrchr(hostport, ':');
+  if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
+    return sc_error_set(SC_EINVAL, "socket tcp:%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT",
+                        hostport);
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
+    return sc_error_set(SC_EINVAL, "socket tcp:%s: the port must be 0..65535", hostport);
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof(ss));
+  socklen_t sl;
+  int family;
+  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = in6addr_loopback;
+    a->sin6_port = htons((uint16_t)port);
+    sl = sizeof(*a);
+    family = AF_INET6;
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1 || (ntohl(a->sin_addr.s_addr) >> 24) != 127)
+      return sc_error_set(SC_EINVAL,
+                          "socket tcp:%s: only a loopback address (127.0.0.1, [::1]) is served: "
+                          "control lines would otherwise cross the network",
+                          hostport);
+    a->sin_port = htons((uint16_t)port);
+    sl = sizeof(*a);
+    family = AF_INET;
+  }
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 512) != 0) {
+    int err = errno;
+    close(fd);
+    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket tcp:%s: %s", hostport,
+                        strerror(err));
+  }
+  sl = sizeof(ss);
+  getsockname(fd, (struct sockaddr *)&ss, &sl);
+  unsigned bound = family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  s->listen_fd = fd;
+  if (asprintf(&s->addr, "tcp:%s:%u", family == AF_INET6 ? "[::1]" : host, bound) < 0)
+    s->addr = NULL;
+  return SC_OK;
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  sc_socket *s = h->data;
+  s->open_handles--;
+}
+
+static void free_server(sc_socket *s) {
+  for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++)
+    free(s->ring[i].line);
+  free(s->ring);
+  for (sc__sock_task_rec *t = s->all, *next; t; t = next) {
+    next = t->all;
+    free(t->id);
+    free(t->tenant);
+    free(t->stage);
+    free(t);
+  }
+  free(s->buckets);
+  sc__sock_tokens_free(&s->tokens);
+  free(s->log_path);
+  free(s->addr);
+  free(s->unix_path);
+  free(s->scratch);
+  free(s);
+}
+
+int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o, sc_socket **out) {
+  if (out) *out = NULL;
+  if (e == NULL || addr == NULL || out == NULL)
+    return sc_error_set(SC_EINVAL, "socket: NULL argument");
+  sc_socket_options defaults;
+  sc_socket_options_init(&defaults);
+  if (o != NULL && o->version != SC_SOCKET_OPTIONS_VERSION)
+    return sc_error_set(SC_EINVAL, "socket: options version %u, expected %u", o->version,
+                        SC_SOCKET_OPTIONS_VERSION);
+  sc_socket *s = calloc(1, sizeof(*s));
+  if (s == NULL) return sc_error_set(SC_ENOMEM, "socket: out of memory");
+  s->o = o ? *o : defaults;
+  if (s->o.queue_bytes == 0) s->o.queue_bytes = defaults.queue_bytes;
+  if (s->o.max_line_bytes == 0) s->o.max_line_bytes = defaults.max_line_bytes;
+  if (s->o.max_clients == 0) s->o.max_clients = defaults.max_clients;
+  if (s->o.max_pending == 0) s->o.max_pending = defaults.max_pending;
+  s->o.token_file = s->o.log_path = NULL; /* copied below, not kept borrowed */
+  s->e = e;
+  s->loop = sc_engine_loop(e);
+  s->listen_fd = -1;
+  int rc = SC_OK;
+  if (o && o->token_file) {
+    rc = sc__sock_tokens_load(o->token_file, &s->tokens);
+    s->have_tokens = rc == SC_OK;
+  }
+  if (rc == SC_OK && o && o->log_path && (s->log_path = strdup(o->log_path)) == NULL)
+    rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
+  s->ring_cap = s->o.ring_events;
+  if (rc == SC_OK && s->ring_cap && (s->ring = calloc(s->ring_cap, sizeof(*s->ring))) == NULL)
+    rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
+  if (rc == SC_OK) {
+    if (strncmp(addr, "unix:", 5) == 0)
+      rc = listen_unix(s, addr + 5);
+    else if (strncmp(addr, "tcp:", 4) == 0)
+      rc = listen_tcp(s, addr + 4);
+    else
+      rc = sc_error_set(SC_EINVAL, "socket address '%s': give unix:/path or tcp:127.0.0.1:PORT",
+                        addr);
+  }
+  if (rc == SC_OK && s->addr == NULL) rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
+  sc_subscriber sub;
+  sc_subscriber_init(&sub);
+  sub.on_event = on_event;
+  sub.udata = s;
+  if (rc == SC_OK) rc = sc_engine_subscribe(e, &sub, &s->sub);
+  if (rc != SC_OK) {
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    if (s->unix_path) unlink(s->unix_path);
+    free_server(s);
+    return rc;
+  }
+  uv_poll_init(s->loop, &s->listen_poll, s->listen_fd);
+  uv_prepare_init(s->loop, &s->prepare);
+  uv_timer_init(s->loop, &s->tick);
+  s->listen_poll.data = s->prepare.data = s->tick.data = s;
+  s->open_handles = 3;
+  uv_poll_start(&s->listen_poll, UV_READABLE, on_accept);
+  uv_prepare_start(&s->prepare, on_prepare);
+  uv_unref((uv_handle_t *)&s->listen_poll);
+  uv_unref((uv_handle_t *)&s->prepare);
+  uv_unref((uv_handle_t *)&s->tick);
+  *out = s;
+  return SC_OK;
+}
+
+const char *sc_socket_address(const sc_socket *s) {
+  return s ? s->addr : NULL;
+}
+
+size_t sc_socket_client_count(const sc_socket *s) {
+  return s ? s->nclients : 0;
+}
+
+uint64_t sc_socket_dropped_count(const sc_socket *s) {
+  return s ? s->dropped : 0;
+}
+
+void sc_socket_close(sc_socket *s) {
+  if (s == NULL) return;
+  s->closing = true;
+  sc_subscription_cancel(s->sub);
+  uv_poll_stop(&s->listen_poll);
+  close(s->listen_fd);
+  s->listen_fd = -1;
+  if (s->unix_path) {
+    struct stat st;
+    /* Removed only while it is ours: a later server may have replaced it. */
+    if (lstat(s->unix_path, &st) == 0 && (uint64_t)st.st_ino == s->unix_ino &&
+        (uint64_t)st.st_dev == s->unix_dev)
+      unlink(s->unix_path);
+  }
+  /* Every client gets what is queued for it, within CLOSE_WAIT. */
+  for (sc__sock_client *c = s->clients; c; c = c->next) {
+    c->state = SC__SOCK_CLOSING;
+    c->deadline = uv_now(s->loop) + CLOSE_WAIT;
+  }
+  flush_all(s);
+  for (sc__sock_client *c = s->clients, *next; c; c = next) {
+    next = c->next;
+    if (c->out_len == c->out_off) client_close(c);
+  }
+  uv_update_time(s->loop);
+  uint64_t until = uv_now(s->loop) + CLOSE_WAIT;
+  if (s->clients) {
+    uv_ref((uv_handle_t *)&s->tick);
+    uv_timer_start(&s->tick, on_tick, 20, 20);
+    s->tick_active = true;
+  }
+  while (s->clients && uv_now(s->loop) < until + 100)
+    uv_run(s->loop, UV_RUN_ONCE);
+  while (s->clients)
+    client_close(s->clients);
+  uv_close((uv_handle_t *)&s->listen_poll, on_handle_closed);
+  uv_close((uv_handle_t *)&s->prepare, on_handle_closed);
+  uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+  while (s->open_handles > 0)
+    uv_run(s->loop, UV_RUN_NOWAIT);
+  free_server(s);
+}

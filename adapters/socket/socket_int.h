@@ -1,0 +1,188 @@
+/* Internals of the socket adapter (not installed): the server, its clients, the task table, the
+ * replay ring, the token file and the line parser that the fuzz target drives. */
+#ifndef STAGECOACH_SOCKET_INT_H
+#define STAGECOACH_SOCKET_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <stagecoach/socket.h>
+#include <uv.h>
+
+/* ---- tokens.c ---- */
+
+enum { SC__SOCK_ROLE_VIEWER = 1, SC__SOCK_ROLE_OPERATOR = 2, SC__SOCK_ROLE_APPROVER = 4 };
+
+typedef struct sc__sock_token {
+  char *name;
+  unsigned char digest[32]; /* SHA-256 of the token: compared in constant time */
+  unsigned roles;
+} sc__sock_token;
+
+typedef struct sc__sock_tokens {
+  sc__sock_token *v;
+  size_t n;
+} sc__sock_tokens;
+
+/* Parses the text of a token file (len bytes). SC_EAUTH with a message naming the line for a
+ * malformed one. */
+int sc__sock_tokens_parse(const char *text, size_t len, const char *path, sc__sock_tokens *out);
+/* Reads a token file: refused (SC_EAUTH) when others than its owner may read or write it. */
+int sc__sock_tokens_load(const char *path, sc__sock_tokens *out);
+/* The entry whose token is token, or NULL; every entry is compared, in constant time each. */
+const sc__sock_token *sc__sock_tokens_find(const sc__sock_tokens *t, const char *token);
+void sc__sock_tokens_free(sc__sock_tokens *t);
+
+/* ---- line.c: what a client line asks ---- */
+
+typedef enum sc__sock_kind { SC__SOCK_SUBSCRIBE, SC__SOCK_OP } sc__sock_kind;
+
+typedef enum sc__sock_op {
+  SC__SOCK_OP_APPROVE,
+  SC__SOCK_OP_REJECT,
+  SC__SOCK_OP_PAUSE,
+  SC__SOCK_OP_RESUME,
+  SC__SOCK_OP_CANCEL,
+  SC__SOCK_OP_RETRY,
+  SC__SOCK_OP_ROLLBACK,
+  SC__SOCK_OP_PENDING,
+  SC__SOCK_OP_STATUS
+} sc__sock_op;
+
+typedef struct sc__sock_request {
+  cJSON *root; /* owns every string below */
+  sc__sock_kind kind;
+  sc__sock_op op;
+  const char *token, *task, *stage, *comment, *reason, *from_stage, *tenant;
+  const cJSON *id;    /* echoed in the reply; may be NULL */
+  const cJSON *types; /* subscribe: an array of strings, or NULL */
+  bool has_from_seq, reset_context;
+  uint64_t from_seq;
+  sc_rollback_strategy strategy;
+} sc__sock_request;
+
+/* Parses one line (len bytes, no newline). SC_OK with *r filled (free with sc__sock_request_free);
+ * otherwise SC_EPARSE (not JSON, not an object) or SC_EINVAL (an unknown op, a member of the
+ * wrong type, a missing one) with why written into why[cap]. */
+int sc__sock_request_parse(const char *line, size_t len, sc__sock_request *r, char *why,
+                           size_t cap);
+void sc__sock_request_free(sc__sock_request *r);
+/* The role an op needs. */
+unsigned sc__sock_op_role(sc__sock_op op);
+const char *sc__sock_op_name(sc__sock_op op);
+
+/* ---- server.c ---- */
+
+typedef struct sc__sock_task_rec {
+  char *id, *tenant, *stage;
+  size_t stage_cap;
+  uint64_t last_seq;
+  sc_task_status status;
+  int32_t stage_index;
+  struct sc__sock_task_rec *next; /* hash chain */
+  struct sc__sock_task_rec *all;  /* every record, newest first */
+} sc__sock_task_rec;
+
+typedef struct sc__sock_ring_entry {
+  sc__sock_task_rec *task;
+  sc_event_type type;
+  uint64_t seq;
+  char *line; /* the event's JSON and a newline */
+  size_t len, cap;
+} sc__sock_ring_entry;
+
+typedef enum sc__sock_state {
+  SC__SOCK_WAITING,
+  SC__SOCK_STREAM,
+  SC__SOCK_CONTROL,
+  SC__SOCK_CLOSING
+} sc__sock_state;
+
+typedef struct sc__sock_filter {
+  char *tenant, *task;
+  char **types; /* patterns: "stage.completed", "stage.*", "*" */
+  size_t ntypes;
+  uint64_t from_seq; /* with task: events of a lower seq are not sent (0: all) */
+} sc__sock_filter;
+
+typedef struct sc__sock_client {
+  uv_poll_t poll;
+  int fd;
+  sc_socket *server;
+  struct sc__sock_client *prev, *next;
+  struct sc__sock_client *dirty_next; /* in the server's list of clients with output to write */
+  bool dirty;
+  bool closed; /* uv_close called; freed in its callback */
+  sc__sock_state state;
+  unsigned roles; /* of the token of its subscribe line (a stream with a token file) */
+  sc__sock_filter filter;
+  uint64_t start_pos; /* the ring position when it connected */
+  uint64_t deadline;  /* uv_now() by which it must have sent its first line / be closed */
+  int events;         /* the poll events watched */
+  char *in;
+  size_t in_len, in_cap;
+  char *out;
+  size_t out_off, out_len, out_cap;
+  size_t cap;     /* the queue's limit now: queue_bytes, more while a replay drains */
+  size_t replies; /* reply lines queued since the output was last empty */
+} sc__sock_client;
+
+struct sc_socket {
+  sc_engine *e;
+  uv_loop_t *loop;
+  sc_socket_options o;
+  char *addr;
+  char *unix_path; /* the socket file, removed at close */
+  uint64_t unix_ino, unix_dev;
+  int listen_fd;
+  uv_poll_t listen_poll;
+  uv_prepare_t prepare;
+  uv_timer_t tick;
+  bool tick_active;
+  sc_subscription *sub;
+  sc__sock_tokens tokens;
+  bool have_tokens;
+  char *log_path;
+  sc__sock_client *clients;
+  size_t nclients;
+  uint64_t dropped;
+  sc__sock_client *dirty;
+  size_t dirty_bytes, ndirty;
+  uint64_t dirty_since;
+  /* the ring: positions [ring_pos - ring_n, ring_pos) at slots pos % ring_cap */
+  sc__sock_ring_entry *ring;
+  size_t ring_cap, ring_n;
+  uint64_t ring_pos;
+  /* the tasks seen */
+  sc__sock_task_rec **buckets;
+  size_t nbuckets, ntasks;
+  sc__sock_task_rec *all;
+  char *scratch;
+  size_t scratch_cap;
+  int open_handles;
+  bool closing;
+};
+
+/* Output to a client: a line as it is (with its newline), counted against the queue unless
+ * replay; false when the client was dropped for it. */
+bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay);
+/* A reply line built from a JSON object (taken over and deleted), with the request's id. */
+void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id);
+void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
+                                 const cJSON *id);
+/* Writes what is queued, then closes it (a deadline bounds the wait). */
+void sc__sock_client_close_after_flush(sc__sock_client *c);
+sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id);
+bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
+                           sc_event_type type);
+void sc__sock_filter_free(sc__sock_filter *f);
+
+/* ---- control.c ---- */
+
+/* A complete line from a client. */
+void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len);
+/* The client's first line did not come in time: everything since it connected, unfiltered. */
+void sc__sock_start_unfiltered(sc__sock_client *c);
+
+#endif

@@ -1,0 +1,305 @@
+/* socket_bench: the socket adapter's costs, as `name value unit` lines beside baselines measured
+ * in the same run. socket_events_per_s: events an engine emits reaching 1 and 10 consumers over a
+ * Unix socket, beside baseline_unix_lines_per_s, buffered writes of the same bytes over a Unix
+ * socket pair. stage_overhead_ns with 10 consumers attached, beside the same engine with none.
+ * Not a test: nothing here fails. usage: socket_bench [scale] */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <stagecoach/socket.h>
+#include <stagecoach/stagecoach.h>
+#include <uv.h>
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void report(const char *name, double value, const char *unit) {
+  printf("%s %.1f %s\n", name, value, unit);
+  fflush(stdout);
+}
+
+/* ---- the engine: n fn stages that finish inside start ---- */
+
+static int finish_now(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+static int many_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
+  (void)config;
+  size_t n = *(size_t *)udata;
+  cJSON *params = cJSON_CreateObject();
+  cJSON_AddStringToObject(params, "fn", "finish_now");
+  sc_stage_spec spec;
+  sc_stage_spec_init(&spec);
+  spec.kind = "fn";
+  spec.params = params;
+  char name[32];
+  int rc = SC_OK;
+  for (size_t i = 0; i < n && rc == SC_OK; i++) {
+    snprintf(name, sizeof(name), "s%zu", i);
+    spec.name = name;
+    rc = sc_plan_add_stage(b, &spec);
+  }
+  cJSON_Delete(params);
+  return rc;
+}
+
+static uint64_t emitted;
+static char sample[4096]; /* one stage.completed line, for the baseline */
+static size_t sample_len;
+
+static int count_event(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ack;
+  (void)udata;
+  emitted++;
+  if (sample_len == 0 && ev->type == SC_EV_STAGE_COMPLETED) {
+    long n = sc_event_encode(ev, sample, sizeof(sample) - 1);
+    if (n > 0 && (size_t)n < sizeof(sample) - 1) {
+      sample[n] = '\n';
+      sample_len = (size_t)n + 1;
+    }
+  }
+  return SC_OK;
+}
+
+/* ---- consumers: threads that read and count lines ---- */
+
+typedef struct consumer {
+  pthread_t thread;
+  int fd;
+  atomic_ullong lines;
+  uint64_t want;
+  double done_at; /* when it had `want` lines */
+} consumer;
+
+static void *consume(void *arg) {
+  consumer *c = arg;
+  char buf[1 << 16];
+  ssize_t n;
+  while ((n = read(c->fd, buf, sizeof(buf))) > 0) {
+    uint64_t got = 0;
+    for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))) != NULL; p++)
+      got++;
+    uint64_t total = atomic_fetch_add(&c->lines, got) + got;
+    if (c->want && total >= c->want && c->done_at == 0) c->done_at = now_s();
+  }
+  return NULL;
+}
+
+static int connect_unix(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  memcpy(sa.sun_path, path, strlen(path));
+  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    perror("connect");
+    exit(1);
+  }
+  return fd;
+}
+
+static void noop_timer(uv_timer_t *t) {
+  (void)t;
+}
+
+typedef struct result {
+  double seconds, stage_ns;
+  uint64_t events, delivered, dropped;
+} result;
+
+/* One run of n stages with `consumers` clients attached (socket: whether there is a server at
+ * all). want_all: the clients must get every event (a queue that holds them all). */
+static result run(size_t n, int consumers, bool socket, bool want_all) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  sc_engine_options o;
+  sc_engine_options_init(&o);
+  o.factory = many_factory;
+  o.factory_udata = &n;
+  sc_engine *e;
+  sc_engine_new(&loop, &o, &e);
+  sc_engine_register_fn(e, "finish_now", finish_now, NULL);
+  emitted = 0;
+  sc_subscriber sub;
+  sc_subscriber_init(&sub);
+  sub.on_event = count_event;
+  sc_engine_subscribe(e, &sub, NULL);
+  char path[64];
+  snprintf(path, sizeof(path), "/tmp/sc-bench-%d.sock", (int)getpid());
+  sc_socket *s = NULL;
+  consumer *cs = calloc((size_t)consumers + 1, sizeof(*cs));
+  uv_timer_t wake;
+  uv_timer_init(&loop, &wake);
+  if (socket) {
+    sc_socket_options so;
+    sc_socket_options_init(&so);
+    so.subscribe_wait_ms = 0;
+    if (want_all) so.queue_bytes = (size_t)1 << 31;
+    char addr[80];
+    snprintf(addr, sizeof(addr), "unix:%s", path);
+    if (sc_socket_listen(e, addr, &so, &s) != SC_OK) {
+      fprintf(stderr, "listen: %s\n", sc_error_message());
+      exit(1);
+    }
+    for (int i = 0; i < consumers; i++) {
+      cs[i].fd = connect_unix(path);
+      pthread_create(&cs[i].thread, NULL, consume, &cs[i]);
+    }
+    while (sc_socket_client_count(s) < (size_t)consumers) {
+      uv_timer_start(&wake, noop_timer, 1, 0);
+      uv_run(&loop, UV_RUN_ONCE);
+    }
+  }
+  cJSON *config = cJSON_Parse("{\"stages\":\"built by the factory\"}");
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = config;
+  sc_task_submit(e, &spec, NULL);
+  /* task.created was emitted by the submit; the clock starts with the stages */
+  double t0 = now_s();
+  sc_engine_run(e);
+  double t1 = now_s();
+  result r = {t1 - t0, (t1 - t0) * 1e9 / (double)n, emitted, 0, 0};
+  if (socket) {
+    for (int i = 0; i < consumers; i++) {
+      cs[i].want = emitted;
+      if (atomic_load(&cs[i].lines) >= emitted && cs[i].done_at == 0) cs[i].done_at = now_s();
+    }
+    /* the loop goes on turning until every consumer has everything (or was dropped) */
+    double until = now_s() + 60;
+    for (;;) {
+      bool all = true;
+      for (int i = 0; i < consumers; i++)
+        if (atomic_load(&cs[i].lines) < emitted) all = false;
+      if (all || now_s() > until || sc_socket_client_count(s) == 0) break;
+      uv_timer_start(&wake, noop_timer, 1, 0);
+      uv_run(&loop, UV_RUN_ONCE);
+    }
+    double last = t0;
+    for (int i = 0; i < consumers; i++) {
+      if (cs[i].done_at > last) last = cs[i].done_at;
+      r.delivered += atomic_load(&cs[i].lines);
+    }
+    if (want_all) r.seconds = last - t0;
+    r.dropped = sc_socket_dropped_count(s);
+    sc_socket_close(s);
+    for (int i = 0; i < consumers; i++) {
+      pthread_join(cs[i].thread, NULL);
+      close(cs[i].fd);
+    }
+  }
+  uv_close((uv_handle_t *)&wake, NULL);
+  free(cs);
+  sc_engine_free(e);
+  cJSON_Delete(config);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  return r;
+}
+
+/* ---- the baseline: buffered writes of the same bytes over a Unix socket pair ---- */
+
+static void *drain(void *arg) {
+  consumer *c = arg;
+  return consume(c);
+}
+
+static double baseline_lines_per_s(uint64_t lines) {
+  int sv[2];
+  socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+  consumer c = {.fd = sv[1], .want = lines};
+  pthread_t t;
+  pthread_create(&t, NULL, drain, &c);
+  char *buf = malloc(64 * 1024 + sizeof(sample));
+  size_t len = 0;
+  double t0 = now_s();
+  for (uint64_t i = 0; i < lines; i++) {
+    memcpy(buf + len, sample, sample_len);
+    len += sample_len;
+    if (len >= 64 * 1024 || i + 1 == lines) {
+      size_t off = 0;
+      while (off < len) {
+        ssize_t n = write(sv[0], buf + off, len - off);
+        if (n <= 0) break;
+        off += (size_t)n;
+      }
+      len = 0;
+    }
+  }
+  close(sv[0]);
+  pthread_join(t, NULL);
+  double t1 = c.done_at > 0 ? c.done_at : now_s();
+  close(sv[1]);
+  free(buf);
+  return (double)lines / (t1 - t0);
+}
+
+int main(int argc, char **argv) {
+  double scale = argc > 1 ? atof(argv[1]) : 1.0;
+  if (scale <= 0) scale = 1.0;
+  size_t n = (size_t)(100000 * scale);
+  run(n, 0, false, false); /* a warm-up, which also takes the sample line */
+  result one = run(n, 1, true, true);
+  result ten = run(n, 10, true, true);
+  report("baseline_unix_lines_per_s", baseline_lines_per_s(one.events), "lines/s");
+  report("socket_events_per_s_1_consumer", (double)one.events / one.seconds, "events/s");
+  report("socket_events_per_s_10_consumers", (double)ten.events * 10 / ten.seconds,
+         "events/s (summed over the consumers)");
+  report("socket_event_bytes", (double)sample_len, "bytes/line");
+  /* The engine's own cost per stage: no server, then 10 consumers reading with the default queue.
+   * Medians of three rounds each. */
+  double a[3], b[3];
+  uint64_t dropped = 0, delivered = 0, events = 0;
+  for (int i = 0; i < 3; i++) {
+    a[i] = run(n, 0, false, false).stage_ns;
+    result r = run(n, 10, true, false);
+    b[i] = r.stage_ns;
+    dropped += r.dropped;
+    delivered += r.delivered;
+    events += r.events * 10;
+  }
+  for (int i = 0; i < 3; i++)
+    for (int j = i + 1; j < 3; j++) {
+      if (a[j] < a[i]) {
+        double x = a[i];
+        a[i] = a[j];
+        a[j] = x;
+      }
+      if (b[j] < b[i]) {
+        double x = b[i];
+        b[i] = b[j];
+        b[j] = x;
+      }
+    }
+  report("stage_overhead_ns_no_socket", a[1], "ns/stage");
+  {
+    double c[3];
+    for (int i = 0; i < 3; i++)
+      c[i] = run(n, 0, true, false).stage_ns;
+    for (int i = 0; i < 3; i++)
+      for (int j = i + 1; j < 3; j++)
+        if (c[j] < c[i]) {
+          double x = c[i];
+          c[i] = c[j];
+          c[j] = x;
+        }
+    report("stage_overhead_ns_socket_no_consumer", c[1], "ns/stage");
+  }
+  report("stage_overhead_ns_10_consumers", b[1], "ns/stage");
+  report("stage_overhead_ratio_10_consumers", b[1] / a[1], "x");
+  report("socket_consumers_dropped", (double)dropped / 3, "of 10 per round (queue 4 MiB)");
+  report("socket_events_delivered_share", 100.0 * (double)delivered / (double)events, "%");
+  return 0;
+}
