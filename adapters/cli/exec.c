@@ -3,6 +3,7 @@
  * working directory) and its start through posix_spawn in a process group of its own. What
  * happens while it runs is in exec_run.c. */
 #define _GNU_SOURCE /* pipe2, posix_spawn_file_actions_addchdir_np */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -383,7 +384,9 @@ static const char *work_base(void) {
 static int make_output(sc_stage_ctx *ctx, exec_run *run) {
   const char *base = work_base();
   strbuf dir = {0};
-  if (!sb_puts(&dir, base) || !sb_puts(&dir, "/stagecoach-exec-XXXXXX")) {
+  char name[64];
+  snprintf(name, sizeof(name), "/stagecoach-exec-%ld-XXXXXX", (long)getpid());
+  if (!sb_puts(&dir, base) || !sb_puts(&dir, name)) {
     free(dir.data);
     sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
     return -1;
@@ -745,6 +748,32 @@ static void exec_cancel(sc_stage_ctx *ctx, void *udata) {
 
 /* ---- the registry ---- */
 
+/* Removes the private directories that a stagecoach killed with -9 left behind (they hold the
+ * context it passed its commands): those named for a process that no longer exists and owned by
+ * us. A directory of a live process, or of another user, is left alone. */
+static void sweep_stale_dirs(void) {
+  const char *base = work_base();
+  DIR *d = opendir(base);
+  if (d == NULL) return;
+  static const char prefix[] = "stagecoach-exec-";
+  struct dirent *ent;
+  while ((ent = readdir(d)) != NULL) {
+    if (strncmp(ent->d_name, prefix, sizeof(prefix) - 1) != 0) continue;
+    char *end;
+    long pid = strtol(ent->d_name + sizeof(prefix) - 1, &end, 10);
+    if (end == ent->d_name + sizeof(prefix) - 1 || *end != '-' || pid <= 0 || pid == getpid() ||
+        kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+      continue;
+    strbuf path = {0};
+    struct stat st;
+    if (sb_puts(&path, base) && sb_puts(&path, "/") && sb_puts(&path, ent->d_name) &&
+        lstat(path.data, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid())
+      cli__exec_remove_tree(path.data, 0);
+    free(path.data);
+  }
+  closedir(d);
+}
+
 int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec **out) {
   static const sc_stage_kind kind = {SC_STAGE_KIND_VERSION, exec_start, exec_cancel,
                                      exec_compensate};
@@ -754,6 +783,7 @@ int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec 
   if (x == NULL) return sc_error_set(SC_ENOMEM, "out of memory");
   x->output = output;
   x->udata = udata;
+  sweep_stale_dirs();
   int rc = sc_engine_register_kind(e, "exec", &kind, x);
   if (rc < 0) {
     free(x);

@@ -109,6 +109,8 @@ void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened
 /* exec.c: spawns the runs that waited for gone, which is being freed. */
 void cli__exec_start_waiting(cli_exec *x, exec_run *gone);
 void cli__exec_strv_free(char **v);
+/* Removes a directory and what it holds (16 levels deep at most; depth: 0). */
+void cli__exec_remove_tree(const char *path, int depth);
 /* Passes one line of a command's output on (fd 1 or 2), and keeps it for a failure message. */
 void cli__exec_emit_line(exec_run *run, int fd, const char *line, size_t len);
 void cli__exec_close_all(exec_run *run);

@@ -15,7 +15,7 @@
 #include "jsonpos.h"
 
 /* Removes a directory and what a command left in it (not following links). */
-static void remove_tree(const char *path, int depth) {
+void cli__exec_remove_tree(const char *path, int depth) {
   DIR *d = depth < 16 ? opendir(path) : NULL;
   if (d != NULL) {
     struct dirent *ent;
@@ -28,7 +28,7 @@ static void remove_tree(const char *path, int depth) {
       }
       struct stat st;
       if (lstat(child.data, &st) == 0 && S_ISDIR(st.st_mode))
-        remove_tree(child.data, depth + 1);
+        cli__exec_remove_tree(child.data, depth + 1);
       else
         unlink(child.data);
       free(child.data);
@@ -53,7 +53,7 @@ void cli__exec_run_free(exec_run *run) {
   cli__exec_strv_free(run->waiting_argv);
   cli__exec_strv_free(run->waiting_env);
   free(run->waiting_cwd);
-  if (run->tmpdir != NULL) remove_tree(run->tmpdir, 0);
+  if (run->tmpdir != NULL) cli__exec_remove_tree(run->tmpdir, 0);
   free(run->tmpdir);
   free(run->output_path);
   free(run->context_path);

@@ -519,6 +519,16 @@ pid=$(cat "$tmp/sigwait.pid" 2>/dev/null)
 $sc run "$tmp/good.json" --plain --log "$tmp/closed.jsonl" >&- 2>&- <&-; check "run with 0, 1 and 2 closed exits 0" 0 $?
 $sc verify "$tmp/closed.jsonl" >"$tmp/out" 2>&1; check "... and its log verifies" 0 $? "$tmp/out"
 
+# The private folders a stagecoach killed with -9 left (they hold the context) go at the next
+# start; one of a live process stays.
+sh -c 'exit 0' & dead=$!; wait $dead
+mkdir -p "$tmp/stagecoach-exec-$dead-AbCdEf" "$tmp/stagecoach-exec-$$-GhIjKl"
+echo '{"secret":"x"}' >"$tmp/stagecoach-exec-$dead-AbCdEf/context.json"
+$sc run "$tmp/good.json" --plain >"$tmp/out" 2>&1; check "a run with stale private folders about exits 0" 0 $? "$tmp/out"
+[ ! -e "$tmp/stagecoach-exec-$dead-AbCdEf" ] && ok "... and removed the folder of the process that is gone" || fail "the stale folder of a dead run is still there"
+[ -d "$tmp/stagecoach-exec-$$-GhIjKl" ] && ok "... and kept the folder of a live process" || fail "the folder of a live process was removed"
+rmdir "$tmp/stagecoach-exec-$$-GhIjKl"
+
 # $SC_OUTPUT replaced by a FIFO (or anything but a regular file) fails the stage; it never blocks.
 write_pipeline "$tmp/fifo.json" '[{"name":"f","kind":"exec","run":"rm \"$SC_OUTPUT\"; mkfifo \"$SC_OUTPUT\""}]'
 timeout 20 $sc run "$tmp/fifo.json" --plain >"$tmp/out" 2>&1; check "a FIFO as \$SC_OUTPUT fails the stage (exit 1), no hang" 1 $? "$tmp/out"
