@@ -1,13 +1,10 @@
 /* The commands that talk to a socket server (`run --socket`): tail follows the event stream;
  * pending, approve and reject send one control line each and print its reply. Plain blocking
  * sockets: each command has one connection and nothing else to do. */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,59 +16,14 @@ typedef struct reader {
   size_t len, off, cap;
 } reader;
 
-/* Connects to unix:/path or tcp:HOST:PORT; -1 with a message on stderr. */
+/* Connects to unix:/path or tcp:LOOPBACK:PORT; -1 with a message on stderr. */
 static int connect_addr(const char *cmd, const char *addr) {
-  int fd = -1;
-  if (strncmp(addr, "unix:", 5) == 0) {
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    if (strlen(addr + 5) == 0 || strlen(addr + 5) >= sizeof(sa.sun_path)) {
-      cli_usage_error(cmd, "%s: the socket path must be 1 to %zu bytes", addr,
-                      sizeof(sa.sun_path) - 1);
-      return -1;
-    }
-    memcpy(sa.sun_path, addr + 5, strlen(addr + 5));
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
-  } else if (strncmp(addr, "tcp:", 4) == 0) {
-    const char *hp = addr + 4, *colon = strrchr(hp, ':');
-    char host[64];
-    if (colon == NULL || (size_t)(colon - hp) >= sizeof(host)) {
-      cli_usage_error(cmd, "%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT", addr);
-      return -1;
-    }
-    memcpy(host, hp, (size_t)(colon - hp));
-    host[colon - hp] = '\0';
-    int port = atoi(colon + 1);
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    socklen_t sl;
-    if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      a->sin6_family = AF_INET6;
-      a->sin6_addr = in6addr_loopback;
-      a->sin6_port = htons((uint16_t)port);
-      sl = sizeof(*a);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      a->sin_family = AF_INET;
-      if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
-        cli_usage_error(cmd, "%s: the host must be an address (127.0.0.1, [::1])", addr);
-        return -1;
-      }
-      a->sin_port = htons((uint16_t)port);
-      sl = sizeof(*a);
-    }
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&ss, sl) == 0) return fd;
-  } else {
-    cli_usage_error(cmd, "address '%s': give unix:/path or tcp:127.0.0.1:PORT", addr);
+  int fd;
+  if (sc_socket_connect(addr, &fd) != SC_OK) {
+    cli_usage_error(cmd, "%s", sc_error_message());
     return -1;
   }
-  cli_usage_error(cmd, "cannot connect to %s: %s", addr, strerror(errno));
-  if (fd >= 0) close(fd);
-  return -1;
+  return fd;
 }
 
 /* The next line (without its newline; NUL-terminated, valid until the next call); NULL at the

@@ -258,6 +258,18 @@ static size_t utf8_length(const unsigned char *s, size_t avail) {
   return n;
 }
 
+bool cli_utf8_valid(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t left = strlen(s);
+  while (left > 0) {
+    size_t n = *p < 0x80 ? 1 : utf8_length(p, left);
+    if (n == 0) return false;
+    p += n;
+    left -= n;
+  }
+  return true;
+}
+
 static int hex_value(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;

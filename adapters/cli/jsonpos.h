@@ -33,6 +33,10 @@ typedef struct cli_jsonpos cli_jsonpos;
  * ran out), leaves *out and *positions NULL, and writes into *where and message (NUL-terminated,
  * truncated to message_len) the position and what was expected there, e.g. 3:17 "expected ','
  * or '}' after an object member". */
+/* Whether the NUL-terminated s is well-formed UTF-8 (RFC 3629: no overlong form, no surrogate,
+ * nothing above U+10FFFF), by the same rule the parser applies to JSON text. */
+bool cli_utf8_valid(const char *s);
+
 int cli_jsonpos_parse(const char *text, size_t len, cJSON **out, cli_jsonpos **positions,
                       cli_jsonpos_at *where, char *message, size_t message_len);
 

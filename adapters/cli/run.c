@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "jsonpos.h"
 
 typedef struct prompt {
   char *task_id, *stage;
@@ -580,31 +581,6 @@ static bool log_holds_task(const char *path, const char *id) {
   return found;
 }
 
-/* Whether s is well-formed UTF-8 (no overlong form, no surrogate, nothing above U+10FFFF). An id
- * that is not would be stored with U+FFFD in place of its bad bytes, so two distinct ids could
- * become one in the log. */
-static bool utf8_valid(const char *s) {
-  const unsigned char *p = (const unsigned char *)s;
-  while (*p) {
-    unsigned c = *p, need = c < 0x80                 ? 0
-                            : c >= 0xc2 && c <= 0xdf ? 1
-                            : (c & 0xf0) == 0xe0     ? 2
-                            : c >= 0xf0 && c <= 0xf4 ? 3
-                                                     : 4;
-    if (need == 4) return false;
-    unsigned cp = need == 0 ? c : c & (0x3f >> need);
-    for (unsigned i = 1; i <= need; i++) {
-      if ((p[i] & 0xc0) != 0x80) return false;
-      cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if ((need == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (need == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-      return false;
-    p += need + 1;
-  }
-  return true;
-}
-
 /* Whether a and b name the same existing file. */
 static bool same_file(const char *a, const char *b) {
   struct stat sa, sb;
@@ -705,7 +681,9 @@ int cli_run(int argc, char **argv) {
   if (check_options(&o, "run") != CLI_EXIT_COMPLETED) return CLI_EXIT_USAGE;
   const char *traceparent, *tracestate;
   if (trace_context("run", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
-  if (task_id != NULL && !utf8_valid(task_id))
+  /* An id that is not UTF-8 would be stored with U+FFFD in place of its bad bytes, so two
+   * distinct ids could become one in the log. */
+  if (task_id != NULL && !cli_utf8_valid(task_id))
     return cli_usage_error("run",
                            "--task-id must be valid UTF-8 (an id with bad bytes would be stored "
                            "changed, and two ids could become one)");

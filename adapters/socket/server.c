@@ -533,14 +533,75 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
 
 /* ---- listening ---- */
 
-static int listen_unix(sc_socket *s, const char *path) {
-  struct sockaddr_un sa;
-  memset(&sa, 0, sizeof(sa));
-  sa.sun_family = AF_UNIX;
-  if (strlen(path) == 0 || strlen(path) >= sizeof(sa.sun_path))
-    return sc_error_set(SC_EINVAL, "socket unix:%s: the path must be 1 to %zu bytes", path,
-                        sizeof(sa.sun_path) - 1);
-  memcpy(sa.sun_path, path, strlen(path));
+/* unix:/path or tcp:LOOPBACK:PORT as a socket address; SC_EINVAL with a message for anything
+ * else. Only loopback is served or reached: control lines would otherwise cross the network. */
+static int parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len) {
+  memset(ss, 0, sizeof(*ss));
+  if (strncmp(addr, "unix:", 5) == 0) {
+    const char *path = addr + 5;
+    struct sockaddr_un *sa = (struct sockaddr_un *)ss;
+    if (strlen(path) == 0 || strlen(path) >= sizeof(sa->sun_path))
+      return sc_error_set(SC_EINVAL, "socket unix:%s: the path must be 1 to %zu bytes", path,
+                          sizeof(sa->sun_path) - 1);
+    sa->sun_family = AF_UNIX;
+    memcpy(sa->sun_path, path, strlen(path));
+    *len = sizeof(*sa);
+    return SC_OK;
+  }
+  if (strncmp(addr, "tcp:", 4) != 0)
+    return sc_error_set(SC_EINVAL, "socket address '%s': give unix:/path or tcp:127.0.0.1:PORT",
+                        addr);
+  const char *hostport = addr + 4, *colon = strrchr(hostport, ':');
+  char host[64];
+  if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
+    return sc_error_set(SC_EINVAL, "socket tcp:%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT",
+                        hostport);
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
+    return sc_error_set(SC_EINVAL, "socket tcp:%s: the port must be 0..65535", hostport);
+  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = in6addr_loopback;
+    a->sin6_port = htons((uint16_t)port);
+    *len = sizeof(*a);
+    return SC_OK;
+  }
+  struct sockaddr_in *a = (struct sockaddr_in *)ss;
+  a->sin_family = AF_INET;
+  if (inet_pton(AF_INET, host, &a->sin_addr) != 1 || (ntohl(a->sin_addr.s_addr) >> 24) != 127)
+    return sc_error_set(SC_EINVAL,
+                        "socket tcp:%s: only a loopback address (127.0.0.1, [::1]) is served: "
+                        "control lines would otherwise cross the network",
+                        hostport);
+  a->sin_port = htons((uint16_t)port);
+  *len = sizeof(*a);
+  return SC_OK;
+}
+
+int sc_socket_connect(const char *addr, int *fd_out) {
+  if (fd_out) *fd_out = -1;
+  if (addr == NULL || fd_out == NULL) return sc_error_set(SC_EINVAL, "socket: NULL argument");
+  struct sockaddr_storage ss;
+  socklen_t sl;
+  int rc = parse_address(addr, &ss, &sl);
+  if (rc != SC_OK) return rc;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
+  if (connect(fd, (struct sockaddr *)&ss, sl) != 0) {
+    int err = errno;
+    close(fd);
+    return sc_error_set(SC_EIO, "cannot connect to %s: %s", addr, strerror(err));
+  }
+  *fd_out = fd;
+  return SC_OK;
+}
+
+static int listen_unix(sc_socket *s, const struct sockaddr_un *sa) {
+  const char *path = sa->sun_path;
   struct stat st;
   if (lstat(path, &st) == 0) {
     if (!S_ISSOCK(st.st_mode))
@@ -548,7 +609,7 @@ static int listen_unix(sc_socket *s, const char *path) {
     /* A socket file: replaced only when nothing listens on it (one a crash left behind). */
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-    int rc = connect(probe, (struct sockaddr *)&sa, sizeof(sa));
+    int rc = connect(probe, (const struct sockaddr *)sa, sizeof(*sa));
     int err = errno;
     close(probe);
     if (rc == 0 || err != ECONNREFUSED)
@@ -560,7 +621,7 @@ static int listen_unix(sc_socket *s, const char *path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
   mode_t old = umask(0177); /* the file is born 0600: no moment where others could connect */
-  int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+  int rc = bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
   int err = errno;
   umask(old);
   if (rc != 0 || chmod(path, 0600) != 0 || listen(fd, 512) != 0 || lstat(path, &st) != 0) {
@@ -578,56 +639,29 @@ static int listen_unix(sc_socket *s, const char *path) {
   return SC_OK;
 }
 
-static int listen_tcp(sc_socket *s, const char *hostport) {
-  char host[64];
-  const char *colon = strrchr(hostport, ':');
-  if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT",
-                        hostport);
-  memcpy(host, hostport, (size_t)(colon - hostport));
-  host[colon - hostport] = '\0';
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: the port must be 0..65535", hostport);
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof(ss));
-  socklen_t sl;
-  int family;
-  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    a->sin6_port = htons((uint16_t)port);
-    sl = sizeof(*a);
-    family = AF_INET6;
-  } else {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    a->sin_family = AF_INET;
-    if (inet_pton(AF_INET, host, &a->sin_addr) != 1 || (ntohl(a->sin_addr.s_addr) >> 24) != 127)
-      return sc_error_set(SC_EINVAL,
-                          "socket tcp:%s: only a loopback address (127.0.0.1, [::1]) is served: "
-                          "control lines would otherwise cross the network",
-                          hostport);
-    a->sin_port = htons((uint16_t)port);
-    sl = sizeof(*a);
-    family = AF_INET;
-  }
+static int listen_tcp(sc_socket *s, const char *addr, struct sockaddr_storage *ss, socklen_t sl) {
+  int family = ss->ss_family;
   int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 512) != 0) {
+  if (bind(fd, (struct sockaddr *)ss, sl) != 0 || listen(fd, 512) != 0) {
     int err = errno;
     close(fd);
-    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket tcp:%s: %s", hostport,
+    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket %s: %s", addr,
                         strerror(err));
   }
-  sl = sizeof(ss);
-  getsockname(fd, (struct sockaddr *)&ss, &sl);
-  unsigned bound = family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  sl = sizeof(*ss);
+  getsockname(fd, (struct sockaddr *)ss, &sl);
+  char host[INET_ADDRSTRLEN] = "127.0.0.1";
+  unsigned bound;
+  if (family == AF_INET6) {
+    bound = ntohs(((struct sockaddr_in6 *)ss)->sin6_port);
+  } else {
+    bound = ntohs(((struct sockaddr_in *)ss)->sin_port);
+    inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, host, sizeof(host));
+  }
   s->listen_fd = fd;
   if (asprintf(&s->addr, "tcp:%s:%u", family == AF_INET6 ? "[::1]" : host, bound) < 0)
     s->addr = NULL;
@@ -690,13 +724,12 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   if (rc == SC_OK && s->ring_cap && (s->ring = calloc(s->ring_cap, sizeof(*s->ring))) == NULL)
     rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
   if (rc == SC_OK) {
-    if (strncmp(addr, "unix:", 5) == 0)
-      rc = listen_unix(s, addr + 5);
-    else if (strncmp(addr, "tcp:", 4) == 0)
-      rc = listen_tcp(s, addr + 4);
-    else
-      rc = sc_error_set(SC_EINVAL, "socket address '%s': give unix:/path or tcp:127.0.0.1:PORT",
-                        addr);
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    rc = parse_address(addr, &ss, &sl);
+    if (rc == SC_OK)
+      rc = ss.ss_family == AF_UNIX ? listen_unix(s, (const struct sockaddr_un *)&ss)
+                                   : listen_tcp(s, addr, &ss, sl);
   }
   if (rc == SC_OK && s->addr == NULL) rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
   sc_subscriber sub;

@@ -53,6 +53,12 @@ void sc_socket_options_init(sc_socket_options *o);
  * NULL, with a message. */
 int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o, sc_socket **out);
 
+/* Connects to a server at addr (the forms sc_socket_listen takes; loopback only), for a client
+ * in C: on success *fd_out is a connected, blocking stream socket the caller closes; on failure
+ * (SC_EINVAL for a bad address, SC_EIO when nothing can be reached there) *fd_out is -1, with a
+ * message. */
+int sc_socket_connect(const char *addr, int *fd_out);
+
 /* The address listened on, with the port a "tcp:...:0" got ("tcp:127.0.0.1:40123"). Borrowed,
  * valid until sc_socket_close(). */
 const char *sc_socket_address(const sc_socket *s);
