@@ -1,5 +1,6 @@
 /* engine_bench: the engine's costs, each printed as `name value unit` beside a baseline measured
  * in the same run (these machines are noisy; read the ratios). Not a test: nothing here fails. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <stagecoach/jsonl.h>
 #include <stagecoach/stagecoach.h>
 #include <uv.h>
 
@@ -435,13 +437,212 @@ static void bench_approvals(int ntasks) {
   report("baseline_timer_wakeup_ns", (b1 - b0) * 1e9 / ntasks, "ns/task");
 }
 
+/* ---- submit_and_run_us_per_stage: a 100-stage JSON config of fn stages, submitted 1,000 times
+ * ---- */
+
+/* The config of n fn stages as a pipeline writes it: the JSON factory reads it, as it would for
+ * a `stagecoach run`. Caller frees with cJSON_Delete(). */
+static cJSON *fn_config(size_t n) {
+  cJSON *config = cJSON_CreateObject();
+  cJSON_AddStringToObject(config, "version", "2.4.1");
+  cJSON *stages = cJSON_AddArrayToObject(config, "stages");
+  char name[32];
+  for (size_t i = 0; i < n; i++) {
+    cJSON *st = cJSON_CreateObject();
+    snprintf(name, sizeof(name), "s%zu", i);
+    cJSON_AddStringToObject(st, "name", name);
+    cJSON_AddStringToObject(st, "kind", "fn");
+    cJSON_AddItemToObject(st, "params", cJSON_CreateObject());
+    cJSON_AddStringToObject(cJSON_GetObjectItem(st, "params"), "fn", "finish_now");
+    cJSON_AddNumberToObject(st, "timeout_ms", 60000);
+    cJSON_AddItemToArray(stages, st);
+  }
+  return config;
+}
+
+/* Each task is submitted and run to its end before the next is submitted, so no two tasks share
+ * a plan by being alive at once: what a service that runs the same pipeline again and again
+ * pays. The baseline is stage_overhead_ns (one task of a million stages, its plan built once). */
+static void bench_submit_and_run(size_t nstages, int ntasks) {
+  sc_engine *e;
+  sc_engine_new(NULL, NULL, &e);
+  sc_engine_register_fn(e, "finish_now", finish_now, NULL);
+  uint64_t seen = 0;
+  sc_subscriber s;
+  sc_subscriber_init(&s);
+  s.on_event = count_event;
+  s.udata = &seen;
+  sc_engine_subscribe(e, &s, NULL);
+  cJSON *config = fn_config(nstages);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = config;
+  double submit_s = 0, t0 = now_s();
+  for (int i = 0; i < ntasks; i++) {
+    double s0 = now_s();
+    if (sc_task_submit(e, &spec, NULL) != SC_OK) {
+      fprintf(stderr, "submit: %s\n", sc_error_message());
+      exit(1);
+    }
+    submit_s += now_s() - s0;
+    sc_engine_run(e);
+  }
+  double t1 = now_s();
+  sc_engine_free(e);
+  /* The plan building alone, as sc_plan_fingerprint does it (no engine, no cache). */
+  double f0 = now_s();
+  char fp[72];
+  for (int i = 0; i < ntasks / 10; i++)
+    sc_plan_fingerprint(NULL, NULL, config, fp);
+  double f1 = now_s();
+  cJSON_Delete(config);
+  double stages = (double)nstages * ntasks;
+  report("submit_and_run_us_per_stage", (t1 - t0) * 1e6 / stages, "us/stage");
+  report("submit_us_per_stage", submit_s * 1e6 / stages, "us/stage");
+  report("plan_build_us_per_stage", (f1 - f0) * 1e6 / ((double)nstages * (ntasks / 10)),
+         "us/stage");
+}
+
+/* ---- recover_engine_us: scan + open + recover of a 100-stage task stopped half way ---- */
+
+static int never_finish(sc_stage_ctx *ctx, void *udata) {
+  (void)ctx;
+  (void)udata;
+  return SC_OK; /* finishes never: the task stops here when the engine is freed */
+}
+
+static int copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+  char buf[65536];
+  size_t n;
+  int rc = in && out ? 0 : -1;
+  while (rc == 0 && (n = fread(buf, 1, sizeof(buf), in)) > 0)
+    if (fwrite(buf, 1, n, out) != n) rc = -1;
+  if (in) fclose(in);
+  if (out && fclose(out) != 0) rc = -1;
+  return rc;
+}
+
+/* Writes a log whose one task ran 50 of its 100 stages and stopped in the 51st. */
+static int stopped_log(const char *path, size_t nstages) {
+  sc_engine *e;
+  sc_engine_new(NULL, NULL, &e);
+  sc_engine_register_fn(e, "finish_now", finish_now, NULL);
+  sc_engine_register_fn(e, "never_finish", never_finish, NULL);
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.fsync = SC_FSYNC_NONE;
+  sc_jsonl *j;
+  int rc = sc_jsonl_open(e, path, &o, &j);
+  cJSON *config = fn_config(nstages);
+  cJSON *stuck = cJSON_GetArrayItem(cJSON_GetObjectItem(config, "stages"), (int)nstages / 2);
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(stuck, "params"), "fn",
+                            cJSON_CreateString("never_finish"));
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = config;
+  spec.tenant_id = "acme";
+  uint64_t started = 0;
+  sc_subscriber s;
+  sc_subscriber_init(&s);
+  s.mask = 1ull << SC_EV_STAGE_STARTED;
+  s.on_event = count_started;
+  s.udata = &started;
+  sc_engine_subscribe(e, &s, NULL);
+  if (rc == SC_OK) rc = sc_task_submit(e, &spec, NULL);
+  for (int turns = 0; rc == SC_OK && started <= nstages / 2 && turns < 100000; turns++)
+    uv_run(sc_engine_loop(e), UV_RUN_NOWAIT);
+
+  if (j != NULL && sc_jsonl_close(j) != SC_OK && rc == SC_OK) rc = SC_EIO;
+  sc_engine_free(e);
+  cJSON_Delete(config);
+  return rc;
+}
+
+static void bench_recover(size_t nstages, int iterations) {
+  char dir[] = "/tmp/engine_bench.XXXXXX", log[64], work[64];
+  if (mkdtemp(dir) == NULL) return;
+  snprintf(log, sizeof(log), "%s/stopped.jsonl", dir);
+  snprintf(work, sizeof(work), "%s/work.jsonl", dir);
+  if (stopped_log(log, nstages) != SC_OK) {
+    fprintf(stderr, "recover bench: %s\n", sc_error_message());
+    return;
+  }
+  sc_jsonl_options o;
+  sc_jsonl_options_init(&o);
+  o.fsync = SC_FSYNC_NONE;
+  o.existing = true;
+  double total = 0, scan = 0;
+  int recovered = 0;
+  for (int i = 0; i < iterations; i++) {
+    if (copy_file(log, work) != 0) break; /* a fresh copy: each recovery appends to the log */
+    double t0 = now_s();
+    sc_engine *e;
+    sc_engine_new(NULL, NULL, &e);
+    sc_engine_register_fn(e, "finish_now", finish_now, NULL);
+    sc_engine_register_fn(e, "never_finish", never_finish, NULL);
+    sc_jsonl *j = NULL;
+    sc_unfinished *u = NULL;
+    size_t n = 0;
+    double s0 = now_s();
+    if (sc_jsonl_open(e, work, &o, &j) == SC_OK && sc_jsonl_unfinished(j, &u, &n) == SC_OK &&
+        n == 1) {
+      scan += now_s() - s0;
+      recovered += sc_recover_from_restart(e, &u[0].request, NULL) == SC_OK;
+    }
+    double t1 = now_s();
+    total += t1 - t0;
+    sc_unfinished_free(u, n);
+    sc_jsonl_close(j);
+    sc_engine_free(e);
+  }
+  /* Baseline: reading the same bytes with read() and parsing each line with cJSON. */
+  double b = 0;
+  for (int i = 0; i < iterations; i++) {
+    double b0 = now_s();
+    FILE *f = fopen(log, "rb");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    while (f != NULL && (got = getline(&line, &cap, f)) > 0) {
+      cJSON *ev = cJSON_ParseWithLength(line, (size_t)got);
+      recovered += ev == NULL;
+      cJSON_Delete(ev);
+    }
+    free(line);
+    if (f) fclose(f);
+    b += now_s() - b0;
+  }
+  unlink(work);
+  unlink(log);
+  rmdir(dir);
+  if (recovered != iterations) fprintf(stderr, "recovered %d of %d\n", recovered, iterations);
+  report("recover_engine_us", total * 1e6 / iterations, "us");
+  report("recover_open_and_scan_us", scan * 1e6 / iterations, "us");
+  report("baseline_read_and_parse_log_us", b * 1e6 / iterations, "us");
+}
+
+/* engine_bench [SCALE [NAME...]]: NAME (idle, approvals, stages, submit, recover, concurrent,
+ * codec) runs only those; none: all. */
+static bool wanted(int argc, char **argv, const char *name) {
+  if (argc <= 2) return true;
+  for (int i = 2; i < argc; i++)
+    if (strcmp(argv[i], name) == 0) return true;
+  return false;
+}
+
 int main(int argc, char **argv) {
   double scale = argc > 1 ? atof(argv[1]) : 1.0; /* a smaller scale for a quick look */
   if (scale <= 0) scale = 1.0;
-  bench_idle_rss((int)(100000 * scale));
-  bench_approvals((int)(100000 * scale));
-  bench_stage_overhead((size_t)(1000000 * scale));
-  bench_concurrent((int)(10000 * scale), 10);
-  bench_codec((int)(200000 * scale));
+  if (wanted(argc, argv, "idle")) bench_idle_rss((int)(100000 * scale));
+  if (wanted(argc, argv, "approvals")) bench_approvals((int)(100000 * scale));
+  if (wanted(argc, argv, "stages") || wanted(argc, argv, "submit"))
+    bench_stage_overhead((size_t)(1000000 * scale));
+  if (wanted(argc, argv, "submit"))
+    bench_submit_and_run(100, (int)(1000 * scale) > 10 ? (int)(1000 * scale) : 10);
+  if (wanted(argc, argv, "recover"))
+    bench_recover(100, (int)(200 * scale) > 5 ? (int)(200 * scale) : 5);
+  if (wanted(argc, argv, "concurrent")) bench_concurrent((int)(10000 * scale), 10);
+  if (wanted(argc, argv, "codec")) bench_codec((int)(200000 * scale));
   return 0;
 }
