@@ -61,18 +61,28 @@ void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mo
 
 int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
   if (out) *out = NULL;
+  sc__plan_error_clear();
   if (e == NULL || spec == NULL) return sc__error(SC_EINVAL, "submit: NULL argument");
   if (spec->version < 1 || spec->version > SC_TASK_SPEC_VERSION)
     return sc__error(SC_EINVAL, "submit: unsupported sc_task_spec version %u", spec->version);
-  if (spec->config == NULL) return sc__error(SC_EINVAL, "submit: a task needs a config");
+  if (spec->config == NULL)
+    return sc__plan_refuse_plan(SC_EINVAL, NULL, "submit: a task needs a config");
   const cJSON *values[] = {spec->config, spec->previous_config, spec->context};
   const char *names[] = {"config", "previous_config", "context"};
   for (size_t i = 0; i < 3; i++)
-    if (sc__json_too_deep(values[i], SC__JSON_MAX_DEPTH))
-      return sc__error(SC_EINVAL,
-                       "submit: the %s nests deeper than %d levels: it could not be read back "
-                       "from a log",
-                       names[i], SC__JSON_MAX_DEPTH);
+    if (sc__json_too_deep(values[i], SC__JSON_MAX_DEPTH)) {
+      if (i == 2)
+        return sc__error(SC_EINVAL,
+                         "submit: the context nests deeper than %d levels: it could not be read "
+                         "back from a log",
+                         SC__JSON_MAX_DEPTH);
+      sc__plan_refuse_plan(SC_EINVAL, NULL,
+                           "submit: the %s nests deeper than %d levels: it could not be read back "
+                           "from a log",
+                           names[i], SC__JSON_MAX_DEPTH);
+      if (i == 1) sc__plan_error_mark_previous();
+      return SC_EINVAL;
+    }
   sc__plan *plan;
   int rc = sc__plan_get(e, spec->config, spec->previous_config, &plan);
   if (rc != SC_OK) return rc;

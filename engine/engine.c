@@ -243,6 +243,7 @@ int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **ou
   if (e->opts.recovery_rate_per_s < 0) e->opts.recovery_rate_per_s = 0;
   sc__map_init(&e->tasks);
   sc__map_init(&e->plans);
+  sc__queue_init(&e->idle_plans);
   sc__map_init(&e->tenants);
   sc__buf_init(&e->scratch);
   int rc = SC_ENOMEM;
@@ -370,6 +371,7 @@ void sc_engine_free(sc_engine *e) {
     uv_loop_close(e->loop);
     free(e->loop);
   }
+  sc__plan_cache_free(e);
   SC__MAP_FOREACH(&e->plans, s) {
     ((sc__plan *)s->value)->interned = false; /* left by tasks' unref: should be none */
   }

@@ -10,6 +10,7 @@
 
 #include "stagecoach/engine.h"
 #include "../events/internal.h"
+#include "../events/queue.h"
 #include "map.h"
 
 /* ---- plans (plan.c) ---- */
@@ -40,7 +41,7 @@ typedef struct sc__stage {
 } sc__stage;
 
 typedef struct sc__plan {
-  unsigned refs;
+  unsigned refs; /* tasks and detached stages; 0 while it waits in the cache */
   size_t nstages;
   sc__stage *stages;
   char fingerprint[72];
@@ -49,6 +50,8 @@ typedef struct sc__plan {
   cJSON *previous_config; /* owned; may be NULL */
   struct sc__plan *previous_plan; /* the plan of previous_config; built on first use */
   bool interned;
+  size_t bytes;   /* the canonical text of its configs: what the cache counts */
+  sc__queue idle; /* on sc_engine.idle_plans while no task holds it */
 } sc__plan;
 
 struct sc_plan_builder {
@@ -57,22 +60,54 @@ struct sc_plan_builder {
   size_t n, cap;
   sc__map names; /* name -> index + 1, for the duplicate check */
   char *error;   /* the factory's message */
+  bool refused;  /* a structured refusal was recorded (sc_plan_last_error) */
 };
 
 void sc__builder_init(sc_plan_builder *b, sc_engine *e);
 void sc__builder_free(sc_plan_builder *b);
+/* After a sc__plan_refuse* for b: the builder keeps the first refusal's message (and the record
+ * stays the first refusal's). */
+void sc__builder_refused(sc_plan_builder *b);
+/* sc_plan_add_stage that takes over params (spec->params points at it; freed on failure too), so
+ * the JSON factory does not copy each stage's params twice. */
+int sc__plan_add_stage_owned(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *params);
 /* Runs the factory and takes the builder's stages into a new plan (refs = 1). config and
  * previous_config are copied unless own_configs (then taken over). */
 int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const cJSON *config,
                    sc__plan **out);
+/* Drops a reference; a plan of e's that no task holds waits in the cache (docs/design.md, "Plan
+ * cache") until it is evicted or the engine is freed. */
 void sc__plan_unref(sc_engine *e, sc__plan *p);
-/* The shared plan of a config (built and interned on first use); a new reference. */
+/* Frees every cached plan (sc_engine_free). */
+void sc__plan_cache_free(sc_engine *e);
+/* The shared plan of a config (from the cache, or built and interned); a new reference. */
 int sc__plan_get(sc_engine *e, const cJSON *config, const cJSON *previous, sc__plan **out);
 /* The plan of p's previous config, built on first use; borrowed from p. */
 int sc__plan_previous(sc_engine *e, sc__plan *p, sc__plan **out);
 int sc__stage_index(const sc__plan *p, const char *name);
 /* "prepare, deploy, verify" into buf (truncated with "..." if needed). */
 void sc__plan_stage_list(const sc__plan *p, char *buf, size_t cap);
+
+/* Structured refusals (sc_plan_last_error). Each call that can refuse a plan clears the record
+ * first, so that afterwards the record is about that call. Each sc__plan_refuse* records a
+ * refusal, sets the thread's message (sc_error_message) and returns code; the problem
+ * (printf-style) says what is wrong without naming the stage or the field. */
+void sc__plan_error_clear(void);
+/* A stage's field: field is the path inside the stage ("retry.multiplier"; NULL: the stage
+ * itself); stage is its name or NULL. Message: stage 2 ("verify"): "timeout_ms" PROBLEM. */
+int sc__plan_refuse_stage(int code, int32_t stage_index, const char *stage, const char *field,
+                          const char *fmt, ...) SC__PRINTF(5, 6);
+/* A member of the config (field "stages"), or the config itself (field NULL). Message:
+ * config: "stages" PROBLEM, or config PROBLEM. */
+int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) SC__PRINTF(3, 4);
+/* Not about a field (a fingerprint mismatch, an unknown stage, another factory's words): stage
+ * is the stage it names or NULL; the message is the problem. */
+int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) SC__PRINTF(3, 4);
+/* Marks the recorded refusal as one of previous_config's plan (the message gets the prefix
+ * "previous_config: "); returns code. */
+int sc__plan_refuse_previous(int code);
+/* Marks the recorded refusal as one about previous_config, its message unchanged. */
+void sc__plan_error_mark_previous(void);
 
 /* Canonical JSON + SHA-256 with a reusable context (sha may be NULL). */
 int sc__digest(sc__sha *sha, sc__buf *scratch, const cJSON *value, char out[72]);
@@ -225,8 +260,10 @@ struct sc_engine {
   sc__fn *fns;
   size_t nfns;
   unsigned kind_gen;
-  sc__map tasks;   /* id -> sc_task */
-  sc__map plans;   /* key -> sc__plan */
+  sc__map tasks;        /* id -> sc_task */
+  sc__map plans;        /* key -> sc__plan: held by tasks, or idle in the cache */
+  sc__queue idle_plans; /* the cache: plans no task holds, least recently used first */
+  size_t idle_count, idle_bytes;
   sc__map tenants; /* tenant -> active task (tenant_exclusive) */
   size_t active;   /* tasks holding a slot */
   sc_task *ready_head, *ready_tail;

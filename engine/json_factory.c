@@ -11,11 +11,18 @@ typedef struct reader {
   const char *name; /* for messages; NULL until read */
 } reader;
 
+/* field: the path inside the stage ("retry.multiplier"); NULL: the stage itself. */
 static int refuse(reader *r, const char *field, const char *what) {
-  if (r->name != NULL)
-    return sc_plan_builder_error(r->b, "stage %zu (\"%s\"): \"%s\" %s", r->index, r->name, field,
-                                 what);
-  return sc_plan_builder_error(r->b, "stage %zu: \"%s\" %s", r->index, field, what);
+  sc__plan_refuse_stage(SC_EPLAN, (int32_t)r->index, r->name, field, "%s", what);
+  sc__builder_refused(r->b);
+  return SC_EPLAN;
+}
+
+/* A refusal about the config (field "stages") or the config as a whole (field NULL). */
+static int refuse_config(reader *r, const char *field, const char *what) {
+  sc__plan_refuse_config(SC_EPLAN, field, "%s", what);
+  sc__builder_refused(r->b);
+  return SC_EPLAN;
 }
 
 /* An optional integer member in [0, max]; keeps *out when absent. */
@@ -113,7 +120,7 @@ static int read_params(reader *r, const cJSON *st, cJSON **out) {
   const cJSON *params = cJSON_GetObjectItemCaseSensitive(st, "params");
   if (params != NULL && !cJSON_IsObject(params)) return refuse(r, "params", "must be an object");
   cJSON *p = params ? cJSON_Duplicate(params, true) : cJSON_CreateObject();
-  if (p == NULL) return sc_plan_builder_error(r->b, "out of memory");
+  if (p == NULL) return sc__error(SC_ENOMEM, "plan: out of memory");
   for (const cJSON *m = st->child; m != NULL; m = m->next) {
     if (m->string == NULL || is_spec_field(m->string)) continue;
     if (cJSON_GetObjectItemCaseSensitive(p, m->string) != NULL) {
@@ -124,7 +131,7 @@ static int read_params(reader *r, const cJSON *st, cJSON **out) {
     if (copy == NULL || !cJSON_AddItemToObject(p, m->string, copy)) {
       cJSON_Delete(copy);
       cJSON_Delete(p);
-      return sc_plan_builder_error(r->b, "out of memory");
+      return sc__error(SC_ENOMEM, "plan: out of memory");
     }
   }
   *out = p;
@@ -135,8 +142,7 @@ static int read_stage(reader *r, const cJSON *st) {
   static const char *const effect_names[] = {"idempotent", "compensable", "irreversible"};
   static const int effect_values[] = {SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE,
                                       SC_EFFECT_IRREVERSIBLE};
-  if (!cJSON_IsObject(st))
-    return sc_plan_builder_error(r->b, "stage %zu: must be an object", r->index);
+  if (!cJSON_IsObject(st)) return refuse(r, NULL, "must be an object");
   const cJSON *name = cJSON_GetObjectItemCaseSensitive(st, "name");
   if (name == NULL) return refuse(r, "name", "is required");
   if (!cJSON_IsString(name) || !*name->valuestring)
@@ -161,19 +167,17 @@ static int read_stage(reader *r, const cJSON *st) {
   cJSON *params = NULL;
   if ((rc = read_params(r, st, &params)) != SC_OK) return rc;
   spec.params = params;
-  rc = sc_plan_add_stage(r->b, &spec);
-  cJSON_Delete(params);
-  return rc;
+  return sc__plan_add_stage_owned(r->b, &spec, params);
 }
 
 int sc_json_stage_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
   (void)udata;
-  if (!cJSON_IsObject(config)) return sc_plan_builder_error(b, "config must be a JSON object");
-  const cJSON *stages = cJSON_GetObjectItemCaseSensitive(config, "stages");
-  if (stages == NULL) return sc_plan_builder_error(b, "config: \"stages\" is required");
-  if (!cJSON_IsArray(stages) || stages->child == NULL)
-    return sc_plan_builder_error(b, "config: \"stages\" must be a non-empty array");
   reader r = {b, 0, NULL};
+  if (!cJSON_IsObject(config)) return refuse_config(&r, NULL, "must be a JSON object");
+  const cJSON *stages = cJSON_GetObjectItemCaseSensitive(config, "stages");
+  if (stages == NULL) return refuse_config(&r, "stages", "is required");
+  if (!cJSON_IsArray(stages) || stages->child == NULL)
+    return refuse_config(&r, "stages", "must be a non-empty array");
   for (const cJSON *st = stages->child; st != NULL; st = st->next, r.index++) {
     r.name = NULL;
     int rc = read_stage(&r, st);

@@ -1,6 +1,8 @@
-/* Plans: the builder a stage factory fills, the checks on each stage spec, the fingerprint over
- * the canonical JSON of the specs, and the interning of plans by config so that many tasks of the
- * same config share one plan and one copy of the config. */
+/* Plans: the builder a stage factory fills, the checks on each stage spec, the structured record
+ * of a refusal (sc_plan_last_error), the fingerprint over the canonical JSON of the specs, and the
+ * plan cache: plans interned by the digest of their config, so that the tasks of one config share
+ * one plan and one copy of the config, and kept a while after the last of them ended, so that the
+ * next submit of that config builds nothing (docs/design.md, "Plan cache"). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,22 +39,125 @@ void sc__builder_free(sc_plan_builder *b) {
   memset(b, 0, sizeof(*b));
 }
 
+/* ---- structured refusals ---- */
+
+typedef struct refusal {
+  bool set;
+  sc_plan_error e;
+  char stage[128], field[192], problem[448], message[1024];
+} refusal;
+
+static _Thread_local refusal last_refusal;
+
+const sc_plan_error *sc_plan_last_error(void) {
+  return last_refusal.set ? &last_refusal.e : NULL;
+}
+
+void sc__plan_error_clear(void) {
+  last_refusal.set = false;
+}
+
+/* Fills the record from its parts; the message is built by the caller into r->message. */
+static refusal *begin_refusal(int code, int32_t index, const char *stage, va_list ap,
+                              const char *fmt) {
+  refusal *r = &last_refusal;
+  memset(&r->e, 0, sizeof(r->e));
+  r->set = true;
+  r->e.code = code;
+  r->e.stage_index = index;
+  r->e.other_stage_index = -1;
+  r->stage[0] = r->field[0] = '\0';
+  if (stage != NULL) snprintf(r->stage, sizeof(r->stage), "%s", stage);
+  r->e.stage = stage != NULL ? r->stage : NULL;
+  vsnprintf(r->problem, sizeof(r->problem), fmt, ap);
+  r->e.problem = r->problem;
+  r->e.message = r->message;
+  return r;
+}
+
+int sc__plan_refuse_stage(int code, int32_t index, const char *stage, const char *field,
+                          const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  refusal *r = begin_refusal(code, index, stage && *stage ? stage : NULL, ap, fmt);
+  va_end(ap);
+  if (field != NULL)
+    snprintf(r->field, sizeof(r->field), "stages[%d].%s", (int)index, field);
+  else
+    snprintf(r->field, sizeof(r->field), "stages[%d]", (int)index);
+  r->e.field = r->field;
+  char label[192];
+  if (r->e.stage != NULL)
+    snprintf(label, sizeof(label), "stage %d (\"%s\"):", (int)index, r->stage);
+  else
+    snprintf(label, sizeof(label), "stage %d:", (int)index);
+  if (field != NULL)
+    snprintf(r->message, sizeof(r->message), "%s \"%s\" %s", label, field, r->problem);
+  else
+    snprintf(r->message, sizeof(r->message), "%s %s", label, r->problem);
+  return sc__error(code, "%s", r->message);
+}
+
+int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  refusal *r = begin_refusal(code, -1, NULL, ap, fmt);
+  va_end(ap);
+  if (field != NULL) {
+    snprintf(r->field, sizeof(r->field), "%s", field);
+    r->e.field = r->field;
+    snprintf(r->message, sizeof(r->message), "config: \"%s\" %s", field, r->problem);
+  } else {
+    snprintf(r->message, sizeof(r->message), "config %s", r->problem);
+  }
+  return sc__error(code, "%s", r->message);
+}
+
+int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  refusal *r = begin_refusal(code, -1, stage, ap, fmt);
+  va_end(ap);
+  snprintf(r->message, sizeof(r->message), "%s", r->problem);
+  return sc__error(code, "%s", r->message);
+}
+
+int sc__plan_refuse_previous(int code) {
+  refusal *r = &last_refusal;
+  if (!r->set) return code;
+  static const char prefix[] = "previous_config: ";
+  size_t len = strlen(r->message), room = sizeof(r->message) - sizeof(prefix);
+  if (len > room) len = room;
+  memmove(r->message + sizeof(prefix) - 1, r->message, len);
+  memcpy(r->message, prefix, sizeof(prefix) - 1);
+  r->message[sizeof(prefix) - 1 + len] = '\0';
+  r->e.previous_config = true;
+  r->e.code = code;
+  return sc__error(code, "%s", r->message);
+}
+
+void sc__builder_refused(sc_plan_builder *b) {
+  if (b == NULL) return;
+  b->refused = true;
+  if (b->error == NULL) b->error = strdup(sc_error_message());
+}
+
 int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  if (b != NULL && b->error == NULL) b->error = strdup(msg);
-  return sc__error(SC_EPLAN, "%s", msg);
+  if (b != NULL && b->refused) return sc__error(SC_EPLAN, "%s", b->error ? b->error : msg);
+  sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", msg);
+  sc__builder_refused(b);
+  return SC_EPLAN;
 }
 
-/* The refusal of stage spec number b->n, naming the stage and the field. */
+/* The refusal of a field of stage spec number b->n. */
 static int spec_error(sc_plan_builder *b, const sc_stage_spec *spec, const char *field,
                       const char *what) {
-  if (spec->name != NULL && *spec->name)
-    return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"%s\" %s", b->n, spec->name, field, what);
-  return sc__error(SC_EINVAL, "stage %zu: \"%s\" %s", b->n, field, what);
+  return sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, field, "%s", what);
 }
 
 #define MAX_ATTEMPTS  1000
@@ -75,9 +180,12 @@ static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
 static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (spec->name == NULL || !*spec->name) return spec_error(b, spec, "name", "is required");
   uintptr_t dup = (uintptr_t)sc__map_get(&b->names, spec->name);
-  if (dup != 0)
-    return sc__error(SC_EINVAL, "stage %zu (\"%s\"): \"name\" duplicates stage %zu", b->n,
-                     spec->name, (size_t)(dup - 1));
+  if (dup != 0) {
+    int rc = sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, "name",
+                                   "duplicates stage %zu", (size_t)(dup - 1));
+    last_refusal.e.other_stage_index = (int)(dup - 1);
+    return rc;
+  }
   if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
   if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
     char what[256];
@@ -111,21 +219,30 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
   return SC_OK;
 }
 
-int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
-  if (b == NULL || spec == NULL) return sc__error(SC_EINVAL, "plan: NULL argument");
+/* params: taken over (freed on failure too); NULL: spec->params is copied. */
+static int add_stage(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *params) {
+  if (b == NULL || spec == NULL) {
+    cJSON_Delete(params);
+    return sc__error(SC_EINVAL, "plan: NULL argument");
+  }
+  if (!b->refused) sc__plan_error_clear();
   int rc = check_spec(b, spec);
   if (rc == SC_OK && spec->params != NULL) rc = check_builtin_params(b, spec);
   if (rc == SC_OK && spec->params == NULL &&
       (strcmp(spec->kind, "fn") == 0 || strcmp(spec->kind, "sleep") == 0))
     rc = check_builtin_params(b, spec);
   if (rc != SC_OK) {
-    if (b->error == NULL) b->error = strdup(sc_error_message());
+    cJSON_Delete(params);
+    sc__builder_refused(b);
     return rc;
   }
   if (b->n == b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 8;
     sc__stage *stages = realloc(b->stages, cap * sizeof(*stages));
-    if (stages == NULL) return sc__error(SC_ENOMEM, "plan: out of memory");
+    if (stages == NULL) {
+      cJSON_Delete(params);
+      return sc__error(SC_ENOMEM, "plan: out of memory");
+    }
     b->stages = stages;
     b->cap = cap;
   }
@@ -133,7 +250,9 @@ int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
   memset(s, 0, sizeof(*s));
   s->name = strdup(spec->name);
   s->kind = strdup(spec->kind);
-  s->params = spec->params ? cJSON_Duplicate(spec->params, true) : cJSON_CreateObject();
+  s->params = params                 ? params
+              : spec->params != NULL ? cJSON_Duplicate(spec->params, true)
+                                     : cJSON_CreateObject();
   if (s->name == NULL || s->kind == NULL || s->params == NULL) {
     stage_free(s);
     return sc__error(SC_ENOMEM, "plan: out of memory");
@@ -152,6 +271,14 @@ int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
   }
   b->n++;
   return SC_OK;
+}
+
+int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec) {
+  return add_stage(b, spec, NULL);
+}
+
+int sc__plan_add_stage_owned(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *params) {
+  return add_stage(b, spec, params);
 }
 
 static const char *action_name(sc_approval_action a) {
@@ -273,13 +400,19 @@ static int run_factory(sc_engine *e, sc_stage_factory_fn factory, void *udata, c
                        sc_plan_builder *b) {
   sc__builder_init(b, e);
   sc__error_clear();
+  sc__plan_error_clear();
   int rc = factory(config, b, udata);
-  if (rc < 0) {
-    const char *why = b->error ? b->error : sc_error_message();
-    rc = sc__error(SC_EPLAN, "%s", *why ? why : "the stage factory refused the config");
-    sc__builder_free(b);
-  }
-  return rc < 0 ? rc : SC_OK;
+  if (rc >= 0) return SC_OK;
+  /* The first refusal is the one reported, whatever the factory did after it; a factory that
+   * refused without recording why gets a record of its own. A refusal is SC_EPLAN. */
+  const char *why = b->error ? b->error : sc_error_message();
+  if (!b->refused)
+    sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", *why ? why : "the stage factory refused the config");
+  else
+    sc__error(SC_EPLAN, "%s", why);
+  last_refusal.e.code = SC_EPLAN;
+  sc__builder_free(b);
+  return SC_EPLAN;
 }
 
 int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const cJSON *config,
@@ -294,6 +427,7 @@ int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const
     return sc__error(SC_ENOMEM, "plan: out of memory");
   }
   p->refs = 1;
+  sc__queue_init(&p->idle);
   p->stages = b.stages;
   p->nstages = b.n;
   free(b.error);
@@ -307,9 +441,32 @@ int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const
   return SC_OK;
 }
 
-void sc__plan_unref(sc_engine *e, sc__plan *p) {
-  if (p == NULL || --p->refs > 0) return;
+void sc__plan_error_mark_previous(void) {
+  last_refusal.e.previous_config = true;
+}
+
+/* A refusal about previous_config as a whole, in the words given. */
+static int previous_refusal(int code, const char *message) {
+  sc__plan_refuse_plan(code, NULL, "%s", message);
+  sc__plan_error_mark_previous();
+  return code;
+}
+
+/* ---- the plan cache ---- */
+
+/* What the cache keeps of plans no task holds: at most this many, and at most this much canonical
+ * config text between them (the trees and stages in memory are a few times that). A config
+ * larger than the whole budget is not kept. */
+#define CACHE_MAX_PLANS 64
+#define CACHE_MAX_BYTES (1024u * 1024)
+
+static void plan_free(sc_engine *e, sc__plan *p) {
   if (p->interned && e != NULL) sc__map_del(&e->plans, p->key);
+  if (sc__queue_linked(&p->idle)) {
+    sc__queue_remove(&p->idle);
+    e->idle_count--;
+    e->idle_bytes -= p->bytes;
+  }
   for (size_t i = 0; i < p->nstages; i++)
     stage_free(&p->stages[i]);
   free(p->stages);
@@ -317,6 +474,33 @@ void sc__plan_unref(sc_engine *e, sc__plan *p) {
   cJSON_Delete(p->previous_config);
   sc__plan_unref(e, p->previous_plan);
   free(p);
+}
+
+/* Evicts the least recently used idle plans until the cache is within its bounds. */
+static void cache_trim(sc_engine *e) {
+  sc__queue *q;
+  while ((e->idle_count > CACHE_MAX_PLANS || e->idle_bytes > CACHE_MAX_BYTES) &&
+         (q = sc__queue_head(&e->idle_plans)) != NULL)
+    plan_free(e, sc__queue_data(q, sc__plan, idle));
+}
+
+void sc__plan_unref(sc_engine *e, sc__plan *p) {
+  if (p == NULL || --p->refs > 0) return;
+  if (p->interned && e != NULL && !e->freeing) {
+    /* Kept for the next task of the same config: it stays in e->plans under its key. */
+    sc__queue_insert_tail(&e->idle_plans, &p->idle);
+    e->idle_count++;
+    e->idle_bytes += p->bytes;
+    cache_trim(e);
+    return;
+  }
+  plan_free(e, p);
+}
+
+void sc__plan_cache_free(sc_engine *e) {
+  sc__queue *q;
+  while ((q = sc__queue_head(&e->idle_plans)) != NULL)
+    plan_free(e, sc__queue_data(q, sc__plan, idle));
 }
 
 int sc__stage_index(const sc__plan *p, const char *name) {
@@ -351,34 +535,45 @@ int sc_plan_fingerprint(sc_stage_factory_fn factory, void *udata, const cJSON *c
 
 /* The interning key: SHA-256 over the canonical config, a separator and the canonical previous
  * config. Equal keys mean equal configs, so the deterministic factory would build the same plan. */
-static int plan_key(sc_engine *e, const cJSON *config, const cJSON *previous, char out[72]) {
+static int plan_key(sc_engine *e, const cJSON *config, const cJSON *previous, char out[72],
+                    size_t *bytes) {
   sc__buf *b = &e->scratch;
   sc__buf_reset(b);
   sc__json_value(b, config, true);
   sc__buf_putc(b, '\n');
   sc__json_value(b, previous, true);
   if (b->oom) return sc__error(SC_ENOMEM, "plan: out of memory");
+  *bytes = b->len;
   return sc__sha_hex(e->sha, b->p, b->len, out);
 }
 
 int sc__plan_get(sc_engine *e, const cJSON *config, const cJSON *previous, sc__plan **out) {
   *out = NULL;
-  if (!cJSON_IsObject(config)) return sc__error(SC_EINVAL, "config must be a JSON object");
+  if (!cJSON_IsObject(config))
+    return sc__plan_refuse_config(SC_EINVAL, NULL, "must be a JSON object");
   if (previous != NULL && !cJSON_IsObject(previous) && !cJSON_IsNull(previous))
-    return sc__error(SC_EINVAL, "previous_config must be a JSON object");
+    return previous_refusal(SC_EINVAL, "previous_config must be a JSON object");
   if (cJSON_IsNull(previous)) previous = NULL;
   char key[72];
-  int rc = plan_key(e, config, previous, key);
+  size_t bytes = 0;
+  int rc = plan_key(e, config, previous, key, &bytes);
   if (rc != SC_OK) return rc;
   sc__plan *p = sc__map_get(&e->plans, key);
   if (p != NULL) {
+    if (p->refs == 0) { /* from the cache */
+      sc__queue_remove(&p->idle);
+      e->idle_count--;
+      e->idle_bytes -= p->bytes;
+    }
     p->refs++;
     *out = p;
     return SC_OK;
   }
+  /* A refusal is not kept: the config may be accepted later (a kind registered since). */
   rc = sc__plan_build(e, e->opts.factory, e->opts.factory_udata, config, &p);
   if (rc != SC_OK) return rc;
   memcpy(p->key, key, sizeof(key));
+  p->bytes = bytes;
   p->config = cJSON_Duplicate(config, true);
   p->previous_config = previous ? cJSON_Duplicate(previous, true) : NULL;
   if (p->config == NULL || (previous && p->previous_config == NULL) ||
@@ -393,15 +588,12 @@ int sc__plan_get(sc_engine *e, const cJSON *config, const cJSON *previous, sc__p
 
 int sc__plan_previous(sc_engine *e, sc__plan *p, sc__plan **out) {
   *out = NULL;
-  if (p->previous_config == NULL) return sc__error(SC_EINVAL, "no previous_config to roll back to");
+  if (p->previous_config == NULL)
+    return previous_refusal(SC_EINVAL, "no previous_config to roll back to");
   if (p->previous_plan == NULL) {
-    char stages[256];
     int rc = sc__plan_build(e, e->opts.factory, e->opts.factory_udata, p->previous_config,
                             &p->previous_plan);
-    if (rc != SC_OK) {
-      snprintf(stages, sizeof(stages), "%s", sc_error_message());
-      return sc__error(rc, "previous_config: %s", stages);
-    }
+    if (rc != SC_OK) return sc__plan_refuse_previous(rc);
   }
   *out = p->previous_plan;
   return SC_OK;

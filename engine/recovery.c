@@ -73,6 +73,7 @@ static cJSON *report(const sc_recovery_request *req, const prepared *p) {
 
 static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   memset(p, 0, sizeof(*p));
+  sc__plan_error_clear();
   if (e == NULL || req == NULL) return sc__error(SC_EINVAL, "recover: NULL argument");
   if (req->version < 1 || req->version > SC_RECOVERY_REQUEST_VERSION)
     return sc__error(SC_EINVAL, "recover: unsupported sc_recovery_request version %u",
@@ -81,9 +82,13 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
       req->mode != SC_RECOVER_COMPENSATE)
     return sc__error(SC_EINVAL, "recover: unknown mode %d", (int)req->mode);
   if (!cJSON_IsObject(req->config))
-    return sc__error(SC_EINVAL, "recover: config must be a JSON object");
-  if (req->mode == SC_RECOVER_ROLLBACK && !cJSON_IsObject(req->previous_config))
-    return sc__error(SC_EINVAL, "recover: ROLLBACK needs the previous_config to roll back to");
+    return sc__plan_refuse_plan(SC_EINVAL, NULL, "recover: config must be a JSON object");
+  if (req->mode == SC_RECOVER_ROLLBACK && !cJSON_IsObject(req->previous_config)) {
+    sc__plan_refuse_plan(SC_EINVAL, NULL,
+                         "recover: ROLLBACK needs the previous_config to roll back to");
+    sc__plan_error_mark_previous();
+    return SC_EINVAL;
+  }
   if (req->context != NULL && !cJSON_IsObject(req->context))
     return sc__error(SC_EINVAL, "recover: the context must be a JSON object");
   int rc = sc__plan_get(e, req->config, req->previous_config, &p->plan);
@@ -92,8 +97,8 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   sc__plan_stage_list(p->plan, stages, sizeof(stages));
   const char *plan_name = req->plan_id ? req->plan_id : "(unnamed)";
   if (req->plan_fingerprint && strcmp(req->plan_fingerprint, p->plan->fingerprint) != 0) {
-    rc = sc__error(
-        SC_EPLAN_MISMATCH,
+    rc = sc__plan_refuse_plan(
+        SC_EPLAN_MISMATCH, NULL,
         "plan '%s' changed: the stopped task ran %s, the config now gives %s (stages: %s)",
         plan_name, req->plan_fingerprint, p->plan->fingerprint, stages);
     goto fail;
@@ -101,8 +106,9 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   int32_t last = -1;
   if (req->last_completed_stage != NULL &&
       (last = sc__stage_index(p->plan, req->last_completed_stage)) < 0) {
-    rc = sc__error(SC_EUNKNOWN_STAGE, "unknown stage '%s' in plan '%s' (stages: %s)",
-                   req->last_completed_stage, plan_name, stages);
+    rc = sc__plan_refuse_plan(SC_EUNKNOWN_STAGE, req->last_completed_stage,
+                              "unknown stage '%s' in plan '%s' (stages: %s)",
+                              req->last_completed_stage, plan_name, stages);
     goto fail;
   }
   if (req->context_digest != NULL) {

@@ -90,6 +90,32 @@ int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...)
  * and the field: "stage 2 (\"verify\"): \"timeout_ms\" must be a non-negative integer". */
 int sc_json_stage_factory(const cJSON *config, sc_plan_builder *b, void *udata);
 
+/* A refused plan, as fields (DESIGN.md, "Structured refusals"), so that a program can point at
+ * what was refused without reading the message. Paths are JSON paths inside the config the plan
+ * is built from: "stages[2].timeout_ms", "stages[0].retry.multiplier", "stages"; a field of the
+ * pipeline format that the JSON factory reads from elsewhere keeps its spec name ("params.fn" is
+ * also found as the stage member "fn"). For a factory of one's own, the path of sc_plan_add_stage's
+ * refusal names the field of the Nth stage added. */
+typedef struct sc_plan_error {
+  int stage_index;     /* the stage refused, from 0; -1 when not about one stage */
+  const char *stage;   /* its name; NULL when it has none or the refusal is not about a stage */
+  const char *field;   /* the JSON path of the field; NULL: the config (or the plan) as a whole */
+  const char *message; /* the whole message, the same as sc_error_message() */
+  /* Additions: */
+  int code;              /* what the call returned (SC_EPLAN, SC_EINVAL, SC_EPLAN_MISMATCH, ...) */
+  const char *problem;   /* what is wrong, naming neither the stage nor the field: "must be
+                            between 1 and 100"; the message when field is NULL */
+  bool previous_config;  /* the refusal is about previous_config (its plan, for a rollback) */
+  int other_stage_index; /* a duplicate name: the stage that has it first; else -1 */
+} sc_plan_error;
+
+/* The plan refusal of this thread's last call of sc_task_submit, sc_recover_from_restart,
+ * sc_recovery_plan, sc_plan_fingerprint or sc_plan_add_stage (and of a factory that the engine
+ * ran); NULL when that call succeeded or failed for another reason (a duplicate task id, a bad
+ * context digest, no memory). Borrowed: static thread-local storage, valid until the next such
+ * call on this thread. */
+const sc_plan_error *sc_plan_last_error(void);
+
 /* Runs a factory on a config without an engine and returns the fingerprint ("sha256:" + 64 hex)
  * in out (at least 72 bytes). udata is passed to the factory. */
 int sc_plan_fingerprint(sc_stage_factory_fn factory, void *udata, const cJSON *config,
