@@ -49,6 +49,17 @@ typedef struct refusal {
 
 static _Thread_local refusal last_refusal;
 
+/* snprintf into a field of the record: a long name or problem is cut, which is what the record's
+ * fixed sizes mean. */
+static void put(char *out, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
+static void put(char *out, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(out, cap, fmt, ap);
+  va_end(ap);
+}
+
+
 const sc_plan_error *sc_plan_last_error(void) {
   return last_refusal.set ? &last_refusal.e : NULL;
 }
@@ -67,7 +78,7 @@ static refusal *begin_refusal(int code, int32_t index, const char *stage, va_lis
   r->e.stage_index = index;
   r->e.other_stage_index = -1;
   r->stage[0] = r->field[0] = '\0';
-  if (stage != NULL) snprintf(r->stage, sizeof(r->stage), "%s", stage);
+  if (stage != NULL) put(r->stage, sizeof(r->stage), "%s", stage);
   r->e.stage = stage != NULL ? r->stage : NULL;
   vsnprintf(r->problem, sizeof(r->problem), fmt, ap);
   r->e.problem = r->problem;
@@ -82,19 +93,19 @@ int sc__plan_refuse_stage(int code, int32_t index, const char *stage, const char
   refusal *r = begin_refusal(code, index, stage && *stage ? stage : NULL, ap, fmt);
   va_end(ap);
   if (field != NULL)
-    snprintf(r->field, sizeof(r->field), "stages[%d].%s", (int)index, field);
+    put(r->field, sizeof(r->field), "stages[%d].%s", (int)index, field);
   else
-    snprintf(r->field, sizeof(r->field), "stages[%d]", (int)index);
+    put(r->field, sizeof(r->field), "stages[%d]", (int)index);
   r->e.field = r->field;
   char label[192];
   if (r->e.stage != NULL)
-    snprintf(label, sizeof(label), "stage %d (\"%s\"):", (int)index, r->stage);
+    put(label, sizeof(label), "stage %d (\"%s\"):", (int)index, r->stage);
   else
-    snprintf(label, sizeof(label), "stage %d:", (int)index);
+    put(label, sizeof(label), "stage %d:", (int)index);
   if (field != NULL)
-    snprintf(r->message, sizeof(r->message), "%s \"%s\" %s", label, field, r->problem);
+    put(r->message, sizeof(r->message), "%s \"%s\" %s", label, field, r->problem);
   else
-    snprintf(r->message, sizeof(r->message), "%s %s", label, r->problem);
+    put(r->message, sizeof(r->message), "%s %s", label, r->problem);
   return sc__error(code, "%s", r->message);
 }
 
@@ -104,11 +115,11 @@ int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) {
   refusal *r = begin_refusal(code, -1, NULL, ap, fmt);
   va_end(ap);
   if (field != NULL) {
-    snprintf(r->field, sizeof(r->field), "%s", field);
+    put(r->field, sizeof(r->field), "%s", field);
     r->e.field = r->field;
-    snprintf(r->message, sizeof(r->message), "config: \"%s\" %s", field, r->problem);
+    put(r->message, sizeof(r->message), "config: \"%s\" %s", field, r->problem);
   } else {
-    snprintf(r->message, sizeof(r->message), "config %s", r->problem);
+    put(r->message, sizeof(r->message), "config %s", r->problem);
   }
   return sc__error(code, "%s", r->message);
 }
@@ -118,7 +129,7 @@ int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) {
   va_start(ap, fmt);
   refusal *r = begin_refusal(code, -1, stage, ap, fmt);
   va_end(ap);
-  snprintf(r->message, sizeof(r->message), "%s", r->problem);
+  put(r->message, sizeof(r->message), "%s", r->problem);
   return sc__error(code, "%s", r->message);
 }
 

@@ -268,89 +268,60 @@ static const cJSON *resolve(const cJSON *stage, const char *field) {
   return cur;
 }
 
-/* Skips the stage label after "stage N": ` ("NAME"): ` or `: `. NULL when it is neither. */
-static const char *skip_stage_label(const char *rest, const char *name, bool *named) {
-  *named = false;
-  if (strncmp(rest, ": ", 2) == 0) return rest + 2;
-  if (strncmp(rest, " (\"", 3) != 0) return NULL;
-  *named = true;
-  size_t n = name ? strlen(name) : 0;
-  if (name && strncmp(rest + 3, name, n) == 0 && strncmp(rest + 3 + n, "\"): ", 4) == 0)
-    return rest + 3 + n + 4;
-  const char *end = strstr(rest + 3, "\"): "); /* a name the tree does not explain */
-  return end ? end + 4 : NULL;
-}
-
-/* The factory refuses a negative integer with "must be between 0 and 4294967295 (got -5)";
- * true, but what the operator needs to hear is the rule, as the engine's own documentation
- * words it. Other messages are kept as they are. */
-static const char *plain_words(const char *what) {
-  double got = 0;
-  int end = 0;
-  if (sscanf(what, "must be between 0 and %*[0-9] (got %lf)%n", &got, &end) == 1 && end > 0 &&
-      what[end] == '\0' && got < 0)
-    return "must be a non-negative integer";
-  return what;
-}
-
 static const char *stage_name(const cJSON *stage) {
   const cJSON *name = member(stage, "name");
   return cJSON_IsString(name) && *name->valuestring ? name->valuestring : NULL;
 }
 
-/* Reports a refusal of the factory, which comes as one of
- *   stage N ("name"): "field" what      stage N: "field" what      stage N: what
- *   config: what                        anything else (another factory)
- * at the position of what it names. The engine has no structured form of the refusal, so the
- * message is taken apart; a message that does not parse is still reported, at the config. */
-static void report_refusal(loader *l, const cJSON *config, bool previous, const char *message) {
+/* The part of a refused field's JSON path inside its stage: "retry.multiplier" of
+ * "stages[2].retry.multiplier", "" for "stages[2]" itself. */
+static const char *field_in_stage(const char *path) {
+  const char *close = path ? strchr(path, ']') : NULL;
+  if (close == NULL) return "";
+  return close[1] == '.' ? close + 2 : "";
+}
+
+/* Reports the engine's refusal of a config at the position of what it names, from the fields of
+ * sc_plan_last_error(): the stage by its index, the member by its JSON path; what the operator
+ * reads is "stage NAME: FIELD PROBLEM", built from the same fields. A refusal without a record
+ * (not a plan's) is reported at the config with its message. */
+static void report_refusal(loader *l, const cJSON *config, bool previous) {
   const char *which = previous ? "previous_config" : "config";
+  const sc_plan_error *pe = sc_plan_last_error();
   const cJSON *stages = member(config, "stages");
-  const char *rest;
-  if (strncmp(message, "stage ", 6) == 0 && message[6] >= '0' && message[6] <= '9') {
-    char *end;
-    rest = message + 6;
-    unsigned long index = strtoul(rest, &end, 10);
-    const cJSON *stage =
-        cJSON_IsArray(stages) && index < INT_MAX ? cJSON_GetArrayItem(stages, (int)index) : NULL;
-    const char *name = stage_name(stage);
-    bool named;
-    if ((rest = skip_stage_label(end, name, &named)) != NULL) {
-      char field[128] = "", label[128], hint[64] = "";
-      const char *what = rest, *close;
-      if (rest[0] == '"' && (close = strstr(rest + 1, "\" ")) != NULL &&
-          (size_t)(close - rest - 1) < sizeof(field)) {
-        memcpy(field, rest + 1, (size_t)(close - rest - 1));
-        field[close - rest - 1] = '\0';
-        what = close + 2;
-      }
-      what = plain_words(what);
-      const cJSON *target = stage ? resolve(stage, field) : stages ? stages : config;
-      if (named && name != NULL) {
-        char quoted[112];
-        snprintf(label, sizeof(label), "stage %s", cli_jsonpos_quote(quoted, sizeof(quoted), name));
-      } else {
-        snprintf(label, sizeof(label), "stage %lu", index);
-      }
-      unsigned long other;
-      const cJSON *first;
-      if (sscanf(what, "duplicates stage %lu", &other) == 1 && other < INT_MAX &&
-          (first = member(cJSON_GetArrayItem(stages, (int)other), "name")) != NULL) {
-        cli_jsonpos_at at = value_at(l, first);
-        snprintf(hint, sizeof(hint), " (at %u:%u)", (unsigned)at.line, (unsigned)at.column);
-      }
-      complain(l, value_at(l, target), "%s%s: %s%s%s%s%s", previous ? "previous_config: " : "",
-               label, *field ? "\"" : "", field, *field ? "\" " : "", what, hint);
-      return;
-    }
-  }
-  if (strncmp(message, "config: ", 8) == 0) {
-    rest = message + 8;
-    const cJSON *target = strncmp(rest, "\"stages\"", 8) == 0 && stages ? stages : config;
-    complain(l, value_at(l, target), "%s: %s", which, rest);
+  if (pe == NULL) {
+    complain(l, value_at(l, config), "%s: %s", which, sc_error_message());
     return;
   }
-  complain(l, value_at(l, config), "%s: %s", which, message);
+  if (pe->stage_index >= 0) {
+    const cJSON *stage = cJSON_IsArray(stages) && pe->stage_index < INT_MAX
+                             ? cJSON_GetArrayItem(stages, pe->stage_index)
+                             : NULL;
+    const char *field = field_in_stage(pe->field);
+    const cJSON *target = stage ? resolve(stage, field) : stages ? stages : config;
+    char label[128], quoted[112], hint[64] = "";
+    if (pe->stage != NULL)
+      snprintf(label, sizeof(label), "stage %s",
+               cli_jsonpos_quote(quoted, sizeof(quoted), pe->stage));
+    else
+      snprintf(label, sizeof(label), "stage %d", pe->stage_index);
+    const cJSON *first;
+    if (pe->other_stage_index >= 0 && pe->other_stage_index < INT_MAX &&
+        (first = member(cJSON_GetArrayItem(stages, pe->other_stage_index), "name")) != NULL) {
+      cli_jsonpos_at at = value_at(l, first);
+      snprintf(hint, sizeof(hint), " (at %u:%u)", (unsigned)at.line, (unsigned)at.column);
+    }
+    complain(l, value_at(l, target), "%s%s: %s%s%s%s%s", previous ? "previous_config: " : "", label,
+             *field ? "\"" : "", field, *field ? "\" " : "", pe->problem, hint);
+    return;
+  }
+  if (pe->field != NULL) { /* a member of the config: "stages" */
+    const cJSON *target = member(config, pe->field);
+    complain(l, value_at(l, target ? target : config), "%s: \"%s\" %s", which, pe->field,
+             pe->problem);
+    return;
+  }
+  complain(l, value_at(l, config), "%s: %s", which, pe->message);
 }
 
 static int refuse_to_run(sc_stage_ctx *ctx, void *udata) {
@@ -384,9 +355,7 @@ static void check_config(loader *l, sc_engine *e, const cJSON *config, bool prev
   cJSON *plan = NULL;
   int rc = sc_recovery_plan(e, &req, &plan);
   if (rc != SC_OK) {
-    char message[1024];
-    snprintf(message, sizeof(message), "%s", sc_error_message());
-    report_refusal(l, config, previous, message);
+    report_refusal(l, config, previous);
     return;
   }
   const cJSON *fp = cJSON_GetObjectItemCaseSensitive(plan, "fingerprint");
