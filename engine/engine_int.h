@@ -61,6 +61,8 @@ struct sc_plan_builder {
   sc__map names; /* name -> index + 1, for the duplicate check */
   char *error;   /* the factory's message */
   bool refused;  /* a structured refusal was recorded (sc_plan_last_error) */
+  struct sc__plan_refusal
+      *first; /* a copy of the first refusal's record (plan.c), reported for the build */
 };
 
 void sc__builder_init(sc_plan_builder *b, sc_engine *e);

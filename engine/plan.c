@@ -32,6 +32,7 @@ static void stage_free(sc__stage *s) {
 
 void sc__builder_free(sc_plan_builder *b) {
   sc__map_free(&b->names);
+  free(b->first);
   for (size_t i = 0; i < b->n; i++)
     stage_free(&b->stages[i]);
   free(b->stages);
@@ -41,7 +42,7 @@ void sc__builder_free(sc_plan_builder *b) {
 
 /* ---- structured refusals ---- */
 
-typedef struct refusal {
+typedef struct sc__plan_refusal {
   bool set;
   sc_plan_error e;
   char stage[128], field[192], problem[448], message[1024];
@@ -58,7 +59,6 @@ static void put(char *out, size_t cap, const char *fmt, ...) {
   vsnprintf(out, cap, fmt, ap);
   va_end(ap);
 }
-
 
 const sc_plan_error *sc_plan_last_error(void) {
   return last_refusal.set ? &last_refusal.e : NULL;
@@ -147,10 +147,22 @@ int sc__plan_refuse_previous(int code) {
   return sc__error(code, "%s", r->message);
 }
 
+/* The record as it was when r was copied, its pointers into last_refusal. */
+static void restore(const refusal *r) {
+  last_refusal = *r;
+  sc_plan_error *e = &last_refusal.e;
+  e->stage = r->e.stage ? last_refusal.stage : NULL;
+  e->field = r->e.field ? last_refusal.field : NULL;
+  e->problem = last_refusal.problem;
+  e->message = last_refusal.message;
+}
+
 void sc__builder_refused(sc_plan_builder *b) {
   if (b == NULL) return;
   b->refused = true;
   if (b->error == NULL) b->error = strdup(sc_error_message());
+  if (b->first == NULL && last_refusal.set && (b->first = malloc(sizeof(refusal))) != NULL)
+    memcpy(b->first, &last_refusal, sizeof(refusal));
 }
 
 int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
@@ -159,7 +171,6 @@ int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  if (b != NULL && b->refused) return sc__error(SC_EPLAN, "%s", b->error ? b->error : msg);
   sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", msg);
   sc__builder_refused(b);
   return SC_EPLAN;
@@ -236,7 +247,7 @@ static int add_stage(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *param
     cJSON_Delete(params);
     return sc__error(SC_EINVAL, "plan: NULL argument");
   }
-  if (!b->refused) sc__plan_error_clear();
+  sc__plan_error_clear();
   int rc = check_spec(b, spec);
   if (rc == SC_OK && spec->params != NULL) rc = check_builtin_params(b, spec);
   if (rc == SC_OK && spec->params == NULL &&
@@ -413,14 +424,19 @@ static int run_factory(sc_engine *e, sc_stage_factory_fn factory, void *udata, c
   sc__error_clear();
   sc__plan_error_clear();
   int rc = factory(config, b, udata);
-  if (rc >= 0) return SC_OK;
+  if (rc >= 0) {
+    sc__plan_error_clear(); /* a refusal the factory got past is not the plan's */
+    return SC_OK;
+  }
   /* The first refusal is the one reported, whatever the factory did after it; a factory that
    * refused without recording why gets a record of its own. A refusal is SC_EPLAN. */
   const char *why = b->error ? b->error : sc_error_message();
-  if (!b->refused)
+  if (b->first != NULL) {
+    restore(b->first);
+    sc__error(SC_EPLAN, "%s", b->first->message);
+  } else {
     sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", *why ? why : "the stage factory refused the config");
-  else
-    sc__error(SC_EPLAN, "%s", why);
+  }
   last_refusal.e.code = SC_EPLAN;
   sc__builder_free(b);
   return SC_EPLAN;
@@ -442,6 +458,7 @@ int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const
   p->stages = b.stages;
   p->nstages = b.n;
   free(b.error);
+  free(b.first);
   sc__map_free(&b.names);
   rc = fingerprint(e ? e->sha : NULL, p->stages, p->nstages, p->fingerprint);
   if (rc != SC_OK) {

@@ -73,13 +73,47 @@ static void assert_refused(const char *config_json, const char *n1, const char *
   assert_message_has(sc_error_message(), n1, n2, n3);
 }
 
-/* A config of a valid stage 0 followed by the given stage 1. */
+/* The structured record of the last refusal (sc_plan_last_error): the stage index, the stage's
+ * name (NULL: none) and the JSON path of the field (NULL: none). */
+static void assert_plan_error(int code, int stage_index, const char *stage, const char *field) {
+  const sc_plan_error *pe = sc_plan_last_error();
+  if (pe == NULL) fail_msg("no plan error recorded (message: %s)", sc_error_message());
+  assert_int_equal(pe->code, code);
+  assert_int_equal(pe->stage_index, stage_index);
+  if (stage == NULL && pe->stage != NULL) fail_msg("stage \"%s\", expected none", pe->stage);
+  if (stage != NULL) {
+    assert_non_null(pe->stage);
+    assert_string_equal(pe->stage, stage);
+  }
+  if (field == NULL && pe->field != NULL) fail_msg("field \"%s\", expected none", pe->field);
+  if (field != NULL) {
+    if (pe->field == NULL) fail_msg("no field, expected \"%s\"", field);
+    assert_string_equal(pe->field, field);
+  }
+  assert_non_null(pe->message);
+  assert_non_null(pe->problem);
+  assert_true(*pe->problem != '\0');
+  assert_string_equal(pe->message, sc_error_message());
+}
+
+/* A config of a valid stage 0 followed by the given stage 1, which the factory refuses for
+ * field (the path inside the stage, as "retry.multiplier"); the record names stage 1 and, when it
+ * has a non-empty string name, that name. */
 static void assert_stage1_refused(const char *stage_json, const char *field) {
-  char config[1024];
+  char config[1024], path[128];
   snprintf(config, sizeof(config),
            "{\"stages\":[{\"name\":\"first\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},%s]}",
            stage_json);
-  assert_refused(config, "stage 1", field, NULL);
+  char fp[72];
+  int rc = fingerprint_of(config, fp);
+  if (rc != SC_EPLAN)
+    fail_msg("expected SC_EPLAN for %s, got %s (%s)", config, sc_err_name(rc), sc_error_message());
+  cJSON *stage = json_or_die(stage_json);
+  const cJSON *name = cJSON_GetObjectItemCaseSensitive(stage, "name");
+  snprintf(path, sizeof(path), "stages[1].%s", field);
+  assert_plan_error(SC_EPLAN, 1,
+                    cJSON_IsString(name) && *name->valuestring ? name->valuestring : NULL, path);
+  cJSON_Delete(stage);
 }
 
 static void assert_stage1_accepted(const char *stage_json) {
@@ -361,12 +395,15 @@ static void json_factory_refuses_a_config_that_is_not_an_object(void **state) {
   assert_refused("\"stages\"", "config", NULL, NULL);
   assert_refused("42", "config", NULL, NULL);
   assert_refused("null", "config", NULL, NULL);
+  assert_plan_error(SC_EPLAN, -1, NULL, NULL);
 }
 
 static void json_factory_refuses_a_config_without_stages(void **state) {
   (void)state;
   assert_refused("{}", "stages", NULL, NULL);
+  assert_plan_error(SC_EPLAN, -1, NULL, "stages");
   assert_refused("{\"version\":\"1\",\"stage\":[]}", "stages", NULL, NULL);
+  assert_plan_error(SC_EPLAN, -1, NULL, "stages");
 }
 
 static void json_factory_refuses_empty_or_non_array_stages(void **state) {
@@ -376,6 +413,9 @@ static void json_factory_refuses_empty_or_non_array_stages(void **state) {
   assert_refused("{\"stages\":{\"name\":\"a\",\"kind\":\"sleep\"}}", "stages", NULL, NULL);
   assert_refused("{\"stages\":\"a\"}", "stages", NULL, NULL);
   assert_refused("{\"stages\":null}", "stages", NULL, NULL);
+  assert_plan_error(SC_EPLAN, -1, NULL, "stages");
+  assert_refused("{\"stages\":[]}", "stages", NULL, NULL);
+  assert_plan_error(SC_EPLAN, -1, NULL, "stages");
 }
 
 static void json_factory_refuses_a_stage_that_is_not_an_object(void **state) {
@@ -386,19 +426,20 @@ static void json_factory_refuses_a_stage_that_is_not_an_object(void **state) {
                  "stage 1", NULL, NULL);
   assert_refused("{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},null]}",
                  "stage 1", NULL, NULL);
+  assert_plan_error(SC_EPLAN, 1, NULL, "stages[1]");
 }
 
 static void json_factory_refuses_a_stage_without_a_name(void **state) {
   (void)state;
-  assert_stage1_refused("{\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "\"name\"");
+  assert_stage1_refused("{\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "name");
 }
 
 static void json_factory_refuses_a_name_that_is_not_a_string(void **state) {
   (void)state;
-  assert_stage1_refused("{\"name\":5,\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "\"name\"");
-  assert_stage1_refused("{\"name\":null,\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "\"name\"");
-  assert_stage1_refused("{\"name\":[\"a\"],\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "\"name\"");
-  assert_stage1_refused("{\"name\":\"\",\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "\"name\"");
+  assert_stage1_refused("{\"name\":5,\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "name");
+  assert_stage1_refused("{\"name\":null,\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "name");
+  assert_stage1_refused("{\"name\":[\"a\"],\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "name");
+  assert_stage1_refused("{\"name\":\"\",\"kind\":\"sleep\",\"params\":{\"ms\":1}}", "name");
 }
 
 static void json_factory_refuses_a_duplicate_name_naming_both_stages(void **state) {
@@ -407,32 +448,34 @@ static void json_factory_refuses_a_duplicate_name_naming_both_stages(void **stat
                  "{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},"
                  "{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":2}}]}",
                  "stage 2", "stage 0", "\"a\"");
+  assert_plan_error(SC_EPLAN, 2, "a", "stages[2].name");
+  assert_int_equal(sc_plan_last_error()->other_stage_index, 0);
 }
 
 static void json_factory_refuses_a_stage_without_a_kind(void **state) {
   (void)state;
-  assert_stage1_refused("{\"name\":\"b\",\"params\":{\"ms\":1}}", "\"kind\"");
-  assert_stage1_refused("{\"name\":\"b\",\"kind\":7}", "\"kind\"");
-  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"\"}", "\"kind\"");
+  assert_stage1_refused("{\"name\":\"b\",\"params\":{\"ms\":1}}", "kind");
+  assert_stage1_refused("{\"name\":\"b\",\"kind\":7}", "kind");
+  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"\"}", "kind");
 }
 
 static void json_factory_refuses_a_bad_timeout(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"timeout_ms\":-1}",
-                        "\"timeout_ms\"");
+                        "timeout_ms");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"timeout_ms\":1.5}",
-                        "\"timeout_ms\"");
+                        "timeout_ms");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"timeout_ms\":\"100\"}",
-                        "\"timeout_ms\"");
+                        "timeout_ms");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"timeout_ms\":4294967296}",
-                        "\"timeout_ms\"");
+                        "timeout_ms");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"timeout_ms\":1e30}",
-                        "\"timeout_ms\"");
+                        "timeout_ms");
 }
 
 static void json_factory_accepts_timeouts_up_to_uint32_max(void **state) {
@@ -446,17 +489,17 @@ static void json_factory_accepts_timeouts_up_to_uint32_max(void **state) {
 static void json_factory_refuses_a_retry_that_is_not_an_object(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},\"retry\":3}",
-                        "\"retry\"");
+                        "retry");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"retry\":[3]}",
-                        "\"retry\"");
+                        "retry");
 }
 
 static void json_factory_refuses_more_than_1000_attempts(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"retry\":{\"max_attempts\":1001}}",
-                        "\"retry.max_attempts\"");
+                        "retry.max_attempts");
   assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                          "\"retry\":{\"max_attempts\":1000}}");
 }
@@ -465,13 +508,13 @@ static void json_factory_refuses_a_multiplier_outside_1_to_100(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"retry\":{\"multiplier\":0.5}}",
-                        "\"retry.multiplier\"");
+                        "retry.multiplier");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"retry\":{\"multiplier\":101}}",
-                        "\"retry.multiplier\"");
+                        "retry.multiplier");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"retry\":{\"multiplier\":\"2\"}}",
-                        "\"retry.multiplier\"");
+                        "retry.multiplier");
   assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                          "\"retry\":{\"multiplier\":1}}");
   assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
@@ -482,46 +525,45 @@ static void json_factory_refuses_an_unknown_on_timeout_action(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"approval\":{\"on_timeout\":\"maybe\"}}",
-                        "\"approval.on_timeout\"");
+                        "approval.on_timeout");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"approval\":{\"on_timeout\":\"cancel\"}}",
-                        "\"approval.on_timeout\"");
+                        "approval.on_timeout");
 }
 
 static void json_factory_refuses_an_unknown_on_reject_action(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"approval\":{\"on_reject\":\"approve\"}}",
-                        "\"approval.on_reject\"");
+                        "approval.on_reject");
 }
 
 static void json_factory_refuses_zero_approvers(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"approval\":{\"approvers_needed\":0}}",
-                        "\"approval.approvers_needed\"");
+                        "approval.approvers_needed");
 }
 
 static void json_factory_refuses_an_unknown_effect(void **state) {
   (void)state;
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"effect\":\"sometimes\"}",
-                        "\"effect\"");
+                        "effect");
   assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                         "\"effect\":1}",
-                        "\"effect\"");
+                        "effect");
 }
 
 static void json_factory_refuses_params_that_are_not_an_object(void **state) {
   (void)state;
-  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":[1]}", "\"params\"");
-  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":\"ms=1\"}", "\"params\"");
+  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":[1]}", "params");
+  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":\"ms=1\"}", "params");
 }
 
 static void json_factory_refuses_a_member_given_twice(void **state) {
   (void)state;
-  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"ms\":5,\"params\":{\"ms\":5}}",
-                        "\"ms\"");
+  assert_stage1_refused("{\"name\":\"b\",\"kind\":\"sleep\",\"ms\":5,\"params\":{\"ms\":5}}", "ms");
 }
 
 static void json_factory_refuses_an_fn_stage_without_params_fn(void **state) {
@@ -549,6 +591,9 @@ static void json_factory_refusal_message_names_the_stage(void **state) {
                  "{\"name\":\"verify\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
                  "\"timeout_ms\":-5}]}",
                  "stage 1", "\"verify\"", "\"timeout_ms\"");
+  assert_plan_error(SC_EPLAN, 1, "verify", "stages[1].timeout_ms");
+  assert_string_equal(sc_plan_last_error()->problem, "must be a non-negative integer");
+  assert_false(sc_plan_last_error()->previous_config);
 }
 
 /* ---- the JSON factory on an engine ---- */
@@ -903,12 +948,21 @@ static void stage_spec_init_gives_the_json_defaults(void **state) {
 typedef struct add_results {
   int rc[16];
   char message[16][512];
+  /* sc_plan_last_error() after each call: recorded or not, stage index, stage, field */
+  bool recorded[16];
+  int index[16];
+  char stage[16][32], field[16][64];
   size_t n;
 } add_results;
 
 static void try_add(add_results *r, sc_plan_builder *b, const sc_stage_spec *s) {
   r->rc[r->n] = sc_plan_add_stage(b, s);
   snprintf(r->message[r->n], sizeof(r->message[0]), "%s", sc_error_message());
+  const sc_plan_error *pe = sc_plan_last_error();
+  r->recorded[r->n] = pe != NULL;
+  r->index[r->n] = pe ? pe->stage_index : -2;
+  snprintf(r->stage[r->n], sizeof(r->stage[0]), "%s", pe && pe->stage ? pe->stage : "(none)");
+  snprintf(r->field[r->n], sizeof(r->field[0]), "%s", pe && pe->field ? pe->field : "(none)");
   r->n++;
 }
 
@@ -988,9 +1042,19 @@ static void add_stage_refuses_bad_specs_with_einval_naming_the_field(void **stat
                           "effect",
                           "params",
                           "name"};
+  static const char *const stages[] = {NULL, "(none)", "(none)", "k", "m", "n",
+                                       "o",  "p",      "q",      "r", "s", "ok"};
+  assert_false(r.recorded[0]);
   for (size_t i = 1; i < r.n; i++) {
     if (r.rc[i] != SC_EINVAL) fail_msg("spec %zu: expected SC_EINVAL, got %d", i, r.rc[i]);
     assert_message_has(r.message[i], "stage 1", fields[i], NULL);
+    /* the record of each call is that call's refusal */
+    char path[64];
+    snprintf(path, sizeof(path), "stages[1].%s", fields[i]);
+    assert_true(r.recorded[i]);
+    assert_int_equal(r.index[i], 1);
+    assert_string_equal(r.field[i], path);
+    assert_string_equal(r.stage[i], stages[i]);
   }
   assert_message_has(r.message[11], "stage 0", "\"ok\"", NULL);
   /* The refusals left the plan as the one good stage. */
@@ -1121,6 +1185,363 @@ static void digest_ignores_key_order_and_whitespace(void **state) {
   assert_string_not_equal(a, c);
 }
 
+/* ---- structured refusals (sc_plan_last_error) ---- */
+
+static void submit_records_the_refused_stage_and_field(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  assert_int_equal(
+      submit_json(e,
+                  "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},"
+                  "{\"name\":\"b\",\"kind\":\"telepathy\"}]}",
+                  NULL),
+      SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 1, "b", "stages[1].kind");
+  assert_int_equal(sc_plan_last_error()->other_stage_index, -1);
+  assert_int_equal(
+      submit_json(e,
+                  "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                  "\"approval\":{\"on_reject\":\"later\"}}]}",
+                  NULL),
+      SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 0, "a", "stages[0].approval.on_reject");
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plans(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  const char *bad = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":-1}}]}";
+  const char *good = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":0}}]}";
+  assert_int_equal(submit_json(e, bad, NULL), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 0, "a", "stages[0].params.ms");
+  assert_int_equal(submit_json(e, good, NULL), SC_OK); /* task t1 */
+  assert_null(sc_plan_last_error());
+  assert_int_equal(submit_json(e, bad, NULL), SC_EPLAN);
+  assert_non_null(sc_plan_last_error());
+  assert_int_equal(submit_json(e, good, NULL), SC_EBUSY); /* t1 again: not a plan's refusal */
+  assert_null(sc_plan_last_error());
+  /* a fingerprint of a good config clears it too */
+  assert_int_equal(submit_json(e, bad, NULL), SC_EPLAN);
+  char fp[72];
+  cJSON *config = json_or_die(good);
+  assert_int_equal(sc_plan_fingerprint(NULL, NULL, config, fp), SC_OK);
+  cJSON_Delete(config);
+  assert_null(sc_plan_last_error());
+  uv_run(&loop, UV_RUN_DEFAULT);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void submit_without_a_config_records_a_refusal_of_the_config(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_EINVAL);
+  assert_plan_error(SC_EINVAL, -1, NULL, NULL);
+  assert_false(sc_plan_last_error()->previous_config);
+  cJSON *config = json_or_die("[1]");
+  spec.config = config;
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_EINVAL);
+  assert_plan_error(SC_EINVAL, -1, NULL, NULL);
+  cJSON *good =
+      json_or_die("{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":0}}]}");
+  spec.config = good;
+  spec.previous_config = config; /* an array */
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_EINVAL);
+  assert_plan_error(SC_EINVAL, -1, NULL, NULL);
+  assert_true(sc_plan_last_error()->previous_config);
+  cJSON_Delete(config);
+  cJSON_Delete(good);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_factorys_own_refusal_is_recorded_without_a_field(void **state) {
+  (void)state;
+  cJSON *config = json_or_die("{\"version\":\"1.2\"}");
+  char fp[72];
+  assert_int_equal(sc_plan_fingerprint(builder_error_factory, NULL, config, fp), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, -1, NULL, NULL);
+  assert_string_equal(sc_plan_last_error()->problem, "no pipeline for version 1.2");
+  assert_int_equal(sc_plan_fingerprint(silent_refusal_factory, NULL, config, fp), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, -1, NULL, NULL);
+  cJSON_Delete(config);
+}
+
+static void a_factory_that_passes_on_a_refusal_reports_that_refusal(void **state) {
+  (void)state;
+  cJSON *config = json_or_die("{}");
+  char fp[72];
+  assert_int_equal(sc_plan_fingerprint(strict_duplicate_factory, NULL, config, fp), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 1, "a", "stages[1].name");
+  assert_int_equal(sc_plan_last_error()->other_stage_index, 0);
+  cJSON_Delete(config);
+}
+
+/* Refuses with a builder error after a refused stage: the first refusal is the one reported. */
+static int refuse_twice_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
+  (void)config;
+  (void)udata;
+  sc_stage_spec s;
+  sc_stage_spec_init(&s);
+  s.name = "x";
+  s.kind = "noop";
+  s.retry.multiplier = 0.25;
+  sc_plan_add_stage(b, &s);
+  return sc_plan_builder_error(b, "and something else");
+}
+
+static void the_first_refusal_of_a_factory_is_the_one_reported(void **state) {
+  (void)state;
+  cJSON *config = json_or_die("{}");
+  char fp[72];
+  assert_int_equal(sc_plan_fingerprint(refuse_twice_factory, NULL, config, fp), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 0, "x", "stages[0].retry.multiplier");
+  cJSON_Delete(config);
+}
+
+static const char *const recover_config =
+    "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":0}},"
+    "{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":0}}]}";
+
+static void recovery_refusals_are_recorded(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  cJSON *config = json_or_die(recover_config);
+  cJSON *bad = json_or_die("{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\"}]}");
+  sc_recovery_request req;
+  sc_recovery_request_init(&req);
+  req.recovered_from = "old";
+  req.config = config;
+  cJSON *plan = NULL;
+  /* a fingerprint that does not match */
+  req.plan_fingerprint = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_EPLAN_MISMATCH);
+  assert_plan_error(SC_EPLAN_MISMATCH, -1, NULL, NULL);
+  assert_int_equal(sc_recovery_plan(e, &req, &plan), SC_EPLAN_MISMATCH);
+  assert_plan_error(SC_EPLAN_MISMATCH, -1, NULL, NULL);
+  req.plan_fingerprint = NULL;
+  /* an unknown last completed stage names that stage */
+  req.last_completed_stage = "deploy";
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_EUNKNOWN_STAGE);
+  assert_plan_error(SC_EUNKNOWN_STAGE, -1, "deploy", NULL);
+  req.last_completed_stage = "a";
+  /* a config the factory refuses */
+  req.config = bad;
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_EPLAN);
+  assert_plan_error(SC_EPLAN, 0, "a", "stages[0].params.ms");
+  assert_false(sc_plan_last_error()->previous_config);
+  /* ROLLBACK to a previous config the factory refuses */
+  req.config = config;
+  req.previous_config = bad;
+  req.mode = SC_RECOVER_ROLLBACK;
+  assert_int_equal(sc_recovery_plan(e, &req, &plan), SC_EPLAN);
+  assert_null(plan);
+  assert_plan_error(SC_EPLAN, 0, "a", "stages[0].params.ms");
+  assert_true(sc_plan_last_error()->previous_config);
+  assert_memory_equal(sc_plan_last_error()->message, "previous_config: ", 17);
+  /* ROLLBACK without one */
+  req.previous_config = NULL;
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_EINVAL);
+  assert_plan_error(SC_EINVAL, -1, NULL, NULL);
+  assert_true(sc_plan_last_error()->previous_config);
+  /* a context digest that does not match is not a plan's refusal */
+  req.mode = SC_RECOVER_RETRY;
+  req.context_digest = "sha256:00";
+  assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_ECORRUPT);
+  assert_null(sc_plan_last_error());
+  assert_int_equal(sc_engine_task_count(e), 0);
+  cJSON_Delete(config);
+  cJSON_Delete(bad);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void refuse_on_a_thread(void *arg) {
+  cJSON *config = json_or_die("{}");
+  char fp[72];
+  *(int *)arg =
+      sc_plan_fingerprint(NULL, NULL, config, fp) == SC_EPLAN && sc_plan_last_error() != NULL;
+  cJSON_Delete(config);
+}
+
+static void plan_error_belongs_to_the_thread(void **state) {
+  (void)state;
+  char fp[72];
+  cJSON *config = json_or_die(recover_config);
+  assert_int_equal(sc_plan_fingerprint(NULL, NULL, config, fp), SC_OK);
+  cJSON_Delete(config);
+  int refused = 0;
+  uv_thread_t thread;
+  assert_int_equal(uv_thread_create(&thread, refuse_on_a_thread, &refused), 0);
+  assert_int_equal(uv_thread_join(&thread), 0);
+  assert_true(refused);
+  assert_null(sc_plan_last_error());
+}
+
+/* ---- the plan cache ---- */
+
+/* The JSON factory, counting its calls in *udata. */
+static int counting_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
+  (*(int *)udata)++;
+  return sc_json_stage_factory(config, b, NULL);
+}
+
+static sc_engine *counting_engine(uv_loop_t *loop, int *calls) {
+  sc_engine_options o;
+  sc_engine_options_init(&o);
+  o.factory = counting_factory;
+  o.factory_udata = calls;
+  sc_engine *e = NULL;
+  assert_int_equal(uv_loop_init(loop), 0);
+  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
+  register_noop_kind(e, "noop");
+  return e;
+}
+
+/* Submits a task of config (and previous, may be NULL) and runs it to its end. */
+static void submit_and_finish(uv_loop_t *loop, sc_engine *e, const char *config_json,
+                              const char *previous_json) {
+  cJSON *config = json_or_die(config_json);
+  cJSON *previous = previous_json ? json_or_die(previous_json) : NULL;
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = config;
+  spec.previous_config = previous;
+  int rc = sc_task_submit(e, &spec, NULL);
+  if (rc != SC_OK) fail_msg("submit %s: %s", config_json, sc_error_message());
+  cJSON_Delete(config);
+  cJSON_Delete(previous);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(sc_engine_task_count(e), 0);
+}
+
+static void an_identical_config_reuses_the_plan_after_its_task_ended(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  int calls = 0;
+  sc_engine *e = counting_engine(&loop, &calls);
+  const char *a = "{\"v\":1,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}";
+  submit_and_finish(&loop, e, a, NULL);
+  assert_int_equal(calls, 1);
+  submit_and_finish(&loop, e, a, NULL);
+  assert_int_equal(calls, 1);
+  /* the same canonical JSON: other whitespace and member order */
+  submit_and_finish(&loop, e, "{ \"stages\": [ {\"kind\":\"noop\", \"name\":\"x\"} ], \"v\": 1 }",
+                    NULL);
+  assert_int_equal(calls, 1);
+  /* the key is the config and the previous config */
+  submit_and_finish(&loop, e, a, "{\"v\":0,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}");
+  assert_int_equal(calls, 2);
+  /* any change of the config is another plan, even one the plan does not read */
+  submit_and_finish(&loop, e, "{\"v\":2,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}", NULL);
+  assert_int_equal(calls, 3);
+  submit_and_finish(&loop, e, a, NULL);
+  assert_int_equal(calls, 3);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_refused_config_is_not_cached(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  int calls = 0;
+  sc_engine *e = counting_engine(&loop, &calls);
+  const char *later = "{\"stages\":[{\"name\":\"x\",\"kind\":\"later\"}]}";
+  assert_int_equal(submit_json(e, later, NULL), SC_EPLAN);
+  assert_int_equal(submit_json(e, later, NULL), SC_EPLAN);
+  assert_int_equal(calls, 2);
+  register_noop_kind(e, "later"); /* registered since: the config is accepted now */
+  submit_and_finish(&loop, e, later, NULL);
+  assert_int_equal(calls, 3);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  int calls = 0;
+  sc_engine *e = counting_engine(&loop, &calls);
+  char config[128];
+  enum { N = 200 }; /* more than the cache holds (docs/design.md, "Plan cache") */
+  for (int i = 0; i < N; i++) {
+    snprintf(config, sizeof(config), "{\"n\":%d,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}",
+             i);
+    submit_and_finish(&loop, e, config, NULL);
+  }
+  assert_int_equal(calls, N);
+  snprintf(config, sizeof(config), "{\"n\":%d,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}",
+           N - 1);
+  submit_and_finish(&loop, e, config, NULL); /* the last one is kept */
+  assert_int_equal(calls, N);
+  submit_and_finish(&loop, e, "{\"n\":0,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}", NULL);
+  assert_int_equal(calls, N + 1); /* the first one was evicted */
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_plan_in_use_is_never_evicted(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  int calls = 0;
+  sc_engine *e = counting_engine(&loop, &calls);
+  cJSON *gated =
+      json_or_die("{\"stages\":[{\"name\":\"gate\",\"kind\":\"noop\","
+                  "\"approval\":{\"required\":true}},{\"name\":\"after\",\"kind\":\"noop\"}]}");
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "waiting";
+  spec.config = gated;
+  sc_task *t = NULL;
+  assert_int_equal(sc_task_submit(e, &spec, &t), SC_OK);
+  uv_run(&loop, UV_RUN_DEFAULT); /* waits for a person */
+  assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
+  char config[128];
+  for (int i = 0; i < 200; i++) {
+    snprintf(config, sizeof(config), "{\"n\":%d,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}",
+             i);
+    cJSON *c = json_or_die(config);
+    sc_task_spec other;
+    sc_task_spec_init(&other);
+    other.config = c;
+    assert_int_equal(sc_task_submit(e, &other, NULL), SC_OK);
+    cJSON_Delete(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  assert_int_equal(sc_engine_task_count(e), 1);
+  assert_string_equal(sc_task_fingerprint(t),
+                      sc_task_fingerprint(sc_engine_find_task(e, "waiting")));
+  assert_int_equal(sc_task_stage_count(t), 2);
+  /* a second task of the waiting task's config shares its plan: no build */
+  int before = calls;
+  spec.task_id = "second";
+  assert_int_equal(sc_task_submit(e, &spec, NULL), SC_OK);
+  assert_int_equal(calls, before);
+  assert_int_equal(sc_task_approve(t, "gate", "alice", NULL), SC_OK);
+  uv_run(&loop, UV_RUN_DEFAULT); /* t completes; "second" waits at its gate */
+  assert_null(sc_engine_find_task(e, "waiting"));
+  assert_int_equal(sc_engine_task_count(e), 1);
+  cJSON_Delete(gated);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fingerprint_is_sha256_and_64_lowercase_hex),
@@ -1180,6 +1601,18 @@ int main(void) {
       cmocka_unit_test(digest_is_sha256_of_the_canonical_json),
       cmocka_unit_test(digest_of_null_is_the_digest_of_an_empty_object),
       cmocka_unit_test(digest_ignores_key_order_and_whitespace),
+      cmocka_unit_test(submit_records_the_refused_stage_and_field),
+      cmocka_unit_test(plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plans),
+      cmocka_unit_test(submit_without_a_config_records_a_refusal_of_the_config),
+      cmocka_unit_test(a_factorys_own_refusal_is_recorded_without_a_field),
+      cmocka_unit_test(a_factory_that_passes_on_a_refusal_reports_that_refusal),
+      cmocka_unit_test(the_first_refusal_of_a_factory_is_the_one_reported),
+      cmocka_unit_test(recovery_refusals_are_recorded),
+      cmocka_unit_test(plan_error_belongs_to_the_thread),
+      cmocka_unit_test(an_identical_config_reuses_the_plan_after_its_task_ended),
+      cmocka_unit_test(a_refused_config_is_not_cached),
+      cmocka_unit_test(the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest),
+      cmocka_unit_test(a_plan_in_use_is_never_evicted),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
