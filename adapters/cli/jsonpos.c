@@ -1,6 +1,11 @@
-/* A strict JSON parser that builds a cJSON tree and records where each value and each member
- * name starts, so that a mistake in a pipeline file can be reported as FILE:LINE:COLUMN. cJSON's
- * own parser gives neither a position nor the reason, and accepts duplicate member names. */
+/* The strictness and the positions that cJSON lacks, for the `stagecoach` command's JSON files
+ * (a pipeline, a stage's $SC_OUTPUT). cJSON is the one parser that builds the tree; before it, one
+ * pass over the text checks what RFC 8259 and our own rules refuse and cJSON would accept or
+ * misplace (a leading zero, a raw control character, invalid UTF-8, "\u0000", a lone surrogate,
+ * a number out of range, nesting deeper than 512), saying what was expected where; after it, a
+ * walk of the tree refuses a duplicate member name. A value's line and column are found when a
+ * mistake needs them, by the index path of the item in the tree and a walk of the text along it,
+ * so nothing is recorded per value. See docs/design.md, "One JSON parser". */
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -12,225 +17,72 @@
 
 #include "jsonpos.h"
 
-typedef struct entry {
+/* Where one value of the tree starts, and its member name (SIZE_MAX: not a member). */
+typedef struct spot {
   const cJSON *item;
-  cli_jsonpos_at value;
-  cli_jsonpos_at key; /* line 0: not an object member */
-} entry;
+  size_t value, key;
+} spot;
 
-/* Looked up only to report a mistake, a handful of times per file, so a plain array searched
- * from the start is enough. */
+/* What the positions of one tree are found from: the text it was parsed from (borrowed), and the
+ * spots of every value, found by one walk when the first position is asked for and sorted by
+ * item, so that a file with thousands of mistakes costs n log n, not n per mistake. */
 struct cli_jsonpos {
-  entry *entries;
-  size_t n, cap;
+  const unsigned char *s;
+  size_t len;
+  const cJSON *root;
+  spot *spots; /* NULL until asked */
+  size_t n;
+  size_t *lines; /* the offset where each line starts, with the spots */
+  size_t nlines;
 };
 
-/* Every member name seen so far, keyed by (object serial, name), so that a duplicate is found
- * in constant time however large an object is: open addressing, at most half full. */
-typedef struct seen_name {
-  uint64_t hash;
-  uint32_t object;  /* 0: an empty slot */
-  const char *name; /* the member's own string, owned by the tree */
-  cli_jsonpos_at at;
-} seen_name;
+/* ---- the check of the text ---- */
 
-typedef struct seen_names {
-  seen_name *slots;
-  size_t n, cap;
-} seen_names;
-
-typedef struct parser {
+typedef struct checker {
   const unsigned char *s;
   size_t len, i;
-  uint32_t line;     /* the line that starts at line_start */
-  size_t line_start; /* offset of the first byte of the current line */
   unsigned depth;
-  uint32_t objects; /* serial of the last object opened */
-  cli_jsonpos *table;
-  seen_names names;
-  char *buf; /* the string being decoded */
-  size_t buf_len, buf_cap;
   int rc; /* the first failure wins */
-  cli_jsonpos_at where;
+  size_t where;
   char *message;
   size_t message_len;
-} parser;
+} checker;
 
-static const cli_jsonpos_at no_key = {0, 0};
-
-static uint32_t clamp_u32(size_t v) {
-  return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
-}
-
-/* Whitespace is the only place a line break can be (one in a string is refused), so the current
- * line is tracked there; an earlier offset is found by counting from the start. */
-static cli_jsonpos_at position(const parser *p, size_t off) {
-  cli_jsonpos_at at = {p->line, 0};
-  size_t start = p->line_start;
-  if (off < p->line_start) {
-    at.line = 1;
-    start = 0;
-    for (size_t k = 0; k < off; k++)
-      if (p->s[k] == '\n') {
-        at.line++;
-        start = k + 1;
-      }
-  }
-  at.column = clamp_u32(off - start + 1);
+static cli_jsonpos_at position_of(const unsigned char *s, size_t off) {
+  cli_jsonpos_at at = {1, 1};
+  size_t start = 0;
+  for (size_t k = 0; k < off; k++)
+    if (s[k] == '\n') {
+      at.line++;
+      start = k + 1;
+    }
+  size_t column = off - start + 1;
+  at.column = column > UINT32_MAX ? UINT32_MAX : (uint32_t)column;
   return at;
 }
 
-static cli_jsonpos_at here(const parser *p) {
-  return position(p, p->i);
-}
-
-static bool fail(parser *p, int rc, size_t off, const char *fmt, ...)
+static bool fail(checker *c, int rc, size_t off, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 4, 5)))
 #endif
     ;
 
-static bool fail(parser *p, int rc, size_t off, const char *fmt, ...) {
-  if (p->rc != 0) return false;
-  p->rc = rc;
-  p->where = position(p, off);
-  if (p->message != NULL && p->message_len > 0) {
+static bool fail(checker *c, int rc, size_t off, const char *fmt, ...) {
+  if (c->rc != 0) return false;
+  c->rc = rc;
+  c->where = off;
+  if (c->message != NULL && c->message_len > 0) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(p->message, p->message_len, fmt, ap);
+    vsnprintf(c->message, c->message_len, fmt, ap);
     va_end(ap);
   }
   return false;
 }
 
-static bool out_of_memory(parser *p) {
-  return fail(p, SC_ENOMEM, p->i, "out of memory");
-}
-
-static void skip_space(parser *p) {
-  while (p->i < p->len) {
-    unsigned char c = p->s[p->i];
-    if (c == '\n') {
-      p->i++;
-      p->line++;
-      p->line_start = p->i;
-    } else if (c == ' ' || c == '\t' || c == '\r') {
-      p->i++;
-    } else {
-      break;
-    }
-  }
-}
-
-static bool remember(parser *p, const cJSON *item, cli_jsonpos_at value, cli_jsonpos_at key) {
-  cli_jsonpos *t = p->table;
-  if (t->n == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    entry *entries = realloc(t->entries, cap * sizeof(*entries));
-    if (entries == NULL) return out_of_memory(p);
-    t->entries = entries;
-    t->cap = cap;
-  }
-  t->entries[t->n++] = (entry){item, value, key};
-  return true;
-}
-
-/* ---- member names seen ---- */
-
-static uint64_t name_hash(uint32_t object, const char *name) {
-  uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-  for (int k = 0; k < 4; k++) {
-    h ^= (object >> (8 * k)) & 0xff;
-    h *= 0x100000001b3ull;
-  }
-  for (const unsigned char *c = (const unsigned char *)name; *c; c++) {
-    h ^= *c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
-static const seen_name *names_find(const seen_names *t, uint32_t object, uint64_t h,
-                                   const char *name) {
-  if (t->cap == 0) return NULL;
-  for (size_t k = (size_t)h & (t->cap - 1);; k = (k + 1) & (t->cap - 1)) {
-    const seen_name *s = &t->slots[k];
-    if (s->object == 0) return NULL;
-    if (s->hash == h && s->object == object && strcmp(s->name, name) == 0) return s;
-  }
-}
-
-static void names_put(seen_name *slots, size_t cap, const seen_name *s) {
-  size_t k = (size_t)s->hash & (cap - 1);
-  while (slots[k].object != 0)
-    k = (k + 1) & (cap - 1);
-  slots[k] = *s;
-}
-
-static bool names_add(parser *p, uint32_t object, uint64_t h, const char *name, cli_jsonpos_at at) {
-  seen_names *t = &p->names;
-  if ((t->n + 1) * 2 > t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    seen_name *slots = calloc(cap, sizeof(*slots));
-    if (slots == NULL) return out_of_memory(p);
-    for (size_t k = 0; k < t->cap; k++)
-      if (t->slots[k].object != 0) names_put(slots, cap, &t->slots[k]);
-    free(t->slots);
-    t->slots = slots;
-    t->cap = cap;
-  }
-  seen_name s = {h, object, name, at};
-  names_put(t->slots, t->cap, &s);
-  t->n++;
-  return true;
-}
-
-/* ---- strings ---- */
-
-static bool buf_reserve(parser *p, size_t more) {
-  if (p->buf_cap - p->buf_len > more) return true; /* room for the NUL too */
-  size_t cap = p->buf_cap ? p->buf_cap : 64;
-  while (cap - p->buf_len <= more) {
-    if (cap > SIZE_MAX / 2) return out_of_memory(p);
-    cap *= 2;
-  }
-  char *buf = realloc(p->buf, cap);
-  if (buf == NULL) return out_of_memory(p);
-  p->buf = buf;
-  p->buf_cap = cap;
-  return true;
-}
-
-static bool buf_append(parser *p, const void *bytes, size_t n) {
-  if (!buf_reserve(p, n)) return false;
-  memcpy(p->buf + p->buf_len, bytes, n);
-  p->buf_len += n;
-  return true;
-}
-
-static bool buf_append_code_point(parser *p, uint32_t cp) {
-  unsigned char u[4];
-  size_t n;
-  if (cp < 0x80) {
-    u[0] = (unsigned char)cp;
-    n = 1;
-  } else if (cp < 0x800) {
-    u[0] = (unsigned char)(0xC0 | cp >> 6);
-    u[1] = (unsigned char)(0x80 | (cp & 0x3F));
-    n = 2;
-  } else if (cp < 0x10000) {
-    u[0] = (unsigned char)(0xE0 | cp >> 12);
-    u[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
-    u[2] = (unsigned char)(0x80 | (cp & 0x3F));
-    n = 3;
-  } else {
-    u[0] = (unsigned char)(0xF0 | cp >> 18);
-    u[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
-    u[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
-    u[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  return buf_append(p, u, n);
+static void skip_space(const unsigned char *s, size_t len, size_t *i) {
+  while (*i < len && (s[*i] == ' ' || s[*i] == '\t' || s[*i] == '\r' || s[*i] == '\n'))
+    (*i)++;
 }
 
 /* The length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong forms, no
@@ -278,353 +130,426 @@ static int hex_value(unsigned char c) {
 }
 
 /* The four hex digits of the \u escape whose backslash is at `at`. */
-static bool hex4(parser *p, size_t at, size_t open, uint32_t *cp) {
+static bool hex4(checker *c, size_t at, size_t open, uint32_t *cp) {
   *cp = 0;
   for (size_t k = 0; k < 4; k++) {
     size_t off = at + 2 + k;
-    if (off >= p->len) return fail(p, SC_EPARSE, open, "unterminated string");
-    int v = hex_value(p->s[off]);
+    if (off >= c->len) return fail(c, SC_EPARSE, open, "unterminated string");
+    int v = hex_value(c->s[off]);
     if (v < 0)
-      return fail(p, SC_EPARSE, at, "invalid escape: \\u must be followed by four hex digits");
+      return fail(c, SC_EPARSE, at, "invalid escape: \\u must be followed by four hex digits");
     *cp = *cp << 4 | (uint32_t)v;
   }
   return true;
 }
 
-static bool unicode_escape(parser *p, size_t open) {
-  size_t at = p->i;
+static bool unicode_escape(checker *c, size_t open) {
+  size_t at = c->i;
   uint32_t cp, low = 0;
-  if (!hex4(p, at, open, &cp)) return false;
-  p->i = at + 6;
+  if (!hex4(c, at, open, &cp)) return false;
+  c->i = at + 6;
   if (cp == 0)
-    return fail(p, SC_EPARSE, at,
+    return fail(c, SC_EPARSE, at,
                 "invalid escape: \\u0000 is not allowed (a string cannot hold NUL)");
   if (cp >= 0xD800 && cp <= 0xDFFF) {
     /* A high surrogate must be followed by the escape of a low one: together one code point. */
-    bool paired = cp <= 0xDBFF && p->i + 1 < p->len && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u';
-    if (paired && !hex4(p, p->i, open, &low)) return false;
+    bool paired = cp <= 0xDBFF && c->i + 1 < c->len && c->s[c->i] == '\\' && c->s[c->i + 1] == 'u';
+    if (paired && !hex4(c, c->i, open, &low)) return false;
     if (!paired || low < 0xDC00 || low > 0xDFFF)
-      return fail(p, SC_EPARSE, at, "invalid escape: \\u%04X is an unpaired UTF-16 surrogate",
+      return fail(c, SC_EPARSE, at, "invalid escape: \\u%04X is an unpaired UTF-16 surrogate",
                   (unsigned)cp);
-    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-    p->i += 6;
+    c->i += 6;
   }
-  return buf_append_code_point(p, cp);
-}
-
-static bool escape(parser *p, size_t open) {
-  size_t at = p->i;
-  if (at + 1 >= p->len) return fail(p, SC_EPARSE, open, "unterminated string");
-  unsigned char c = p->s[at + 1], out;
-  switch (c) {
-    case '"': out = '"'; break;
-    case '\\': out = '\\'; break;
-    case '/': out = '/'; break;
-    case 'b': out = '\b'; break;
-    case 'f': out = '\f'; break;
-    case 'n': out = '\n'; break;
-    case 'r': out = '\r'; break;
-    case 't': out = '\t'; break;
-    case 'u': return unicode_escape(p, open);
-    default:
-      if (c > 0x20 && c < 0x7F)
-        return fail(p, SC_EPARSE, at,
-                    "invalid escape \"\\%c\" (expected \\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t or "
-                    "\\uXXXX)",
-                    c);
-      return fail(p, SC_EPARSE, at,
-                  "invalid escape (expected \\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t or \\uXXXX "
-                  "after a backslash)");
-  }
-  p->i += 2;
-  return buf_append(p, &out, 1);
-}
-
-static bool control_character(parser *p, unsigned char c) {
-  if (c == '\n')
-    return fail(p, SC_EPARSE, p->i,
-                "control character in a string (a line break: is the closing quote missing?)");
-  if (c == '\t')
-    return fail(p, SC_EPARSE, p->i, "control character in a string (a tab: write \\t)");
-  return fail(p, SC_EPARSE, p->i, "control character in a string (U+%04X: write \\u%04x)",
-              (unsigned)c, (unsigned)c);
-}
-
-/* Decodes the string whose opening quote is at p->i into p->buf, NUL-terminated. */
-static bool parse_string(parser *p) {
-  size_t open = p->i++;
-  p->buf_len = 0;
-  for (;;) {
-    size_t run = p->i; /* plain ASCII is copied a run at a time */
-    while (run < p->len && p->s[run] >= 0x20 && p->s[run] < 0x80 && p->s[run] != '"' &&
-           p->s[run] != '\\')
-      run++;
-    if (run > p->i && !buf_append(p, p->s + p->i, run - p->i)) return false;
-    p->i = run;
-    if (p->i >= p->len) return fail(p, SC_EPARSE, open, "unterminated string");
-    unsigned char c = p->s[p->i];
-    if (c == '"') {
-      p->i++;
-      break;
-    }
-    if (c < 0x20) return control_character(p, c);
-    if (c == '\\') {
-      if (!escape(p, open)) return false;
-      continue;
-    }
-    size_t n = utf8_length(p->s + p->i, p->len - p->i);
-    if (n == 0) return fail(p, SC_EPARSE, p->i, "invalid UTF-8 in a string");
-    if (!buf_append(p, p->s + p->i, n)) return false;
-    p->i += n;
-  }
-  if (!buf_reserve(p, 0)) return false;
-  p->buf[p->buf_len] = '\0';
   return true;
 }
 
-/* ---- numbers and literals ---- */
-
-static bool is_digit(const parser *p, size_t k) {
-  return k < p->len && p->s[k] >= '0' && p->s[k] <= '9';
+static bool escape(checker *c, size_t open) {
+  size_t at = c->i;
+  if (at + 1 >= c->len) return fail(c, SC_EPARSE, open, "unterminated string");
+  unsigned char e = c->s[at + 1];
+  if (e == 'u') return unicode_escape(c, open);
+  if (strchr("\"\\/bfnrt", e) == NULL || e == 0) {
+    if (e > 0x20 && e < 0x7F)
+      return fail(c, SC_EPARSE, at,
+                  "invalid escape \"\\%c\" (expected \\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t or "
+                  "\\uXXXX)",
+                  e);
+    return fail(c, SC_EPARSE, at,
+                "invalid escape (expected \\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t or \\uXXXX "
+                "after a backslash)");
+  }
+  c->i += 2;
+  return true;
 }
 
-/* strtod() reads the locale's decimal point, so the '.' is swapped for it first. */
-static bool number_value(parser *p, size_t start, size_t end, double *out) {
+static bool control_character(checker *c, unsigned char ch) {
+  if (ch == '\n')
+    return fail(c, SC_EPARSE, c->i,
+                "control character in a string (a line break: is the closing quote missing?)");
+  if (ch == '\t')
+    return fail(c, SC_EPARSE, c->i, "control character in a string (a tab: write \\t)");
+  return fail(c, SC_EPARSE, c->i, "control character in a string (U+%04X: write \\u%04x)",
+              (unsigned)ch, (unsigned)ch);
+}
+
+/* The string whose opening quote is at c->i. */
+static bool check_string(checker *c) {
+  size_t open = c->i++;
+  for (;;) {
+    while (c->i < c->len && c->s[c->i] >= 0x20 && c->s[c->i] < 0x80 && c->s[c->i] != '"' &&
+           c->s[c->i] != '\\')
+      c->i++;
+    if (c->i >= c->len) return fail(c, SC_EPARSE, open, "unterminated string");
+    unsigned char ch = c->s[c->i];
+    if (ch == '"') {
+      c->i++;
+      return true;
+    }
+    if (ch < 0x20) return control_character(c, ch);
+    if (ch == '\\') {
+      if (!escape(c, open)) return false;
+      continue;
+    }
+    size_t n = utf8_length(c->s + c->i, c->len - c->i);
+    if (n == 0) return fail(c, SC_EPARSE, c->i, "invalid UTF-8 in a string");
+    c->i += n;
+  }
+}
+
+static bool is_digit(const checker *c, size_t k) {
+  return k < c->len && c->s[k] >= '0' && c->s[k] <= '9';
+}
+
+/* Whether the number text[start .. end) fits a double; strtod() reads the locale's decimal
+ * point, so the '.' is swapped for it first. */
+static bool number_fits(checker *c, size_t start, size_t end) {
   const char *point = localeconv()->decimal_point;
   size_t point_len = point && *point ? strlen(point) : 1;
   char local[128], *text = local;
   size_t need = end - start + point_len + 1;
-  if (need > sizeof(local) && (text = malloc(need)) == NULL) return out_of_memory(p);
+  if (need > sizeof(local) && (text = malloc(need)) == NULL)
+    return fail(c, SC_ENOMEM, start, "out of memory");
   size_t o = 0;
   for (size_t k = start; k < end; k++) {
-    if (p->s[k] == '.' && point && *point) {
+    if (c->s[k] == '.' && point && *point) {
       memcpy(text + o, point, point_len);
       o += point_len;
     } else {
-      text[o++] = (char)p->s[k];
+      text[o++] = (char)c->s[k];
     }
   }
   text[o] = '\0';
-  *out = strtod(text, NULL);
+  double v = strtod(text, NULL);
   if (text != local) free(text);
-  if (!isfinite(*out))
-    return fail(p, SC_EPARSE, start, "number out of range (it does not fit a double)");
+  if (!isfinite(v))
+    return fail(c, SC_EPARSE, start, "number out of range (it does not fit a double)");
   return true;
 }
 
 /* RFC 8259: [-] (0 | [1-9][0-9]*) [. [0-9]+] [(e|E) [+|-] [0-9]+] */
-static cJSON *parse_number(parser *p) {
-  size_t start = p->i, k = p->i;
-  if (p->s[k] == '-' && !is_digit(p, ++k)) {
-    fail(p, SC_EPARSE, k, "invalid number: expected a digit after '-'");
-    return NULL;
-  }
-  if (p->s[k] == '0') {
-    if (is_digit(p, ++k)) {
-      fail(p, SC_EPARSE, start, "invalid number: leading zeros are not allowed");
-      return NULL;
-    }
+static bool check_number(checker *c) {
+  size_t start = c->i, k = c->i;
+  if (c->s[k] == '-' && !is_digit(c, ++k))
+    return fail(c, SC_EPARSE, k, "invalid number: expected a digit after '-'");
+  if (c->s[k] == '0') {
+    if (is_digit(c, ++k))
+      return fail(c, SC_EPARSE, start, "invalid number: leading zeros are not allowed");
   } else {
-    while (is_digit(p, k))
+    while (is_digit(c, k))
       k++;
   }
-  if (k < p->len && p->s[k] == '.') {
-    if (!is_digit(p, ++k)) {
-      fail(p, SC_EPARSE, k, "invalid number: expected a digit after '.'");
-      return NULL;
-    }
-    while (is_digit(p, k))
+  if (k < c->len && c->s[k] == '.') {
+    if (!is_digit(c, ++k))
+      return fail(c, SC_EPARSE, k, "invalid number: expected a digit after '.'");
+    while (is_digit(c, k))
       k++;
   }
-  if (k < p->len && (p->s[k] == 'e' || p->s[k] == 'E')) {
+  if (k < c->len && (c->s[k] == 'e' || c->s[k] == 'E')) {
     k++;
-    if (k < p->len && (p->s[k] == '+' || p->s[k] == '-')) k++;
-    if (!is_digit(p, k)) {
-      fail(p, SC_EPARSE, k, "invalid number: expected a digit in the exponent");
-      return NULL;
-    }
-    while (is_digit(p, k))
+    if (k < c->len && (c->s[k] == '+' || c->s[k] == '-')) k++;
+    if (!is_digit(c, k))
+      return fail(c, SC_EPARSE, k, "invalid number: expected a digit in the exponent");
+    while (is_digit(c, k))
       k++;
   }
-  double v;
-  if (!number_value(p, start, k, &v)) return NULL;
-  p->i = k;
-  cJSON *item = cJSON_CreateNumber(v);
-  if (item == NULL) out_of_memory(p);
-  return item;
-}
-
-static bool is_word_byte(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-}
-
-/* true, false or null, standing alone ("nullx" is not null followed by garbage). */
-static bool literal(parser *p, const char *word) {
-  size_t n = strlen(word);
-  if (p->len - p->i < n || memcmp(p->s + p->i, word, n) != 0) return false;
-  if (p->i + n < p->len && is_word_byte(p->s[p->i + n])) return false;
-  p->i += n;
+  if (!number_fits(c, start, k)) return false;
+  c->i = k;
   return true;
 }
 
-/* ---- values ---- */
+static bool is_word_byte(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         ch == '_';
+}
 
-static cJSON *parse_value(parser *p, cli_jsonpos_at key);
+/* true, false or null, standing alone ("nullx" is not null followed by garbage). */
+static bool literal(checker *c, const char *word) {
+  size_t n = strlen(word);
+  if (c->len - c->i < n || memcmp(c->s + c->i, word, n) != 0) return false;
+  if (c->i + n < c->len && is_word_byte(c->s[c->i + n])) return false;
+  c->i += n;
+  return true;
+}
 
-static bool parse_members(parser *p, cJSON *object) {
-  uint32_t serial = ++p->objects;
+static bool check_value(checker *c);
+
+static bool check_members(checker *c) {
   bool after_comma = false;
-  p->i++; /* '{' */
-  skip_space(p);
-  if (p->i < p->len && p->s[p->i] == '}') {
-    p->i++;
+  c->i++; /* '{' */
+  skip_space(c->s, c->len, &c->i);
+  if (c->i < c->len && c->s[c->i] == '}') {
+    c->i++;
     return true;
   }
   for (;;) {
-    if (p->i >= p->len || p->s[p->i] != '"') {
-      if (after_comma && p->i < p->len && p->s[p->i] == '}')
-        return fail(p, SC_EPARSE, p->i,
+    if (c->i >= c->len || c->s[c->i] != '"') {
+      if (after_comma && c->i < c->len && c->s[c->i] == '}')
+        return fail(c, SC_EPARSE, c->i,
                     "expected a member name after ',' (a trailing comma is not allowed)");
-      return fail(p, SC_EPARSE, p->i,
+      return fail(c, SC_EPARSE, c->i,
                   after_comma ? "expected a member name (a string) after ','"
                               : "expected a member name (a string) or '}'");
     }
-    size_t key_off = p->i;
-    cli_jsonpos_at key_at = here(p);
-    if (!parse_string(p)) return false;
-    uint64_t h = name_hash(serial, p->buf);
-    const seen_name *first = names_find(&p->names, serial, h, p->buf);
-    if (first != NULL) {
-      char quoted[128];
-      return fail(p, SC_EPARSE, key_off, "duplicate member %s (first at %u:%u)",
-                  cli_jsonpos_quote(quoted, sizeof(quoted), p->buf), (unsigned)first->at.line,
-                  (unsigned)first->at.column);
-    }
-    char *name = malloc(p->buf_len + 1);
-    if (name == NULL) return out_of_memory(p);
-    memcpy(name, p->buf, p->buf_len + 1);
-    skip_space(p);
-    cJSON *value = NULL;
-    if (p->i >= p->len || p->s[p->i] != ':') {
-      fail(p, SC_EPARSE, p->i, "expected ':' after a member name");
-    } else {
-      p->i++;
-      skip_space(p);
-      value = parse_value(p, key_at);
-    }
-    if (value != NULL && !cJSON_AddItemToObject(object, name, value)) {
-      cJSON_Delete(value);
-      value = NULL;
-      out_of_memory(p);
-    }
-    free(name);
-    if (value == NULL || !names_add(p, serial, h, value->string, key_at)) return false;
-    skip_space(p);
-    if (p->i < p->len && p->s[p->i] == ',') {
-      p->i++;
-      skip_space(p);
+    if (!check_string(c)) return false;
+    skip_space(c->s, c->len, &c->i);
+    if (c->i >= c->len || c->s[c->i] != ':')
+      return fail(c, SC_EPARSE, c->i, "expected ':' after a member name");
+    c->i++;
+    skip_space(c->s, c->len, &c->i);
+    if (!check_value(c)) return false;
+    skip_space(c->s, c->len, &c->i);
+    if (c->i < c->len && c->s[c->i] == ',') {
+      c->i++;
+      skip_space(c->s, c->len, &c->i);
       after_comma = true;
       continue;
     }
-    if (p->i < p->len && p->s[p->i] == '}') {
-      p->i++;
+    if (c->i < c->len && c->s[c->i] == '}') {
+      c->i++;
       return true;
     }
-    return fail(p, SC_EPARSE, p->i, "expected ',' or '}' after an object member");
+    return fail(c, SC_EPARSE, c->i, "expected ',' or '}' after an object member");
   }
 }
 
-static bool parse_elements(parser *p, cJSON *array) {
+static bool check_elements(checker *c) {
   bool after_comma = false;
-  p->i++; /* '[' */
-  skip_space(p);
-  if (p->i < p->len && p->s[p->i] == ']') {
-    p->i++;
+  c->i++; /* '[' */
+  skip_space(c->s, c->len, &c->i);
+  if (c->i < c->len && c->s[c->i] == ']') {
+    c->i++;
     return true;
   }
   for (;;) {
-    if (p->i < p->len && p->s[p->i] == ']')
-      return fail(p, SC_EPARSE, p->i,
+    if (c->i < c->len && c->s[c->i] == ']')
+      return fail(c, SC_EPARSE, c->i,
                   "expected a value after ',' (a trailing comma is not allowed)");
-    if (p->i >= p->len || strchr("{[\"-0123456789tfn", p->s[p->i]) == NULL || p->s[p->i] == 0)
-      return fail(p, SC_EPARSE, p->i, after_comma ? "expected a value" : "expected a value or ']'");
-    cJSON *value = parse_value(p, no_key);
-    if (value == NULL) return false;
-    if (!cJSON_AddItemToArray(array, value)) {
-      cJSON_Delete(value);
-      return out_of_memory(p);
-    }
-    skip_space(p);
-    if (p->i < p->len && p->s[p->i] == ',') {
-      p->i++;
-      skip_space(p);
+    if (c->i >= c->len || strchr("{[\"-0123456789tfn", c->s[c->i]) == NULL || c->s[c->i] == 0)
+      return fail(c, SC_EPARSE, c->i, after_comma ? "expected a value" : "expected a value or ']'");
+    if (!check_value(c)) return false;
+    skip_space(c->s, c->len, &c->i);
+    if (c->i < c->len && c->s[c->i] == ',') {
+      c->i++;
+      skip_space(c->s, c->len, &c->i);
       after_comma = true;
       continue;
     }
-    if (p->i < p->len && p->s[p->i] == ']') {
-      p->i++;
+    if (c->i < c->len && c->s[c->i] == ']') {
+      c->i++;
       return true;
     }
-    return fail(p, SC_EPARSE, p->i, "expected ',' or ']' after an array element");
+    return fail(c, SC_EPARSE, c->i, "expected ',' or ']' after an array element");
   }
 }
 
-static cJSON *parse_container(parser *p, bool is_object, cli_jsonpos_at at, cli_jsonpos_at key) {
-  if (p->depth >= CLI_JSONPOS_MAX_DEPTH) {
-    fail(p, SC_EPARSE, p->i, "nesting deeper than %d levels", CLI_JSONPOS_MAX_DEPTH);
-    return NULL;
+/* The value at c->i (not whitespace). */
+static bool check_value(checker *c) {
+  if (c->i >= c->len) return fail(c, SC_EPARSE, c->i, "expected a value");
+  unsigned char ch = c->s[c->i];
+  if (ch == '{' || ch == '[') {
+    if (c->depth >= CLI_JSONPOS_MAX_DEPTH)
+      return fail(c, SC_EPARSE, c->i, "nesting deeper than %d levels", CLI_JSONPOS_MAX_DEPTH);
+    c->depth++;
+    bool ok = ch == '{' ? check_members(c) : check_elements(c);
+    c->depth--;
+    return ok;
   }
-  cJSON *item = is_object ? cJSON_CreateObject() : cJSON_CreateArray();
-  if (item == NULL) {
-    out_of_memory(p);
-    return NULL;
-  }
-  p->depth++;
-  bool ok =
-      remember(p, item, at, key) && (is_object ? parse_members(p, item) : parse_elements(p, item));
-  p->depth--;
-  if (!ok) {
-    cJSON_Delete(item);
-    return NULL;
-  }
-  return item;
+  if (ch == '"') return check_string(c);
+  if (ch == '-' || (ch >= '0' && ch <= '9')) return check_number(c);
+  if (literal(c, "true") || literal(c, "false") || literal(c, "null")) return true;
+  return fail(c, SC_EPARSE, c->i, "expected a value");
 }
 
-/* The value at p->i (not whitespace). NULL on failure, with the reason recorded. */
-static cJSON *parse_value(parser *p, cli_jsonpos_at key) {
-  if (p->i >= p->len) {
-    fail(p, SC_EPARSE, p->i, "expected a value");
-    return NULL;
+/* ---- where a value of the tree is in the text ---- */
+
+/* The end of the value that starts at i, in text that checked. */
+static size_t skip_value(const unsigned char *s, size_t len, size_t i) {
+  if (s[i] == '"') {
+    for (i++; i < len && s[i] != '"'; i++)
+      if (s[i] == '\\') i++;
+    return i + 1;
   }
-  cli_jsonpos_at at = here(p);
-  unsigned char c = p->s[p->i];
-  cJSON *item = NULL;
-  if (c == '{' || c == '[') return parse_container(p, c == '{', at, key);
-  if (c == '"') {
-    if (!parse_string(p)) return NULL;
-    item = cJSON_CreateString(p->buf);
-  } else if (c == '-' || (c >= '0' && c <= '9')) {
-    if ((item = parse_number(p)) == NULL) return NULL;
-  } else if (literal(p, "true")) {
-    item = cJSON_CreateTrue();
-  } else if (literal(p, "false")) {
-    item = cJSON_CreateFalse();
-  } else if (literal(p, "null")) {
-    item = cJSON_CreateNull();
-  } else {
-    fail(p, SC_EPARSE, p->i, "expected a value");
-    return NULL;
+  if (s[i] == '{' || s[i] == '[') {
+    size_t depth = 0;
+    for (; i < len; i++) {
+      if (s[i] == '"') {
+        i = skip_value(s, len, i) - 1;
+      } else if (s[i] == '{' || s[i] == '[') {
+        depth++;
+      } else if ((s[i] == '}' || s[i] == ']') && --depth == 0) {
+        return i + 1;
+      }
+    }
+    return len;
   }
-  if (item == NULL) {
-    out_of_memory(p);
-    return NULL;
-  }
-  if (!remember(p, item, at, key)) {
-    cJSON_Delete(item);
-    return NULL;
-  }
-  return item;
+  while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
+         s[i] != '\r' && s[i] != '\n')
+    i++;
+  return i;
 }
+
+static size_t count_values(const cJSON *node) {
+  size_t n = 1;
+  for (const cJSON *c = node->child; (cJSON_IsObject(node) || cJSON_IsArray(node)) && c != NULL;
+       c = c->next)
+    n += count_values(c);
+  return n;
+}
+
+/* Walks the text of node, which starts at i, with the tree: cJSON built the tree from this text,
+ * so its children are the text's values in order. Returns the offset past node. */
+static size_t walk(cli_jsonpos *p, const cJSON *node, size_t i, size_t key) {
+  const unsigned char *s = p->s;
+  p->spots[p->n++] = (spot){node, i, key};
+  if (!(cJSON_IsObject(node) || cJSON_IsArray(node))) return skip_value(s, p->len, i);
+  bool object = s[i] == '{';
+  i++;
+  for (const cJSON *child = node->child; child != NULL && i < p->len; child = child->next) {
+    skip_space(s, p->len, &i);
+    size_t name = SIZE_MAX;
+    if (object) {
+      name = i;
+      i = skip_value(s, p->len, i);
+      skip_space(s, p->len, &i);
+      i++; /* ':' */
+      skip_space(s, p->len, &i);
+    }
+    i = walk(p, child, i, name);
+    skip_space(s, p->len, &i);
+    if (i < p->len && s[i] == ',') i++;
+  }
+  skip_space(s, p->len, &i);
+  return i + 1; /* past '}' or ']' */
+}
+
+static int by_item(const void *a, const void *b) {
+  const cJSON *x = ((const spot *)a)->item, *y = ((const spot *)b)->item;
+  return x < y ? -1 : x > y;
+}
+
+static const spot *find(const cli_jsonpos *positions, const cJSON *item) {
+  cli_jsonpos *p = (cli_jsonpos *)positions; /* the spots are a cache of what the text says */
+  if (p == NULL || item == NULL) return NULL;
+  if (p->spots == NULL) {
+    if ((p->spots = malloc(count_values(p->root) * sizeof(*p->spots))) == NULL) return NULL;
+    size_t i = p->len >= 3 && memcmp(p->s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+    skip_space(p->s, p->len, &i);
+    p->n = 0;
+    walk(p, p->root, i, SIZE_MAX);
+    qsort(p->spots, p->n, sizeof(*p->spots), by_item);
+    size_t n = 1;
+    for (size_t k = 0; k < p->len; k++)
+      n += p->s[k] == '\n';
+    if ((p->lines = malloc(n * sizeof(*p->lines))) != NULL) {
+      p->lines[p->nlines++] = 0;
+      for (size_t k = 0; k < p->len; k++)
+        if (p->s[k] == '\n') p->lines[p->nlines++] = k + 1;
+    }
+  }
+  spot want = {item, 0, 0};
+  return bsearch(&want, p->spots, p->n, sizeof(*p->spots), by_item);
+}
+
+/* The line and column of offset off, by a binary search of the line starts. */
+static cli_jsonpos_at at_offset(const cli_jsonpos *p, size_t off) {
+  if (p->lines == NULL) return position_of(p->s, off);
+  size_t lo = 0, hi = p->nlines; /* the last line start <= off is in [lo, hi) */
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (p->lines[mid] <= off)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  size_t column = off - p->lines[lo] + 1;
+  cli_jsonpos_at at = {lo + 1 > UINT32_MAX ? UINT32_MAX : (uint32_t)(lo + 1),
+                       column > UINT32_MAX ? UINT32_MAX : (uint32_t)column};
+  return at;
+}
+
+bool cli_jsonpos_value(const cli_jsonpos *positions, const cJSON *item, cli_jsonpos_at *at) {
+  const spot *found = find(positions, item);
+  if (found == NULL) return false;
+  *at = at_offset(positions, found->value);
+  return true;
+}
+
+bool cli_jsonpos_key(const cli_jsonpos *positions, const cJSON *item, cli_jsonpos_at *at) {
+  const spot *found = find(positions, item);
+  if (found == NULL || found->key == SIZE_MAX) return false;
+  *at = at_offset(positions, found->key);
+  return true;
+}
+
+/* ---- duplicate member names ---- */
+
+typedef struct named {
+  const char *name;
+  size_t index;
+} named;
+
+static int by_name(const void *a, const void *b) {
+  const named *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  return c != 0 ? c : x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The first duplicate in the order of the text under node: *dup is the member that repeats the
+ * name of *first. Members are sorted by name, so an object of any size costs n log n. */
+static int find_duplicate(const cJSON *node, const cJSON **first, const cJSON **dup) {
+  if (!(cJSON_IsObject(node) || cJSON_IsArray(node))) return 0;
+  size_t n = 0, at = SIZE_MAX, first_index = 0;
+  for (const cJSON *c = node->child; c != NULL; c = c->next)
+    n++;
+  if (cJSON_IsObject(node) && n > 1) {
+    named *list = malloc(n * sizeof(*list));
+    if (list == NULL) return SC_ENOMEM;
+    size_t k = 0;
+    for (const cJSON *c = node->child; c != NULL; c = c->next, k++)
+      list[k] = (named){c->string ? c->string : "", k};
+    qsort(list, n, sizeof(*list), by_name);
+    for (k = 1; k < n; k++)
+      if (strcmp(list[k - 1].name, list[k].name) == 0 && list[k].index < at &&
+          (k < 2 || strcmp(list[k - 2].name, list[k].name) != 0)) {
+        at = list[k].index;
+        first_index = list[k - 1].index;
+      }
+    free(list);
+  }
+  /* A duplicate inside an earlier member's value comes first in the text. */
+  size_t k = 0;
+  for (const cJSON *c = node->child; c != NULL && k < at; c = c->next, k++) {
+    int rc = find_duplicate(c, first, dup);
+    if (rc != 0 || *dup != NULL) return rc;
+  }
+  if (at != SIZE_MAX) {
+    *first = cJSON_GetArrayItem(node, (int)first_index);
+    *dup = cJSON_GetArrayItem(node, (int)at);
+  }
+  return 0;
+}
+
+/* ---- parsing ---- */
 
 int cli_jsonpos_parse(const char *text, size_t len, cJSON **out, cli_jsonpos **positions,
                       cli_jsonpos_at *where, char *message, size_t message_len) {
@@ -632,65 +557,58 @@ int cli_jsonpos_parse(const char *text, size_t len, cJSON **out, cli_jsonpos **p
   *positions = NULL;
   if (where) *where = (cli_jsonpos_at){0, 0};
   if (message && message_len) message[0] = '\0';
-  parser p;
-  memset(&p, 0, sizeof(p));
-  p.s = (const unsigned char *)text;
-  p.len = text ? len : 0;
-  p.line = 1;
-  p.message = message;
-  p.message_len = message_len;
+  checker c = {(const unsigned char *)text, text ? len : 0, 0, 0, 0, 0, message, message_len};
+  if (c.len >= 3 && memcmp(c.s, "\xEF\xBB\xBF", 3) == 0) c.i = 3;
+  skip_space(c.s, c.len, &c.i);
+  size_t start = c.i;
+  if (c.i >= c.len) {
+    fail(&c, SC_EPARSE, 0, "the file is empty"); /* also when it holds only whitespace */
+  } else if (check_value(&c)) {
+    skip_space(c.s, c.len, &c.i);
+    if (c.i < c.len) fail(&c, SC_EPARSE, c.i, "trailing text after the top-level value");
+  }
   cJSON *root = NULL;
-  if (p.len >= 3 && memcmp(p.s, "\xEF\xBB\xBF", 3) == 0) p.i = 3;
-  skip_space(&p);
-  if (p.i >= p.len) {
-    fail(&p, SC_EPARSE, 0, "the file is empty"); /* also when it holds only whitespace */
-    goto out;
+  cli_jsonpos *p = NULL;
+  if (c.rc == 0) {
+    /* The text checked, so cJSON accepts it; its parse end says where if it does not. */
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text + start, c.len - start, &end, false);
+    if (root == NULL) {
+      size_t off = end != NULL && end >= text + start ? (size_t)(end - text) : start;
+      fail(&c, SC_ENOMEM, off, "the JSON parser stopped here (out of memory?)");
+    }
   }
-  if ((p.table = calloc(1, sizeof(*p.table))) == NULL) {
-    out_of_memory(&p);
-    goto out;
+  if (c.rc == 0 && (p = malloc(sizeof(*p))) == NULL) fail(&c, SC_ENOMEM, 0, "out of memory");
+  if (c.rc == 0) {
+    *p = (cli_jsonpos){c.s, c.len, root, NULL, 0, NULL, 0};
+    const cJSON *first = NULL, *dup = NULL;
+    cli_jsonpos_at first_at = {0, 0}, dup_at = {0, 0};
+    int rc = find_duplicate(root, &first, &dup);
+    if (rc != 0) {
+      fail(&c, rc, 0, "out of memory");
+    } else if (dup != NULL && cli_jsonpos_key(p, first, &first_at) &&
+               cli_jsonpos_key(p, dup, &dup_at)) {
+      char quoted[128];
+      fail(&c, SC_EPARSE, find(p, dup)->key, "duplicate member %s (first at %u:%u)",
+           cli_jsonpos_quote(quoted, sizeof(quoted), dup->string), (unsigned)first_at.line,
+           (unsigned)first_at.column);
+    }
   }
-  if ((root = parse_value(&p, no_key)) == NULL) goto out;
-  skip_space(&p);
-  if (p.i < p.len) fail(&p, SC_EPARSE, p.i, "trailing text after the top-level value");
-out:
-  free(p.names.slots);
-  free(p.buf);
-  if (p.rc != 0) {
+  if (c.rc != 0) {
     cJSON_Delete(root);
-    cli_jsonpos_free(p.table);
-    if (where) *where = p.where;
-    return p.rc;
+    cli_jsonpos_free(p);
+    if (where) *where = position_of(c.s, c.where);
+    return c.rc;
   }
   *out = root;
-  *positions = p.table;
+  *positions = p;
   return 0;
-}
-
-static const entry *find(const cli_jsonpos *t, const cJSON *item) {
-  if (t == NULL || item == NULL) return NULL;
-  for (size_t k = 0; k < t->n; k++)
-    if (t->entries[k].item == item) return &t->entries[k];
-  return NULL;
-}
-
-bool cli_jsonpos_value(const cli_jsonpos *positions, const cJSON *item, cli_jsonpos_at *at) {
-  const entry *e = find(positions, item);
-  if (e == NULL) return false;
-  *at = e->value;
-  return true;
-}
-
-bool cli_jsonpos_key(const cli_jsonpos *positions, const cJSON *item, cli_jsonpos_at *at) {
-  const entry *e = find(positions, item);
-  if (e == NULL || e->key.line == 0) return false;
-  *at = e->key;
-  return true;
 }
 
 void cli_jsonpos_free(cli_jsonpos *positions) {
   if (positions == NULL) return;
-  free(positions->entries);
+  free(positions->spots);
+  free(positions->lines);
   free(positions);
 }
 
