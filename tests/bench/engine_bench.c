@@ -28,7 +28,7 @@ static long rss_bytes(void) {
 }
 
 static void report(const char *name, double value, const char *unit) {
-  printf("%s %.1f %s\n", name, value, unit);
+  printf(value < 10 ? "%s %.3f %s\n" : "%s %.1f %s\n", name, value, unit);
   fflush(stdout);
 }
 
