@@ -300,9 +300,10 @@ static void report_refusal(loader *l, const cJSON *config, bool previous) {
     const char *field = field_in_stage(pe->field);
     const cJSON *target = stage ? resolve(stage, field) : stages ? stages : config;
     char label[128], quoted[112], hint[64] = "";
-    if (pe->stage != NULL)
-      snprintf(label, sizeof(label), "stage %s",
-               cli_jsonpos_quote(quoted, sizeof(quoted), pe->stage));
+    /* the name as the file has it: the record's copy is cut at its size */
+    const char *name = pe->stage != NULL && stage_name(stage) ? stage_name(stage) : pe->stage;
+    if (name != NULL)
+      snprintf(label, sizeof(label), "stage %s", cli_jsonpos_quote(quoted, sizeof(quoted), name));
     else
       snprintf(label, sizeof(label), "stage %d", pe->stage_index);
     const cJSON *first;

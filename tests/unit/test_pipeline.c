@@ -824,6 +824,55 @@ static void a_stage_name_with_quotes_is_quoted_in_the_report(void **state) {
       "sleep, exec)");
 }
 
+static void a_duplicate_inside_an_earlier_member_is_reported_first(void **state) {
+  (void)state;
+  /* the inner "q" repeats before the outer "a" does: the first in the text is reported */
+  assert_refused("{\"a\": 1,\n \"b\": {\"q\": 1, \"q\": 2},\n \"a\": 3}",
+                 "2:16: duplicate member \"q\" (first at 2:8)");
+  assert_refused("{\"a\": [ {\"x\": 1}, {\"x\": 1, \"y\": {}, \"x\": 2} ], \"a\": 3}",
+                 "1:37: duplicate member \"x\" (first at 1:20)");
+}
+
+static void a_syntax_error_is_reported_before_a_duplicate(void **state) {
+  (void)state;
+  assert_refused("{\"plan\": 1, \"plan\": 2,\n \"x\": 01}",
+                 "2:7: invalid number: leading zeros are not allowed");
+}
+
+static void every_one_of_many_mistakes_is_located(void **state) {
+  (void)state;
+  enum { N = 300 };
+  size_t cap = 32 * N + 256, off = 0;
+  char *text = malloc(cap);
+  assert_non_null(text);
+  off += (size_t)snprintf(
+      text + off, cap - off,
+      "{\"config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"run\":\"x\"}]}");
+  for (int i = 0; i < N; i++)
+    off += (size_t)snprintf(text + off, cap - off, ",\n  \"x%d\": %d", i, i);
+  snprintf(text + off, cap - off, "\n}");
+  const char *path = write_pipeline(text);
+  cli_pipeline p;
+  size_t errlen = 128 * N;
+  char *err = malloc(errlen);
+  assert_non_null(err);
+  assert_int_equal(cli_pipeline_load(path, NULL, &p, err, errlen), CLI_EXIT_USAGE);
+  /* member i is on line i + 2, at column 3 */
+  const char *line = err;
+  for (int i = 0; i < N; i++) {
+    char want[256];
+    int n = snprintf(want, sizeof(want),
+                     "%s:%d:3: unknown member \"x%d\" (expected plan, tenant, config, "
+                     "previous_config)\n",
+                     path, i + 2, i);
+    if (strncmp(line, want, (size_t)n) != 0) fail_msg("complaint %d: got %.200s", i, line);
+    line += n;
+  }
+  assert_string_equal(line, "");
+  free(err);
+  free(text);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(good_file_fills_every_field),
@@ -883,6 +932,9 @@ int main(void) {
       cmocka_unit_test(both_configs_are_checked_and_reported),
       cmocka_unit_test(a_stage_name_with_quotes_is_quoted_in_the_report),
       cmocka_unit_test(exec_members_are_checked_at_load_where_they_are),
+      cmocka_unit_test(a_duplicate_inside_an_earlier_member_is_reported_first),
+      cmocka_unit_test(a_syntax_error_is_reported_before_a_duplicate),
+      cmocka_unit_test(every_one_of_many_mistakes_is_located),
   };
   return cmocka_run_group_tests(tests, make_dir, remove_dir);
 }
