@@ -50,14 +50,29 @@ typedef struct sc__plan_refusal {
 
 static _Thread_local refusal last_refusal;
 
+/* After a vsnprintf of n bytes into out[cap]: a cut string ends before a partial UTF-8 sequence
+ * (a program prints these fields). */
+static void mend_cut(char *out, size_t cap, int n) {
+  if (n < 0 || (size_t)n < cap) return;
+  size_t len = cap - 1, start = len;
+  while (start > 0 && ((unsigned char)out[start - 1] & 0xC0) == 0x80)
+    start--;
+  if (start > 0 && (unsigned char)out[start - 1] >= 0xC0) {
+    unsigned char lead = (unsigned char)out[start - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+    if (len - (start - 1) < need) out[start - 1] = '\0';
+  }
+}
+
 /* snprintf into a field of the record: a long name or problem is cut, which is what the record's
  * fixed sizes mean. */
 static void put(char *out, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
 static void put(char *out, size_t cap, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(out, cap, fmt, ap);
+  int n = vsnprintf(out, cap, fmt, ap);
   va_end(ap);
+  mend_cut(out, cap, n);
 }
 
 const sc_plan_error *sc_plan_last_error(void) {
@@ -80,7 +95,7 @@ static refusal *begin_refusal(int code, int32_t index, const char *stage, va_lis
   r->stage[0] = r->field[0] = '\0';
   if (stage != NULL) put(r->stage, sizeof(r->stage), "%s", stage);
   r->e.stage = stage != NULL ? r->stage : NULL;
-  vsnprintf(r->problem, sizeof(r->problem), fmt, ap);
+  mend_cut(r->problem, sizeof(r->problem), vsnprintf(r->problem, sizeof(r->problem), fmt, ap));
   r->e.problem = r->problem;
   r->e.message = r->message;
   return r;
@@ -243,11 +258,11 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
 
 /* params: taken over (freed on failure too); NULL: spec->params is copied. */
 static int add_stage(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *params) {
+  sc__plan_error_clear();
   if (b == NULL || spec == NULL) {
     cJSON_Delete(params);
     return sc__error(SC_EINVAL, "plan: NULL argument");
   }
-  sc__plan_error_clear();
   int rc = check_spec(b, spec);
   if (rc == SC_OK && spec->params != NULL) rc = check_builtin_params(b, spec);
   if (rc == SC_OK && spec->params == NULL &&

@@ -1394,6 +1394,50 @@ static void plan_error_belongs_to_the_thread(void **state) {
   assert_null(sc_plan_last_error());
 }
 
+/* Whether s is well-formed UTF-8 as far as lead and continuation bytes go. */
+static bool utf8_whole(const char *s) {
+  for (const unsigned char *c = (const unsigned char *)s; *c;) {
+    size_t n = *c < 0x80 ? 1 : *c >= 0xF0 ? 4 : *c >= 0xE0 ? 3 : *c >= 0xC0 ? 2 : 0;
+    if (n == 0) return false;
+    for (size_t k = 1; k < n; k++)
+      if ((c[k] & 0xC0) != 0x80) return false;
+    c += n;
+  }
+  return true;
+}
+
+static void a_long_name_is_cut_in_the_record_between_characters(void **state) {
+  (void)state;
+  char name[701], config[1024];
+  for (int i = 0; i < 700; i += 2)
+    memcpy(name + i, "\xC3\xA9", 2); /* é */
+  name[700] = '\0';
+  for (int shift = 0; shift < 2; shift++) { /* the cut falls inside a character once */
+    snprintf(config, sizeof(config), "{\"stages\":[{\"name\":\"%s%s\",\"kind\":\"nope\"}]}",
+             shift ? "x" : "", name);
+    char fp[72];
+    cJSON *c = json_or_die(config);
+    assert_int_equal(sc_plan_fingerprint(NULL, NULL, c, fp), SC_OK); /* no engine: no kind check */
+    cJSON_Delete(c);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sc_engine *e = NULL;
+    assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+    assert_int_equal(submit_json(e, config, NULL), SC_EPLAN);
+    const sc_plan_error *pe = sc_plan_last_error();
+    assert_non_null(pe);
+    assert_int_equal(pe->stage_index, 0);
+    assert_string_equal(pe->field, "stages[0].kind");
+    assert_non_null(pe->stage);
+    assert_true(strlen(pe->stage) < strlen(name));
+    assert_true(utf8_whole(pe->stage));
+    assert_true(utf8_whole(pe->message));
+    assert_true(utf8_whole(pe->problem));
+    sc_engine_free(e);
+    assert_int_equal(uv_loop_close(&loop), 0);
+  }
+}
+
 /* ---- the plan cache ---- */
 
 /* The JSON factory, counting its calls in *udata. */
@@ -1613,6 +1657,7 @@ int main(void) {
       cmocka_unit_test(a_refused_config_is_not_cached),
       cmocka_unit_test(the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest),
       cmocka_unit_test(a_plan_in_use_is_never_evicted),
+      cmocka_unit_test(a_long_name_is_cut_in_the_record_between_characters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
