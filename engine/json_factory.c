@@ -25,10 +25,8 @@ static int refuse_config(reader *r, const char *field, const char *what) {
   return SC_EPLAN;
 }
 
-/* An optional integer member in [0, max]; keeps *out when absent. */
-static int read_uint(reader *r, const cJSON *obj, const char *key, const char *field, double max,
-                     uint32_t *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+/* An optional integer v in [0, max]; keeps *out when v is NULL (absent). */
+static int check_uint(reader *r, const cJSON *v, const char *field, double max, uint32_t *out) {
   if (v == NULL) return SC_OK;
   /* The range is checked before the cast: converting a double beyond int64 is undefined. */
   if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
@@ -43,11 +41,15 @@ static int read_uint(reader *r, const cJSON *obj, const char *key, const char *f
   return SC_OK;
 }
 
-/* An optional member that must be one of names[]; *out gets the matching value. */
-static int read_word(reader *r, const cJSON *obj, const char *key, const char *field,
-                     const char *const *names, const int *values, size_t n, const char *expected,
-                     int *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+/* The optional integer member key of obj, as check_uint. */
+static int read_uint(reader *r, const cJSON *obj, const char *key, const char *field, double max,
+                     uint32_t *out) {
+  return check_uint(r, cJSON_GetObjectItemCaseSensitive(obj, key), field, max, out);
+}
+
+/* An optional value v that must be one of names[]; *out gets the matching value. */
+static int check_word(reader *r, const cJSON *v, const char *field, const char *const *names,
+                      const int *values, size_t n, const char *expected, int *out) {
   if (v == NULL) return SC_OK;
   if (cJSON_IsString(v))
     for (size_t i = 0; i < n; i++)
@@ -56,6 +58,14 @@ static int read_word(reader *r, const cJSON *obj, const char *key, const char *f
         return SC_OK;
       }
   return refuse(r, field, expected);
+}
+
+/* The optional member key of obj, as check_word. */
+static int read_word(reader *r, const cJSON *obj, const char *key, const char *field,
+                     const char *const *names, const int *values, size_t n, const char *expected,
+                     int *out) {
+  return check_word(r, cJSON_GetObjectItemCaseSensitive(obj, key), field, names, values, n,
+                    expected, out);
 }
 
 static int read_retry(reader *r, const cJSON *retry, sc_retry_policy *p) {
@@ -106,23 +116,31 @@ static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p
   return SC_OK;
 }
 
-static bool is_spec_field(const char *k) {
-  static const char *const fields[] = {"name",  "kind",     "params", "timeout_ms",
-                                       "retry", "approval", "effect"};
-  for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
-    if (strcmp(k, fields[i]) == 0) return true;
-  return false;
+/* The members of a stage that are spec fields; every other member is a param. */
+enum { F_NAME, F_KIND, F_PARAMS, F_TIMEOUT, F_RETRY, F_APPROVAL, F_EFFECT, F_COUNT };
+
+static int spec_field(const char *k) {
+  static const char *const fields[F_COUNT] = {"name",  "kind",     "params", "timeout_ms",
+                                              "retry", "approval", "effect"};
+  static const signed char by_first[26] = {['a' - 'a'] = F_APPROVAL + 1, ['e' - 'a'] = F_EFFECT + 1,
+                                           ['k' - 'a'] = F_KIND + 1,     ['n' - 'a'] = F_NAME + 1,
+                                           ['p' - 'a'] = F_PARAMS + 1,   ['r' - 'a'] = F_RETRY + 1,
+                                           ['t' - 'a'] = F_TIMEOUT + 1};
+  if (k == NULL || *k < 'a' || *k > 'z') return -1;
+  int f = by_first[*k - 'a'] - 1; /* the first letters of the fields differ */
+  return f >= 0 && strcmp(k, fields[f]) == 0 ? f : -1;
 }
 
 /* params: the "params" object plus every member that is not a spec field ("run", ...), so a
  * pipeline can write {"kind":"exec","run":"..."} as the design shows. */
-static int read_params(reader *r, const cJSON *st, cJSON **out) {
-  const cJSON *params = cJSON_GetObjectItemCaseSensitive(st, "params");
+static int read_params(reader *r, const cJSON *st, const cJSON *params, size_t extras,
+                       cJSON **out) {
   if (params != NULL && !cJSON_IsObject(params)) return refuse(r, "params", "must be an object");
   cJSON *p = params ? cJSON_Duplicate(params, true) : cJSON_CreateObject();
   if (p == NULL) return sc__error(SC_ENOMEM, "plan: out of memory");
-  for (const cJSON *m = st->child; m != NULL; m = m->next) {
-    if (m->string == NULL || is_spec_field(m->string)) continue;
+  for (const cJSON *m = st->child; extras > 0 && m != NULL; m = m->next) {
+    if (m->string == NULL || spec_field(m->string) >= 0) continue;
+    extras--;
     if (cJSON_GetObjectItemCaseSensitive(p, m->string) != NULL) {
       cJSON_Delete(p);
       return refuse(r, m->string, "is given both as a stage member and in params");
@@ -143,12 +161,22 @@ static int read_stage(reader *r, const cJSON *st) {
   static const int effect_values[] = {SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE,
                                       SC_EFFECT_IRREVERSIBLE};
   if (!cJSON_IsObject(st)) return refuse(r, NULL, "must be an object");
-  const cJSON *name = cJSON_GetObjectItemCaseSensitive(st, "name");
+  /* One pass over the members finds every spec field (the first of a name, as cJSON's lookup
+   * would) and counts the params given at the stage level. */
+  const cJSON *f[F_COUNT] = {NULL};
+  size_t extras = 0;
+  for (const cJSON *m = st->child; m != NULL; m = m->next) {
+    int k = spec_field(m->string);
+    if (k < 0)
+      extras += m->string != NULL;
+    else if (f[k] == NULL)
+      f[k] = m;
+  }
+  const cJSON *name = f[F_NAME], *kind = f[F_KIND];
   if (name == NULL) return refuse(r, "name", "is required");
   if (!cJSON_IsString(name) || !*name->valuestring)
     return refuse(r, "name", "must be a non-empty string");
   r->name = name->valuestring;
-  const cJSON *kind = cJSON_GetObjectItemCaseSensitive(st, "kind");
   if (kind == NULL) return refuse(r, "kind", "is required");
   if (!cJSON_IsString(kind) || !*kind->valuestring)
     return refuse(r, "kind", "must be a non-empty string");
@@ -157,15 +185,15 @@ static int read_stage(reader *r, const cJSON *st) {
   spec.name = name->valuestring;
   spec.kind = kind->valuestring;
   int effect = (int)spec.effect, rc;
-  if ((rc = read_uint(r, st, "timeout_ms", "timeout_ms", 4294967295.0, &spec.timeout_ms)) ||
-      (rc = read_retry(r, cJSON_GetObjectItemCaseSensitive(st, "retry"), &spec.retry)) ||
-      (rc = read_approval(r, cJSON_GetObjectItemCaseSensitive(st, "approval"), &spec.approval)) ||
-      (rc = read_word(r, st, "effect", "effect", effect_names, effect_values, 3,
-                      "must be \"idempotent\", \"compensable\" or \"irreversible\"", &effect)))
+  if ((rc = check_uint(r, f[F_TIMEOUT], "timeout_ms", 4294967295.0, &spec.timeout_ms)) ||
+      (rc = read_retry(r, f[F_RETRY], &spec.retry)) ||
+      (rc = read_approval(r, f[F_APPROVAL], &spec.approval)) ||
+      (rc = check_word(r, f[F_EFFECT], "effect", effect_names, effect_values, 3,
+                       "must be \"idempotent\", \"compensable\" or \"irreversible\"", &effect)))
     return rc;
   spec.effect = (sc_effect)effect;
   cJSON *params = NULL;
-  if ((rc = read_params(r, st, &params)) != SC_OK) return rc;
+  if ((rc = read_params(r, st, f[F_PARAMS], extras, &params)) != SC_OK) return rc;
   spec.params = params;
   return sc__plan_add_stage_owned(r->b, &spec, params);
 }

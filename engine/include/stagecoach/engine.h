@@ -71,7 +71,8 @@ void sc_stage_spec_init(sc_stage_spec *s);
 typedef struct sc_plan_builder sc_plan_builder;
 
 /* Appends a stage; everything is copied. SC_EINVAL on a missing or duplicate name, a missing kind
- * or an out-of-range number (the message names the stage index and the field). */
+ * or an out-of-range number (the message names the stage index and the field, and
+ * sc_plan_last_error() has them as fields). */
 int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec);
 
 /* Builds the plan for one config. Must be deterministic: the same config gives the same plan. A
@@ -79,7 +80,8 @@ int sc_plan_add_stage(sc_plan_builder *b, const sc_stage_spec *spec);
  * config is borrowed for the call. */
 typedef int (*sc_stage_factory_fn)(const cJSON *config, sc_plan_builder *b, void *udata);
 
-/* Records a message for a factory's refusal (printf-style) and returns SC_EPLAN. */
+/* Records a message for a factory's refusal (printf-style) and returns SC_EPLAN. The refusal's
+ * record (sc_plan_last_error) has stage_index -1, no field, and the message as its problem. */
 int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
@@ -100,7 +102,7 @@ typedef struct sc_plan_error {
   int stage_index;     /* the stage refused, from 0; -1 when not about one stage */
   const char *stage;   /* its name; NULL when it has none or the refusal is not about a stage */
   const char *field;   /* the JSON path of the field; NULL: the config (or the plan) as a whole */
-  const char *message; /* the whole message, the same as sc_error_message() */
+  const char *message; /* the whole message (sc_error_message() has it too, cut at 511 bytes) */
   /* Additions: */
   int code;              /* what the call returned (SC_EPLAN, SC_EINVAL, SC_EPLAN_MISMATCH, ...) */
   const char *problem;   /* what is wrong, naming neither the stage nor the field: "must be
