@@ -384,10 +384,11 @@ static bool check_value(checker *c) {
 
 /* The end of the value that starts at i, in text that checked. */
 static size_t skip_value(const unsigned char *s, size_t len, size_t i) {
+  if (i >= len) return len;
   if (s[i] == '"') {
     for (i++; i < len && s[i] != '"'; i++)
       if (s[i] == '\\') i++;
-    return i + 1;
+    return i < len ? i + 1 : len;
   }
   if (s[i] == '{' || s[i] == '[') {
     size_t depth = 0;
@@ -421,6 +422,7 @@ static size_t count_values(const cJSON *node) {
 static size_t walk(cli_jsonpos *p, const cJSON *node, size_t i, size_t key) {
   const unsigned char *s = p->s;
   p->spots[p->n++] = (spot){node, i, key};
+  if (i >= p->len) return p->len; /* cannot happen with a tree of this text; never read past it */
   if (!(cJSON_IsObject(node) || cJSON_IsArray(node))) return skip_value(s, p->len, i);
   bool object = s[i] == '{';
   i++;
@@ -582,16 +584,19 @@ int cli_jsonpos_parse(const char *text, size_t len, cJSON **out, cli_jsonpos **p
   if (c.rc == 0) {
     *p = (cli_jsonpos){c.s, c.len, root, NULL, 0, NULL, 0};
     const cJSON *first = NULL, *dup = NULL;
-    cli_jsonpos_at first_at = {0, 0}, dup_at = {0, 0};
+    cli_jsonpos_at first_at = {0, 0};
     int rc = find_duplicate(root, &first, &dup);
     if (rc != 0) {
       fail(&c, rc, 0, "out of memory");
-    } else if (dup != NULL && cli_jsonpos_key(p, first, &first_at) &&
-               cli_jsonpos_key(p, dup, &dup_at)) {
+    } else if (dup != NULL) {
+      const spot *second = find(p, dup);
       char quoted[128];
-      fail(&c, SC_EPARSE, find(p, dup)->key, "duplicate member %s (first at %u:%u)",
-           cli_jsonpos_quote(quoted, sizeof(quoted), dup->string), (unsigned)first_at.line,
-           (unsigned)first_at.column);
+      if (second == NULL || !cli_jsonpos_key(p, first, &first_at))
+        fail(&c, SC_ENOMEM, 0, "out of memory"); /* the spots could not be made */
+      else
+        fail(&c, SC_EPARSE, second->key, "duplicate member %s (first at %u:%u)",
+             cli_jsonpos_quote(quoted, sizeof(quoted), dup->string), (unsigned)first_at.line,
+             (unsigned)first_at.column);
     }
   }
   if (c.rc != 0) {
