@@ -240,7 +240,6 @@ int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **ou
   sc__queue_init(&e->ready);
   sc__queue_init(&e->pending);
   sc__queue_init(&e->let_go);
-  sc__queue_init(&e->free_ctx);
   sc__queue_init(&e->detached);
   sc__buf_init(&e->scratch);
   int rc = SC_ENOMEM;
@@ -343,10 +342,10 @@ void sc_engine_free(sc_engine *e) {
     cJSON_Delete(c->output);
     free(c);
   }
-  while (!sc__queue_empty(&e->free_ctx)) {
-    sc__queue *q = sc__queue_head(&e->free_ctx);
-    sc__queue_remove(q);
-    free(sc__queue_data(q, sc_stage_ctx, link));
+  while (e->free_ctx) {
+    sc_stage_ctx *c = e->free_ctx;
+    e->free_ctx = c->next_free;
+    free(c);
   }
   if (e->kick_active) uv_idle_stop(&e->kick);
   e->closing += 4;

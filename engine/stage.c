@@ -10,16 +10,14 @@
 
 sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index) {
   sc_engine *e = t->e;
-  sc_stage_ctx *ctx;
-  sc__queue *q = sc__queue_head(&e->free_ctx);
-  if (q != NULL) {
-    sc__queue_remove(q);
-    ctx = sc__queue_data(q, sc_stage_ctx, link);
-  } else if ((ctx = malloc(sizeof(*ctx))) == NULL) {
+  sc_stage_ctx *ctx = e->free_ctx;
+  if (ctx != NULL)
+    e->free_ctx = ctx->next_free;
+  else if ((ctx = malloc(sizeof(*ctx))) == NULL)
     return NULL;
-  }
+  /* link stays zeroed: only sc__ctx_detach() puts a context on a list, and only a detached one
+   * is taken off it. */
   memset(ctx, 0, sizeof(*ctx));
-  sc__queue_init(&ctx->link);
   ctx->e = e;
   ctx->task = t;
   ctx->stage = stage;
@@ -38,7 +36,8 @@ void sc__ctx_free(sc_engine *e, sc_stage_ctx *ctx) {
   cJSON_Delete(ctx->output);
   ctx->message = NULL;
   ctx->output = NULL;
-  sc__queue_insert_head(&e->free_ctx, &ctx->link);
+  ctx->next_free = e->free_ctx;
+  e->free_ctx = ctx;
 }
 
 static const sc__kind *resolve_kind(sc_stage_ctx *ctx) {
