@@ -107,8 +107,7 @@ struct sc_plan_builder {
 
 void sc__builder_init(sc_plan_builder *b, sc_engine *e);
 void sc__builder_free(sc_plan_builder *b);
-/* Runs the factory and takes the builder's stages into a new plan (refs = 1). config and
- * previous_config are copied unless own_configs (then taken over). */
+/* Runs the factory and takes the builder's stages into a new plan (refs = 1); config is copied. */
 int sc__plan_build(sc_engine *e, sc_stage_factory_fn factory, void *udata, const cJSON *config,
                    sc__plan **out);
 void sc__plan_unref(sc_engine *e, sc__plan *p);
@@ -328,6 +327,16 @@ void sc__task_let_go(sc_task *t);
  * references lose their engine (their plans no longer belong to its interning map). */
 void sc__task_orphan_let_go(sc_engine *e);
 int sc__task_set_status(sc_task *t, sc_task_status to);
+/* The attempt in ctx finished (sc_stage_complete/fail): its result is taken by the next step. */
+void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx);
+void sc__task_stop_timer(sc_task *t);
+int sc__task_start_timer(sc_task *t, task_timer_use use, uint64_t ms);
+const cJSON *sc__task_context(const sc_task *t);
+int sc__task_refresh_digest(sc_task *t);
+cJSON *sc__error_json(int code, const char *message);
+/* task.created; req and the rest for a recovered task (req NULL for a new one). */
+void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
+                      int32_t start_index);
 
 /* What a task is asked to do from outside its step: the one way (besides approvals and the
  * retry and rollback requests of rollback.c) that other code changes what a task will do. Each
@@ -366,15 +375,6 @@ int sc__task_reacquire_lost_lock(sc_task *t);
 /* rollback.c: applies a requested retry or rollback in the task's step. */
 void sc__task_apply_retry(sc_task *t);
 void sc__task_apply_rollback(sc_task *t);
-void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx);
-void sc__task_stop_timer(sc_task *t);
-int sc__task_start_timer(sc_task *t, task_timer_use use, uint64_t ms);
-const cJSON *sc__task_context(const sc_task *t);
-int sc__task_refresh_digest(sc_task *t);
-cJSON *sc__error_json(int code, const char *message);
-/* task.created; req and the rest for a recovered task (req NULL for a new one). */
-void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
-                      int32_t start_index);
 
 /* stage.c */
 sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index);

@@ -304,6 +304,100 @@ static void release_refuses_a_task_that_is_not_failed(void **state) {
   stop_engine(e, &rec, &loop);
 }
 
+/* ---- calls from inside the event stream ---- */
+
+/* Takes a reference to the task and releases it from inside its task.failed. */
+typedef struct releaser {
+  sc_engine *e;
+  sc_task *task;
+  int release_rc;
+} releaser;
+
+static int release_on_failed(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ack;
+  releaser *r = udata;
+  if (ev->type != SC_EV_TASK_FAILED) return SC_OK;
+  r->task = sc_engine_find_task(r->e, ev->task_id);
+  assert_non_null(r->task);
+  sc_task_ref(r->task);
+  r->release_rc = sc_task_release(r->task);
+  return SC_OK;
+}
+
+static void a_release_asked_inside_task_failed_waits_for_the_deferred_acks(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  recorder rec;
+  holder h;
+  sc_engine *e = start(&loop, NULL, &rec, &h);
+  rec.defer = 1;
+  rec.defer_mask = 1ull << SC_EV_TASK_FAILED;
+  releaser r = {e, NULL, 1};
+  sc_subscriber s;
+  sc_subscriber_init(&s);
+  s.on_event = release_on_failed;
+  s.udata = &r;
+  assert_int_equal(sc_engine_subscribe(e, &s, NULL), SC_OK);
+  sc_task *t = submit(e, "t", CONFIG("1", STAGE_FN("f0", "fail")), NULL);
+  settle_loop(&loop);
+  assert_int_equal(r.release_rc, SC_OK);
+  assert_ptr_equal(r.task, t);
+  /* task.failed is not acknowledged yet: the engine still holds the task. */
+  assert_ptr_equal(sc_engine_find_task(e, "t"), t);
+  assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
+  settle_loop(&loop);
+  assert_null(sc_engine_find_task(e, "t"));
+  assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+  assert_every_control_call_refused(t, "FAILED");
+  sc_task_unref(t);
+  stop_engine(e, &rec, &loop);
+}
+
+static void a_failed_ack_of_the_terminal_event_still_lets_a_referenced_task_go(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  recorder rec;
+  holder h;
+  logbook log;
+  sc_engine_options o;
+  logbook_options(&o, &log);
+  sc_engine *e = start(&loop, &o, &rec, &h);
+  rec.defer = 1;
+  rec.defer_mask = 1ull << SC_EV_TASK_COMPLETED;
+  sc_task *t = submit(e, "t", CONFIG("1", STEP("s0")), NULL);
+  sc_task_ref(t);
+  settle_loop(&loop);
+  assert_ptr_equal(sc_engine_find_task(e, "t"), t);
+  assert_int_equal(recorder_ack_all(&rec, SC_EIO), 1);
+  settle_loop(&loop);
+  assert_true(logbook_has(&log, "was not stored"));
+  assert_null(sc_engine_find_task(e, "t"));
+  assert_int_equal(sc_task_get_status(t), SC_TASK_COMPLETED);
+  sc_task_unref(t);
+  stop_engine(e, &rec, &loop);
+}
+
+static void a_pending_task_referenced_across_engine_free_reads_pending(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  recorder rec;
+  holder h;
+  sc_engine *e = start(&loop, NULL, &rec, &h);
+  sc_task *first = submit_text(e, "first", "acme", "lifetime", CONFIG("1", HOLD("h0")), NULL);
+  sc_task *second = submit_text(e, "second", "acme", "lifetime", CONFIG("1", STEP("s0")), NULL);
+  sc_task_ref(second);
+  sc_task_ref(second);
+  settle_loop(&loop);
+  assert_int_equal(sc_task_get_status(first), SC_TASK_RUNNING);
+  assert_int_equal(sc_task_get_status(second), SC_TASK_PENDING);
+  stop_engine(e, &rec, &loop);
+  assert_int_equal(sc_task_get_status(second), SC_TASK_PENDING);
+  assert_every_control_call_refused(second, "PENDING");
+  sc_task_unref(second);
+  assert_string_equal(sc_task_id(second), "second"); /* one reference left */
+  sc_task_unref(second);
+}
+
 /* ---- sc_engine_run returns what the loop returned ---- */
 
 typedef struct stopper {
@@ -365,6 +459,9 @@ int main(void) {
       cmocka_unit_test(unref_after_engine_free_frees_a_task_the_engine_stopped),
       cmocka_unit_test(a_released_task_with_a_reference_reads_failed),
       cmocka_unit_test(release_refuses_a_task_that_is_not_failed),
+      cmocka_unit_test(a_release_asked_inside_task_failed_waits_for_the_deferred_acks),
+      cmocka_unit_test(a_failed_ack_of_the_terminal_event_still_lets_a_referenced_task_go),
+      cmocka_unit_test(a_pending_task_referenced_across_engine_free_reads_pending),
       cmocka_unit_test(engine_run_returns_what_the_loop_returned),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
