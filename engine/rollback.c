@@ -40,6 +40,7 @@ int sc_task_retry(sc_task *t, const char *from_stage, bool reset_context) {
   t->retry_requested = true;
   t->retry_from = from;
   t->retry_reset = reset_context;
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
   return SC_OK;
 }
@@ -99,6 +100,7 @@ int sc_task_rollback(sc_task *t, sc_rollback_strategy how) {
   if (!sc__task_try_acquire(t)) return busy(t, "roll back");
   t->rollback_requested = true;
   t->rollback_how = (uint8_t)how;
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
   return SC_OK;
 }

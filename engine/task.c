@@ -137,6 +137,7 @@ void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, 
     t->acks_pending--;
   }
   if (status < 0) sc__task_request(t, SC__REQUEST_ACK_FAILED, status, msg);
+  sc__task_check(t);
   /* Whatever was asked while the barrier held (a retry, an approval, a cancel) applies now. */
   if (t->barrier_pending == 0 && (t->step != STEP_WAIT || has_requests(t)))
     sc__engine_enqueue(t->e, t);
@@ -1080,6 +1081,7 @@ void sc__task_request(sc_task *t, sc__request what, int code, const char *messag
       self_pause(t, "ack-failed", code, message);
       break;
   }
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
 }
 
