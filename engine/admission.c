@@ -20,31 +20,11 @@ static void arm_renew(sc_engine *e);
 /* ---- the pending list ---- */
 
 void sc__pending_unlink(sc_task *t) {
-  sc_engine *e = t->e;
-  if (!t->pending_listed) return;
-  if (t->prev_pending)
-    t->prev_pending->next_pending = t->next_pending;
-  else
-    e->pending_head = t->next_pending;
-  if (t->next_pending)
-    t->next_pending->prev_pending = t->prev_pending;
-  else
-    e->pending_tail = t->prev_pending;
-  t->next_pending = t->prev_pending = NULL;
-  t->pending_listed = false;
+  sc__queue_remove(&t->pending_link); /* harmless when on no list */
 }
 
 void sc__pending_append(sc_task *t) {
-  sc_engine *e = t->e;
-  if (t->pending_listed) return;
-  t->prev_pending = e->pending_tail;
-  t->next_pending = NULL;
-  if (e->pending_tail)
-    e->pending_tail->next_pending = t;
-  else
-    e->pending_head = t;
-  e->pending_tail = t;
-  t->pending_listed = true;
+  if (!sc__queue_linked(&t->pending_link)) sc__queue_insert_tail(&t->e->pending, &t->pending_link);
 }
 
 /* ---- acquiring and releasing ---- */
@@ -85,8 +65,9 @@ bool sc__task_try_acquire(sc_task *t) {
 /* Wakes waiting tasks in submission order; each woken task already holds what it waited for, so
  * a later submission can never overtake an earlier one of the same tenant. */
 void sc__wake_pending(sc_engine *e) {
-  for (sc_task *w = e->pending_head, *next; w != NULL; w = next) {
-    next = w->next_pending;
+  sc__queue *q, *next;
+  sc__queue_foreach_safe(q, next, &e->pending) {
+    sc_task *w = sc__queue_data(q, sc_task, pending_link);
     if (e->opts.max_active_tasks && e->active >= e->opts.max_active_tasks) break;
     if (sc__task_try_acquire(w)) {
       sc__pending_unlink(w);
@@ -131,19 +112,9 @@ static void on_renew(uv_timer_t *h) {
     any = true;
     int rc = e->locks.renew(t->tenant, t->id, e->locks.ttl_ms, e->locks.udata);
     if (rc == SC_OK) continue;
-    /* Someone else may hold the tenant now: stop at the next boundary, and say why. A task
-     * that is not running (paused, failed) only notes it; resuming it takes the lock again. */
-    t->lock_lost = true;
-    if (!sc_transition_allowed((sc_task_status)t->status, SC_TASK_PAUSED)) continue;
-    if (t->pause_reason == NULL) {
-      char why[256];
-      snprintf(why, sizeof(why), "lost the lock of tenant '%s': %s", t->tenant, sc_strerror(rc));
-      t->pause_reason = strdup(why);
-      t->pause_kind = "lock-lost";
-      t->pause_code = SC_EBUSY;
-    }
-    t->pause_requested = true;
-    sc__engine_enqueue(e, t);
+    char why[256];
+    snprintf(why, sizeof(why), "lost the lock of tenant '%s': %s", t->tenant, sc_strerror(rc));
+    sc__task_request(t, SC__REQUEST_LOCK_LOST, SC_EBUSY, why);
   }
   if (!any) uv_timer_stop(&e->lock_renew);
 }

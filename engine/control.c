@@ -13,52 +13,6 @@ void sc_task_spec_init(sc_task_spec *s) {
   s->version = SC_TASK_SPEC_VERSION;
 }
 
-/* task.created: the fingerprint and the configs, so that a log alone is enough to recover; for a
- * recovered task also the task it carries on and the point it recovers to, so that a log ending
- * right after this event recovers to that same point. */
-void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
-                      int32_t start_index) {
-  cJSON *data = NULL;
-  if (sc__bus_wants(t->e->bus, SC_EV_TASK_CREATED) && (data = cJSON_CreateObject()) != NULL) {
-    sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
-    cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
-    bool context = t->context && sc__task_refresh_digest(t) == SC_OK;
-    if (req != NULL) {
-      if (req->recovered_from)
-        sc__json_put(data, "recovered_from", cJSON_CreateStringReference(req->recovered_from));
-      cJSON *point = cJSON_CreateObject();
-      if (point != NULL) {
-        sc__json_put(point, "mode", cJSON_CreateStringReference(mode));
-        cJSON_AddNumberToObject(point, "start_index", start_index);
-        sc__json_put(point, "last_completed_stage",
-                     req->last_completed_stage
-                         ? cJSON_CreateStringReference(req->last_completed_stage)
-                         : cJSON_CreateNull());
-        if (context) {
-          sc__json_put(point, "context", cJSON_CreateObjectReference(t->context->child));
-          sc__json_put(point, "digest", cJSON_CreateStringReference(t->digest));
-        }
-      }
-      sc__json_put(data, "recovery", point);
-    }
-    sc__json_put(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
-    if (t->plan->previous_config)
-      sc__json_put(data, "previous_config",
-                   cJSON_CreateObjectReference(t->plan->previous_config->child));
-    if (t->tracestate) sc__json_put(data, "tracestate", cJSON_CreateStringReference(t->tracestate));
-    if (t->recovered) {
-      /* What the next recovery needs for the idempotency key: the chain's first task, the intent */
-      sc__json_put(data, "root_task_id", cJSON_CreateStringReference(t->root_id));
-      if (t->intent > 0) cJSON_AddNumberToObject(data, "intent", t->intent);
-    }
-    if (context && req == NULL) {
-      sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
-      sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
-    }
-  }
-  sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
-}
-
 int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
   if (out) *out = NULL;
   sc__plan_error_clear();
@@ -104,44 +58,38 @@ static int refuse(const sc_task *t, const char *op, const char *needs) {
 
 int sc_task_pause(sc_task *t) {
   if (t == NULL) return sc__error(SC_EINVAL, "pause: NULL task");
+  int rc = sc__task_check_held(t, "pause");
+  if (rc != SC_OK) return rc;
   switch (t->status) {
     case SC_TASK_RUNNING:
     case SC_TASK_ROLLING_BACK:
-    case SC_TASK_AWAITING_APPROVAL:
-      t->pause_requested = true;
-      sc__engine_enqueue(t->e, t);
-      return SC_OK;
+    case SC_TASK_AWAITING_APPROVAL: sc__task_request(t, SC__REQUEST_PAUSE, 0, NULL); return SC_OK;
     default: return refuse(t, "pause", "pause needs RUNNING, ROLLING_BACK or AWAITING_APPROVAL");
   }
 }
 
 int sc_task_resume(sc_task *t) {
   if (t == NULL) return sc__error(SC_EINVAL, "resume: NULL task");
+  int rc = sc__task_check_held(t, "resume");
+  if (rc != SC_OK) return rc;
   if (t->status == SC_TASK_PAUSED) {
-    int rc = sc__task_reacquire_lost_lock(t);
-    if (rc != SC_OK) return rc;
-    t->resume_requested = true;
-    sc__engine_enqueue(t->e, t);
-    return SC_OK;
+    if ((rc = sc__task_reacquire_lost_lock(t)) != SC_OK) return rc;
+  } else if (!t->pause_requested || sc__task_self_paused(t)) {
+    return refuse(t, "resume", "resume needs PAUSED");
   }
-  if (t->pause_requested && t->pause_reason == NULL) {
-    t->pause_requested = false; /* not yet in effect: withdraw it */
-    return SC_OK;
-  }
-  return refuse(t, "resume", "resume needs PAUSED");
+  /* PAUSED: resume; otherwise the caller's pause, not yet in effect, is withdrawn. */
+  sc__task_request(t, SC__REQUEST_RESUME, 0, NULL);
+  return SC_OK;
 }
 
 int sc_task_cancel(sc_task *t, const char *reason) {
   if (t == NULL) return sc__error(SC_EINVAL, "cancel: NULL task");
+  int rc = sc__task_check_held(t, "cancel");
+  if (rc != SC_OK) return rc;
   if (!sc_transition_allowed((sc_task_status)t->status, SC_TASK_CANCELLED))
     return refuse(t, "cancel",
                   "cancel needs CREATED, PENDING, RUNNING, PAUSED or AWAITING_APPROVAL");
-  if (!t->cancel_requested) {
-    free(t->cancel_reason);
-    t->cancel_reason = reason ? strdup(reason) : NULL;
-    t->cancel_requested = true;
-  }
-  sc__engine_enqueue(t->e, t);
+  sc__task_request(t, SC__REQUEST_CANCEL, SC_ECANCELLED, reason);
   return SC_OK;
 }
 
@@ -149,6 +97,8 @@ static int decide(sc_task *t, const char *stage, const char *reviewer, const cha
                   bool approve) {
   const char *op = approve ? "approve" : "reject";
   if (t == NULL) return sc__error(SC_EINVAL, "%s: NULL task", op);
+  int rc = sc__task_check_held(t, op);
+  if (rc != SC_OK) return rc;
   if (reviewer == NULL || !*reviewer) return sc__error(SC_EINVAL, "%s: a reviewer is required", op);
   sc__approval_state *a = t->approval;
   if (t->status != SC_TASK_AWAITING_APPROVAL || a == NULL)
@@ -166,10 +116,13 @@ static int decide(sc_task *t, const char *stage, const char *reviewer, const cha
     if (strcmp(a->reviewers[i], reviewer) == 0)
       return sc__error(SC_EINVAL, "%s: %s already approved stage '%s' of task %s", op, reviewer,
                        waiting, t->id);
-  for (sc__decision *d = a->decisions; d != NULL; d = d->next)
+  sc__queue *q;
+  sc__queue_foreach(q, &a->decisions) {
+    const sc__decision *d = sc__queue_data(q, sc__decision, link);
     if (strcmp(d->reviewer, reviewer) == 0)
       return sc__error(SC_EINVAL, "%s: %s already decided on stage '%s' of task %s", op, reviewer,
                        waiting, t->id);
+  }
   sc__decision *d = calloc(1, sizeof(*d));
   if (d == NULL || (d->reviewer = strdup(reviewer)) == NULL ||
       (comment && (d->comment = strdup(comment)) == NULL)) {
@@ -178,11 +131,7 @@ static int decide(sc_task *t, const char *stage, const char *reviewer, const cha
     return sc__error(SC_ENOMEM, "%s: out of memory", op);
   }
   d->approve = approve;
-  if (a->decisions_tail)
-    a->decisions_tail->next = d;
-  else
-    a->decisions = d;
-  a->decisions_tail = d;
+  sc__queue_insert_tail(&a->decisions, &d->link);
   sc__engine_enqueue(t->e, t);
   return SC_OK;
 }
@@ -195,15 +144,18 @@ int sc_task_reject(sc_task *t, const char *stage, const char *reviewer, const ch
   return decide(t, stage, reviewer, comment, false);
 }
 
-void sc_task_release(sc_task *t) {
-  if (t == NULL) return;
-  if (t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED) {
-    sc__engine_log(t->e, SC_LOG_WARN, "release: task %s is %s, not FAILED or ROLLBACK_FAILED",
-                   t->id, sc_task_status_name((sc_task_status)t->status));
-    return;
-  }
-  t->release_requested = true;
-  sc__engine_enqueue(t->e, t);
+int sc_task_release(sc_task *t) {
+  if (t == NULL) return sc__error(SC_EINVAL, "release: NULL task");
+  int rc = sc__task_check_held(t, "release");
+  if (rc != SC_OK) return rc;
+  if (t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED)
+    return refuse(t, "release", "release needs FAILED or ROLLBACK_FAILED");
+  if (t->retry_requested || t->rollback_requested)
+    return sc__error(SC_ETRANSITION, "cannot release task %s: it is %s and a %s was asked for",
+                     t->id, sc_task_status_name((sc_task_status)t->status),
+                     t->retry_requested ? "retry" : "rollback");
+  sc__task_request(t, SC__REQUEST_RELEASE, 0, NULL);
+  return SC_OK;
 }
 
 /* ---- accessors ---- */
@@ -218,7 +170,11 @@ sc_task_status sc_task_get_status(const sc_task *t) {
   return t ? (sc_task_status)t->status : SC_TASK_CREATED;
 }
 const cJSON *sc_task_context(const sc_task *t) {
-  return t ? sc__task_context(t) : NULL;
+  /* {} for a task without context whose engine is gone (a referenced handle): read-only. */
+  static const cJSON empty = {.type = cJSON_Object};
+  if (t == NULL) return NULL;
+  if (t->context == NULL && t->e == NULL) return &empty;
+  return sc__task_context(t);
 }
 const char *sc_task_traceparent(const sc_task *t) {
   return t ? t->traceparent : NULL;

@@ -31,19 +31,18 @@ void sc__engine_log(sc_engine *e, sc_log_level level, const char *fmt, ...) {
 static void drain(sc_engine *e) {
   if (e->draining) return;
   e->draining = true;
-  size_t n = 0;
-  for (sc_task *t = e->ready_head; t != NULL; t = t->next_ready)
-    n++;
-  while (n-- > 0 && e->ready_head != NULL) {
-    sc_task *t = e->ready_head;
-    e->ready_head = t->next_ready;
-    if (e->ready_head == NULL) e->ready_tail = NULL;
-    t->next_ready = NULL;
-    t->queued = false;
-    sc__task_step(t);
+  /* This round: the tasks queued now. A task queued while it runs goes to e->ready, the next
+   * round; one let go meanwhile leaves this list like any other. */
+  sc__queue round;
+  sc__queue_init(&round);
+  sc__queue_move(&e->ready, &round);
+  while (!sc__queue_empty(&round)) {
+    sc__queue *q = sc__queue_head(&round);
+    sc__queue_remove(q);
+    sc__task_step(sc__queue_data(q, sc_task, ready_link));
   }
   e->draining = false;
-  if (e->ready_head == NULL && e->kick_active) {
+  if (sc__queue_empty(&e->ready) && e->kick_active) {
     uv_idle_stop(&e->kick);
     e->kick_active = false;
   }
@@ -54,14 +53,8 @@ static void on_kick(uv_idle_t *h) {
 }
 
 void sc__engine_enqueue(sc_engine *e, sc_task *t) {
-  if (t->queued || e->freeing) return;
-  t->queued = true;
-  t->next_ready = NULL;
-  if (e->ready_tail)
-    e->ready_tail->next_ready = t;
-  else
-    e->ready_head = t;
-  e->ready_tail = t;
+  if (sc__queue_linked(&t->ready_link) || e->freeing) return;
+  sc__queue_insert_tail(&e->ready, &t->ready_link);
   if (!e->kick_active) {
     uv_idle_start(&e->kick, on_kick);
     e->kick_active = true;
@@ -245,6 +238,10 @@ int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **ou
   sc__map_init(&e->plans);
   sc__queue_init(&e->idle_plans);
   sc__map_init(&e->tenants);
+  sc__queue_init(&e->ready);
+  sc__queue_init(&e->pending);
+  sc__queue_init(&e->let_go);
+  sc__queue_init(&e->detached);
   sc__buf_init(&e->scratch);
   int rc = SC_ENOMEM;
   e->source = strdup(e->opts.source ? e->opts.source : "stagecoach");
@@ -307,9 +304,7 @@ fail:
 
 int sc_engine_run(sc_engine *e) {
   if (e == NULL) return sc__error(SC_EINVAL, "engine_run: NULL engine");
-  int rc = uv_run(e->loop, UV_RUN_DEFAULT);
-  (void)rc;
-  return SC_OK;
+  return uv_run(e->loop, UV_RUN_DEFAULT);
 }
 
 uv_loop_t *sc_engine_loop(sc_engine *e) {
@@ -335,12 +330,13 @@ void sc_engine_free(sc_engine *e) {
     if (all) all[i++] = s->value;
   }
   for (size_t j = 0; j < i; j++)
-    sc__task_free(all[j]);
+    sc__task_let_go(all[j]);
   free(all);
   /* Stages given up on earlier are freed with the engine; their kinds were told in cancel. */
-  while (e->detached) {
-    sc_stage_ctx *c = e->detached;
-    e->detached = c->next;
+  while (!sc__queue_empty(&e->detached)) {
+    sc__queue *q = sc__queue_head(&e->detached);
+    sc__queue_remove(q);
+    sc_stage_ctx *c = sc__queue_data(q, sc_stage_ctx, link);
     sc__plan_unref(e, c->plan);
     c->plan = NULL;
     free(c->message);
@@ -349,7 +345,7 @@ void sc_engine_free(sc_engine *e) {
   }
   while (e->free_ctx) {
     sc_stage_ctx *c = e->free_ctx;
-    e->free_ctx = c->next;
+    e->free_ctx = c->next_free;
     free(c);
   }
   if (e->kick_active) uv_idle_stop(&e->kick);
@@ -373,8 +369,11 @@ void sc_engine_free(sc_engine *e) {
   }
   sc__plan_cache_free(e);
   SC__MAP_FOREACH(&e->plans, s) {
-    ((sc__plan *)s->value)->interned = false; /* left by tasks' unref: should be none */
+    /* Left only by released tasks the caller still references: those free their plans later,
+     * without the engine. */
+    ((sc__plan *)s->value)->interned = false;
   }
+  sc__task_orphan_let_go(e);
   sc__map_free(&e->tasks);
   sc__map_free(&e->plans);
   sc__map_free(&e->tenants);

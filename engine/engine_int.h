@@ -1,5 +1,50 @@
 /* Internals of the engine (not installed): the plan, task, stage context and engine structs and
- * the functions the engine's files share. */
+ * the functions the engine's files share.
+ *
+ * ---- The invariants of a task (struct sc_task below; sc__task_check() asserts them) ----
+ *
+ * Who writes what. Only the task's own step (task.c, and the steps it delegates to rollback.c and
+ * admission.c) changes its status, index, attempt, context and timer. Everything else that wants
+ * something of a task -- a caller's pause, resume, cancel or release, a lost tenant lock, a
+ * failed acknowledgement -- asks through sc__task_request(), which records the request and queues
+ * the task; approvals go onto approval->decisions, retry and rollback set their *_requested
+ * fields (rollback.c). So a status never changes from inside another module's code.
+ *
+ * Held or let go. A task is held by the engine (in e->tasks, found by id) from sc__task_create()
+ * until sc__task_let_go(): its terminal event acknowledged, sc_task_release(), or sc_engine_free().
+ * A let-go task with references (refs > 0) lives on as a read-only handle: released is true, it is
+ * on e->let_go (or on no list once the engine is freed, then e is NULL), it holds no slot, lock,
+ * timer, stage, approval or request, and keeps id, status, context, plan and counters for the
+ * accessors. The engine's own code never sees a released task; control calls refuse it.
+ *
+ * For a task the engine holds:
+ *  - status is one of the table's; paused_from is meaningful only in PAUSED and is RUNNING,
+ *    ROLLING_BACK or AWAITING_APPROVAL.
+ *  - Slots: holds_lock implies active (the lock is taken with the slot and dropped with it);
+ *    lock_lost implies holds_lock. RUNNING, ROLLING_BACK, AWAITING_APPROVAL and PAUSED imply
+ *    active; CREATED and PENDING do not (admission gives the slot as the task leaves PENDING);
+ *    COMPLETED, CANCELLED, ROLLED_BACK do not, and FAILED / ROLLBACK_FAILED do only while a
+ *    retry or rollback is requested (the call takes the slot, so that it can refuse SC_EBUSY).
+ *  - Lists: on e->pending (pending_link linked) only in PENDING and without a slot; on e->ready
+ *    (ready_link linked) whenever its step should run soon, never while the engine is freeing.
+ *  - ctx (the running attempt) only in RUNNING or ROLLING_BACK, with ctx->task == t; step is
+ *    STEP_STAGE_DONE exactly when that attempt finished and was not yet taken (CTX_FINISHED).
+ *  - approval != NULL in AWAITING_APPROVAL always; outside it only once decided (a decided gate
+ *    that a failed ack paused, or the resumed task about to apply it in STEP_DECIDED).
+ *    STEP_DECIDED implies a decided approval.
+ *  - timer_use != TIMER_NONE implies timer != NULL; TIMER_APPROVAL implies an undecided approval
+ *    in AWAITING_APPROVAL; TIMER_ADMIT implies CREATED or PENDING.
+ *  - Requests: at most one of retry_requested and rollback_requested, each only in FAILED (a
+ *    rollback also in ROLLBACK_FAILED); release_requested only in FAILED or ROLLBACK_FAILED;
+ *    resume_requested only in PAUSED. A pause that the task asked itself (a failed ack, a lost
+ *    lock) has pause_kind set and pause_requested true; pause_reason (may be NULL when out of
+ *    memory) goes only with pause_kind. None of these outlives a terminal status.
+ *  - rollback: the task runs backwards or with the previous config; compensating implies it.
+ *    run_plan is plan, except in a redeploying rollback, where it is plan->previous_plan.
+ *  - index: forward, 0 <= index <= end_index + 1 and end_index < run_plan->nstages; compensating,
+ *    -1 <= index < run_plan->nstages.
+ *  - Acks: started_barrier_seq != 0 implies barrier_pending > 0; no step runs while
+ *    barrier_pending > 0. digest is the context's when !digest_stale. */
 #ifndef STAGECOACH_ENGINE_INT_H
 #define STAGECOACH_ENGINE_INT_H
 
@@ -141,8 +186,8 @@ struct sc_stage_ctx {
   bool retryable;
   char *message;
   cJSON *output;
-  sc_stage_ctx *next; /* free list, or the engine's detached list */
-  sc_stage_ctx *prev;
+  sc__queue link;                 /* on the engine's detached list */
+  struct sc_stage_ctx *next_free; /* on the engine's free list, a stack of spares */
 };
 
 /* ---- tasks (task.c) ---- */
@@ -152,7 +197,7 @@ typedef enum task_step {
   STEP_ADMIT,       /* PENDING: take the tenant lock and a slot, then start */
   STEP_BEGIN_STAGE, /* at a stage boundary: pause, cancel, approval, or start stage `index` */
   STEP_STAGE_DONE,  /* the running attempt finished: record it and move on */
-  STEP_RELEASE,     /* terminal: free the task once its events are acknowledged */
+  STEP_RELEASE,     /* terminal or released: let it go once its events are acknowledged */
   STEP_DECIDED,     /* a gate was rejected or timed out: apply it once its event is stored */
   STEP_LAUNCH,      /* stage.started emitted: start the attempt (once it is stored, if a barrier) */
 } task_step;
@@ -168,7 +213,7 @@ typedef enum task_timer_use {
 typedef struct sc__decision {
   bool approve;
   char *reviewer, *comment;
-  struct sc__decision *next;
+  sc__queue link; /* on the approval's decisions, oldest first */
 } sc__decision;
 
 /* The gate a task waits at; allocated when the approval is requested. */
@@ -178,8 +223,8 @@ typedef struct sc__approval_state {
   uint32_t needed;
   char **reviewers; /* who approved so far */
   uint32_t napproved;
-  int64_t requested_ns, deadline_ns;        /* deadline 0: none */
-  sc__decision *decisions, *decisions_tail; /* made by callers, applied by the task's next step */
+  int64_t requested_ns, deadline_ns; /* deadline 0: none */
+  sc__queue decisions; /* sc__decision: made by callers, applied by the task's next step */
   /* Rejected or timed out; applied by STEP_DECIDED after the event's barrier: */
   bool decided, decided_fail; /* fail the task (else cancel it) */
   bool timeout_due;           /* the timeout fired while a barrier held: applied after it */
@@ -197,20 +242,22 @@ typedef struct sc__result {
 } sc__result;
 
 struct sc_task {
-  sc_engine *e;
+  sc_engine *e;       /* NULL once the engine is freed (a released task with references) */
   sc__plan *plan;     /* the plan of config (shared, referenced) */
   sc__plan *run_plan; /* the plan being run: plan, or plan->previous_plan in a rollback */
   char *id, *tenant, *plan_id, *traceparent; /* one allocation behind id */
   char *tracestate;                          /* in the same allocation; may be NULL */
   char *root_id;                             /* id, or a copy for a recovered task */
   uint32_t intent;                           /* sc_task_intent() */
+  unsigned refs;                             /* the caller's sc_task_ref()s */
   char
       attempt_span[17]; /* the span id of the attempt stage.started announced; "" without a trace */
   cJSON *context;       /* NULL: {} */
   char digest[72];      /* of the context; valid when !digest_stale */
   bool digest_stale;
   uint8_t status, paused_from, step, timer_use;
-  bool queued, pending_listed, active, rollback, cancel_requested, pause_requested, recovered;
+  bool released; /* the engine let it go; only references keep it */
+  bool active, rollback, cancel_requested, pause_requested, recovered;
   bool holds_lock, lock_lost, stepping, resume_requested, release_requested, rate_passed;
   bool compensating; /* a COMPENSATE rollback: stages run backwards through compensate */
   bool retry_requested, retry_reset, rollback_requested;
@@ -233,12 +280,14 @@ struct sc_task {
   sc_stage_ctx *ctx;      /* the running attempt */
   uv_timer_t *timer;      /* lazily created */
   char *pause_reason;     /* a failed ack's or a lost lock's message, for task.paused */
-  const char *pause_kind; /* with pause_reason: "ack-failed" or "lock-lost" */
+  const char *pause_kind; /* a pause the task asked itself: "ack-failed" or "lock-lost" */
   int pause_code;
   char *cancel_reason;
   cJSON *recovery_plan; /* emitted as task.recovered at admission */
   sc__approval_state *approval;
-  sc_task *next_ready, *next_pending, *prev_pending;
+  sc__queue ready_link;   /* on e->ready: its step runs soon */
+  sc__queue pending_link; /* on e->pending: waits for a slot or its tenant's lock; or, released,
+                             on e->let_go */
 };
 
 /* ---- the engine (engine.c) ---- */
@@ -266,18 +315,20 @@ struct sc_engine {
   sc__map plans;        /* key -> sc__plan: held by tasks, or idle in the cache */
   sc__queue idle_plans; /* the cache: plans no task holds, least recently used first */
   size_t idle_count, idle_bytes;
-  sc__map tenants; /* tenant -> active task (tenant_exclusive) */
-  size_t active;   /* tasks holding a slot */
-  sc_task *ready_head, *ready_tail;
-  sc_task *pending_head, *pending_tail; /* waiting for admission, in submission order */
+  sc__map tenants;   /* tenant -> active task (tenant_exclusive) */
+  size_t active;     /* tasks holding a slot */
+  sc__queue ready;   /* sc_task.ready_link: tasks whose step runs soon, in order */
+  sc__queue pending; /* sc_task.pending_link: waiting for admission, in submission order */
+  sc__queue let_go;  /* sc_task.pending_link: released tasks the caller still references */
   uv_idle_t kick;
   bool kick_active, draining, freeing;
   uv_async_t async;
   uv_mutex_t post_lock;
   sc__post *posts;
-  unsigned closing; /* handles whose close callback has not run yet */
-  sc_stage_ctx *free_ctx;
-  sc_stage_ctx *detached; /* stages the engine gave up on, still running */
+  unsigned closing;       /* handles whose close callback has not run yet */
+  sc_stage_ctx *free_ctx; /* contexts to reuse: a stack through next_free (a pop and a push per
+                             attempt, cheaper than a list node's four pointers) */
+  sc__queue detached;     /* sc_stage_ctx.link: stages the engine gave up on, still running */
   uint64_t uuid_state[2];
   int64_t uuid_last_ms;
   uint32_t uuid_seq;
@@ -307,8 +358,51 @@ void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32
                    uint32_t attempt, cJSON *data /* taken */);
 void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, const char *msg,
                      void *udata);
-void sc__task_free(sc_task *t);
+/* The engine lets the task go: everything it holds for the engine (slot, lock, lists, timer,
+ * stage, approval, acks) is given up and the task leaves e->tasks. Without references it is freed;
+ * with some it stays readable until the last sc_task_unref(). */
+void sc__task_let_go(sc_task *t);
+/* At sc_engine_free, after every task was let go: the released tasks that the caller still
+ * references lose their engine (their plans no longer belong to its interning map). */
+void sc__task_orphan_let_go(sc_engine *e);
 int sc__task_set_status(sc_task *t, sc_task_status to);
+/* The attempt in ctx finished (sc_stage_complete/fail): its result is taken by the next step. */
+void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx);
+void sc__task_stop_timer(sc_task *t);
+int sc__task_start_timer(sc_task *t, task_timer_use use, uint64_t ms);
+const cJSON *sc__task_context(const sc_task *t);
+int sc__task_refresh_digest(sc_task *t);
+cJSON *sc__error_json(int code, const char *message);
+/* task.created; req and the rest for a recovered task (req NULL for a new one). */
+void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
+                      int32_t start_index);
+
+/* What a task is asked to do from outside its step: the one way (besides approvals and the
+ * retry and rollback requests of rollback.c) that other code changes what a task will do. Each
+ * records the request and queues the task; its next step applies it. */
+typedef enum sc__request {
+  SC__REQUEST_PAUSE,      /* a caller's pause: at the next stage boundary */
+  SC__REQUEST_RESUME,     /* PAUSED: resume; otherwise withdraw a caller's pause not yet taken */
+  SC__REQUEST_CANCEL,     /* message: the reason (copied, may be NULL); the first one counts */
+  SC__REQUEST_RELEASE,    /* forget a FAILED or ROLLBACK_FAILED task */
+  SC__REQUEST_LOCK_LOST,  /* the tenant lock's renew failed: pause with code and message */
+  SC__REQUEST_ACK_FAILED, /* an event was not stored: pause with code and message */
+} sc__request;
+void sc__task_request(sc_task *t, sc__request what, int code, const char *message);
+/* Whether the pause the task waits for is one it asked itself (ack failed, lock lost), which only
+ * a resume of the paused task ends. */
+bool sc__task_self_paused(const sc_task *t);
+/* SC_OK, or SC_ETRANSITION naming the task's status when the engine let the task go or is about
+ * to (op is the refused operation, for the message). */
+int sc__task_check_held(const sc_task *t, const char *op);
+
+/* The invariants at the top of this file; asserts in a build without NDEBUG. */
+#ifdef NDEBUG
+#define sc__task_check(t) ((void)0)
+#else
+void sc__task_check(const sc_task *t);
+#endif
+
 /* admission.c */
 void sc__task_release_slot(sc_task *t);
 bool sc__task_try_acquire(sc_task *t);
@@ -320,16 +414,6 @@ int sc__task_reacquire_lost_lock(sc_task *t);
 /* rollback.c: applies a requested retry or rollback in the task's step. */
 void sc__task_apply_retry(sc_task *t);
 void sc__task_apply_rollback(sc_task *t);
-void sc__task_stage_finished(sc_task *t, sc_stage_ctx *ctx);
-void sc__task_stop_timer(sc_task *t);
-int sc__task_start_timer(sc_task *t, task_timer_use use, uint64_t ms);
-const cJSON *sc__task_context(const sc_task *t);
-int sc__task_refresh_digest(sc_task *t);
-void sc__task_enter_terminal(sc_task *t, sc_task_status to, sc_event_type type, cJSON *data);
-cJSON *sc__error_json(int code, const char *message);
-/* task.created; req and the rest for a recovered task (req NULL for a new one). */
-void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
-                      int32_t start_index);
 
 /* stage.c */
 sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index);

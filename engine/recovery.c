@@ -190,7 +190,7 @@ int sc_recover_from_restart(sc_engine *e, const sc_recovery_request *req, sc_tas
   if (req->version >= 2) t->intent = req->intent;
   if (root != NULL && (t->root_id = strdup(root)) == NULL) {
     t->root_id = t->id; /* not emitted yet: the task can still go */
-    sc__task_free(t);
+    sc__task_let_go(t);
     cJSON_Delete(p.report);
     return sc__error(SC_ENOMEM, "recover: out of memory");
   }

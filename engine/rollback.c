@@ -18,6 +18,8 @@ static int busy(const sc_task *t, const char *op) {
 
 int sc_task_retry(sc_task *t, const char *from_stage, bool reset_context) {
   if (t == NULL) return sc__error(SC_EINVAL, "retry: NULL task");
+  int rc = sc__task_check_held(t, "retry");
+  if (rc != SC_OK) return rc;
   if (t->status != SC_TASK_FAILED || t->retry_requested || t->rollback_requested)
     return sc__error(SC_ETRANSITION, "cannot retry task %s: it is %s (retry needs FAILED)", t->id,
                      sc_task_status_name((sc_task_status)t->status));
@@ -38,6 +40,7 @@ int sc_task_retry(sc_task *t, const char *from_stage, bool reset_context) {
   t->retry_requested = true;
   t->retry_from = from;
   t->retry_reset = reset_context;
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
   return SC_OK;
 }
@@ -77,6 +80,8 @@ void sc__task_apply_retry(sc_task *t) {
 
 int sc_task_rollback(sc_task *t, sc_rollback_strategy how) {
   if (t == NULL) return sc__error(SC_EINVAL, "rollback: NULL task");
+  int rc = sc__task_check_held(t, "roll back");
+  if (rc != SC_OK) return rc;
   if ((t->status != SC_TASK_FAILED && t->status != SC_TASK_ROLLBACK_FAILED) || t->retry_requested ||
       t->rollback_requested)
     return sc__error(
@@ -90,12 +95,12 @@ int sc_task_rollback(sc_task *t, sc_rollback_strategy how) {
     if (t->plan->previous_config == NULL)
       return sc__error(SC_EINVAL,
                        "cannot roll back task %s by redeploying: it has no previous_config", t->id);
-    int rc = sc__plan_previous(t->e, t->plan, &previous);
-    if (rc != SC_OK) return rc;
+    if ((rc = sc__plan_previous(t->e, t->plan, &previous)) != SC_OK) return rc;
   }
   if (!sc__task_try_acquire(t)) return busy(t, "roll back");
   t->rollback_requested = true;
   t->rollback_how = (uint8_t)how;
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
   return SC_OK;
 }

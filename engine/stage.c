@@ -12,9 +12,11 @@ sc_stage_ctx *sc__ctx_new(sc_task *t, const sc__stage *stage, int32_t index) {
   sc_engine *e = t->e;
   sc_stage_ctx *ctx = e->free_ctx;
   if (ctx != NULL)
-    e->free_ctx = ctx->next;
+    e->free_ctx = ctx->next_free;
   else if ((ctx = malloc(sizeof(*ctx))) == NULL)
     return NULL;
+  /* link stays zeroed: only sc__ctx_detach() puts a context on a list, and only a detached one
+   * is taken off it. */
   memset(ctx, 0, sizeof(*ctx));
   ctx->e = e;
   ctx->task = t;
@@ -34,17 +36,8 @@ void sc__ctx_free(sc_engine *e, sc_stage_ctx *ctx) {
   cJSON_Delete(ctx->output);
   ctx->message = NULL;
   ctx->output = NULL;
-  ctx->next = e->free_ctx;
+  ctx->next_free = e->free_ctx;
   e->free_ctx = ctx;
-}
-
-static void detached_unlink(sc_engine *e, sc_stage_ctx *ctx) {
-  if (ctx->prev)
-    ctx->prev->next = ctx->next;
-  else
-    e->detached = ctx->next;
-  if (ctx->next) ctx->next->prev = ctx->prev;
-  ctx->next = ctx->prev = NULL;
 }
 
 static const sc__kind *resolve_kind(sc_stage_ctx *ctx) {
@@ -94,10 +87,7 @@ void sc__ctx_detach(sc_stage_ctx *ctx, bool call_cancel) {
   ctx->plan = ctx->task ? ctx->task->plan : NULL;
   if (ctx->plan) ctx->plan->refs++;
   ctx->task = NULL;
-  ctx->next = e->detached;
-  ctx->prev = NULL;
-  if (e->detached) e->detached->prev = ctx;
-  e->detached = ctx;
+  sc__queue_insert_head(&e->detached, &ctx->link);
   const sc__kind *k = resolve_kind(ctx);
   if (call_cancel && k != NULL && k->vt.cancel != NULL) k->vt.cancel(ctx, k->udata);
 }
@@ -135,7 +125,7 @@ static bool finish(sc_stage_ctx *ctx, int code, const char *message, bool retrya
                    "stage '%s' attempt %u %s after the engine gave up on it; not acted on",
                    ctx->stage->name, ctx->attempt, code == SC_OK ? "completed" : "failed");
     cJSON_Delete(output);
-    detached_unlink(e, ctx);
+    sc__queue_remove(&ctx->link); /* off e->detached */
     sc__plan_unref(e, ctx->plan);
     free(ctx->message);
     free(ctx);

@@ -68,23 +68,6 @@ static cJSON *new_data(const sc_task *t, sc_event_type type) {
 
 /* ---- events and acks ---- */
 
-static void ack_failed(sc_task *t, int status, const char *message) {
-  sc_task_status s = (sc_task_status)t->status;
-  if (sc_task_status_is_terminal(s) || s == SC_TASK_FAILED || s == SC_TASK_ROLLBACK_FAILED) {
-    /* Nothing further runs anyway; say so where someone can read it. */
-    sc__engine_log(t->e, SC_LOG_ERROR, "task %s (%s): an event was not stored: %s", t->id,
-                   sc_task_status_name(s), message ? message : sc_strerror(status));
-    return;
-  }
-  if (t->pause_reason == NULL) {
-    t->pause_reason = strdup(message && *message ? message : sc_strerror(status));
-    t->pause_kind = "ack-failed";
-    t->pause_code = status;
-  }
-  t->pause_requested = true;
-  sc__engine_enqueue(t->e, t);
-}
-
 /* Whether an event holds the task's next step until it is stored. */
 static bool is_barrier(sc_event_type type, const sc__stage *stage) {
   return sc_event_type_is_barrier(type) ||
@@ -129,7 +112,7 @@ void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32
       t->acks_pending++;
     }
   } else if (rc < 0) {
-    ack_failed(t, rc, sc_error_message());
+    sc__task_request(t, SC__REQUEST_ACK_FAILED, rc, sc_error_message());
   }
 }
 
@@ -137,7 +120,8 @@ void sc__task_emit(sc_task *t, sc_event_type type, const sc__stage *stage, int32
 static bool has_requests(const sc_task *t) {
   return t->pause_requested || t->resume_requested || t->cancel_requested || t->release_requested ||
          t->retry_requested || t->rollback_requested ||
-         (t->approval != NULL && (t->approval->decisions != NULL || t->approval->timeout_due));
+         (t->approval != NULL &&
+          (!sc__queue_empty(&t->approval->decisions) || t->approval->timeout_due));
 }
 
 void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, const char *msg,
@@ -152,7 +136,8 @@ void sc__task_settle(void *owner, sc_event_type type, uint64_t seq, int status, 
   } else {
     t->acks_pending--;
   }
-  if (status < 0) ack_failed(t, status, msg);
+  if (status < 0) sc__task_request(t, SC__REQUEST_ACK_FAILED, status, msg);
+  sc__task_check(t);
   /* Whatever was asked while the barrier held (a retry, an approval, a cancel) applies now. */
   if (t->barrier_pending == 0 && (t->step != STEP_WAIT || has_requests(t)))
     sc__engine_enqueue(t->e, t);
@@ -364,8 +349,9 @@ static void approval_free(sc__approval_state *a) {
   for (uint32_t i = 0; i < a->napproved; i++)
     free(a->reviewers[i]);
   free(a->reviewers);
-  for (sc__decision *d = a->decisions, *next; d != NULL; d = next) {
-    next = d->next;
+  sc__queue *q, *next;
+  sc__queue_foreach_safe(q, next, &a->decisions) {
+    sc__decision *d = sc__queue_data(q, sc__decision, link);
     free(d->reviewer);
     free(d->comment);
     free(d);
@@ -395,6 +381,7 @@ static void request_approval(sc_task *t, const sc__stage *st) {
     free(r.message);
     return;
   }
+  sc__queue_init(&a->decisions);
   a->index = t->index;
   /* The recovered in-flight stage asks because of its effect, whatever its own policy. */
   bool in_flight = t->gate_index == t->index;
@@ -503,11 +490,11 @@ static void apply_decision(sc_task *t, sc__decision *d) {
 }
 
 static void apply_decisions(sc_task *t) {
-  while (t->approval && t->approval->decisions && !t->approval->decided &&
+  while (t->approval && !sc__queue_empty(&t->approval->decisions) && !t->approval->decided &&
          t->status == SC_TASK_AWAITING_APPROVAL && t->barrier_pending == 0) {
-    sc__decision *d = t->approval->decisions;
-    t->approval->decisions = d->next;
-    if (t->approval->decisions == NULL) t->approval->decisions_tail = NULL;
+    sc__queue *q = sc__queue_head(&t->approval->decisions);
+    sc__queue_remove(q);
+    sc__decision *d = sc__queue_data(q, sc__decision, link);
     apply_decision(t, d);
     free(d->reviewer);
     free(d->comment);
@@ -557,8 +544,8 @@ static void enter_pause(sc_task *t) {
   cJSON *data = new_data(t, SC_EV_TASK_PAUSED);
   if (data) {
     cJSON_AddStringToObject(data, "paused_from", sc_task_status_name(from));
-    if (t->pause_reason) {
-      cJSON_AddStringToObject(data, "reason", t->pause_kind ? t->pause_kind : "ack-failed");
+    if (t->pause_kind) {
+      cJSON_AddStringToObject(data, "reason", t->pause_kind);
       sc__json_put(data, "error", sc__error_json(t->pause_code, t->pause_reason));
     } else {
       cJSON_AddStringToObject(data, "reason", "requested");
@@ -579,6 +566,7 @@ static void resume_now(sc_task *t) {
 
 static void cancel_now(sc_task *t, const char *reason) {
   t->cancel_requested = false;
+  t->resume_requested = false; /* a cancelled task resumes nothing */
   clear_pause_request(t);
   if (t->ctx != NULL) {
     sc_stage_ctx *ctx = t->ctx;
@@ -676,7 +664,7 @@ static void start_attempt(sc_task *t, const sc__stage *st) {
 
 static void launch(sc_task *t) {
   const sc__stage *st = &t->run_plan->stages[t->index];
-  if (t->pause_requested && t->pause_reason != NULL) {
+  if (sc__task_self_paused(t)) {
     /* stage.started was not stored (or something before it was not): the stage does not run.
      * The attempt starts again, with a new stage.started, when the task is resumed. */
     t->attempt--;
@@ -760,7 +748,7 @@ static bool apply_requests(sc_task *t) {
   /* A decided gate is not withdrawn by a caller's pause (the decision wins), but a failed ack
    * of the decision pauses the task, which applies the decision when resumed. */
   if (t->pause_requested && t->status == SC_TASK_AWAITING_APPROVAL &&
-      (t->step != STEP_DECIDED || t->pause_reason != NULL)) {
+      (t->step != STEP_DECIDED || sc__task_self_paused(t))) {
     enter_pause(t);
     return false;
   }
@@ -780,6 +768,7 @@ void sc__task_step(sc_task *t) {
     if (t->barrier_pending > 0) break;
     if (!apply_requests(t)) break;
     if (t->barrier_pending > 0) break;
+    sc__task_check(t);
     switch ((task_step)t->step) {
       case STEP_WAIT: t->stepping = false; return;
       case STEP_ADMIT: admit(t); break;
@@ -794,9 +783,10 @@ void sc__task_step(sc_task *t) {
       case STEP_LAUNCH: launch(t); break;
       case STEP_RELEASE:
         t->stepping = false;
-        if (t->acks_pending == 0 && t->barrier_pending == 0) sc__task_free(t);
+        if (t->acks_pending == 0 && t->barrier_pending == 0) sc__task_let_go(t);
         return;
     }
+    sc__task_check(t);
     if (budget == 1) {
       t->stepping = false;
       sc__engine_enqueue(t->e, t); /* yield: other tasks and the loop get a turn */
@@ -843,10 +833,57 @@ static void on_timer(uv_timer_t *h) {
     default: break;
   }
   t->stepping = false;
+  sc__task_check(t);
   sc__engine_enqueue(t->e, t);
 }
 
 /* ---- creation and teardown ---- */
+
+/* task.created: the fingerprint and the configs, so that a log alone is enough to recover; for a
+ * recovered task also the task it carries on and the point it recovers to, so that a log ending
+ * right after this event recovers to that same point. */
+void sc__emit_created(sc_task *t, const sc_recovery_request *req, const char *mode,
+                      int32_t start_index) {
+  cJSON *data = NULL;
+  if (sc__bus_wants(t->e->bus, SC_EV_TASK_CREATED) && (data = cJSON_CreateObject()) != NULL) {
+    sc__json_put(data, "fingerprint", cJSON_CreateStringReference(t->plan->fingerprint));
+    cJSON_AddNumberToObject(data, "stages", (double)t->plan->nstages);
+    bool context = t->context && sc__task_refresh_digest(t) == SC_OK;
+    if (req != NULL) {
+      if (req->recovered_from)
+        sc__json_put(data, "recovered_from", cJSON_CreateStringReference(req->recovered_from));
+      cJSON *point = cJSON_CreateObject();
+      if (point != NULL) {
+        sc__json_put(point, "mode", cJSON_CreateStringReference(mode));
+        cJSON_AddNumberToObject(point, "start_index", start_index);
+        sc__json_put(point, "last_completed_stage",
+                     req->last_completed_stage
+                         ? cJSON_CreateStringReference(req->last_completed_stage)
+                         : cJSON_CreateNull());
+        if (context) {
+          sc__json_put(point, "context", cJSON_CreateObjectReference(t->context->child));
+          sc__json_put(point, "digest", cJSON_CreateStringReference(t->digest));
+        }
+      }
+      sc__json_put(data, "recovery", point);
+    }
+    sc__json_put(data, "config", cJSON_CreateObjectReference(t->plan->config->child));
+    if (t->plan->previous_config)
+      sc__json_put(data, "previous_config",
+                   cJSON_CreateObjectReference(t->plan->previous_config->child));
+    if (t->tracestate) sc__json_put(data, "tracestate", cJSON_CreateStringReference(t->tracestate));
+    if (t->recovered) {
+      /* What the next recovery needs for the idempotency key: the chain's first task, the intent */
+      sc__json_put(data, "root_task_id", cJSON_CreateStringReference(t->root_id));
+      if (t->intent > 0) cJSON_AddNumberToObject(data, "intent", t->intent);
+    }
+    if (context && req == NULL) {
+      sc__json_put(data, "context", cJSON_CreateObjectReference(t->context->child));
+      sc__json_put(data, "digest", cJSON_CreateStringReference(t->digest));
+    }
+  }
+  sc__task_emit(t, SC_EV_TASK_CREATED, NULL, -1, 0, data);
+}
 
 int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_task **out) {
   *out = NULL;
@@ -881,6 +918,8 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   if (lstate) t->tracestate = memcpy(p, tracestate, lstate);
   t->root_id = t->id;
   t->e = e;
+  sc__queue_init(&t->ready_link);
+  sc__queue_init(&t->pending_link);
   t->plan = plan;
   t->run_plan = plan;
   t->status = SC_TASK_CREATED;
@@ -907,19 +946,18 @@ int sc__task_create(sc_engine *e, const sc_task_spec *spec, sc__plan *plan, sc_t
   return SC_OK;
 }
 
-void sc__task_free(sc_task *t) {
+/* What a released task keeps for its references goes with the last of them. */
+static void free_remains(sc_task *t) {
+  sc__queue_remove(&t->pending_link); /* off e->let_go */
+  cJSON_Delete(t->context);
+  if (t->root_id != t->id) free(t->root_id);
+  sc__plan_unref(t->e, t->plan);
+  free(t);
+}
+
+void sc__task_let_go(sc_task *t) {
   sc_engine *e = t->e;
-  if (t->queued) {
-    sc_task **pp = &e->ready_head, *prev = NULL;
-    while (*pp && *pp != t) {
-      prev = *pp;
-      pp = &(*pp)->next_ready;
-    }
-    if (*pp) {
-      *pp = t->next_ready;
-      if (e->ready_tail == t) e->ready_tail = prev;
-    }
-  }
+  sc__queue_remove(&t->ready_link);
   if (t->ctx != NULL) {
     sc_stage_ctx *ctx = t->ctx;
     t->ctx = NULL;
@@ -932,14 +970,186 @@ void sc__task_free(sc_task *t) {
     t->timer->data = e;
     e->closing++;
     uv_close((uv_handle_t *)t->timer, on_timer_closed);
+    t->timer = NULL;
   }
   if (sc__map_get(&e->tasks, t->id) == t) sc__map_del(&e->tasks, t->id);
   approval_free(t->approval);
-  cJSON_Delete(t->context);
+  t->approval = NULL;
   cJSON_Delete(t->recovery_plan);
+  t->recovery_plan = NULL;
   free(t->pause_reason);
   free(t->cancel_reason);
-  if (t->root_id != t->id) free(t->root_id);
-  sc__plan_unref(e, t->plan);
-  free(t);
+  t->pause_reason = t->cancel_reason = NULL;
+  t->pause_kind = NULL;
+  t->pause_requested = t->resume_requested = t->cancel_requested = false;
+  t->retry_requested = t->rollback_requested = t->release_requested = false;
+  t->timer_use = TIMER_NONE;
+  t->released = true;
+  if (t->refs == 0) {
+    free_remains(t);
+    return;
+  }
+  /* The caller keeps a handle: it stays readable (sc_task_ref). */
+  sc__queue_insert_tail(&e->let_go, &t->pending_link);
 }
+
+void sc__task_orphan_let_go(sc_engine *e) {
+  while (!sc__queue_empty(&e->let_go)) {
+    sc__queue *q = sc__queue_head(&e->let_go);
+    sc__queue_remove(q);
+    sc_task *t = sc__queue_data(q, sc_task, pending_link);
+    t->e = NULL;
+  }
+}
+
+void sc_task_ref(sc_task *t) {
+  if (t != NULL) t->refs++;
+}
+
+void sc_task_unref(sc_task *t) {
+  if (t == NULL) return;
+  if (t->refs == 0) {
+    /* More unrefs than refs: the caller's bug; the handle is left alone rather than freed. */
+    if (t->e != NULL)
+      sc__engine_log(t->e, SC_LOG_WARN, "unref of task %s without a reference; ignored", t->id);
+    return;
+  }
+  if (--t->refs == 0 && t->released) free_remains(t);
+}
+
+/* ---- requests ---- */
+
+bool sc__task_self_paused(const sc_task *t) {
+  return t->pause_requested && t->pause_kind != NULL;
+}
+
+int sc__task_check_held(const sc_task *t, const char *op) {
+  if (t->released)
+    return sc__error(SC_ETRANSITION, "cannot %s task %s: it is %s and the engine let it go", op,
+                     t->id, sc_task_status_name((sc_task_status)t->status));
+  if (t->release_requested)
+    return sc__error(SC_ETRANSITION, "cannot %s task %s: it is %s and being released", op, t->id,
+                     sc_task_status_name((sc_task_status)t->status));
+  return SC_OK;
+}
+
+/* A pause the task asks itself; the first reason counts. */
+static void self_pause(sc_task *t, const char *kind, int code, const char *message) {
+  if (t->pause_kind == NULL) {
+    t->pause_kind = kind;
+    t->pause_code = code;
+    free(t->pause_reason);
+    /* Out of memory the reason is NULL: task.paused then gives the code's text. */
+    t->pause_reason = strdup(message && *message ? message : sc_strerror(code));
+  }
+  t->pause_requested = true;
+}
+
+void sc__task_request(sc_task *t, sc__request what, int code, const char *message) {
+  sc_task_status s = (sc_task_status)t->status;
+  switch (what) {
+    case SC__REQUEST_PAUSE: t->pause_requested = true; break;
+    case SC__REQUEST_RESUME:
+      if (s != SC_TASK_PAUSED) {
+        t->pause_requested = false; /* not yet in effect: withdraw it */
+        return;
+      }
+      t->resume_requested = true;
+      break;
+    case SC__REQUEST_CANCEL:
+      if (!t->cancel_requested) {
+        free(t->cancel_reason);
+        t->cancel_reason = message ? strdup(message) : NULL;
+        t->cancel_requested = true;
+      }
+      break;
+    case SC__REQUEST_RELEASE: t->release_requested = true; break;
+    case SC__REQUEST_LOCK_LOST:
+      /* Someone else may hold the tenant now: stop at the next boundary, and say why. A task
+       * that is not running (paused, failed) only notes it; resuming it takes the lock again. */
+      t->lock_lost = true;
+      if (!sc_transition_allowed(s, SC_TASK_PAUSED)) return;
+      self_pause(t, "lock-lost", code, message);
+      break;
+    case SC__REQUEST_ACK_FAILED:
+      if (sc_task_status_is_terminal(s) || s == SC_TASK_FAILED || s == SC_TASK_ROLLBACK_FAILED) {
+        /* Nothing further runs anyway; say so where someone can read it. */
+        sc__engine_log(t->e, SC_LOG_ERROR, "task %s (%s): an event was not stored: %s", t->id,
+                       sc_task_status_name(s), message ? message : sc_strerror(code));
+        return;
+      }
+      self_pause(t, "ack-failed", code, message);
+      break;
+  }
+  sc__task_check(t);
+  sc__engine_enqueue(t->e, t);
+}
+
+/* ---- invariants ---- */
+
+#ifndef NDEBUG
+#include <assert.h>
+
+static bool status_in(sc_task_status s, unsigned mask) {
+  return (mask >> s) & 1u;
+}
+#define BIT(s) (1u << (s))
+
+void sc__task_check(const sc_task *t) {
+  assert(t->status <= SC_TASK_ROLLBACK_FAILED);
+  sc_task_status s = (sc_task_status)t->status;
+  if (t->released) {
+    assert(!t->active && !t->holds_lock && t->ctx == NULL && t->approval == NULL);
+    assert(!sc__queue_linked(&t->ready_link));
+    return;
+  }
+  const unsigned running = BIT(SC_TASK_RUNNING) | BIT(SC_TASK_ROLLING_BACK);
+  const unsigned holding = running | BIT(SC_TASK_AWAITING_APPROVAL) | BIT(SC_TASK_PAUSED);
+  const unsigned failed = BIT(SC_TASK_FAILED) | BIT(SC_TASK_ROLLBACK_FAILED);
+  if (s == SC_TASK_PAUSED)
+    assert(status_in((sc_task_status)t->paused_from, holding & ~BIT(SC_TASK_PAUSED)));
+  /* slots and locks */
+  assert(!t->holds_lock || t->active);
+  assert(!t->lock_lost || t->holds_lock);
+  if (status_in(s, holding)) assert(t->active);
+  if (s == SC_TASK_CREATED || s == SC_TASK_PENDING) assert(!t->active || t->step == STEP_ADMIT);
+  if (sc_task_status_is_terminal(s)) assert(!t->active);
+  if (status_in(s, failed)) assert(!t->active || t->retry_requested || t->rollback_requested);
+  if (sc__queue_linked(&t->pending_link)) assert(s == SC_TASK_PENDING && !t->active);
+  if (t->holds_lock) assert(sc__map_get(&t->e->tenants, t->tenant) == t);
+  /* the running attempt */
+  if (t->ctx != NULL) assert(status_in(s, running) && t->ctx->task == t);
+  assert((t->step == STEP_STAGE_DONE) == (t->ctx != NULL && t->ctx->state == CTX_FINISHED));
+  /* the approval gate */
+  if (s == SC_TASK_AWAITING_APPROVAL) assert(t->approval != NULL);
+  if (t->approval != NULL && s != SC_TASK_AWAITING_APPROVAL) assert(t->approval->decided);
+  if (t->step == STEP_DECIDED) assert(t->approval != NULL && t->approval->decided);
+  /* timers */
+  if (t->timer_use != TIMER_NONE) assert(t->timer != NULL);
+  if (t->timer_use == TIMER_APPROVAL)
+    assert(s == SC_TASK_AWAITING_APPROVAL && t->approval != NULL && !t->approval->decided);
+  if (t->timer_use == TIMER_ADMIT) assert(s == SC_TASK_CREATED || s == SC_TASK_PENDING);
+  if (t->timer_use == TIMER_TIMEOUT) assert(t->ctx != NULL);
+  /* requests */
+  assert(!(t->retry_requested && t->rollback_requested));
+  if (t->retry_requested) assert(s == SC_TASK_FAILED);
+  if (t->rollback_requested || t->release_requested) assert(status_in(s, failed));
+  if (t->resume_requested) assert(s == SC_TASK_PAUSED);
+  if (t->pause_reason != NULL) assert(t->pause_kind != NULL);
+  if (t->pause_kind != NULL) assert(t->pause_requested);
+  if (sc_task_status_is_terminal(s))
+    assert(!t->pause_requested && !t->resume_requested && !t->cancel_requested &&
+           !t->retry_requested && !t->rollback_requested && !t->release_requested);
+  /* the plan and the position in it */
+  assert(!t->compensating || t->rollback);
+  assert(t->run_plan == t->plan || (t->rollback && !t->compensating));
+  int32_t n = (int32_t)t->run_plan->nstages;
+  if (t->compensating) {
+    assert(t->index >= -1 && t->index < n);
+  } else {
+    assert(t->end_index < n && t->index >= 0 && t->index <= t->end_index + 1);
+  }
+  /* acknowledgements */
+  if (t->started_barrier_seq != 0) assert(t->barrier_pending > 0);
+}
+#endif

@@ -1,11 +1,13 @@
 /* Shared helpers for the unit tests: an event recorder, JSON parsing with a failing assertion,
- * and loop utilities. Tests use only the public headers. */
+ * loop utilities and the engine fixtures (start, stop, settle, submit, a log book). Tests use only
+ * the public headers. */
 #ifndef STAGECOACH_TEST_HARNESS_H
 #define STAGECOACH_TEST_HARNESS_H
 
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +145,152 @@ static inline int run_until(uv_loop_t *loop, int (*cond)(void *), void *udata, i
     uv_run(loop, UV_RUN_ONCE);
   }
   return cond(udata);
+}
+
+/* ---- engines, loops and tasks ---- */
+
+/* Starts an engine on an initialized loop (opts NULL: defaults) with rec attached (rec may be
+ * NULL); stop_engine() undoes it. */
+static inline sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts,
+                                      recorder *rec) {
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(loop, opts, &e), SC_OK);
+  assert_non_null(e);
+  if (rec != NULL) recorder_attach(rec, e);
+  return e;
+}
+
+/* Frees the engine and the recorder (may be NULL) and checks that nothing was left on the loop. */
+static inline void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
+  sc_engine_free(e);
+  if (rec != NULL) recorder_free(rec);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
+static inline void settle_loop(uv_loop_t *loop) {
+  for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
+    uv_run(loop, UV_RUN_ONCE);
+  assert_false(uv_loop_alive(loop));
+}
+
+static inline void harness_guard_fired(uv_timer_t *t) {
+  *(int *)t->data = 1;
+  uv_stop(t->loop);
+}
+
+/* Runs the loop until it has nothing referenced left, or fails the test after limit_ms. */
+static inline void run_bounded(uv_loop_t *loop, uint64_t limit_ms) {
+  uv_timer_t guard;
+  int fired = 0;
+  uv_timer_init(loop, &guard);
+  guard.data = &fired;
+  uv_timer_start(&guard, harness_guard_fired, limit_ms, 0);
+  uv_unref((uv_handle_t *)&guard);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&guard, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  if (fired) fail_msg("the loop was still busy after %llu ms", (unsigned long long)limit_ms);
+}
+
+typedef struct harness_status_wait {
+  const sc_task *t;
+  sc_task_status status;
+} harness_status_wait;
+
+static inline int harness_has_status(void *udata) {
+  harness_status_wait *w = udata;
+  return sc_task_get_status(w->t) == w->status;
+}
+
+/* Runs single loop turns until the task has a status; for tasks whose timers keep the loop
+ * alive. */
+static inline void run_until_status(uv_loop_t *loop, const sc_task *t, sc_task_status status) {
+  harness_status_wait w = {t, status};
+  if (!run_until(loop, harness_has_status, &w, 1000))
+    fail_msg("task is %s, not %s", sc_task_status_name(sc_task_get_status(t)),
+             sc_task_status_name(status));
+}
+
+typedef struct harness_event_wait {
+  const recorder *r;
+  sc_event_type type;
+} harness_event_wait;
+
+static inline int harness_has_event(void *udata) {
+  harness_event_wait *w = udata;
+  return recorder_count(w->r, w->type, NULL) > 0;
+}
+
+/* Runs single loop turns until an event of the type was recorded (at most max_turns). */
+static inline void run_until_event(uv_loop_t *loop, const recorder *r, sc_event_type type,
+                                   int max_turns) {
+  harness_event_wait w = {r, type};
+  if (!run_until(loop, harness_has_event, &w, max_turns))
+    fail_msg("no %s after %d loop turns", sc_event_type_name(type), max_turns);
+}
+
+/* Submits a task and fails the test, with the engine's message, when it is refused. */
+static inline sc_task *submit_or_fail(sc_engine *e, const sc_task_spec *s) {
+  sc_task *t = NULL;
+  int rc = sc_task_submit(e, s, &t);
+  if (rc != SC_OK)
+    fail_msg("submit %s: %s: %s", s->task_id ? s->task_id : "(null)", sc_err_name(rc),
+             sc_error_message());
+  assert_non_null(t);
+  return t;
+}
+
+/* Submits a task of config and previous (JSON text; previous may be NULL). */
+static inline sc_task *submit_text(sc_engine *e, const char *id, const char *tenant,
+                                   const char *plan_id, const char *config, const char *previous) {
+  cJSON *c = json_or_die(config);
+  cJSON *pc = previous ? json_or_die(previous) : NULL;
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.tenant_id = tenant;
+  spec.plan_id = plan_id;
+  spec.config = c;
+  spec.previous_config = pc;
+  sc_task *t = submit_or_fail(e, &spec);
+  cJSON_Delete(pc);
+  cJSON_Delete(c);
+  return t;
+}
+
+/* What an engine reports through its log option. */
+typedef struct logbook {
+  int n;
+  char messages[32][512];
+} logbook;
+
+static inline void logbook_cb(sc_engine *e, sc_log_level level, const char *message, void *udata) {
+  (void)e;
+  (void)level;
+  logbook *l = udata;
+  if (l->n < 32) snprintf(l->messages[l->n], sizeof(l->messages[0]), "%s", message);
+  l->n++;
+}
+
+static inline int logbook_has(const logbook *l, const char *needle) {
+  for (int i = 0; i < l->n && i < 32; i++)
+    if (strstr(l->messages[i], needle) != NULL) return 1;
+  return 0;
+}
+
+/* Options whose log goes to l (cleared). */
+static inline void logbook_options(sc_engine_options *o, logbook *l) {
+  sc_engine_options_init(o);
+  memset(l, 0, sizeof(*l));
+  o->log = logbook_cb;
+  o->log_udata = l;
+}
+
+/* Fails the test unless sc_error_message() contains needle. */
+static inline void assert_error_has(const char *needle) {
+  if (strstr(sc_error_message(), needle) == NULL)
+    fail_msg("message \"%s\" lacks \"%s\"", sc_error_message(), needle);
 }
 
 #endif

@@ -184,10 +184,10 @@ static void install_fake(sc_engine *e, fake_locks *f, uint32_t ttl_ms, uint32_t 
 
 /* ---- helpers ---- */
 
-static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, recorder *rec,
+/* An engine (harness.h) with the probe's kinds. */
+static sc_engine *start_probed(uv_loop_t *loop, const sc_engine_options *opts, recorder *rec,
                                probe *p) {
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, opts, &e), SC_OK);
+  sc_engine *e = start_engine(loop, opts, NULL);
   memset(p, 0, sizeof(*p));
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, p), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "fail", fail_fn, p), SC_OK);
@@ -196,20 +196,6 @@ static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, r
   assert_int_equal(sc_engine_register_kind(e, "hold", &hold, p), SC_OK);
   if (rec != NULL) recorder_attach(rec, e);
   return e;
-}
-
-/* Frees the engine and the recorder and checks that nothing was left on the loop. */
-static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
-  sc_engine_free(e);
-  recorder_free(rec);
-  assert_int_equal(uv_loop_close(loop), 0);
-}
-
-/* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
-static void settle(uv_loop_t *loop) {
-  for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
-    uv_run(loop, UV_RUN_ONCE);
-  assert_false(uv_loop_alive(loop));
 }
 
 static void on_guard(uv_timer_t *h) {
@@ -227,17 +213,7 @@ static void run_for_ms(uv_loop_t *loop, uint64_t ms) {
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const char *config) {
-  cJSON *c = json_or_die(config);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.task_id = id;
-  spec.tenant_id = tenant;
-  spec.plan_id = "admission";
-  spec.config = c;
-  sc_task *t = NULL;
-  assert_int_equal(sc_task_submit(e, &spec, &t), SC_OK);
-  cJSON_Delete(c);
-  return t;
+  return submit_text(e, id, tenant, "admission", config, NULL);
 }
 
 /* The index in the recording of the first event of a type for a task; fails when there is none. */
@@ -248,31 +224,8 @@ static size_t event_index(const recorder *r, sc_event_type type, const char *tas
   return 0;
 }
 
-static void assert_message_has(const char *needle) {
-  if (strstr(sc_error_message(), needle) == NULL)
-    fail_msg("message \"%s\" lacks \"%s\"", sc_error_message(), needle);
-}
-
 static void assert_has(const char *haystack, const char *needle) {
   if (strstr(haystack, needle) == NULL) fail_msg("\"%s\" lacks \"%s\"", haystack, needle);
-}
-
-typedef struct status_wait {
-  sc_task *t;
-  sc_task_status status;
-} status_wait;
-
-static int has_status(void *udata) {
-  status_wait *w = udata;
-  return sc_task_get_status(w->t) == w->status;
-}
-
-/* Runs the loop until the task has a status; for tasks whose timers keep the loop alive. */
-static void run_until_status(uv_loop_t *loop, sc_task *t, sc_task_status status) {
-  status_wait w = {t, status};
-  if (!run_until(loop, has_status, &w, 1000))
-    fail_msg("task is %s, not %s", sc_task_status_name(sc_task_get_status(t)),
-             sc_task_status_name(status));
 }
 
 /* ---- the lock provider ---- */
@@ -285,11 +238,11 @@ provider_is_asked_once_per_task_with_the_task_id_and_tenant_tasks_still_run_in_t
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 30000, 20);
   sc_task *a = submit(e, "a", "acme", CONFIG(HOLD("h0")));
   sc_task *b = submit(e, "b", "acme", CONFIG(STEP("s0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(b),
                    SC_TASK_PENDING); /* waits in process, not on the provider */
@@ -298,7 +251,7 @@ provider_is_asked_once_per_task_with_the_task_id_and_tenant_tasks_still_run_in_t
   assert_string_equal(f.log, "+acme:a ");
 
   release_held(&p, "a");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), 2);
   assert_true(event_index(&rec, SC_EV_TASK_COMPLETED, "a") <
               event_index(&rec, SC_EV_TASK_STARTED, "b"));
@@ -320,7 +273,7 @@ static void busy_provider_keeps_the_task_pending_and_is_asked_again_every_retry_
   probe p;
   fake_locks f = {0};
   fake_hold(&f, "acme", "elsewhere"); /* another process holds the tenant */
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 30000, 20);
   sc_task *t = submit(e, "t", "acme", CONFIG(STEP("s0")));
 
@@ -335,7 +288,7 @@ static void busy_provider_keeps_the_task_pending_and_is_asked_again_every_retry_
   int asked = f.acquires;
 
   fake_free(&f, "acme"); /* the other process lets go */
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(f.acquires, asked + 1);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_STARTED, "t"), 1);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
@@ -352,10 +305,10 @@ static void provider_lock_is_renewed_about_every_third_of_the_ttl_while_a_stage_
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 60, 20);
   submit(e, "t", "acme", CONFIG(NAP("nap", 200)));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   /* every 20 ms during 200 ms: about 10 */
   if (f.renews < 4 || f.renews > 11) fail_msg("%d renew calls in 200 ms with ttl_ms 60", f.renews);
@@ -377,10 +330,10 @@ lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again(void
   probe p;
   fake_locks f = {0};
   f.fail_renew_at = 2; /* the second renew finds the tenant taken by another process */
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 60, 20);
   sc_task *t = submit(e, "t", "acme", CONFIG(NAP("nap", 100) "," STEP("s1")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_int_equal(p.runs, 0);                                           /* s1 did not start */
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, "t"), 1); /* nap finished */
@@ -401,14 +354,14 @@ lost_lock_pauses_at_the_next_stage_boundary_and_resume_needs_the_lock_again(void
   cJSON_Delete(paused);
 
   assert_int_equal(sc_task_resume(t), SC_EBUSY); /* "elsewhere" still holds it */
-  assert_message_has("acme");
-  settle(&loop);
+  assert_error_has("acme");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_RESUMED, NULL), 0);
 
   fake_free(&f, "acme");
   assert_int_equal(sc_task_resume(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   assert_string_equal(p.order, "t/s1,");
   assert_int_equal(f.acquires, 3); /* admission, the refused resume, the accepted one */
@@ -427,7 +380,7 @@ static void a_paused_task_that_loses_its_lock_resumes_once_it_has_it_again(void 
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 60, 20);
   sc_task *t = submit(e, "t", "acme", CONFIG(NAP("nap", 30) "," STEP("s1")));
   run_for_ms(&loop, 5); /* in the nap */
@@ -441,7 +394,7 @@ static void a_paused_task_that_loses_its_lock_resumes_once_it_has_it_again(void 
   assert_int_equal(sc_task_resume(t), SC_EBUSY); /* "elsewhere" holds it */
   fake_free(&f, "acme");
   assert_int_equal(sc_task_resume(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
   assert_string_equal(p.order, "t/s1,");
@@ -456,15 +409,15 @@ static void renewing_goes_on_after_a_resumed_task_took_its_lock_again(void **sta
   probe p;
   fake_locks f = {0};
   f.fail_renew_at = 1;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 60, 20);
   sc_task *t = submit(e, "t", "acme", CONFIG(NAP("nap", 50) "," NAP("long", 200)));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   fake_free(&f, "acme");
   assert_int_equal(sc_task_resume(t), SC_OK);
   int before = f.renews;
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   /* the 200 ms stage after the resume holds the lock: it must be renewed again */
   if (f.renews - before < 4)
@@ -481,24 +434,24 @@ static void set_lock_provider_is_refused_while_a_tenant_lock_is_held(void **stat
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   sc_lock_provider prov = fake_provider(&f, 30000, 20);
   submit(e, "a", "acme", CONFIG(HOLD("h0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_engine_set_lock_provider(e, &prov), SC_EBUSY);
   assert_int_equal(sc_engine_set_lock_provider(e, NULL), SC_EBUSY);
 
   release_held(&p, "a");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(f.acquires + f.releases, 0); /* never installed */
   submit(e, "n", NULL, CONFIG(HOLD("h0")));     /* a task without a tenant holds no lock */
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_engine_set_lock_provider(e, &prov), SC_OK);
   submit(e, "b", "acme", CONFIG(STEP("s0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(f.log, "+acme:b -acme:b ");
   release_held(&p, "n");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), 3);
   assert_int_equal(f.acquires, 1); /* not for the task without a tenant */
 
@@ -512,7 +465,7 @@ static void set_lock_provider_refuses_a_provider_missing_a_callback(void **state
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   sc_lock_provider prov = fake_provider(&f, 30000, 20);
   prov.acquire = NULL;
   assert_int_equal(sc_engine_set_lock_provider(e, &prov), SC_EINVAL);
@@ -525,7 +478,7 @@ static void set_lock_provider_refuses_a_provider_missing_a_callback(void **state
   assert_int_equal(sc_engine_set_lock_provider(NULL, &prov), SC_EINVAL);
 
   submit(e, "t", "acme", CONFIG(STEP("s0"))); /* nothing was installed */
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t"), 1);
   assert_int_equal(f.acquires + f.renews + f.releases, 0);
 
@@ -539,21 +492,21 @@ static void null_lock_provider_restores_the_in_process_default(void **state) {
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 30000, 20);
   submit(e, "a", "acme", CONFIG(STEP("s0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(f.log, "+acme:a -acme:a ");
 
   assert_int_equal(sc_engine_set_lock_provider(e, NULL), SC_OK);
   fake_hold(&f, "acme", "elsewhere"); /* would refuse, if it were still asked */
   sc_task *b = submit(e, "b", "acme", CONFIG(HOLD("h0")));
   sc_task *c = submit(e, "c", "acme", CONFIG(STEP("s0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(b), SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(c), SC_TASK_PENDING); /* the in-process lock still holds */
   release_held(&p, "b");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), 3);
   assert_string_equal(p.order, "a/s0,b/h0,c/s0,");
   assert_int_equal(f.acquires, 1);
@@ -570,12 +523,12 @@ static void provider_release_is_called_when_a_task_is_cancelled_fails_or_complet
   recorder rec;
   probe p;
   fake_locks f = {0};
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   install_fake(e, &f, 30000, 20);
   sc_task *x = submit(e, "x", "tx", CONFIG(HOLD("h0")));
   sc_task *y = submit(e, "y", "ty", CONFIG(STAGE_FN("f0", "fail")));
   submit(e, "z", "tz", CONFIG(STEP("s0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(x), SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(y), SC_TASK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "z"), 1);
@@ -585,7 +538,7 @@ static void provider_release_is_called_when_a_task_is_cancelled_fails_or_complet
   assert_has(f.log, "-tz:z ");
 
   assert_int_equal(sc_task_cancel(x, "stop"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "x"), 1);
   assert_int_equal(f.releases, 3);
   assert_has(f.log, "-tx:x ");
@@ -637,7 +590,7 @@ max_active_tasks_two_never_runs_more_than_two_and_starts_in_submission_order(voi
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.max_active_tasks = 2;
-  sc_engine *e = start_engine(&loop, &o, NULL, &p);
+  sc_engine *e = start_probed(&loop, &o, NULL, &p);
   concurrency c = {0};
   sc_subscriber s;
   sc_subscriber_init(&s);
@@ -650,13 +603,12 @@ max_active_tasks_two_never_runs_more_than_two_and_starts_in_submission_order(voi
   for (int i = 0; i < 5; i++)
     t[i] = submit(e, ids[i], tenants[i], CONFIG(NAP("nap", 20) "," STEP("s1")));
 
-  status_wait w = {t[1], SC_TASK_RUNNING};
-  assert_true(run_until(&loop, has_status, &w, 1000));
+  run_until_status(&loop, t[1], SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(t[0]), SC_TASK_RUNNING);
   for (int i = 2; i < 5; i++)
     assert_int_equal(sc_task_get_status(t[i]), SC_TASK_PENDING);
 
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(c.completed, 5);
   assert_int_equal(c.other_ends, 0);
   assert_int_equal(c.max, 2);
@@ -676,20 +628,20 @@ static void tenant_exclusive_false_lets_two_tasks_of_one_tenant_run_interleaved(
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.tenant_exclusive = false;
-  sc_engine *e = start_engine(&loop, &o, &rec, &p);
+  sc_engine *e = start_probed(&loop, &o, &rec, &p);
   sc_task *a = submit(e, "a", "acme", CONFIG(HOLD("h0") "," STEP("s1")));
   sc_task *b = submit(e, "b", "acme", CONFIG(HOLD("h0") "," STEP("s1")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(b), SC_TASK_RUNNING);
   assert_string_equal(p.order, "a/h0,b/h0,");
 
   release_held(&p, "b"); /* the later one finishes first */
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_RUNNING);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "b"), 1);
   release_held(&p, "a");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "a"), 1);
   assert_string_equal(p.order, "a/h0,b/h0,b/s1,a/s1,");
   assert_true(event_index(&rec, SC_EV_TASK_STARTED, "b") <
@@ -704,27 +656,27 @@ static void failed_task_releases_its_tenant_lock_and_its_retry_waits_for_the_ten
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   p.flaky_failures = 1;
   sc_task *a = submit(e, "a", "acme", CONFIG(STAGE_FN("f0", "flaky")));
   sc_task *b = submit(e, "b", "acme", CONFIG(HOLD("h0")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_FAILED);
   assert_int_equal(sc_task_get_status(b), SC_TASK_RUNNING); /* started once a failed */
   assert_true(event_index(&rec, SC_EV_TASK_FAILED, "a") <
               event_index(&rec, SC_EV_TASK_STARTED, "b"));
 
   assert_int_equal(sc_task_retry(a, NULL, false), SC_EBUSY);
-  assert_message_has("acme");
-  settle(&loop);
+  assert_error_has("acme");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_FAILED);
   assert_int_equal(sc_task_retry_count(a), 0);
 
   release_held(&p, "b");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "b"), 1);
   assert_int_equal(sc_task_retry(a, NULL, false), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "a"), 1);
   assert_string_equal(p.order, "a/f0,b/h0,a/f0,");
   assert_int_equal(sc_engine_task_count(e), 0);
@@ -759,11 +711,11 @@ static void three_waiting(uv_loop_t *loop, sc_engine *e, waiting *w) {
   r.mode = SC_RECOVER_RETRY;
   assert_int_equal(sc_recover_from_restart(e, &r, &w->rec), SC_OK);
   cJSON_Delete(config);
-  settle(loop);
+  settle_loop(loop);
   assert_int_equal(sc_task_get_status(w->two), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(sc_task_get_status(w->rec), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(sc_task_approve(w->two, "deploy", "alice", NULL), SC_OK);
-  settle(loop);
+  settle_loop(loop);
   assert_int_equal(sc_task_get_status(w->two), SC_TASK_AWAITING_APPROVAL);
 
   w->timed =
@@ -784,7 +736,7 @@ static void pending_approvals_lists_every_waiting_task_with_its_gate(void **stat
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, NULL, &p);
+  sc_engine *e = start_probed(&loop, NULL, NULL, &p);
   waiting w;
   three_waiting(&loop, e, &w);
 
@@ -835,7 +787,7 @@ static void pending_approvals_fills_at_most_cap_entries_and_returns_the_total(vo
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, NULL, &p);
+  sc_engine *e = start_probed(&loop, NULL, NULL, &p);
   waiting w;
   three_waiting(&loop, e, &w);
 
@@ -867,13 +819,13 @@ static void pending_approvals_shrink_as_tasks_are_approved(void **state) {
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, NULL, &p);
+  sc_engine *e = start_probed(&loop, NULL, NULL, &p);
   waiting w;
   three_waiting(&loop, e, &w);
   assert_int_equal(sc_engine_pending_approvals(e, NULL, 0), 3);
 
   assert_int_equal(sc_task_approve(w.timed, "ship", "alice", NULL), SC_OK);
-  settle(&loop); /* the deadline timer stops with the approval */
+  settle_loop(&loop); /* the deadline timer stops with the approval */
   assert_null(sc_engine_find_task(e, "timed"));
   sc_pending_approval list[4];
   assert_int_equal(sc_engine_pending_approvals(e, list, 4), 2);
@@ -881,12 +833,12 @@ static void pending_approvals_shrink_as_tasks_are_approved(void **state) {
   find_pending(list, 2, "rec");
 
   assert_int_equal(sc_task_approve(w.two, "deploy", "bob", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_engine_pending_approvals(e, list, 4), 1);
   assert_string_equal(list[0].task_id, "rec");
 
   assert_int_equal(sc_task_approve(w.rec, "charge", "alice", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_engine_pending_approvals(e, list, 4), 0);
   assert_int_equal(sc_engine_task_count(e), 0);
 

@@ -81,10 +81,8 @@ static sc_task *submit(sc_engine *e, const char *id, const char *names, const cJ
   s.task_id = id;
   s.config = config;
   s.context = context;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(e, &s, &t);
+  sc_task *t = submit_or_fail(e, &s);
   cJSON_Delete(config);
-  if (rc != SC_OK) fail_msg("submit %s: %s", id, sc_error_message());
   return t;
 }
 

@@ -5,55 +5,17 @@
 
 /* ---- helpers ---- */
 
-typedef struct logbook {
-  int n;
-  char messages[32][512];
-} logbook;
-
-static void log_cb(sc_engine *e, sc_log_level level, const char *message, void *udata) {
-  (void)e;
-  (void)level;
-  logbook *l = udata;
-  if (l->n < 32) snprintf(l->messages[l->n], sizeof(l->messages[0]), "%s", message);
-  l->n++;
-}
-
-static bool logbook_has(const logbook *l, const char *needle) {
-  for (int i = 0; i < l->n && i < 32; i++)
-    if (strstr(l->messages[i], needle) != NULL) return true;
-  return false;
-}
-
 static sc_engine *engine_on(uv_loop_t *loop, logbook *log) {
   sc_engine_options o;
   sc_engine_options_init(&o);
   if (log != NULL) {
     memset(log, 0, sizeof(*log));
-    o.log = log_cb;
+    o.log = logbook_cb;
     o.log_udata = log;
   }
   sc_engine *e = NULL;
   assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
   return e;
-}
-
-static void guard_fired(uv_timer_t *t) {
-  *(bool *)t->data = true;
-  uv_stop(t->loop);
-}
-
-/* Runs the loop until nothing referenced is left, failing the test after limit_ms. */
-static void run_bounded(uv_loop_t *loop, uint64_t limit_ms) {
-  uv_timer_t guard;
-  bool fired = false;
-  uv_timer_init(loop, &guard);
-  guard.data = &fired;
-  uv_timer_start(&guard, guard_fired, limit_ms, 0);
-  uv_unref((uv_handle_t *)&guard);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_close((uv_handle_t *)&guard, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  if (fired) fail_msg("the loop was still busy after %llu ms", (unsigned long long)limit_ms);
 }
 
 static void nothing(uv_timer_t *t) {
@@ -73,27 +35,13 @@ static void idle_for(uv_loop_t *loop, uint64_t ms) {
   uv_run(loop, UV_RUN_NOWAIT);
 }
 
-static int has_event(void *udata) {
-  void **args = udata;
-  return recorder_count(args[0], *(sc_event_type *)args[1], NULL) > 0;
-}
-
-static void run_until_event(uv_loop_t *loop, recorder *r, sc_event_type type, int max_turns) {
-  void *args[2] = {r, &type};
-  if (!run_until(loop, has_event, args, max_turns))
-    fail_msg("no %s after %d loop turns", sc_event_type_name(type), max_turns);
-}
-
 static sc_task *submit(sc_engine *e, const char *id, const cJSON *config) {
   sc_task_spec s;
   sc_task_spec_init(&s);
   s.task_id = id;
   s.tenant_id = "acme";
   s.config = config;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(e, &s, &t);
-  if (rc != SC_OK) fail_msg("submit %s: %s: %s", id, sc_err_name(rc), sc_error_message());
-  return t;
+  return submit_or_fail(e, &s);
 }
 
 static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {

@@ -143,12 +143,11 @@ static int comp_compensate(sc_stage_ctx *ctx, void *udata) {
 
 /* ---- helpers ---- */
 
-/* Initializes loop and starts an engine on it with the test kinds and the recorder attached;
- * stop_engine() undoes it and checks that nothing was left on the loop. */
-static sc_engine *start_engine(uv_loop_t *loop, recorder *rec, probe *p) {
-  sc_engine *e = NULL;
+/* Initializes loop and starts an engine on it (harness.h) with the test kinds and the recorder
+ * attached; stop_engine() undoes it and checks that nothing was left on the loop. */
+static sc_engine *start_probed(uv_loop_t *loop, recorder *rec, probe *p) {
   assert_int_equal(uv_loop_init(loop), 0);
-  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(loop, NULL, NULL);
   memset(p, 0, sizeof(*p));
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, p), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "fail", fail_fn, p), SC_OK);
@@ -162,36 +161,10 @@ static sc_engine *start_engine(uv_loop_t *loop, recorder *rec, probe *p) {
   return e;
 }
 
-static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
-  sc_engine_free(e);
-  recorder_free(rec);
-  assert_int_equal(uv_loop_close(loop), 0);
-}
-
-/* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
-static void settle(uv_loop_t *loop) {
-  for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
-    uv_run(loop, UV_RUN_ONCE);
-  assert_false(uv_loop_alive(loop));
-}
-
 /* Submits a task of config (JSON text) with NULL tenant; previous may be NULL. */
 static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const char *config,
                        const char *previous) {
-  cJSON *c = json_or_die(config);
-  cJSON *pc = previous ? json_or_die(previous) : NULL;
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.task_id = id;
-  spec.tenant_id = tenant;
-  spec.plan_id = "ops";
-  spec.config = c;
-  spec.previous_config = pc;
-  sc_task *t = NULL;
-  assert_int_equal(sc_task_submit(e, &spec, &t), SC_OK);
-  cJSON_Delete(pc);
-  cJSON_Delete(c);
-  return t;
+  return submit_text(e, id, tenant, "ops", config, previous);
 }
 
 static cJSON *event_json(const recorder *r, sc_event_type type, size_t nth) {
@@ -232,29 +205,6 @@ static const char *event_str(const recorder *r, sc_event_type type, size_t nth, 
   return buf;
 }
 
-static void assert_message_has(const char *needle) {
-  if (strstr(sc_error_message(), needle) == NULL)
-    fail_msg("message \"%s\" lacks \"%s\"", sc_error_message(), needle);
-}
-
-typedef struct status_wait {
-  sc_task *t;
-  sc_task_status status;
-} status_wait;
-
-static int has_status(void *udata) {
-  status_wait *w = udata;
-  return sc_task_get_status(w->t) == w->status;
-}
-
-/* Runs the loop until the task has a status; for tasks whose timers keep the loop alive. */
-static void run_until_status(uv_loop_t *loop, sc_task *t, sc_task_status status) {
-  status_wait w = {t, status};
-  if (!run_until(loop, has_status, &w, 1000))
-    fail_msg("task is %s, not %s", sc_task_status_name(sc_task_get_status(t)),
-             sc_task_status_name(status));
-}
-
 /* ---- pause and resume ---- */
 
 static void pause_running_task_stops_at_next_stage_boundary(void **state) {
@@ -262,24 +212,24 @@ static void pause_running_task_stops_at_next_stage_boundary(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_RUNNING);
 
   assert_int_equal(sc_task_pause(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_RUNNING); /* h0 is still running */
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, NULL), 0);
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_int_equal(runs_of(&p, "s1"), 0);
   assert_string_equal(event_str(&rec, SC_EV_TASK_PAUSED, 0, "paused_from"), "RUNNING");
   assert_string_equal(event_str(&rec, SC_EV_TASK_PAUSED, 0, "reason"), "requested");
 
   assert_int_equal(sc_task_resume(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "h0,s1");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,stage.started,stage.completed,task.paused,"
@@ -293,13 +243,13 @@ static void resume_before_the_boundary_withdraws_the_pause(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_pause(t), SC_OK);
   assert_int_equal(sc_task_resume(t), SC_OK);
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "h0,s1");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
@@ -312,25 +262,25 @@ static void pause_awaiting_approval_then_resume_asks_for_approval_again(void **s
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("deploy", "{\"required\":true}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
 
   assert_int_equal(sc_task_pause(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_string_equal(event_str(&rec, SC_EV_TASK_PAUSED, 0, "paused_from"), "AWAITING_APPROVAL");
   assert_int_equal(sc_task_approve(t, "deploy", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("PAUSED");
+  assert_error_has("PAUSED");
 
   assert_int_equal(sc_task_resume(t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_REQUESTED, "t1"), 2);
   assert_int_equal(p.n, 0);
   assert_int_equal(sc_task_approve(t, "deploy", "alice", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "deploy");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,task.paused,task.resumed,"
@@ -345,15 +295,15 @@ static void pause_is_refused_outside_running_and_awaiting_approval(void **state)
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *created = submit(e, "t1", NULL, CONFIG(STEP("s0")), NULL);
   assert_int_equal(sc_task_pause(created), SC_ETRANSITION);
-  assert_message_has("CREATED");
+  assert_error_has("CREATED");
   sc_task *failed = submit(e, "t2", NULL, CONFIG(STAGE_FN("f0", "fail")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(failed), SC_TASK_FAILED);
   assert_int_equal(sc_task_pause(failed), SC_ETRANSITION);
-  assert_message_has("FAILED");
+  assert_error_has("FAILED");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, NULL), 0);
 
   stop_engine(e, &rec, &loop);
@@ -364,13 +314,13 @@ static void resume_is_refused_unless_paused(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_resume(t), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_RESUMED, NULL), 0);
 
   stop_engine(e, &rec, &loop);
@@ -383,11 +333,11 @@ static void cancel_right_after_submit_runs_nothing(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(STEP("s0")), NULL);
   assert_int_equal(sc_task_get_status(t), SC_TASK_CREATED);
   assert_int_equal(sc_task_cancel(t, "changed my mind"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_string_equal(recorder_types(&rec, NULL), "task.created,task.cancelled");
   assert_string_equal(event_str(&rec, SC_EV_TASK_CANCELLED, 0, "reason"), "changed my mind");
@@ -402,19 +352,19 @@ static void cancel_pending_task_waiting_for_tenant_lock(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *a = submit(e, "a", "acme", CONFIG(HOLD("h0")), NULL);
   sc_task *b = submit(e, "b", "acme", CONFIG(STEP("s0")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(a), SC_TASK_RUNNING);
   assert_int_equal(sc_task_get_status(b), SC_TASK_PENDING);
 
   assert_int_equal(sc_task_cancel(b, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(recorder_types(&rec, "b"), "task.created,task.cancelled");
   assert_null(sc_engine_find_task(e, "b"));
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "h0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "a"), 1);
 
@@ -426,13 +376,13 @@ static void pending_task_starts_when_the_tenant_lock_is_released(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   submit(e, "a", "acme", CONFIG(HOLD("h0")), NULL);
   sc_task *b = submit(e, "b", "acme", CONFIG(STEP("s0")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(b), SC_TASK_PENDING);
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "h0,s0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "b"), 1);
 
@@ -444,12 +394,12 @@ static void cancel_running_task_cancels_the_stage_and_runs_nothing_more(void **s
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_RUNNING);
   assert_int_equal(sc_task_cancel(t, "stop"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.hold_cancels, 1);
   assert_string_equal(run_order(&p), "h0");
   assert_string_equal(recorder_types(&rec, NULL),
@@ -464,15 +414,15 @@ static void cancel_paused_task(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_pause(t), SC_OK);
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_int_equal(sc_task_cancel(t, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "h0");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,stage.started,stage.completed,task.paused,"
@@ -487,12 +437,12 @@ static void pause_then_cancel_before_the_boundary_cancels(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_pause(t), SC_OK);
   assert_int_equal(sc_task_cancel(t, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.hold_cancels, 1);
   assert_string_equal(run_order(&p), "h0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
@@ -507,12 +457,12 @@ static void cancel_awaiting_approval_task(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("deploy", "{\"required\":true}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(sc_task_cancel(t, "no"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,task.cancelled");
@@ -526,13 +476,13 @@ static void cancel_is_refused_on_failed_task_naming_its_status(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(STAGE_FN("f0", "fail")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(sc_task_cancel(t, NULL), SC_ETRANSITION);
-  assert_message_has("FAILED");
-  settle(&loop);
+  assert_error_has("FAILED");
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, NULL), 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
@@ -546,7 +496,7 @@ static void approval_required_asks_before_the_stage_with_its_policy(void **state
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t =
       submit(e, "t1", NULL,
              CONFIG(STEP("s0") "," GATED("deploy", "{\"required\":true,\"approvers_needed\":1,"
@@ -567,7 +517,7 @@ static void approval_required_asks_before_the_stage_with_its_policy(void **state
   assert_string_equal(str_of(d, "status"), "AWAITING_APPROVAL");
 
   assert_int_equal(sc_task_approve(t, "deploy", "alice", "ship it"), SC_OK);
-  settle(&loop); /* the approval timer is stopped, or this would wait ten minutes */
+  settle_loop(&loop); /* the approval timer is stopped, or this would wait ten minutes */
   assert_string_equal(run_order(&p), "s0,deploy");
   cJSON *granted = event_json(&rec, SC_EV_APPROVAL_GRANTED, 0);
   assert_string_equal(str_of(data_of(granted), "reviewer"), "alice");
@@ -587,9 +537,9 @@ static void approval_without_timeout_has_no_deadline_and_defaults(void **state) 
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("deploy", "{\"required\":true}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   cJSON *asked = event_json(&rec, SC_EV_APPROVAL_REQUESTED, 0);
   const cJSON *d = data_of(asked);
   assert_int_equal(num_of(d, "timeout_ms"), 0);
@@ -598,7 +548,7 @@ static void approval_without_timeout_has_no_deadline_and_defaults(void **state) 
   assert_string_equal(str_of(d, "on_timeout"), "reject");
   assert_string_equal(str_of(d, "on_reject"), "cancel");
   assert_int_equal(sc_task_approve(t, NULL, "alice", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "deploy");
 
   cJSON_Delete(asked);
@@ -610,23 +560,23 @@ static void approval_needs_distinct_reviewers_up_to_approvers_needed(void **stat
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL,
                       CONFIG(GATED("deploy", "{\"required\":true,\"approvers_needed\":2}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_approve(t, "deploy", "alice", NULL), SC_OK);
   assert_int_equal(sc_task_approve(t, "deploy", "alice", NULL), SC_EINVAL); /* not yet applied */
-  assert_message_has("alice");
-  settle(&loop);
+  assert_error_has("alice");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(p.n, 0);
   cJSON *first = event_json(&rec, SC_EV_APPROVAL_GRANTED, 0);
   assert_int_equal(num_of(data_of(first), "approvals"), 1);
   assert_int_equal(num_of(data_of(first), "approvers_needed"), 2);
   assert_int_equal(sc_task_approve(t, "deploy", "alice", NULL), SC_EINVAL); /* applied */
-  assert_message_has("alice");
+  assert_error_has("alice");
   assert_int_equal(sc_task_approve(t, "deploy", "bob", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "deploy");
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, "t1"), 2);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
@@ -640,11 +590,11 @@ static void reject_cancels_the_task_by_default(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("deploy", "{\"required\":true}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_reject(t, "deploy", "bob", "not today"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,approval.rejected,"
@@ -661,12 +611,12 @@ static void reject_fails_the_task_when_on_reject_is_fail(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL,
                       CONFIG(GATED("deploy", "{\"required\":true,\"on_reject\":\"fail\"}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_reject(t, NULL, "bob", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_string_equal(recorder_types(&rec, NULL),
@@ -680,15 +630,15 @@ static void approve_is_refused_for_another_stage(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t =
       submit(e, "t1", NULL, CONFIG(STEP("s0") "," GATED("deploy", "{\"required\":true}")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_approve(t, "s0", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("'deploy'");
+  assert_error_has("'deploy'");
   assert_int_equal(sc_task_reject(t, "verify", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("'deploy'");
-  settle(&loop);
+  assert_error_has("'deploy'");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_REJECTED, NULL), 0);
@@ -701,17 +651,17 @@ static void approve_is_refused_when_no_approval_is_pending(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0")), NULL);
   assert_int_equal(sc_task_approve(t, NULL, "alice", NULL), SC_ETRANSITION);
-  assert_message_has("CREATED");
-  settle(&loop);
+  assert_error_has("CREATED");
+  settle_loop(&loop);
   assert_int_equal(sc_task_approve(t, "h0", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   assert_int_equal(sc_task_reject(t, NULL, "alice", NULL), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
@@ -723,12 +673,12 @@ static void approval_timeout_with_approve_runs_the_stage(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   submit(
       e, "t1", NULL,
       CONFIG(GATED("deploy", "{\"required\":true,\"timeout_ms\":30,\"on_timeout\":\"approve\"}")),
       NULL);
-  settle(&loop); /* the approval timer keeps the loop running until it fires */
+  settle_loop(&loop); /* the approval timer keeps the loop running until it fires */
   assert_string_equal(run_order(&p), "deploy");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,approval.timed_out,"
@@ -743,11 +693,11 @@ static void approval_timeout_with_reject_cancels_the_task(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   submit(e, "t1", NULL,
          CONFIG(GATED("deploy", "{\"required\":true,\"timeout_ms\":30,\"on_timeout\":\"reject\"}")),
          NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,approval.requested,approval.timed_out,"
@@ -763,12 +713,12 @@ static void approval_timeout_with_fail_fails_the_task(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(
       e, "t1", NULL,
       CONFIG(GATED("deploy", "{\"required\":true,\"timeout_ms\":30,\"on_timeout\":\"fail\"}")),
       NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_string_equal(recorder_types(&rec, NULL),
@@ -783,7 +733,7 @@ static void approve_after_the_timeout_decided_is_refused(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *failed = submit(
       e, "t1", NULL,
       CONFIG(GATED("deploy", "{\"required\":true,\"timeout_ms\":30,\"on_timeout\":\"fail\"}")),
@@ -793,15 +743,15 @@ static void approve_after_the_timeout_decided_is_refused(void **state) {
              CONFIG(GATED("deploy", "{\"required\":true,\"timeout_ms\":30,\"on_timeout\":"
                                     "\"approve\"}") "," HOLD("h1")),
              NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(failed), SC_TASK_FAILED);
   assert_int_equal(sc_task_approve(failed, "deploy", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("FAILED");
+  assert_error_has("FAILED");
   assert_int_equal(sc_task_get_status(approved), SC_TASK_RUNNING);
   assert_int_equal(sc_task_approve(approved, "deploy", "alice", NULL), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_GRANTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t2"), 1);
 
@@ -817,15 +767,15 @@ static void retry_failed_task_reruns_from_the_failed_stage(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   p.flaky_failures = 1;
   sc_task *t = submit(e, "t1", NULL, RETRY_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(sc_task_retry_count(t), 0);
 
   assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s1,s2");
   assert_int_equal(p.retry_count[2], 1);
   assert_string_equal(p.context[2], "{\"s0\":0}"); /* the context is kept */
@@ -846,12 +796,12 @@ static void retry_from_an_earlier_named_stage(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   p.flaky_failures = 1;
   sc_task *t = submit(e, "t1", NULL, RETRY_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_retry(t, "s0", false), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s0,s1,s2");
   assert_string_equal(event_str(&rec, SC_EV_TASK_STARTED, 1, "from_stage"), "s0");
 
@@ -863,15 +813,15 @@ static void retry_refuses_a_later_or_unknown_stage(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   p.flaky_failures = 1;
   sc_task *t = submit(e, "t1", NULL, RETRY_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_retry(t, "s2", false), SC_EINVAL);
-  assert_message_has("s2");
+  assert_error_has("s2");
   assert_int_equal(sc_task_retry(t, "s9", false), SC_EUNKNOWN_STAGE);
-  assert_message_has("stages: s0, s1, s2");
-  settle(&loop);
+  assert_error_has("stages: s0, s1, s2");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_STARTED, "t1"), 1);
 
@@ -883,13 +833,13 @@ static void retry_with_reset_context_starts_from_an_empty_context(void **state) 
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   p.flaky_failures = 1;
   sc_task *t = submit(e, "t1", NULL, RETRY_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(p.context[1], "{\"s0\":0}");
   assert_int_equal(sc_task_retry(t, NULL, true), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s1,s2");
   assert_string_equal(p.context[2], "{}");
   cJSON *restarted = event_json(&rec, SC_EV_TASK_STARTED, 1);
@@ -904,15 +854,15 @@ static void retry_is_refused_unless_failed(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0")), NULL);
   assert_int_equal(sc_task_retry(t, NULL, false), SC_ETRANSITION);
-  assert_message_has("CREATED");
-  settle(&loop);
+  assert_error_has("CREATED");
+  settle_loop(&loop);
   assert_int_equal(sc_task_retry(t, NULL, false), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_STARTED, "t1"), 1);
 
   stop_engine(e, &rec, &loop);
@@ -925,16 +875,16 @@ static void rollback_redeploy_reruns_up_to_the_failed_stage_with_previous_config
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL,
                       CONFIG(STEP("s0") "," STEP("s1") "," STAGE_FN("s2", "fail") "," STEP("s3")),
                       "{\"version\":\"1\",\"stages\":[" STEP("s0") "," STEP("s1") "," STEP(
                           "s2") "," STEP("s3") "]}");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_REDEPLOY), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s0,s1,s2");
   for (size_t i = 0; i < 3; i++) {
     assert_string_equal(p.version[i], "2");
@@ -957,12 +907,12 @@ static void rollback_redeploy_is_refused_without_previous_config(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(STEP("s0") "," STAGE_FN("s1", "fail")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_REDEPLOY), SC_EINVAL);
-  assert_message_has("previous_config");
-  settle(&loop);
+  assert_error_has("previous_config");
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_STARTED, NULL), 0);
 
@@ -977,13 +927,13 @@ static void rollback_compensate_undoes_compensable_stages_in_reverse(void **stat
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, COMPENSATE_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(p.compensated, "c2,c0");
   assert_string_equal(run_order(&p), "c0,i1,c2,f3"); /* nothing ran forward again */
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPENSATED, "t1"), 2);
@@ -1001,20 +951,20 @@ static void failed_compensation_ends_rollback_failed_and_can_run_again(void **st
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   p.comp_fail_stage = "c2";
   p.compensation_failures = 1;
   sc_task *t = submit(e, "t1", NULL, COMPENSATE_PIPELINE, NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_ROLLBACK_FAILED);
   assert_string_equal(p.compensated, "c2");
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_FAILED, "t1"), 1);
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPENSATED, "t1"), 0);
 
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(p.compensated, "c2,c2,c0");
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_STARTED, "t1"), 2);
   cJSON *again = event_json(&rec, SC_EV_ROLLBACK_STARTED, 1);
@@ -1032,14 +982,14 @@ static void rollback_is_refused_unless_failed(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0")), "{\"stages\":[" STEP("h0") "]}");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_REDEPLOY), SC_ETRANSITION);
-  assert_message_has("RUNNING");
+  assert_error_has("RUNNING");
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_ETRANSITION);
   release_held(&p);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_STARTED, NULL), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
 
@@ -1051,13 +1001,13 @@ static void release_forgets_a_failed_task(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(STAGE_FN("f0", "fail")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(sc_engine_task_count(e), 1);
   sc_task_release(t);
-  settle(&loop);
+  settle_loop(&loop);
   assert_null(sc_engine_find_task(e, "t1"));
   assert_int_equal(sc_engine_task_count(e), 0);
 
@@ -1075,7 +1025,7 @@ static void cancel_during_retry_backoff_makes_no_further_attempt(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL,
                       CONFIG("{\"name\":\"r0\",\"kind\":\"fn\",\"params\":{\"fn\":\"retryable\"},"
                              "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":60000}}"),
@@ -1084,7 +1034,7 @@ static void cancel_during_retry_backoff_makes_no_further_attempt(void **state) {
   cJSON *failed = event_json(&rec, SC_EV_STAGE_FAILED, 0);
   assert_true(cJSON_IsTrue(member(data_of(failed), "will_retry")));
   assert_int_equal(sc_task_cancel(t, "enough"), SC_OK);
-  settle(&loop); /* the backoff timer is stopped, or this would wait a minute */
+  settle_loop(&loop); /* the backoff timer is stopped, or this would wait a minute */
   assert_string_equal(run_order(&p), "r0");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_FAILED, "t1"), 0);
@@ -1103,7 +1053,7 @@ static void cancel_while_a_stage_completed_ack_is_deferred_runs_no_next_stage(vo
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   rec.defer = 1;
   rec.defer_mask = 1ull << SC_EV_STAGE_COMPLETED;
   sc_task *t = submit(e, "t1", NULL, CONFIG(STEP("s0") "," STEP("s1")), NULL);
@@ -1113,7 +1063,7 @@ static void cancel_while_a_stage_completed_ack_is_deferred_runs_no_next_stage(vo
     uv_run(&loop, UV_RUN_NOWAIT);
   assert_string_equal(run_order(&p), "s0"); /* the barrier holds: nothing runs past it */
   assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.started,stage.started,stage.completed,task.cancelled");
@@ -1128,7 +1078,7 @@ static void a_retry_asked_while_task_failed_is_stored_applies_after_the_ack(void
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   rec.defer = 1;
   rec.defer_mask = 1ull << SC_EV_TASK_FAILED;
   p.flaky_failures = 1;
@@ -1141,12 +1091,12 @@ static void a_retry_asked_while_task_failed_is_stored_applies_after_the_ack(void
   assert_int_equal(runs_of(&p, "f0"), 1); /* the barrier holds */
   rec.defer = 0;
   assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(runs_of(&p, "f0"), 2);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
   /* the tenant is free again: a next task of acme runs */
   submit(e, "t2", "acme", CONFIG(STEP("s0")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t2"), 1);
   stop_engine(e, &rec, &loop);
 }
@@ -1157,10 +1107,10 @@ static void approvals_and_cancels_asked_during_a_barrier_apply_after_it(void **s
     uv_loop_t loop;
     recorder rec;
     probe p;
-    sc_engine *e = start_engine(&loop, &rec, &p);
+    sc_engine *e = start_probed(&loop, &rec, &p);
     sc_task *t = submit(e, "t1", NULL,
                         CONFIG(GATED("g0", "{\"required\":true,\"approvers_needed\":2}")), NULL);
-    settle(&loop);
+    settle_loop(&loop);
     rec.defer = 1;
     rec.defer_mask = 1ull << SC_EV_APPROVAL_GRANTED;
     assert_int_equal(sc_task_approve(t, "g0", "alice", NULL), SC_OK);
@@ -1174,7 +1124,7 @@ static void approvals_and_cancels_asked_during_a_barrier_apply_after_it(void **s
     assert_int_equal(runs_of(&p, "g0"), 0);
     rec.defer = 0;
     assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
-    settle(&loop);
+    settle_loop(&loop);
     if (cancel) {
       assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
       assert_int_equal(runs_of(&p, "g0"), 0);
@@ -1195,9 +1145,9 @@ static void a_rejection_takes_effect_after_its_event_is_stored(void **state) {
     uv_loop_t loop;
     recorder rec;
     probe p;
-    sc_engine *e = start_engine(&loop, &rec, &p);
+    sc_engine *e = start_probed(&loop, &rec, &p);
     sc_task *t = submit(e, "t1", NULL, CONFIG(GATED("g0", "{\"required\":true}")), NULL);
-    settle(&loop);
+    settle_loop(&loop);
     rec.defer = 1;
     rec.defer_mask = 1ull << SC_EV_APPROVAL_REJECTED;
     assert_int_equal(sc_task_reject(t, "g0", "carol", "no"), SC_OK);
@@ -1208,18 +1158,18 @@ static void a_rejection_takes_effect_after_its_event_is_stored(void **state) {
     assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
     /* decided: no second decision, and no longer listed as pending */
     assert_int_equal(sc_task_approve(t, "g0", "dave", NULL), SC_ETRANSITION);
-    assert_message_has("already rejected");
+    assert_error_has("already rejected");
     assert_int_equal(sc_engine_pending_approvals(e, NULL, 0), 0);
     rec.defer = 0;
     assert_int_equal(recorder_ack_all(&rec, ack_fails ? SC_EIO : SC_OK), 1);
-    settle(&loop);
+    settle_loop(&loop);
     if (ack_fails) {
       assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 0);
       assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
       assert_string_equal(event_str(&rec, SC_EV_TASK_PAUSED, 0, "reason"), "ack-failed");
       /* resumed, the decision stands: the task is cancelled, the stage never runs */
       assert_int_equal(sc_task_resume(t), SC_OK);
-      settle(&loop);
+      settle_loop(&loop);
       assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
       assert_int_equal(runs_of(&p, "g0"), 0);
     } else {
@@ -1252,7 +1202,7 @@ static void an_approval_timeout_during_a_barrier_applies_after_it(void **state) 
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t =
       submit(e, "t1", NULL,
              CONFIG(GATED("g0", "{\"required\":true,\"approvers_needed\":2,\"timeout_ms\":50,"
@@ -1267,7 +1217,7 @@ static void an_approval_timeout_during_a_barrier_applies_after_it(void **state) 
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_TIMED_OUT, "t1"), 0);
   rec.defer = 0;
   assert_int_equal(recorder_ack_all(&rec, SC_OK), 1);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(recorder_types(&rec, "t1"),
                       "task.created,task.started,approval.requested,approval.granted,"
                       "approval.timed_out,task.cancelled");
@@ -1281,20 +1231,20 @@ static void a_pause_request_ends_with_a_failure(void **state) {
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_task *t = submit(e, "t1", NULL, CONFIG(HOLD("h0") "," STEP("s1")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_pause(t), SC_OK);
   sc_stage_ctx *held = p.held;
   p.held = NULL;
   sc_stage_fail(held, SC_EIO, "broke", false);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(sc_task_resume(t), SC_ETRANSITION); /* nothing is paused or about to be */
   assert_int_equal(sc_task_retry(t, NULL, false), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   release_held(&p); /* h0 again, and this time it completes */
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t1"), 0);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
   stop_engine(e, &rec, &loop);
@@ -1315,21 +1265,21 @@ static void cancel_inside_stage_started_neither_starts_nor_cancels_the_stage(voi
   uv_loop_t loop;
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, &rec, &p);
+  sc_engine *e = start_probed(&loop, &rec, &p);
   sc_subscriber s;
   sc_subscriber_init(&s);
   s.on_event = cancel_on_stage_started;
   s.udata = e;
   assert_int_equal(sc_engine_subscribe(e, &s, NULL), SC_OK);
   submit(e, "t1", NULL, CONFIG(HOLD("h0")), NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);            /* never started */
   assert_int_equal(p.hold_cancels, 0); /* and never asked to cancel */
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t1"), 1);
   /* the built-in sleep kind the same way (its cancel closes a timer it never opened) */
   submit(e, "t2", NULL,
          "{\"stages\":[{\"name\":\"nap\",\"kind\":\"sleep\",\"params\":{\"ms\":10000}}]}", NULL);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_CANCELLED, "t2"), 1);
   stop_engine(e, &rec, &loop);
 }

@@ -6,70 +6,19 @@
 
 /* ---- helpers shared by the cases ---- */
 
-/* What the engine reports through its log option. */
-typedef struct logbook {
-  int n;
-  char messages[32][512];
-} logbook;
-
-static void log_cb(sc_engine *e, sc_log_level level, const char *message, void *udata) {
-  (void)e;
-  (void)level;
-  logbook *l = udata;
-  if (l->n < 32) snprintf(l->messages[l->n], sizeof(l->messages[0]), "%s", message);
-  l->n++;
-}
-
-static bool logbook_has(const logbook *l, const char *needle) {
-  for (int i = 0; i < l->n && i < 32; i++)
-    if (strstr(l->messages[i], needle) != NULL) return true;
-  return false;
-}
-
 static sc_engine *engine_on(uv_loop_t *loop, logbook *log, uint32_t max_active_tasks) {
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.max_active_tasks = max_active_tasks;
   if (log != NULL) {
     memset(log, 0, sizeof(*log));
-    o.log = log_cb;
+    o.log = logbook_cb;
     o.log_udata = log;
   }
   sc_engine *e = NULL;
   assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
   assert_non_null(e);
   return e;
-}
-
-static void guard_fired(uv_timer_t *t) {
-  *(bool *)t->data = true;
-  uv_stop(t->loop);
-}
-
-/* Runs the loop until it has nothing referenced left, or fails the test after limit_ms. */
-static void run_bounded(uv_loop_t *loop, uint64_t limit_ms) {
-  uv_timer_t guard;
-  bool fired = false;
-  uv_timer_init(loop, &guard);
-  guard.data = &fired;
-  uv_timer_start(&guard, guard_fired, limit_ms, 0);
-  uv_unref((uv_handle_t *)&guard);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_close((uv_handle_t *)&guard, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  if (fired) fail_msg("the loop was still busy after %llu ms", (unsigned long long)limit_ms);
-}
-
-static int has_event(void *udata) {
-  void **args = udata;
-  return recorder_count(args[0], *(sc_event_type *)args[1], NULL) > 0;
-}
-
-/* Runs single loop turns until an event of the type was recorded (at most max_turns). */
-static void run_until_event(uv_loop_t *loop, recorder *r, sc_event_type type, int max_turns) {
-  void *args[2] = {r, &type};
-  if (!run_until(loop, has_event, args, max_turns))
-    fail_msg("no %s after %d loop turns", sc_event_type_name(type), max_turns);
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const cJSON *config,
@@ -81,12 +30,7 @@ static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const c
   s.plan_id = "test-plan";
   s.config = config;
   s.context = context;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(e, &s, &t);
-  if (rc != SC_OK)
-    fail_msg("submit %s: %s: %s", id ? id : "(null)", sc_err_name(rc), sc_error_message());
-  assert_non_null(t);
-  return t;
+  return submit_or_fail(e, &s);
 }
 
 /* The data object of the nth event of a type; the whole event is returned in *root (caller
@@ -1421,10 +1365,10 @@ static void engine_with_own_loop_runs_tasks(void **state) {
   submit(e, "own-loop", NULL, config, NULL);
 
   uv_timer_t guard;
-  bool fired = false;
+  int fired = 0;
   uv_timer_init(loop, &guard);
   guard.data = &fired;
-  uv_timer_start(&guard, guard_fired, 5000, 0);
+  uv_timer_start(&guard, harness_guard_fired, 5000, 0);
   uv_unref((uv_handle_t *)&guard);
   assert_int_equal(sc_engine_run(e), SC_OK);
   uv_close((uv_handle_t *)&guard, NULL);

@@ -93,10 +93,10 @@ static int fail_fn(sc_stage_ctx *ctx, void *udata) {
 
 /* ---- helpers ---- */
 
-static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, recorder *rec,
+/* An engine (harness.h) with the probe's kinds. */
+static sc_engine *start_probed(uv_loop_t *loop, const sc_engine_options *opts, recorder *rec,
                                probe *p) {
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, opts, &e), SC_OK);
+  sc_engine *e = start_engine(loop, opts, NULL);
   memset(p, 0, sizeof(*p));
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, p), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "fail", fail_fn, p), SC_OK);
@@ -104,20 +104,6 @@ static sc_engine *start_engine(uv_loop_t *loop, const sc_engine_options *opts, r
   assert_int_equal(sc_engine_register_kind(e, "undo", &undo, p), SC_OK);
   if (rec != NULL) recorder_attach(rec, e);
   return e;
-}
-
-/* Frees the engine and the recorder and checks that nothing was left on the loop. */
-static void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
-  sc_engine_free(e);
-  recorder_free(rec);
-  assert_int_equal(uv_loop_close(loop), 0);
-}
-
-/* Runs the loop until nothing holds it: every task finished or waits for a person. */
-static void settle(uv_loop_t *loop) {
-  for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
-    uv_run(loop, UV_RUN_ONCE);
-  assert_false(uv_loop_alive(loop));
 }
 
 static void request_for(sc_recovery_request *r, const cJSON *config, const char *last) {
@@ -225,7 +211,7 @@ static void recover_retry_with_nothing_completed_runs_every_stage(void **state) 
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   sc_recovery_request req;
   request_for(&req, config, NULL);
@@ -243,7 +229,7 @@ static void recover_retry_with_nothing_completed_runs_every_stage(void **state) 
   assert_names(member(plan, "rerun"), "s0,s1,s2,s3");
   assert_string_equal(str_of(member(plan, "in_flight"), "stage"), "s0");
 
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t-new"), 1);
   assert_null(sc_engine_find_task(e, "t-new"));
@@ -259,7 +245,7 @@ static void recover_retry_after_stage_1_runs_only_stages_2_and_3(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   sc_recovery_request req;
   request_for(&req, config, "s1");
@@ -279,7 +265,7 @@ static void recover_retry_after_stage_1_runs_only_stages_2_and_3(void **state) {
   assert_string_equal(str_of(in_flight, "effect"), "idempotent");
   assert_false(cJSON_IsTrue(member(plan, "approval_required")));
 
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s2,s3");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.recovered,task.started,stage.started,stage.completed,"
@@ -303,7 +289,7 @@ static void recover_retry_after_final_stage_completes_at_once(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   sc_recovery_request req;
   request_for(&req, config, "s3");
@@ -316,7 +302,7 @@ static void recover_retry_after_final_stage_completes_at_once(void **state) {
   assert_names(member(plan, "rerun"), "");
   assert_true(cJSON_IsNull(member(plan, "in_flight")));
 
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.recovered,task.started,task.completed");
@@ -333,7 +319,7 @@ static void recovered_task_carries_request_epoch_plus_one_in_every_event(void **
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   sc_recovery_request req;
   request_for(&req, config, "s0");
@@ -346,7 +332,7 @@ static void recovered_task_carries_request_epoch_plus_one_in_every_event(void **
   assert_string_equal(str_of(data_of(recovered), "recovered_from"), "t-old");
   assert_int_equal(num_of(data_of(recovered), "epoch"), 8);
 
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s1,s2,s3");
   assert_true(rec.n >= 9);
   for (size_t i = 0; i < rec.n; i++) {
@@ -366,7 +352,7 @@ static void recover_restores_the_context_snapshot_with_a_matching_digest(void **
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   cJSON *context = json_or_die("{\"seed\":41,\"s0\":0,\"s1\":1}");
   char digest[72];
@@ -379,7 +365,7 @@ static void recover_restores_the_context_snapshot_with_a_matching_digest(void **
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
   assert_true(cJSON_Compare(sc_task_context(t), context, true));
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s2,s3");
   assert_string_equal(p.context[0], "{\"s0\":0,\"s1\":1,\"seed\":41}");
   assert_string_equal(p.context[1], "{\"s0\":0,\"s1\":1,\"s2\":2,\"seed\":41}");
@@ -406,7 +392,7 @@ static void a_recovered_task_created_carries_its_recovery_point(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   cJSON *previous = json_or_die(PREVIOUS_FOUR_STAGES);
   cJSON *context = json_or_die("{\"seed\":41,\"s0\":0,\"s1\":1}");
@@ -421,7 +407,7 @@ static void a_recovered_task_created_carries_its_recovery_point(void **state) {
   req.mode = SC_RECOVER_ROLLBACK;
   req.previous_config = previous;
   assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
 
   const char *modes[] = {"retry", "rollback"};
   const int starts[] = {2, 0};
@@ -442,7 +428,7 @@ static void a_recovered_task_created_carries_its_recovery_point(void **state) {
   }
   /* A new task's task.created has no recovery point. */
   submit_bystander(e, config);
-  settle(&loop);
+  settle_loop(&loop);
   cJSON *fresh = event_json(&rec, SC_EV_TASK_CREATED, 2);
   assert_null(member(data_of(fresh), "recovery"));
   assert_null(member(data_of(fresh), "recovered_from"));
@@ -461,11 +447,11 @@ static void recover_rejects_unknown_stage(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   cJSON *gate = json_or_die(APPROVAL_FIRST);
   submit_bystander(e, gate);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_engine_task_count(e), 1);
   sc_recovery_request req;
   request_for(&req, config, "z");
@@ -484,7 +470,7 @@ static void recover_rejects_fingerprint_of_another_config(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   cJSON *other = json_or_die(FOUR_STAGES);
   char other_fingerprint[72];
@@ -492,7 +478,7 @@ static void recover_rejects_fingerprint_of_another_config(void **state) {
                    SC_OK);
   cJSON *gate = json_or_die(APPROVAL_FIRST);
   submit_bystander(e, gate);
-  settle(&loop);
+  settle_loop(&loop);
   sc_recovery_request req;
   request_for(&req, config, "a");
   req.plan_fingerprint = other_fingerprint;
@@ -511,7 +497,7 @@ static void recover_rejects_context_digest_mismatch(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   cJSON *context = json_or_die("{\"seed\":41}");
   cJSON *tampered = json_or_die("{\"seed\":42}");
@@ -536,7 +522,7 @@ static void recover_rollback_requires_previous_config(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   sc_recovery_request req;
   request_for(&req, config, "a");
@@ -554,7 +540,7 @@ static void recover_rejects_unsupported_request_version(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   sc_recovery_request req;
   request_for(&req, config, "a");
@@ -573,7 +559,7 @@ static void recover_rejects_config_that_is_not_an_object(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *array = json_or_die("[" STEP("a") "]");
   sc_recovery_request req;
   request_for(&req, array, NULL);
@@ -591,7 +577,7 @@ static void recover_accepts_fingerprint_from_sc_plan_fingerprint(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   char fingerprint[72];
   assert_int_equal(sc_plan_fingerprint(sc_json_stage_factory, NULL, config, fingerprint), SC_OK);
@@ -603,7 +589,7 @@ static void recover_accepts_fingerprint_from_sc_plan_fingerprint(void **state) {
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
   assert_string_equal(sc_task_fingerprint(t), fingerprint);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s3");
 
   cJSON_Delete(config);
@@ -616,7 +602,7 @@ static void recover_accepts_fingerprint_from_task_created(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
@@ -624,14 +610,14 @@ static void recover_accepts_fingerprint_from_task_created(void **state) {
   spec.config = config;
   assert_int_equal(sc_task_submit(e, &spec, NULL), SC_OK);
   cJSON *created = event_json(&rec, SC_EV_TASK_CREATED, 0);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3");
 
   sc_recovery_request req;
   request_for(&req, config, "s2");
   req.plan_fingerprint = str_of(data_of(created), "fingerprint");
   assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3,s3");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t-new"), 1);
 
@@ -648,7 +634,7 @@ static void recover_rollback_reruns_touched_stages_with_previous_config(void **s
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   cJSON *previous = json_or_die(PREVIOUS_FOUR_STAGES);
   char fingerprint[72], previous_fingerprint[72];
@@ -667,7 +653,7 @@ static void recover_rollback_reruns_touched_stages_with_previous_config(void **s
   assert_names(member(plan, "rerun"), "s0,s1,s2");
   assert_string_equal(str_of(plan, "fingerprint"), fingerprint);
 
-  settle(&loop);
+  settle_loop(&loop);
   /* Index 0 up to and including the stage after the last completed one, with the old config. */
   assert_string_equal(run_order(&p), "s0,s1,s2");
   for (size_t i = 0; i < p.n; i++) {
@@ -704,7 +690,7 @@ static void recovered_rollback_goes_pending_rolling_back_rolled_back(void **stat
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *gate = json_or_die(APPROVAL_FIRST);
   cJSON *config = json_or_die(FOUR_STAGES);
   cJSON *previous = json_or_die(PREVIOUS_FOUR_STAGES);
@@ -716,7 +702,7 @@ static void recovered_rollback_goes_pending_rolling_back_rolled_back(void **stat
   spec.config = gate;
   sc_task *holder = NULL;
   assert_int_equal(sc_task_submit(e, &spec, &holder), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(holder), SC_TASK_AWAITING_APPROVAL);
 
   sc_recovery_request req;
@@ -726,12 +712,12 @@ static void recovered_rollback_goes_pending_rolling_back_rolled_back(void **stat
   req.mode = SC_RECOVER_ROLLBACK;
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PENDING);
   assert_int_equal(p.n, 0);
 
   assert_int_equal(sc_task_cancel(holder, "make way"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1");
   assert_string_equal(status_path(&rec, "t-new"),
                       "CREATED,CREATED,ROLLING_BACK,ROLLING_BACK,ROLLING_BACK,ROLLING_BACK,"
@@ -752,7 +738,7 @@ static void recovered_rollback_with_failing_stage_ends_rollback_failed(void **st
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(FOUR_STAGES);
   cJSON *previous = json_or_die(PREVIOUS_FAILING_S1);
   sc_recovery_request req;
@@ -762,7 +748,7 @@ static void recovered_rollback_with_failing_stage_ends_rollback_failed(void **st
 
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1");
   assert_int_equal(sc_task_get_status(t), SC_TASK_ROLLBACK_FAILED);
   assert_int_equal(recorder_count(&rec, SC_EV_ROLLBACK_FAILED, "t-new"), 1);
@@ -772,7 +758,7 @@ static void recovered_rollback_with_failing_stage_ends_rollback_failed(void **st
   assert_string_equal(str_of(data_of(failed), "stage"), "s1");
 
   sc_task_release(t);
-  settle(&loop);
+  settle_loop(&loop);
   assert_null(sc_engine_find_task(e, "t-new"));
 
   cJSON_Delete(failed);
@@ -788,7 +774,7 @@ static void recovery_plan_flags_irreversible_in_flight_stage(void **state) {
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, NULL, &p);
+  sc_engine *e = start_probed(&loop, NULL, NULL, &p);
   cJSON *config = json_or_die(IRREVERSIBLE_S2);
   sc_recovery_request req;
   request_for(&req, config, "s1");
@@ -817,7 +803,7 @@ static void recover_irreversible_in_flight(const char *approve_stage, const char
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(config_text);
   sc_recovery_request req;
   request_for(&req, config, "s1");
@@ -826,7 +812,7 @@ static void recover_irreversible_in_flight(const char *approve_stage, const char
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
   cJSON *recovered = event_json(&rec, SC_EV_TASK_RECOVERED, 0);
   assert_true(cJSON_IsTrue(member(data_of(recovered), "approval_required")));
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(p.n, 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   cJSON *asked = event_json(&rec, SC_EV_APPROVAL_REQUESTED, 0);
@@ -835,7 +821,7 @@ static void recover_irreversible_in_flight(const char *approve_stage, const char
   assert_string_equal(str_of(data_of(asked), "status"), "AWAITING_APPROVAL");
 
   assert_int_equal(sc_task_approve(t, approve_stage, "alice", "ok"), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s2,s3");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.recovered,task.started,approval.requested,"
@@ -858,7 +844,7 @@ static void recover_compensate_undoes_the_touched_compensable_stages_in_reverse(
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(
       "{\"stages\":[" UNDO("u0") "," STEP("s1") "," UNDO("u2") "," UNDO("u3") "," UNDO("u4") "]}");
   sc_recovery_request req;
@@ -875,7 +861,7 @@ static void recover_compensate_undoes_the_touched_compensable_stages_in_reverse(
 
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "~u3,~u2,~u0");
   assert_string_equal(recorder_types(&rec, NULL),
                       "task.created,task.recovered,rollback.started,stage.started,"
@@ -915,7 +901,7 @@ static void recover_asks_again_for_approval_granted_before_the_crash(void **stat
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(APPROVAL_S2);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
@@ -923,10 +909,10 @@ static void recover_asks_again_for_approval_granted_before_the_crash(void **stat
   spec.config = config;
   sc_task *old = NULL;
   assert_int_equal(sc_task_submit(e, &spec, &old), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(old), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(sc_task_approve(old, "s2", "alice", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3");
 
   /* The process stopped while s2 ran: its approval is not carried over. */
@@ -934,7 +920,7 @@ static void recover_asks_again_for_approval_granted_before_the_crash(void **stat
   request_for(&req, config, "s1");
   sc_task *t = NULL;
   assert_int_equal(sc_recover_from_restart(e, &req, &t), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
   assert_int_equal(recorder_count(&rec, SC_EV_APPROVAL_REQUESTED, "t-new"), 1);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3");
@@ -944,7 +930,7 @@ static void recover_asks_again_for_approval_granted_before_the_crash(void **stat
   assert_string_equal(str_of(data_of(asked), "stage"), "s2");
 
   assert_int_equal(sc_task_approve(t, NULL, "bob", NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3,s2,s3");
 
   cJSON_Delete(asked);
@@ -960,7 +946,7 @@ static void recovery_plan_is_a_dry_run_with_the_json_of_task_recovered(void **st
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(IRREVERSIBLE_S2);
   cJSON *context = json_or_die("{\"s0\":0}");
   char digest[72];
@@ -991,7 +977,7 @@ static void recovery_plan_is_a_dry_run_with_the_json_of_task_recovered(void **st
   cJSON *data = cJSON_DetachItemFromObjectCaseSensitive(recovered, "data");
   cJSON_DeleteItemFromObjectCaseSensitive(data, "status"); /* the event's own member */
   assert_true(cJSON_Compare(plan, data, true));
-  settle(&loop);
+  settle_loop(&loop);
 
   cJSON_Delete(data);
   cJSON_Delete(recovered);
@@ -1007,7 +993,7 @@ static void recovery_plan_refuses_what_recover_refuses(void **state) {
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   cJSON *config = json_or_die(THREE_STAGES);
   cJSON *array = json_or_die("[]");
   cJSON *context = json_or_die("{\"k\":1}");
@@ -1065,7 +1051,7 @@ static void recoveries_are_spread_out_by_recovery_rate(void **state) {
   sc_engine_options_init(&opts);
   opts.recovery_rate_per_s = 5;
   probe p;
-  sc_engine *e = start_engine(&loop, &opts, NULL, &p);
+  sc_engine *e = start_probed(&loop, &opts, NULL, &p);
   start_times starts = {{0}, 0};
   sc_subscriber sub;
   sc_subscriber_init(&sub);
@@ -1084,7 +1070,7 @@ static void recoveries_are_spread_out_by_recovery_rate(void **state) {
     req.tenant_id = tenants[i];
     assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
   }
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(starts.n, 4);
   assert_string_equal(run_order(&p), "s3,s3,s3,s3");
   int64_t first = starts.ns[0], last = starts.ns[0];
@@ -1113,7 +1099,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   /* The first process: what a log would hold. */
   recorder rec;
   probe p;
-  sc_engine *first = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *first = start_probed(&loop, NULL, &rec, &p);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
   spec.task_id = "t-old";
@@ -1121,7 +1107,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   spec.plan_id = "deploy";
   spec.config = config;
   assert_int_equal(sc_task_submit(first, &spec, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(run_order(&p), "s0,s1,s2,s3");
   cJSON *created = event_json(&rec, SC_EV_TASK_CREATED, 0);
   cJSON *checkpoint = event_json(&rec, SC_EV_STAGE_COMPLETED, 1);
@@ -1131,7 +1117,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   recorder_free(&rec);
 
   /* The second process knows only those lines. */
-  sc_engine *second = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *second = start_probed(&loop, NULL, &rec, &p);
   sc_recovery_request req;
   sc_recovery_request_init(&req);
   req.recovered_from = str_of(checkpoint, "taskid");
@@ -1147,7 +1133,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   assert_int_equal(sc_recover_from_restart(second, &req, &t), SC_OK);
   char id[64];
   snprintf(id, sizeof(id), "%s", sc_task_id(t));
-  settle(&loop);
+  settle_loop(&loop);
 
   assert_string_equal(run_order(&p), "s2,s3");
   assert_string_equal(p.context[0], "{\"s0\":0,\"s1\":1}");
@@ -1183,7 +1169,7 @@ static void a_recovered_task_carries_the_root_of_its_chain_and_its_intent(void *
   assert_int_equal(uv_loop_init(&loop), 0);
   recorder rec;
   probe p;
-  sc_engine *e = start_engine(&loop, NULL, &rec, &p);
+  sc_engine *e = start_probed(&loop, NULL, &rec, &p);
   char key[72] = "";
   assert_int_equal(sc_engine_register_fn(e, "key", key_fn, key), SC_OK);
   cJSON *config = json_or_die("{\"stages\":[{\"name\":\"s0\",\"kind\":\"fn\","
@@ -1200,7 +1186,7 @@ static void a_recovered_task_carries_the_root_of_its_chain_and_its_intent(void *
   cJSON *created = event_json(&rec, SC_EV_TASK_CREATED, 0);
   assert_null(member(data_of(created), "root_task_id"));
   cJSON_Delete(created);
-  settle(&loop);
+  settle_loop(&loop);
   char first[72];
   snprintf(first, sizeof(first), "%s", key);
   /* Version 1 of the request: recovered_from is the root, the intent 0: the same key. */
@@ -1217,7 +1203,7 @@ static void a_recovered_task_carries_the_root_of_its_chain_and_its_intent(void *
   assert_string_equal(str_of(data_of(created), "root_task_id"), "t-first");
   assert_null(member(data_of(created), "intent"));
   cJSON_Delete(created);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(key, first);
   /* Version 2: the root and the intent as the request says; a new intent, a new key. */
   request_for(&req, config, NULL);
@@ -1232,7 +1218,7 @@ static void a_recovered_task_carries_the_root_of_its_chain_and_its_intent(void *
   assert_string_equal(str_of(data_of(created), "root_task_id"), "t-first");
   assert_int_equal(num_of(data_of(created), "intent"), 2);
   cJSON_Delete(created);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_not_equal(key, first);
   cJSON_Delete(config);
   stop_engine(e, &rec, &loop);

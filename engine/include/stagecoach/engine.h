@@ -159,7 +159,9 @@ void sc_engine_options_init(sc_engine_options *o);
 int sc_engine_new(uv_loop_t *loop, const sc_engine_options *opts, sc_engine **out);
 
 /* Runs the loop (UV_RUN_DEFAULT) until no task has work in flight. Meant for an engine that owns
- * its loop; on a caller's loop it runs that loop. */
+ * its loop; on a caller's loop it runs that loop. Returns what uv_run() returned: 0 when nothing
+ * is left that keeps the loop alive, non-zero when uv_stop() ended the run while something still
+ * does (SC_EINVAL for a NULL engine). */
 int sc_engine_run(sc_engine *e);
 
 /* The loop the engine runs on; borrowed, valid until sc_engine_free(). */
@@ -266,13 +268,15 @@ typedef struct sc_task_spec {
 void sc_task_spec_init(sc_task_spec *s);
 
 /* Creates a task: builds the plan, emits task.created, and queues the task to start on the loop.
- * On success *out (may be NULL) is the task, borrowed (see "Task lifetime" in docs/design.md). A
- * failure (bad spec, a plan the factory refuses, a duplicate task id: SC_EBUSY) creates nothing
- * and emits nothing. */
+ * On success *out (may be NULL) is the task, borrowed: valid until the engine lets the task go
+ * (its terminal event acknowledged, sc_task_release(), sc_engine_free()) unless the caller takes
+ * a reference with sc_task_ref() ("Task lifetime" in docs/design.md). A failure (bad spec, a plan
+ * the factory refuses, a duplicate task id: SC_EBUSY) creates nothing and emits nothing. */
 int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out);
 
 /* Control operations. Each returns SC_ETRANSITION, with a message naming the task's status, when
- * the task is in a state that does not allow it. */
+ * the task is in a state that does not allow it, and for a task the engine let go (a referenced
+ * handle). */
 int sc_task_pause(sc_task *t);  /* takes effect at the next stage boundary */
 int sc_task_resume(sc_task *t); /* back to the status it paused from */
 int sc_task_cancel(sc_task *t, const char *reason /* copied; may be NULL */);
@@ -285,8 +289,23 @@ typedef enum sc_rollback_strategy {
   SC_ROLLBACK_COMPENSATE
 } sc_rollback_strategy;
 int sc_task_rollback(sc_task *t, sc_rollback_strategy how);
-/* Forgets a FAILED or ROLLBACK_FAILED task; the pointer is invalid afterwards. */
-void sc_task_release(sc_task *t);
+/* Forgets a FAILED or ROLLBACK_FAILED task: the engine lets it go on the loop, once its events are
+ * acknowledged; the pointer is invalid afterwards unless referenced. SC_ETRANSITION (naming the
+ * status) for a task in another status, one with a retry or rollback asked for, or one already
+ * being released or let go; SC_EINVAL for NULL. */
+int sc_task_release(sc_task *t);
+
+/* Task references (docs/design.md, "Task lifetime"). sc_task_ref() keeps the handle readable
+ * after the engine lets the task go: sc_task_id, sc_task_get_status (the last status, also after
+ * sc_engine_free() stopped a running task), sc_task_context, sc_task_retry_count and the other
+ * accessors keep working; control calls return SC_ETRANSITION naming the status;
+ * sc_engine_find_task() no longer finds it. sc_task_unref() drops one reference; the last one
+ * frees a task the engine let go (also after sc_engine_free()). References count: each ref needs
+ * its unref. NULL is a no-op for both; an unref without a ref is ignored (and logged). Like
+ * everything of an engine, on the loop's thread only (after sc_engine_free(), on any one thread).
+ */
+void sc_task_ref(sc_task *t);
+void sc_task_unref(sc_task *t);
 
 /* Borrowed; NULL when the engine holds no task of that id. */
 sc_task *sc_engine_find_task(sc_engine *e, const char *task_id);
