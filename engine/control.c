@@ -8,11 +8,6 @@
 
 #include "engine_int.h"
 
-void sc_task_spec_init(sc_task_spec *s) {
-  memset(s, 0, sizeof(*s));
-  s->version = SC_TASK_SPEC_VERSION;
-}
-
 /* task.created: the fingerprint and the configs, so that a log alone is enough to recover; for a
  * recovered task also the task it carries on and the point it recovers to, so that a log ending
  * right after this event recovers to that same point. */

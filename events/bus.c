@@ -219,8 +219,3 @@ void sc_ack_fail(sc_ack *a, int status, const char *message) {
 void sc_ack_done(sc_ack *a, int status) {
   sc_ack_fail(a, status, NULL);
 }
-
-void sc_subscriber_init(sc_subscriber *s) {
-  memset(s, 0, sizeof(*s));
-  s->version = SC_SUBSCRIBER_VERSION;
-}

@@ -284,11 +284,6 @@ int sc_jsonl_verify(const char *path, sc_jsonl_report *r) {
   return rc;
 }
 
-void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_JSONL_SCAN_OPTIONS_VERSION;
-}
-
 static char *dup_str(const char *s) {
   return s ? strdup(s) : NULL;
 }

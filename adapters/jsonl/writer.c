@@ -53,13 +53,6 @@ struct sc_jsonl {
   sc_jsonl_report open_report;
 };
 
-void sc_jsonl_options_init(sc_jsonl_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_JSONL_OPTIONS_VERSION;
-  o->fsync = SC_FSYNC_BATCH;
-  o->buffer_bytes = 256 * 1024;
-}
-
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif
