@@ -10,7 +10,6 @@
 
 #include "stagecoach/engine.h"
 #include "../events/internal.h"
-#include "map.h"
 
 /* ---- plans (plan.c) ---- */
 

@@ -9,6 +9,7 @@
  * in full at the end, where the outputs are folded onto the snapshot (docs/jsonl.md). */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,47 +35,12 @@ typedef struct task_state {
   uint64_t epoch;
 } task_state;
 
-/* A small open-addressing map from task id to state. */
-typedef struct task_map {
-  task_state **slots;
-  size_t cap, n;
-} task_map;
-
-static uint64_t hash(const char *s, size_t len) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < len; i++)
-    h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-  return h;
-}
-
-static task_state **map_slot(task_map *m, const char *id, size_t len) {
-  for (size_t i = hash(id, len) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-    task_state *t = m->slots[i];
-    if (t == NULL || (t->idlen == len && memcmp(t->id, id, len) == 0)) return &m->slots[i];
-  }
-}
-
-static bool map_grow(task_map *m) {
-  size_t cap = m->cap ? m->cap * 2 : 256;
-  task_state **slots = calloc(cap, sizeof(*slots));
-  if (slots == NULL) return false;
-  task_map old = *m;
-  m->slots = slots;
-  m->cap = cap;
-  for (size_t i = 0; i < old.cap; i++)
-    if (old.slots[i]) *map_slot(m, old.slots[i]->id, old.slots[i]->idlen) = old.slots[i];
-  free(old.slots);
-  return true;
-}
-
-static task_state *map_get(task_map *m, const char *id, size_t len, bool create) {
-  if (m->cap == 0 || (m->n + 1) * 2 > m->cap) {
-    if (!create && m->cap == 0) return NULL;
-    if (create && !map_grow(m)) return NULL;
-  }
-  task_state **slot = map_slot(m, id, len);
-  if (*slot != NULL || !create) return *slot;
-  task_state *t = calloc(1, sizeof(*t));
+/* The tasks by id, in the library's map (the id's bytes are the key: a damaged line may give it
+ * a NUL byte); order is the order of first sight, which the scan returns them in. */
+static task_state *map_get(sc__map *m, const char *id, size_t len, bool create) {
+  task_state *t = sc__map_get_n(m, id, len);
+  if (t != NULL || !create) return t;
+  t = calloc(1, sizeof(*t));
   if (t == NULL || (t->id = malloc(len + 1)) == NULL) {
     free(t);
     return NULL;
@@ -82,19 +48,23 @@ static task_state *map_get(task_map *m, const char *id, size_t len, bool create)
   memcpy(t->id, id, len);
   t->id[len] = '\0';
   t->idlen = len;
-  t->order = m->n++;
-  *slot = t;
+  t->order = m->n;
+  if (sc__map_put_n(m, t->id, len, t) != 0) {
+    free(t->id);
+    free(t);
+    return NULL;
+  }
   return t;
 }
 
-static void map_free(task_map *m) {
-  for (size_t i = 0; i < m->cap; i++)
-    if (m->slots[i]) {
-      free(m->slots[i]->id);
-      free(m->slots[i]->folds);
-      free(m->slots[i]);
-    }
-  free(m->slots);
+static void map_free(sc__map *m) {
+  SC__MAP_FOREACH(m, slot) {
+    task_state *t = slot->value;
+    free(t->id);
+    free(t->folds);
+    free(t);
+  }
+  sc__map_free(m);
 }
 
 /* The raw string value of the first member named key (a literal with quotes and colon, e.g.
@@ -113,7 +83,7 @@ static const char *find_string(const char *p, const char *end, const char *key, 
 #define HAS(p, n, lit) (memmem((p), (n), lit, sizeof(lit) - 1) != NULL)
 
 typedef struct scan_state {
-  task_map tasks;
+  sc__map tasks;
   const char *base; /* the mapped log, handed over by walk() */
   size_t mapped;
   int err;
@@ -492,9 +462,9 @@ int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc
     map_free(&s.tasks);
     return sc_error_set(SC_ENOMEM, "scan: out of memory");
   }
-  for (size_t i = 0; i < s.tasks.cap; i++) {
-    task_state *t = s.tasks.slots[i];
-    if (t && !t->terminal && !t->superseded && t->created.len) list[count++] = t;
+  SC__MAP_FOREACH(&s.tasks, slot) {
+    task_state *t = slot->value;
+    if (!t->terminal && !t->superseded && t->created.len) list[count++] = t;
   }
   if (count > 1) qsort(list, count, sizeof(*list), by_order);
   sc_unfinished *u = count ? calloc(count, sizeof(*u)) : NULL;
