@@ -76,7 +76,7 @@ bool sc__buf_cstr(sc__buf *b);
  * that b->p is a C string after every successful call; false when out of memory (the content is
  * then incomplete until sc__buf_reset). */
 static inline bool sc__buf_add(sc__buf *b, const void *p, size_t n) {
-  sc__buf_put(b, p, n);
+  if (n > 0) sc__buf_put(b, p, n); /* an empty buffer has no array to copy nothing into */
   return sc__buf_cstr(b);
 }
 static inline bool sc__buf_adds(sc__buf *b, const char *s) {
@@ -111,8 +111,9 @@ static inline size_t sc__utf8_length(const unsigned char *s, size_t n) {
 
 /* ---- files (util.c) ---- */
 
-#define SC__READ_NOT_REGULAR (-1) /* sc__read_file: regular_only, and the path is something else   \
-                                   */
+#define SC__READ_NOT_REGULAR                                                                       \
+  (-1) /* sc__read_file: regular_only, and the path is something else                              \
+        */
 
 /* Reads a whole file into *text (NUL-terminated, caller frees; NULL for an empty file) and *len.
  * Returns 0, SC__READ_NOT_REGULAR, or an errno value (the file's open or read error; EFBIG past
