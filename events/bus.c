@@ -84,13 +84,8 @@ int sc__bus_subscribe(sc__bus *b, const sc_subscriber *sub, sc_subscription **ou
     return sc__error(SC_EINVAL, "subscribe: a subscriber needs an on_event callback");
   if (sub->version < 1 || sub->version > SC_SUBSCRIBER_VERSION)
     return sc__error(SC_EINVAL, "subscribe: unsupported sc_subscriber version %u", sub->version);
-  if (b->nsubs == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 4;
-    sc_subscription **subs = realloc(b->subs, cap * sizeof(*subs));
-    if (subs == NULL) return sc__error(SC_ENOMEM, "subscribe: out of memory");
-    b->subs = subs;
-    b->cap = cap;
-  }
+  if (!sc__grow(&b->subs, &b->cap, b->nsubs + 1, sizeof(*b->subs), 4))
+    return sc__error(SC_ENOMEM, "subscribe: out of memory");
   sc_subscription *s = calloc(1, sizeof(*s));
   if (s == NULL) return sc__error(SC_ENOMEM, "subscribe: out of memory");
   s->bus = b;

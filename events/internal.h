@@ -90,6 +90,11 @@ static inline char *sc__buf_take(sc__buf *b) {
   return p;
 }
 
+/* Makes room for need elements of elem bytes in the array *items points at (a T ** passed as
+ * void *), whose capacity is *cap: doubles it, from first when it is 0. False when out of memory,
+ * with the array and *cap unchanged. The one growth rule of the library's arrays. */
+bool sc__grow(void *items, size_t *cap, size_t need, size_t elem, size_t first);
+
 /* ---- UTF-8 ---- */
 
 /* The length of the well-formed UTF-8 sequence at s[0 .. n) that starts with a byte >= 0x80, or

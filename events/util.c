@@ -35,6 +35,22 @@ void sc__format_append(char *buf, size_t cap, size_t *off, const char *fmt, ...)
   va_end(ap);
 }
 
+bool sc__grow(void *items, size_t *cap, size_t need, size_t elem, size_t first) {
+  if (need <= *cap) return true;
+  size_t n = *cap ? *cap : first;
+  while (n < need) {
+    if (n > SIZE_MAX / 2 / elem) return false;
+    n *= 2;
+  }
+  void *old;
+  memcpy(&old, items, sizeof(old));
+  void *p = realloc(old, n * elem);
+  if (p == NULL) return false;
+  memcpy(items, &p, sizeof(p));
+  *cap = n;
+  return true;
+}
+
 int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **text, size_t *len) {
   *text = NULL;
   *len = 0;

@@ -27,12 +27,7 @@ extern char **environ;
 /* ---- starting ---- */
 
 /* Fails ctx (not retryable) with a printf-style message; the kind's start then returns 0. */
-static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
+static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) SC__PRINTF(3, 4);
 static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) {
   char msg[1024];
   va_list ap;
@@ -78,10 +73,7 @@ static bool is_integer_in(const cJSON *v, double min, double max) {
 
 /* Fills why and *bad, returns false. */
 static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 5, 6)))
-#endif
-    ;
+    SC__PRINTF(5, 6);
 
 static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...) {
   va_list ap;
@@ -183,13 +175,19 @@ static bool replaced(const char *entry, const cJSON *env, const cJSON *over) {
   return sets(env, entry, n) || sets(over, entry, n);
 }
 
-static char *env_entry(const char *name, const char *value) {
-  sc__buf b = {0};
-  if (!sc__buf_adds(&b, name) || !sc__buf_adds(&b, "=") || !sc__buf_adds(&b, value)) {
-    free(b.p);
-    return NULL;
-  }
-  return b.p;
+char *cli__exec_join(const char *a, const char *b, const char *c) {
+  sc__buf out = {0};
+  if (sc__buf_adds(&out, a) && sc__buf_adds(&out, b) && (c == NULL || sc__buf_adds(&out, c)))
+    return out.p;
+  sc__buf_free(&out);
+  return NULL;
+}
+
+/* A path in the run's directory; NULL after failing the stage. */
+static char *path_for(sc_stage_ctx *ctx, const char *dir, const char *name) {
+  char *path = cli__exec_join(dir, name, NULL);
+  if (path == NULL) sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+  return path;
 }
 
 void cli__exec_strv_free(char **v) {
@@ -202,13 +200,7 @@ void cli__exec_strv_free(char **v) {
 
 /* $SC_CONTEXT_FILE: the context as JSON, beside $SC_OUTPUT. 0, or -1 after failing the stage. */
 static int write_context(sc_stage_ctx *ctx, exec_run *run, const char *json) {
-  sc__buf path = {0};
-  if (!sc__buf_adds(&path, run->tmpdir) || !sc__buf_adds(&path, "/context.json")) {
-    free(path.p);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  run->context_path = path.p;
+  if ((run->context_path = path_for(ctx, run->tmpdir, "/context.json")) == NULL) return -1;
   size_t len = strlen(json), done = 0;
   int fd = open(run->context_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   int err = fd < 0 ? errno : 0;
@@ -265,7 +257,7 @@ static int add_vars(sc_stage_ctx *ctx, char **env, size_t *n, const cJSON *obj, 
       free(value);
       return -2;
     }
-    env[(*n)++] = env_entry(m->string, value ? value : "");
+    env[(*n)++] = cli__exec_join(m->string, "=", value ? value : "");
     free(value);
     if (env[*n - 1] == NULL) return -1;
   }
@@ -314,7 +306,7 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
                                        run->context_path};
   bool ok = true;
   for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
-    ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
+    ok = values[i] == NULL || (env[n++] = cli__exec_join(own_vars[i], "=", values[i])) != NULL;
   free(context);
   if (!ok) goto nomem;
   int rc = add_vars(ctx, env, &n, env_params, over, "env");
@@ -383,30 +375,20 @@ static const char *work_base(void) {
 /* A private directory with an empty output file for $SC_OUTPUT. */
 static int make_output(sc_stage_ctx *ctx, exec_run *run) {
   const char *base = work_base();
-  sc__buf dir = {0};
   char name[64];
   snprintf(name, sizeof(name), "/stagecoach-exec-%ld-XXXXXX", (long)getpid());
-  if (!sc__buf_adds(&dir, base) || !sc__buf_adds(&dir, name)) {
-    free(dir.p);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  if (mkdtemp(dir.p) == NULL) {
+  char *dir = path_for(ctx, base, name);
+  if (dir == NULL) return -1;
+  if (mkdtemp(dir) == NULL) {
     char msg[512];
     snprintf(msg, sizeof(msg), "stage %s: cannot create a temporary directory in %s: %s",
              sc_stage_name(ctx), base, strerror(errno));
-    free(dir.p);
+    free(dir);
     sc_stage_fail(ctx, SC_EIO, msg, true);
     return -1;
   }
-  run->tmpdir = dir.p;
-  sc__buf path = {0};
-  if (!sc__buf_adds(&path, run->tmpdir) || !sc__buf_adds(&path, "/output.json")) {
-    free(path.p);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  run->output_path = path.p;
+  run->tmpdir = dir;
+  if ((run->output_path = path_for(ctx, run->tmpdir, "/output.json")) == NULL) return -1;
   int fd = open(run->output_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     char msg[512];
@@ -767,12 +749,11 @@ static void sweep_stale_dirs(void) {
     if (end == ent->d_name + sizeof(prefix) - 1 || *end != '-' || pid <= 0 || pid == getpid() ||
         kill((pid_t)pid, 0) == 0 || errno != ESRCH)
       continue;
-    sc__buf path = {0};
+    char *path = cli__exec_join(base, "/", ent->d_name);
     struct stat st;
-    if (sc__buf_adds(&path, base) && sc__buf_adds(&path, "/") && sc__buf_adds(&path, ent->d_name) &&
-        lstat(path.p, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid())
-      cli__exec_remove_tree(path.p, 0);
-    free(path.p);
+    if (path != NULL && lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid())
+      cli__exec_remove_tree(path, 0);
+    free(path);
   }
   closedir(d);
 }

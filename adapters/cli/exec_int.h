@@ -89,6 +89,8 @@ void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened
 /* exec.c: spawns the runs that waited for gone, which is being freed. */
 void cli__exec_start_waiting(cli_exec *x, exec_run *gone);
 void cli__exec_strv_free(char **v);
+/* a, b and c (may be NULL) joined in a string the caller frees; NULL when out of memory. */
+char *cli__exec_join(const char *a, const char *b, const char *c);
 /* Removes a directory and what it holds (16 levels deep at most; depth: 0). */
 void cli__exec_remove_tree(const char *path, int depth);
 /* Passes one line of a command's output on (fd 1 or 2), and keeps it for a failure message. */

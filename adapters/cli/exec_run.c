@@ -21,18 +21,14 @@ void cli__exec_remove_tree(const char *path, int depth) {
     struct dirent *ent;
     while ((ent = readdir(d)) != NULL) {
       if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0) continue;
-      sc__buf child = {0};
-      if (!sc__buf_adds(&child, path) || !sc__buf_adds(&child, "/") ||
-          !sc__buf_adds(&child, ent->d_name)) {
-        free(child.p);
-        continue;
-      }
+      char *child = cli__exec_join(path, "/", ent->d_name);
+      if (child == NULL) continue;
       struct stat st;
-      if (lstat(child.p, &st) == 0 && S_ISDIR(st.st_mode))
-        cli__exec_remove_tree(child.p, depth + 1);
+      if (lstat(child, &st) == 0 && S_ISDIR(st.st_mode))
+        cli__exec_remove_tree(child, depth + 1);
       else
-        unlink(child.p);
-      free(child.p);
+        unlink(child);
+      free(child);
     }
     closedir(d);
   }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../../events/internal.h"
 #include "jsonpos.h"
 
 typedef struct prompt {
@@ -196,28 +197,14 @@ static void note_emitted(runtime *rt, const sc_event *ev) {
   for (size_t i = rt->nemitted; i-- > 0 && t == NULL;)
     if (strcmp(rt->emitted[i].task_id, ev->task_id) == 0) t = &rt->emitted[i];
   if (t == NULL) {
-    if (rt->nemitted == rt->capemitted) {
-      size_t cap = rt->capemitted ? rt->capemitted * 2 : 8;
-      emitted *v = realloc(rt->emitted, cap * sizeof(*v));
-      if (v == NULL) return;
-      rt->emitted = v;
-      rt->capemitted = cap;
-    }
+    if (!sc__grow(&rt->emitted, &rt->capemitted, rt->nemitted + 1, sizeof(*rt->emitted), 8)) return;
     t = &rt->emitted[rt->nemitted];
     memset(t, 0, sizeof(*t));
     if ((t->task_id = strdup(ev->task_id)) == NULL) return;
     rt->nemitted++;
   }
   if (ev->seq == 0 || ev->seq > 1000000) return;
-  if (ev->seq > t->cap) {
-    size_t cap = t->cap ? t->cap : 32;
-    while (cap < ev->seq)
-      cap *= 2;
-    uint8_t *v = realloc(t->types, cap);
-    if (v == NULL) return;
-    t->types = v;
-    t->cap = cap;
-  }
+  if (!sc__grow(&t->types, &t->cap, (size_t)ev->seq, 1, 32)) return;
   t->types[ev->seq - 1] = (uint8_t)ev->type;
   if (ev->seq > t->n) t->n = ev->seq;
 }

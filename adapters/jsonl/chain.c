@@ -68,17 +68,25 @@ bool sc__chain_check(sc__chain *c, const char *line, size_t len) {
   return true;
 }
 
-int sc__log_map_fd(int fd, sc__log *l) {
-  memset(l, 0, sizeof(*l));
+/* The size of the regular file behind fd: SC_EIO (with errno) for a directory or a failed
+ * fstat, SC_EPARSE for a device, a FIFO or a socket, which hold no log (reading /dev/zero would
+ * never end). */
+static int regular_size(int fd, size_t *size) {
   struct stat st;
   if (fstat(fd, &st) != 0) return SC_EIO;
   if (S_ISDIR(st.st_mode)) {
     errno = EISDIR;
     return SC_EIO;
   }
-  /* A device, a FIFO or a socket holds no log; reading /dev/zero would never end. */
   if (!S_ISREG(st.st_mode)) return SC_EPARSE;
-  l->size = (size_t)st.st_size;
+  *size = (size_t)st.st_size;
+  return SC_OK;
+}
+
+int sc__log_map_fd(int fd, sc__log *l) {
+  memset(l, 0, sizeof(*l));
+  int rc = regular_size(fd, &l->size);
+  if (rc != SC_OK) return rc;
   if (l->size > 0) {
     void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) return SC_EIO;
@@ -93,15 +101,9 @@ int sc__log_map_fd(int fd, sc__log *l) {
  * (a torn tail, or back to what was acknowledged after a failed write) while it reads. A mapping
  * would then fault (SIGBUS) on the pages past the new end; a read just sees the shorter file. */
 static int read_whole(int fd, sc__log *l) {
-  struct stat st;
-  if (fstat(fd, &st) != 0) return SC_EIO;
-  if (S_ISDIR(st.st_mode)) {
-    errno = EISDIR;
-    return SC_EIO;
-  }
-  if (!S_ISREG(st.st_mode)) return SC_EPARSE;
-  size_t want = (size_t)st.st_size;
-  if (want == 0) return SC_OK;
+  size_t want = 0;
+  int rc = regular_size(fd, &want);
+  if (rc != SC_OK || want == 0) return rc;
   char *buf = malloc(want);
   if (buf == NULL) {
     errno = ENOMEM;

@@ -166,13 +166,8 @@ static int take_line(scan_state *s, const char *line, size_t len, uint64_t offse
       if (status != NULL && (size_t)(end - (status + slen)) > 12 &&
           memcmp(status + slen, "\",\"context\":{", 13) == 0)
         t->nfolds = 0;
-      if (t->nfolds == t->capfolds) {
-        size_t cap = t->capfolds ? t->capfolds * 2 : 4;
-        line_ref *v = realloc(t->folds, cap * sizeof(*v));
-        if (v == NULL) return sc_error_set(SC_ENOMEM, "scan: out of memory");
-        t->folds = v;
-        t->capfolds = cap;
-      }
+      if (!sc__grow(&t->folds, &t->capfolds, t->nfolds + 1, sizeof(*t->folds), 4))
+        return sc_error_set(SC_ENOMEM, "scan: out of memory");
       t->folds[t->nfolds++] = ref;
       break;
     case SC_EV_ROLLBACK_STARTED:

@@ -52,20 +52,10 @@ struct sc_jsonl {
   sc_jsonl_report open_report;
 };
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void
-say(const sc_jsonl_options *o, const char *fmt, ...);
+static void say(const sc_jsonl_options *o, const char *fmt, ...) SC__PRINTF(2, 3);
 
 static int ackq_push(ackq *q, sc_ack *a) {
-  if (q->n == q->cap) {
-    size_t cap = q->cap ? q->cap * 2 : 64;
-    sc_ack **v = realloc(q->v, cap * sizeof(*v));
-    if (v == NULL) return SC_ENOMEM;
-    q->v = v;
-    q->cap = cap;
-  }
+  if (!sc__grow(&q->v, &q->cap, q->n + 1, sizeof(*q->v), 64)) return SC_ENOMEM;
   q->v[q->n++] = a;
   return SC_OK;
 }
