@@ -185,10 +185,7 @@ int cli_tail(int argc, char **argv) {
       json = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("tail", "unknown option '%s' (see stagecoach tail --help)", argv[i]);
-    if (addr) return cli_usage_error("tail", "one address at a time ('%s')", argv[i]);
-    addr = argv[i];
+    if (cli_operand("tail", argv[i], "address", &addr) != 0) return CLI_EXIT_USAGE;
   }
   if (addr == NULL) return cli_usage_error("tail", "which server? (stagecoach tail ADDR)");
   char *end = NULL;
@@ -269,11 +266,7 @@ int cli_pending(int argc, char **argv) {
       json = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("pending", "unknown option '%s' (see stagecoach pending --help)",
-                             argv[i]);
-    if (addr) return cli_usage_error("pending", "one address at a time ('%s')", argv[i]);
-    addr = argv[i];
+    if (cli_operand("pending", argv[i], "address", &addr) != 0) return CLI_EXIT_USAGE;
   }
   if (addr == NULL) return cli_usage_error("pending", "which server? (stagecoach pending ADDR)");
   char *owned;

@@ -387,6 +387,19 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
   return CLI_EXIT_COMPLETED;
 }
 
+/* runtime_open, then the pipeline, loaded and checked before any log is opened: a bad one leaves
+ * the log alone. */
+static int runtime_open_with(runtime *rt, const run_options *o, const char *cmd,
+                             const char *pipeline, cli_pipeline *p) {
+  int code = runtime_open(rt, o, cmd);
+  char err[4096];
+  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt->e, p, err, sizeof(err)) != 0) {
+    fputs(err, stderr);
+    code = CLI_EXIT_USAGE;
+  }
+  return code;
+}
+
 /* Runs until nothing is in flight, then says what happened to each task. */
 static int runtime_finish(runtime *rt) {
   sc_engine_run(rt->e);
@@ -658,10 +671,7 @@ int cli_run(int argc, char **argv) {
       if (m < 0) return cli_usage_error("run", "--task-id needs a value");
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("run", "unknown option '%s' (see stagecoach run --help)", argv[i]);
-    if (pipeline != NULL) return cli_usage_error("run", "one pipeline at a time ('%s')", argv[i]);
-    pipeline = argv[i];
+    if (cli_operand("run", argv[i], "pipeline", &pipeline) != 0) return CLI_EXIT_USAGE;
   }
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
@@ -683,14 +693,8 @@ int cli_run(int argc, char **argv) {
                            "own file",
                            o.log);
   runtime rt;
-  int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
-  char err[4096];
-  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
-  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
-    fputs(err, stderr);
-    code = CLI_EXIT_USAGE;
-  }
+  int code = runtime_open_with(&rt, &o, "run", pipeline, &p);
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
@@ -777,12 +781,7 @@ int cli_recover(int argc, char **argv) {
       dry_run = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("recover", "unknown option '%s' (see stagecoach recover --help)",
-                             argv[i]);
-    if (pipeline != NULL)
-      return cli_usage_error("recover", "one pipeline at a time ('%s')", argv[i]);
-    pipeline = argv[i];
+    if (cli_operand("recover", argv[i], "pipeline", &pipeline) != 0) return CLI_EXIT_USAGE;
   }
   if (pipeline == NULL)
     return cli_usage_error("recover",
@@ -813,14 +812,8 @@ int cli_recover(int argc, char **argv) {
 
   runtime rt;
   if (dry_run) o.plain = true;
-  int code = runtime_open(&rt, &o, "recover");
   cli_pipeline p = {0};
-  char err[4096];
-  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
-  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
-    fputs(err, stderr);
-    code = CLI_EXIT_USAGE;
-  }
+  int code = runtime_open_with(&rt, &o, "recover", pipeline, &p);
   sc_unfinished *todo = NULL;
   size_t n = 0;
   int rc = SC_OK;
