@@ -70,12 +70,10 @@ int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **
   if (regular && st.st_size > 0 && (uint64_t)st.st_size <= max_bytes &&
       !sc__buf_reserve(&b, (size_t)st.st_size + 1))
     err = ENOMEM;
+  char probe[4096]; /* a full buffer reads here first: a file that ends there costs no growth */
   while (err == 0) {
-    if (!sc__buf_reserve(&b, 4096)) {
-      err = ENOMEM;
-      break;
-    }
-    ssize_t got = read(fd, b.p + b.len, b.cap - b.len - 1);
+    bool full = b.cap < b.len + 2;
+    ssize_t got = full ? read(fd, probe, sizeof(probe)) : read(fd, b.p + b.len, b.cap - b.len - 1);
     if (got < 0 && errno == EINTR) continue;
     if (got < 0) {
       err = errno;
@@ -83,6 +81,9 @@ int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **
       break;
     } else if (b.len + (size_t)got > max_bytes) {
       err = EFBIG;
+    } else if (full) {
+      sc__buf_put(&b, probe, (size_t)got);
+      if (b.oom) err = ENOMEM;
     } else {
       b.len += (size_t)got;
     }

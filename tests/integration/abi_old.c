@@ -100,8 +100,34 @@ static void run_bounded(uv_loop_t *loop) {
     usleep(1000);
 }
 
+/* A factory of one stage, spoiled as udata says: 0 not at all, 1 the spec's version, 2 the retry
+ * policy's, 3 the approval policy's. */
+static int spoiled_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
+  (void)config;
+  int which = *(const int *)udata;
+  sc_stage_spec spec;
+  sc_stage_spec_init(&spec);
+  spec.name = "a";
+  spec.kind = "fn";
+  cJSON *params = cJSON_Parse("{\"fn\":\"ok\"}");
+  spec.params = params;
+  if (which == 1) spec.version = SC_STAGE_SPEC_VERSION + 1;
+  if (which == 2) spec.retry.version = 0; /* a policy that was never set up */
+  if (which == 3) spec.approval.version = SC_APPROVAL_POLICY_VERSION + 1;
+  int rc = sc_plan_add_stage(b, &spec); /* copies params */
+  cJSON_Delete(params);
+  return rc;
+}
+
+/* Whether the plan of spoiled_factory(which) is refused, with the field named. */
+static int refused_naming(int which, const char *field) {
+  char fingerprint[72];
+  int rc = sc_plan_fingerprint(spoiled_factory, &which, NULL, fingerprint);
+  return rc < 0 && strstr(sc_error_message(), field) != NULL;
+}
+
 int main(void) {
-  printf("1..15\n");
+  printf("1..19\n");
   uv_loop_t loop;
   uv_loop_init(&loop);
   cJSON *config =
@@ -193,6 +219,16 @@ int main(void) {
             st.approval.version == SC_APPROVAL_POLICY_VERSION && st.retry.multiplier == 2.0 &&
             st.approval.approvers_needed == 1 && st.approval.on_reject == SC_ACTION_CANCEL,
         "sc_stage_spec_init fills the spec and both policies with their versions and defaults");
+
+  int none = 0;
+  char fingerprint[72];
+  check(sc_plan_fingerprint(spoiled_factory, &none, NULL, fingerprint) == SC_OK,
+        "a stage spec from sc_stage_spec_init is accepted");
+  check(refused_naming(1, "\"version\""), "a stage spec of a later version is refused");
+  check(refused_naming(2, "\"retry.version\""),
+        "a retry policy that was never set up (version 0) is refused, naming retry.version");
+  check(refused_naming(3, "\"approval.version\""),
+        "an approval policy of a later version is refused, naming approval.version");
 
   sc_engine_free(e);
   cJSON_Delete(config);
