@@ -373,7 +373,8 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
   /* A recovered task's task.created carries the point it recovered to: a task that stopped
    * right after it carries on from that same point. */
   const cJSON *point = member(ev, "recovery");
-  const cJSON *holder = cJSON_IsObject(point) ? point : ev->data;
+  bool has_point = cJSON_IsObject(point); /* point dies with d, freed below */
+  const cJSON *holder = has_point ? point : ev->data;
   req->context = dup_object(cJSON_GetObjectItemCaseSensitive(holder, "context"));
   const cJSON *digest = cJSON_GetObjectItemCaseSensitive(holder, "digest");
   req->context_digest =
@@ -394,7 +395,7 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
     req->intent = intent_of(sc_event_doc_event(d));
     sc_event_doc_free(d);
   }
-  if (t->recovered.len && !cJSON_IsObject(point)) {
+  if (t->recovered.len && !has_point) {
     /* An older log: the recovery point is in task.recovered only. */
     if (sc_event_parse(base + t->recovered.off, t->recovered.len, &d) == SC_OK) {
       const char *last = string_member(sc_event_doc_event(d), "last_completed_stage");
