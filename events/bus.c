@@ -13,6 +13,8 @@ struct sc_subscription {
 };
 
 struct sc_ack {
+  /* First, so that a list pointer is a pointer to the ack (leak checkers see it as one). */
+  sc__queue node; /* on the outstanding list, or on the free list */
   sc__bus *bus;
   void *owner; /* NULL once orphaned */
   sc_event_type type;
@@ -20,7 +22,6 @@ struct sc_ack {
   uint32_t pending; /* deferred acks not yet done, plus one while the dispatch runs */
   int status;       /* the first failure, or SC_OK */
   char *message;    /* of the first failure; malloc'd */
-  sc__queue node;   /* on the outstanding list, or on the free list */
 };
 
 struct sc__bus {
