@@ -157,13 +157,6 @@ int sc_engine_set_lock_provider(sc_engine *e, const sc_lock_provider *p) {
   return SC_OK;
 }
 
-void sc_lock_provider_init(sc_lock_provider *p) {
-  memset(p, 0, sizeof(*p));
-  p->version = SC_LOCK_PROVIDER_VERSION;
-  p->ttl_ms = DEFAULT_TTL_MS;
-  p->retry_ms = DEFAULT_RETRY_MS;
-}
-
 /* ---- the recovery rate limiter ---- */
 
 /* A token bucket of recovery_rate_per_s tokens a second, holding at most max(1, rate) tokens.

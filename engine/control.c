@@ -8,11 +8,6 @@
 
 #include "engine_int.h"
 
-void sc_task_spec_init(sc_task_spec *s) {
-  memset(s, 0, sizeof(*s));
-  s->version = SC_TASK_SPEC_VERSION;
-}
-
 int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
   if (out) *out = NULL;
   sc__plan_error_clear();

@@ -7,12 +7,6 @@
 
 #include "engine_int.h"
 
-void sc_engine_options_init(sc_engine_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_ENGINE_OPTIONS_VERSION;
-  o->tenant_exclusive = true;
-}
-
 void sc__engine_log(sc_engine *e, sc_log_level level, const char *fmt, ...) {
   if (e->opts.log == NULL) return;
   char msg[768];

@@ -55,8 +55,6 @@
 
 #include "stagecoach/engine.h"
 #include "../events/internal.h"
-#include "../events/queue.h"
-#include "map.h"
 
 /* ---- plans (plan.c) ---- */
 

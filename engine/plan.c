@@ -10,15 +10,6 @@
 
 #include "engine_int.h"
 
-void sc_stage_spec_init(sc_stage_spec *s) {
-  memset(s, 0, sizeof(*s));
-  s->retry.multiplier = 2.0;
-  s->approval.approvers_needed = 1;
-  s->approval.on_timeout = SC_ACTION_REJECT;
-  s->approval.on_reject = SC_ACTION_CANCEL;
-  s->effect = SC_EFFECT_IDEMPOTENT;
-}
-
 void sc__builder_init(sc_plan_builder *b, sc_engine *e) {
   memset(b, 0, sizeof(*b));
   b->engine = e;
@@ -215,6 +206,14 @@ static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
 }
 
 static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
+  /* Version 1 of each struct is all there is: a later version is refused rather than half read,
+   * and 0 means the struct was not set up with its _init(). */
+  if (spec->version < 1 || spec->version > SC_STAGE_SPEC_VERSION)
+    return spec_error(b, spec, "version", "is not a supported sc_stage_spec version");
+  if (spec->retry.version < 1 || spec->retry.version > SC_RETRY_POLICY_VERSION)
+    return spec_error(b, spec, "retry.version", "is not a supported sc_retry_policy version");
+  if (spec->approval.version < 1 || spec->approval.version > SC_APPROVAL_POLICY_VERSION)
+    return spec_error(b, spec, "approval.version", "is not a supported sc_approval_policy version");
   if (spec->name == NULL || !*spec->name) return spec_error(b, spec, "name", "is required");
   uintptr_t dup = (uintptr_t)sc__map_get(&b->names, spec->name);
   if (dup != 0) {

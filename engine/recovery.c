@@ -8,12 +8,6 @@
 
 #include "engine_int.h"
 
-void sc_recovery_request_init(sc_recovery_request *r) {
-  memset(r, 0, sizeof(*r));
-  r->version = SC_RECOVERY_REQUEST_VERSION;
-  r->mode = SC_RECOVER_RETRY;
-}
-
 typedef struct prepared {
   sc__plan *plan;     /* a reference */
   sc__plan *run_plan; /* plan, or its previous plan (borrowed from plan) */

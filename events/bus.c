@@ -13,14 +13,15 @@ struct sc_subscription {
 };
 
 struct sc_ack {
+  /* First, so that a list pointer is a pointer to the ack (leak checkers see it as one). */
+  sc__queue node; /* on the outstanding list, or on the free list */
   sc__bus *bus;
   void *owner; /* NULL once orphaned */
   sc_event_type type;
   uint64_t seq;
-  uint32_t pending;    /* deferred acks not yet done, plus one while the dispatch runs */
-  int status;          /* the first failure, or SC_OK */
-  char *message;       /* of the first failure; malloc'd */
-  sc_ack *prev, *next; /* the outstanding list, or the free list (next only) */
+  uint32_t pending; /* deferred acks not yet done, plus one while the dispatch runs */
+  int status;       /* the first failure, or SC_OK */
+  char *message;    /* of the first failure; malloc'd */
 };
 
 struct sc__bus {
@@ -31,9 +32,8 @@ struct sc__bus {
   uint64_t wanted; /* the union of the live subscribers' masks */
   sc__bus_settle_fn settle;
   void *udata;
-  sc_ack *outstanding; /* acks with deferred parts not yet done */
-  size_t noutstanding;
-  sc_ack *free_acks;
+  sc__queue outstanding; /* acks with deferred parts not yet done */
+  sc__queue free_acks;
 };
 
 #define ALL_TYPES ((1ull << SC_EV__COUNT) - 1)
@@ -43,6 +43,8 @@ int sc__bus_new(sc__bus_settle_fn settle, void *udata, sc__bus **out) {
   if (b == NULL) return sc__error(SC_ENOMEM, "bus: out of memory");
   b->settle = settle;
   b->udata = udata;
+  sc__queue_init(&b->outstanding);
+  sc__queue_init(&b->free_acks);
   *out = b;
   return SC_OK;
 }
@@ -58,13 +60,10 @@ void sc__bus_free(sc__bus *b) {
     free(b->subs[i]);
   free(b->subs);
   /* Acks a subscriber still holds die with the bus: adapters must be closed first. */
-  for (sc_ack *a = b->outstanding, *next; a != NULL; a = next) {
-    next = a->next;
-    ack_free(a);
-  }
-  for (sc_ack *a = b->free_acks, *next; a != NULL; a = next) {
-    next = a->next;
-    ack_free(a);
+  sc__queue *q, *next;
+  sc__queue_move(&b->free_acks, &b->outstanding);
+  sc__queue_foreach_safe(q, next, &b->outstanding) {
+    ack_free(sc__queue_data(q, sc_ack, node));
   }
   free(b);
 }
@@ -80,23 +79,14 @@ bool sc__bus_wants(const sc__bus *b, sc_event_type type) {
   return (b->wanted >> type) & 1;
 }
 
-size_t sc__bus_outstanding(const sc__bus *b) {
-  return b->noutstanding;
-}
-
 int sc__bus_subscribe(sc__bus *b, const sc_subscriber *sub, sc_subscription **out) {
   if (out) *out = NULL;
   if (sub == NULL || sub->on_event == NULL)
     return sc__error(SC_EINVAL, "subscribe: a subscriber needs an on_event callback");
   if (sub->version < 1 || sub->version > SC_SUBSCRIBER_VERSION)
     return sc__error(SC_EINVAL, "subscribe: unsupported sc_subscriber version %u", sub->version);
-  if (b->nsubs == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 4;
-    sc_subscription **subs = realloc(b->subs, cap * sizeof(*subs));
-    if (subs == NULL) return sc__error(SC_ENOMEM, "subscribe: out of memory");
-    b->subs = subs;
-    b->cap = cap;
-  }
+  if (!sc__grow(&b->subs, &b->cap, b->nsubs + 1, sizeof(*b->subs), 4))
+    return sc__error(SC_ENOMEM, "subscribe: out of memory");
   sc_subscription *s = calloc(1, sizeof(*s));
   if (s == NULL) return sc__error(SC_ENOMEM, "subscribe: out of memory");
   s->bus = b;
@@ -129,13 +119,16 @@ void sc_subscription_cancel(sc_subscription *s) {
 }
 
 static sc_ack *ack_get(sc__bus *b) {
-  sc_ack *a = b->free_acks;
-  if (a != NULL) {
-    b->free_acks = a->next;
+  sc__queue *q = sc__queue_head(&b->free_acks);
+  sc_ack *a;
+  if (q != NULL) {
+    sc__queue_remove(q);
+    a = sc__queue_data(q, sc_ack, node);
   } else if ((a = malloc(sizeof(*a))) == NULL) {
     return NULL;
   }
   memset(a, 0, sizeof(*a));
+  sc__queue_init(&a->node);
   a->bus = b;
   return a;
 }
@@ -143,31 +136,13 @@ static sc_ack *ack_get(sc__bus *b) {
 static void ack_put(sc__bus *b, sc_ack *a) {
   free(a->message);
   a->message = NULL;
-  a->next = b->free_acks;
-  b->free_acks = a;
+  sc__queue_insert_head(&b->free_acks, &a->node);
 }
 
 static void ack_record(sc_ack *a, int status, const char *message) {
   if (status >= 0 || a->status < 0) return; /* the first failure is the one reported */
   a->status = status;
   a->message = strdup(message && *message ? message : sc_strerror(status));
-}
-
-static void link_outstanding(sc__bus *b, sc_ack *a) {
-  a->prev = NULL;
-  a->next = b->outstanding;
-  if (b->outstanding) b->outstanding->prev = a;
-  b->outstanding = a;
-  b->noutstanding++;
-}
-
-static void unlink_outstanding(sc__bus *b, sc_ack *a) {
-  if (a->prev)
-    a->prev->next = a->next;
-  else
-    b->outstanding = a->next;
-  if (a->next) a->next->prev = a->prev;
-  b->noutstanding--;
 }
 
 int sc__bus_dispatch(sc__bus *b, const sc_event *ev, void *owner) {
@@ -192,7 +167,7 @@ int sc__bus_dispatch(sc__bus *b, const sc_event *ev, void *owner) {
   }
   if (--b->depth == 0 && b->has_dead) sweep_dead(b);
   if (--a->pending > 0) {
-    link_outstanding(b, a);
+    sc__queue_insert_tail(&b->outstanding, &a->node);
     return SC_DEFER;
   }
   int status = a->status;
@@ -202,8 +177,11 @@ int sc__bus_dispatch(sc__bus *b, const sc_event *ev, void *owner) {
 }
 
 void sc__bus_orphan_acks(sc__bus *b, void *owner) {
-  for (sc_ack *a = b->outstanding; a != NULL; a = a->next)
+  sc__queue *q;
+  sc__queue_foreach(q, &b->outstanding) {
+    sc_ack *a = sc__queue_data(q, sc_ack, node);
     if (a->owner == owner) a->owner = NULL;
+  }
 }
 
 void sc_ack_fail(sc_ack *a, int status, const char *message) {
@@ -211,16 +189,11 @@ void sc_ack_fail(sc_ack *a, int status, const char *message) {
   ack_record(a, status, message);
   if (--a->pending > 0) return;
   sc__bus *b = a->bus;
-  unlink_outstanding(b, a);
+  sc__queue_remove(&a->node);
   if (a->owner != NULL) b->settle(a->owner, a->type, a->seq, a->status, a->message, b->udata);
   ack_put(b, a);
 }
 
 void sc_ack_done(sc_ack *a, int status) {
   sc_ack_fail(a, status, NULL);
-}
-
-void sc_subscriber_init(sc_subscriber *s) {
-  memset(s, 0, sizeof(*s));
-  s->version = SC_SUBSCRIBER_VERSION;
 }

@@ -34,23 +34,10 @@ const char *sc_error_message(void) {
   return last_message;
 }
 
-static int set_message(int code, const char *fmt, va_list ap) {
-  vsnprintf(last_message, sizeof(last_message), fmt, ap);
-  return code;
-}
-
-int sc__error(int code, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  set_message(code, fmt, ap);
-  va_end(ap);
-  return code;
-}
-
 int sc_error_set(int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  set_message(code, fmt, ap);
+  sc__vformat(last_message, sizeof(last_message), fmt, ap);
   va_end(ap);
   return code;
 }

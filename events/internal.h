@@ -1,8 +1,12 @@
-/* Internals shared by the library's modules (not installed): the error setter, the JSON writer
- * and the event bus. Nothing here is part of the public API. */
+/* The internal utility layer (not installed), shared by the engine, the adapters and the command:
+ * the error setter, formatting, the growable buffer, the JSON writer, UTF-8, reading a file, the
+ * names of effects and actions, SHA-256, time, the hash map (map.h) and the list (queue.h); and the
+ * event bus. events/ depends on nothing else of ours, so every module may use it. Nothing here is
+ * part of the public API, and nothing here is exported from the shared library. */
 #ifndef STAGECOACH_EVENTS_INTERNAL_H
 #define STAGECOACH_EVENTS_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,17 +15,30 @@
 #include "stagecoach/error.h"
 #include "stagecoach/events.h"
 
+#include "map.h"
+#include "queue.h"
+
 #if defined(__GNUC__)
 #define SC__PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define SC__PRINTF(a, b)
 #endif
 
-/* Sets the thread's error message and returns code, so a failure reads `return sc__error(...)`. */
-int sc__error(int code, const char *fmt, ...) SC__PRINTF(2, 3);
+/* ---- errors and formatting (error.c, util.c) ---- */
+
+/* Sets the thread's error message and returns code, so a failure reads `return sc__error(...)`:
+ * the public sc_error_set() under the name the library's files use. */
+#define sc__error(...) sc_error_set(__VA_ARGS__)
 void sc__error_clear(void);
 
-/* ---- JSON writer (jsonw.c) ---- */
+/* vsnprintf into buf[0 .. cap) that always terminates (when cap > 0) and returns the length
+ * written, cut to what fits: never negative, never more than cap - 1. */
+size_t sc__vformat(char *buf, size_t cap, const char *fmt, va_list ap);
+size_t sc__format(char *buf, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
+/* Appends at *off (advanced by what was written) in buf[0 .. cap), cut when it is full. */
+void sc__format_append(char *buf, size_t cap, size_t *off, const char *fmt, ...) SC__PRINTF(4, 5);
+
+/* ---- the growable buffer (jsonw.c) ---- */
 
 /* A byte buffer that grows, or (fixed) writes what fits into a caller's array and keeps counting.
  */
@@ -55,6 +72,72 @@ static inline void sc__buf_putc(sc__buf *b, char c) {
 #define sc__buf_lit(b, s) sc__buf_put((b), (s), sizeof(s) - 1)
 /* Terminates with a NUL that is not counted in len; false when out of memory. */
 bool sc__buf_cstr(sc__buf *b);
+/* The string forms: append and keep the content NUL-terminated (the NUL not counted in len), so
+ * that b->p is a C string after every successful call; false when out of memory (the content is
+ * then incomplete until sc__buf_reset). */
+static inline bool sc__buf_add(sc__buf *b, const void *p, size_t n) {
+  if (n > 0) sc__buf_put(b, p, n); /* an empty buffer has no array to copy nothing into */
+  return sc__buf_cstr(b);
+}
+static inline bool sc__buf_adds(sc__buf *b, const char *s) {
+  return sc__buf_add(b, s, strlen(s));
+}
+/* Hands the allocated bytes over (the caller frees them with free()) and leaves b empty; NULL
+ * when nothing was ever allocated. */
+static inline char *sc__buf_take(sc__buf *b) {
+  char *p = b->p;
+  sc__buf_init(b);
+  return p;
+}
+
+/* Makes room for need elements of elem bytes in the array *items points at (a T ** passed as
+ * void *), whose capacity is *cap: doubles it, from first when it is 0. False when out of memory,
+ * with the array and *cap unchanged. The one growth rule of the library's arrays. */
+bool sc__grow(void *items, size_t *cap, size_t need, size_t elem, size_t first);
+
+/* ---- UTF-8 ---- */
+
+/* The length of the well-formed UTF-8 sequence at s[0 .. n) that starts with a byte >= 0x80, or
+ * 0 when it is not one (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF).
+ * Inline: the JSON writer calls it for every non-ASCII character. */
+static inline size_t sc__utf8_length(const unsigned char *s, size_t n) {
+  size_t len = s[0] >= 0xC2 && s[0] <= 0xDF   ? 2
+               : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
+               : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4
+                                              : 0;
+  if (len == 0 || len > n) return 0;
+  for (size_t i = 1; i < len; i++)
+    if ((s[i] & 0xC0) != 0x80) return 0;
+  if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||
+      (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F))
+    return 0;
+  return len;
+}
+
+/* ---- files (util.c) ---- */
+
+#define SC__READ_NOT_REGULAR                                                                       \
+  (-1) /* sc__read_file: regular_only, and the path is something else                              \
+        */
+
+/* Reads a whole file into *text (NUL-terminated, caller frees; NULL for an empty file) and *len.
+ * Returns 0, SC__READ_NOT_REGULAR, or an errno value (the file's open or read error; EFBIG past
+ * max_bytes; ENOMEM). regular_only: the file is opened without blocking and read only when it is
+ * a regular file, so that a FIFO or a terminal put in its place never stalls the caller. */
+int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **text, size_t *len);
+
+/* ---- names (util.c) ---- */
+
+/* The words of sc_effect and sc_approval_action (<stagecoach/engine.h>), indexed by the enum
+ * values, as pipelines and events spell them; tests/unit/test_util.c checks the order. */
+extern const char *const sc__effect_names[3]; /* idempotent, compensable, irreversible */
+extern const char *const sc__action_names[4]; /* approve, reject, fail, cancel */
+const char *sc__effect_name(int effect);      /* out of range: "idempotent" */
+const char *sc__action_name(int action);      /* out of range: "cancel" */
+/* The index of word in names[0 .. n), or -1. */
+int sc__name_index(const char *const *names, size_t n, const char *word);
+
+/* ---- JSON writer (jsonw.c) ---- */
 
 void sc__json_string(sc__buf *b, const char *s); /* a quoted, escaped JSON string */
 void sc__json_uint(sc__buf *b, uint64_t v);
@@ -95,6 +178,7 @@ void sc__hex(const unsigned char *in, size_t n, char *out); /* 2n hex digits, no
 int sc__sha_begin(sc__sha *s);
 int sc__sha_update(sc__sha *s, const void *data, size_t len);
 int sc__sha_end_hex(sc__sha *s, char out[72]);
+int sc__sha_end_raw(sc__sha *s, unsigned char out[32]);
 
 /* ---- time (codec.c) ---- */
 int64_t sc__now_ns(void); /* CLOCK_REALTIME, truncated to microseconds as the JSON carries it */
@@ -122,6 +206,5 @@ int sc__bus_dispatch(sc__bus *b, const sc_event *ev, void *owner);
 /* Detaches every ack still outstanding from its owner: their later sc_ack_done() calls are
  * accepted and ignored. */
 void sc__bus_orphan_acks(sc__bus *b, void *owner);
-size_t sc__bus_outstanding(const sc__bus *b);
 
 #endif

@@ -75,22 +75,6 @@ static inline bool word_needs_look(uint64_t v) {
   return (control | ((q - ones) & ~q & high) | ((bs - ones) & ~bs & high) | (v & high)) != 0;
 }
 
-/* The length of the well-formed UTF-8 sequence at s[0 .. n) that starts with a byte >= 0x80, or
- * 0 when it is not one (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF). */
-static size_t utf8_length(const unsigned char *s, size_t n) {
-  size_t len = s[0] >= 0xC2 && s[0] <= 0xDF   ? 2
-               : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
-               : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4
-                                              : 0;
-  if (len == 0 || len > n) return 0;
-  for (size_t i = 1; i < len; i++)
-    if ((s[i] & 0xC0) != 0x80) return 0;
-  if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||
-      (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F))
-    return 0;
-  return len;
-}
-
 static void escape_byte(sc__buf *b, unsigned char c) {
   switch (c) {
     case '"': sc__buf_lit(b, "\\\""); break;
@@ -128,7 +112,7 @@ void sc__json_string(sc__buf *b, const char *s) {
       i++;
       continue;
     }
-    size_t seq = c >= 0x80 ? utf8_length((const unsigned char *)s + i, n - i) : 0;
+    size_t seq = c >= 0x80 ? sc__utf8_length((const unsigned char *)s + i, n - i) : 0;
     if (seq > 0) {
       i += seq;
       continue;
@@ -192,7 +176,8 @@ typedef struct keyed {
 static size_t next_written(const unsigned char **p, unsigned char out[4]) {
   const unsigned char *s = *p;
   if (*s == 0) return 0;
-  size_t len = *s < 0x80 ? 1 : utf8_length(s, 4); /* stops at a NUL: it is no continuation byte */
+  size_t len =
+      *s < 0x80 ? 1 : sc__utf8_length(s, 4); /* stops at a NUL: it is no continuation byte */
   if (len == 0) {
     memcpy(out, "\xef\xbf\xbd", 3);
     *p = s + 1;

@@ -69,10 +69,16 @@ int sc__sha_update(sc__sha *s, const void *data, size_t len) {
   return EVP_DigestUpdate(s->ctx, data, len) ? SC_OK : sc__error(SC_EIO, "SHA-256 failed");
 }
 
+int sc__sha_end_raw(sc__sha *s, unsigned char out[32]) {
+  unsigned int n = 0;
+  if (!EVP_DigestFinal_ex(s->ctx, out, &n) || n != 32) return sc__error(SC_EIO, "SHA-256 failed");
+  return SC_OK;
+}
+
 int sc__sha_end_hex(sc__sha *s, char out[72]) {
   unsigned char raw[32];
-  unsigned int n = 0;
-  if (!EVP_DigestFinal_ex(s->ctx, raw, &n) || n != 32) return sc__error(SC_EIO, "SHA-256 failed");
+  int rc = sc__sha_end_raw(s, raw);
+  if (rc != SC_OK) return rc;
   memcpy(out, "sha256:", 7);
   sc__hex(raw, 32, out + 7);
   out[71] = '\0';

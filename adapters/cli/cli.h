@@ -175,5 +175,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 /* Matches "--name VALUE" and "--name=VALUE" at argv[*i]; advances *i past the value. Returns 1 on
  * a match (with *value set), 0 when argv[*i] is another argument, -1 when the value is missing. */
 int cli_option(int argc, char **argv, int *i, const char *name, const char **value);
+/* An argument that is no option of cmd: refused when it looks like an option ("unknown option")
+ * or when *slot is taken already ("one WHAT at a time"), else stored in *slot. 0, or
+ * CLI_EXIT_USAGE after the message. */
+int cli_operand(const char *cmd, const char *arg, const char *what, const char **slot);
 
 #endif

@@ -9,11 +9,12 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../../events/internal.h"
 
 typedef struct reader {
   int fd;
-  char *buf;
-  size_t len, off, cap;
+  sc__buf in; /* what was read and not handed out yet, from off on */
+  size_t off;
 } reader;
 
 /* Connects to unix:/path or tcp:LOOPBACK:PORT; -1 with a message on stderr. */
@@ -30,30 +31,25 @@ static int connect_addr(const char *cmd, const char *addr) {
  * end of the stream. */
 static char *read_line(reader *r, size_t *len) {
   for (;;) {
-    char *nl = r->buf == NULL ? NULL : memchr(r->buf + r->off, '\n', r->len - r->off);
+    sc__buf *b = &r->in;
+    char *nl = b->p == NULL ? NULL : memchr(b->p + r->off, '\n', b->len - r->off);
     if (nl != NULL) {
-      char *line = r->buf + r->off;
+      char *line = b->p + r->off;
       *nl = '\0';
       *len = (size_t)(nl - line);
-      r->off = (size_t)(nl - r->buf) + 1;
+      r->off = (size_t)(nl - b->p) + 1;
       return line;
     }
     if (r->off > 0) {
-      memmove(r->buf, r->buf + r->off, r->len - r->off);
-      r->len -= r->off;
+      memmove(b->p, b->p + r->off, b->len - r->off);
+      b->len -= r->off;
       r->off = 0;
     }
-    if (r->cap - r->len < 4096) {
-      size_t cap = r->cap ? r->cap * 2 : 65536;
-      char *p = realloc(r->buf, cap);
-      if (p == NULL) return NULL;
-      r->buf = p;
-      r->cap = cap;
-    }
-    ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len - 1);
+    if (!sc__buf_reserve(b, 4096)) return NULL;
+    ssize_t n = read(r->fd, b->p + b->len, b->cap - b->len - 1);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return NULL; /* a last line without its newline is not a whole line */
-    r->len += (size_t)n;
+    b->len += (size_t)n;
   }
 }
 
@@ -124,7 +120,7 @@ static cJSON *roundtrip(const char *cmd, const char *addr, cJSON *op, int *code)
     *code = CLI_EXIT_USAGE;
     return NULL;
   }
-  reader r = {fd, NULL, 0, 0, 0};
+  reader r = {fd, {0}, 0};
   cJSON *reply = NULL;
   if (!send_json(fd, op)) {
     fprintf(stderr, "stagecoach %s: %s: %s\n", cmd, addr, strerror(errno));
@@ -149,7 +145,7 @@ static cJSON *roundtrip(const char *cmd, const char *addr, cJSON *op, int *code)
       *code = CLI_EXIT_FAILED;
     }
   }
-  free(r.buf);
+  sc__buf_free(&r.in);
   close(fd);
   if (reply && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
     const char *err = member_string(reply, "error"), *msg = member_string(reply, "message");
@@ -189,10 +185,7 @@ int cli_tail(int argc, char **argv) {
       json = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("tail", "unknown option '%s' (see stagecoach tail --help)", argv[i]);
-    if (addr) return cli_usage_error("tail", "one address at a time ('%s')", argv[i]);
-    addr = argv[i];
+    if (cli_operand("tail", argv[i], "address", &addr) != 0) return CLI_EXIT_USAGE;
   }
   if (addr == NULL) return cli_usage_error("tail", "which server? (stagecoach tail ADDR)");
   char *end = NULL;
@@ -225,7 +218,7 @@ int cli_tail(int argc, char **argv) {
     close(fd);
     return cli_usage_error("tail", "%s: %s", addr, strerror(errno));
   }
-  reader r = {fd, NULL, 0, 0, 0};
+  reader r = {fd, {0}, 0};
   int code = CLI_EXIT_COMPLETED;
   char *text;
   size_t len;
@@ -253,7 +246,7 @@ int cli_tail(int argc, char **argv) {
     }
     fflush(stdout);
   }
-  free(r.buf);
+  sc__buf_free(&r.in);
   close(fd);
   return code;
 }
@@ -273,11 +266,7 @@ int cli_pending(int argc, char **argv) {
       json = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("pending", "unknown option '%s' (see stagecoach pending --help)",
-                             argv[i]);
-    if (addr) return cli_usage_error("pending", "one address at a time ('%s')", argv[i]);
-    addr = argv[i];
+    if (cli_operand("pending", argv[i], "address", &addr) != 0) return CLI_EXIT_USAGE;
   }
   if (addr == NULL) return cli_usage_error("pending", "which server? (stagecoach pending ADDR)");
   char *owned;

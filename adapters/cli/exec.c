@@ -27,17 +27,12 @@ extern char **environ;
 /* ---- starting ---- */
 
 /* Fails ctx (not retryable) with a printf-style message; the kind's start then returns 0. */
-static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
+static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) SC__PRINTF(3, 4);
 static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) {
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
+  sc__vformat(msg, sizeof(msg), fmt, ap);
   va_end(ap);
   sc_stage_fail(ctx, code, msg, false);
   return SC_OK;
@@ -78,15 +73,12 @@ static bool is_integer_in(const cJSON *v, double min, double max) {
 
 /* Fills why and *bad, returns false. */
 static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 5, 6)))
-#endif
-    ;
+    SC__PRINTF(5, 6);
 
 static bool wrong(const cJSON **bad, const cJSON *v, char *why, size_t len, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(why, len, fmt, ap);
+  sc__vformat(why, len, fmt, ap);
   va_end(ap);
   *bad = v;
   return false;
@@ -183,13 +175,19 @@ static bool replaced(const char *entry, const cJSON *env, const cJSON *over) {
   return sets(env, entry, n) || sets(over, entry, n);
 }
 
-static char *env_entry(const char *name, const char *value) {
-  strbuf b = {0};
-  if (!sb_puts(&b, name) || !sb_puts(&b, "=") || !sb_puts(&b, value)) {
-    free(b.data);
-    return NULL;
-  }
-  return b.data;
+char *cli__exec_join(const char *a, const char *b, const char *c) {
+  sc__buf out = {0};
+  if (sc__buf_adds(&out, a) && sc__buf_adds(&out, b) && (c == NULL || sc__buf_adds(&out, c)))
+    return out.p;
+  sc__buf_free(&out);
+  return NULL;
+}
+
+/* A path in the run's directory; NULL after failing the stage. */
+static char *path_for(sc_stage_ctx *ctx, const char *dir, const char *name) {
+  char *path = cli__exec_join(dir, name, NULL);
+  if (path == NULL) sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
+  return path;
 }
 
 void cli__exec_strv_free(char **v) {
@@ -202,13 +200,7 @@ void cli__exec_strv_free(char **v) {
 
 /* $SC_CONTEXT_FILE: the context as JSON, beside $SC_OUTPUT. 0, or -1 after failing the stage. */
 static int write_context(sc_stage_ctx *ctx, exec_run *run, const char *json) {
-  strbuf path = {0};
-  if (!sb_puts(&path, run->tmpdir) || !sb_puts(&path, "/context.json")) {
-    free(path.data);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  run->context_path = path.data;
+  if ((run->context_path = path_for(ctx, run->tmpdir, "/context.json")) == NULL) return -1;
   size_t len = strlen(json), done = 0;
   int fd = open(run->context_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   int err = fd < 0 ? errno : 0;
@@ -265,7 +257,7 @@ static int add_vars(sc_stage_ctx *ctx, char **env, size_t *n, const cJSON *obj, 
       free(value);
       return -2;
     }
-    env[(*n)++] = env_entry(m->string, value ? value : "");
+    env[(*n)++] = cli__exec_join(m->string, "=", value ? value : "");
     free(value);
     if (env[*n - 1] == NULL) return -1;
   }
@@ -314,7 +306,7 @@ static char **build_env(sc_stage_ctx *ctx, exec_run *run, const cJSON *env_param
                                        run->context_path};
   bool ok = true;
   for (size_t i = 0; i < OWN_VAR_COUNT && ok; i++)
-    ok = values[i] == NULL || (env[n++] = env_entry(own_vars[i], values[i])) != NULL;
+    ok = values[i] == NULL || (env[n++] = cli__exec_join(own_vars[i], "=", values[i])) != NULL;
   free(context);
   if (!ok) goto nomem;
   int rc = add_vars(ctx, env, &n, env_params, over, "env");
@@ -383,30 +375,20 @@ static const char *work_base(void) {
 /* A private directory with an empty output file for $SC_OUTPUT. */
 static int make_output(sc_stage_ctx *ctx, exec_run *run) {
   const char *base = work_base();
-  strbuf dir = {0};
   char name[64];
   snprintf(name, sizeof(name), "/stagecoach-exec-%ld-XXXXXX", (long)getpid());
-  if (!sb_puts(&dir, base) || !sb_puts(&dir, name)) {
-    free(dir.data);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  if (mkdtemp(dir.data) == NULL) {
+  char *dir = path_for(ctx, base, name);
+  if (dir == NULL) return -1;
+  if (mkdtemp(dir) == NULL) {
     char msg[512];
     snprintf(msg, sizeof(msg), "stage %s: cannot create a temporary directory in %s: %s",
              sc_stage_name(ctx), base, strerror(errno));
-    free(dir.data);
+    free(dir);
     sc_stage_fail(ctx, SC_EIO, msg, true);
     return -1;
   }
-  run->tmpdir = dir.data;
-  strbuf path = {0};
-  if (!sb_puts(&path, run->tmpdir) || !sb_puts(&path, "/output.json")) {
-    free(path.data);
-    sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
-    return -1;
-  }
-  run->output_path = path.data;
+  run->tmpdir = dir;
+  if ((run->output_path = path_for(ctx, run->tmpdir, "/output.json")) == NULL) return -1;
   int fd = open(run->output_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     char msg[512];
@@ -421,9 +403,7 @@ static int make_output(sc_stage_ctx *ctx, exec_run *run) {
 
 static void run_link(cli_exec *x, exec_run *run) {
   run->x = x;
-  run->next = x->runs;
-  if (x->runs) x->runs->prev = run;
-  x->runs = run;
+  sc__queue_insert_head(&x->runs, &run->node);
   x->nruns++;
 }
 
@@ -572,10 +552,13 @@ static void spawn(sc_stage_ctx *ctx, exec_run *run, char **argv, const char *cwd
  * ended yet; NULL when there is none. */
 static exec_run *still_ending(cli_exec *x, const exec_run *run) {
   if (run->task_id == NULL) return NULL;
-  for (exec_run *r = x->runs; r != NULL; r = r->next)
+  sc__queue *q;
+  sc__queue_foreach(q, &x->runs) {
+    exec_run *r = cli__exec_run_of(q);
     if (r->ctx == NULL && r->waits_for == NULL && r->task_id != NULL &&
         strcmp(r->task_id, run->task_id) == 0 && strcmp(r->stage, run->stage) == 0)
       return r;
+  }
   return NULL;
 }
 
@@ -586,9 +569,10 @@ static void drop_waiting(exec_run *run) {
 }
 
 void cli__exec_start_waiting(cli_exec *x, exec_run *gone) {
-  exec_run *r = x->runs;
-  while (r != NULL) {
-    exec_run *next = r->next;
+  sc__queue *q = x->runs.next;
+  while (q != &x->runs) {
+    exec_run *r = cli__exec_run_of(q);
+    sc__queue *next = q->next;
     if (r->waits_for == gone && x->killed) { /* everything is being taken down */
       sc_stage_ctx *ctx = r->ctx;
       char msg[256];
@@ -596,7 +580,7 @@ void cli__exec_start_waiting(cli_exec *x, exec_run *gone) {
       sc_stage_set_data(ctx, NULL);
       drop_waiting(r);
       sc_stage_fail(ctx, SC_ECANCELLED, msg, false);
-      next = x->runs;
+      next = x->runs.next;
     } else if (r->waits_for == gone) {
       sc_stage_ctx *ctx = r->ctx;
       char **argv = r->waiting_argv, **env = r->waiting_env;
@@ -609,9 +593,9 @@ void cli__exec_start_waiting(cli_exec *x, exec_run *gone) {
       strv_free(argv);
       strv_free(env);
       free(cwd);
-      next = x->runs; /* spawn may have failed and changed the list: look again from the top */
+      next = x->runs.next; /* spawn may have failed and changed the list: look again */
     }
-    r = next;
+    q = next;
   }
 }
 
@@ -637,6 +621,7 @@ static int exec_begin(sc_stage_ctx *ctx, cli_exec *x, const char *field) {
     sc_stage_fail(ctx, SC_ENOMEM, "out of memory", true);
     goto out;
   }
+  sc__queue_init(&run->node);
   run->pidfd = -1;
   run->kill_grace_ms = grace_ms;
   if (make_output(ctx, run) < 0) goto out;
@@ -764,12 +749,11 @@ static void sweep_stale_dirs(void) {
     if (end == ent->d_name + sizeof(prefix) - 1 || *end != '-' || pid <= 0 || pid == getpid() ||
         kill((pid_t)pid, 0) == 0 || errno != ESRCH)
       continue;
-    strbuf path = {0};
+    char *path = cli__exec_join(base, "/", ent->d_name);
     struct stat st;
-    if (sb_puts(&path, base) && sb_puts(&path, "/") && sb_puts(&path, ent->d_name) &&
-        lstat(path.data, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid())
-      cli__exec_remove_tree(path.data, 0);
-    free(path.data);
+    if (path != NULL && lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid())
+      cli__exec_remove_tree(path, 0);
+    free(path);
   }
   closedir(d);
 }
@@ -783,6 +767,7 @@ int cli_exec_register(sc_engine *e, cli_output_fn output, void *udata, cli_exec 
   if (x == NULL) return sc_error_set(SC_ENOMEM, "out of memory");
   x->output = output;
   x->udata = udata;
+  sc__queue_init(&x->runs);
   sweep_stale_dirs();
   int rc = sc_engine_register_kind(e, "exec", &kind, x);
   if (rc < 0) {
@@ -803,16 +788,20 @@ size_t cli_exec_stopping(const cli_exec *x) {
    * that wait for it, and fail the task instead of cancelling it. It ends with its grace period,
    * or by cli_exec_kill_all when the program exits. */
   size_t n = 0;
-  for (const exec_run *run = x ? x->runs : NULL; run != NULL; run = run->next)
-    n += run->held;
+  sc__queue *q;
+  if (x == NULL) return 0;
+  sc__queue_foreach(q, &x->runs) {
+    n += cli__exec_run_of(q)->held;
+  }
   return n;
 }
 
 void cli_exec_stop_all(cli_exec *x) {
   if (x == NULL) return;
   x->stopping = true;
-  for (exec_run *run = x->runs, *next; run != NULL; run = next) {
-    next = run->next;
+  sc__queue *q, *next;
+  sc__queue_foreach_safe(q, next, &x->runs) {
+    exec_run *run = cli__exec_run_of(q);
     if (run->waits_for != NULL && cancellable(run->ctx)) { /* not started: it never will be */
       sc_stage_set_data(run->ctx, &cli__exec_held_marker);
       drop_waiting(run);
@@ -830,19 +819,23 @@ void cli_exec_stop_all(cli_exec *x) {
 void cli_exec_kill_all(cli_exec *x) {
   if (x == NULL) return;
   x->killed = true;
-  for (exec_run *run = x->runs; run != NULL; run = run->next)
+  sc__queue *q;
+  sc__queue_foreach(q, &x->runs) {
+    exec_run *run = cli__exec_run_of(q);
     if (!run->closing) cli__exec_signal_group(run, SIGKILL);
+  }
 }
 
 void cli_exec_free(cli_exec *x) {
   if (x == NULL) return;
   /* Normally none is left (the caller ran the loop until cli_exec_running() was 0); any that is
    * frees itself when its handles close and passes nothing on any more. */
-  for (exec_run *run = x->runs, *next; run != NULL; run = next) {
-    next = run->next;
+  sc__queue *q, *next;
+  sc__queue_foreach_safe(q, next, &x->runs) {
+    exec_run *run = cli__exec_run_of(q);
     if (!run->closing) cli__exec_signal_group(run, SIGKILL);
     run->x = NULL;
-    run->prev = run->next = NULL;
+    sc__queue_remove(&run->node);
     if (run->waits_for != NULL) cli__exec_run_free(run); /* nothing open: nothing will free it */
   }
   free(x);

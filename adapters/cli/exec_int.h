@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "../../events/internal.h"
 
 #define TAIL_LINES       10                 /* lines of output kept for a failure message */
 #define TAIL_LINE_BYTES  500                /* each truncated to this */
@@ -20,32 +21,7 @@
 #define SWEEP_SETTLE_MS  100  /* after the group is gone, for the pipes to give their last bytes */
 #define SWEEP_GIVE_UP_MS 1000 /* after SIGKILL, for a process that cannot die (uninterruptible) */
 
-/* ---- growing strings ---- */
-
-typedef struct strbuf {
-  char *data; /* NUL-terminated when not NULL */
-  size_t len, cap;
-} strbuf;
-
-static inline bool sb_append(strbuf *b, const char *s, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *data = realloc(b->data, cap);
-    if (data == NULL) return false;
-    b->data = data;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return true;
-}
-
-static inline bool sb_puts(strbuf *b, const char *s) {
-  return sb_append(b, s, strlen(s));
-}
+/* ---- strings ---- */
 
 static inline bool name_is(const char *name, size_t n, const char *word) {
   return strlen(word) == n && memcmp(name, word, n) == 0;
@@ -58,7 +34,7 @@ typedef struct exec_run exec_run;
 struct cli_exec {
   cli_output_fn output; /* NULL: write to our stdout/stderr */
   void *udata;
-  exec_run *runs; /* every command whose handles are not all closed yet */
+  sc__queue runs; /* every command whose handles are not all closed yet (exec_run.node) */
   size_t nruns;
   bool stopping; /* cli_exec_stop_all(): results are held, nothing new starts */
   bool killed;   /* cli_exec_kill_all(): a waiting attempt is not started any more */
@@ -69,8 +45,8 @@ struct cli_exec {
 extern char cli__exec_held_marker;
 
 struct exec_run {
-  cli_exec *x; /* NULL after cli_exec_free */
-  exec_run *prev, *next;
+  cli_exec *x;       /* NULL after cli_exec_free */
+  sc__queue node;    /* on x->runs, newest first */
   sc_stage_ctx *ctx; /* NULL once the stage finished or the engine gave up on it */
   char *stage;       /* the stage's name, for output that comes after ctx is gone */
   /* The exit watch: a pidfd polled on the loop (posix_spawn), or libuv's child watcher where the
@@ -97,18 +73,24 @@ struct exec_run {
   int64_t exit_status;
   int term_signal;
   uint64_t kill_grace_ms;
-  strbuf partial[2]; /* an unfinished line per pipe */
+  sc__buf partial[2]; /* an unfinished line per pipe */
   char tail[TAIL_LINES][TAIL_LINE_BYTES + 1];
   size_t tail_next, tail_count;
   char *tmpdir, *output_path, *context_path;
   char readbuf[READ_BYTES];
 };
 
+static inline exec_run *cli__exec_run_of(sc__queue *q) {
+  return sc__queue_data(q, exec_run, node);
+}
+
 /* exec_run.c. The run frees itself when the last of its handles closed (after close_all). */
 void cli__exec_run_free(exec_run *run); /* a run whose handles were never opened */
 /* exec.c: spawns the runs that waited for gone, which is being freed. */
 void cli__exec_start_waiting(cli_exec *x, exec_run *gone);
 void cli__exec_strv_free(char **v);
+/* a, b and c (may be NULL) joined in a string the caller frees; NULL when out of memory. */
+char *cli__exec_join(const char *a, const char *b, const char *c);
 /* Removes a directory and what it holds (16 levels deep at most; depth: 0). */
 void cli__exec_remove_tree(const char *path, int depth);
 /* Passes one line of a command's output on (fd 1 or 2), and keeps it for a failure message. */

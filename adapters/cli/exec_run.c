@@ -21,17 +21,14 @@ void cli__exec_remove_tree(const char *path, int depth) {
     struct dirent *ent;
     while ((ent = readdir(d)) != NULL) {
       if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0) continue;
-      strbuf child = {0};
-      if (!sb_puts(&child, path) || !sb_puts(&child, "/") || !sb_puts(&child, ent->d_name)) {
-        free(child.data);
-        continue;
-      }
+      char *child = cli__exec_join(path, "/", ent->d_name);
+      if (child == NULL) continue;
       struct stat st;
-      if (lstat(child.data, &st) == 0 && S_ISDIR(st.st_mode))
-        cli__exec_remove_tree(child.data, depth + 1);
+      if (lstat(child, &st) == 0 && S_ISDIR(st.st_mode))
+        cli__exec_remove_tree(child, depth + 1);
       else
-        unlink(child.data);
-      free(child.data);
+        unlink(child);
+      free(child);
     }
     closedir(d);
   }
@@ -41,11 +38,7 @@ void cli__exec_remove_tree(const char *path, int depth) {
 void cli__exec_run_free(exec_run *run) {
   cli_exec *x = run->x;
   if (x != NULL) {
-    if (run->prev)
-      run->prev->next = run->next;
-    else
-      x->runs = run->next;
-    if (run->next) run->next->prev = run->prev;
+    sc__queue_remove(&run->node);
     x->nruns--;
     cli__exec_start_waiting(x, run);
   }
@@ -57,8 +50,8 @@ void cli__exec_run_free(exec_run *run) {
   free(run->tmpdir);
   free(run->output_path);
   free(run->context_path);
-  free(run->partial[0].data);
-  free(run->partial[1].data);
+  free(run->partial[0].p);
+  free(run->partial[1].p);
   free(run->stage);
   if (run->pidfd >= 0) close(run->pidfd);
   free(run);
@@ -122,29 +115,30 @@ void cli__exec_emit_line(exec_run *run, int fd, const char *line, size_t len) {
 
 /* Splits what a pipe gave into lines; the piece after the last '\n' waits for the next read. */
 static void feed(exec_run *run, int i, char *data, size_t n) {
-  strbuf *pending = &run->partial[i];
+  sc__buf *pending = &run->partial[i];
   int fd = i + 1;
   while (n > 0) {
     char *nl = memchr(data, '\n', n);
     size_t take = nl ? (size_t)(nl - data) : n;
     if (pending->len + take > LINE_MAX_BYTES) {
       size_t room = LINE_MAX_BYTES - pending->len;
-      if (sb_append(pending, data, room)) cli__exec_emit_line(run, fd, pending->data, pending->len);
-      pending->len = 0;
+      if (sc__buf_add(pending, data, room)) cli__exec_emit_line(run, fd, pending->p, pending->len);
+      sc__buf_reset(pending);
       data += room;
       n -= room;
       continue;
     }
     if (nl == NULL) {
-      if (!sb_append(pending, data, take)) pending->len = 0; /* out of memory: the piece is lost */
+      if (!sc__buf_add(pending, data, take))
+        sc__buf_reset(pending); /* out of memory: the piece is lost */
       return;
     }
     if (pending->len == 0) {
       *nl = '\0'; /* our own read buffer */
       cli__exec_emit_line(run, fd, data, take);
     } else {
-      if (sb_append(pending, data, take)) cli__exec_emit_line(run, fd, pending->data, pending->len);
-      pending->len = 0;
+      if (sc__buf_add(pending, data, take)) cli__exec_emit_line(run, fd, pending->p, pending->len);
+      sc__buf_reset(pending);
     }
     data += take + 1;
     n -= take + 1;
@@ -152,13 +146,13 @@ static void feed(exec_run *run, int i, char *data, size_t n) {
 }
 
 /* The kept lines, oldest first, after "; last output:\n"; nothing when there are none. */
-static void append_tail(exec_run *run, strbuf *msg) {
+static void append_tail(exec_run *run, sc__buf *msg) {
   if (run->tail_count == 0) return;
-  sb_puts(msg, "; last output:");
+  sc__buf_adds(msg, "; last output:");
   size_t first = (run->tail_next + TAIL_LINES - run->tail_count) % TAIL_LINES;
   for (size_t k = 0; k < run->tail_count; k++) {
-    sb_puts(msg, "\n");
-    sb_puts(msg, run->tail[(first + k) % TAIL_LINES]);
+    sc__buf_adds(msg, "\n");
+    sc__buf_adds(msg, run->tail[(first + k) % TAIL_LINES]);
   }
 }
 
@@ -193,46 +187,16 @@ static bool exit_code_listed(const cJSON *params, int64_t status) {
   return false;
 }
 
-/* Reads $SC_OUTPUT: 0 with *text (NULL when the file is gone), -1 with errno set, or -2 when it
- * is not a regular file. The command
- * may have put anything under that name; only a regular file is read, and it is opened without
- * blocking, so a FIFO or a terminal there can never stall the loop. */
-static int read_file(const char *path, char **text, size_t *len) {
-  *text = NULL;
-  *len = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-  if (fd < 0) return errno == ENOENT ? 0 : -1;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return -2; /* not a regular file */
-  }
-  strbuf b = {0};
-  char chunk[16384];
-  ssize_t n;
-  while ((n = read(fd, chunk, sizeof(chunk))) != 0) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 || b.len + (size_t)n > OUTPUT_MAX_BYTES || !sb_append(&b, chunk, (size_t)n)) {
-      if (n > 0 && b.len + (size_t)n > OUTPUT_MAX_BYTES) errno = EFBIG;
-      int saved = errno ? errno : ENOMEM;
-      close(fd);
-      free(b.data);
-      errno = saved;
-      return -1;
-    }
-  }
-  close(fd);
-  *text = b.data;
-  *len = b.len;
-  return 0;
-}
-
 static void complete_from_output(exec_run *run, sc_stage_ctx *ctx) {
   char *text;
   size_t len;
   char msg[512];
-  int got = read_file(run->output_path, &text, &len);
-  if (got == -2) {
+  /* The command may have put anything under that name: only a regular file is read, opened
+   * without blocking, so a FIFO or a terminal there can never stall the loop. A file that is
+   * gone is an empty output. */
+  int got = sc__read_file(run->output_path, OUTPUT_MAX_BYTES, true, &text, &len);
+  if (got == ENOENT) got = 0;
+  if (got == SC__READ_NOT_REGULAR) {
     snprintf(msg, sizeof(msg),
              "SC_OUTPUT of stage %s is not a regular file (a FIFO, device or "
              "directory was put in its place): it is not read",
@@ -241,8 +205,7 @@ static void complete_from_output(exec_run *run, sc_stage_ctx *ctx) {
     return;
   }
   if (got != 0) {
-    snprintf(msg, sizeof(msg), "cannot read SC_OUTPUT of stage %s: %s", run->stage,
-             strerror(errno));
+    snprintf(msg, sizeof(msg), "cannot read SC_OUTPUT of stage %s: %s", run->stage, strerror(got));
     sc_stage_fail(ctx, SC_EIO, msg, false);
     return;
   }
@@ -281,7 +244,7 @@ static void deliver(exec_run *run, sc_stage_ctx *ctx) {
     complete_from_output(run, ctx);
     return;
   }
-  strbuf msg = {0};
+  sc__buf msg = {0};
   char head[96];
   bool retryable = true;
   if (run->term_signal != 0) {
@@ -292,10 +255,10 @@ static void deliver(exec_run *run, sc_stage_ctx *ctx) {
     snprintf(head, sizeof(head), "exit status %lld", (long long)run->exit_status);
     retryable = !exit_code_listed(sc_stage_params(ctx), run->exit_status);
   }
-  sb_puts(&msg, head);
+  sc__buf_adds(&msg, head);
   append_tail(run, &msg);
-  sc_stage_fail(ctx, SC_EIO, msg.data ? msg.data : head, retryable);
-  free(msg.data);
+  sc_stage_fail(ctx, SC_EIO, msg.p ? msg.p : head, retryable);
+  free(msg.p);
 }
 
 /* Whether /proc/PID/stat says the process is a zombie (dead, waiting to be reaped by whoever
@@ -360,8 +323,8 @@ static void abandon_pipes(exec_run *run) {
     if (run->eof[i]) continue;
     uv_read_stop((uv_stream_t *)&run->pipes[i]);
     if (run->partial[i].len > 0)
-      cli__exec_emit_line(run, i + 1, run->partial[i].data, run->partial[i].len);
-    run->partial[i].len = 0;
+      cli__exec_emit_line(run, i + 1, run->partial[i].p, run->partial[i].len);
+    sc__buf_reset(&run->partial[i]);
     run->eof[i] = true;
   }
 }
@@ -451,10 +414,10 @@ void cli__exec_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) 
   if (nread == 0) return;
   /* End of file, or an error: either way nothing more comes. A last line without '\n' counts. */
   uv_read_stop(stream);
-  strbuf *pending = &run->partial[i];
+  sc__buf *pending = &run->partial[i];
   if (pending->len > 0) {
-    cli__exec_emit_line(run, i + 1, pending->data, pending->len);
-    pending->len = 0;
+    cli__exec_emit_line(run, i + 1, pending->p, pending->len);
+    sc__buf_reset(pending);
   }
   run->eof[i] = true;
   maybe_finish(run);

@@ -45,22 +45,24 @@ static const cJSON *walk(const cJSON *node, const char *path, size_t n) {
 typedef enum var_result { VAR_FOREIGN, VAR_RESOLVED, VAR_UNRESOLVED, VAR_NOMEM } var_result;
 
 /* Strings as they are; numbers, booleans, objects and arrays as compact JSON; null: no value. */
-static var_result put_value(strbuf *out, const cJSON *v) {
+static var_result put_value(sc__buf *out, const cJSON *v) {
   if (v == NULL || cJSON_IsNull(v) || cJSON_IsInvalid(v)) return VAR_UNRESOLVED;
-  if (cJSON_IsString(v)) return sb_puts(out, v->valuestring) ? VAR_RESOLVED : VAR_NOMEM;
+  if (cJSON_IsString(v)) return sc__buf_adds(out, v->valuestring) ? VAR_RESOLVED : VAR_NOMEM;
   char *json = cJSON_PrintUnformatted(v);
-  bool ok = json != NULL && sb_puts(out, json);
+  bool ok = json != NULL && sc__buf_adds(out, json);
   free(json);
   return ok ? VAR_RESOLVED : VAR_NOMEM;
 }
 
-static var_result resolve(strbuf *out, const char *name, size_t n, const cli_exec_vars *v) {
+static var_result resolve(sc__buf *out, const char *name, size_t n, const cli_exec_vars *v) {
   if (name_is(name, n, "tenant"))
-    return v->tenant == NULL ? VAR_UNRESOLVED : sb_puts(out, v->tenant) ? VAR_RESOLVED : VAR_NOMEM;
+    return v->tenant == NULL              ? VAR_UNRESOLVED
+           : sc__buf_adds(out, v->tenant) ? VAR_RESOLVED
+                                          : VAR_NOMEM;
   if (name_is(name, n, "task.id"))
-    return v->task_id == NULL         ? VAR_UNRESOLVED
-           : sb_puts(out, v->task_id) ? VAR_RESOLVED
-                                      : VAR_NOMEM;
+    return v->task_id == NULL              ? VAR_UNRESOLVED
+           : sc__buf_adds(out, v->task_id) ? VAR_RESOLVED
+                                           : VAR_NOMEM;
   if (name_is(name, n, "task") || has_prefix(name, n, "task.")) return VAR_UNRESOLVED;
   if (!ours(name, n)) return VAR_FOREIGN;
   bool config = name[3] == 'f'; /* "config" or "context" */
@@ -87,13 +89,13 @@ bool cli_exec_find_variable(const char *text, size_t *offset, size_t *len) {
 }
 
 char *cli_exec_script(const char *text) {
-  strbuf out = {0};
-  if (!sb_append(&out, "", 0)) return NULL;
+  sc__buf out = {0};
+  if (!sc__buf_add(&out, "", 0)) return NULL;
   for (const char *p = text;;) {
     const char *esc = strstr(p, "$${");
-    if (esc == NULL) return sb_puts(&out, p) ? out.data : (free(out.data), NULL);
-    if (!sb_append(&out, p, (size_t)(esc - p)) || !sb_puts(&out, "${")) {
-      free(out.data);
+    if (esc == NULL) return sc__buf_adds(&out, p) ? out.p : (free(out.p), NULL);
+    if (!sc__buf_add(&out, p, (size_t)(esc - p)) || !sc__buf_adds(&out, "${")) {
+      free(out.p);
       return NULL;
     }
     p = esc + 3;
@@ -102,19 +104,19 @@ char *cli_exec_script(const char *text) {
 
 char *cli_exec_expand(const char *text, const cli_exec_vars *vars, char **problem) {
   if (problem != NULL) *problem = NULL;
-  strbuf out = {0};
-  if (!sb_append(&out, "", 0)) return NULL;
+  sc__buf out = {0};
+  if (!sc__buf_add(&out, "", 0)) return NULL;
   const char *p = text;
   while (*p != '\0') {
     const char *dollar = strchr(p, '$');
     if (dollar == NULL) {
-      if (!sb_puts(&out, p)) goto nomem;
+      if (!sc__buf_adds(&out, p)) goto nomem;
       break;
     }
-    if (!sb_append(&out, p, (size_t)(dollar - p))) goto nomem;
+    if (!sc__buf_add(&out, p, (size_t)(dollar - p))) goto nomem;
     p = dollar;
     if (p[1] == '$' && p[2] == '{') {
-      if (!sb_append(&out, "${", 2)) goto nomem;
+      if (!sc__buf_add(&out, "${", 2)) goto nomem;
       p += 3;
       continue;
     }
@@ -124,22 +126,22 @@ char *cli_exec_expand(const char *text, const cli_exec_vars *vars, char **proble
     if (r == VAR_NOMEM) goto nomem;
     if (r == VAR_UNRESOLVED) {
       if (problem != NULL) {
-        strbuf msg = {0};
-        if (sb_puts(&msg, "unresolved variable ") && sb_append(&msg, p, whole))
-          *problem = msg.data;
+        sc__buf msg = {0};
+        if (sc__buf_adds(&msg, "unresolved variable ") && sc__buf_add(&msg, p, whole))
+          *problem = msg.p;
         else
-          free(msg.data);
+          free(msg.p);
       }
-      free(out.data);
+      free(out.p);
       return NULL;
     }
     /* Another '$' (a lone one, the shell's ${HOME}) is text: nobody here reads it. */
-    if (r == VAR_FOREIGN && !sb_append(&out, p, whole)) goto nomem;
+    if (r == VAR_FOREIGN && !sc__buf_add(&out, p, whole)) goto nomem;
     p += whole;
   }
-  return out.data;
+  return out.p;
 nomem:
-  free(out.data);
+  free(out.p);
   return NULL;
 }
 

@@ -158,6 +158,14 @@ int cli_option(int argc, char **argv, int *i, const char *name, const char **val
   return 1;
 }
 
+int cli_operand(const char *cmd, const char *arg, const char *what, const char **slot) {
+  if (arg[0] == '-' && arg[1] != '\0')
+    return cli_usage_error(cmd, "unknown option '%s' (see stagecoach %s --help)", arg, cmd);
+  if (*slot != NULL) return cli_usage_error(cmd, "one %s at a time ('%s')", what, arg);
+  *slot = arg;
+  return 0;
+}
+
 static bool wants_help(int argc, char **argv) {
   for (int i = 0; i < argc; i++)
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return true;
@@ -255,11 +263,7 @@ static int cmd_events(int argc, char **argv) {
       json = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("events", "unknown option '%s' (see stagecoach events --help)",
-                             argv[i]);
-    if (file) return cli_usage_error("events", "one log at a time ('%s')", argv[i]);
-    file = argv[i];
+    if (cli_operand("events", argv[i], "log", &file) != 0) return CLI_EXIT_USAGE;
   }
   if (file == NULL) return cli_usage_error("events", "which log? (stagecoach events FILE)");
   if (type && strncmp(type, "stagecoach.", 11) == 0) type += 11;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "../../events/internal.h"
 
 static const char *or_default(const char *s, const char *fallback) {
   return s ? s : fallback;
@@ -50,13 +51,7 @@ static const char *spinner[] = {"|", "/", "-", "\\"};
 static task_row *task_of(cli_progress *p, const char *id) {
   for (size_t i = 0; i < p->ntasks; i++)
     if (strcmp(p->tasks[i].id, id) == 0) return &p->tasks[i];
-  if (p->ntasks == p->cap) {
-    size_t cap = p->cap ? p->cap * 2 : 8;
-    task_row *t = realloc(p->tasks, cap * sizeof(*t));
-    if (t == NULL) return NULL;
-    p->tasks = t;
-    p->cap = cap;
-  }
+  if (!sc__grow(&p->tasks, &p->cap, p->ntasks + 1, sizeof(*p->tasks), 8)) return NULL;
   task_row *t = &p->tasks[p->ntasks];
   memset(t, 0, sizeof(*t));
   if ((t->id = strdup(id)) == NULL) return NULL;
@@ -69,13 +64,7 @@ static task_row *task_of(cli_progress *p, const char *id) {
 static stage_row *stage_of(task_row *t, const char *name) {
   for (size_t i = 0; i < t->nstages; i++)
     if (strcmp(t->stages[i].name, name) == 0) return &t->stages[i];
-  if (t->nstages == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 8;
-    stage_row *s = realloc(t->stages, cap * sizeof(*s));
-    if (s == NULL) return NULL;
-    t->stages = s;
-    t->cap = cap;
-  }
+  if (!sc__grow(&t->stages, &t->cap, t->nstages + 1, sizeof(*t->stages), 8)) return NULL;
   stage_row *s = &t->stages[t->nstages];
   memset(s, 0, sizeof(*s));
   if ((s->name = strdup(name)) == NULL) return NULL;

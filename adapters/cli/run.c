@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../../events/internal.h"
 #include "jsonpos.h"
 
 typedef struct prompt {
@@ -196,28 +197,14 @@ static void note_emitted(runtime *rt, const sc_event *ev) {
   for (size_t i = rt->nemitted; i-- > 0 && t == NULL;)
     if (strcmp(rt->emitted[i].task_id, ev->task_id) == 0) t = &rt->emitted[i];
   if (t == NULL) {
-    if (rt->nemitted == rt->capemitted) {
-      size_t cap = rt->capemitted ? rt->capemitted * 2 : 8;
-      emitted *v = realloc(rt->emitted, cap * sizeof(*v));
-      if (v == NULL) return;
-      rt->emitted = v;
-      rt->capemitted = cap;
-    }
+    if (!sc__grow(&rt->emitted, &rt->capemitted, rt->nemitted + 1, sizeof(*rt->emitted), 8)) return;
     t = &rt->emitted[rt->nemitted];
     memset(t, 0, sizeof(*t));
     if ((t->task_id = strdup(ev->task_id)) == NULL) return;
     rt->nemitted++;
   }
   if (ev->seq == 0 || ev->seq > 1000000) return;
-  if (ev->seq > t->cap) {
-    size_t cap = t->cap ? t->cap : 32;
-    while (cap < ev->seq)
-      cap *= 2;
-    uint8_t *v = realloc(t->types, cap);
-    if (v == NULL) return;
-    t->types = v;
-    t->cap = cap;
-  }
+  if (!sc__grow(&t->types, &t->cap, (size_t)ev->seq, 1, 32)) return;
   t->types[ev->seq - 1] = (uint8_t)ev->type;
   if (ev->seq > t->n) t->n = ev->seq;
 }
@@ -398,6 +385,19 @@ static int runtime_open(runtime *rt, const run_options *o, const char *cmd) {
     rt->tty_open = true;
   }
   return CLI_EXIT_COMPLETED;
+}
+
+/* runtime_open, then the pipeline, loaded and checked before any log is opened: a bad one leaves
+ * the log alone. */
+static int runtime_open_with(runtime *rt, const run_options *o, const char *cmd,
+                             const char *pipeline, cli_pipeline *p) {
+  int code = runtime_open(rt, o, cmd);
+  char err[4096];
+  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt->e, p, err, sizeof(err)) != 0) {
+    fputs(err, stderr);
+    code = CLI_EXIT_USAGE;
+  }
+  return code;
 }
 
 /* Runs until nothing is in flight, then says what happened to each task. */
@@ -671,10 +671,7 @@ int cli_run(int argc, char **argv) {
       if (m < 0) return cli_usage_error("run", "--task-id needs a value");
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("run", "unknown option '%s' (see stagecoach run --help)", argv[i]);
-    if (pipeline != NULL) return cli_usage_error("run", "one pipeline at a time ('%s')", argv[i]);
-    pipeline = argv[i];
+    if (cli_operand("run", argv[i], "pipeline", &pipeline) != 0) return CLI_EXIT_USAGE;
   }
   if (pipeline == NULL)
     return cli_usage_error("run", "which pipeline? (stagecoach run PIPELINE.json)");
@@ -696,14 +693,8 @@ int cli_run(int argc, char **argv) {
                            "own file",
                            o.log);
   runtime rt;
-  int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
-  char err[4096];
-  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
-  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
-    fputs(err, stderr);
-    code = CLI_EXIT_USAGE;
-  }
+  int code = runtime_open_with(&rt, &o, "run", pipeline, &p);
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
@@ -790,12 +781,7 @@ int cli_recover(int argc, char **argv) {
       dry_run = true;
       continue;
     }
-    if (argv[i][0] == '-' && argv[i][1] != '\0')
-      return cli_usage_error("recover", "unknown option '%s' (see stagecoach recover --help)",
-                             argv[i]);
-    if (pipeline != NULL)
-      return cli_usage_error("recover", "one pipeline at a time ('%s')", argv[i]);
-    pipeline = argv[i];
+    if (cli_operand("recover", argv[i], "pipeline", &pipeline) != 0) return CLI_EXIT_USAGE;
   }
   if (pipeline == NULL)
     return cli_usage_error("recover",
@@ -826,14 +812,8 @@ int cli_recover(int argc, char **argv) {
 
   runtime rt;
   if (dry_run) o.plain = true;
-  int code = runtime_open(&rt, &o, "recover");
   cli_pipeline p = {0};
-  char err[4096];
-  /* The pipeline is loaded and checked before the log is opened: a bad one leaves it alone. */
-  if (code == CLI_EXIT_COMPLETED && cli_pipeline_load(pipeline, rt.e, &p, err, sizeof(err)) != 0) {
-    fputs(err, stderr);
-    code = CLI_EXIT_USAGE;
-  }
+  int code = runtime_open_with(&rt, &o, "recover", pipeline, &p);
   sc_unfinished *todo = NULL;
   size_t n = 0;
   int rc = SC_OK;

@@ -10,39 +10,26 @@
 
 #include "chain.h"
 
-static const char hexdigits[] = "0123456789abcdef";
-
 int sc__chain_init(sc__chain *c) {
   memset(c, 0, sizeof(*c));
   memset(c->prev, '0', sizeof(c->prev));
-  c->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-  c->ctx = EVP_MD_CTX_new();
-  if (c->md == NULL || c->ctx == NULL) {
-    sc__chain_free(c);
-    return SC_ENOMEM;
-  }
-  return SC_OK;
+  c->sha = sc__sha_new();
+  return c->sha != NULL ? SC_OK : SC_ENOMEM;
 }
 
 void sc__chain_free(sc__chain *c) {
-  EVP_MD_CTX_free(c->ctx);
-  EVP_MD_free(c->md);
-  c->ctx = NULL;
-  c->md = NULL;
+  sc__sha_free(c->sha);
+  c->sha = NULL;
 }
 
 static int digest(sc__chain *c, const char *a, size_t alen, const char *b, size_t blen,
                   char out[CHAIN_HEX]) {
   unsigned char raw[32];
-  unsigned int n = 0;
-  if (!EVP_DigestInit_ex(c->ctx, c->md, NULL) || !EVP_DigestUpdate(c->ctx, c->prev, CHAIN_HEX) ||
-      !EVP_DigestUpdate(c->ctx, a, alen) || (blen && !EVP_DigestUpdate(c->ctx, b, blen)) ||
-      !EVP_DigestFinal_ex(c->ctx, raw, &n) || n != 32)
+  if (sc__sha_begin(c->sha) != SC_OK || sc__sha_update(c->sha, c->prev, CHAIN_HEX) != SC_OK ||
+      sc__sha_update(c->sha, a, alen) != SC_OK ||
+      (blen && sc__sha_update(c->sha, b, blen) != SC_OK) || sc__sha_end_raw(c->sha, raw) != SC_OK)
     return SC_EIO;
-  for (int i = 0; i < 32; i++) {
-    out[2 * i] = hexdigits[raw[i] >> 4];
-    out[2 * i + 1] = hexdigits[raw[i] & 15];
-  }
+  sc__hex(raw, 32, out);
   return SC_OK;
 }
 
@@ -81,17 +68,25 @@ bool sc__chain_check(sc__chain *c, const char *line, size_t len) {
   return true;
 }
 
-int sc__log_map_fd(int fd, sc__log *l) {
-  memset(l, 0, sizeof(*l));
+/* The size of the regular file behind fd: SC_EIO (with errno) for a directory or a failed
+ * fstat, SC_EPARSE for a device, a FIFO or a socket, which hold no log (reading /dev/zero would
+ * never end). */
+static int regular_size(int fd, size_t *size) {
   struct stat st;
   if (fstat(fd, &st) != 0) return SC_EIO;
   if (S_ISDIR(st.st_mode)) {
     errno = EISDIR;
     return SC_EIO;
   }
-  /* A device, a FIFO or a socket holds no log; reading /dev/zero would never end. */
   if (!S_ISREG(st.st_mode)) return SC_EPARSE;
-  l->size = (size_t)st.st_size;
+  *size = (size_t)st.st_size;
+  return SC_OK;
+}
+
+int sc__log_map_fd(int fd, sc__log *l) {
+  memset(l, 0, sizeof(*l));
+  int rc = regular_size(fd, &l->size);
+  if (rc != SC_OK) return rc;
   if (l->size > 0) {
     void *p = mmap(NULL, l->size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) return SC_EIO;
@@ -106,15 +101,9 @@ int sc__log_map_fd(int fd, sc__log *l) {
  * (a torn tail, or back to what was acknowledged after a failed write) while it reads. A mapping
  * would then fault (SIGBUS) on the pages past the new end; a read just sees the shorter file. */
 static int read_whole(int fd, sc__log *l) {
-  struct stat st;
-  if (fstat(fd, &st) != 0) return SC_EIO;
-  if (S_ISDIR(st.st_mode)) {
-    errno = EISDIR;
-    return SC_EIO;
-  }
-  if (!S_ISREG(st.st_mode)) return SC_EPARSE;
-  size_t want = (size_t)st.st_size;
-  if (want == 0) return SC_OK;
+  size_t want = 0;
+  int rc = regular_size(fd, &want);
+  if (rc != SC_OK || want == 0) return rc;
   char *buf = malloc(want);
   if (buf == NULL) {
     errno = ENOMEM;

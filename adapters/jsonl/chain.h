@@ -10,9 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <openssl/evp.h>
-
 #include "stagecoach/jsonl.h"
+#include "../../events/internal.h"
 
 #define CHAIN_HEX        64
 #define CHAIN_PREFIX     ",\"chain\":\""
@@ -21,8 +20,7 @@
 #define CHAIN_SUFFIX_LEN (CHAIN_PREFIX_LEN + CHAIN_HEX + 2)
 
 typedef struct sc__chain {
-  EVP_MD *md;
-  EVP_MD_CTX *ctx;
+  sc__sha *sha;         /* the digest, fetched once (events/sha.c) */
   char prev[CHAIN_HEX]; /* the last chain value */
 } sc__chain;
 

@@ -8,8 +8,7 @@
 typedef struct read_state {
   sc_jsonl_event_fn fn;
   void *udata;
-  char *buf;
-  size_t cap;
+  sc__buf line; /* the event's JSON, NUL-terminated */
   int err;
 } read_state;
 
@@ -20,19 +19,10 @@ static int each_line(const char *line, size_t len, uint64_t offset, uint64_t lin
   size_t event_len;
   const char *hex;
   if (!sc__chain_split(line, len, &event_len, &hex)) return SC_OK; /* the walk verified it */
-  if (event_len + 2 > s->cap) {
-    size_t cap = s->cap ? s->cap : 4096;
-    while (cap < event_len + 2)
-      cap *= 2;
-    char *p = realloc(s->buf, cap);
-    if (p == NULL) return s->err = sc_error_set(SC_ENOMEM, "read log: out of memory");
-    s->buf = p;
-    s->cap = cap;
-  }
-  memcpy(s->buf, line, event_len);
-  s->buf[event_len] = '}';
-  s->buf[event_len + 1] = '\0';
-  int rc = s->fn(s->buf, event_len + 1, s->udata);
+  sc__buf_reset(&s->line);
+  if (!sc__buf_add(&s->line, line, event_len) || !sc__buf_add(&s->line, "}", 1))
+    return s->err = sc_error_set(SC_ENOMEM, "read log: out of memory");
+  int rc = s->fn(s->line.p, s->line.len, s->udata);
   return rc != 0 ? (s->err = rc) : SC_OK;
 }
 
@@ -46,11 +36,11 @@ int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata) {
     sc__log_unmap(&l);
     return sc_error_set(SC_ENOMEM, "read log: out of memory");
   }
-  read_state s = {fn, udata, NULL, 0, 0};
+  read_state s = {fn, udata, {0}, 0};
   sc_jsonl_report r;
   rc = sc__log_walk(path, &l, &c, each_line, &s, &r);
   if (s.err != 0) rc = s.err;
-  free(s.buf);
+  sc__buf_free(&s.line);
   sc__chain_free(&c);
   sc__log_unmap(&l);
   return rc;

@@ -9,6 +9,7 @@
  * in full at the end, where the outputs are folded onto the snapshot (docs/jsonl.md). */
 #define _GNU_SOURCE /* memmem */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,47 +35,12 @@ typedef struct task_state {
   uint64_t epoch;
 } task_state;
 
-/* A small open-addressing map from task id to state. */
-typedef struct task_map {
-  task_state **slots;
-  size_t cap, n;
-} task_map;
-
-static uint64_t hash(const char *s, size_t len) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < len; i++)
-    h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-  return h;
-}
-
-static task_state **map_slot(task_map *m, const char *id, size_t len) {
-  for (size_t i = hash(id, len) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-    task_state *t = m->slots[i];
-    if (t == NULL || (t->idlen == len && memcmp(t->id, id, len) == 0)) return &m->slots[i];
-  }
-}
-
-static bool map_grow(task_map *m) {
-  size_t cap = m->cap ? m->cap * 2 : 256;
-  task_state **slots = calloc(cap, sizeof(*slots));
-  if (slots == NULL) return false;
-  task_map old = *m;
-  m->slots = slots;
-  m->cap = cap;
-  for (size_t i = 0; i < old.cap; i++)
-    if (old.slots[i]) *map_slot(m, old.slots[i]->id, old.slots[i]->idlen) = old.slots[i];
-  free(old.slots);
-  return true;
-}
-
-static task_state *map_get(task_map *m, const char *id, size_t len, bool create) {
-  if (m->cap == 0 || (m->n + 1) * 2 > m->cap) {
-    if (!create && m->cap == 0) return NULL;
-    if (create && !map_grow(m)) return NULL;
-  }
-  task_state **slot = map_slot(m, id, len);
-  if (*slot != NULL || !create) return *slot;
-  task_state *t = calloc(1, sizeof(*t));
+/* The tasks by id, in the library's map (the id's bytes are the key: a damaged line may give it
+ * a NUL byte); order is the order of first sight, which the scan returns them in. */
+static task_state *map_get(sc__map *m, const char *id, size_t len, bool create) {
+  task_state *t = sc__map_get_n(m, id, len);
+  if (t != NULL || !create) return t;
+  t = calloc(1, sizeof(*t));
   if (t == NULL || (t->id = malloc(len + 1)) == NULL) {
     free(t);
     return NULL;
@@ -82,19 +48,23 @@ static task_state *map_get(task_map *m, const char *id, size_t len, bool create)
   memcpy(t->id, id, len);
   t->id[len] = '\0';
   t->idlen = len;
-  t->order = m->n++;
-  *slot = t;
+  t->order = m->n;
+  if (sc__map_put_n(m, t->id, len, t) != 0) {
+    free(t->id);
+    free(t);
+    return NULL;
+  }
   return t;
 }
 
-static void map_free(task_map *m) {
-  for (size_t i = 0; i < m->cap; i++)
-    if (m->slots[i]) {
-      free(m->slots[i]->id);
-      free(m->slots[i]->folds);
-      free(m->slots[i]);
-    }
-  free(m->slots);
+static void map_free(sc__map *m) {
+  SC__MAP_FOREACH(m, slot) {
+    task_state *t = slot->value;
+    free(t->id);
+    free(t->folds);
+    free(t);
+  }
+  sc__map_free(m);
 }
 
 /* The raw string value of the first member named key (a literal with quotes and colon, e.g.
@@ -113,7 +83,7 @@ static const char *find_string(const char *p, const char *end, const char *key, 
 #define HAS(p, n, lit) (memmem((p), (n), lit, sizeof(lit) - 1) != NULL)
 
 typedef struct scan_state {
-  task_map tasks;
+  sc__map tasks;
   const char *base; /* the mapped log, handed over by walk() */
   size_t mapped;
   int err;
@@ -196,13 +166,8 @@ static int take_line(scan_state *s, const char *line, size_t len, uint64_t offse
       if (status != NULL && (size_t)(end - (status + slen)) > 12 &&
           memcmp(status + slen, "\",\"context\":{", 13) == 0)
         t->nfolds = 0;
-      if (t->nfolds == t->capfolds) {
-        size_t cap = t->capfolds ? t->capfolds * 2 : 4;
-        line_ref *v = realloc(t->folds, cap * sizeof(*v));
-        if (v == NULL) return sc_error_set(SC_ENOMEM, "scan: out of memory");
-        t->folds = v;
-        t->capfolds = cap;
-      }
+      if (!sc__grow(&t->folds, &t->capfolds, t->nfolds + 1, sizeof(*t->folds), 4))
+        return sc_error_set(SC_ENOMEM, "scan: out of memory");
       t->folds[t->nfolds++] = ref;
       break;
     case SC_EV_ROLLBACK_STARTED:
@@ -282,11 +247,6 @@ int sc_jsonl_verify(const char *path, sc_jsonl_report *r) {
   rc = walk(path, &l, false, NULL, NULL, r);
   sc__log_unmap(&l);
   return rc;
-}
-
-void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_JSONL_SCAN_OPTIONS_VERSION;
 }
 
 static char *dup_str(const char *s) {
@@ -413,7 +373,8 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
   /* A recovered task's task.created carries the point it recovered to: a task that stopped
    * right after it carries on from that same point. */
   const cJSON *point = member(ev, "recovery");
-  const cJSON *holder = cJSON_IsObject(point) ? point : ev->data;
+  bool has_point = cJSON_IsObject(point); /* point dies with d, freed below */
+  const cJSON *holder = has_point ? point : ev->data;
   req->context = dup_object(cJSON_GetObjectItemCaseSensitive(holder, "context"));
   const cJSON *digest = cJSON_GetObjectItemCaseSensitive(holder, "digest");
   req->context_digest =
@@ -434,7 +395,7 @@ static int build(const char *base, const task_state *t, sc_unfinished *u, char *
     req->intent = intent_of(sc_event_doc_event(d));
     sc_event_doc_free(d);
   }
-  if (t->recovered.len && !cJSON_IsObject(point)) {
+  if (t->recovered.len && !has_point) {
     /* An older log: the recovery point is in task.recovered only. */
     if (sc_event_parse(base + t->recovered.off, t->recovered.len, &d) == SC_OK) {
       const char *last = string_member(sc_event_doc_event(d), "last_completed_stage");
@@ -497,9 +458,9 @@ int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc
     map_free(&s.tasks);
     return sc_error_set(SC_ENOMEM, "scan: out of memory");
   }
-  for (size_t i = 0; i < s.tasks.cap; i++) {
-    task_state *t = s.tasks.slots[i];
-    if (t && !t->terminal && !t->superseded && t->created.len) list[count++] = t;
+  SC__MAP_FOREACH(&s.tasks, slot) {
+    task_state *t = slot->value;
+    if (!t->terminal && !t->superseded && t->created.len) list[count++] = t;
   }
   if (count > 1) qsort(list, count, sizeof(*list), by_order);
   sc_unfinished *u = count ? calloc(count, sizeof(*u)) : NULL;

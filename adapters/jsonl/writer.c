@@ -33,8 +33,7 @@ struct sc_jsonl {
   sc_jsonl_options opts;
   sc_subscription *sub;
   sc__chain chain;
-  char *buf; /* complete lines not yet written */
-  size_t len, cap;
+  sc__buf out;                      /* complete lines not yet written */
   ackq unwritten, written, syncing; /* acks by the state of their line */
   uint64_t offset;                  /* bytes in the file */
   uint64_t synced_offset;           /* bytes known durable: up to the end of the last good sync */
@@ -53,27 +52,10 @@ struct sc_jsonl {
   sc_jsonl_report open_report;
 };
 
-void sc_jsonl_options_init(sc_jsonl_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_JSONL_OPTIONS_VERSION;
-  o->fsync = SC_FSYNC_BATCH;
-  o->buffer_bytes = 256 * 1024;
-}
-
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void
-say(const sc_jsonl_options *o, const char *fmt, ...);
+static void say(const sc_jsonl_options *o, const char *fmt, ...) SC__PRINTF(2, 3);
 
 static int ackq_push(ackq *q, sc_ack *a) {
-  if (q->n == q->cap) {
-    size_t cap = q->cap ? q->cap * 2 : 64;
-    sc_ack **v = realloc(q->v, cap * sizeof(*v));
-    if (v == NULL) return SC_ENOMEM;
-    q->v = v;
-    q->cap = cap;
-  }
+  if (!sc__grow(&q->v, &q->cap, q->n + 1, sizeof(*q->v), 64)) return SC_ENOMEM;
   q->v[q->n++] = a;
   return SC_OK;
 }
@@ -116,13 +98,13 @@ static void fail(sc_jsonl *j, const char *what, int errnum) {
   ackq_finish(j, &j->syncing, SC_EIO);
   ackq_finish(j, &j->written, SC_EIO);
   ackq_finish(j, &j->unwritten, SC_EIO);
-  j->len = 0;
+  j->out.len = 0;
 }
 
 /* Writes the buffered lines. A short write is retried; a failed one cuts what it left behind, so
  * the file keeps ending at a line boundary. */
 static void flush_write(sc_jsonl *j) {
-  if (j->len == 0 || j->err) return;
+  if (j->out.len == 0 || j->err) return;
   if (j->cut_pending) {
     /* The torn tail goes only now, when there is something to write after it: a process that
      * opens a log and writes nothing leaves it byte for byte as it was. The sync that covers the
@@ -139,8 +121,8 @@ static void flush_write(sc_jsonl *j) {
         (unsigned long long)j->open_report.lines);
   }
   size_t done = 0;
-  while (done < j->len) {
-    ssize_t n = write(j->fd, j->buf + done, j->len - done);
+  while (done < j->out.len) {
+    ssize_t n = write(j->fd, j->out.p + done, j->out.len - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       int errnum = n < 0 ? errno : EIO;
@@ -149,8 +131,8 @@ static void flush_write(sc_jsonl *j) {
     }
     done += (size_t)n;
   }
-  j->offset += j->len;
-  j->len = 0;
+  j->offset += j->out.len;
+  j->out.len = 0;
   if (j->opts.fsync == SC_FSYNC_NONE) {
     ackq_finish(j, &j->unwritten, SC_OK);
   } else if (ackq_move(&j->unwritten, &j->written, j->unwritten.n) != SC_OK) {
@@ -224,22 +206,17 @@ static void on_prepare(uv_prepare_t *h) {
   sc_jsonl *j = h->data;
   flush_write(j);
   kick_sync(j);
-  if (j->len == 0 && j->unwritten.n == 0) {
+  if (j->out.len == 0 && j->unwritten.n == 0) {
     uv_prepare_stop(&j->prepare);
     j->prepare_active = false;
   }
 }
 
+/* Room for extra more bytes; a failure fails this event only, so it is not kept as sticky. */
 static bool reserve(sc_jsonl *j, size_t extra) {
-  if (j->len + extra <= j->cap) return true;
-  size_t cap = j->cap ? j->cap : 64 * 1024;
-  while (cap < j->len + extra)
-    cap *= 2;
-  char *p = realloc(j->buf, cap);
-  if (p == NULL) return false;
-  j->buf = p;
-  j->cap = cap;
-  return true;
+  if (sc__buf_reserve(&j->out, extra)) return true;
+  j->out.oom = false;
+  return false;
 }
 
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
@@ -247,17 +224,17 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   if (j->err) return sc_error_set(j->err, "%s", j->errmsg);
   if (!reserve(j, 1024 + CHAIN_SUFFIX_LEN + 1))
     return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
-  long n = sc_event_encode(ev, j->buf + j->len, j->cap - j->len);
+  long n = sc_event_encode(ev, j->out.p + j->out.len, j->out.cap - j->out.len);
   if (n < 0) return (int)n;
-  if ((size_t)n + CHAIN_SUFFIX_LEN + 1 > j->cap - j->len) {
+  if ((size_t)n + CHAIN_SUFFIX_LEN + 1 > j->out.cap - j->out.len) {
     if (!reserve(j, (size_t)n + CHAIN_SUFFIX_LEN + 1))
       return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
-    n = sc_event_encode(ev, j->buf + j->len, j->cap - j->len);
+    n = sc_event_encode(ev, j->out.p + j->out.len, j->out.cap - j->out.len);
   }
   /* The ack is queued before the chain moves on: a line that cannot be queued leaves no trace. */
   if (ackq_push(&j->unwritten, ack) != SC_OK)
     return sc_error_set(SC_ENOMEM, "log %s: out of memory", j->path);
-  char *line = j->buf + j->len;
+  char *line = j->out.p + j->out.len;
   char hex[CHAIN_HEX];
   if (sc__chain_next(&j->chain, line, (size_t)n, hex) != SC_OK) {
     j->unwritten.n--; /* the ack just queued: the caller is told, not deferred */
@@ -270,14 +247,14 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   memcpy(p, hex, CHAIN_HEX);
   p += CHAIN_HEX;
   memcpy(p, "\"}\n", 3);
-  j->len += (size_t)n - 1 + CHAIN_SUFFIX_LEN + 1;
+  j->out.len += (size_t)n - 1 + CHAIN_SUFFIX_LEN + 1;
   if (j->opts.fsync == SC_FSYNC_ALWAYS) {
     flush_write(j);
     kick_sync(j);
-  } else if (j->len >= j->opts.buffer_bytes) {
+  } else if (j->out.len >= j->opts.buffer_bytes) {
     flush_write(j);
   }
-  if (!j->prepare_active && (j->len > 0 || j->unwritten.n > 0 || j->written.n > 0)) {
+  if (!j->prepare_active && (j->out.len > 0 || j->unwritten.n > 0 || j->written.n > 0)) {
     uv_prepare_start(&j->prepare, on_prepare);
     j->prepare_active = true;
   }
@@ -476,7 +453,7 @@ int sc_jsonl_close(sc_jsonl *j) {
   free(j->unwritten.v);
   free(j->written.v);
   free(j->syncing.v);
-  free(j->buf);
+  sc__buf_free(&j->out);
   free(j->path);
   free(j);
   return rc;
@@ -487,7 +464,7 @@ static void say(const sc_jsonl_options *o, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
+  sc__vformat(msg, sizeof(msg), fmt, ap);
   va_end(ap);
   o->log(msg, o->log_udata);
 }

@@ -24,17 +24,6 @@
 #define SLOW_LINE   "{\"error\":\"slow-consumer\"}\n"
 #define TOO_MANY    "{\"error\":\"too-many-clients\"}\n"
 
-void sc_socket_options_init(sc_socket_options *o) {
-  memset(o, 0, sizeof(*o));
-  o->version = SC_SOCKET_OPTIONS_VERSION;
-  o->queue_bytes = 4u << 20;
-  o->ring_events = 4096;
-  o->max_line_bytes = 64u << 10;
-  o->max_clients = 1024;
-  o->max_pending = 64;
-  o->subscribe_wait_ms = 100;
-}
-
 /* ---- the task table ---- */
 
 static size_t hash_id(const char *s) {

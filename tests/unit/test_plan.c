@@ -866,7 +866,7 @@ static int hand_built_factory(const cJSON *config, sc_plan_builder *b, void *uda
   s.kind = kind;
   s.params = params;
   s.timeout_ms = 1000;
-  s.retry = (sc_retry_policy){3, 200, 2000, 2.0};
+  s.retry = (sc_retry_policy){SC_RETRY_POLICY_VERSION, 3, 200, 2000, 2.0};
   s.approval.required = true;
   s.approval.approvers_needed = 2;
   s.approval.timeout_ms = 600000;

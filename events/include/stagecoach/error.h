@@ -5,6 +5,15 @@
 #ifndef STAGECOACH_ERROR_H
 #define STAGECOACH_ERROR_H
 
+/* SC_EXTERN marks every function of the public API, in every installed header; it is the one
+ * export macro. The library is built with hidden visibility by default (meson.build), so a name
+ * without it (the library's sc__ internals) never reaches the shared library's symbol table. */
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define SC_EXTERN __attribute__((visibility("default")))
+#else
+#define SC_EXTERN
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -35,19 +44,19 @@ enum {
 };
 
 /* Static text for an error code ("unknown stage"); never NULL. */
-const char *sc_strerror(int err);
+SC_EXTERN const char *sc_strerror(int err);
 
 /* The code's name ("SC_EUNKNOWN_STAGE"); never NULL. */
-const char *sc_err_name(int err);
+SC_EXTERN const char *sc_err_name(int err);
 
 /* Detail of the last failure on this thread ("unknown stage 'verfy' in plan 'deploy' (stages:
  * prepare, deploy, verify)"). Never NULL; "" when nothing failed yet. Thread-local storage, valid
  * until the next failing call on the same thread. */
-const char *sc_error_message(void);
+SC_EXTERN const char *sc_error_message(void);
 
 /* Sets this thread's message (printf-style) and returns code, so that stage kinds, factories and
  * adapters report the way the library does: `return sc_error_set(SC_EIO, "write %s: %s", ...)`. */
-int sc_error_set(int code, const char *fmt, ...)
+SC_EXTERN int sc_error_set(int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <cjson/cJSON.h>
 
@@ -42,11 +43,11 @@ typedef enum sc_task_status {
 } sc_task_status;
 
 /* "RUNNING"; "?" for a value out of range. */
-const char *sc_task_status_name(sc_task_status s);
+SC_EXTERN const char *sc_task_status_name(sc_task_status s);
 /* The inverse of sc_task_status_name; SC_ENOTFOUND for an unknown name. */
-int sc_task_status_from_name(const char *name, sc_task_status *out);
+SC_EXTERN int sc_task_status_from_name(const char *name, sc_task_status *out);
 /* True for COMPLETED, CANCELLED and ROLLED_BACK. */
-bool sc_task_status_is_terminal(sc_task_status s);
+SC_EXTERN bool sc_task_status_is_terminal(sc_task_status s);
 
 /* X(ENUM, "dotted.name"); the JSON type is "stagecoach." + the dotted name. */
 #define SC_EVENT_TYPE_MAP(X)                                                                       \
@@ -78,10 +79,10 @@ typedef enum sc_event_type {
 } sc_event_type;
 
 /* "stagecoach.stage.completed"; "stagecoach.unknown" for a value out of range. */
-const char *sc_event_type_name(sc_event_type t);
+SC_EXTERN const char *sc_event_type_name(sc_event_type t);
 /* The inverse: accepts "stagecoach.stage.completed" or "stage.completed". SC_ENOTFOUND otherwise.
  */
-int sc_event_type_from_name(const char *name, sc_event_type *out);
+SC_EXTERN int sc_event_type_from_name(const char *name, sc_event_type *out);
 
 /* Progress events are durability barriers: the engine takes no next step of the task until every
  * deferred acknowledgement of such an event is done (docs/design.md, "durability barrier"):
@@ -89,7 +90,7 @@ int sc_event_type_from_name(const char *name, sc_event_type *out);
  * the terminal events, approval decisions and the rollback events. stage.started is a barrier too
  * when its stage is compensable or irreversible, which its type alone does not tell: the engine
  * decides that one per stage. */
-bool sc_event_type_is_barrier(sc_event_type t);
+SC_EXTERN bool sc_event_type_is_barrier(sc_event_type t);
 
 /* One event. Every pointer is borrowed: valid during the subscriber callback that receives it, or
  * for as long as the sc_event_doc it came from. */
@@ -119,13 +120,13 @@ typedef struct sc_event {
 /* Encodes an event as one line of CloudEvents 1.0 JSON (structured mode), without a newline.
  * Returns a malloc'd NUL-terminated string, the caller frees it with free(); *len (may be NULL)
  * receives its length. NULL on allocation failure or an invalid event (SC_EINVAL message). */
-char *sc_event_to_json(const sc_event *ev, size_t *len);
+SC_EXTERN char *sc_event_to_json(const sc_event *ev, size_t *len);
 
 /* Appends the encoding to a caller's buffer: writes at most cap bytes into buf and returns the
  * length the full encoding needs (as snprintf does, without the NUL). A return larger than cap
  * means buf holds a truncated prefix; a negative return is an SC_E* error. Lets an adapter encode
  * into a reused buffer without an allocation per event. */
-long sc_event_encode(const sc_event *ev, char *buf, size_t cap);
+SC_EXTERN long sc_event_encode(const sc_event *ev, char *buf, size_t cap);
 
 /* A parsed event and the memory behind it. */
 typedef struct sc_event_doc sc_event_doc;
@@ -133,13 +134,13 @@ typedef struct sc_event_doc sc_event_doc;
 /* Parses one event line (len bytes; no NUL needed). On success *out is a document the caller frees
  * with sc_event_doc_free(). On failure returns SC_EPARSE (malformed JSON, a missing or mistyped
  * attribute; the message names it) and leaves *out NULL. */
-int sc_event_parse(const char *json, size_t len, sc_event_doc **out);
+SC_EXTERN int sc_event_parse(const char *json, size_t len, sc_event_doc **out);
 /* The event of a document; borrowed, valid until sc_event_doc_free(). */
-const sc_event *sc_event_doc_event(const sc_event_doc *d);
+SC_EXTERN const sc_event *sc_event_doc_event(const sc_event_doc *d);
 /* The whole parsed JSON object (extension attributes included); borrowed like the event. */
-const cJSON *sc_event_doc_json(const sc_event_doc *d);
+SC_EXTERN const cJSON *sc_event_doc_json(const sc_event_doc *d);
 /* NULL is a no-op. */
-void sc_event_doc_free(sc_event_doc *d);
+SC_EXTERN void sc_event_doc_free(sc_event_doc *d);
 
 /* ---- subscribers and acknowledgements ---- */
 
@@ -158,17 +159,25 @@ typedef struct sc_subscriber {
   void *udata;
 } sc_subscriber;
 
-/* Fills the defaults: version set, every type, no callback. */
-void sc_subscriber_init(sc_subscriber *s);
+/* Fills the defaults: version set, every type, no callback. Inline: it fills exactly the struct the
+ * caller was compiled with. */
+static inline void sc_subscriber_init(sc_subscriber *s) {
+  memset(s, 0, sizeof(*s));
+  s->version = SC_SUBSCRIBER_VERSION;
+}
+
+/* Stops delivery (also from inside the subscriber's own callback) and frees the subscription.
+ * Deferred acks already handed out stay valid until done. NULL is a no-op. */
+SC_EXTERN void sc_subscription_cancel(sc_subscription *s);
 
 /* Acknowledges a deferred event. status >= 0: the event is stored; < 0: it was not (an SC_E*
  * code), and the engine pauses the task with this error. Exactly once per SC_DEFER; the ack is
  * invalid after the call. */
-void sc_ack_done(sc_ack *ack, int status);
+SC_EXTERN void sc_ack_done(sc_ack *ack, int status);
 
 /* sc_ack_done() with a message for the task.paused event ("write jobs.jsonl: No space left on
  * device"); message is copied, may be NULL. */
-void sc_ack_fail(sc_ack *ack, int status, const char *message);
+SC_EXTERN void sc_ack_fail(sc_ack *ack, int status, const char *message);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <stagecoach/engine.h>
 
@@ -41,7 +42,13 @@ typedef struct sc_jsonl_options {
   bool existing;
 } sc_jsonl_options;
 
-void sc_jsonl_options_init(sc_jsonl_options *o);
+/* Fills the defaults (batch fsync, 256 KiB buffer); inline, like every _init(). */
+static inline void sc_jsonl_options_init(sc_jsonl_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->version = SC_JSONL_OPTIONS_VERSION;
+  o->fsync = SC_FSYNC_BATCH;
+  o->buffer_bytes = 256 * 1024;
+}
 
 typedef struct sc_jsonl_report {
   uint64_t lines;         /* complete lines read */
@@ -67,17 +74,18 @@ typedef struct sc_jsonl_report {
  * *out is NULL. Write and sync errors (the directory's fsync of a new log included, done with
  * the first sync) acknowledge the events concerned with SC_EIO (the engine pauses the task),
  * with a message naming the file and the error; every later event fails the same way. */
-int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_jsonl **out);
+SC_EXTERN int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o,
+                            sc_jsonl **out);
 
 /* What sc_jsonl_open found in the existing file (lines, a torn tail that was cut). Borrowed,
  * valid until sc_jsonl_close(). */
-const sc_jsonl_report *sc_jsonl_open_report(const sc_jsonl *j);
+SC_EXTERN const sc_jsonl_report *sc_jsonl_open_report(const sc_jsonl *j);
 
 /* Writes what is buffered, syncs (unless SC_FSYNC_NONE), acknowledges every event still held,
  * unsubscribes, closes the file and frees the adapter. Runs the loop without blocking until its own
  * work on the thread pool and its handles are done; call it outside the loop's callbacks. Returns
  * SC_EIO if a write or sync failed at any point. NULL: SC_OK. */
-int sc_jsonl_close(sc_jsonl *j);
+SC_EXTERN int sc_jsonl_close(sc_jsonl *j);
 
 /* Walks a log and checks every line's chain. SC_OK with r->torn_tail for a log that merely ends in
  * an incomplete line; SC_ECORRUPT with r->first_bad_line for a changed, inserted or removed line
@@ -85,7 +93,7 @@ int sc_jsonl_close(sc_jsonl *j);
  * (a device, a FIFO, a first line without a chain member, bytes without one complete line);
  * SC_ENOTFOUND when there is no such file; SC_EIO when it cannot be read (a directory, no
  * permission). An empty file is an empty log. Takes no lock and changes nothing. r may be NULL. */
-int sc_jsonl_verify(const char *path, sc_jsonl_report *r);
+SC_EXTERN int sc_jsonl_verify(const char *path, sc_jsonl_report *r);
 
 typedef struct sc_unfinished {
   sc_recovery_request request; /* mode RETRY preset; task_id NULL; recovered_from the stopped id;
@@ -102,7 +110,7 @@ typedef struct sc_unfinished {
  * with SC_ECORRUPT (see sc_jsonl_scan_ex to recover from the good prefix). *out is an array of *n
  * entries that the caller frees with sc_unfinished_free() (NULL when there is none); r may be
  * NULL. */
-int sc_jsonl_scan(const char *path, sc_unfinished **out, size_t *n, sc_jsonl_report *r);
+SC_EXTERN int sc_jsonl_scan(const char *path, sc_unfinished **out, size_t *n, sc_jsonl_report *r);
 
 #define SC_JSONL_SCAN_OPTIONS_VERSION 1
 
@@ -113,23 +121,26 @@ typedef struct sc_jsonl_scan_options {
   bool stop_at_last_good_line;
 } sc_jsonl_scan_options;
 
-void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o);
+static inline void sc_jsonl_scan_options_init(sc_jsonl_scan_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->version = SC_JSONL_SCAN_OPTIONS_VERSION;
+}
 
 /* sc_jsonl_scan with options (o NULL: defaults, the same as sc_jsonl_scan). */
-int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o, sc_unfinished **out,
-                     size_t *n, sc_jsonl_report *r);
+SC_EXTERN int sc_jsonl_scan_ex(const char *path, const sc_jsonl_scan_options *o,
+                               sc_unfinished **out, size_t *n, sc_jsonl_report *r);
 
 /* What the open, locked log holds: the same entries as sc_jsonl_scan, read through the writer's
  * descriptor (the lines it verified when it opened, and those it wrote since), so that what a
  * recovery recovers is what the lock holder sees and no other writer can change it meanwhile.
  * Call it before the engine emits events of its own (lines still buffered are not read). *out
  * and *n as for sc_jsonl_scan. */
-int sc_jsonl_unfinished(sc_jsonl *j, sc_unfinished **out, size_t *n);
+SC_EXTERN int sc_jsonl_unfinished(sc_jsonl *j, sc_unfinished **out, size_t *n);
 
 /* Frees what sc_jsonl_scan or sc_jsonl_unfinished returned: every string and JSON value the scan
  * allocated. A request field the caller changed (a task_id of its own, another context) is not
  * freed: the caller owns what it put there. NULL is a no-op. */
-void sc_unfinished_free(sc_unfinished *u, size_t n);
+SC_EXTERN void sc_unfinished_free(sc_unfinished *u, size_t n);
 
 /* Reads a log's events in order: calls fn(json, len, udata) for every line whose chain verifies,
  * with json the event exactly as the engine encoded it (the line without its chain member and
@@ -137,7 +148,7 @@ void sc_unfinished_free(sc_unfinished *u, size_t n);
  * returned. Otherwise SC_OK, or the errors of sc_jsonl_verify (the lines before a broken one are
  * still handed over). Takes no lock and changes nothing. The socket adapter replays from it. */
 typedef int (*sc_jsonl_event_fn)(const char *json, size_t len, void *udata);
-int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
+SC_EXTERN int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
 
 #ifdef __cplusplus
 }

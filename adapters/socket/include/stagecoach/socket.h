@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <stagecoach/engine.h>
 
@@ -41,7 +42,17 @@ typedef struct sc_socket_options {
                                  every event unfiltered; default 100 */
 } sc_socket_options;
 
-void sc_socket_options_init(sc_socket_options *o);
+/* Fills the defaults; inline, like every _init(). */
+static inline void sc_socket_options_init(sc_socket_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->version = SC_SOCKET_OPTIONS_VERSION;
+  o->queue_bytes = 4u << 20;
+  o->ring_events = 4096;
+  o->max_line_bytes = 64u << 10;
+  o->max_clients = 1024;
+  o->max_pending = 64;
+  o->subscribe_wait_ms = 100;
+}
 
 /* Listens on addr, "unix:/path" (the socket file is created with mode 0600 and removed by
  * sc_socket_close; a file left there by a crash is replaced only when nothing listens on it) or
@@ -51,29 +62,30 @@ void sc_socket_options_init(sc_socket_options *o);
  * sc_engine_free(); on failure (SC_EINVAL for a bad address or option, SC_EAUTH for a token file
  * that is unsafe or malformed, SC_EBUSY when something listens on addr already, SC_EIO) *out is
  * NULL, with a message. */
-int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o, sc_socket **out);
+SC_EXTERN int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
+                               sc_socket **out);
 
 /* Connects to a server at addr (the forms sc_socket_listen takes; loopback only), for a client
  * in C: on success *fd_out is a connected, blocking stream socket the caller closes; on failure
  * (SC_EINVAL for a bad address, SC_EIO when nothing can be reached there) *fd_out is -1, with a
  * message. */
-int sc_socket_connect(const char *addr, int *fd_out);
+SC_EXTERN int sc_socket_connect(const char *addr, int *fd_out);
 
 /* The address listened on, with the port a "tcp:...:0" got ("tcp:127.0.0.1:40123"). Borrowed,
  * valid until sc_socket_close(). */
-const char *sc_socket_address(const sc_socket *s);
+SC_EXTERN const char *sc_socket_address(const sc_socket *s);
 
 /* The number of clients connected now. */
-size_t sc_socket_client_count(const sc_socket *s);
+SC_EXTERN size_t sc_socket_client_count(const sc_socket *s);
 
 /* The number of clients dropped so far for not reading (slow-consumer). */
-uint64_t sc_socket_dropped_count(const sc_socket *s);
+SC_EXTERN uint64_t sc_socket_dropped_count(const sc_socket *s);
 
 /* Stops listening, gives each client up to a second to take what is queued for it, closes every
  * connection, removes the Unix socket file, unsubscribes and frees the server. Runs the loop
  * without blocking on anything else until its handles are closed; call it outside the loop's
  * callbacks. NULL is a no-op. */
-void sc_socket_close(sc_socket *s);
+SC_EXTERN void sc_socket_close(sc_socket *s);
 
 #ifdef __cplusplus
 }
