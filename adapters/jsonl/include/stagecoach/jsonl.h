@@ -139,6 +139,65 @@ void sc_unfinished_free(sc_unfinished *u, size_t n);
 typedef int (*sc_jsonl_event_fn)(const char *json, size_t len, void *udata);
 int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
 
+/* ---- compaction (docs/jsonl.md, "Compaction") ---- */
+
+#define SC_JSONL_COMPACT_OPTIONS_VERSION 1
+
+typedef struct sc_jsonl_compact_options {
+  unsigned version; /* SC_JSONL_COMPACT_OPTIONS_VERSION */
+  /* Finished tasks (a terminal event, or superseded by a recovery) whose last line is younger
+   * than this many seconds are kept whole; 0: none is kept; negative: every one is kept. */
+  int64_t keep_finished_s;
+  /* A name for the old log, which is kept as it is under it: a hard link made before the new
+   * log replaces the old one (same file system; a name that exists already is refused). NULL:
+   * the old log goes once the new one is in place. Borrowed for the call. */
+  const char *archive;
+  /* The time, in seconds since the epoch, that ages are measured from; 0: the clock. */
+  int64_t now_s;
+  /* Called at each step of a compaction ("locked", "archived", "written", "synced", "renamed",
+   * "done"); may be NULL. Tests stop the process there. */
+  void (*step)(const char *step, void *udata);
+  void *step_udata;
+} sc_jsonl_compact_options;
+
+void sc_jsonl_compact_options_init(sc_jsonl_compact_options *o);
+
+typedef struct sc_jsonl_compact_report {
+  bool compacted;          /* false: nothing to drop, and the file was not touched */
+  uint64_t lines_before;   /* complete lines of the old log */
+  uint64_t bytes_before;   /* its size (a torn tail included) */
+  uint64_t lines_after;    /* lines of the new log, its stagecoach.log.compacted line included */
+  uint64_t bytes_after;    /* its size */
+  uint64_t unfinished;     /* tasks kept because recovery needs them (in part) */
+  uint64_t kept_finished;  /* finished tasks kept whole (younger than keep_finished_s) */
+  uint64_t dropped;        /* finished tasks dropped */
+  bool torn_tail_dropped;  /* the old log ended in a torn line, which the new one does not hold */
+  char previous_chain[65]; /* the chain value of the old log's last line (hex, NUL-terminated) */
+} sc_jsonl_compact_report;
+
+/* Rewrites the log at path to hold only what the unfinished tasks need (their task.created, the
+ * lines that change their state, and their lines from their last context snapshot on) and the
+ * finished tasks younger than o->keep_finished_s, as a new chain whose first line,
+ * `stagecoach.log.compacted`, names the old chain's last value and line count. A recovery from
+ * the new log equals one from the old: the same sc_unfinished entries, contexts and digests.
+ *
+ * It takes the writer's lock first (SC_EBUSY naming the holder's pid while a writer runs) and
+ * holds it throughout, so no writer starts meanwhile. The new log is written beside the old one
+ * (PATH.compacting), fsync'd, locked, renamed over PATH, and the directory fsync'd: a crash at
+ * any point leaves the old log or the new one under PATH, whole. o->archive is linked to the old
+ * log before the rename. A log whose chain breaks is refused (SC_ECORRUPT), a file that is not a
+ * log too (SC_EPARSE), each left as it is; a log with nothing to drop is not touched (r->compacted
+ * false). A failed write or sync is SC_EIO, and the old log stays. o NULL: defaults (nothing
+ * finished kept, no archive). r may be NULL. */
+int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
+                     sc_jsonl_compact_report *r);
+
+/* Checks that the log at path was compacted from the log at archive: both verify, and the first
+ * line of path is a stagecoach.log.compacted line naming the chain value of archive's last line
+ * and its line count. SC_OK, or SC_ECORRUPT saying what differs (SC_EINVAL: path does not begin
+ * with a compacted line), or the errors of sc_jsonl_verify. Takes no lock and changes nothing. */
+int sc_jsonl_verify_link(const char *path, const char *archive);
+
 #ifdef __cplusplus
 }
 #endif
