@@ -80,6 +80,9 @@ bool sc__jsonl_is_named(int fd, const char *path);
 bool sc__jsonl_compacted_line(const char *line, size_t len, char prev[CHAIN_HEX],
                               uint64_t *prev_lines, bool *bad);
 
+/* Merges the members of output into context as the engine does (scan.c); false without memory. */
+bool sc__jsonl_merge_into(cJSON *context, const cJSON *output);
+
 /* The scan of sc_jsonl_scan over a mapped log (the writer passes its locked one). */
 int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
                        size_t *n, sc_jsonl_report *r);

@@ -198,6 +198,29 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
  * with a compacted line), or the errors of sc_jsonl_verify. Takes no lock and changes nothing. */
 int sc_jsonl_verify_link(const char *path, const char *archive);
 
+/* ---- the log as a store (<stagecoach/store.h>; docs/jsonl.md, "The log as a store") ---- */
+
+struct sc_store;
+
+/* The log at path behind the store interface. Nothing is opened yet: the queries read the log
+ * (no lock; SC_ENOTFOUND while it does not exist), and sc_store_attach() opens its writer with o
+ * (sc_jsonl_open: the lock, the verification; o NULL: defaults, copied). Then unfinished reads
+ * through the locked descriptor (sc_jsonl_unfinished), otherwise it is sc_jsonl_scan. checkpoints,
+ * latest and checkpoint are the stage.completed lines of the task's latest run (an id used again
+ * starts afresh), a context folded from the last snapshot and checked against the line's digest
+ * (SC_ECORRUPT when it does not match; a changed line whose chain was not recomputed is
+ * SC_ECORRUPT from the chain). events gives the lines of a task (every run of its id, in the
+ * log's order) from a seq. delete_task forgets nothing: a log is append-only, and its finished
+ * tasks go all at once with sc_jsonl_compact(); it answers SC_EBUSY for an unfinished task,
+ * SC_ENOTFOUND for an unknown one and SC_EINVAL (saying so) for a finished one. tasks and
+ * approvals are not offered (SC_EINVAL from the wrappers). On success *out is the store, which
+ * the caller closes with sc_store_close() (before sc_engine_free() of an attached engine). */
+int sc_jsonl_store_open(const char *path, const sc_jsonl_options *o, struct sc_store **out);
+
+/* The writer of an attached jsonl store (for sc_jsonl_open_report()); NULL before attach or for
+ * another kind of store. Borrowed, valid until sc_store_close(). */
+sc_jsonl *sc_jsonl_store_log(struct sc_store *s);
+
 #ifdef __cplusplus
 }
 #endif
