@@ -560,9 +560,18 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   int64_t now = opts.now_s ? opts.now_s : (int64_t)time(NULL);
   if (opts.archive != NULL && (!*opts.archive || strcmp(opts.archive, path) == 0))
     return sc_error_set(SC_EINVAL, "compact: the archive must be another name than the log");
+  /* A log reached through a symbolic link is compacted where it is: the new file goes beside
+   * the file itself and takes its name, and the link stays a link. */
+  char *real = realpath(path, NULL);
+  if (real == NULL)
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "compact: no such log %s", path)
+                           : sc_error_set(SC_EIO, "compact: %s: %s", path, strerror(errno));
   char *tmp = NULL;
-  if (asprintf(&tmp, "%s.compacting", path) < 0)
+  if (asprintf(&tmp, "%s.compacting", real) < 0) {
+    free(real);
     return sc_error_set(SC_ENOMEM, "compact: out of memory");
+  }
+  path = real;
   int fd = -1;
   bool linked = false, tmp_made = false;
   sc__log l = {0};
@@ -639,12 +648,20 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
     step(&opts, "archived");
   }
   /* A file of that name is what an earlier compaction left when it stopped: we hold the lock. */
-  f.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  f.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (f.fd < 0) {
     rc = sc_error_set(SC_EIO, "create %s: %s", tmp, strerror(errno));
     goto out;
   }
   tmp_made = true;
+  /* The new log has the old one's permissions (and owner, where we may give it). */
+  struct stat st;
+  if (fstat(fd, &st) != 0 || fchmod(f.fd, st.st_mode & 07777) != 0) {
+    rc = sc_error_set(SC_EIO, "compact: permissions of %s: %s", tmp, strerror(errno));
+    goto out;
+  }
+  if (fchown(f.fd, st.st_uid, st.st_gid) != 0)
+    errno = 0; /* not ours to give away: the new log stays the compacting user's */
   if (sc__chain_init(&f.chain) != SC_OK || (f.buf = malloc(f.cap = 256 * 1024)) == NULL) {
     rc = sc_error_set(SC_ENOMEM, "compact: out of memory");
     goto out;
@@ -685,6 +702,7 @@ out:
   sc__log_unmap(&l);
   if (fd >= 0) close(fd);
   free(tmp);
+  free(real);
   return rc;
 }
 

@@ -737,6 +737,27 @@ static void verify_link_refuses_another_archive_and_a_malformed_link(void **stat
   assert_non_null(strstr(sc_error_message(), "previous_chain"));
 }
 
+static void a_log_behind_a_link_is_compacted_where_it_is_with_its_mode(void **state) {
+  char path[256], link_path[256], orig[256];
+  temp_path(state, "real.jsonl", path);
+  temp_path(state, "link.jsonl", link_path);
+  temp_path(state, "orig.jsonl", orig);
+  write_mixed_log(path);
+  copy_file(path, orig);
+  assert_int_equal(chmod(path, 0640), 0);
+  assert_int_equal(symlink("real.jsonl", link_path), 0);
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(link_path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  struct stat st;
+  assert_int_equal(lstat(link_path, &st), 0);
+  assert_true(S_ISLNK(st.st_mode)); /* still a link, to the compacted log */
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0640);
+  expect_same_unfinished(orig, link_path);
+  unlink(link_path);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
 
 int main(void) {
@@ -754,6 +775,7 @@ int main(void) {
       T(a_log_whose_chain_breaks_is_refused_and_left_alone),
       T(a_torn_tail_is_dropped_by_compaction),
       T(verify_link_refuses_another_archive_and_a_malformed_link),
+      T(a_log_behind_a_link_is_compacted_where_it_is_with_its_mode),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
