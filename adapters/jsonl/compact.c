@@ -686,10 +686,18 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   tmp_made = false;
   linked = false; /* the archive now holds the only copy of the old log: it stays */
   step(&opts, "renamed");
-  if ((rc = sync_dir(path)) != SC_OK) goto out;
   r->compacted = true;
   r->lines_after = f.lines;
   r->bytes_after = f.bytes;
+  if ((rc = sync_dir(path)) != SC_OK) {
+    /* Too late to go back: the new log has the name. A crash of the machine before the
+     * directory reaches the disk may bring back the old one, whole, which recovers the same. */
+    rc = sc_error_set(rc,
+                      "%s; the compacted log is in place, but until the directory is synced a "
+                      "crash of the machine may bring back the old log (it recovers the same)",
+                      sc_error_message());
+    goto out;
+  }
   step(&opts, "done");
 out:
   if (tmp_made) unlink(tmp);
