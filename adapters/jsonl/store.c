@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <stagecoach/store.h>
 
@@ -321,6 +322,343 @@ static int st_events(sc_store *base, const char *task_id, uint64_t from_seq, sc_
   return rc;
 }
 
+/* ---- tasks and approvals: one walk that keeps each task's latest run ---- */
+
+typedef struct approval {
+  char *stage, *reason;
+  int index;
+  int64_t requested_ns, deadline_ns; /* deadline 0: none */
+  double approvals, needed;
+} approval;
+
+typedef struct summary {
+  char *id, *tenant, *plan, *stage, *recovered_from, *error;
+  char created[40], updated[40];
+  const char *status;
+  int index;
+  double retry_count;
+  uint64_t epoch;
+  bool finished;
+  approval *pending;
+  size_t npending;
+} summary;
+
+typedef struct summaries {
+  summary *v;
+  size_t n, cap;
+  size_t *slots; /* index + 1 into v; 0: empty */
+  size_t nslots;
+  int err;
+} summaries;
+
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h;
+}
+
+static size_t *slot_of(summaries *m, const char *id) {
+  for (size_t i = hash_str(id) & (m->nslots - 1);; i = (i + 1) & (m->nslots - 1))
+    if (m->slots[i] == 0 || strcmp(m->v[m->slots[i] - 1].id, id) == 0) return &m->slots[i];
+}
+
+static void clear_run(summary *t) {
+  free(t->tenant);
+  free(t->plan);
+  free(t->stage);
+  free(t->recovered_from);
+  free(t->error);
+  for (size_t i = 0; i < t->npending; i++) {
+    free(t->pending[i].stage);
+    free(t->pending[i].reason);
+  }
+  free(t->pending);
+  char *id = t->id;
+  memset(t, 0, sizeof(*t));
+  t->id = id;
+  t->index = -1;
+}
+
+static summary *summary_of(summaries *m, const char *id) {
+  if ((m->n + 1) * 2 > m->nslots) {
+    size_t n = m->nslots ? m->nslots * 2 : 256;
+    size_t *v = calloc(n, sizeof(*v));
+    if (v == NULL) return NULL;
+    free(m->slots);
+    m->slots = v;
+    m->nslots = n;
+    for (size_t i = 0; i < m->n; i++)
+      *slot_of(m, m->v[i].id) = i + 1;
+  }
+  size_t *slot = slot_of(m, id);
+  if (*slot) return &m->v[*slot - 1];
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    summary *v = realloc(m->v, cap * sizeof(*v));
+    if (v == NULL) return NULL;
+    m->v = v;
+    m->cap = cap;
+  }
+  summary *t = &m->v[m->n];
+  memset(t, 0, sizeof(*t));
+  t->index = -1;
+  if ((t->id = strdup(id)) == NULL) return NULL;
+  *slot = ++m->n;
+  return t;
+}
+
+static void summaries_free(summaries *m) {
+  for (size_t i = 0; i < m->n; i++) {
+    clear_run(&m->v[i]);
+    free(m->v[i].id);
+  }
+  free(m->v);
+  free(m->slots);
+}
+
+static bool replace(char **field, const char *value) {
+  char *copy = value ? strdup(value) : NULL;
+  if (value && copy == NULL) return false;
+  free(*field);
+  *field = copy;
+  return true;
+}
+
+static const char *string_in(const cJSON *o, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double number_in(const cJSON *o, const char *name, double otherwise) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsNumber(v) ? v->valuedouble : otherwise;
+}
+
+/* An approval decision: a grant short of the number needed leaves it pending. */
+static void decide(summary *t, const sc_event *ev) {
+  for (size_t i = 0; i < t->npending; i++) {
+    approval *a = &t->pending[i];
+    if (strcmp(a->stage, ev->stage) != 0) continue;
+    a->approvals = number_in(ev->data, "approvals", a->approvals);
+    double needed = number_in(ev->data, "approvers_needed", a->needed);
+    if (ev->type == SC_EV_APPROVAL_GRANTED && a->approvals < needed) return;
+    free(a->stage);
+    free(a->reason);
+    t->pending[i] = t->pending[--t->npending];
+    return;
+  }
+}
+
+static bool request(summary *t, const sc_event *ev) {
+  approval *v = realloc(t->pending, (t->npending + 1) * sizeof(*v));
+  if (v == NULL) return false;
+  t->pending = v;
+  approval *a = &v[t->npending];
+  memset(a, 0, sizeof(*a));
+  double timeout = number_in(ev->data, "timeout_ms", 0);
+  a->index = ev->stage_index;
+  a->requested_ns = ev->time_ns;
+  a->deadline_ns = timeout > 0 ? ev->time_ns + (int64_t)timeout * 1000000 : 0;
+  a->needed = number_in(ev->data, "approvers_needed", 1);
+  if (!replace(&a->stage, ev->stage) || !replace(&a->reason, string_in(ev->data, "reason"))) {
+    free(a->stage);
+    return false;
+  }
+  t->npending++;
+  return true;
+}
+
+static bool note_task(summary *t, const sc_event_doc *d) {
+  const sc_event *ev = sc_event_doc_event(d);
+  const char *time = string_in(sc_event_doc_json(d), "time");
+  if (ev->type == SC_EV_TASK_CREATED) { /* a run starts afresh */
+    clear_run(t);
+    snprintf(t->created, sizeof(t->created), "%s", time ? time : "");
+    if (!replace(&t->tenant, ev->tenant_id) || !replace(&t->plan, ev->plan_id) ||
+        !replace(&t->recovered_from, string_in(ev->data, "recovered_from")))
+      return false;
+  }
+  snprintf(t->updated, sizeof(t->updated), "%s", time ? time : "");
+  t->status = sc_task_status_name(ev->status);
+  t->epoch = ev->epoch;
+  if (ev->stage) {
+    if (!replace(&t->stage, ev->stage)) return false;
+    t->index = ev->stage_index;
+  }
+  if (ev->type == SC_EV_TASK_COMPLETED || ev->type == SC_EV_TASK_CANCELLED ||
+      ev->type == SC_EV_ROLLBACK_COMPLETED)
+    t->finished = true;
+  if (ev->type == SC_EV_TASK_STARTED) t->retry_count = number_in(ev->data, "retry_count", 0);
+  const cJSON *error = cJSON_GetObjectItemCaseSensitive(ev->data, "error");
+  const char *message = cJSON_IsString(error) ? error->valuestring : string_in(error, "message");
+  if (message &&
+      (ev->type == SC_EV_TASK_FAILED || ev->type == SC_EV_TASK_PAUSED ||
+       ev->type == SC_EV_ROLLBACK_FAILED) &&
+      !replace(&t->error, message))
+    return false;
+  if (ev->type == SC_EV_APPROVAL_REQUESTED && ev->stage) return request(t, ev);
+  if ((ev->type == SC_EV_APPROVAL_GRANTED || ev->type == SC_EV_APPROVAL_REJECTED ||
+       ev->type == SC_EV_APPROVAL_TIMED_OUT) &&
+      ev->stage)
+    decide(t, ev);
+  return true;
+}
+
+static int on_summary(const char *json, size_t len, void *udata) {
+  summaries *m = udata;
+  sc_event_doc *d = NULL;
+  if (sc_event_parse(json, len, &d) != SC_OK) return 0; /* no task's event */
+  summary *t = summary_of(m, sc_event_doc_event(d)->task_id);
+  bool ok = t != NULL && note_task(t, d);
+  sc_event_doc_free(d);
+  return ok ? 0 : (m->err = sc_error_set(SC_ENOMEM, "store jsonl: out of memory"));
+}
+
+static int summarize(jsonl_store *s, summaries *m) {
+  int rc = sc_jsonl_read_events(s->path, on_summary, m);
+  return m->err ? m->err : rc;
+}
+
+static int by_id(const void *a, const void *b) {
+  return strcmp(((const summary *)a)->id, ((const summary *)b)->id);
+}
+
+static void format_ns(int64_t ns, char out[40]) {
+  time_t secs = (time_t)(ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char base[24];
+  strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out, 40, "%s.%06ldZ", base, (long)(ns % 1000000000 / 1000));
+}
+
+static cJSON *task_item(const summary *t) {
+  cJSON *o = cJSON_CreateObject();
+  if (o == NULL) return NULL;
+  bool ok = cJSON_AddItemToObject(o, "task", cJSON_CreateString(t->id)) &&
+            cJSON_AddItemToObject(o, "tenant", string_or_null(t->tenant)) &&
+            cJSON_AddItemToObject(o, "plan", string_or_null(t->plan)) &&
+            cJSON_AddItemToObject(o, "status", string_or_null(t->status)) &&
+            cJSON_AddItemToObject(o, "stage", string_or_null(t->stage)) &&
+            cJSON_AddNumberToObject(o, "index", t->index) &&
+            cJSON_AddNumberToObject(o, "retry_count", t->retry_count) &&
+            cJSON_AddNumberToObject(o, "epoch", (double)t->epoch) &&
+            cJSON_AddItemToObject(o, "recovered_from", string_or_null(t->recovered_from)) &&
+            cJSON_AddItemToObject(o, "created", string_or_null(*t->created ? t->created : NULL)) &&
+            cJSON_AddItemToObject(o, "updated", string_or_null(*t->updated ? t->updated : NULL)) &&
+            cJSON_AddItemToObject(o, "error", string_or_null(t->error));
+  if (!ok) cJSON_Delete(o);
+  return ok ? o : NULL;
+}
+
+static int st_tasks(sc_store *base, const sc_store_task_query *q, cJSON **out) {
+  jsonl_store *s = (jsonl_store *)base;
+  *out = NULL;
+  if (q && (q->version < 1 || q->version > SC_STORE_TASK_QUERY_VERSION))
+    return sc_error_set(SC_EINVAL, "store jsonl: unsupported sc_store_task_query version %u",
+                        q->version);
+  summaries m = {0};
+  int rc = summarize(s, &m);
+  if (rc != SC_OK) {
+    summaries_free(&m);
+    return rc;
+  }
+  if (m.n > 1) qsort(m.v, m.n, sizeof(*m.v), by_id);
+  uint32_t limit = q && q->limit ? q->limit : 100, count = 0;
+  bool unfinished = q && q->status && strcmp(q->status, "unfinished") == 0;
+  cJSON *page = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(page, "tasks");
+  const char *next = NULL;
+  for (size_t i = 0; list && i < m.n; i++) {
+    const summary *t = &m.v[i];
+    if (t->status == NULL || (q && q->after && strcmp(t->id, q->after) <= 0) ||
+        (q && q->tenant_id && (!t->tenant || strcmp(t->tenant, q->tenant_id) != 0)) ||
+        (unfinished && t->finished) ||
+        (q && q->status && !unfinished && strcmp(t->status, q->status) != 0))
+      continue;
+    if (count == limit) { /* there is more: the cursor is the last one listed */
+      next = string_in(cJSON_GetArrayItem(list, (int)count - 1), "task");
+      break;
+    }
+    cJSON *item = task_item(t);
+    if (item == NULL || !cJSON_AddItemToArray(list, item)) {
+      cJSON_Delete(item);
+      list = NULL;
+      break;
+    }
+    count++;
+  }
+  if (list == NULL || !cJSON_AddItemToObject(page, "next", string_or_null(next))) {
+    cJSON_Delete(page);
+    summaries_free(&m);
+    return sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  }
+  summaries_free(&m);
+  *out = page;
+  return SC_OK;
+}
+
+typedef struct pending_ref {
+  const summary *t;
+  const approval *a;
+} pending_ref;
+
+static int by_request(const void *x, const void *y) {
+  const pending_ref *a = x, *b = y;
+  if (a->a->requested_ns != b->a->requested_ns)
+    return a->a->requested_ns < b->a->requested_ns ? -1 : 1;
+  return strcmp(a->t->id, b->t->id);
+}
+
+static int st_approvals(sc_store *base, const char *task_id, cJSON **out) {
+  jsonl_store *s = (jsonl_store *)base;
+  *out = NULL;
+  summaries m = {0};
+  int rc = summarize(s, &m);
+  size_t n = 0;
+  for (size_t i = 0; rc == SC_OK && i < m.n; i++)
+    n += m.v[i].npending;
+  pending_ref *refs = n ? calloc(n, sizeof(*refs)) : NULL;
+  cJSON *list = rc == SC_OK ? cJSON_CreateArray() : NULL;
+  if (rc == SC_OK && (list == NULL || (n && refs == NULL)))
+    rc = sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  size_t k = 0;
+  for (size_t i = 0; rc == SC_OK && i < m.n; i++) {
+    const summary *t = &m.v[i];
+    if (t->finished || (task_id && strcmp(t->id, task_id) != 0)) continue;
+    for (size_t j = 0; j < t->npending; j++)
+      refs[k++] = (pending_ref){t, &t->pending[j]};
+  }
+  if (k > 1) qsort(refs, k, sizeof(*refs), by_request);
+  for (size_t i = 0; rc == SC_OK && i < k; i++) {
+    const approval *a = refs[i].a;
+    char requested[40], deadline[40];
+    format_ns(a->requested_ns, requested);
+    format_ns(a->deadline_ns, deadline);
+    cJSON *o = cJSON_CreateObject();
+    bool ok =
+        o != NULL && cJSON_AddItemToArray(list, o) &&
+        cJSON_AddItemToObject(o, "task", cJSON_CreateString(refs[i].t->id)) &&
+        cJSON_AddItemToObject(o, "tenant", string_or_null(refs[i].t->tenant)) &&
+        cJSON_AddItemToObject(o, "stage", cJSON_CreateString(a->stage)) &&
+        cJSON_AddNumberToObject(o, "index", a->index) &&
+        cJSON_AddItemToObject(o, "reason", string_or_null(a->reason)) &&
+        cJSON_AddItemToObject(o, "requested", cJSON_CreateString(requested)) &&
+        cJSON_AddItemToObject(o, "deadline", string_or_null(a->deadline_ns ? deadline : NULL)) &&
+        cJSON_AddNumberToObject(o, "approvals", a->approvals) &&
+        cJSON_AddNumberToObject(o, "approvers_needed", a->needed);
+    if (!ok) rc = sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  }
+  free(refs);
+  summaries_free(&m);
+  if (rc != SC_OK) {
+    cJSON_Delete(list);
+    return rc;
+  }
+  *out = list;
+  return SC_OK;
+}
+
 /* ---- the rest ---- */
 
 static int st_attach(sc_store *base, sc_engine *e) {
@@ -396,6 +734,8 @@ int sc_jsonl_store_open(const char *path, const sc_jsonl_options *o, struct sc_s
   s->base.checkpoint = st_checkpoint;
   s->base.events = st_events;
   s->base.delete_task = st_delete_task;
+  s->base.tasks = st_tasks;
+  s->base.approvals = st_approvals;
   s->base.close = st_close;
   *out = &s->base;
   return SC_OK;

@@ -213,7 +213,8 @@ struct sc_store;
  * log's order) from a seq. delete_task forgets nothing: a log is append-only, and its finished
  * tasks go all at once with sc_jsonl_compact(); it answers SC_EBUSY for an unfinished task,
  * SC_ENOTFOUND for an unknown one and SC_EINVAL (saying so) for a finished one. tasks and
- * approvals are not offered (SC_EINVAL from the wrappers). On success *out is the store, which
+ * approvals read the whole log (each id's latest run), as a database would answer them. On
+ * success *out is the store, which
  * the caller closes with sc_store_close() (before sc_engine_free() of an attached engine). */
 int sc_jsonl_store_open(const char *path, const sc_jsonl_options *o, struct sc_store **out);
 
