@@ -83,7 +83,9 @@ int cli_compact(int argc, char **argv) {
   if (rc == SC_ENOTFOUND || rc == SC_EPARSE || rc == SC_EINVAL)
     return cli_usage_error("compact", "%s", sc_error_message());
   if (rc != SC_OK) {
-    fprintf(stderr, "stagecoach compact: %s\n", sc_error_message());
+    const char *msg = sc_error_message();
+    if (strncmp(msg, "compact: ", 9) == 0) msg += 9;
+    fprintf(stderr, "stagecoach compact: %s\n", msg);
     return CLI_EXIT_FAILED;
   }
   char before[32], after[32];

@@ -502,6 +502,14 @@ bool sc__jsonl_is_named(int fd, const char *path) {
   return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
+/* Appends to the message of the error just set (copied first: the message is rewritten in
+ * place). */
+static void add_to_message(int code, const char *more) {
+  char first[512];
+  snprintf(first, sizeof(first), "%s", sc_error_message());
+  sc_error_set(code, "%s; %s", first, more);
+}
+
 static void step(const sc_jsonl_compact_options *o, const char *name) {
   if (o->step != NULL) o->step(name, o->step_udata);
 }
@@ -600,8 +608,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   sc__chain_free(&chain);
   if (c.err != 0) rc = c.err;
   if (rc == SC_ECORRUPT)
-    sc_error_set(SC_ECORRUPT, "%s; a log that does not verify is not compacted (nothing changed)",
-                 sc_error_message());
+    add_to_message(SC_ECORRUPT, "a log that does not verify is not compacted (nothing changed)");
   if (rc != SC_OK) goto out;
   r->lines_before = vr.lines;
   r->bytes_before = vr.bytes;
@@ -692,10 +699,8 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   if ((rc = sync_dir(path)) != SC_OK) {
     /* Too late to go back: the new log has the name. A crash of the machine before the
      * directory reaches the disk may bring back the old one, whole, which recovers the same. */
-    rc = sc_error_set(rc,
-                      "%s; the compacted log is in place, but until the directory is synced a "
-                      "crash of the machine may bring back the old log (it recovers the same)",
-                      sc_error_message());
+    add_to_message(rc, "the compacted log is in place, but until the directory is synced a crash "
+                       "of the machine may bring back the old log (it recovers the same)");
     goto out;
   }
   step(&opts, "done");

@@ -105,7 +105,7 @@ for variant in EIO ENOSPC SHORT; do
     if [ "$k" = "$calls" ]; then
       # The last call is the directory's sync after the rename: the new log is in place, the
       # command says so and fails; the archive is the old log.
-      if [ $status != 1 ] || ! grep -q "compacted log is in place" "$d/out" ||
+      if [ $status != 1 ] || ! grep -q "fsync (the directory of) .*; the compacted log is in place" "$d/out" ||
         ! cmp -s "$d/arch.jsonl" "$d/orig.jsonl" || ! "$sc" verify "$log" >/dev/null; then
         bad="$bad $variant@$k(last, exit $status)"
       fi

@@ -648,6 +648,9 @@ static void a_log_whose_chain_breaks_is_refused_and_left_alone(void **state) {
   spit(path, text, len);
   free(text);
   expect_refused_and_unchanged(path, SC_ECORRUPT);
+  /* The message says where the chain breaks and that nothing was compacted. */
+  assert_non_null(strstr(sc_error_message(), "does not match the chain"));
+  assert_non_null(strstr(sc_error_message(), "not compacted"));
 }
 
 static void a_torn_tail_is_dropped_by_compaction(void **state) {
