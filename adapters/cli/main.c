@@ -93,9 +93,9 @@ static const char *help_verify =
     "usage: stagecoach verify FILE [--archive OLD]\n"
     "\n"
     "Checks the hash chain of every line of a log; with --archive, also that FILE was compacted\n"
-    "from OLD (its first line names OLD's last chain value and line count).\n"
-    "A last line without its newline is a torn\n"
-    "tail (a crash mid-write), reported but not an error. Exit codes: 0 the chain verifies, 1 a\n"
+    "from OLD (its first line names OLD's last chain value and line count). A last line without\n"
+    "its newline is a torn tail (a crash mid-write), reported but not an error. Exit codes: 0 the "
+    "chain verifies, 1 a\n"
     "line does not (its number and byte offset are printed), 2 the file cannot be read or is not\n"
     "a stagecoach log (a device, a file without one event line).\n";
 

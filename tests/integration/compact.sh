@@ -169,6 +169,30 @@ else
   fail "compact beside a writer $writer (exit $status)" "$out" "$(ps -o pid,ppid,cmd -e | grep -v grep | grep stagecoach)"
 fi
 wait "$writer"
+# A writer that opened the log just before a compaction renamed the new one over it, and locks
+# it after: it must not append to the old file (no longer the log) but open the log again.
+cp "$d/orig.jsonl" "$log"
+rm -f "$d/arch2.jsonl" "$d/hold/held" "$d/hold/release"
+mkdir -p "$d/hold"
+printf '{"config":{"stages":[{"name":"q","kind":"exec","run":"true"}]}}\n' >"$d/quick.json"
+{ env LD_PRELOAD="$shim" SC_IOFAULT_LOG="$log" SC_IOFAULT_HOLD=lock SC_IOFAULT_HOLD_DIR="$d/hold" \
+  "$sc" run "$d/quick.json" --log "$log" --task-id late --plain >"$d/late.out" 2>&1; } 2>/dev/null &
+late=$!
+started_pids+=("$late")
+for _ in $(seq 1 1000); do [ -s "$d/hold/held" ] && break; sleep 0.01; done
+"$sc" compact "$log" --archive "$d/arch2.jsonl" >"$d/out" 2>&1
+cstatus=$?
+touch "$d/hold/release"
+wait "$late"
+status=$?
+if [ -s "$d/hold/held" ] && [ $cstatus = 0 ] && [ $status = 0 ] && "$sc" verify "$log" >/dev/null &&
+  grep -q '"taskid":"late"' "$log" && ! grep -q '"taskid":"late"' "$d/arch2.jsonl" &&
+  cmp -s "$d/arch2.jsonl" "$d/orig.jsonl"; then
+  ok "a writer that opened the log before the rename and locked it after writes to the new log"
+else
+  fail "a writer held before its lock across a compaction (compact $cstatus, run $status)" \
+    "$(cat "$d/out" "$d/late.out")"
+fi
 printf '{"config":{"stages":[]}}\n' >"$d/pipeline.json"
 cp "$d/pipeline.json" "$d/pipeline.before"
 out=$("$sc" compact "$d/pipeline.json" 2>&1)
