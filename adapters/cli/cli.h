@@ -167,6 +167,10 @@ int cli_socket_limits(const char *text, sc_socket_options *o);
 void cli_print_event(FILE *out, const sc_event *ev);
 
 /* Prints "stagecoach CMD: message" to stderr and returns CLI_EXIT_USAGE. */
+/* ---- compact.c: the compact command ---- */
+extern const char *cli_help_compact;
+int cli_compact(int argc, char **argv);
+
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))

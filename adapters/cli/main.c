@@ -24,7 +24,9 @@ static const char *usage_text =
     "                    [--plain] [--no-prompt]      run a pipeline\n"
     "  recover PIPELINE.json --log FILE [--mode retry|rollback|compensate] [--from STAGE]\n"
     "                    [--task ID] [--dry-run]      recover what the log says is unfinished\n"
-    "  verify FILE                                     check a log's hash chain\n"
+    "  verify FILE [--archive OLD]                     check a log's hash chain\n"
+    "  compact LOG [--keep-finished D] [--archive FILE]\n"
+    "                                                  drop what recovery no longer needs\n"
     "  events FILE [--task ID] [--type T] [--json]     print a log as a timeline\n"
     "  validate PIPELINE.json                          check a pipeline file\n"
     "  tail ADDR [--tenant T] [--task ID] [--from-seq N] [--type T] [--json]\n"
@@ -88,10 +90,12 @@ static const char *help_recover =
     "4 rolled back, 5 the log could not store every event.\n";
 
 static const char *help_verify =
-    "usage: stagecoach verify FILE\n"
+    "usage: stagecoach verify FILE [--archive OLD]\n"
     "\n"
-    "Checks the hash chain of every line of a log. A last line without its newline is a torn\n"
-    "tail (a crash mid-write), reported but not an error. Exit codes: 0 the chain verifies, 1 a\n"
+    "Checks the hash chain of every line of a log; with --archive, also that FILE was compacted\n"
+    "from OLD (its first line names OLD's last chain value and line count). A last line without\n"
+    "its newline is a torn tail (a crash mid-write), reported but not an error. Exit codes: 0 the "
+    "chain verifies, 1 a\n"
     "line does not (its number and byte offset are printed), 2 the file cannot be read or is not\n"
     "a stagecoach log (a device, a file without one event line).\n";
 
@@ -175,8 +179,13 @@ static bool wants_help(int argc, char **argv) {
 /* ---- verify ---- */
 
 static int cmd_verify(int argc, char **argv) {
+  const char *archive = NULL;
+  if (argc == 3 && strcmp(argv[1], "--archive") == 0) {
+    archive = argv[2];
+    argc = 1;
+  }
   if (argc != 1 || argv[0][0] == '-')
-    return cli_usage_error("verify", "give one log file (stagecoach verify FILE)");
+    return cli_usage_error("verify", "give one log file (stagecoach verify FILE [--archive OLD])");
   sc_jsonl_report r;
   int rc = sc_jsonl_verify(argv[0], &r);
   if (rc == SC_ENOTFOUND || rc == SC_EIO || rc == SC_EPARSE) /* EPARSE: not a log at all */
@@ -193,6 +202,16 @@ static int cmd_verify(int argc, char **argv) {
     printf("  torn tail: %llu bytes after line %llu (a crash mid-write; never acknowledged; cut "
            "when the log is next opened)\n",
            (unsigned long long)(r.bytes - r.good_bytes), (unsigned long long)r.lines);
+  if (archive != NULL) {
+    rc = sc_jsonl_verify_link(argv[0], archive);
+    if (rc == SC_ENOTFOUND || rc == SC_EIO || rc == SC_EPARSE)
+      return cli_usage_error("verify", "%s", sc_error_message());
+    if (rc != SC_OK) {
+      printf("%s: NOT compacted from %s\n  %s\n", argv[0], archive, sc_error_message());
+      return CLI_EXIT_FAILED;
+    }
+    printf("  compacted from %s: its first line names that log's last chain value\n", archive);
+  }
   return CLI_EXIT_COMPLETED;
 }
 
@@ -292,7 +311,8 @@ static int cmd_events(int argc, char **argv) {
     if (line[len - 1] != '\n') break; /* a torn tail */
     sc_event_doc *d;
     if (sc_event_parse(line, (size_t)len - 1, &d) != SC_OK) {
-      bad++;
+      /* A compacted log's first line names the chain it continues: no task's event. */
+      if (lineno != 1 || strstr(line, "\"type\":\"stagecoach.log.compacted\"") == NULL) bad++;
       continue;
     }
     events++;
@@ -401,10 +421,10 @@ int main(int argc, char **argv) {
       {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
       {"validate", NULL, cmd_validate}, {"tail", NULL, cli_tail},
       {"pending", NULL, cli_pending},   {"approve", NULL, cli_approve},
-      {"reject", NULL, cli_reject},
+      {"reject", NULL, cli_reject},     {"compact", NULL, cli_compact},
   };
-  const char *helps[] = {help_run,  help_recover, help_verify,  help_events, help_validate,
-                         help_tail, help_pending, help_approve, help_approve};
+  const char *helps[] = {help_run,  help_recover, help_verify,  help_events,  help_validate,
+                         help_tail, help_pending, help_approve, help_approve, cli_help_compact};
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
     if (strcmp(cmd, commands[i].name) != 0) continue;
     if (wants_help(argc - 2, argv + 2)) {

@@ -195,6 +195,19 @@ int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn f
                                    "inserted or removed"
                                  : "has no chain member: it is not a line of this log");
     }
+    if (lineno == 1) { /* a compacted log names the chain it continues: it must say it well */
+      char prev[CHAIN_HEX];
+      uint64_t prev_lines;
+      bool bad = false;
+      if (sc__jsonl_compacted_line(line, len, prev, &prev_lines, &bad) && bad) {
+        r->first_bad_line = 1;
+        r->lines = 1;
+        return sc_error_set(SC_ECORRUPT,
+                            "%s: line 1 (byte offset 0) is a stagecoach.log.compacted line "
+                            "without a well-formed previous_chain and previous_lines",
+                            path);
+      }
+    }
     r->lines = lineno;
     off += len + 1;
     r->good_bytes = off;

@@ -69,6 +69,18 @@ typedef int (*sc__line_fn)(const char *line, size_t len, uint64_t offset, uint64
 int sc__log_walk(const char *path, const sc__log *l, sc__chain *c, sc__line_fn fn, void *udata,
                  sc_jsonl_report *r);
 
+/* The pid holding an flock on the file open as fd, read from /proc/locks; 0 when unknown. */
+long sc__jsonl_lock_holder(int fd);
+/* Whether fd is still the file named path (a compaction may have renamed another over it). */
+bool sc__jsonl_is_named(int fd, const char *path);
+/* Checks the first line of a log when it is a stagecoach.log.compacted line: true when it is one
+ * (*bad set when its link is malformed), with the chain value and line count it names. */
+bool sc__jsonl_compacted_line(const char *line, size_t len, char prev[CHAIN_HEX],
+                              uint64_t *prev_lines, bool *bad);
+
+/* Merges the members of output into context as the engine does (scan.c); false without memory. */
+bool sc__jsonl_merge_into(cJSON *context, const cJSON *output);
+
 /* The scan of sc_jsonl_scan over a mapped log (the writer passes its locked one). */
 int sc__jsonl_scan_log(const char *path, const sc__log *l, bool stop_at_good, sc_unfinished **out,
                        size_t *n, sc_jsonl_report *r);

@@ -268,7 +268,7 @@ static const char *string_member(const sc_event *ev, const char *name) {
 
 /* Merges the members of output into context, as the engine does (a member of the same name is
  * replaced in place, a new one appended). */
-static bool merge_into(cJSON *context, const cJSON *output) {
+bool sc__jsonl_merge_into(cJSON *context, const cJSON *output) {
   for (const cJSON *m = cJSON_IsObject(output) ? output->child : NULL; m != NULL; m = m->next) {
     cJSON *item = cJSON_Duplicate(m, true);
     if (item == NULL) return false;
@@ -319,7 +319,7 @@ static int fold_context(const char *base, const task_state *t, const cJSON *init
     if (cJSON_IsObject(whole)) {
       cJSON_Delete(context);
       context = cJSON_Duplicate(whole, true);
-    } else if (!merge_into(context, member(sc_event_doc_event(d), "output"))) {
+    } else if (!sc__jsonl_merge_into(context, member(sc_event_doc_event(d), "output"))) {
       cJSON_Delete(context);
       context = NULL;
     }

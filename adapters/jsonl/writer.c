@@ -49,6 +49,7 @@ struct sc_jsonl {
   int err;               /* sticky: after a failed write or sync every event fails */
   char errmsg[300];
   unsigned closing_handles;
+  unsigned reopens; /* opened again: the name was replaced between the open and the lock */
   sc_jsonl_report open_report;
 };
 
@@ -264,7 +265,7 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
 /* The pid of the process holding an flock on the file open as fd, from /proc/locks (Linux);
  * 0 when it cannot be told. The kernel records the lock's owner there, so nothing of ours needs
  * to be written beside the log. */
-static long lock_holder(int fd) {
+long sc__jsonl_lock_holder(int fd) {
   struct stat st;
   if (fstat(fd, &st) != 0) return 0;
   FILE *f = fopen("/proc/locks", "r");
@@ -347,13 +348,14 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
     rc = sc_error_set(SC_ENOMEM, "jsonl_open: out of memory");
     goto fail;
   }
+reopen:
   if ((rc = open_file(j, !j->opts.existing, &created)) != SC_OK) goto fail;
   /* One writer per log, and it holds the lock before it reads a byte: what it reads is then what
    * it appends to. The lock goes with the file description, so a writer that crashed holds
    * nothing. */
   if (flock(j->fd, LOCK_EX | LOCK_NB) != 0) {
-    int lock_errno = errno; /* lock_holder() reads /proc and may change errno */
-    long pid = lock_errno == EWOULDBLOCK ? lock_holder(j->fd) : 0;
+    int lock_errno = errno; /* sc__jsonl_lock_holder() reads /proc and may change errno */
+    long pid = lock_errno == EWOULDBLOCK ? sc__jsonl_lock_holder(j->fd) : 0;
     if (lock_errno != EWOULDBLOCK)
       rc = sc_error_set(SC_EIO, "lock %s: %s", path, strerror(lock_errno));
     else if (pid == (long)getpid())
@@ -372,6 +374,18 @@ int sc_jsonl_open(sc_engine *e, const char *path, const sc_jsonl_options *o, sc_
                         "changed",
                         path);
     goto fail;
+  }
+  /* A compaction renames a new log over the name while it holds the lock: a file opened just
+   * before that and locked after it is no longer the log, so it is opened again. */
+  if (!sc__jsonl_is_named(j->fd, path)) {
+    close(j->fd);
+    j->fd = -1;
+    if (++j->reopens > 8) {
+      rc = sc_error_set(SC_EBUSY,
+                        "log %s keeps being replaced (a compaction?); nothing was changed", path);
+      goto fail;
+    }
+    goto reopen;
   }
   if ((rc = read_log(j)) != SC_OK) goto fail;
   /* A new log's name must survive a crash too; an empty file may be one whose creator died before

@@ -150,6 +150,94 @@ SC_EXTERN void sc_unfinished_free(sc_unfinished *u, size_t n);
 typedef int (*sc_jsonl_event_fn)(const char *json, size_t len, void *udata);
 SC_EXTERN int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
 
+/* ---- compaction (docs/jsonl.md, "Compaction") ---- */
+
+#define SC_JSONL_COMPACT_OPTIONS_VERSION 1
+
+typedef struct sc_jsonl_compact_options {
+  unsigned version; /* SC_JSONL_COMPACT_OPTIONS_VERSION */
+  /* Finished tasks (a terminal event, or superseded by a recovery) whose last line is younger
+   * than this many seconds are kept whole; 0: none is kept; negative: every one is kept. */
+  int64_t keep_finished_s;
+  /* A name for the old log, which is kept as it is under it: a hard link made before the new
+   * log replaces the old one (same file system; a name that exists already is refused). NULL:
+   * the old log goes once the new one is in place. Borrowed for the call. */
+  const char *archive;
+  /* The time, in seconds since the epoch, that ages are measured from; 0: the clock. */
+  int64_t now_s;
+  /* Called at each step of a compaction ("locked", "archived", "written", "synced", "renamed",
+   * "done"); may be NULL. Tests stop the process there. */
+  void (*step)(const char *step, void *udata);
+  void *step_udata;
+} sc_jsonl_compact_options;
+
+/* Fills the defaults (nothing finished kept, no archive, the clock); inline, like every _init(). */
+static inline void sc_jsonl_compact_options_init(sc_jsonl_compact_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->version = SC_JSONL_COMPACT_OPTIONS_VERSION;
+}
+
+typedef struct sc_jsonl_compact_report {
+  bool compacted;          /* false: nothing to drop, and the file was not touched */
+  uint64_t lines_before;   /* complete lines of the old log */
+  uint64_t bytes_before;   /* its size (a torn tail included) */
+  uint64_t lines_after;    /* lines of the new log, its stagecoach.log.compacted line included */
+  uint64_t bytes_after;    /* its size */
+  uint64_t unfinished;     /* tasks kept because recovery needs them (in part) */
+  uint64_t kept_finished;  /* finished tasks kept whole (younger than keep_finished_s) */
+  uint64_t dropped;        /* finished tasks dropped */
+  bool torn_tail_dropped;  /* the old log ended in a torn line, which the new one does not hold */
+  char previous_chain[65]; /* the chain value of the old log's last line (hex, NUL-terminated) */
+} sc_jsonl_compact_report;
+
+/* Rewrites the log at path to hold only what the unfinished tasks need (their task.created, the
+ * lines that change their state, and their lines from their last context snapshot on) and the
+ * finished tasks younger than o->keep_finished_s, as a new chain whose first line,
+ * `stagecoach.log.compacted`, names the old chain's last value and line count. A recovery from
+ * the new log equals one from the old: the same sc_unfinished entries, contexts and digests.
+ *
+ * It takes the writer's lock first (SC_EBUSY naming the holder's pid while a writer runs) and
+ * holds it throughout, so no writer starts meanwhile. The new log is written beside the old one
+ * (PATH.compacting), fsync'd, locked, renamed over PATH, and the directory fsync'd: a crash at
+ * any point leaves the old log or the new one under PATH, whole. o->archive is linked to the old
+ * log before the rename. A log whose chain breaks is refused (SC_ECORRUPT), a file that is not a
+ * log too (SC_EPARSE), each left as it is; a log with nothing to drop is not touched (r->compacted
+ * false). A failed write or sync is SC_EIO, and the old log stays. o NULL: defaults (nothing
+ * finished kept, no archive). r may be NULL. */
+SC_EXTERN int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
+                               sc_jsonl_compact_report *r);
+
+/* Checks that the log at path was compacted from the log at archive: both verify, and the first
+ * line of path is a stagecoach.log.compacted line naming the chain value of archive's last line
+ * and its line count. SC_OK, or SC_ECORRUPT saying what differs (SC_EINVAL: path does not begin
+ * with a compacted line), or the errors of sc_jsonl_verify. Takes no lock and changes nothing. */
+SC_EXTERN int sc_jsonl_verify_link(const char *path, const char *archive);
+
+/* ---- the log as a store (<stagecoach/store.h>; docs/jsonl.md, "The log as a store") ---- */
+
+struct sc_store;
+
+/* The log at path behind the store interface. Nothing is opened yet: the queries read the log
+ * (no lock; SC_ENOTFOUND while it does not exist), and sc_store_attach() opens its writer with o
+ * (sc_jsonl_open: the lock, the verification; o NULL: defaults, copied). Then unfinished reads
+ * through the locked descriptor (sc_jsonl_unfinished), otherwise it is sc_jsonl_scan. checkpoints,
+ * latest and checkpoint are the stage.completed lines of the task's latest run (an id used again
+ * starts afresh), a context folded from the last snapshot and checked against the line's digest
+ * (SC_ECORRUPT when it does not match; a changed line whose chain was not recomputed is
+ * SC_ECORRUPT from the chain). events gives the lines of a task (every run of its id, in the
+ * log's order) from a seq. delete_task forgets nothing: a log is append-only, and its finished
+ * tasks go all at once with sc_jsonl_compact(); it answers SC_EBUSY for an unfinished task,
+ * SC_ENOTFOUND for an unknown one and SC_EINVAL (saying so) for a finished one. tasks and
+ * approvals read the whole log (each id's latest run), as a database would answer them. On
+ * success *out is the store, which
+ * the caller closes with sc_store_close() (before sc_engine_free() of an attached engine). */
+SC_EXTERN int sc_jsonl_store_open(const char *path, const sc_jsonl_options *o,
+                                  struct sc_store **out);
+
+/* The writer of an attached jsonl store (for sc_jsonl_open_report()); NULL before attach or for
+ * another kind of store. Borrowed, valid until sc_store_close(). */
+SC_EXTERN sc_jsonl *sc_jsonl_store_log(struct sc_store *s);
+
 #ifdef __cplusplus
 }
 #endif
