@@ -1,0 +1,20 @@
+/* The in-memory store: the sc_store interface over events kept in memory, for tests and for
+ * embedders that persist nothing. It acknowledges every event at once (nothing is durable) and
+ * answers every query the way the durable stores do. */
+#ifndef STAGECOACH_MEMORY_H
+#define STAGECOACH_MEMORY_H
+
+#include <stagecoach/store.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A new, empty store. On success *out is closed (and freed) with sc_store_close(); on failure
+ * *out is NULL. */
+int sc_memory_store_new(sc_store **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
