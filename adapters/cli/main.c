@@ -20,10 +20,16 @@ static const char *or_default(const char *s, const char *fallback) {
 static const char *usage_text =
     "usage: stagecoach COMMAND [ARGS]\n"
     "\n"
-    "  run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
+    "  run PIPELINE.json [--log FILE] [--db FILE] [--fsync always|batch|none] [--task-id ID]\n"
     "                    [--plain] [--no-prompt]      run a pipeline\n"
-    "  recover PIPELINE.json --log FILE [--mode retry|rollback|compensate] [--from STAGE]\n"
-    "                    [--task ID] [--dry-run]      recover what the log says is unfinished\n"
+    "  recover PIPELINE.json --log FILE | --db FILE [--mode retry|rollback|compensate]\n"
+    "                    [--from STAGE | --from-checkpoint ID] [--task ID] [--dry-run]\n"
+    "                                                  recover what the store says is unfinished\n"
+    "  checkpoints --db FILE | --log FILE TASK [--latest] [--json]\n"
+    "                                                  a task's checkpoints, verified\n"
+    "  retain --db FILE [--keep-last N] [--max-age D]  delete old checkpoints and events\n"
+    "  import LOG --db FILE                            copy a log into a database\n"
+    "  (--store jsonl:PATH | sqlite:PATH names a store wherever --log or --db does)\n"
     "  verify FILE                                     check a log's hash chain\n"
     "  events FILE [--task ID] [--type T] [--json]     print a log as a timeline\n"
     "  validate PIPELINE.json                          check a pipeline file\n"
@@ -50,6 +56,10 @@ static const char *help_run =
     "                  log is what `stagecoach recover` reads after a crash\n"
     "  --fsync MODE    always: one fdatasync per event; batch (default): one per loop turn;\n"
     "                  none: no fdatasync\n"
+    "  --db FILE       write every event to the SQLite database FILE too (or alone): one\n"
+    "                  transaction per loop turn, synchronous=FULL; each store holds the\n"
+    "                  durability barrier (docs/sqlite.md)\n"
+    "  --store URI     jsonl:PATH (the same as --log PATH) or sqlite:PATH (--db PATH)\n"
     "  --task-id ID    the task's id (default: a generated UUIDv7)\n"
     "  --plain         plain timestamped lines, also on a terminal\n"
     "  --no-prompt     do not ask for approvals on the terminal; an approval gate then waits\n"
@@ -67,7 +77,9 @@ static const char *help_run =
     "completed, 1 failed, 2 input error, 3 cancelled, 5 the log could not store every event.\n";
 
 static const char *help_recover =
-    "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
+    "usage: stagecoach recover PIPELINE.json --log FILE | --db FILE [--mode "
+    "retry|rollback|compensate]\n"
+    "                          [--from-checkpoint ID]\n"
     "                          [--from STAGE] [--task ID] [--dry-run] [--fsync MODE] [--plain]\n"
     "                          [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
@@ -82,6 +94,10 @@ static const char *help_recover =
     "  --from STAGE       resume at STAGE instead (the stage before it counts as completed)\n"
     "  --task ID          only the task ID\n"
     "  --dry-run          print each recovery plan and change nothing\n"
+    "  --db FILE          recover from the SQLite database instead (when no --log is given);\n"
+    "                     beside --log, the log is read and the database written too\n"
+    "  --from-checkpoint ID  restore: carry the task on from that checkpoint (TASK/SEQ, see\n"
+    "                     `stagecoach checkpoints`) with its verified context; needs --db\n"
     "  --socket ADDR, --token-file F, --socket-limits L   as for run\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
@@ -397,10 +413,13 @@ int main(int argc, char **argv) {
       {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
       {"validate", NULL, cmd_validate}, {"tail", NULL, cli_tail},
       {"pending", NULL, cli_pending},   {"approve", NULL, cli_approve},
-      {"reject", NULL, cli_reject},
+      {"reject", NULL, cli_reject},     {"checkpoints", NULL, cli_checkpoints},
+      {"retain", NULL, cli_retain},     {"import", NULL, cli_import},
   };
-  const char *helps[] = {help_run,  help_recover, help_verify,  help_events, help_validate,
-                         help_tail, help_pending, help_approve, help_approve};
+  const char *helps[] = {
+      help_run,        help_recover,   help_verify,  help_events,  help_validate,
+      help_tail,       help_pending,   help_approve, help_approve, cli_help_checkpoints,
+      cli_help_retain, cli_help_import};
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
     if (strcmp(cmd, commands[i].name) != 0) continue;
     if (wants_help(argc - 2, argv + 2)) {

@@ -27,16 +27,19 @@ typedef struct sc_memory_store {
 
 #define MEM(s) ((sc_memory_store *)(s))
 
+static int grow(sc_memory_store *m) {
+  size_t cap = m->cap ? m->cap * 2 : 64;
+  mem_event *v = realloc(m->v, cap * sizeof(*v));
+  if (v == NULL) return sc_error_set(SC_ENOMEM, "store memory: out of memory");
+  m->v = v;
+  m->cap = cap;
+  return SC_OK;
+}
+
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   (void)ack;
   sc_memory_store *m = udata;
-  if (m->n == m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 64;
-    mem_event *v = realloc(m->v, cap * sizeof(*v));
-    if (v == NULL) return sc_error_set(SC_ENOMEM, "store memory: out of memory");
-    m->v = v;
-    m->cap = cap;
-  }
+  if (m->n == m->cap && grow(m) != SC_OK) return SC_ENOMEM;
   mem_event *e = &m->v[m->n];
   e->json = sc_event_to_json(ev, &e->len);
   e->task_id = strdup(ev->task_id);
@@ -49,6 +52,34 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   e->type = ev->type;
   m->n++;
   return SC_OK;
+}
+
+int sc_memory_store_add(sc_store *s, const char *json, size_t len) {
+  if (s == NULL || json == NULL || s->name == NULL || strcmp(s->name, "memory") != 0)
+    return sc_error_set(SC_EINVAL, "sc_memory_store_add: not a memory store");
+  sc_event_doc *d;
+  int rc = sc_event_parse(json, len, &d);
+  if (rc != SC_OK) return rc;
+  sc_memory_store *m = MEM(s);
+  const sc_event *ev = sc_event_doc_event(d);
+  rc = m->n == m->cap ? grow(m) : SC_OK;
+  mem_event *e = &m->v[m->n];
+  if (rc == SC_OK) {
+    e->json = strndup(json, len);
+    e->task_id = strdup(ev->task_id);
+    e->len = len;
+    e->seq = ev->seq;
+    e->type = ev->type;
+    if (e->json == NULL || e->task_id == NULL) {
+      free(e->json);
+      free(e->task_id);
+      rc = sc_error_set(SC_ENOMEM, "store memory: out of memory");
+    } else {
+      m->n++;
+    }
+  }
+  sc_event_doc_free(d);
+  return rc;
 }
 
 static int m_attach(sc_store *s, sc_engine *e) {
@@ -102,7 +133,6 @@ static cJSON *checkpoint_json(const sc_event *ev) {
   char time[32];
   sc__format_time(ev->time_ns, time);
   cJSON_AddStringToObject(o, "time", time);
-  cJSON_AddNumberToObject(o, "time_ns", (double)ev->time_ns);
   cJSON_AddStringToObject(o, "reason", ev->status == SC_TASK_ROLLING_BACK ? "rollback" : "run");
   const cJSON *output = member(ev->data, "output");
   cJSON_AddItemToObject(o, "output", output ? cJSON_Duplicate(output, true) : cJSON_CreateNull());

@@ -57,7 +57,6 @@ static cJSON *checkpoint_json(sqlite3_stmt *s, bool *corrupt) {
   cJSON_AddNumberToObject(o, "seq", (double)sqlite3_column_int64(s, 6));
   cJSON_AddNumberToObject(o, "epoch", (double)sqlite3_column_int64(s, 7));
   cJSON_AddItemToObject(o, "time", time_item(sqlite3_column_int64(s, 8)));
-  cJSON_AddNumberToObject(o, "time_ns", (double)sqlite3_column_int64(s, 8));
   cJSON_AddItemToObject(o, "reason", cJSON_CreateString(col_text(s, 9)));
   const char *output = col_text(s, 10);
   cJSON *out = output ? cJSON_Parse(output) : cJSON_CreateNull();
@@ -65,7 +64,7 @@ static cJSON *checkpoint_json(sqlite3_stmt *s, bool *corrupt) {
   cJSON_AddItemToObject(o, "output", out);
   cJSON_AddItemToObject(o, "digest", string_or_null(col_text(s, 11)));
   cJSON_AddItemToObject(o, "fingerprint", string_or_null(col_text(s, 12)));
-  if (*corrupt || cJSON_GetArraySize(o) != 15) {
+  if (*corrupt || cJSON_GetArraySize(o) != 14) {
     cJSON_Delete(o);
     return NULL;
   }

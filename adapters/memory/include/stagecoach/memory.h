@@ -14,6 +14,11 @@ extern "C" {
  * *out is NULL. */
 int sc_memory_store_new(sc_store **out);
 
+/* Adds one event, json as the engine encoded it (len bytes, no NUL needed), as if an attached
+ * engine had emitted it: a store can be filled from a log (sc_jsonl_read_events) and then
+ * queried like any other. SC_EPARSE for a line that is not an event; s must be a memory store. */
+int sc_memory_store_add(sc_store *s, const char *json, size_t len);
+
 #ifdef __cplusplus
 }
 #endif
