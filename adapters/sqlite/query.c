@@ -31,7 +31,8 @@ static cJSON *time_item(int64_t ns) {
 
 static int check_args(sc_sqlite *db, const void *a, const void *b) {
   if (db == NULL || a == NULL || b == NULL) return sc_error_set(SC_EINVAL, "sqlite: NULL argument");
-  return SC_OK;
+  /* A query inside the turn's transaction sees the task rows as its events left them. */
+  return db->in_tx ? sc__sqlite_flush(db) : SC_OK;
 }
 
 /* ---- checkpoints ---- */
@@ -539,7 +540,8 @@ static int import_line(const char *json, size_t len, void *udata) {
     if (rc == SC_OK) rc = sc__sqlite_project(db, ev, json, len);
     if (rc == SC_OK) st->added++;
     if (rc == SC_OK && ++st->in_tx == 10000) {
-      rc = sc__sqlite_exec(db, "COMMIT");
+      rc = sc__sqlite_flush(db);
+      if (rc == SC_OK) rc = sc__sqlite_exec(db, "COMMIT");
       st->in_tx = 0;
     }
   } else if (step != SQLITE_ROW) {
@@ -560,6 +562,7 @@ int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported) {
                         db->path);
   import_state st = {.db = db};
   rc = sc_jsonl_read_events(log_path, import_line, &st);
+  if (rc == SC_OK && st.in_tx) rc = sc__sqlite_flush(db);
   if (rc == SC_OK && st.in_tx) rc = sc__sqlite_exec(db, "COMMIT");
   if (rc != SC_OK) {
     char keep[512];

@@ -20,6 +20,17 @@ enum {
   ST__COUNT
 };
 
+/* A task's row as the events of this loop turn left it, written once at the commit: a turn that
+ * carries several events of a task updates its row once. */
+typedef struct sc__task_update {
+  char *id;
+  char *stage, *error;
+  const char *status; /* static: sc_task_status_name() */
+  int stage_index;
+  int64_t epoch, updated_ns, retry_count; /* retry_count -1: unchanged */
+  bool finished;
+} sc__task_update;
+
 struct sc_sqlite {
   sc_store store; /* first: the interface hands out &db->store */
   sqlite3 *db;
@@ -34,6 +45,8 @@ struct sc_sqlite {
   bool prepare_init, prepare_active, in_tx;
   sc_ack **acks; /* the events of this turn's transaction */
   size_t nacks, capacks;
+  sc__task_update *updates; /* this turn's, open addressing by id */
+  size_t nupdates, capupdates;
   int err; /* the first storage error, sticky */
   char errmsg[512];
 };
@@ -44,6 +57,8 @@ struct sc_sqlite {
 int sc__sqlite_fail(sc_sqlite *db, int rc, const char *what);
 /* The SC_E* code for a SQLite result code, with the thread's message naming the file. */
 int sc__sqlite_error(sc_sqlite *db, int rc, const char *what);
+/* Writes this turn's task rows (before a commit, and before a query on the same connection). */
+int sc__sqlite_flush(sc_sqlite *db);
 /* Runs one SQL text without results; the SC_E* code on failure. */
 int sc__sqlite_exec(sc_sqlite *db, const char *sql);
 /* Stores one event (ev as the engine emitted it or as parsed from its line, json its encoding) in
