@@ -224,6 +224,7 @@ int cli_checkpoints(int argc, char **argv) {
 
 /* ---- retain ---- */
 
+#ifdef SC_HAVE_SQLITE
 /* "30d", "12h", "15m", "45s", "500ms" or a number of seconds, in milliseconds; -1 otherwise. */
 static int64_t parse_duration(const char *text) {
   errno = 0;
@@ -238,6 +239,7 @@ static int64_t parse_duration(const char *text) {
                                                       : -1;
   return ms < 0 || ms > 9e15 ? -1 : (int64_t)ms;
 }
+#endif
 
 int cli_retain(int argc, char **argv) {
   NO_SQLITE("retain");

@@ -562,6 +562,15 @@ int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported) {
                         db->path);
   import_state st = {.db = db};
   rc = sc_jsonl_read_events(log_path, import_line, &st);
+  if (rc == SC_ECORRUPT && st.err == SC_OK && st.in_tx) {
+    /* The log breaks at a line: the good lines before it are kept. */
+    char keep[512];
+    snprintf(keep, sizeof(keep), "%s", sc_error_message());
+    int crc = sc__sqlite_flush(db);
+    if (crc == SC_OK) crc = sc__sqlite_exec(db, "COMMIT");
+    st.in_tx = 0;
+    rc = crc == SC_OK ? sc_error_set(SC_ECORRUPT, "%s", keep) : crc;
+  }
   if (rc == SC_OK && st.in_tx) rc = sc__sqlite_flush(db);
   if (rc == SC_OK && st.in_tx) rc = sc__sqlite_exec(db, "COMMIT");
   if (rc != SC_OK) {
