@@ -163,6 +163,8 @@ int cli_db_open(sc_engine *e, const char *path, int flags, const char *cmd, sc_s
 int cli_db_unfinished(sc_sqlite *db, sc_unfinished **out, size_t *n); /* SC_* codes */
 int cli_db_restore(sc_sqlite *db, const char *checkpoint_id, sc_unfinished **out);
 int cli_db_close(sc_sqlite *db); /* NULL: SC_OK */
+/* Whether the database holds events of the task id. */
+bool cli_db_holds_task(sc_sqlite *db, const char *task_id);
 int cli_checkpoints(int argc, char **argv);
 int cli_retain(int argc, char **argv);
 int cli_import(int argc, char **argv);

@@ -709,6 +709,10 @@ int cli_run(int argc, char **argv) {
                            "--log %s is where this command's own output goes; give the log its "
                            "own file",
                            o.log);
+  if (o.db != NULL && (same_file(o.db, pipeline) ||
+                       (o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))))
+    return cli_usage_error("run", "--db %s is the %s; give the database its own file", o.db,
+                           same_file(o.db, pipeline) ? "pipeline file itself" : "log's file");
   runtime rt;
   int code = runtime_open(&rt, &o, "run");
   cli_pipeline p = {0};
@@ -722,6 +726,12 @@ int cli_run(int argc, char **argv) {
   if (code == CLI_EXIT_COMPLETED && o.db != NULL) code = cli_db_open(rt.e, o.db, 0, "run", &rt.db);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
+  if (code == CLI_EXIT_COMPLETED && task_id != NULL && rt.db != NULL &&
+      cli_db_holds_task(rt.db, task_id))
+    code = cli_usage_error("run",
+                           "task '%s' is already in %s: a database holds one task per id "
+                           "(stagecoach recover --db carries an unfinished one on)",
+                           task_id, o.db);
   if (code == CLI_EXIT_COMPLETED && task_id != NULL && o.log != NULL &&
       log_holds_task(o.log, task_id))
     code = cli_usage_error("run",
@@ -843,6 +853,9 @@ int cli_recover(int argc, char **argv) {
   const char *log_name = from_db ? o.db : o.log;
   if (o.db != NULL && same_file(o.db, pipeline))
     return cli_usage_error("recover", "--db %s is the pipeline file itself, not a database", o.db);
+  if (o.db != NULL && o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))
+    return cli_usage_error("recover", "--db %s is the log's file; give the database its own file",
+                           o.db);
   if (o.log != NULL && same_file(o.log, pipeline))
     return cli_usage_error("recover", "--log %s is the pipeline file itself, not a log", o.log);
   if (o.log != NULL && is_our_output(o.log))

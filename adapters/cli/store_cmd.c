@@ -94,6 +94,20 @@ int cli_db_restore(sc_sqlite *db, const char *checkpoint_id, sc_unfinished **out
 #endif
 }
 
+static int ignore_event(const char *json, size_t len, void *udata) {
+  (void)json, (void)len, (void)udata;
+  return 1; /* one is enough */
+}
+
+bool cli_db_holds_task(sc_sqlite *db, const char *task_id) {
+#ifdef SC_HAVE_SQLITE
+  return sc_sqlite_events(db, task_id, 0, ignore_event, NULL) != SC_ENOTFOUND;
+#else
+  (void)db, (void)task_id, (void)ignore_event;
+  return false;
+#endif
+}
+
 int cli_db_close(sc_sqlite *db) {
   if (db == NULL) return SC_OK;
 #ifdef SC_HAVE_SQLITE

@@ -92,6 +92,20 @@ int sc__context_verify(const cJSON *context, const char *digest, const char *sto
   return SC_OK;
 }
 
+int sc__output_verify(const cJSON *context, const cJSON *output, const char *store,
+                      const char *checkpoint_id) {
+  if (output != NULL && !cJSON_IsNull(output) && !cJSON_IsObject(output))
+    return sc_error_set(SC_ECORRUPT, "store %s: checkpoint %s: its output is not an object", store,
+                        checkpoint_id);
+  for (const cJSON *m = cJSON_IsObject(output) ? output->child : NULL; m; m = m->next)
+    if (!cJSON_Compare(cJSON_GetObjectItemCaseSensitive(context, m->string), m, true))
+      return sc_error_set(SC_ECORRUPT,
+                          "store %s: checkpoint %s: its output's \"%s\" is not what its context "
+                          "holds: a changed row",
+                          store, checkpoint_id, m->string);
+  return SC_OK;
+}
+
 int sc__checkpoint_id_split(const char *id, char **task_id, uint64_t *seq) {
   *task_id = NULL;
   const char *slash = id ? strrchr(id, '/') : NULL;

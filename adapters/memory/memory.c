@@ -213,6 +213,9 @@ static int with_context(sc_memory_store *m, const char *task_id, uint64_t seq, c
     const cJSON *digest = member(last, "digest");
     rc = sc__context_verify(context, cJSON_IsString(digest) ? digest->valuestring : NULL, "memory",
                             member(last, "id")->valuestring);
+    if (rc == SC_OK)
+      rc = sc__output_verify(context, member(last, "output"), "memory",
+                             member(last, "id")->valuestring);
   }
   if (rc != SC_OK) {
     cJSON_Delete(last);

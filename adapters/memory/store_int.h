@@ -34,6 +34,12 @@ bool sc__context_merge(cJSON *context, const cJSON *output);
 int sc__context_verify(const cJSON *context, const char *digest, const char *store,
                        const char *checkpoint_id);
 
+/* Checks that a checkpoint's output agrees with its (verified) context: the context after a stage
+ * holds each member of the stage's output as it is (the merge is shallow). SC_ECORRUPT otherwise:
+ * an output changed where the context came from a snapshot, which its digest does not cover. */
+int sc__output_verify(const cJSON *context, const cJSON *output, const char *store,
+                      const char *checkpoint_id);
+
 /* Splits "<task_id>/<seq>" into the task id (malloc'd, caller frees) and the seq; SC_EINVAL with a
  * message for anything else. */
 int sc__checkpoint_id_split(const char *id, char **task_id, uint64_t *seq);

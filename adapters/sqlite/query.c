@@ -235,6 +235,11 @@ static int one_checkpoint(sc_sqlite *db, const char *sql, const char *task_id, i
     cJSON_Delete(context);
     rc = sc_error_set(SC_ECORRUPT, "database %s: %s", db->path, sc_error_message());
   }
+  if (rc == SC_OK && (rc = sc__output_verify(context, cJSON_GetObjectItemCaseSensitive(c, "output"),
+                                             "sqlite", id)) != SC_OK) {
+    cJSON_Delete(context);
+    rc = sc_error_set(SC_ECORRUPT, "database %s: %s", db->path, sc_error_message());
+  }
   if (rc != SC_OK) {
     cJSON_Delete(c);
     return rc;
