@@ -112,11 +112,12 @@ static const char *help_verify =
     "a stagecoach log (a device, a file without one event line).\n";
 
 static const char *help_events =
-    "usage: stagecoach events FILE [--task ID] [--type T] [--json]\n"
+    "usage: stagecoach events FILE | --db FILE [--task ID] [--type T] [--json]\n"
     "\n"
     "Prints a log as a timeline: time, task, epoch, sequence number, type, stage, status and a\n"
     "detail. --task keeps one task's events (the id or its last characters); --type keeps one\n"
-    "type (stage.failed, or a prefix such as approval); --json prints the raw lines.\n";
+    "type (stage.failed, or a prefix such as approval); --json prints the raw lines. --db FILE\n"
+    "(or --store sqlite:FILE) reads an SQLite database's events instead, in the order stored.\n";
 
 static const char *help_tail =
     "usage: stagecoach tail ADDR [--tenant T] [--task ID] [--from-seq N] [--type T]... [--json]\n"
@@ -258,12 +259,14 @@ static bool id_matches(const char *id, const char *want) {
 }
 
 static int cmd_events(int argc, char **argv) {
-  const char *file = NULL, *task = NULL, *type = NULL;
+  const char *file = NULL, *task = NULL, *type = NULL, *db = NULL, *store = NULL;
   bool json = false;
   for (int i = 0; i < argc; i++) {
     int m;
     if ((m = cli_option(argc, argv, &i, "--task", &task)) != 0 ||
-        (m = cli_option(argc, argv, &i, "--type", &type)) != 0) {
+        (m = cli_option(argc, argv, &i, "--type", &type)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--db", &db)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--store", &store)) != 0) {
       if (m < 0) return cli_usage_error("events", "%s needs a value", argv[i]);
       continue;
     }
@@ -276,6 +279,12 @@ static int cmd_events(int argc, char **argv) {
                              argv[i]);
     if (file) return cli_usage_error("events", "one log at a time ('%s')", argv[i]);
     file = argv[i];
+  }
+  if (store && cli_store_uri(store, &file, &db, "events") != CLI_EXIT_COMPLETED)
+    return CLI_EXIT_USAGE;
+  if (db != NULL) { /* a database: its events, the same lines the log would hold */
+    if (file) return cli_usage_error("events", "give a log or --db FILE, not both");
+    return cli_events_db(db, task, type, json, id_matches);
   }
   if (file == NULL) return cli_usage_error("events", "which log? (stagecoach events FILE)");
   if (type && strncmp(type, "stagecoach.", 11) == 0) type += 11;

@@ -236,6 +236,42 @@ int cli_checkpoints(int argc, char **argv) {
   return code;
 }
 
+/* ---- events ---- */
+
+typedef struct events_filter {
+  const char *task, *type;
+  bool json;
+  bool (*match)(const char *id, const char *want);
+} events_filter;
+
+static int print_line(const char *json, size_t len, void *udata) {
+  const events_filter *f = udata;
+  sc_event_doc *d;
+  if (sc_event_parse(json, len, &d) != SC_OK) return 0;
+  const sc_event *ev = sc_event_doc_event(d);
+  const char *t = sc_event_type_name(ev->type) + strlen("stagecoach.");
+  bool wanted = (f->task == NULL || f->match(ev->task_id, f->task)) &&
+                (f->type == NULL || strncmp(t, f->type, strlen(f->type)) == 0);
+  if (wanted && f->json)
+    printf("%.*s\n", (int)len, json);
+  else if (wanted)
+    cli_print_event(stdout, ev);
+  sc_event_doc_free(d);
+  return 0;
+}
+
+int cli_events_db(const char *db, const char *task, const char *type, bool json,
+                  bool (*match)(const char *id, const char *want)) {
+  sc_store *s;
+  int code = open_reader(NULL, db, "events", &s);
+  if (code != CLI_EXIT_COMPLETED) return code;
+  events_filter f = {task, type, json, match};
+  int rc = sc_store_events(s, NULL, 0, print_line, &f);
+  if (rc != SC_OK) code = cli_usage_error("events", "%s", sc_error_message());
+  sc_store_close(s);
+  return code;
+}
+
 /* ---- retain ---- */
 
 #ifdef SC_HAVE_SQLITE

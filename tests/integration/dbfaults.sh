@@ -27,7 +27,7 @@ fresh_job() {
 }
 run_job() { (cd "$job" && "$sc" "$@" --no-prompt --plain); }
 logged() { # the stages whose checkpoint the database holds
-  run_job checkpoints --db "$job/job.db" job --json 2>/dev/null | grep -o '"stage":"s[0-9]"' |
+  "$sc" checkpoints --db "$job/job.db" job --json 2>/dev/null | grep -o '"stage":"s[0-9]"' |
     cut -d'"' -f4 | sort -u
 }
 
@@ -63,7 +63,7 @@ one_case() { # one_case SYSCALL K ERRNO
   fi
   [ $status = 5 ] && incomplete=$((incomplete + 1))
   if [ -z "$why" ]; then
-    if run_job checkpoints --db "$job/job.db" job >/dev/null 2>&1; then
+    if "$sc" checkpoints --db "$job/job.db" job >/dev/null 2>&1; then
       run_job recover "$job/p.json" --db "$job/job.db" >"$job/out2" 2>&1
     else
       run_job run "$job/p.json" --db "$job/job.db" --task-id job >"$job/out2" 2>&1
