@@ -227,3 +227,78 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
   free(fin);
   return rc;
 }
+
+/* ---- beside a running engine ---- */
+
+typedef struct retain_job {
+  uv_work_t work;
+  sc_sqlite *db;
+  sc_sqlite_retention policy;
+  sc_sqlite_retain_report report;
+  sc_sqlite_retain_cb cb;
+  void *udata;
+  int status;
+  char message[512];
+} retain_job;
+
+/* On a thread of the pool: a connection of its own (the writer's lock is the handle's, held by
+ * the process already), the batches, closed again. */
+static void retain_work(uv_work_t *w) {
+  retain_job *job = w->data;
+  sc_sqlite shadow;
+  memset(&shadow, 0, sizeof(shadow));
+  shadow.path = job->db->path;
+  shadow.opts = job->db->opts;
+  shadow.lock_fd = -1;
+  int rc =
+      sqlite3_open_v2(shadow.path, &shadow.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    job->status = sc__sqlite_error(&shadow, rc, "open for retention");
+  } else {
+    sqlite3_busy_timeout(shadow.db, (int)shadow.opts.busy_timeout_ms);
+    sqlite3_exec(shadow.db,
+                 shadow.opts.synchronous == SC_SQLITE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
+                                                                  : "PRAGMA synchronous=FULL",
+                 NULL, NULL, NULL);
+    job->status = sc_sqlite_retain(&shadow, &job->policy, &job->report);
+  }
+  if (job->status != SC_OK) snprintf(job->message, sizeof(job->message), "%s", sc_error_message());
+  if (shadow.db) sqlite3_close(shadow.db);
+}
+
+static void retain_done(uv_work_t *w, int status) {
+  retain_job *job = w->data;
+  if (status != 0 && job->status == SC_OK) {
+    job->status = SC_ECANCELLED;
+    snprintf(job->message, sizeof(job->message), "retention cancelled");
+  }
+  job->db->retaining--;
+  if (job->status != SC_OK) sc_error_set(job->status, "%s", job->message);
+  job->cb(job->status, &job->report, job->udata);
+  free(job);
+}
+
+int sc_sqlite_retain_start(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_retain_cb cb,
+                           void *udata) {
+  if (db == NULL || p == NULL || cb == NULL)
+    return sc_error_set(SC_EINVAL, "retain: NULL argument");
+  if (db->engine == NULL)
+    return sc_error_set(
+        SC_EINVAL, "database %s is not attached to an engine: use sc_sqlite_retain()", db->path);
+  if (p->version < 1 || p->version > SC_SQLITE_RETENTION_VERSION)
+    return sc_error_set(SC_EINVAL, "retain: unsupported sc_sqlite_retention version %u",
+                        p->version);
+  retain_job *job = calloc(1, sizeof(*job));
+  if (job == NULL) return sc_error_set(SC_ENOMEM, "retain: out of memory");
+  job->db = db;
+  job->policy = *p;
+  job->cb = cb;
+  job->udata = udata;
+  job->work.data = job;
+  if (uv_queue_work(db->loop, &job->work, retain_work, retain_done) != 0) {
+    free(job);
+    return sc_error_set(SC_EIO, "retain: cannot queue the work");
+  }
+  db->retaining++;
+  return SC_OK;
+}

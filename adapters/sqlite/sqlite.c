@@ -649,6 +649,8 @@ static void on_close(uv_handle_t *h) {
 
 int sc_sqlite_close(sc_sqlite *db) {
   if (db == NULL) return SC_OK;
+  while (db->retaining > 0) /* a retention on the thread pool ends first (its callback runs) */
+    uv_run(db->loop, UV_RUN_ONCE);
   if (db->engine) {
     commit_turn(db);
     sc_subscription_cancel(db->sub);

@@ -47,7 +47,8 @@ struct sc_sqlite {
   size_t nacks, capacks;
   sc__task_update *updates; /* this turn's, open addressing by id */
   size_t nupdates, capupdates;
-  int err; /* the first storage error, sticky */
+  unsigned retaining; /* sc_sqlite_retain_start() runs in flight */
+  int err;            /* the first storage error, sticky */
   char errmsg[512];
 };
 

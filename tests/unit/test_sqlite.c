@@ -672,6 +672,95 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   assert_int_equal(sc_sqlite_close(db), SC_OK);
 }
 
+typedef struct pause_watch {
+  uint64_t last_ns, longest_ns, turns;
+  bool done;
+  int status;
+  sc_sqlite_retain_report report;
+} pause_watch;
+
+static void on_turn(uv_check_t *c) {
+  pause_watch *w = c->data;
+  uint64_t now = uv_hrtime();
+  if (w->last_ns && !w->done && now - w->last_ns > w->longest_ns) w->longest_ns = now - w->last_ns;
+  w->last_ns = now;
+  w->turns++;
+}
+
+static void retained(int status, const sc_sqlite_retain_report *r, void *udata) {
+  pause_watch *w = udata;
+  w->done = true;
+  w->status = status;
+  w->report = *r;
+}
+
+static void retention_runs_beside_a_running_engine_and_the_loop_goes_on(void **state) {
+  char path[256];
+  temp_path(state, "beside.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour none = {NULL};
+  sc_engine_options eo;
+  sc_engine_options_init(&eo);
+  eo.tenant_exclusive = false;
+  sc_engine *e = NULL;
+  static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, hang_start, hang_cancel, NULL};
+  assert_int_equal(sc_engine_new(&loop, &eo, &e), SC_OK);
+  assert_int_equal(sc_engine_register_kind(e, "work", &work, &none), SC_OK);
+  sc_sqlite *db = open_db(e, path);
+  char id[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof(id), "old-%02d", i);
+    submit(e, id, "acme", 10, 0);
+  }
+  settle(&loop);
+  sc_sqlite_retention p;
+  sc_sqlite_retention_init(&p);
+  p.keep_last = 1;
+  p.batch_rows = 3;
+  pause_watch w = {0};
+  uv_check_t check;
+  uv_check_init(&loop, &check);
+  check.data = &w;
+  uv_check_start(&check, on_turn);
+  uv_unref((uv_handle_t *)&check); /* it watches the loop, it does not keep it alive */
+  assert_int_equal(sc_sqlite_retain_start(NULL, &p, retained, &w), SC_EINVAL);
+  assert_int_equal(sc_sqlite_retain_start(db, &p, retained, &w), SC_OK);
+  for (int i = 0; i < 40; i++) { /* new tasks run while the old ones are trimmed */
+    snprintf(id, sizeof(id), "new-%02d", i);
+    submit(e, id, "acme", 10, 0);
+  }
+  for (int i = 0; i < 200000 && (!w.done || uv_loop_alive(&loop)); i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&check, NULL);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  if (w.status != SC_OK) fail_msg("retention: %s", sc_error_message());
+  assert_true(w.done);
+  assert_int_equal(w.report.checkpoints_deleted >= 40 * 9, true);
+  assert_true(w.report.batches > 40);
+  print_message("# retention of %llu checkpoints in %llu batches beside a running engine: the loop "
+                "turned %llu times, its longest pause %.1f ms (longest batch %.1f ms)\n",
+                (unsigned long long)w.report.checkpoints_deleted,
+                (unsigned long long)w.report.batches, (unsigned long long)w.turns,
+                (double)w.longest_ns / 1e6, (double)w.report.longest_batch_ns / 1e6);
+  assert_true(w.longest_ns < 2000000000ull); /* bounded by one batch and the busy timeout */
+  /* Every new task completed, with every event stored. */
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  cJSON *list = NULL;
+  assert_int_equal(sc_sqlite_checkpoints(db, "new-39", &list), SC_OK);
+  assert_int_equal(cJSON_GetArraySize(list), 10);
+  cJSON_Delete(list);
+  assert_int_equal(sc_sqlite_checkpoints(db, "old-00", &list), SC_OK);
+  assert_int_equal(cJSON_GetArraySize(list), 1);
+  cJSON_Delete(list);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void an_imported_log_answers_the_same_queries_as_the_projection(void **state) {
   char log[256], path[256], imported[256];
   temp_path(state, "run.jsonl", log);
@@ -744,6 +833,7 @@ int main(void) {
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),
       T(a_busy_database_pauses_the_task_with_the_error),
       T(retention_keeps_what_recovery_needs_and_the_folds_still_verify),
+      T(retention_runs_beside_a_running_engine_and_the_loop_goes_on),
       T(an_imported_log_answers_the_same_queries_as_the_projection),
       T(the_store_wrappers_refuse_what_a_store_lacks),
   };

@@ -115,6 +115,19 @@ typedef struct sc_sqlite_retain_report {
  * of finished tasks older than max_age. Works in transactions of batch_rows rows. r may be NULL. */
 int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_retain_report *r);
 
+/* Called on the loop's thread when a retention started with sc_sqlite_retain_start() is done:
+ * status SC_OK or the error (sc_error_message() has its detail), r what it did (borrowed for
+ * the call). */
+typedef void (*sc_sqlite_retain_cb)(int status, const sc_sqlite_retain_report *r, void *udata);
+
+/* The same retention beside a running engine: db must be attached. It runs on the loop's thread
+ * pool over a connection of its own, so the loop goes on; each batch holds the database's write
+ * lock for one short transaction, which the projection's commit of a turn waits for (the busy
+ * timeout). The policy is copied. cb is called exactly once, unless this returns an error.
+ * sc_sqlite_close() waits for it. */
+int sc_sqlite_retain_start(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_retain_cb cb,
+                           void *udata);
+
 #ifdef __cplusplus
 }
 #endif
