@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tests/need-packages.sh
-need_packages gcc meson ninja-build pkg-config libuv1-dev libcjson-dev libssl-dev || exit 2
+need_packages gcc meson ninja-build pkg-config libuv1-dev libcjson-dev libssl-dev libsqlite3-dev || exit 2
 [ -d build ] || meson setup build >/dev/null
 ninja -C build >/dev/null
 

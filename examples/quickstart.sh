@@ -9,7 +9,8 @@ set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 . tests/need-packages.sh
 trap 'echo "quickstart.sh: failed at line $LINENO (exit $?): $BASH_COMMAND" >&2' ERR
-need_packages gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev || exit 2
+need_packages gcc meson ninja-build pkg-config procps libuv1-dev libcjson-dev libssl-dev \
+  libsqlite3-dev || exit 2
 setup_build build || exit 2
 step "the build (ninja -C build)" ninja -C build || exit 1
 sc=./build/stagecoach

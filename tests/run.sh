@@ -9,13 +9,13 @@ root=$(pwd)
 
 . "$root/tests/need-packages.sh"
 need_packages gcc g++ meson ninja-build pkg-config python3 procps libuv1-dev libcjson-dev \
-  libssl-dev libcmocka-dev clang-format strace || { echo "0 passed, 1 failed"; exit 2; }
+  libssl-dev libcmocka-dev libsqlite3-dev clang-format strace || { echo "0 passed, 1 failed"; exit 2; }
 
 build=${STAGECOACH_TEST_BUILD:-build-test}
 # meson's "undefined" leaves out the floating-point checks; a double cast out of range is a bug here.
 ubsan_extra=-fsanitize=float-cast-overflow,float-divide-by-zero
 # -Dtests=enabled: here a missing cmocka is an error, not a build without tests.
-setup_build "$build" -Dtests=enabled -Db_sanitize=address,undefined "-Dc_args=$ubsan_extra" \
+setup_build "$build" -Dtests=enabled -Dsqlite=enabled -Db_sanitize=address,undefined "-Dc_args=$ubsan_extra" \
   "-Dc_link_args=$ubsan_extra" --buildtype=debugoptimized || { echo "0 passed, 1 failed"; exit 2; }
 step "the build (ninja -C $build)" ninja -C "$build" || { echo "0 passed, 1 failed"; exit 1; }
 

@@ -10,6 +10,7 @@
 
 #include <stagecoach/jsonl.h>
 #include <stagecoach/socket.h>
+#include <stagecoach/sqlite.h>
 #include <stagecoach/stagecoach.h>
 #include <uv.h>
 
@@ -149,6 +150,29 @@ void cli_progress_free(cli_progress *p);
 
 int cli_run(int argc, char **argv);
 int cli_recover(int argc, char **argv);
+
+/* ---- store_cmd.c: the stores' options and commands ---- */
+
+/* --store jsonl:PATH sets *log, sqlite:PATH sets *db; anything else (or a second log or database)
+ * is a usage error, printed, CLI_EXIT_USAGE returned. */
+int cli_store_uri(const char *uri, const char **log, const char **db, const char *cmd);
+enum { CLI_DB_EXISTING = 1, CLI_DB_READONLY = 2 };
+/* Opens the database at path (attached to e when not NULL); flags CLI_DB_*. A failure is printed
+ * as a usage error of cmd and returned as CLI_EXIT_USAGE (also in a build without SQLite). */
+int cli_db_open(sc_engine *e, const char *path, int flags, const char *cmd, sc_sqlite **out);
+int cli_db_unfinished(sc_sqlite *db, sc_unfinished **out, size_t *n); /* SC_* codes */
+int cli_db_restore(sc_sqlite *db, const char *checkpoint_id, sc_unfinished **out);
+int cli_db_close(sc_sqlite *db); /* NULL: SC_OK */
+/* Whether the database holds events of the task id. */
+bool cli_db_holds_task(sc_sqlite *db, const char *task_id);
+/* `events --db FILE`: prints the database's events as `events` prints a log's; match says whether
+ * an event's task id is the one asked for. */
+int cli_events_db(const char *db, const char *task, const char *type, bool json,
+                  bool (*match)(const char *id, const char *want));
+int cli_checkpoints(int argc, char **argv);
+int cli_retain(int argc, char **argv);
+int cli_import(int argc, char **argv);
+extern const char *cli_help_checkpoints, *cli_help_retain, *cli_help_import;
 
 /* ---- client.c: the commands that talk to a socket server ---- */
 

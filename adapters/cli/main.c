@@ -20,10 +20,16 @@ static const char *or_default(const char *s, const char *fallback) {
 static const char *usage_text =
     "usage: stagecoach COMMAND [ARGS]\n"
     "\n"
-    "  run PIPELINE.json [--log FILE] [--fsync always|batch|none] [--task-id ID]\n"
+    "  run PIPELINE.json [--log FILE] [--db FILE] [--fsync always|batch|none] [--task-id ID]\n"
     "                    [--plain] [--no-prompt]      run a pipeline\n"
-    "  recover PIPELINE.json --log FILE [--mode retry|rollback|compensate] [--from STAGE]\n"
-    "                    [--task ID] [--dry-run]      recover what the log says is unfinished\n"
+    "  recover PIPELINE.json --log FILE | --db FILE [--mode retry|rollback|compensate]\n"
+    "                    [--from STAGE | --from-checkpoint ID] [--task ID] [--dry-run]\n"
+    "                                                  recover what the store says is unfinished\n"
+    "  checkpoints --db FILE | --log FILE TASK [--latest] [--json]\n"
+    "                                                  a task's checkpoints, verified\n"
+    "  retain --db FILE [--keep-last N] [--max-age D]  delete old checkpoints and events\n"
+    "  import LOG --db FILE                            copy a log into a database\n"
+    "  (--store jsonl:PATH | sqlite:PATH names a store wherever --log or --db does)\n"
     "  verify FILE [--archive OLD]                     check a log's hash chain\n"
     "  compact LOG [--keep-finished D] [--archive FILE]\n"
     "                                                  drop what recovery no longer needs\n"
@@ -52,6 +58,10 @@ static const char *help_run =
     "                  log is what `stagecoach recover` reads after a crash\n"
     "  --fsync MODE    always: one fdatasync per event; batch (default): one per loop turn;\n"
     "                  none: no fdatasync\n"
+    "  --db FILE       write every event to the SQLite database FILE too (or alone): one\n"
+    "                  transaction per loop turn, synchronous=FULL; each store holds the\n"
+    "                  durability barrier (docs/sqlite.md)\n"
+    "  --store URI     jsonl:PATH (the same as --log PATH) or sqlite:PATH (--db PATH)\n"
     "  --task-id ID    the task's id (default: a generated UUIDv7)\n"
     "  --plain         plain timestamped lines, also on a terminal\n"
     "  --no-prompt     do not ask for approvals on the terminal; an approval gate then waits\n"
@@ -69,7 +79,9 @@ static const char *help_run =
     "completed, 1 failed, 2 input error, 3 cancelled, 5 the log could not store every event.\n";
 
 static const char *help_recover =
-    "usage: stagecoach recover PIPELINE.json --log FILE [--mode retry|rollback|compensate]\n"
+    "usage: stagecoach recover PIPELINE.json --log FILE | --db FILE [--mode "
+    "retry|rollback|compensate]\n"
+    "                          [--from-checkpoint ID]\n"
     "                          [--from STAGE] [--task ID] [--dry-run] [--fsync MODE] [--plain]\n"
     "                          [--no-prompt] [--socket ADDR [--token-file F]]\n"
     "\n"
@@ -84,6 +96,10 @@ static const char *help_recover =
     "  --from STAGE       resume at STAGE instead (the stage before it counts as completed)\n"
     "  --task ID          only the task ID\n"
     "  --dry-run          print each recovery plan and change nothing\n"
+    "  --db FILE          recover from the SQLite database instead (when no --log is given);\n"
+    "                     beside --log, the log is read and the database written too\n"
+    "  --from-checkpoint ID  restore: carry the task on from that checkpoint (TASK/SEQ, see\n"
+    "                     `stagecoach checkpoints`) with its verified context; needs --db\n"
     "  --socket ADDR, --token-file F, --socket-limits L   as for run\n"
     "\n"
     "Exit codes: 0 completed (or nothing to recover), 1 failed, 2 input error, 3 cancelled,\n"
@@ -100,11 +116,12 @@ static const char *help_verify =
     "a stagecoach log (a device, a file without one event line).\n";
 
 static const char *help_events =
-    "usage: stagecoach events FILE [--task ID] [--type T] [--json]\n"
+    "usage: stagecoach events FILE | --db FILE [--task ID] [--type T] [--json]\n"
     "\n"
     "Prints a log as a timeline: time, task, epoch, sequence number, type, stage, status and a\n"
     "detail. --task keeps one task's events (the id or its last characters); --type keeps one\n"
-    "type (stage.failed, or a prefix such as approval); --json prints the raw lines.\n";
+    "type (stage.failed, or a prefix such as approval); --json prints the raw lines. --db FILE\n"
+    "(or --store sqlite:FILE) reads an SQLite database's events instead, in the order stored.\n";
 
 static const char *help_tail =
     "usage: stagecoach tail ADDR [--tenant T] [--task ID] [--from-seq N] [--type T]... [--json]\n"
@@ -269,12 +286,14 @@ static bool id_matches(const char *id, const char *want) {
 }
 
 static int cmd_events(int argc, char **argv) {
-  const char *file = NULL, *task = NULL, *type = NULL;
+  const char *file = NULL, *task = NULL, *type = NULL, *db = NULL, *store = NULL;
   bool json = false;
   for (int i = 0; i < argc; i++) {
     int m;
     if ((m = cli_option(argc, argv, &i, "--task", &task)) != 0 ||
-        (m = cli_option(argc, argv, &i, "--type", &type)) != 0) {
+        (m = cli_option(argc, argv, &i, "--type", &type)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--db", &db)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--store", &store)) != 0) {
       if (m < 0) return cli_usage_error("events", "%s needs a value", argv[i]);
       continue;
     }
@@ -283,6 +302,12 @@ static int cmd_events(int argc, char **argv) {
       continue;
     }
     if (cli_operand("events", argv[i], "log", &file) != 0) return CLI_EXIT_USAGE;
+  }
+  if (store && cli_store_uri(store, &file, &db, "events") != CLI_EXIT_COMPLETED)
+    return CLI_EXIT_USAGE;
+  if (db != NULL) { /* a database: its events, the same lines the log would hold */
+    if (file) return cli_usage_error("events", "give a log or --db FILE, not both");
+    return cli_events_db(db, task, type, json, id_matches);
   }
   if (file == NULL) return cli_usage_error("events", "which log? (stagecoach events FILE)");
   if (type && strncmp(type, "stagecoach.", 11) == 0) type += 11;
@@ -417,14 +442,24 @@ int main(int argc, char **argv) {
     const char *name, *help;
     int (*fn)(int, char **);
   } commands[] = {
-      {"run", NULL, cli_run},           {"recover", NULL, cli_recover},
-      {"verify", NULL, cmd_verify},     {"events", NULL, cmd_events},
-      {"validate", NULL, cmd_validate}, {"tail", NULL, cli_tail},
-      {"pending", NULL, cli_pending},   {"approve", NULL, cli_approve},
-      {"reject", NULL, cli_reject},     {"compact", NULL, cli_compact},
+      {"run", NULL, cli_run},
+      {"recover", NULL, cli_recover},
+      {"verify", NULL, cmd_verify},
+      {"events", NULL, cmd_events},
+      {"validate", NULL, cmd_validate},
+      {"tail", NULL, cli_tail},
+      {"pending", NULL, cli_pending},
+      {"approve", NULL, cli_approve},
+      {"reject", NULL, cli_reject},
+      {"compact", NULL, cli_compact},
+      {"checkpoints", NULL, cli_checkpoints},
+      {"retain", NULL, cli_retain},
+      {"import", NULL, cli_import},
   };
-  const char *helps[] = {help_run,  help_recover, help_verify,  help_events,  help_validate,
-                         help_tail, help_pending, help_approve, help_approve, cli_help_compact};
+  const char *helps[] = {help_run,       help_recover,     help_verify,          help_events,
+                         help_validate,  help_tail,        help_pending,         help_approve,
+                         help_approve,   cli_help_compact, cli_help_checkpoints, cli_help_retain,
+                         cli_help_import};
   for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
     if (strcmp(cmd, commands[i].name) != 0) continue;
     if (wants_help(argc - 2, argv + 2)) {

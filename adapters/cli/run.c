@@ -32,7 +32,8 @@ typedef struct runtime {
   cli_exec *exec;
   sc_jsonl *log;
   const char *log_path;
-  sc_socket *socket;      /* --socket: the event stream and control (docs/socket.md) */
+  sc_sqlite *db;     /* --db: the SQLite store, a second durable sink beside the log or alone */
+  sc_socket *socket; /* --socket: the event stream and control (docs/socket.md) */
   uv_timer_t socket_tick; /* keeps the loop turning while a task waits for a socket client */
   emitted *emitted;
   size_t nemitted, capemitted;
@@ -280,6 +281,7 @@ static void log_say(const char *message, void *udata) {
 
 typedef struct run_options {
   const char *log, *fsync, *socket, *token_file, *socket_limits;
+  const char *db; /* --db FILE, or --store sqlite:FILE */
   bool plain, no_prompt;
 } run_options;
 
@@ -515,6 +517,13 @@ static int runtime_close(runtime *rt) {
     report_unstored(rt, sc_error_message());
     code = CLI_EXIT_INCOMPLETE;
   }
+  if (rt->db && cli_db_close(rt->db) != SC_OK) {
+    fprintf(stderr,
+            "stagecoach: the database is incomplete: %s\n  the tasks it shows unfinished stopped "
+            "there: fix the cause, then `stagecoach recover --db` finishes them\n",
+            sc_error_message());
+    code = CLI_EXIT_INCOMPLETE;
+  }
   for (size_t i = 0; i < rt->nemitted; i++) {
     free(rt->emitted[i].task_id);
     free(rt->emitted[i].types);
@@ -542,6 +551,10 @@ static int common_option(int argc, char **argv, int *i, run_options *o, int *rc)
   int m;
   if ((m = cli_option(argc, argv, i, "--log", &o->log)) != 0) return *rc = m < 0 ? -1 : 0, 1;
   if ((m = cli_option(argc, argv, i, "--fsync", &o->fsync)) != 0) return *rc = m < 0 ? -1 : 0, 1;
+  if ((m = cli_option(argc, argv, i, "--db", &o->db)) != 0) return *rc = m < 0 ? -1 : 0, 1;
+  const char *uri;
+  if ((m = cli_option(argc, argv, i, "--store", &uri)) != 0)
+    return *rc = m < 0 ? -1 : cli_store_uri(uri, &o->log, &o->db, "store") ? -2 : 0, 1;
   if ((m = cli_option(argc, argv, i, "--socket", &o->socket)) != 0) return *rc = m < 0 ? -1 : 0, 1;
   if ((m = cli_option(argc, argv, i, "--token-file", &o->token_file)) != 0)
     return *rc = m < 0 ? -1 : 0, 1;
@@ -664,6 +677,7 @@ int cli_run(int argc, char **argv) {
   for (int i = 0; i < argc; i++) {
     int rc, m;
     if (common_option(argc, argv, &i, &o, &rc)) {
+      if (rc == -2) return CLI_EXIT_USAGE;
       if (rc < 0) return cli_usage_error("run", "%s needs a value", argv[i]);
       continue;
     }
@@ -692,12 +706,23 @@ int cli_run(int argc, char **argv) {
                            "--log %s is where this command's own output goes; give the log its "
                            "own file",
                            o.log);
+  if (o.db != NULL && (same_file(o.db, pipeline) ||
+                       (o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))))
+    return cli_usage_error("run", "--db %s is the %s; give the database its own file", o.db,
+                           same_file(o.db, pipeline) ? "pipeline file itself" : "log's file");
   runtime rt;
   cli_pipeline p = {0};
   int code = runtime_open_with(&rt, &o, "run", pipeline, &p);
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
+  if (code == CLI_EXIT_COMPLETED && o.db != NULL) code = cli_db_open(rt.e, o.db, 0, "run", &rt.db);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
+  if (code == CLI_EXIT_COMPLETED && task_id != NULL && rt.db != NULL &&
+      cli_db_holds_task(rt.db, task_id))
+    code = cli_usage_error("run",
+                           "task '%s' is already in %s: a database holds one task per id "
+                           "(stagecoach recover --db carries an unfinished one on)",
+                           task_id, o.db);
   if (code == CLI_EXIT_COMPLETED && task_id != NULL && o.log != NULL &&
       log_holds_task(o.log, task_id))
     code = cli_usage_error("run",
@@ -763,17 +788,19 @@ static int resume_at(sc_engine *e, const sc_recovery_request *req, const char *s
 
 int cli_recover(int argc, char **argv) {
   run_options o = {0};
-  const char *pipeline = NULL, *mode = NULL, *from = NULL, *only = NULL;
+  const char *pipeline = NULL, *mode = NULL, *from = NULL, *only = NULL, *checkpoint = NULL;
   bool dry_run = false;
   for (int i = 0; i < argc; i++) {
     int rc, m = 0;
     if (common_option(argc, argv, &i, &o, &rc)) {
+      if (rc == -2) return CLI_EXIT_USAGE;
       if (rc < 0) return cli_usage_error("recover", "%s needs a value", argv[i]);
       continue;
     }
     if ((m = cli_option(argc, argv, &i, "--mode", &mode)) != 0 ||
         (m = cli_option(argc, argv, &i, "--from", &from)) != 0 ||
-        (m = cli_option(argc, argv, &i, "--task", &only)) != 0) {
+        (m = cli_option(argc, argv, &i, "--task", &only)) != 0 ||
+        (m = cli_option(argc, argv, &i, "--from-checkpoint", &checkpoint)) != 0) {
       if (m < 0) return cli_usage_error("recover", "%s needs a value", argv[i]);
       continue;
     }
@@ -786,8 +813,16 @@ int cli_recover(int argc, char **argv) {
   if (pipeline == NULL)
     return cli_usage_error("recover",
                            "which pipeline? (stagecoach recover PIPELINE.json --log FILE)");
-  if (o.log == NULL)
-    return cli_usage_error("recover", "--log FILE is required: the log is what recovery reads");
+  if (o.log == NULL && o.db == NULL)
+    return cli_usage_error("recover",
+                           "--log FILE or --db FILE is required: the store is what recovery reads");
+  /* The store read: the log when one is named, else the database; --from-checkpoint reads the
+   * database's checkpoints. The other one, when named, is written beside it. */
+  bool from_db = o.log == NULL || checkpoint != NULL;
+  if (checkpoint != NULL && o.db == NULL)
+    return cli_usage_error("recover", "--from-checkpoint needs --db FILE (the checkpoints' store)");
+  if (checkpoint != NULL && from != NULL)
+    return cli_usage_error("recover", "--from-checkpoint and --from both say where to resume");
   if (mode != NULL && strcmp(mode, "retry") != 0 && strcmp(mode, "rollback") != 0 &&
       strcmp(mode, "compensate") != 0)
     return cli_usage_error("recover", "--mode must be retry, rollback or compensate (got '%s')",
@@ -801,10 +836,15 @@ int cli_recover(int argc, char **argv) {
   /* Set: the recovered tasks join that trace; else each keeps the one the log recorded. */
   const char *traceparent, *tracestate;
   if (trace_context("recover", &traceparent, &tracestate) != 0) return CLI_EXIT_USAGE;
-  const char *log_name = o.log;
-  if (same_file(o.log, pipeline))
+  const char *log_name = from_db ? o.db : o.log;
+  if (o.db != NULL && same_file(o.db, pipeline))
+    return cli_usage_error("recover", "--db %s is the pipeline file itself, not a database", o.db);
+  if (o.db != NULL && o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))
+    return cli_usage_error("recover", "--db %s is the log's file; give the database its own file",
+                           o.db);
+  if (o.log != NULL && same_file(o.log, pipeline))
     return cli_usage_error("recover", "--log %s is the pipeline file itself, not a log", o.log);
-  if (is_our_output(o.log))
+  if (o.log != NULL && is_our_output(o.log))
     return cli_usage_error("recover",
                            "--log %s is where this command's own output goes; give the log its "
                            "own file",
@@ -817,7 +857,18 @@ int cli_recover(int argc, char **argv) {
   sc_unfinished *todo = NULL;
   size_t n = 0;
   int rc = SC_OK;
-  if (code == CLI_EXIT_COMPLETED && dry_run) {
+  if (code == CLI_EXIT_COMPLETED && from_db) {
+    /* The database's writer's lock first (a dry run opens it read-only), then the read. */
+    code = cli_db_open(dry_run ? NULL : rt.e, o.db, dry_run ? CLI_DB_READONLY : CLI_DB_EXISTING,
+                       "recover", &rt.db);
+    if (code == CLI_EXIT_COMPLETED) {
+      rc = checkpoint ? cli_db_restore(rt.db, checkpoint, &todo)
+                      : cli_db_unfinished(rt.db, &todo, &n);
+      if (checkpoint && rc == SC_OK) n = 1;
+    }
+    if (code == CLI_EXIT_COMPLETED && rc == SC_OK && o.log != NULL && !dry_run)
+      code = runtime_open_log(&rt, &o, "recover", false); /* written beside it */
+  } else if (code == CLI_EXIT_COMPLETED && dry_run) {
     rc = sc_jsonl_scan(o.log, &todo, &n, NULL); /* a dry run takes no lock and changes nothing */
   } else if (code == CLI_EXIT_COMPLETED) {
     /* The writer's lock first, then the scan through it: what is recovered is what the lock
@@ -833,6 +884,8 @@ int cli_recover(int argc, char **argv) {
       rt.log_path = o.log;
       rc = sc_jsonl_unfinished(rt.log, &todo, &n);
     }
+    if (rc == SC_OK && o.db != NULL)
+      code = cli_db_open(rt.e, o.db, 0, "recover", &rt.db); /* written beside it */
   }
   if (code == CLI_EXIT_COMPLETED && rc == SC_ECORRUPT) {
     fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());

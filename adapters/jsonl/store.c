@@ -86,7 +86,6 @@ static cJSON *checkpoint_of(const sc_event_doc *d, bool rollback) {
             cJSON_AddNumberToObject(o, "seq", (double)ev->seq) &&
             cJSON_AddNumberToObject(o, "epoch", (double)ev->epoch) &&
             cJSON_AddItemToObject(o, "time", dup_or_null(time)) &&
-            cJSON_AddNumberToObject(o, "time_ns", (double)ev->time_ns) &&
             cJSON_AddStringToObject(o, "reason", rollback ? "rollback" : "run") &&
             cJSON_AddItemToObject(o, "output", dup_or_null(member(ev, "output"))) &&
             cJSON_AddItemToObject(o, "digest", dup_or_null(digest)) &&

@@ -5,16 +5,22 @@
  *   crash_driver recover LOG RAN MODE MS       recover what the log says is unfinished (or start
  *                                              the job if the log holds no task) and run it out
  *   crash_driver completed LOG                 print the stages whose stage.completed is logged
+ *   crash_driver last LOG                      print the type of the last event stored
  *
  * MODE is always, batch or none; each stage appends its name to RAN (synced) when it starts, then
- * finishes after MS milliseconds. */
+ * finishes after MS milliseconds. A LOG whose name ends in ".db" is an SQLite database instead
+ * (the store of adapters/sqlite; MODE always or batch: synchronous FULL, none: NORMAL). */
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <stagecoach/jsonl.h>
+#ifdef SC_HAVE_SQLITE
+#include <stagecoach/sqlite.h>
+#endif
 #include <stagecoach/stagecoach.h>
 #include <uv.h>
 
@@ -93,7 +99,39 @@ static int print_completed(const char *line, size_t len) {
   return 0;
 }
 
+static char last_type[64];
+
+static int note_line(const char *line, size_t len, void *udata) {
+  sc_event_doc *d;
+  if (udata == NULL) return print_completed(line, len);
+  if (sc_event_parse(line, len, &d) != SC_OK) return 0;
+  snprintf(last_type, sizeof(last_type), "%s", sc_event_type_name(sc_event_doc_event(d)->type));
+  sc_event_doc_free(d);
+  return 0;
+}
+
+static bool is_db(const char *path) {
+  size_t n = strlen(path);
+  return n > 3 && strcmp(path + n - 3, ".db") == 0;
+}
+
+/* Walks the stored events of a log or a database with note_line. */
+static int walk(const char *path, void *udata) {
+  if (!is_db(path)) return sc_jsonl_read_events(path, note_line, udata) == SC_ENOTFOUND ? 0 : 0;
+#ifdef SC_HAVE_SQLITE
+  sc_sqlite_options o;
+  sc_sqlite_options_init(&o);
+  o.readonly = true;
+  sc_sqlite *db;
+  if (sc_sqlite_open(NULL, path, &o, &db) != SC_OK) return 0;
+  sc_sqlite_events(db, NULL, 0, note_line, udata);
+  sc_sqlite_close(db);
+#endif
+  return 0;
+}
+
 static int completed(const char *path) {
+  if (is_db(path)) return walk(path, NULL);
   FILE *f = fopen(path, "r");
   if (f == NULL) return 0;
   char *line = NULL;
@@ -108,6 +146,11 @@ static int completed(const char *path) {
 
 int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "completed") == 0) return completed(argv[2]);
+  if (argc >= 3 && strcmp(argv[1], "last") == 0) {
+    walk(argv[2], last_type);
+    printf("%s\n", last_type);
+    return 0;
+  }
   if (argc < 6) {
     fprintf(stderr, "usage: see the comment at the top of crash_driver.c\n");
     return 2;
@@ -123,21 +166,42 @@ int main(int argc, char **argv) {
   static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, work_start, work_cancel, NULL};
   sc_engine_register_kind(e, "work", &work, NULL);
 
-  /* The log first (locked), then what it holds, read through it. */
-  sc_jsonl_options o;
-  sc_jsonl_options_init(&o);
-  o.fsync = mode;
-  sc_jsonl *log;
-  if (sc_jsonl_open(e, log_path, &o, &log) != SC_OK) {
-    fprintf(stderr, "open: %s\n", sc_error_message());
-    return 1;
-  }
+  /* The store first (locked), then what it holds, read through it. */
+  sc_jsonl *log = NULL;
   sc_unfinished *todo = NULL;
   size_t n = 0;
-  sc_jsonl_report report = *sc_jsonl_open_report(log);
-  if (strcmp(cmd, "recover") == 0 && sc_jsonl_unfinished(log, &todo, &n) != SC_OK) {
-    fprintf(stderr, "scan: %s\n", sc_error_message());
-    return 1;
+  uint64_t stored = 0;
+#ifdef SC_HAVE_SQLITE
+  sc_sqlite *db = NULL;
+  if (is_db(log_path)) {
+    sc_sqlite_options so;
+    sc_sqlite_options_init(&so);
+    so.synchronous = mode == SC_FSYNC_NONE ? SC_SQLITE_SYNC_NORMAL : SC_SQLITE_SYNC_FULL;
+    if (sc_sqlite_open(e, log_path, &so, &db) != SC_OK) {
+      fprintf(stderr, "open: %s\n", sc_error_message());
+      return 1;
+    }
+    walk(log_path, last_type);
+    stored = last_type[0] != '\0';
+    if (strcmp(cmd, "recover") == 0 && sc_sqlite_unfinished(db, &todo, &n) != SC_OK) {
+      fprintf(stderr, "scan: %s\n", sc_error_message());
+      return 1;
+    }
+  } else
+#endif
+  {
+    sc_jsonl_options o;
+    sc_jsonl_options_init(&o);
+    o.fsync = mode;
+    if (sc_jsonl_open(e, log_path, &o, &log) != SC_OK) {
+      fprintf(stderr, "open: %s\n", sc_error_message());
+      return 1;
+    }
+    stored = sc_jsonl_open_report(log)->lines;
+    if (strcmp(cmd, "recover") == 0 && sc_jsonl_unfinished(log, &todo, &n) != SC_OK) {
+      fprintf(stderr, "scan: %s\n", sc_error_message());
+      return 1;
+    }
   }
   if (kill_at > 0) {
     sc_subscriber s;
@@ -153,7 +217,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "recover: %s\n", sc_error_message());
         rc = 1;
       }
-  } else if (strcmp(cmd, "run") == 0 || report.lines == 0) {
+  } else if (strcmp(cmd, "run") == 0 || stored == 0) {
     sc_task_spec spec;
     sc_task_spec_init(&spec);
     spec.task_id = "job";
@@ -165,7 +229,10 @@ int main(int argc, char **argv) {
   sc_engine_run(e);
   sc_unfinished_free(todo, n);
   cJSON_Delete(config);
-  if (sc_jsonl_close(log) != SC_OK) rc = 1;
+  if (log && sc_jsonl_close(log) != SC_OK) rc = 1;
+#ifdef SC_HAVE_SQLITE
+  if (db && sc_sqlite_close(db) != SC_OK) rc = 1;
+#endif
   sc_engine_free(e);
   return rc;
 }

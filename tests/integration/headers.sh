@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Each public header compiles on its own, as C11 and as C++, with -pedantic -Werror.
 root=$1; shift
-inc="-I$root/events/include -I$root/engine/include -I$root/adapters/jsonl/include -I$root/adapters/socket/include $(pkg-config --cflags libuv libcjson)"
+inc="-I$root/events/include -I$root/engine/include -I$root/adapters/jsonl/include -I$root/adapters/socket/include -I$root/adapters/memory/include -I$root/adapters/sqlite/include $(pkg-config --cflags libuv libcjson)"
 echo "1..$(( $# * 2 ))"
 n=0
 for h in "$@"; do

@@ -67,7 +67,7 @@ static inline void sc_store_task_query_init(sc_store_task_query *q) {
  * CloudEvents id, "<task_id>/<seq>", the same in every store that saw the same run, so a log and a
  * database of one run answer the same queries. A checkpoint is a JSON object:
  *   {"id":"T/7","task":"T","tenant":"acme"|null,"plan":"deploy"|null,"stage":"deploy","index":1,
- *    "attempt":1,"seq":7,"epoch":0,"time":"2026-11-22T10:30:00.123456Z","time_ns":...,
+ *    "attempt":1,"seq":7,"epoch":0,"time":"2026-11-22T10:30:00.123456Z",
  *    "reason":"run"|"rollback","output":{...}|null,"digest":"sha256:...","fingerprint":"sha256:..."}
  * with, where the function says so, "context": the task's whole context after the stage, rebuilt
  * from the last snapshot and the outputs after it and checked against "digest" before it is

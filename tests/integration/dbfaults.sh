@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# I/O faults against the SQLite store, as TAP: the job (4 exec stages of the real `stagecoach`
+# command, --db only) runs once clean under strace to count the database's writes (pwrite64) and
+# syncs (fdatasync, fsync); then it runs again with one of those calls failing (strace's fault
+# injection: ENOSPC for a write, EIO for a sync), and the operator carries on with `recover --db`
+# (or `run` again when the database holds no task). Checked: no sanitizer report; the faulted run
+# exits 0 (the fault hit nothing that mattered), 5 (the store is incomplete, said so) or 2 (the
+# database could not be opened, nothing ran); the recovery completes; every stage ran; no stage
+# whose checkpoint was in the database ran again; none ran more than twice; a further recover
+# finds nothing. SC_DBFAULT_STRIDE=N fails every Nth write only (default 3; every sync always).
+sc=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+stride=${SC_DBFAULT_STRIDE:-3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" # LeakSanitizer does not run under ptrace
+if ! command -v strace >/dev/null; then echo "1..1"; echo "not ok 1 - strace is needed"; exit 1; fi
+
+job=$tmp/job
+fresh_job() {
+  rm -rf "$job"; mkdir -p "$job"
+  printf '{"plan":"dbfault","config":{"stages":[' >"$job/p.json"
+  for i in 1 2 3 4; do
+    [ $i -gt 1 ] && printf ',' >>"$job/p.json"
+    printf '{"name":"s%d","kind":"exec","run":"echo s%d >> %s/ran"}' $i $i "$job" >>"$job/p.json"
+  done
+  printf ']}}\n' >>"$job/p.json"
+}
+run_job() { (cd "$job" && "$sc" "$@" --no-prompt --plain); }
+logged() { # the stages whose checkpoint the database holds
+  "$sc" checkpoints --db "$job/job.db" job --json 2>/dev/null | grep -o '"stage":"s[0-9]"' |
+    cut -d'"' -f4 | sort -u
+}
+
+fresh_job
+strace -f -qq -o "$tmp/trace" -e trace=pwrite64,fdatasync,fsync \
+  "$sc" run "$job/p.json" --db "$job/job.db" --task-id job --plain --no-prompt >"$tmp/out" 2>&1
+clean=$?
+writes=$(grep -c 'pwrite64(' "$tmp/trace")
+syncs=$(grep -c 'sync(' "$tmp/trace")
+cases=$(( (writes + stride - 1) / stride + syncs ))
+echo "1..$((cases + 2))"
+incomplete=0
+n=1
+if [ $clean = 0 ] && [ "$(sort -u "$job/ran" | wc -l)" = 4 ]; then
+  echo "ok 1 - a clean run completes ($writes writes and $syncs syncs of the database)"
+else
+  echo "not ok 1 - clean run exits $clean"; sed 's/^/# /' "$tmp/out" | head -20
+fi
+
+one_case() { # one_case SYSCALL K ERRNO
+  local sys=$1 k=$2 err=$3 why="" status
+  fresh_job
+  strace -f -qq -o /dev/null -e "trace=$sys" -e "inject=$sys:error=$err:when=$k" \
+    "$sc" run "$job/p.json" --db "$job/job.db" --task-id job --plain --no-prompt >"$job/out1" 2>&1
+  status=$?
+  logged >"$job/before"
+  if grep -q 'Sanitizer\|runtime error:' "$job/out1"; then
+    why="the faulted run reports a sanitizer error"
+  elif [ $status != 0 ] && [ $status != 5 ] && [ $status != 2 ]; then
+    why="the faulted run exits $status"
+  elif [ $status = 5 ] && ! grep -q "database" "$job/out1"; then
+    why="exit 5 without saying the database is incomplete"
+  fi
+  [ $status = 5 ] && incomplete=$((incomplete + 1))
+  if [ -z "$why" ]; then
+    if "$sc" checkpoints --db "$job/job.db" job >/dev/null 2>&1; then
+      run_job recover "$job/p.json" --db "$job/job.db" >"$job/out2" 2>&1
+    else
+      run_job run "$job/p.json" --db "$job/job.db" --task-id job >"$job/out2" 2>&1
+    fi
+    status=$?
+    if [ $status != 0 ]; then why="the recovery exits $status: $(tr '\n' ' ' <"$job/out2" | head -c 400)"; fi
+  fi
+  if [ -z "$why" ]; then
+    for s in s1 s2 s3 s4; do
+      runs=$(grep -cx "$s" "$job/ran" 2>/dev/null || true)
+      if [ "${runs:-0}" -lt 1 ]; then why="$s never ran"; break; fi
+      if [ "$runs" -gt 2 ]; then why="$s ran $runs times"; break; fi
+      if grep -qx "$s" "$job/before" && [ "$runs" -ne 1 ]; then
+        why="$s ran again although its checkpoint was in the database"; break
+      fi
+    done
+  fi
+  if [ -z "$why" ] && ! run_job recover "$job/p.json" --db "$job/job.db" 2>&1 | grep -q "nothing to recover"; then
+    why="a further recover finds something"
+  fi
+  n=$((n + 1))
+  if [ -z "$why" ]; then echo "ok $n - $err at $sys $k"; else echo "not ok $n - $err at $sys $k: $why"; fi
+}
+
+for k in $(seq 1 "$stride" "$writes"); do one_case pwrite64 "$k" ENOSPC; done
+fsyncs=$(grep -c '^[0-9]* *fsync(' "$tmp/trace")
+datasyncs=$(grep -c 'fdatasync(' "$tmp/trace")
+for k in $(seq 1 "$datasyncs"); do one_case fdatasync "$k" EIO; done
+for k in $(seq 1 "$fsyncs"); do one_case fsync "$k" EIO; done
+n=$((n + 1))
+# The injection must be felt: most faulted calls are a commit's, which the run reports (exit 5).
+if [ "$incomplete" -gt $((cases / 3)) ]; then
+  echo "ok $n - $incomplete of $cases faulted runs said the database is incomplete (exit 5)"
+else
+  echo "not ok $n - only $incomplete of $cases faulted runs exited 5: the faults were not felt"
+fi
