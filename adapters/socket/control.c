@@ -167,13 +167,15 @@ static uint64_t ring_first(sc_socket *s, const char *task) {
   return rec ? rec->last_seq + 1 : UINT64_MAX;
 }
 
-/* The seam: the log gave every event before `expected`; the ring gives the rest, and the live
- * stream carries on from there, so nothing is missed or sent twice. What neither holds is said in
- * a replay-gap line. */
-static void replay_seam(sc__sock_client *c, const char *task, uint64_t expected) {
+/* The seam: the log gave every event from `from` to before `expected`; the ring gives the rest,
+ * and the live stream carries on from there, so nothing is missed or sent twice. What neither
+ * holds is said in a replay-gap line (none after the log's events of a task the server never
+ * saw: the log holds all there is of it). */
+static void replay_seam(sc__sock_client *c, const char *task, uint64_t from, uint64_t expected) {
   sc_socket *s = c->server;
   uint64_t upto = ring_first(s, task);
-  if (expected < upto) gap_line(c, task, expected, upto, upto != UINT64_MAX);
+  if (expected < upto && !(upto == UINT64_MAX && expected > from))
+    gap_line(c, task, expected, upto, upto != UINT64_MAX);
   if (c->state == SC__SOCK_REPLAYING) c->state = SC__SOCK_STREAM;
   for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos && c->state == SC__SOCK_STREAM;
        pos++) {
@@ -201,7 +203,7 @@ static void replay_done(uv_work_t *req, int status) {
       sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory while replaying the log", NULL);
       sc__sock_client_close_after_flush(c);
     } else {
-      replay_seam(c, w->task, w->expected);
+      replay_seam(c, w->task, w->from, w->expected);
     }
   }
   replay_free(w);
@@ -232,7 +234,7 @@ static void replay(sc__sock_client *c, const char *task, uint64_t from) {
   sc_socket *s = c->server;
   uint64_t upto = ring_first(s, task);
   if (from >= upto || s->log_path == NULL) {
-    replay_seam(c, task, from);
+    replay_seam(c, task, from, from);
     return;
   }
   sc__sock_replay *w = calloc(1, sizeof(*w));

@@ -131,9 +131,15 @@ static void forget_oldest(sc_socket *s) {
   if (t->ring_refs == 0) rec_free(t);
 }
 
+/* Finished, for the bound: a terminal status, or one a task stays in until someone retries or
+ * rolls it back (the engine holds such a task, so status still answers for it). */
+static bool finished(sc_task_status st) {
+  return sc_task_status_is_terminal(st) || st == SC_TASK_FAILED || st == SC_TASK_ROLLBACK_FAILED;
+}
+
 /* Keeps the finished list in step with t's status, and at most max_finished_tasks on it. */
 static void note_status(sc_socket *s, sc__sock_task_rec *t) {
-  bool done = sc_task_status_is_terminal(t->status);
+  bool done = finished(t->status);
   if (done == sc__queue_linked(&t->finished)) return;
   if (!done) { /* retried or rolled back: running again */
     sc__queue_remove(&t->finished);
