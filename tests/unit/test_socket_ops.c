@@ -80,6 +80,18 @@ static int step_compensate(sc_stage_ctx *ctx, void *udata) {
   return SC_OK;
 }
 
+/* An "fn" stage whose output replaces one member: the lines of a long task stay of one size. */
+static int pad(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  char text[1024];
+  memset(text, 'x', sizeof(text) - 1);
+  text[sizeof(text) - 1] = '\0';
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddStringToObject(out, "pad", text);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
 static void reset_stages(const char *fail, int count) {
   fail_stage = fail;
   fail_count = count;
@@ -117,6 +129,7 @@ static void engine_start(fx *f) {
   assert_int_equal(sc_engine_new(&f->loop, NULL, &f->e), SC_OK);
   static const sc_stage_kind step = {SC_STAGE_KIND_VERSION, step_start, NULL, step_compensate};
   assert_int_equal(sc_engine_register_kind(f->e, "step", &step, NULL), SC_OK);
+  assert_int_equal(sc_engine_register_fn(f->e, "pad", pad, NULL), SC_OK);
 }
 
 static void fx_start(fx *f, sc_socket_options *o) {
@@ -562,7 +575,8 @@ static void write_big_log(const char *log) {
     char name[16];
     snprintf(name, sizeof(name), "s%d", i);
     cJSON_AddStringToObject(s, "name", name);
-    cJSON_AddStringToObject(s, "kind", "step");
+    cJSON_AddStringToObject(s, "kind", "fn");
+    cJSON_AddStringToObject(s, "fn", "pad");
     cJSON_AddItemToArray(stages, s);
   }
   sc_task_spec spec;
