@@ -342,6 +342,8 @@ static void retry_from_a_stage_with_reset_context_runs_the_task_to_completion(vo
   assert_string_equal(str(r, "op"), "retry");
   assert_string_equal(str(r, "task"), "r1");
   assert_int_equal(num(r, "id"), 41);
+  /* applied at the next turn of the loop: right after the call the task is still FAILED */
+  assert_string_equal(str(r, "status"), "FAILED");
   cJSON_Delete(r);
   until_status(&f, "r1", SC_TASK_COMPLETED);
   assert_int_equal(b_saw_a, 0); /* the context was reset: b ran again without a's output */
