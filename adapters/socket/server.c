@@ -1,8 +1,9 @@
 /* The socket server: a listening socket and its clients watched with uv_poll_t in the engine's
- * loop, the subscriber that encodes each event once into the replay ring and every client's
- * queue, and the writes, batched per loop turn. Clients are plain non-blocking sockets written
- * with send(): no write request of libuv is ever pending, so no client keeps the loop running,
- * and a client that does not read only fills its own queue. */
+ * loop, the subscriber that encodes each event once into a shared chunk that the replay ring and
+ * every client's queue reference, and the writes, one sendmsg of the queued segments per client
+ * per loop turn. Clients are plain non-blocking sockets: no write request of libuv is ever
+ * pending, so no client keeps the loop running, and a client that does not read only fills its
+ * own queue. */
 #define _GNU_SOURCE /* accept4, asprintf */
 #include <errno.h>
 #include <stddef.h>
@@ -38,148 +39,6 @@ void sc_socket_options_init(sc_socket_options *o) {
   o->max_pending = 64;
   o->subscribe_wait_ms = 100;
   o->max_finished_tasks = 1024;
-}
-
-/* ---- the task table ---- */
-
-static size_t hash_id(const char *s) {
-  size_t h = 1469598103934665603u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211u;
-  return h;
-}
-
-sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id) {
-  if (s->nbuckets == 0 || id == NULL) return NULL;
-  for (sc__sock_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
-    if (strcmp(t->id, id) == 0) return t;
-  return NULL;
-}
-
-static bool grow_table(sc_socket *s) {
-  size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
-  sc__sock_task_rec **b = calloc(n, sizeof(*b));
-  if (b == NULL) return false;
-  sc__queue *q;
-  sc__queue_foreach(q, &s->all) {
-    sc__sock_task_rec *t = sc__queue_data(q, sc__sock_task_rec, all);
-    size_t i = hash_id(t->id) % n;
-    t->next = b[i];
-    b[i] = t;
-  }
-  free(s->buckets);
-  s->buckets = b;
-  s->nbuckets = n;
-  return true;
-}
-
-static char *dup_or_null(const char *s) {
-  return s ? strdup(s) : NULL;
-}
-
-static sc__sock_task_rec *task_record(sc_socket *s, const sc_event *ev) {
-  sc__sock_task_rec *t = s->last_task; /* a task's events come in runs: no hash for those */
-  if (t != NULL && strcmp(t->id, ev->task_id) == 0) return t;
-  if ((t = sc__sock_task_find(s, ev->task_id)) != NULL) return s->last_task = t;
-  if (s->ntasks + 1 > s->nbuckets && !grow_table(s)) return NULL;
-  if ((t = calloc(1, sizeof(*t))) == NULL) return NULL;
-  t->id = strdup(ev->task_id);
-  t->tenant = dup_or_null(ev->tenant_id);
-  if (t->id == NULL || (ev->tenant_id && t->tenant == NULL)) {
-    free(t->id);
-    free(t->tenant);
-    free(t);
-    return NULL;
-  }
-  size_t i = hash_id(t->id) % s->nbuckets;
-  t->next = s->buckets[i];
-  s->buckets[i] = t;
-  sc__queue_init(&t->finished);
-  sc__queue_insert_tail(&s->all, &t->all);
-  s->ntasks++;
-  return s->last_task = t;
-}
-
-static void rec_free(sc__sock_task_rec *t) {
-  free(t->id);
-  free(t->tenant);
-  free(t->stage);
-  free(t);
-}
-
-/* A ring slot no longer names t. */
-static void ring_release(sc__sock_task_rec *t) {
-  if (t != NULL && --t->ring_refs == 0 && t->forgotten) rec_free(t);
-}
-
-/* Takes the longest finished record out of the table; the ring may still name it (its replay
- * lines), so it is freed with the last slot that does. */
-static void forget_oldest(sc_socket *s) {
-  sc__sock_task_rec *t = sc__queue_data(sc__queue_head(&s->finished), sc__sock_task_rec, finished);
-  for (sc__sock_task_rec **p = &s->buckets[hash_id(t->id) % s->nbuckets]; *p; p = &(*p)->next)
-    if (*p == t) {
-      *p = t->next;
-      break;
-    }
-  sc__queue_remove(&t->finished);
-  sc__queue_remove(&t->all);
-  s->nfinished--;
-  s->ntasks--;
-  s->forgotten++;
-  if (s->last_task == t) s->last_task = NULL;
-  t->forgotten = true;
-  if (t->ring_refs == 0) rec_free(t);
-}
-
-/* Finished, for the bound: a terminal status, or one a task stays in until someone retries or
- * rolls it back (the engine holds such a task, so status still answers for it). */
-static bool finished(sc_task_status st) {
-  return sc_task_status_is_terminal(st) || st == SC_TASK_FAILED || st == SC_TASK_ROLLBACK_FAILED;
-}
-
-/* Keeps the finished list in step with t's status, and at most max_finished_tasks on it. */
-static void note_status(sc_socket *s, sc__sock_task_rec *t) {
-  bool done = finished(t->status);
-  if (done == sc__queue_linked(&t->finished)) return;
-  if (!done) { /* retried or rolled back: running again */
-    sc__queue_remove(&t->finished);
-    s->nfinished--;
-    return;
-  }
-  sc__queue_insert_tail(&s->finished, &t->finished);
-  s->nfinished++;
-  while (s->nfinished > s->o.max_finished_tasks)
-    forget_oldest(s);
-}
-
-/* ---- filters ---- */
-
-static bool type_matches(const char *pattern, const char *dotted) {
-  size_t n = strlen(pattern);
-  if (strcmp(pattern, "*") == 0) return true;
-  if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] == '.')
-    return strncmp(pattern, dotted, n - 1) == 0;
-  return strcmp(pattern, dotted) == 0;
-}
-
-bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
-                           sc_event_type type) {
-  if (f->task && strcmp(f->task, task_id) != 0) return false;
-  if (f->tenant && (tenant == NULL || strcmp(f->tenant, tenant) != 0)) return false;
-  if (f->ntypes == 0) return true;
-  const char *dotted = sc_event_type_name(type) + strlen("stagecoach.");
-  for (size_t i = 0; i < f->ntypes; i++)
-    if (type_matches(f->types[i], dotted)) return true;
-  return false;
-}
-
-void sc__sock_filter_free(sc__sock_filter *f) {
-  free(f->tenant);
-  free(f->task);
-  for (size_t i = 0; i < f->ntypes; i++)
-    free(f->types[i]);
-  free(f->types);
-  memset(f, 0, sizeof(*f));
 }
 
 /* ---- chunks ---- */
@@ -666,7 +525,7 @@ static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev,
   if (s->ring_cap == 0) return;
   sc__sock_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
   sc__sock_chunk_unref(s, slot->line.chunk);
-  ring_release(slot->task);
+  sc__sock_ring_release(slot->task);
   t->ring_refs++;
   slot->line = *line;
   line->chunk->refs++;
@@ -698,12 +557,12 @@ static bool encode_line(sc_socket *s, const sc_event *ev, sc__sock_seg *line) {
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   (void)ack;
   sc_socket *s = udata;
-  sc__sock_task_rec *t = task_record(s, ev);
+  sc__sock_task_rec *t = sc__sock_task_record(s, ev);
   if (t == NULL) return SC_OK; /* out of memory: the stream misses it; the engine goes on */
   t->last_seq = ev->seq;
   t->status = ev->status;
   t->stage_index = ev->stage_index;
-  note_status(s, t);
+  sc__sock_task_note_status(s, t);
   if (ev->stage && (t->stage == NULL || strcmp(t->stage, ev->stage) != 0)) {
     size_t n = strlen(ev->stage) + 1;
     if (n > t->stage_cap) { /* reused: no allocation per stage once it is long enough */
@@ -729,143 +588,6 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   return SC_OK; /* never SC_DEFER: no step of the engine waits for a client */
 }
 
-/* ---- listening ---- */
-
-/* unix:/path or tcp:LOOPBACK:PORT as a socket address; SC_EINVAL with a message for anything
- * else. Only loopback is served or reached: control lines would otherwise cross the network. */
-static int parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len) {
-  memset(ss, 0, sizeof(*ss));
-  if (strncmp(addr, "unix:", 5) == 0) {
-    const char *path = addr + 5;
-    struct sockaddr_un *sa = (struct sockaddr_un *)ss;
-    if (strlen(path) == 0 || strlen(path) >= sizeof(sa->sun_path))
-      return sc_error_set(SC_EINVAL, "socket unix:%s: the path must be 1 to %zu bytes", path,
-                          sizeof(sa->sun_path) - 1);
-    sa->sun_family = AF_UNIX;
-    memcpy(sa->sun_path, path, strlen(path));
-    *len = sizeof(*sa);
-    return SC_OK;
-  }
-  if (strncmp(addr, "tcp:", 4) != 0)
-    return sc_error_set(SC_EINVAL, "socket address '%s': give unix:/path or tcp:127.0.0.1:PORT",
-                        addr);
-  const char *hostport = addr + 4, *colon = strrchr(hostport, ':');
-  char host[64];
-  if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT",
-                        hostport);
-  memcpy(host, hostport, (size_t)(colon - hostport));
-  host[colon - hostport] = '\0';
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: the port must be 0..65535", hostport);
-  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    a->sin6_port = htons((uint16_t)port);
-    *len = sizeof(*a);
-    return SC_OK;
-  }
-  struct sockaddr_in *a = (struct sockaddr_in *)ss;
-  a->sin_family = AF_INET;
-  if (inet_pton(AF_INET, host, &a->sin_addr) != 1 || (ntohl(a->sin_addr.s_addr) >> 24) != 127)
-    return sc_error_set(SC_EINVAL,
-                        "socket tcp:%s: only a loopback address (127.0.0.1, [::1]) is served: "
-                        "control lines would otherwise cross the network",
-                        hostport);
-  a->sin_port = htons((uint16_t)port);
-  *len = sizeof(*a);
-  return SC_OK;
-}
-
-int sc_socket_connect(const char *addr, int *fd_out) {
-  if (fd_out) *fd_out = -1;
-  if (addr == NULL || fd_out == NULL) return sc_error_set(SC_EINVAL, "socket: NULL argument");
-  struct sockaddr_storage ss;
-  socklen_t sl;
-  int rc = parse_address(addr, &ss, &sl);
-  if (rc != SC_OK) return rc;
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  if (connect(fd, (struct sockaddr *)&ss, sl) != 0) {
-    int err = errno;
-    close(fd);
-    return sc_error_set(SC_EIO, "cannot connect to %s: %s", addr, strerror(err));
-  }
-  *fd_out = fd;
-  return SC_OK;
-}
-
-static int listen_unix(sc_socket *s, const struct sockaddr_un *sa) {
-  const char *path = sa->sun_path;
-  struct stat st;
-  if (lstat(path, &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      return sc_error_set(SC_EINVAL, "socket unix:%s: the file exists and is not a socket", path);
-    /* A socket file: replaced only when nothing listens on it (one a crash left behind). */
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-    int rc = connect(probe, (const struct sockaddr *)sa, sizeof(*sa));
-    int err = errno;
-    close(probe);
-    if (rc == 0 || err != ECONNREFUSED)
-      return sc_error_set(SC_EBUSY, "socket unix:%s: something listens on it already", path);
-    if (unlink(path) != 0)
-      return sc_error_set(SC_EIO, "socket unix:%s: cannot remove the stale socket: %s", path,
-                          strerror(errno));
-  }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  mode_t old = umask(0177); /* the file is born 0600: no moment where others could connect */
-  int rc = bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
-  int err = errno;
-  umask(old);
-  if (rc != 0 || chmod(path, 0600) != 0 || listen(fd, 512) != 0 || lstat(path, &st) != 0) {
-    err = rc != 0 ? err : errno;
-    close(fd);
-    if (rc == 0) unlink(path);
-    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket unix:%s: %s", path,
-                        strerror(err));
-  }
-  s->unix_path = strdup(path);
-  s->unix_ino = st.st_ino;
-  s->unix_dev = st.st_dev;
-  s->listen_fd = fd;
-  if (asprintf(&s->addr, "unix:%s", path) < 0) s->addr = NULL;
-  return SC_OK;
-}
-
-static int listen_tcp(sc_socket *s, const char *addr, struct sockaddr_storage *ss, socklen_t sl) {
-  int family = ss->ss_family;
-  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)ss, sl) != 0 || listen(fd, 512) != 0) {
-    int err = errno;
-    close(fd);
-    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket %s: %s", addr,
-                        strerror(err));
-  }
-  sl = sizeof(*ss);
-  getsockname(fd, (struct sockaddr *)ss, &sl);
-  char host[INET_ADDRSTRLEN] = "127.0.0.1";
-  unsigned bound;
-  if (family == AF_INET6) {
-    bound = ntohs(((struct sockaddr_in6 *)ss)->sin6_port);
-  } else {
-    bound = ntohs(((struct sockaddr_in *)ss)->sin_port);
-    inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, host, sizeof(host));
-  }
-  s->listen_fd = fd;
-  if (asprintf(&s->addr, "tcp:%s:%u", family == AF_INET6 ? "[::1]" : host, bound) < 0)
-    s->addr = NULL;
-  return SC_OK;
-}
-
 static void on_handle_closed(uv_handle_t *h) {
   sc_socket *s = h->data;
   s->open_handles--;
@@ -874,7 +596,7 @@ static void on_handle_closed(uv_handle_t *h) {
 static void free_server(sc_socket *s) {
   for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++) {
     sc__sock_chunk_unref(s, s->ring[i].line.chunk);
-    ring_release(s->ring[i].task); /* frees the forgotten records the ring named */
+    sc__sock_ring_release(s->ring[i].task); /* frees the forgotten records the ring named */
   }
   free(s->ring);
   sc__sock_chunk_unref(s, s->cur);
@@ -885,7 +607,7 @@ static void free_server(sc_socket *s) {
   }
   while ((q = sc__queue_head(&s->all)) != NULL) {
     sc__queue_remove(q);
-    rec_free(sc__queue_data(q, sc__sock_task_rec, all));
+    sc__sock_task_free(sc__queue_data(q, sc__sock_task_rec, all));
   }
   free(s->buckets);
   sc__sock_tokens_free(&s->tokens);
@@ -938,10 +660,10 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   if (rc == SC_OK) {
     struct sockaddr_storage ss;
     socklen_t sl;
-    rc = parse_address(addr, &ss, &sl);
+    rc = sc__sock_parse_address(addr, &ss, &sl);
     if (rc == SC_OK)
-      rc = ss.ss_family == AF_UNIX ? listen_unix(s, (const struct sockaddr_un *)&ss)
-                                   : listen_tcp(s, addr, &ss, sl);
+      rc = ss.ss_family == AF_UNIX ? sc__sock_listen_unix(s, (const struct sockaddr_un *)&ss)
+                                   : sc__sock_listen_tcp(s, addr, &ss, sl);
   }
   if (rc == SC_OK && s->addr == NULL) rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
   sc_subscriber sub;

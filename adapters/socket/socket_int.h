@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <stagecoach/socket.h>
 #include <uv.h>
@@ -73,6 +74,17 @@ void sc__sock_request_free(sc__sock_request *r);
 /* The role an op needs. */
 unsigned sc__sock_op_role(sc__sock_op op);
 const char *sc__sock_op_name(sc__sock_op op);
+
+/* ---- address.c ---- */
+
+struct sockaddr_un;
+
+/* unix:/path or tcp:LOOPBACK:PORT as a socket address; SC_EINVAL with a message otherwise. */
+int sc__sock_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
+/* Binds and listens (the file born 0600, a stale one replaced), filling s's listen_fd, addr and
+ * the file's identity; SC_EBUSY when something listens there, SC_EINVAL, SC_EIO. */
+int sc__sock_listen_unix(sc_socket *s, const struct sockaddr_un *sa);
+int sc__sock_listen_tcp(sc_socket *s, const char *addr, struct sockaddr_storage *ss, socklen_t len);
 
 /* ---- server.c ---- */
 
@@ -211,7 +223,16 @@ void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const ch
                                  const cJSON *id);
 /* Writes what is queued, then closes it (a deadline bounds the wait). */
 void sc__sock_client_close_after_flush(sc__sock_client *c);
+/* ---- tasks.c ---- */
+
 sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id);
+/* The record of ev's task, made when it is new; NULL when out of memory. */
+sc__sock_task_rec *sc__sock_task_record(sc_socket *s, const sc_event *ev);
+/* After t's status changed: keeps the finished list, and forgets the oldest beyond the bound. */
+void sc__sock_task_note_status(sc_socket *s, sc__sock_task_rec *t);
+/* A ring slot no longer names t (a forgotten record is freed with the last slot naming it). */
+void sc__sock_ring_release(sc__sock_task_rec *t);
+void sc__sock_task_free(sc__sock_task_rec *t);
 bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
                            sc_event_type type);
 void sc__sock_filter_free(sc__sock_filter *f);
