@@ -2,6 +2,7 @@
  * ring or the log and the seam to the live stream) and the control ops, each answered by exactly
  * one reply line. */
 #define _GNU_SOURCE /* memmem, asprintf */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,32 +13,8 @@
 
 #define TOO_MANY_PENDING "{\"error\":\"too-many-pending\"}\n"
 
-static void send_json_line(sc__sock_client *c, cJSON *o) {
-  char *text = o ? cJSON_PrintUnformatted(o) : NULL;
-  cJSON_Delete(o);
-  if (text == NULL) return;
-  size_t len = strlen(text);
-  text[len] = '\n';
-  sc__sock_client_send(c, text, len + 1, true);
-  free(text);
-}
-
 static void unauthorized(sc__sock_client *c, const char *message, const cJSON *id) {
   sc__sock_client_error_reply(c, "unauthorized", message, id);
-}
-
-static void gap_line(sc__sock_client *c, const char *task, uint64_t from, uint64_t first_available,
-                     bool known) {
-  cJSON *o = cJSON_CreateObject();
-  if (o == NULL) return;
-  cJSON_AddStringToObject(o, "error", "replay-gap");
-  cJSON_AddStringToObject(o, "task", task);
-  cJSON_AddNumberToObject(o, "from_seq", (double)from);
-  if (known)
-    cJSON_AddNumberToObject(o, "first_available", (double)first_available);
-  else
-    cJSON_AddNullToObject(o, "first_available");
-  send_json_line(c, o);
 }
 
 /* ---- delivery from the ring ---- */
@@ -58,42 +35,120 @@ static void deliver_since_connect(sc__sock_client *c) {
   for (; pos < s->ring_pos && c->state == SC__SOCK_STREAM; pos++) {
     const sc__sock_ring_entry *r = &s->ring[pos % s->ring_cap];
     if (sc__sock_filter_match(&c->filter, r->task->id, r->task->tenant, r->type))
-      sc__sock_client_send(c, r->line, r->len, true);
+      sc__sock_client_send_seg(c, &r->line, true);
   }
 }
 
 /* ---- replay ---- */
 
-typedef struct replay_state {
-  sc__sock_client *c;
-  const char *task;
-  const char *needle; /* "taskid":"ID", to skip other tasks' lines without parsing them */
-  uint64_t expected, upto;
-  bool any;
-} replay_state;
+/* A replay-gap line, with its newline; malloc'd, NULL when out of memory. Called on the loop and
+ * on the thread pool. */
+static char *gap_text(const char *task, uint64_t from, uint64_t first_available, bool known,
+                      size_t *len) {
+  cJSON *o = cJSON_CreateObject();
+  if (o == NULL) return NULL;
+  cJSON_AddStringToObject(o, "error", "replay-gap");
+  cJSON_AddStringToObject(o, "task", task);
+  cJSON_AddNumberToObject(o, "from_seq", (double)from);
+  if (known)
+    cJSON_AddNumberToObject(o, "first_available", (double)first_available);
+  else
+    cJSON_AddNullToObject(o, "first_available");
+  char *text = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (text == NULL) return NULL;
+  *len = strlen(text);
+  text[(*len)++] = '\n'; /* the NUL becomes the newline: used by length */
+  return text;
+}
+
+static void gap_line(sc__sock_client *c, const char *task, uint64_t from, uint64_t first_available,
+                     bool known) {
+  size_t len;
+  char *text = gap_text(task, from, first_available, known, &len);
+  if (text != NULL) sc__sock_client_send(c, text, len, true);
+  free(text);
+}
+
+/* The log is read on libuv's thread pool, not on the loop: a large log would otherwise stall the
+ * engine and every client while it is read. The work owns copies of all it reads (the client may
+ * go while it runs) and writes the lines it keeps into chunks of its own, which the loop then
+ * queues for the client as they are, without a copy. Until then the client is REPLAYING: the live
+ * stream passes it by and the ring keeps what it misses, delivered at the seam. */
+struct sc__sock_replay {
+  uv_work_t req;
+  sc_socket *s;
+  sc__sock_client *c;             /* NULL once the client is gone */
+  atomic_bool cancel;             /* set when the client goes: the read stops at its next line */
+  char *log_path, *task, *needle; /* needle: "taskid":"ID", to skip other tasks' lines unparsed */
+  sc__sock_filter filter;         /* a copy of the client's */
+  uint64_t from, expected, upto;
+  sc__queue chunks; /* what was kept, in order, through the chunks' pool nodes */
+  sc__sock_chunk *cur;
+  bool nomem;
+};
+
+static bool work_append(sc__sock_replay *w, const char *p, size_t len) {
+  if (w->cur == NULL || w->cur->cap - w->cur->len < len) {
+    sc__sock_chunk *ch = sc__sock_chunk_alloc(len);
+    if (ch == NULL) return false;
+    sc__queue_insert_tail(&w->chunks, &ch->pool);
+    w->cur = ch;
+  }
+  memcpy(w->cur->data + w->cur->len, p, len);
+  w->cur->len += len;
+  return true;
+}
 
 static int replay_line(const char *json, size_t len, void *udata) {
-  replay_state *st = udata;
-  if (st->needle && memmem(json, len, st->needle, strlen(st->needle)) == NULL) return 0;
+  sc__sock_replay *w = udata;
+  if (atomic_load_explicit(&w->cancel, memory_order_relaxed)) return 1;
+  if (w->needle && memmem(json, len, w->needle, strlen(w->needle)) == NULL) return 0;
   sc_event_doc *d;
   if (sc_event_parse(json, len, &d) != SC_OK) return 0;
   const sc_event *ev = sc_event_doc_event(d);
   int stop = 0;
-  if (strcmp(ev->task_id, st->task) == 0 && ev->seq >= st->expected) {
-    if (ev->seq >= st->upto) {
+  if (strcmp(ev->task_id, w->task) == 0 && ev->seq >= w->expected) {
+    if (ev->seq >= w->upto) {
       stop = 1; /* the ring and the live stream hold the rest */
     } else {
-      if (ev->seq > st->expected) gap_line(st->c, st->task, st->expected, ev->seq, true);
-      if (sc__sock_filter_match(&st->c->filter, ev->task_id, ev->tenant_id, ev->type)) {
-        sc__sock_client_send(st->c, json, len, true);
-        sc__sock_client_send(st->c, "\n", 1, true);
+      bool ok = true;
+      if (ev->seq > w->expected) {
+        size_t n;
+        char *gap = gap_text(w->task, w->expected, ev->seq, true, &n);
+        ok = gap != NULL && work_append(w, gap, n);
+        free(gap);
       }
-      st->expected = ev->seq + 1;
-      st->any = true;
+      if (ok && sc__sock_filter_match(&w->filter, ev->task_id, ev->tenant_id, ev->type))
+        ok = work_append(w, json, len) && work_append(w, "\n", 1);
+      if (!ok) {
+        w->nomem = true;
+        stop = 1;
+      }
+      w->expected = ev->seq + 1;
     }
   }
   sc_event_doc_free(d);
   return stop;
+}
+
+static void replay_read(uv_work_t *req) {
+  sc__sock_replay *w = req->data;
+  int rc = sc_jsonl_read_events(w->log_path, replay_line, w);
+  (void)rc; /* a log that cannot be read holds nothing more: the gap line says so */
+}
+
+static void replay_free(sc__sock_replay *w) {
+  sc__queue *q;
+  while ((q = sc__queue_head(&w->chunks)) != NULL) {
+    sc__queue_remove(q);
+    sc__sock_chunk_unref(w->s, sc__queue_data(q, sc__sock_chunk, pool));
+  }
+  free(w->log_path);
+  free(w->task);
+  free(w->needle);
+  sc__sock_filter_free(&w->filter);
+  free(w);
 }
 
 static bool plain_id(const char *id) {
@@ -102,40 +157,110 @@ static bool plain_id(const char *id) {
   return true;
 }
 
-/* The task's events from seq `from`: the log for what the ring no longer holds, then the ring;
- * the live stream carries on from there, so nothing is missed or sent twice at the seam. What
- * neither holds is said in a replay-gap line. */
-static void replay(sc__sock_client *c, const char *task, uint64_t from) {
-  sc_socket *s = c->server;
+/* The first seq of task the ring or the live stream delivers from now on; UINT64_MAX when the
+ * server knows nothing of the task. */
+static uint64_t ring_first(sc_socket *s, const char *task) {
+  for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos; pos++)
+    if (strcmp(s->ring[pos % s->ring_cap].task->id, task) == 0)
+      return s->ring[pos % s->ring_cap].seq;
   sc__sock_task_rec *rec = sc__sock_task_find(s, task);
-  uint64_t upto = UINT64_MAX; /* the first seq the ring or the live stream will deliver */
-  if (rec != NULL) {
-    upto = rec->last_seq + 1;
-    for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos; pos++)
-      if (s->ring[pos % s->ring_cap].task == rec) {
-        upto = s->ring[pos % s->ring_cap].seq;
-        break;
-      }
-  }
-  uint64_t expected = from;
-  if (from < upto && s->log_path != NULL) {
-    char *needle = NULL;
-    if (plain_id(task) && asprintf(&needle, "\"taskid\":\"%s\"", task) < 0) needle = NULL;
-    replay_state st = {c, task, needle, from, upto, false};
-    int rc = sc_jsonl_read_events(s->log_path, replay_line, &st);
-    free(needle);
-    (void)rc; /* a log that cannot be read holds nothing more: the gap line says so */
-    expected = st.expected;
-  }
-  if (expected < upto) gap_line(c, task, expected, upto, upto != UINT64_MAX);
-  if (rec == NULL) return;
+  return rec ? rec->last_seq + 1 : UINT64_MAX;
+}
+
+/* The seam: the log gave every event from `from` to before `expected`; the ring gives the rest,
+ * and the live stream carries on from there, so nothing is missed or sent twice. What neither
+ * holds is said in a replay-gap line (none after the log's events of a task the server never
+ * saw: the log holds all there is of it). */
+static void replay_seam(sc__sock_client *c, const char *task, uint64_t from, uint64_t expected) {
+  sc_socket *s = c->server;
+  uint64_t upto = ring_first(s, task);
+  if (expected < upto && !(upto == UINT64_MAX && expected > from))
+    gap_line(c, task, expected, upto, upto != UINT64_MAX);
+  if (c->state == SC__SOCK_REPLAYING) c->state = SC__SOCK_STREAM;
   for (uint64_t pos = s->ring_pos - s->ring_n; pos < s->ring_pos && c->state == SC__SOCK_STREAM;
        pos++) {
     const sc__sock_ring_entry *r = &s->ring[pos % s->ring_cap];
-    if (r->task == rec && r->seq >= from &&
-        sc__sock_filter_match(&c->filter, rec->id, rec->tenant, r->type))
-      sc__sock_client_send(c, r->line, r->len, true);
+    if (r->seq >= expected && strcmp(r->task->id, task) == 0 &&
+        sc__sock_filter_match(&c->filter, r->task->id, r->task->tenant, r->type))
+      sc__sock_client_send_seg(c, &r->line, true);
   }
+}
+
+static void replay_done(uv_work_t *req, int status) {
+  (void)status;
+  sc__sock_replay *w = req->data;
+  sc__sock_client *c = w->c;
+  w->s->replays--;
+  if (c != NULL) {
+    c->replay = NULL;
+    sc__queue *q;
+    sc__queue_foreach(q, &w->chunks) {
+      sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
+      sc__sock_seg seg = {ch, 0, ch->len};
+      if (ch->len > 0 && !sc__sock_client_send_seg(c, &seg, true)) break;
+    }
+    if (w->nomem) {
+      sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory while replaying the log", NULL);
+      sc__sock_client_close_after_flush(c);
+    } else {
+      replay_seam(c, w->task, w->from, w->expected);
+    }
+  }
+  replay_free(w);
+}
+
+void sc__sock_replay_detach(sc__sock_client *c) {
+  if (c->replay == NULL) return;
+  c->replay->c = NULL;
+  atomic_store(&c->replay->cancel, true);
+  c->replay = NULL;
+}
+
+static bool filter_copy(sc__sock_filter *to, const sc__sock_filter *from) {
+  memset(to, 0, sizeof(*to));
+  to->from_seq = from->from_seq;
+  if ((from->tenant && (to->tenant = strdup(from->tenant)) == NULL) ||
+      (from->task && (to->task = strdup(from->task)) == NULL))
+    return false;
+  if (from->ntypes && (to->types = calloc(from->ntypes, sizeof(*to->types))) == NULL) return false;
+  for (; to->ntypes < from->ntypes; to->ntypes++)
+    if ((to->types[to->ntypes] = strdup(from->types[to->ntypes])) == NULL) return false;
+  return true;
+}
+
+/* The task's events from seq `from`: from the log (on the thread pool) what the ring no longer
+ * holds, then the ring. */
+static void replay(sc__sock_client *c, const char *task, uint64_t from) {
+  sc_socket *s = c->server;
+  uint64_t upto = ring_first(s, task);
+  if (from >= upto || s->log_path == NULL) {
+    replay_seam(c, task, from, from);
+    return;
+  }
+  sc__sock_replay *w = calloc(1, sizeof(*w));
+  bool ok = w != NULL;
+  if (ok) {
+    sc__queue_init(&w->chunks);
+    atomic_init(&w->cancel, false);
+    w->s = s;
+    w->c = c;
+    w->from = w->expected = from;
+    w->upto = upto;
+    w->req.data = w;
+    ok = (w->log_path = strdup(s->log_path)) != NULL && (w->task = strdup(task)) != NULL &&
+         filter_copy(&w->filter, &c->filter) &&
+         (!plain_id(task) || asprintf(&w->needle, "\"taskid\":\"%s\"", task) >= 0);
+    if (!plain_id(task) || !ok) w->needle = NULL;
+  }
+  if (ok && uv_queue_work(s->loop, &w->req, replay_read, replay_done) == 0) {
+    s->replays++;
+    c->replay = w;
+    c->state = SC__SOCK_REPLAYING;
+    return;
+  }
+  if (w != NULL) replay_free(w);
+  sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory", NULL);
+  sc__sock_client_close_after_flush(c);
 }
 
 /* ---- subscribe ---- */
@@ -268,9 +393,11 @@ static void op_status(sc__sock_client *c, const sc__sock_request *r) {
   if (r->task) {
     cJSON *t = task_json(s, r->task);
     if (t == NULL) {
-      char msg[300];
-      snprintf(msg, sizeof(msg), "no task '%.200s' (neither running here nor seen by this server)",
-               r->task);
+      char msg[400];
+      snprintf(msg, sizeof(msg),
+               "no task '%.200s': not held by the engine, and not among the tasks this server "
+               "remembers (the last %zu finished)",
+               r->task, s->o.max_finished_tasks);
       sc__sock_client_error_reply(c, "SC_ENOTFOUND", msg, r->id);
       return;
     }
@@ -280,8 +407,9 @@ static void op_status(sc__sock_client *c, const sc__sock_request *r) {
     return;
   }
   cJSON *o = ok_reply(r->op), *list = cJSON_AddArrayToObject(o, "tasks");
-  for (sc__sock_task_rec *t = s->all; t && list; t = t->all)
-    cJSON_AddItemToArray(list, task_json(s, t->id));
+  sc__queue *q;
+  for (q = s->all.prev; q != &s->all && list; q = q->prev) /* newest first */
+    cJSON_AddItemToArray(list, task_json(s, sc__queue_data(q, sc__sock_task_rec, all)->id));
   sc__sock_client_reply(c, o, r->id);
 }
 

@@ -1,16 +1,19 @@
 /* The socket server: a listening socket and its clients watched with uv_poll_t in the engine's
- * loop, the subscriber that encodes each event once into the replay ring and every client's
- * queue, and the writes, batched per loop turn. Clients are plain non-blocking sockets written
- * with send(): no write request of libuv is ever pending, so no client keeps the loop running,
- * and a client that does not read only fills its own queue. */
+ * loop, the subscriber that encodes each event once into a shared chunk that the replay ring and
+ * every client's queue reference, and the writes, one sendmsg of the queued segments per client
+ * per loop turn. Clients are plain non-blocking sockets: no write request of libuv is ever
+ * pending, so no client keeps the loop running, and a client that does not read only fills its
+ * own queue. */
 #define _GNU_SOURCE /* accept4, asprintf */
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -23,92 +26,51 @@
 #define DROP_WAIT   10000       /* ms a dropped client gets to read its slow-consumer line */
 #define SLOW_LINE   "{\"error\":\"slow-consumer\"}\n"
 #define TOO_MANY    "{\"error\":\"too-many-clients\"}\n"
+#define CHUNK_BYTES (64 * 1024) /* encoded lines are appended to shared chunks of this size */
+#define POOL_CHUNKS 16          /* unused chunks kept for reuse */
 
-/* ---- the task table ---- */
+/* ---- chunks ---- */
 
-static size_t hash_id(const char *s) {
-  size_t h = 1469598103934665603u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211u;
-  return h;
+sc__sock_chunk *sc__sock_chunk_alloc(size_t need) {
+  size_t cap = need > CHUNK_BYTES ? need : CHUNK_BYTES;
+  sc__sock_chunk *ch = malloc(sizeof(*ch) + cap);
+  if (ch == NULL) return NULL;
+  ch->cap = cap;
+  ch->refs = 1;
+  ch->len = 0;
+  sc__queue_init(&ch->pool);
+  return ch;
 }
 
-sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id) {
-  if (s->nbuckets == 0 || id == NULL) return NULL;
-  for (sc__sock_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
-    if (strcmp(t->id, id) == 0) return t;
-  return NULL;
+static sc__sock_chunk *chunk_new(sc_socket *s, size_t need) {
+  sc__queue *q = need <= CHUNK_BYTES ? sc__queue_head(&s->pool) : NULL;
+  if (q == NULL) return sc__sock_chunk_alloc(need);
+  sc__queue_remove(q);
+  s->npool--;
+  sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
+  ch->refs = 1;
+  ch->len = 0;
+  return ch;
 }
 
-static bool grow_table(sc_socket *s) {
-  size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
-  sc__sock_task_rec **b = calloc(n, sizeof(*b));
-  if (b == NULL) return false;
-  for (sc__sock_task_rec *t = s->all; t; t = t->all) {
-    size_t i = hash_id(t->id) % n;
-    t->next = b[i];
-    b[i] = t;
+void sc__sock_chunk_unref(sc_socket *s, sc__sock_chunk *ch) {
+  if (ch == NULL || --ch->refs > 0) return;
+  if (ch->cap == CHUNK_BYTES && s->npool < POOL_CHUNKS && !s->closing) {
+    sc__queue_insert_head(&s->pool, &ch->pool);
+    s->npool++;
+  } else {
+    free(ch);
   }
-  free(s->buckets);
-  s->buckets = b;
-  s->nbuckets = n;
+}
+
+/* Room for need bytes at the end of *cur (the holder's reference): a new chunk when it is full. */
+static bool chunk_room(sc_socket *s, sc__sock_chunk **cur, size_t need) {
+  if (*cur != NULL && (*cur)->cap - (*cur)->len >= need) return true;
+  sc__sock_chunk *ch = chunk_new(s, need);
+  if (ch == NULL) return false;
+  sc__sock_chunk_unref(s, *cur);
+  *cur = ch;
   return true;
-}
-
-static char *dup_or_null(const char *s) {
-  return s ? strdup(s) : NULL;
-}
-
-static sc__sock_task_rec *task_record(sc_socket *s, const sc_event *ev) {
-  sc__sock_task_rec *t = sc__sock_task_find(s, ev->task_id);
-  if (t != NULL) return t;
-  if (s->ntasks + 1 > s->nbuckets && !grow_table(s)) return NULL;
-  if ((t = calloc(1, sizeof(*t))) == NULL) return NULL;
-  t->id = strdup(ev->task_id);
-  t->tenant = dup_or_null(ev->tenant_id);
-  if (t->id == NULL || (ev->tenant_id && t->tenant == NULL)) {
-    free(t->id);
-    free(t->tenant);
-    free(t);
-    return NULL;
-  }
-  size_t i = hash_id(t->id) % s->nbuckets;
-  t->next = s->buckets[i];
-  s->buckets[i] = t;
-  t->all = s->all;
-  s->all = t;
-  s->ntasks++;
-  return t;
-}
-
-/* ---- filters ---- */
-
-static bool type_matches(const char *pattern, const char *dotted) {
-  size_t n = strlen(pattern);
-  if (strcmp(pattern, "*") == 0) return true;
-  if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] == '.')
-    return strncmp(pattern, dotted, n - 1) == 0;
-  return strcmp(pattern, dotted) == 0;
-}
-
-bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
-                           sc_event_type type) {
-  if (f->task && strcmp(f->task, task_id) != 0) return false;
-  if (f->tenant && (tenant == NULL || strcmp(f->tenant, tenant) != 0)) return false;
-  if (f->ntypes == 0) return true;
-  const char *dotted = sc_event_type_name(type) + strlen("stagecoach.");
-  for (size_t i = 0; i < f->ntypes; i++)
-    if (type_matches(f->types[i], dotted)) return true;
-  return false;
-}
-
-void sc__sock_filter_free(sc__sock_filter *f) {
-  free(f->tenant);
-  free(f->task);
-  for (size_t i = 0; i < f->ntypes; i++)
-    free(f->types[i]);
-  free(f->types);
-  memset(f, 0, sizeof(*f));
 }
 
 /* ---- client output ---- */
@@ -120,7 +82,7 @@ static void on_client_io(uv_poll_t *p, int status, int events);
 static void set_watch(sc__sock_client *c) {
   int ev = 0;
   if (c->state != SC__SOCK_CLOSING) ev |= UV_READABLE;
-  if (c->out_len > c->out_off) ev |= UV_WRITABLE;
+  if (c->queued > 0) ev |= UV_WRITABLE;
   if (ev != c->events) {
     c->events = ev;
     if (ev == 0)
@@ -130,20 +92,62 @@ static void set_watch(sc__sock_client *c) {
   }
 }
 
-/* Writes what it can without blocking. False when the client is gone (closed by it). */
+static sc__sock_seg *seg_at(sc__sock_client *c, size_t i) {
+  return &c->segs[(c->seg_head + i) % c->seg_cap];
+}
+
+static void seg_pop(sc__sock_client *c) {
+  sc__sock_seg *g = seg_at(c, 0);
+  c->queued -= g->len;
+  sc__sock_chunk_unref(c->server, g->chunk);
+  g->chunk = NULL;
+  c->seg_head = (c->seg_head + 1) % c->seg_cap;
+  c->seg_n--;
+}
+
+/* n bytes of the queue were written: the segments they cover go. */
+static void queue_advance(sc__sock_client *c, size_t n) {
+  while (n > 0) {
+    sc__sock_seg *g = seg_at(c, 0);
+    if (n < g->len) {
+      g->off += n;
+      g->len -= n;
+      c->queued -= n;
+      c->mid_line = g->chunk->data[g->off - 1] != '\n';
+      return;
+    }
+    n -= g->len;
+    seg_pop(c);
+  }
+  c->mid_line = false;
+}
+
+#define WRITE_IOVS 64
+
+/* Writes what it can without blocking, up to WRITE_IOVS segments per sendmsg (segments of the
+ * same chunk that follow each other are one). False when the client is gone (closed by it). */
 static bool client_write(sc__sock_client *c) {
-  while (c->out_len > c->out_off) {
-    ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+  while (c->seg_n > 0) {
+    struct iovec iov[WRITE_IOVS];
+    size_t k = 0, total = 0;
+    for (; k < c->seg_n && k < WRITE_IOVS; k++) {
+      sc__sock_seg *g = seg_at(c, k);
+      iov[k].iov_base = g->chunk->data + g->off;
+      iov[k].iov_len = g->len;
+      total += g->len;
+    }
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = k};
+    ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (n <= 0) {
       client_close(c);
       return false;
     }
-    c->out_off += (size_t)n;
+    queue_advance(c, (size_t)n);
+    if ((size_t)n < total) break; /* the socket is full: the next writable event goes on */
   }
-  if (c->out_off == c->out_len) {
-    c->out_off = c->out_len = 0;
+  if (c->queued == 0) {
     c->replies = 0;
     if (c->cap > c->server->o.queue_bytes) c->cap = c->server->o.queue_bytes;
     if (c->state == SC__SOCK_CLOSING) {
@@ -157,67 +161,122 @@ static bool client_write(sc__sock_client *c) {
 
 static void mark_dirty(sc__sock_client *c, size_t len) {
   sc_socket *s = c->server;
-  if (s->dirty == NULL) s->dirty_since = uv_now(s->loop);
+  if (sc__queue_empty(&s->dirty)) s->dirty_since = uv_now(s->loop);
   s->dirty_bytes += len;
-  if (c->dirty) return;
-  c->dirty = true;
+  if (sc__queue_linked(&c->dirty)) return;
   s->ndirty++;
-  c->dirty_next = s->dirty;
-  s->dirty = c;
+  sc__queue_insert_tail(&s->dirty, &c->dirty);
 }
 
-static bool out_reserve(sc__sock_client *c, size_t extra) {
-  if (c->out_off > 0 && c->out_off >= c->out_len / 2) { /* slide the written part out */
-    memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
-    c->out_len -= c->out_off;
-    c->out_off = 0;
+/* Appends a reference to len bytes at off in ch: one more segment, or a longer last one when the
+ * bytes follow it in the same chunk (as a turn's events do). */
+static bool queue_push(sc__sock_client *c, sc__sock_chunk *ch, size_t off, size_t len) {
+  if (c->seg_n > 0) {
+    sc__sock_seg *last = seg_at(c, c->seg_n - 1);
+    if (last->chunk == ch && last->off + last->len == off) {
+      last->len += len;
+      c->queued += len;
+      return true;
+    }
   }
-  if (c->out_len + extra <= c->out_cap) return true;
-  size_t cap = c->out_cap ? c->out_cap : 16384;
-  while (cap < c->out_len + extra)
-    cap *= 2;
-  char *p = realloc(c->out, cap);
-  if (p == NULL) return false;
-  c->out = p;
-  c->out_cap = cap;
+  if (c->seg_n == c->seg_cap) {
+    size_t cap = c->seg_cap ? c->seg_cap * 2 : 8;
+    sc__sock_seg *v = malloc(cap * sizeof(*v));
+    if (v == NULL) return false;
+    for (size_t i = 0; i < c->seg_n; i++)
+      v[i] = *seg_at(c, i);
+    free(c->segs);
+    c->segs = v;
+    c->seg_cap = cap;
+    c->seg_head = 0;
+  }
+  *seg_at(c, c->seg_n) = (sc__sock_seg){ch, off, len};
+  ch->refs++;
+  c->seg_n++;
+  c->queued += len;
   return true;
 }
 
-/* The queue is full: what is not written yet goes (but the rest of a line already begun), the
- * client is told and closed once that is written. */
-static void drop_slow(sc__sock_client *c) {
-  size_t keep = c->out_off;
-  if (keep > 0 && c->out[keep - 1] != '\n') {
-    const char *nl = memchr(c->out + keep, '\n', c->out_len - keep);
-    keep = nl ? (size_t)(nl - c->out) + 1 : c->out_len;
+/* Drops what is queued (but the rest of a line already begun, so the client reads whole lines). */
+static void queue_cut(sc__sock_client *c) {
+  size_t keep = 0;
+  if (c->seg_n > 0 && c->mid_line) {
+    sc__sock_seg *g = seg_at(c, 0);
+    const char *nl = memchr(g->chunk->data + g->off, '\n', g->len);
+    size_t rest = nl ? (size_t)(nl - (g->chunk->data + g->off)) + 1 : g->len;
+    c->queued -= g->len - rest;
+    g->len = rest;
+    keep = 1;
   }
-  c->out_len = keep;
+  while (c->seg_n > keep) {
+    sc__sock_seg *g = seg_at(c, c->seg_n - 1);
+    c->queued -= g->len;
+    sc__sock_chunk_unref(c->server, g->chunk);
+    g->chunk = NULL;
+    c->seg_n--;
+  }
+}
+
+static void queue_free(sc__sock_client *c) {
+  while (c->seg_n > 0)
+    seg_pop(c);
+  free(c->segs);
+  c->segs = NULL;
+  sc__sock_chunk_unref(c->server, c->own);
+  c->own = NULL;
+}
+
+static bool client_copy(sc__sock_client *c, const char *line, size_t len) {
+  sc_socket *s = c->server;
+  if (!chunk_room(s, &c->own, len)) return false;
+  size_t off = c->own->len;
+  memcpy(c->own->data + off, line, len);
+  c->own->len += len;
+  return queue_push(c, c->own, off, len);
+}
+
+/* The queue is full: what is not written yet goes, the client is told and closed once that is
+ * written. */
+static void drop_slow(sc__sock_client *c) {
+  queue_cut(c);
   c->server->dropped++;
   c->state = SC__SOCK_CLOSING;
   c->deadline = uv_now(c->server->loop) + DROP_WAIT;
-  if (out_reserve(c, sizeof(SLOW_LINE) - 1)) {
-    memcpy(c->out + c->out_len, SLOW_LINE, sizeof(SLOW_LINE) - 1);
-    c->out_len += sizeof(SLOW_LINE) - 1;
-  }
+  client_copy(c, SLOW_LINE, sizeof(SLOW_LINE) - 1);
   sc__sock_client_close_after_flush(c);
 }
 
-bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay) {
+static bool client_accept_bytes(sc__sock_client *c, size_t len, bool replay) {
   if (c->state == SC__SOCK_CLOSING || c->closed) return false;
-  size_t queued = c->out_len - c->out_off;
-  if (!replay && queued + len > c->cap) {
+  if (!replay && c->queued + len > c->cap) {
     drop_slow(c);
     return false;
   }
-  if (!out_reserve(c, len)) {
-    drop_slow(c);
-    return false;
-  }
-  memcpy(c->out + c->out_len, line, len);
-  c->out_len += len;
-  if (replay && c->out_len - c->out_off > c->cap)
-    c->cap = c->out_len - c->out_off + c->server->o.queue_bytes;
+  return true;
+}
+
+static void client_queued(sc__sock_client *c, size_t len, bool replay) {
+  if (replay && c->queued > c->cap) c->cap = c->queued + c->server->o.queue_bytes;
   mark_dirty(c, len);
+}
+
+bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay) {
+  if (!client_accept_bytes(c, len, replay)) return false;
+  if (!client_copy(c, line, len)) {
+    drop_slow(c);
+    return false;
+  }
+  client_queued(c, len, replay);
+  return true;
+}
+
+bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool replay) {
+  if (!client_accept_bytes(c, line->len, replay)) return false;
+  if (!queue_push(c, line->chunk, line->off, line->len)) {
+    drop_slow(c);
+    return false;
+  }
+  client_queued(c, line->len, replay);
   return true;
 }
 
@@ -261,7 +320,7 @@ static void on_client_closed(uv_handle_t *h) {
   close(c->fd);
   sc__sock_filter_free(&c->filter);
   free(c->in);
-  free(c->out);
+  queue_free(c);
   free(c);
   s->open_handles--;
 }
@@ -270,20 +329,12 @@ static void client_close(sc__sock_client *c) {
   sc_socket *s = c->server;
   if (c->closed) return;
   c->closed = true;
-  if (c->dirty) { /* out of the dirty list */
-    for (sc__sock_client **p = &s->dirty; *p; p = &(*p)->dirty_next)
-      if (*p == c) {
-        *p = c->dirty_next;
-        s->ndirty--;
-        break;
-      }
-    c->dirty = false;
+  sc__sock_replay_detach(c);
+  if (sc__queue_linked(&c->dirty)) {
+    sc__queue_remove(&c->dirty);
+    s->ndirty--;
   }
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    s->clients = c->next;
-  if (c->next) c->next->prev = c->prev;
+  sc__queue_remove(&c->node);
   s->nclients--;
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, on_client_closed);
@@ -292,16 +343,15 @@ static void client_close(sc__sock_client *c) {
 }
 
 static void flush_all(sc_socket *s) {
-  sc__sock_client *c = s->dirty;
-  s->dirty = NULL;
+  sc__queue todo;
+  sc__queue_init(&todo);
+  sc__queue_move(&s->dirty, &todo);
   s->dirty_bytes = 0;
   s->ndirty = 0;
-  while (c) {
-    sc__sock_client *next = c->dirty_next;
-    c->dirty = false;
-    c->dirty_next = NULL;
-    client_write(c);
-    c = next;
+  sc__queue *q;
+  while ((q = sc__queue_head(&todo)) != NULL) {
+    sc__queue_remove(q);
+    client_write(sc__queue_data(q, sc__sock_client, dirty));
   }
 }
 
@@ -309,7 +359,7 @@ static void flush_all(sc_socket *s) {
  * one send() per client for everything of a loop turn, not one per event. */
 static void on_prepare(uv_prepare_t *h) {
   sc_socket *s = h->data;
-  if (s->dirty == NULL) return;
+  if (sc__queue_empty(&s->dirty)) return;
   if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
       uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
     flush_all(s);
@@ -321,8 +371,9 @@ static void on_tick(uv_timer_t *t) {
   sc_socket *s = t->data;
   uint64_t now = uv_now(s->loop);
   bool waiting = false;
-  for (sc__sock_client *c = s->clients, *next; c; c = next) {
-    next = c->next;
+  sc__queue *q, *n;
+  sc__queue_foreach_safe(q, n, &s->clients) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
     if (c->state == SC__SOCK_WAITING && now >= c->deadline) {
       sc__sock_start_unfiltered(c);
     } else if (c->state == SC__SOCK_CLOSING && now >= c->deadline) {
@@ -368,7 +419,7 @@ static void client_read(sc__sock_client *c) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (n <= 0) { /* the client went away; a half line it left is dropped unread */
-      if (c->out_len > c->out_off && n == 0) {
+      if (c->queued > 0 && n == 0) {
         sc__sock_client_close_after_flush(c);
         set_watch(c);
       } else {
@@ -443,9 +494,8 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     c->state = SC__SOCK_WAITING;
     c->start_pos = s->ring_pos;
     c->deadline = uv_now(s->loop) + s->o.subscribe_wait_ms;
-    c->next = s->clients;
-    if (s->clients) s->clients->prev = c;
-    s->clients = c;
+    sc__queue_init(&c->dirty);
+    sc__queue_insert_tail(&s->clients, &c->node);
     s->nclients++;
     set_watch(c);
     if (s->o.subscribe_wait_ms == 0)
@@ -457,33 +507,50 @@ static void on_accept(uv_poll_t *p, int status, int events) {
 
 /* ---- the subscriber ---- */
 
-static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev, const char *line,
-                      size_t len) {
+/* The ring's slot for the next position takes a reference to the event's line. */
+static void ring_push(sc_socket *s, sc__sock_task_rec *t, const sc_event *ev,
+                      const sc__sock_seg *line) {
   if (s->ring_cap == 0) return;
   sc__sock_ring_entry *slot = &s->ring[s->ring_pos % s->ring_cap];
-  if (len > slot->cap) { /* a slot keeps its memory: no allocation per event once warm */
-    char *p = realloc(slot->line, len);
-    if (p == NULL) return;
-    slot->line = p;
-    slot->cap = len;
-  }
-  memcpy(slot->line, line, len);
+  sc__sock_chunk_unref(s, slot->line.chunk);
+  sc__sock_ring_release(slot->task);
+  t->ring_refs++;
+  slot->line = *line;
+  line->chunk->refs++;
   if (s->ring_n < s->ring_cap) s->ring_n++;
   slot->task = t;
   slot->type = ev->type;
   slot->seq = ev->seq;
-  slot->len = len;
   s->ring_pos++;
+}
+
+/* Encodes ev once, with its newline, at the end of the server's current chunk. */
+static bool encode_line(sc_socket *s, const sc_event *ev, sc__sock_seg *line) {
+  sc__sock_chunk *ch = s->cur;
+  size_t room = ch ? ch->cap - ch->len : 0;
+  long n = sc_event_encode(ev, ch ? ch->data + ch->len : NULL, room > 0 ? room - 1 : 0);
+  if (n < 0) return false;
+  if ((size_t)n + 1 > room) {
+    if (!chunk_room(s, &s->cur, (size_t)n + 1)) return false;
+    ch = s->cur;
+    n = sc_event_encode(ev, ch->data + ch->len, ch->cap - ch->len - 1);
+    if (n < 0 || (size_t)n + 1 > ch->cap - ch->len) return false;
+  }
+  ch->data[ch->len + (size_t)n] = '\n';
+  *line = (sc__sock_seg){ch, ch->len, (size_t)n + 1};
+  ch->len += (size_t)n + 1;
+  return true;
 }
 
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   (void)ack;
   sc_socket *s = udata;
-  sc__sock_task_rec *t = task_record(s, ev);
+  sc__sock_task_rec *t = sc__sock_task_record(s, ev);
   if (t == NULL) return SC_OK; /* out of memory: the stream misses it; the engine goes on */
   t->last_seq = ev->seq;
   t->status = ev->status;
   t->stage_index = ev->stage_index;
+  sc__sock_task_note_status(s, t);
   if (ev->stage && (t->stage == NULL || strcmp(t->stage, ev->stage) != 0)) {
     size_t n = strlen(ev->stage) + 1;
     if (n > t->stage_cap) { /* reused: no allocation per stage once it is long enough */
@@ -495,166 +562,18 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
     }
     if (n <= t->stage_cap) memcpy(t->stage, ev->stage, n);
   }
-  if (s->ring_cap == 0 && s->clients == NULL) return SC_OK;
-  long n = sc_event_encode(ev, s->scratch, s->scratch_cap ? s->scratch_cap - 1 : 0);
-  if (n < 0) return SC_OK;
-  if ((size_t)n + 1 > s->scratch_cap) {
-    size_t cap = s->scratch_cap ? s->scratch_cap : 4096;
-    while (cap < (size_t)n + 1)
-      cap *= 2;
-    char *p = realloc(s->scratch, cap);
-    if (p == NULL) return SC_OK;
-    s->scratch = p;
-    s->scratch_cap = cap;
-    n = sc_event_encode(ev, s->scratch, s->scratch_cap - 1);
-  }
-  s->scratch[n] = '\n';
-  size_t len = (size_t)n + 1;
-  ring_push(s, t, ev, s->scratch, len);
-  for (sc__sock_client *c = s->clients, *next; c; c = next) {
-    next = c->next;
+  if (s->ring_cap == 0 && sc__queue_empty(&s->clients)) return SC_OK;
+  sc__sock_seg line;
+  if (!encode_line(s, ev, &line)) return SC_OK;
+  ring_push(s, t, ev, &line);
+  sc__queue *q, *next;
+  sc__queue_foreach_safe(q, next, &s->clients) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
     if (c->state == SC__SOCK_STREAM && ev->seq >= c->filter.from_seq &&
         sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
-      sc__sock_client_send(c, s->scratch, len, false);
+      sc__sock_client_send_seg(c, &line, false);
   }
   return SC_OK; /* never SC_DEFER: no step of the engine waits for a client */
-}
-
-/* ---- listening ---- */
-
-/* unix:/path or tcp:LOOPBACK:PORT as a socket address; SC_EINVAL with a message for anything
- * else. Only loopback is served or reached: control lines would otherwise cross the network. */
-static int parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len) {
-  memset(ss, 0, sizeof(*ss));
-  if (strncmp(addr, "unix:", 5) == 0) {
-    const char *path = addr + 5;
-    struct sockaddr_un *sa = (struct sockaddr_un *)ss;
-    if (strlen(path) == 0 || strlen(path) >= sizeof(sa->sun_path))
-      return sc_error_set(SC_EINVAL, "socket unix:%s: the path must be 1 to %zu bytes", path,
-                          sizeof(sa->sun_path) - 1);
-    sa->sun_family = AF_UNIX;
-    memcpy(sa->sun_path, path, strlen(path));
-    *len = sizeof(*sa);
-    return SC_OK;
-  }
-  if (strncmp(addr, "tcp:", 4) != 0)
-    return sc_error_set(SC_EINVAL, "socket address '%s': give unix:/path or tcp:127.0.0.1:PORT",
-                        addr);
-  const char *hostport = addr + 4, *colon = strrchr(hostport, ':');
-  char host[64];
-  if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: give tcp:127.0.0.1:PORT or tcp:[::1]:PORT",
-                        hostport);
-  memcpy(host, hostport, (size_t)(colon - hostport));
-  host[colon - hostport] = '\0';
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
-    return sc_error_set(SC_EINVAL, "socket tcp:%s: the port must be 0..65535", hostport);
-  if (strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_loopback;
-    a->sin6_port = htons((uint16_t)port);
-    *len = sizeof(*a);
-    return SC_OK;
-  }
-  struct sockaddr_in *a = (struct sockaddr_in *)ss;
-  a->sin_family = AF_INET;
-  if (inet_pton(AF_INET, host, &a->sin_addr) != 1 || (ntohl(a->sin_addr.s_addr) >> 24) != 127)
-    return sc_error_set(SC_EINVAL,
-                        "socket tcp:%s: only a loopback address (127.0.0.1, [::1]) is served: "
-                        "control lines would otherwise cross the network",
-                        hostport);
-  a->sin_port = htons((uint16_t)port);
-  *len = sizeof(*a);
-  return SC_OK;
-}
-
-int sc_socket_connect(const char *addr, int *fd_out) {
-  if (fd_out) *fd_out = -1;
-  if (addr == NULL || fd_out == NULL) return sc_error_set(SC_EINVAL, "socket: NULL argument");
-  struct sockaddr_storage ss;
-  socklen_t sl;
-  int rc = parse_address(addr, &ss, &sl);
-  if (rc != SC_OK) return rc;
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  if (connect(fd, (struct sockaddr *)&ss, sl) != 0) {
-    int err = errno;
-    close(fd);
-    return sc_error_set(SC_EIO, "cannot connect to %s: %s", addr, strerror(err));
-  }
-  *fd_out = fd;
-  return SC_OK;
-}
-
-static int listen_unix(sc_socket *s, const struct sockaddr_un *sa) {
-  const char *path = sa->sun_path;
-  struct stat st;
-  if (lstat(path, &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      return sc_error_set(SC_EINVAL, "socket unix:%s: the file exists and is not a socket", path);
-    /* A socket file: replaced only when nothing listens on it (one a crash left behind). */
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-    int rc = connect(probe, (const struct sockaddr *)sa, sizeof(*sa));
-    int err = errno;
-    close(probe);
-    if (rc == 0 || err != ECONNREFUSED)
-      return sc_error_set(SC_EBUSY, "socket unix:%s: something listens on it already", path);
-    if (unlink(path) != 0)
-      return sc_error_set(SC_EIO, "socket unix:%s: cannot remove the stale socket: %s", path,
-                          strerror(errno));
-  }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  mode_t old = umask(0177); /* the file is born 0600: no moment where others could connect */
-  int rc = bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
-  int err = errno;
-  umask(old);
-  if (rc != 0 || chmod(path, 0600) != 0 || listen(fd, 512) != 0 || lstat(path, &st) != 0) {
-    err = rc != 0 ? err : errno;
-    close(fd);
-    if (rc == 0) unlink(path);
-    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket unix:%s: %s", path,
-                        strerror(err));
-  }
-  s->unix_path = strdup(path);
-  s->unix_ino = st.st_ino;
-  s->unix_dev = st.st_dev;
-  s->listen_fd = fd;
-  if (asprintf(&s->addr, "unix:%s", path) < 0) s->addr = NULL;
-  return SC_OK;
-}
-
-static int listen_tcp(sc_socket *s, const char *addr, struct sockaddr_storage *ss, socklen_t sl) {
-  int family = ss->ss_family;
-  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sc_error_set(SC_EIO, "socket: %s", strerror(errno));
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)ss, sl) != 0 || listen(fd, 512) != 0) {
-    int err = errno;
-    close(fd);
-    return sc_error_set(err == EADDRINUSE ? SC_EBUSY : SC_EIO, "socket %s: %s", addr,
-                        strerror(err));
-  }
-  sl = sizeof(*ss);
-  getsockname(fd, (struct sockaddr *)ss, &sl);
-  char host[INET_ADDRSTRLEN] = "127.0.0.1";
-  unsigned bound;
-  if (family == AF_INET6) {
-    bound = ntohs(((struct sockaddr_in6 *)ss)->sin6_port);
-  } else {
-    bound = ntohs(((struct sockaddr_in *)ss)->sin_port);
-    inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, host, sizeof(host));
-  }
-  s->listen_fd = fd;
-  if (asprintf(&s->addr, "tcp:%s:%u", family == AF_INET6 ? "[::1]" : host, bound) < 0)
-    s->addr = NULL;
-  return SC_OK;
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -663,22 +582,26 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 static void free_server(sc_socket *s) {
-  for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++)
-    free(s->ring[i].line);
+  for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++) {
+    sc__sock_chunk_unref(s, s->ring[i].line.chunk);
+    sc__sock_ring_release(s->ring[i].task); /* frees the forgotten records the ring named */
+  }
   free(s->ring);
-  for (sc__sock_task_rec *t = s->all, *next; t; t = next) {
-    next = t->all;
-    free(t->id);
-    free(t->tenant);
-    free(t->stage);
-    free(t);
+  sc__sock_chunk_unref(s, s->cur);
+  sc__queue *q;
+  while ((q = sc__queue_head(&s->pool)) != NULL) {
+    sc__queue_remove(q);
+    free(sc__queue_data(q, sc__sock_chunk, pool));
+  }
+  while ((q = sc__queue_head(&s->all)) != NULL) {
+    sc__queue_remove(q);
+    sc__sock_task_free(sc__queue_data(q, sc__sock_task_rec, all));
   }
   free(s->buckets);
   sc__sock_tokens_free(&s->tokens);
   free(s->log_path);
   free(s->addr);
   free(s->unix_path);
-  free(s->scratch);
   free(s);
 }
 
@@ -688,12 +611,17 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
     return sc_error_set(SC_EINVAL, "socket: NULL argument");
   sc_socket_options defaults;
   sc_socket_options_init(&defaults);
-  if (o != NULL && o->version != SC_SOCKET_OPTIONS_VERSION)
-    return sc_error_set(SC_EINVAL, "socket: options version %u, expected %u", o->version,
+  if (o != NULL && (o->version < 1 || o->version > SC_SOCKET_OPTIONS_VERSION))
+    return sc_error_set(SC_EINVAL, "socket: options version %u, expected 1 to %u", o->version,
                         SC_SOCKET_OPTIONS_VERSION);
   sc_socket *s = calloc(1, sizeof(*s));
   if (s == NULL) return sc_error_set(SC_ENOMEM, "socket: out of memory");
-  s->o = o ? *o : defaults;
+  s->o = defaults;
+  if (o != NULL) /* only the fields its version has: a version 1 caller's struct ends earlier */
+    memcpy(&s->o, o,
+           o->version == 1 ? offsetof(sc_socket_options, max_finished_tasks) : sizeof(*o));
+  s->o.version = SC_SOCKET_OPTIONS_VERSION;
+  if (s->o.max_finished_tasks == 0) s->o.max_finished_tasks = defaults.max_finished_tasks;
   if (s->o.queue_bytes == 0) s->o.queue_bytes = defaults.queue_bytes;
   if (s->o.max_line_bytes == 0) s->o.max_line_bytes = defaults.max_line_bytes;
   if (s->o.max_clients == 0) s->o.max_clients = defaults.max_clients;
@@ -702,6 +630,11 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->e = e;
   s->loop = sc_engine_loop(e);
   s->listen_fd = -1;
+  sc__queue_init(&s->clients);
+  sc__queue_init(&s->dirty);
+  sc__queue_init(&s->pool);
+  sc__queue_init(&s->all);
+  sc__queue_init(&s->finished);
   int rc = SC_OK;
   if (o && o->token_file) {
     rc = sc__sock_tokens_load(o->token_file, &s->tokens);
@@ -715,10 +648,10 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   if (rc == SC_OK) {
     struct sockaddr_storage ss;
     socklen_t sl;
-    rc = parse_address(addr, &ss, &sl);
+    rc = sc__sock_parse_address(addr, &ss, &sl);
     if (rc == SC_OK)
-      rc = ss.ss_family == AF_UNIX ? listen_unix(s, (const struct sockaddr_un *)&ss)
-                                   : listen_tcp(s, addr, &ss, sl);
+      rc = ss.ss_family == AF_UNIX ? sc__sock_listen_unix(s, (const struct sockaddr_un *)&ss)
+                                   : sc__sock_listen_tcp(s, addr, &ss, sl);
   }
   if (rc == SC_OK && s->addr == NULL) rc = sc_error_set(SC_ENOMEM, "socket: out of memory");
   sc_subscriber sub;
@@ -773,29 +706,33 @@ void sc_socket_close(sc_socket *s) {
       unlink(s->unix_path);
   }
   /* Every client gets what is queued for it, within CLOSE_WAIT. */
-  for (sc__sock_client *c = s->clients; c; c = c->next) {
+  sc__queue *q, *n;
+  sc__queue_foreach(q, &s->clients) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
     c->state = SC__SOCK_CLOSING;
     c->deadline = uv_now(s->loop) + CLOSE_WAIT;
   }
   flush_all(s);
-  for (sc__sock_client *c = s->clients, *next; c; c = next) {
-    next = c->next;
-    if (c->out_len == c->out_off) client_close(c);
+  sc__queue_foreach_safe(q, n, &s->clients) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
+    if (c->queued == 0) client_close(c);
   }
   uv_update_time(s->loop);
   uint64_t until = uv_now(s->loop) + CLOSE_WAIT;
-  if (s->clients) {
+  if (!sc__queue_empty(&s->clients)) {
     uv_ref((uv_handle_t *)&s->tick);
     uv_timer_start(&s->tick, on_tick, 20, 20);
     s->tick_active = true;
   }
-  while (s->clients && uv_now(s->loop) < until + 100)
+  while (!sc__queue_empty(&s->clients) && uv_now(s->loop) < until + 100)
     uv_run(s->loop, UV_RUN_ONCE);
-  while (s->clients)
-    client_close(s->clients);
+  while ((q = sc__queue_head(&s->clients)) != NULL)
+    client_close(sc__queue_data(q, sc__sock_client, node));
   uv_close((uv_handle_t *)&s->listen_poll, on_handle_closed);
   uv_close((uv_handle_t *)&s->prepare, on_handle_closed);
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+  while (s->replays > 0) /* a read of the log stops at its next line; its request ends */
+    uv_run(s->loop, UV_RUN_ONCE);
   while (s->open_handles > 0)
     uv_run(s->loop, UV_RUN_NOWAIT);
   free_server(s);

@@ -6,9 +6,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <stagecoach/socket.h>
 #include <uv.h>
+
+#include "../../events/queue.h"
 
 /* ---- tokens.c ---- */
 
@@ -72,6 +75,17 @@ void sc__sock_request_free(sc__sock_request *r);
 unsigned sc__sock_op_role(sc__sock_op op);
 const char *sc__sock_op_name(sc__sock_op op);
 
+/* ---- address.c ---- */
+
+struct sockaddr_un;
+
+/* unix:/path or tcp:LOOPBACK:PORT as a socket address; SC_EINVAL with a message otherwise. */
+int sc__sock_parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len);
+/* Binds and listens (the file born 0600, a stale one replaced), filling s's listen_fd, addr and
+ * the file's identity; SC_EBUSY when something listens there, SC_EINVAL, SC_EIO. */
+int sc__sock_listen_unix(sc_socket *s, const struct sockaddr_un *sa);
+int sc__sock_listen_tcp(sc_socket *s, const char *addr, struct sockaddr_storage *ss, socklen_t len);
+
 /* ---- server.c ---- */
 
 typedef struct sc__sock_task_rec {
@@ -80,21 +94,39 @@ typedef struct sc__sock_task_rec {
   uint64_t last_seq;
   sc_task_status status;
   int32_t stage_index;
+  size_t ring_refs; /* ring slots that name it: a forgotten record lives until they are reused */
+  bool forgotten;   /* out of the table (a finished task beyond max_finished_tasks) */
   struct sc__sock_task_rec *next; /* hash chain */
-  struct sc__sock_task_rec *all;  /* every record, newest first */
+  sc__queue all;                  /* in the server's records, oldest first */
+  sc__queue finished;             /* in the server's finished records, in the order they ended */
 } sc__sock_task_rec;
+
+/* Encoded lines live in chunks, shared: an event is encoded once, into the server's current chunk,
+ * and the ring and every client's queue hold references (chunk, offset, length) to its bytes, so
+ * nothing is copied per client and one writev sends a client everything of a loop turn. A chunk
+ * is freed (or kept in a small pool) when its last reference goes. */
+typedef struct sc__sock_chunk {
+  sc__queue pool; /* in the server's pool while unused */
+  size_t refs, len, cap;
+  char data[];
+} sc__sock_chunk;
+
+typedef struct sc__sock_seg {
+  sc__sock_chunk *chunk; /* one reference */
+  size_t off, len;       /* whole lines */
+} sc__sock_seg;
 
 typedef struct sc__sock_ring_entry {
   sc__sock_task_rec *task;
   sc_event_type type;
   uint64_t seq;
-  char *line; /* the event's JSON and a newline */
-  size_t len, cap;
+  sc__sock_seg line; /* the event's JSON and a newline; chunk NULL: an empty slot */
 } sc__sock_ring_entry;
 
 typedef enum sc__sock_state {
   SC__SOCK_WAITING,
   SC__SOCK_STREAM,
+  SC__SOCK_REPLAYING, /* its replay from the log is being read: the live stream waits in the ring */
   SC__SOCK_CONTROL,
   SC__SOCK_CLOSING
 } sc__sock_state;
@@ -106,14 +138,15 @@ typedef struct sc__sock_filter {
   uint64_t from_seq; /* with task: events of a lower seq are not sent (0: all) */
 } sc__sock_filter;
 
+typedef struct sc__sock_replay sc__sock_replay;
+
 typedef struct sc__sock_client {
   uv_poll_t poll;
   int fd;
   sc_socket *server;
-  struct sc__sock_client *prev, *next;
-  struct sc__sock_client *dirty_next; /* in the server's list of clients with output to write */
-  bool dirty;
-  bool closed; /* uv_close called; freed in its callback */
+  sc__queue node;  /* in the server's clients */
+  sc__queue dirty; /* in the server's clients with output to write (linked: it is) */
+  bool closed;     /* uv_close called; freed in its callback */
   sc__sock_state state;
   unsigned roles; /* of the token of its subscribe line (a stream with a token file) */
   sc__sock_filter filter;
@@ -122,10 +155,14 @@ typedef struct sc__sock_client {
   int events;         /* the poll events watched */
   char *in;
   size_t in_len, in_cap;
-  char *out;
-  size_t out_off, out_len, out_cap;
-  size_t cap;     /* the queue's limit now: queue_bytes, more while a replay drains */
-  size_t replies; /* reply lines queued since the output was last empty */
+  /* the output queue: segs[(seg_head + i) % seg_cap] for i < seg_n, `queued` bytes in all */
+  sc__sock_seg *segs;
+  size_t seg_head, seg_n, seg_cap, queued;
+  bool mid_line;           /* what was written of the head segment ends inside a line */
+  sc__sock_chunk *own;     /* where its own lines (replies, error lines) are appended */
+  sc__sock_replay *replay; /* its replay from the log, while it is read */
+  size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
+  size_t replies;          /* reply lines queued since the output was last empty */
 } sc__sock_client;
 
 struct sc_socket {
@@ -144,10 +181,10 @@ struct sc_socket {
   sc__sock_tokens tokens;
   bool have_tokens;
   char *log_path;
-  sc__sock_client *clients;
+  sc__queue clients;
   size_t nclients;
   uint64_t dropped;
-  sc__sock_client *dirty;
+  sc__queue dirty;
   size_t dirty_bytes, ndirty;
   uint64_t dirty_since;
   /* the ring: positions [ring_pos - ring_n, ring_pos) at slots pos % ring_cap */
@@ -157,23 +194,45 @@ struct sc_socket {
   /* the tasks seen */
   sc__sock_task_rec **buckets;
   size_t nbuckets, ntasks;
-  sc__sock_task_rec *all;
-  char *scratch;
-  size_t scratch_cap;
+  sc__queue all;      /* every record, oldest first */
+  sc__queue finished; /* records of tasks in a terminal state, the longest finished first */
+  size_t nfinished;
+  uint64_t forgotten; /* records forgotten so far */
+  sc__sock_task_rec *last_task;
+  sc__sock_chunk *cur; /* the chunk events are encoded into */
+  sc__queue pool;      /* unused chunks of CHUNK_BYTES, at most POOL_CHUNKS */
+  size_t npool;
   int open_handles;
+  size_t replays; /* reads of the log on the thread pool not done yet */
   bool closing;
 };
 
-/* Output to a client: a line as it is (with its newline), counted against the queue unless
+/* A chunk of at least need bytes, one reference (no pool: callable off the loop). */
+sc__sock_chunk *sc__sock_chunk_alloc(size_t need);
+/* Drops a reference; the last one frees the chunk or keeps it in the server's pool. */
+void sc__sock_chunk_unref(sc_socket *s, sc__sock_chunk *ch);
+
+/* Output to a client: a line as it is (with its newline; copied), counted against the queue unless
  * replay; false when the client was dropped for it. */
 bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay);
+/* The same for bytes of a shared chunk (a reference is taken; nothing is copied). */
+bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool replay);
 /* A reply line built from a JSON object (taken over and deleted), with the request's id. */
 void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id);
 void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
                                  const cJSON *id);
 /* Writes what is queued, then closes it (a deadline bounds the wait). */
 void sc__sock_client_close_after_flush(sc__sock_client *c);
+/* ---- tasks.c ---- */
+
 sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id);
+/* The record of ev's task, made when it is new; NULL when out of memory. */
+sc__sock_task_rec *sc__sock_task_record(sc_socket *s, const sc_event *ev);
+/* After t's status changed: keeps the finished list, and forgets the oldest beyond the bound. */
+void sc__sock_task_note_status(sc_socket *s, sc__sock_task_rec *t);
+/* A ring slot no longer names t (a forgotten record is freed with the last slot naming it). */
+void sc__sock_ring_release(sc__sock_task_rec *t);
+void sc__sock_task_free(sc__sock_task_rec *t);
 bool sc__sock_filter_match(const sc__sock_filter *f, const char *task_id, const char *tenant,
                            sc_event_type type);
 void sc__sock_filter_free(sc__sock_filter *f);
@@ -182,6 +241,8 @@ void sc__sock_filter_free(sc__sock_filter *f);
 
 /* A complete line from a client. */
 void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len);
+/* The client goes: its replay, if one is being read, is told to stop and forgets it. */
+void sc__sock_replay_detach(sc__sock_client *c);
 /* The client's first line did not come in time: everything since it connected, unfiltered. */
 void sc__sock_start_unfiltered(sc__sock_client *c);
 

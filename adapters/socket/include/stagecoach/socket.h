@@ -21,7 +21,7 @@ extern "C" {
 
 typedef struct sc_socket sc_socket;
 
-#define SC_SOCKET_OPTIONS_VERSION 1
+#define SC_SOCKET_OPTIONS_VERSION 2
 
 typedef struct sc_socket_options {
   unsigned version; /* SC_SOCKET_OPTIONS_VERSION */
@@ -40,6 +40,11 @@ typedef struct sc_socket_options {
   size_t max_pending;         /* replies a client has not read yet; default 64 */
   uint32_t subscribe_wait_ms; /* how long a new client's first line is waited for before it gets
                                  every event unfiltered; default 100 */
+  /* Version 2. The server keeps a record of every task it saw (for `status` and replay); of the
+   * tasks that finished (a terminal status), only the last max_finished_tasks are kept, the
+   * longest finished forgotten first: `status` then answers for a forgotten one from the engine
+   * if the engine still holds it, SC_ENOTFOUND otherwise. Default 1024. */
+  size_t max_finished_tasks;
 } sc_socket_options;
 
 /* Fills the defaults; inline, like every _init(). */
@@ -52,6 +57,7 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
   o->max_clients = 1024;
   o->max_pending = 64;
   o->subscribe_wait_ms = 100;
+  o->max_finished_tasks = 1024;
 }
 
 /* Listens on addr, "unix:/path" (the socket file is created with mode 0600 and removed by

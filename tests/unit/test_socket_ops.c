@@ -1,0 +1,706 @@
+/* The socket adapter's ops and stream in one process, end to end: a client is a plain socket read
+ * between turns of the loop. A failed task retried from a stage with reset_context and rolled back
+ * with each strategy, checked by the reply line and the events that follow; the missed line; the
+ * bound on the records of finished tasks; a replay of a large log that does not stall a live
+ * consumer. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#include <stagecoach/jsonl.h>
+#include <stagecoach/socket.h>
+
+#include "../../adapters/socket/socket_int.h"
+
+#define OPER "tok-olga-0123456789"
+#define VIEW "tok-vic-0123456789"
+
+static char dir[64];
+
+static int setup(void **state) {
+  (void)state;
+  snprintf(dir, sizeof(dir), "/tmp/sc-sockops-XXXXXX");
+  return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  return system(cmd);
+}
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- the stages: kind "step" completes with {NAME: 1}, except the stage named fail_stage while
+ * fail_count lasts; its compensation notes the stage in undo_order ---- */
+
+static const char *fail_stage;
+static int fail_count;
+static int b_saw_a = -1;   /* whether the last run of stage b saw the context member a */
+static int rollback_runs;  /* stage runs in a redeploying rollback */
+static char undo_order[8]; /* the stages compensated, in order */
+
+static int step_start(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  const char *name = sc_stage_name(ctx);
+  if (sc_stage_is_rollback(ctx)) rollback_runs++;
+  if (strcmp(name, "b") == 0)
+    b_saw_a = cJSON_GetObjectItemCaseSensitive(sc_stage_context(ctx), "a") != NULL;
+  if (!sc_stage_is_rollback(ctx) && fail_stage && strcmp(name, fail_stage) == 0 && fail_count > 0) {
+    fail_count--;
+    sc_stage_fail(ctx, SC_EIO, "failing on purpose", false);
+    return SC_OK;
+  }
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddNumberToObject(out, name, 1);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+static int step_compensate(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  size_t n = strlen(undo_order);
+  if (n + 1 < sizeof(undo_order)) {
+    undo_order[n] = sc_stage_name(ctx)[0];
+    undo_order[n + 1] = '\0';
+  }
+  sc_stage_complete(ctx, NULL);
+  return SC_OK;
+}
+
+/* An "fn" stage whose output replaces one member: the lines of a long task stay of one size. */
+static int pad(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  char text[1024];
+  memset(text, 'x', sizeof(text) - 1);
+  text[sizeof(text) - 1] = '\0';
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddStringToObject(out, "pad", text);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+static void reset_stages(const char *fail, int count) {
+  fail_stage = fail;
+  fail_count = count;
+  b_saw_a = -1;
+  rollback_runs = 0;
+  undo_order[0] = '\0';
+}
+
+/* ---- a fixture: a loop, an engine with the step kind, a server with a token file ---- */
+
+typedef struct fx {
+  uv_loop_t loop;
+  uv_timer_t alive; /* the server's handles keep no loop running: this one does, for turn() */
+  sc_engine *e;
+  sc_socket *s;
+  char addr[160];
+} fx;
+
+static void noop_timer(uv_timer_t *t) {
+  (void)t;
+}
+
+static void write_tokens(const char *path) {
+  const char *text = "olga:" OPER ":operator,viewer\nvic:" VIEW ":viewer\n";
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+}
+
+static void engine_start(fx *f) {
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  uv_timer_init(&f->loop, &f->alive);
+  uv_timer_start(&f->alive, noop_timer, 60000, 60000);
+  assert_int_equal(sc_engine_new(&f->loop, NULL, &f->e), SC_OK);
+  static const sc_stage_kind step = {SC_STAGE_KIND_VERSION, step_start, NULL, step_compensate};
+  assert_int_equal(sc_engine_register_kind(f->e, "step", &step, NULL), SC_OK);
+  assert_int_equal(sc_engine_register_fn(f->e, "pad", pad, NULL), SC_OK);
+}
+
+static void fx_start(fx *f, sc_socket_options *o) {
+  engine_start(f);
+  char tokens[128];
+  snprintf(tokens, sizeof(tokens), "%s/tokens", dir);
+  write_tokens(tokens);
+  static int servers;
+  snprintf(f->addr, sizeof(f->addr), "unix:%s/s%d", dir, servers++);
+  sc_socket_options defaults;
+  if (o == NULL) {
+    sc_socket_options_init(&defaults);
+    o = &defaults;
+  }
+  o->token_file = tokens;
+  assert_int_equal(sc_socket_listen(f->e, f->addr, o, &f->s), SC_OK);
+}
+
+static void fx_stop(fx *f) {
+  sc_socket_close(f->s);
+  sc_engine_free(f->e);
+  uv_close((uv_handle_t *)&f->alive, NULL);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+static void submit(fx *f, const char *id, const char *config, const char *previous) {
+  cJSON *cfg = cJSON_Parse(config), *prev = previous ? cJSON_Parse(previous) : NULL;
+  assert_non_null(cfg);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.config = cfg;
+  spec.previous_config = prev;
+  assert_int_equal(sc_task_submit(f->e, &spec, NULL), SC_OK);
+  cJSON_Delete(cfg);
+  cJSON_Delete(prev);
+}
+
+/* One turn of the loop, then up to 1 ms for fd to become readable (-1: just wait). */
+static void turn(fx *f, int fd) {
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  struct pollfd p = {fd, POLLIN, 0};
+  poll(&p, fd >= 0 ? 1 : 0, 1);
+}
+
+static sc_task_status status_of(fx *f, const char *id) {
+  sc_task *t = sc_engine_find_task(f->e, id);
+  if (t != NULL) return sc_task_get_status(t);
+  sc__sock_task_rec *rec = sc__sock_task_find(f->s, id);
+  return rec ? rec->status : SC_TASK__COUNT;
+}
+
+static void until_status(fx *f, const char *id, sc_task_status want) {
+  uint64_t until = now_ms() + 10000;
+  while (status_of(f, id) != want && now_ms() < until)
+    turn(f, -1);
+  assert_int_equal(status_of(f, id), want);
+}
+
+/* ---- a client ---- */
+
+#define CL_BUF (1 << 20) /* the task.created line of a task of 6,000 stages is long */
+
+typedef struct cl {
+  int fd;
+  char *buf;
+  size_t len;
+  bool eof;
+} cl;
+
+/* Connects; accepted: and waits until the server has accepted it (no other client comes or goes
+ * meanwhile). */
+static void cl_open(fx *f, cl *c, bool accepted) {
+  c->len = 0;
+  c->eof = false;
+  c->buf = malloc(CL_BUF);
+  assert_non_null(c->buf);
+  assert_int_equal(sc_socket_connect(f->addr, &c->fd), SC_OK);
+  assert_int_equal(fcntl(c->fd, F_SETFL, O_NONBLOCK), 0);
+  size_t before = sc_socket_client_count(f->s);
+  uint64_t until = now_ms() + 5000;
+  while (accepted && sc_socket_client_count(f->s) == before && now_ms() < until)
+    turn(f, -1);
+  if (accepted) assert_int_equal(sc_socket_client_count(f->s), before + 1);
+}
+
+static void cl_connect(fx *f, cl *c) {
+  cl_open(f, c, false);
+}
+
+static void cl_close(cl *c) {
+  close(c->fd);
+  free(c->buf);
+}
+
+static void cl_send(cl *c, const char *line) {
+  size_t len = strlen(line);
+  assert_int_equal(send(c->fd, line, len, MSG_NOSIGNAL), (ssize_t)len);
+  assert_int_equal(send(c->fd, "\n", 1, MSG_NOSIGNAL), 1);
+}
+
+static void cl_read(cl *c) {
+  ssize_t n = recv(c->fd, c->buf + c->len, CL_BUF - c->len, 0);
+  if (n == 0) c->eof = true;
+  if (n > 0) c->len += (size_t)n;
+}
+
+/* The next complete line, NUL-terminated into out[cap], or false. */
+static bool cl_take(cl *c, char *out, size_t cap) {
+  char *nl = memchr(c->buf, '\n', c->len);
+  if (nl == NULL) {
+    assert_true(c->len < CL_BUF); /* no line of the tests is that long */
+    return false;
+  }
+  size_t n = (size_t)(nl - c->buf);
+  assert_true(n < cap);
+  memcpy(out, c->buf, n);
+  out[n] = '\0';
+  memmove(c->buf, nl + 1, c->len - n - 1);
+  c->len -= n + 1;
+  return true;
+}
+
+/* The next line as JSON, within 5 s of turning the loop; NULL at a timeout or the end. */
+static cJSON *cl_line(fx *f, cl *c) {
+  static char line[CL_BUF];
+  uint64_t until = now_ms() + 5000;
+  while (!cl_take(c, line, sizeof(line))) {
+    if (c->eof || now_ms() > until) return NULL;
+    turn(f, c->fd);
+    cl_read(c);
+  }
+  cJSON *j = cJSON_Parse(line);
+  assert_non_null(j);
+  return j;
+}
+
+static const char *str(const cJSON *o, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static double num(const cJSON *o, const char *name) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+  return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+/* Sends an op and returns its reply (the first line with an "ok" member). */
+static cJSON *ask(fx *f, cl *c, const char *line) {
+  cl_send(c, line);
+  cJSON *j;
+  while ((j = cl_line(f, c)) != NULL && !cJSON_HasObjectItem(j, "ok"))
+    cJSON_Delete(j);
+  assert_non_null(j);
+  return j;
+}
+
+/* Reads events until one of type `last` (dotted): their "type[:stage]" joined by spaces, from the
+ * first of type `first` on, into out[cap]; the data of the first event of type `keep` is kept
+ * in *kept (the caller deletes it). */
+static void events_until(fx *f, cl *c, const char *first, const char *last, const char *keep,
+                         cJSON **kept, char *out, size_t cap) {
+  out[0] = '\0';
+  bool on = false;
+  for (;;) {
+    cJSON *j = cl_line(f, c);
+    assert_non_null(j);
+    const char *type = str(j, "type");
+    assert_non_null(type);
+    type += strlen("stagecoach.");
+    if (strcmp(type, first) == 0) on = true;
+    if (on) {
+      const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
+      const char *stage = str(data, "stage");
+      snprintf(out + strlen(out), cap - strlen(out), "%s%s%s%s", out[0] ? " " : "", type,
+               stage ? ":" : "", stage ? stage : "");
+      if (keep && kept && *kept == NULL && strcmp(type, keep) == 0)
+        *kept = cJSON_Duplicate(data, true);
+    }
+    bool done = on && strcmp(type, last) == 0;
+    cJSON_Delete(j);
+    if (done) return;
+  }
+}
+
+#define ABC                                                                                        \
+  "{\"stages\":[{\"name\":\"a\",\"kind\":\"step\"},{\"name\":\"b\",\"kind\":\"step\"},{\"name\":"  \
+  "\"c\",\"kind\":\"step\"}]}"
+#define ABC_UNDO                                                                                   \
+  "{\"stages\":[{\"name\":\"a\",\"kind\":\"step\",\"effect\":\"compensable\"},{\"name\":\"b\","    \
+  "\"kind\":\"step\",\"effect\":\"compensable\"},{\"name\":\"c\",\"kind\":\"step\",\"effect\":"    \
+  "\"compensable\"}]}"
+#define AB "{\"stages\":[{\"name\":\"a\",\"kind\":\"step\"},{\"name\":\"b\",\"kind\":\"step\"}]}"
+
+static void retry_from_a_stage_with_reset_context_runs_the_task_to_completion(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f, NULL);
+  reset_stages("b", 1);
+  submit(&f, "r1", ABC, NULL);
+  until_status(&f, "r1", SC_TASK_FAILED);
+  assert_int_equal(b_saw_a, 1); /* a's output was in the context when b failed */
+  cl ctl, stream;
+  cl_connect(&f, &ctl);
+  cJSON *r = ask(&f, &ctl,
+                 "{\"op\":\"retry\",\"token\":\"" OPER "\",\"task\":\"r1\",\"from_stage\":\"b\","
+                 "\"reset_context\":true,\"id\":41}");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
+  assert_string_equal(str(r, "op"), "retry");
+  assert_string_equal(str(r, "task"), "r1");
+  assert_int_equal(num(r, "id"), 41);
+  /* applied at the next turn of the loop: right after the call the task is still FAILED */
+  assert_string_equal(str(r, "status"), "FAILED");
+  cJSON_Delete(r);
+  until_status(&f, "r1", SC_TASK_COMPLETED);
+  assert_int_equal(b_saw_a, 0); /* the context was reset: b ran again without a's output */
+  /* The whole history from the ring: the failure, then the retry from b to the end. */
+  cl_connect(&f, &stream);
+  cl_send(&stream, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"r1\",\"from_seq\":1}}");
+  char seen[512];
+  cJSON *started = NULL;
+  events_until(&f, &stream, "task.created", "task.completed", NULL, NULL, seen, sizeof(seen));
+  assert_string_equal(seen, "task.created task.started stage.started:a stage.completed:a "
+                            "stage.started:b stage.failed:b task.failed:b task.started "
+                            "stage.started:b stage.completed:b stage.started:c "
+                            "stage.completed:c task.completed");
+  cl_close(&stream);
+  cl_connect(&f, &stream);
+  cl_send(&stream, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"r1\",\"from_seq\":1}}");
+  events_until(&f, &stream, "task.failed", "task.completed", "task.started", &started, seen,
+               sizeof(seen));
+  assert_non_null(started);
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(started, "retry")));
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(started, "reset_context")));
+  assert_string_equal(str(started, "from_stage"), "b");
+  assert_string_equal(str(started, "last_completed_stage"), "a");
+  assert_int_equal(num(started, "retry_count"), 1);
+  cJSON_Delete(started);
+  /* status says it over the socket too */
+  r = ask(&f, &ctl, "{\"op\":\"status\",\"token\":\"" VIEW "\",\"task\":\"r1\"}");
+  assert_string_equal(str(cJSON_GetObjectItem(r, "task"), "status"), "COMPLETED");
+  cJSON_Delete(r);
+  cl_close(&ctl);
+  cl_close(&stream);
+  fx_stop(&f);
+}
+
+static void rollback_by_redeploying_runs_the_previous_config(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f, NULL);
+  reset_stages("c", 1);
+  submit(&f, "rb1", ABC, AB);
+  until_status(&f, "rb1", SC_TASK_FAILED);
+  cl ctl, stream;
+  cl_connect(&f, &ctl);
+  cl_connect(&f, &stream);
+  cl_send(&stream, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"rb1\"}}");
+  /* a subscription made before the op: the events below are the live stream */
+  for (int i = 0; i < 20; i++)
+    turn(&f, -1);
+  cJSON *r = ask(&f, &ctl,
+                 "{\"op\":\"rollback\",\"token\":\"" OPER
+                 "\",\"task\":\"rb1\",\"strategy\":\"redeploy\"}");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
+  assert_string_equal(str(r, "op"), "rollback");
+  assert_string_equal(str(r, "task"), "rb1");
+  cJSON_Delete(r);
+  char seen[512];
+  cJSON *started = NULL;
+  events_until(&f, &stream, "rollback.started", "rollback.completed", "rollback.started", &started,
+               seen, sizeof(seen));
+  assert_string_equal(seen, "rollback.started stage.started:a stage.completed:a stage.started:b "
+                            "stage.completed:b rollback.completed");
+  assert_string_equal(str(started, "strategy"), "redeploy");
+  cJSON_Delete(started);
+  until_status(&f, "rb1", SC_TASK_ROLLED_BACK);
+  assert_int_equal(rollback_runs, 2); /* a and b of the previous config */
+  /* A second rollback of a rolled-back task is refused, with the engine's code. */
+  r = ask(&f, &ctl,
+          "{\"op\":\"rollback\",\"token\":\"" OPER
+          "\",\"task\":\"rb1\",\"strategy\":\"redeploy\"}");
+  assert_true(cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")));
+  cJSON_Delete(r);
+  cl_close(&ctl);
+  cl_close(&stream);
+  fx_stop(&f);
+}
+
+static void rollback_by_compensating_undoes_the_completed_stages_last_first(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f, NULL);
+  reset_stages("c", 1);
+  submit(&f, "rc1", ABC_UNDO, NULL);
+  until_status(&f, "rc1", SC_TASK_FAILED);
+  cl ctl, stream;
+  cl_connect(&f, &ctl);
+  cJSON *r = ask(&f, &ctl,
+                 "{\"op\":\"rollback\",\"token\":\"" OPER
+                 "\",\"task\":\"rc1\",\"strategy\":\"compensate\",\"id\":\"x\"}");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
+  assert_string_equal(str(r, "id"), "x");
+  cJSON_Delete(r);
+  until_status(&f, "rc1", SC_TASK_ROLLED_BACK);
+  assert_string_equal(undo_order, "ba");
+  assert_int_equal(rollback_runs, 0);
+  cl_connect(&f, &stream);
+  cl_send(&stream, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"rc1\",\"from_seq\":1}}");
+  char seen[512];
+  cJSON *started = NULL;
+  events_until(&f, &stream, "task.failed", "rollback.completed", "rollback.started", &started, seen,
+               sizeof(seen));
+  assert_string_equal(seen, "task.failed:c rollback.started stage.started:b stage.compensated:b "
+                            "stage.started:a stage.compensated:a rollback.completed");
+  assert_string_equal(str(started, "strategy"), "compensate");
+  cJSON_Delete(started);
+  cl_close(&ctl);
+  cl_close(&stream);
+  fx_stop(&f);
+}
+
+static int count_events(const sc_event *ev, sc_ack *ack, void *udata) {
+  (void)ev;
+  (void)ack;
+  (*(uint64_t *)udata)++;
+  return SC_OK;
+}
+
+static void a_first_line_after_the_ring_moved_on_gets_the_missed_line(void **state) {
+  (void)state;
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.ring_events = 4;
+  o.subscribe_wait_ms = 60000; /* the first line is waited for as long as the test needs */
+  fx_start(&f, &o);
+  uint64_t total = 0;
+  sc_subscriber sub;
+  sc_subscriber_init(&sub);
+  sub.on_event = count_events;
+  sub.udata = &total;
+  sc_engine_subscribe(f.e, &sub, NULL);
+  reset_stages(NULL, 0);
+  cl c;
+  cl_open(&f, &c, true); /* connected before the task: everything after is its to get */
+  submit(&f, "m1", ABC, NULL);
+  until_status(&f, "m1", SC_TASK_COMPLETED);
+  assert_int_equal(total, 9); /* created, started, 3 x (stage started, completed), completed */
+  cl_send(&c, "{\"subscribe\":{\"token\":\"" VIEW "\"}}");
+  cJSON *j = cl_line(&f, &c);
+  assert_string_equal(str(j, "error"), "missed");
+  assert_int_equal(num(j, "events"), 5); /* 9 since it connected, the ring holds 4 */
+  cJSON_Delete(j);
+  for (int seq = 6; seq <= 9; seq++) { /* then what the ring holds, in order */
+    j = cl_line(&f, &c);
+    assert_int_equal(num(j, "seq"), seq);
+    cJSON_Delete(j);
+  }
+  j = ask(&f, &c, "{\"op\":\"status\",\"token\":\"" VIEW "\",\"task\":\"m1\"}");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "ok"))); /* and the stream goes on */
+  cJSON_Delete(j);
+  cl_close(&c);
+  fx_stop(&f);
+}
+
+static void the_records_of_finished_tasks_are_bounded(void **state) {
+  (void)state;
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.max_finished_tasks = 3;
+  o.ring_events = 8; /* slots naming forgotten records are reused: they are freed then */
+  fx_start(&f, &o);
+  reset_stages(NULL, 0);
+  char id[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof(id), "f%d", i);
+    submit(&f, id, AB, NULL);
+    until_status(&f, id, SC_TASK_COMPLETED);
+    assert_true(f.s->ntasks <= 3);
+  }
+  assert_int_equal(f.s->ntasks, 3);
+  assert_int_equal(f.s->forgotten, 37);
+  /* A failed task is held by the engine: forgotten by the server, status still answers. */
+  reset_stages("a", 1);
+  submit(&f, "failed", AB, NULL);
+  until_status(&f, "failed", SC_TASK_FAILED);
+  for (int i = 0; i < 3; i++) {
+    snprintf(id, sizeof(id), "g%d", i);
+    reset_stages(NULL, 0);
+    submit(&f, id, AB, NULL);
+    until_status(&f, id, SC_TASK_COMPLETED);
+  }
+  assert_null(sc__sock_task_find(f.s, "failed"));
+  cl c;
+  cl_connect(&f, &c);
+  cJSON *r = ask(&f, &c, "{\"op\":\"status\",\"token\":\"" VIEW "\",\"task\":\"f0\"}");
+  assert_true(cJSON_IsFalse(cJSON_GetObjectItem(r, "ok")));
+  assert_string_equal(str(r, "error"), "SC_ENOTFOUND");
+  assert_non_null(strstr(str(r, "message"), "the last 3 finished"));
+  cJSON_Delete(r);
+  r = ask(&f, &c, "{\"op\":\"status\",\"token\":\"" VIEW "\",\"task\":\"failed\"}");
+  const cJSON *t = cJSON_GetObjectItem(r, "task");
+  assert_string_equal(str(t, "status"), "FAILED");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(t, "held")));
+  cJSON_Delete(r);
+  r = ask(&f, &c, "{\"op\":\"status\",\"token\":\"" VIEW "\",\"task\":\"g2\"}");
+  assert_string_equal(str(cJSON_GetObjectItem(r, "task"), "status"), "COMPLETED");
+  cJSON_Delete(r);
+  r = ask(&f, &c, "{\"op\":\"status\",\"token\":\"" VIEW "\"}");
+  const cJSON *list = cJSON_GetObjectItem(r, "tasks");
+  assert_int_equal(cJSON_GetArraySize(list), 3);
+  assert_string_equal(str(cJSON_GetArrayItem(list, 0), "task"), "g2"); /* newest first */
+  cJSON_Delete(r);
+  /* Retried, the forgotten failed task is seen again, running then finished. */
+  r = ask(&f, &c, "{\"op\":\"retry\",\"token\":\"" OPER "\",\"task\":\"failed\"}");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
+  cJSON_Delete(r);
+  until_status(&f, "failed", SC_TASK_COMPLETED);
+  assert_non_null(sc__sock_task_find(f.s, "failed"));
+  assert_true(f.s->ntasks <= 3);
+  cl_close(&c);
+  fx_stop(&f);
+}
+
+/* ---- a replay of a large log next to a live consumer ---- */
+
+#define BIG_STAGES   6000
+#define LIVE_STAGES  2000
+#define MAX_STALL_MS 250 /* the longest a live consumer may wait between two events */
+
+static void write_big_log(const char *log) {
+  fx f;
+  engine_start(&f);
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  jo.fsync = SC_FSYNC_NONE;
+  sc_jsonl *j;
+  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
+  cJSON *cfg = cJSON_CreateObject(), *stages = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < BIG_STAGES; i++) {
+    cJSON *s = cJSON_CreateObject();
+    char name[16];
+    snprintf(name, sizeof(name), "s%d", i);
+    cJSON_AddStringToObject(s, "name", name);
+    cJSON_AddStringToObject(s, "kind", "fn");
+    cJSON_AddStringToObject(s, "fn", "pad");
+    cJSON_AddItemToArray(stages, s);
+  }
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "big";
+  spec.config = cfg;
+  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
+  uv_unref((uv_handle_t *)&f.alive);
+  sc_engine_run(f.e);
+  cJSON_Delete(cfg);
+  sc_jsonl_close(j);
+  sc_engine_free(f.e);
+  uv_close((uv_handle_t *)&f.alive, NULL);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
+static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **state) {
+  (void)state;
+  char log[128];
+  snprintf(log, sizeof(log), "%s/big.jsonl", dir);
+  reset_stages(NULL, 0);
+  write_big_log(log);
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.ring_events = 16; /* the ring holds none of it: all of it comes from the log */
+  o.log_path = log;
+  fx_start(&f, &o);
+  cJSON *cfg = cJSON_CreateObject(), *stages = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < LIVE_STAGES; i++) {
+    cJSON *s = cJSON_CreateObject();
+    char name[16];
+    snprintf(name, sizeof(name), "l%d", i);
+    cJSON_AddStringToObject(s, "name", name);
+    cJSON_AddStringToObject(s, "kind", "sleep");
+    cJSON_AddNumberToObject(s, "ms", 1);
+    cJSON_AddItemToArray(stages, s);
+  }
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "live";
+  spec.config = cfg;
+  cl live, rep;
+  cl_connect(&f, &live);
+  cl_send(&live, "{\"subscribe\":{\"token\":\"" VIEW
+                 "\",\"task\":\"live\",\"types\":[\"stage.completed\"]}}");
+  for (int i = 0; i < 20; i++)
+    turn(&f, -1);
+  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
+  cJSON_Delete(cfg);
+  cJSON *first = cl_line(&f, &live); /* the live stream runs */
+  assert_non_null(first);
+  cJSON_Delete(first);
+  /* A client that asks for the replay and goes at once: its read stops, nothing leaks. */
+  cl quitter;
+  cl_connect(&f, &quitter);
+  cl_send(&quitter, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  for (int i = 0; i < 5; i++)
+    turn(&f, -1);
+  cl_close(&quitter);
+  cl_connect(&f, &rep);
+  cl_send(&rep, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  static char line[CL_BUF];
+  uint64_t replayed = 0, live_events = 0, last_live = now_ms(), max_gap = 0;
+  uint64_t until = now_ms() + 60000;
+  bool replay_done = false;
+  while (!replay_done && now_ms() < until && !rep.eof) {
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    struct pollfd p[2] = {{live.fd, POLLIN, 0}, {rep.fd, POLLIN, 0}};
+    poll(p, 2, 1);
+    cl_read(&live);
+    cl_read(&rep);
+    while (cl_take(&live, line, sizeof(line))) {
+      uint64_t t = now_ms();
+      if (t - last_live > max_gap) max_gap = t - last_live;
+      last_live = t;
+      live_events++;
+    }
+    while (cl_take(&rep, line, sizeof(line))) {
+      if (strstr(line, "\"error\"")) fail_msg("%s", line); /* no gap line: the log has it all */
+      replayed++;
+      if (strstr(line, "\"type\":\"stagecoach.task.completed\"")) replay_done = true;
+    }
+  }
+  assert_true(replay_done);
+  assert_int_equal(replayed, 2 * BIG_STAGES + 3); /* every event of the task, from seq 1 */
+  assert_true(live_events > 0);
+  /* The live task may have finished during the replay: then the last gap is not the server's. */
+  if (status_of(&f, "live") != SC_TASK_COMPLETED) {
+    uint64_t t = now_ms();
+    if (t - last_live > max_gap) max_gap = t - last_live;
+  }
+  print_message("# replay of %llu events: the live consumer got %llu events, at most %llu ms "
+                "apart (bound %d ms)\n",
+                (unsigned long long)replayed, (unsigned long long)live_events,
+                (unsigned long long)max_gap, MAX_STALL_MS);
+  assert_true(max_gap <= MAX_STALL_MS);
+  cl_close(&live);
+  cl_close(&rep);
+  sc_task *t = sc_engine_find_task(f.e, "live");
+  if (t != NULL) sc_task_cancel(t, "the test is over");
+  /* The server closed while a replay is being read: the close waits for the read to stop. */
+  cl last;
+  cl_connect(&f, &last);
+  cl_send(&last, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  uint64_t wait = now_ms() + 5000;
+  while (f.s->replays == 0 && now_ms() < wait)
+    turn(&f, -1);
+  assert_int_equal(f.s->replays, 1);
+  fx_stop(&f);
+  cl_close(&last);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(retry_from_a_stage_with_reset_context_runs_the_task_to_completion),
+      cmocka_unit_test(rollback_by_redeploying_runs_the_previous_config),
+      cmocka_unit_test(rollback_by_compensating_undoes_the_completed_stages_last_first),
+      cmocka_unit_test(a_first_line_after_the_ring_moved_on_gets_the_missed_line),
+      cmocka_unit_test(the_records_of_finished_tasks_are_bounded),
+      cmocka_unit_test(a_replay_from_a_large_log_does_not_stall_a_live_consumer),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
