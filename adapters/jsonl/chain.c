@@ -151,9 +151,16 @@ void sc__log_unmap(sc__log *l) {
 bool sc__log_tail_is_ours(const char *tail, size_t len, bool first_line) {
   static const char start[] = "{\"specversion\":\"1.0\",";
   static const char created[] = "\"type\":\"stagecoach.task.created\"";
+  /* A machine that lost power after the file grew but before the written blocks reached the disk
+   * leaves zeros where the unsynced bytes were (ext4 and XFS do): after lines that verify, a tail
+   * of zeros, or a line's beginning then zeros, is such a write. A file of zeros alone is not. */
+  size_t all = len;
+  while (len > 0 && tail[len - 1] == '\0')
+    len--;
+  if (len == 0) return all > 0 && !first_line;
   /* A write that stopped part way left the beginning of a line: all of its opening, or a part. */
   size_t n = len < sizeof(start) - 1 ? len : sizeof(start) - 1;
-  if (len == 0 || memcmp(tail, start, n) != 0) return false;
+  if (memcmp(tail, start, n) != 0) return false;
   if (!first_line) return true;
   /* No line before it: the first line of every log is a task.created, whose type comes within
    * its first bytes (after the id); a CloudEvents file of someone else's is not ours. */

@@ -1776,6 +1776,68 @@ static void expect_not_a_log(sc_engine *e, const char *path, size_t buffer_bytes
   log_free(&after);
 }
 
+/* A machine that lost power after the log grew but before the blocks of its last, unsynced write
+ * reached the disk: zeros where those bytes were, after lines that verify (alone, or after the
+ * beginning of a line). A torn tail like any other: verified, scanned, cut by the next writer. A
+ * file of zeros alone is no log. */
+static void zeros_left_by_a_power_loss_are_a_torn_tail(void **state) {
+  static const char start[] = "{\"specversion\":\"1.0\",\"id\":\"job-0";
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  for (int with_start = 0; with_start < 2; with_start++) {
+    char path[256];
+    temp_path(state, with_start ? "zeros-after-start.jsonl" : "zeros.jsonl", path);
+    logfile good;
+    write_good_log(&loop, path, &good);
+    size_t tail = (with_start ? sizeof(start) - 1 : 0) + 4096;
+    char *bytes = calloc(1, tail);
+    assert_non_null(bytes);
+    if (with_start) memcpy(bytes, start, sizeof(start) - 1);
+    FILE *f = fopen(path, "ab");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, tail, f), tail);
+    assert_int_equal(fclose(f), 0);
+    free(bytes);
+
+    sc_jsonl_report r;
+    assert_int_equal(sc_jsonl_verify(path, &r), SC_OK);
+    assert_true(r.torn_tail);
+    assert_int_equal(r.lines, good.n);
+    assert_int_equal(r.good_bytes, good.size);
+    assert_int_equal(r.bytes, good.size + tail);
+    sc_unfinished *u = NULL;
+    size_t n = 0;
+    assert_int_equal(sc_jsonl_scan(path, &u, &n, NULL), SC_OK);
+    sc_unfinished_free(u, n);
+
+    behaviour b = {0};
+    sc_engine *e = new_engine(&loop, &b);
+    sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
+    submit_job(e, "job-001", "s0");
+    settle(&loop);
+    assert_int_equal(sc_jsonl_close(log), SC_OK);
+    sc_engine_free(e);
+    logfile after;
+    log_read(path, &after);
+    assert_true(after.n > good.n);
+    assert_memory_equal(after.data, good.data, good.size);
+    assert_null(memchr(after.data, '\0', after.size));
+    assert_int_equal(first_broken_line(&after), 0);
+    expect_log_verifies(path, &after);
+    log_free(&after);
+    log_free(&good);
+  }
+  char path[256];
+  temp_path(state, "only-zeros.jsonl", path);
+  char zeros[4096] = {0};
+  write_file(path, zeros, sizeof(zeros));
+  behaviour b = {0};
+  sc_engine *e = new_engine(&loop, &b);
+  expect_not_a_log(e, path, 0);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void a_file_that_is_not_a_log_is_refused_and_left_as_it_is(void **state) {
   static const char *const files[] = {
       "{\"plan\":\"t\",\"config\":{\"stages\":[]}}",   /* a pipeline without a newline */
@@ -2382,6 +2444,7 @@ int main(void) {
       T(a_300_kb_context_is_written_as_whole_lines),
       T(reopening_a_log_continues_the_chain),
       T(open_cuts_a_torn_tail_and_says_so),
+      T(zeros_left_by_a_power_loss_are_a_torn_tail),
       T(verify_reports_the_first_changed_line),
       T(verify_reports_an_inserted_copy_of_a_line),
       T(verify_reports_a_removed_line_at_the_line_after_it),
