@@ -597,7 +597,7 @@ static void free_server(sc_socket *s) {
     sc__queue_remove(q);
     sc__sock_task_free(sc__queue_data(q, sc__sock_task_rec, all));
   }
-  free(s->buckets);
+  sc__map_free(&s->tasks);
   sc__sock_tokens_free(&s->tokens);
   free(s->log_path);
   free(s->addr);

@@ -11,6 +11,7 @@
 #include <stagecoach/socket.h>
 #include <uv.h>
 
+#include "../../events/map.h"
 #include "../../events/queue.h"
 
 /* ---- tokens.c ---- */
@@ -94,11 +95,10 @@ typedef struct sc__sock_task_rec {
   uint64_t last_seq;
   sc_task_status status;
   int32_t stage_index;
-  size_t ring_refs; /* ring slots that name it: a forgotten record lives until they are reused */
-  bool forgotten;   /* out of the table (a finished task beyond max_finished_tasks) */
-  struct sc__sock_task_rec *next; /* hash chain */
-  sc__queue all;                  /* in the server's records, oldest first */
-  sc__queue finished;             /* in the server's finished records, in the order they ended */
+  size_t ring_refs;   /* ring slots that name it: a forgotten record lives until they are reused */
+  bool forgotten;     /* out of the table (a finished task beyond max_finished_tasks) */
+  sc__queue all;      /* in the server's records, oldest first */
+  sc__queue finished; /* in the server's finished records, in the order they ended */
 } sc__sock_task_rec;
 
 /* Encoded lines live in chunks, shared: an event is encoded once, into the server's current chunk,
@@ -192,8 +192,8 @@ struct sc_socket {
   size_t ring_cap, ring_n;
   uint64_t ring_pos;
   /* the tasks seen */
-  sc__sock_task_rec **buckets;
-  size_t nbuckets, ntasks;
+  sc__map tasks; /* id -> sc__sock_task_rec, the records not forgotten (keys: their ids) */
+  size_t ntasks;
   sc__queue all;      /* every record, oldest first */
   sc__queue finished; /* records of tasks in a terminal state, the longest finished first */
   size_t nfinished;

@@ -7,35 +7,8 @@
 
 /* ---- the task table ---- */
 
-static size_t hash_id(const char *s) {
-  size_t h = 1469598103934665603u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211u;
-  return h;
-}
-
 sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id) {
-  if (s->nbuckets == 0 || id == NULL) return NULL;
-  for (sc__sock_task_rec *t = s->buckets[hash_id(id) % s->nbuckets]; t; t = t->next)
-    if (strcmp(t->id, id) == 0) return t;
-  return NULL;
-}
-
-static bool grow_table(sc_socket *s) {
-  size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
-  sc__sock_task_rec **b = calloc(n, sizeof(*b));
-  if (b == NULL) return false;
-  sc__queue *q;
-  sc__queue_foreach(q, &s->all) {
-    sc__sock_task_rec *t = sc__queue_data(q, sc__sock_task_rec, all);
-    size_t i = hash_id(t->id) % n;
-    t->next = b[i];
-    b[i] = t;
-  }
-  free(s->buckets);
-  s->buckets = b;
-  s->nbuckets = n;
-  return true;
+  return id == NULL ? NULL : sc__map_get(&s->tasks, id);
 }
 
 static char *dup_or_null(const char *s) {
@@ -46,7 +19,6 @@ sc__sock_task_rec *sc__sock_task_record(sc_socket *s, const sc_event *ev) {
   sc__sock_task_rec *t = s->last_task; /* a task's events come in runs: no hash for those */
   if (t != NULL && strcmp(t->id, ev->task_id) == 0) return t;
   if ((t = sc__sock_task_find(s, ev->task_id)) != NULL) return s->last_task = t;
-  if (s->ntasks + 1 > s->nbuckets && !grow_table(s)) return NULL;
   if ((t = calloc(1, sizeof(*t))) == NULL) return NULL;
   t->id = strdup(ev->task_id);
   t->tenant = dup_or_null(ev->tenant_id);
@@ -56,9 +28,10 @@ sc__sock_task_rec *sc__sock_task_record(sc_socket *s, const sc_event *ev) {
     free(t);
     return NULL;
   }
-  size_t i = hash_id(t->id) % s->nbuckets;
-  t->next = s->buckets[i];
-  s->buckets[i] = t;
+  if (sc__map_put(&s->tasks, t->id, t) != 0) {
+    sc__sock_task_free(t);
+    return NULL;
+  }
   sc__queue_init(&t->finished);
   sc__queue_insert_tail(&s->all, &t->all);
   s->ntasks++;
@@ -81,11 +54,7 @@ void sc__sock_ring_release(sc__sock_task_rec *t) {
  * lines), so it is freed with the last slot that does. */
 static void forget_oldest(sc_socket *s) {
   sc__sock_task_rec *t = sc__queue_data(sc__queue_head(&s->finished), sc__sock_task_rec, finished);
-  for (sc__sock_task_rec **p = &s->buckets[hash_id(t->id) % s->nbuckets]; *p; p = &(*p)->next)
-    if (*p == t) {
-      *p = t->next;
-      break;
-    }
+  sc__map_del(&s->tasks, t->id);
   sc__queue_remove(&t->finished);
   sc__queue_remove(&t->all);
   s->nfinished--;
