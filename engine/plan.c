@@ -175,7 +175,7 @@ int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
+  sc__vformat(msg, sizeof(msg), fmt, ap);
   va_end(ap);
   sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", msg);
   sc__builder_refused(b);
@@ -272,15 +272,9 @@ static int add_stage(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *param
     sc__builder_refused(b);
     return rc;
   }
-  if (b->n == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 8;
-    sc__stage *stages = realloc(b->stages, cap * sizeof(*stages));
-    if (stages == NULL) {
-      cJSON_Delete(params);
-      return sc__error(SC_ENOMEM, "plan: out of memory");
-    }
-    b->stages = stages;
-    b->cap = cap;
+  if (!sc__grow(&b->stages, &b->cap, b->n + 1, sizeof(*b->stages), 8)) {
+    cJSON_Delete(params);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
   }
   sc__stage *s = &b->stages[b->n];
   memset(s, 0, sizeof(*s));
@@ -317,30 +311,15 @@ int sc__plan_add_stage_owned(sc_plan_builder *b, const sc_stage_spec *spec, cJSO
   return add_stage(b, spec, params);
 }
 
-static const char *action_name(sc_approval_action a) {
-  switch (a) {
-    case SC_ACTION_APPROVE: return "approve";
-    case SC_ACTION_REJECT: return "reject";
-    case SC_ACTION_FAIL: return "fail";
-    default: return "cancel";
-  }
-}
-
-static const char *effect_name(sc_effect e) {
-  return e == SC_EFFECT_COMPENSABLE    ? "compensable"
-         : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
-                                       : "idempotent";
-}
-
 /* The spec of one stage with every default filled in, so that a field spelled out with its
  * default value and a field left out give the same fingerprint. */
 static void write_spec(sc__buf *out, const sc__stage *s) {
   sc__buf_lit(out, "{\"approval\":{\"approvers_needed\":");
   sc__json_uint(out, s->approval.approvers_needed);
   sc__buf_lit(out, ",\"on_reject\":");
-  sc__json_string(out, action_name(s->approval.on_reject));
+  sc__json_string(out, sc__action_name((int)s->approval.on_reject));
   sc__buf_lit(out, ",\"on_timeout\":");
-  sc__json_string(out, action_name(s->approval.on_timeout));
+  sc__json_string(out, sc__action_name((int)s->approval.on_timeout));
   sc__buf_lit(out, ",\"required\":");
   if (s->approval.required)
     sc__buf_lit(out, "true");
@@ -349,7 +328,7 @@ static void write_spec(sc__buf *out, const sc__stage *s) {
   sc__buf_lit(out, ",\"timeout_ms\":");
   sc__json_uint(out, s->approval.timeout_ms);
   sc__buf_lit(out, "},\"effect\":");
-  sc__json_string(out, effect_name(s->effect));
+  sc__json_string(out, sc__effect_name((int)s->effect));
   sc__buf_lit(out, ",\"kind\":");
   sc__json_string(out, s->kind);
   sc__buf_lit(out, ",\"name\":");
