@@ -10,10 +10,7 @@
 void sc__engine_log(sc_engine *e, sc_log_level level, const char *fmt, ...) {
   if (e->opts.log == NULL) return;
   char msg[768];
-  va_list ap;
-  va_start(ap, fmt);
-  sc__vformat(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  SC__FORMAT_ARGS(msg, fmt);
   e->opts.log(e, level, msg, e->opts.log_udata);
 }
 

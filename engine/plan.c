@@ -173,10 +173,7 @@ void sc__builder_refused(sc_plan_builder *b) {
 
 int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
   char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  sc__vformat(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  SC__FORMAT_ARGS(msg, fmt);
   sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", msg);
   sc__builder_refused(b);
   return SC_EPLAN;

@@ -37,6 +37,15 @@ size_t sc__vformat(char *buf, size_t cap, const char *fmt, va_list ap);
 size_t sc__format(char *buf, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
 /* Appends at *off (advanced by what was written) in buf[0 .. cap), cut when it is full. */
 void sc__format_append(char *buf, size_t cap, size_t *off, const char *fmt, ...) SC__PRINTF(4, 5);
+/* The body of a printf-style wrapper: formats the arguments that follow fmt, the last named
+ * parameter of the calling function, into the array buf (cut to fit, always terminated). */
+#define SC__FORMAT_ARGS(buf, fmt)                                                                  \
+  do {                                                                                             \
+    va_list sc__args_;                                                                             \
+    va_start(sc__args_, fmt);                                                                      \
+    sc__vformat((buf), sizeof(buf), (fmt), sc__args_);                                             \
+    va_end(sc__args_);                                                                             \
+  } while (0)
 
 /* ---- the growable buffer (jsonw.c) ---- */
 
