@@ -867,8 +867,7 @@ static void hundred_thousand_tasks_wait_for_approval_and_all_complete_once_appro
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   assert_int_equal(sc_engine_register_fn(e, "step", count_step, NULL), SC_OK);
   size_t requested = 0, completed = 0;
   sc_subscriber s;

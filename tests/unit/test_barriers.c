@@ -68,20 +68,14 @@ static cJSON *plan_of(const char *names) {
 }
 
 static sc_engine *engine_with(uv_loop_t *loop, maker *m) {
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(loop, NULL, NULL);
   assert_int_equal(sc_engine_register_fn(e, "make", fn_make, m), SC_OK);
   return e;
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *names, const cJSON *context) {
   cJSON *config = plan_of(names);
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.config = config;
-  s.context = context;
-  sc_task *t = submit_or_fail(e, &s);
+  sc_task *t = submit_config(e, id, NULL, NULL, config, context);
   cJSON_Delete(config);
   return t;
 }

@@ -13,8 +13,7 @@ static sc_engine *engine_on(uv_loop_t *loop, logbook *log) {
     o.log = logbook_cb;
     o.log_udata = log;
   }
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(loop, &o, NULL);
   return e;
 }
 
@@ -36,32 +35,7 @@ static void idle_for(uv_loop_t *loop, uint64_t ms) {
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const cJSON *config) {
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.tenant_id = "acme";
-  s.config = config;
-  return submit_or_fail(e, &s);
-}
-
-static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
-  *root = recorder_json(r, type, nth);
-  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
-  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
-  assert_non_null(data);
-  return data;
-}
-
-static const char *str_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsString(v)) fail_msg("member \"%s\" is not a string", name);
-  return v->valuestring;
-}
-
-static double num_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsNumber(v)) fail_msg("member \"%s\" is not a number", name);
-  return v->valuedouble;
+  return submit_config(e, id, "acme", NULL, config, NULL);
 }
 
 /* Subscribes a recorder that only receives the types of mask. */
@@ -165,7 +139,7 @@ static void every_subscriber_gets_every_event_in_order(void **state) {
   for (size_t i = 0; i < r1.n; i++) {
     assert_string_equal(r1.lines[i], r2.lines[i]);
     cJSON *ev = cJSON_Parse(r1.lines[i]);
-    assert_int_equal((int)num_member(ev, "seq"), (int)i + 1);
+    assert_int_equal((int)num_of(ev, "seq"), (int)i + 1);
     cJSON_Delete(ev);
   }
 
@@ -196,7 +170,7 @@ static void mask_filters_event_types(void **state) {
   assert_string_equal(recorder_types(&started_only, NULL), "task.started");
   /* The filtered subscriber sees the same seq numbers as the unfiltered one. */
   cJSON *ev = recorder_json(&some, SC_EV_TASK_COMPLETED, 0);
-  assert_int_equal((int)num_member(ev, "seq"), 9);
+  assert_int_equal((int)num_of(ev, "seq"), 9);
   cJSON_Delete(ev);
 
   cJSON_Delete(config);
@@ -342,7 +316,7 @@ static void subscriber_added_in_callback_sees_only_later_events(void **state) {
   assert_string_equal(recorder_types(&late, NULL), "stage.completed,stage.started,stage.completed,"
                                                    "stage.started,stage.completed,task.completed");
   cJSON *ev = cJSON_Parse(late.lines[0]);
-  assert_int_equal((int)num_member(ev, "seq"), 4);
+  assert_int_equal((int)num_of(ev, "seq"), 4);
   cJSON_Delete(ev);
 
   cJSON_Delete(config);
@@ -486,13 +460,13 @@ static void check_failed_ack_pauses(void (*fail_ack)(sc_ack *), const char *expe
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "ack-failed");
-  assert_string_equal(str_member(data, "paused_from"), "RUNNING");
-  assert_string_equal(str_member(data, "status"), "PAUSED");
+  assert_string_equal(str_of(data, "reason"), "ack-failed");
+  assert_string_equal(str_of(data, "paused_from"), "RUNNING");
+  assert_string_equal(str_of(data, "status"), "PAUSED");
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
   assert_non_null(err);
-  assert_string_equal(str_member(err, "message"), expected_message);
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "message"), expected_message);
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
   cJSON_Delete(root);
 
   /* Nothing runs while paused. */
@@ -568,9 +542,8 @@ static void subscriber_returning_error_pauses_task(void **state) {
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "ack-failed");
-  assert_int_equal((int)num_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"),
-                   SC_EIO);
+  assert_string_equal(str_of(data, "reason"), "ack-failed");
+  assert_int_equal((int)num_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"), SC_EIO);
   cJSON_Delete(root);
 
   assert_int_equal(sc_task_resume(t), SC_OK);
@@ -711,8 +684,8 @@ static void pause_takes_effect_at_next_stage_boundary_and_resume_continues(void 
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "paused_from"), "RUNNING");
-  assert_string_equal(str_member(data, "reason"), "requested");
+  assert_string_equal(str_of(data, "paused_from"), "RUNNING");
+  assert_string_equal(str_of(data, "reason"), "requested");
   assert_null(cJSON_GetObjectItemCaseSensitive(data, "error"));
   cJSON_Delete(root);
 
@@ -792,8 +765,8 @@ static void cancel_of_running_task_cancels_stage_and_runs_nothing_more(void **st
                       "task.created,task.started,stage.started,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "operator abort");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "operator abort");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_null(sc_engine_find_task(e, "cancel-running"));
 
@@ -825,8 +798,8 @@ static void cancel_of_running_sleep_stage_stops_its_timer(void **state) {
                       "task.created,task.started,stage.started,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "too slow");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "too slow");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   /* The sleep kind's cancel finished the stage; that late result is logged, not acted on. */
   assert_true(logbook_has(&log, "not acted on"));
@@ -866,8 +839,8 @@ static void cancel_while_waiting_for_deferred_ack_applies_after_ack(void **state
                       "task.created,task.started,stage.started,stage.completed,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "changed my mind");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "changed my mind");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_null(sc_engine_find_task(e, "cancel-barrier"));
 
@@ -900,8 +873,8 @@ static void cancel_of_paused_task_cancels_it(void **state) {
                                                 "stage.completed,task.paused,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "not needed");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "not needed");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_int_equal(slow.cancels, 0); /* nothing was running */
   assert_null(sc_engine_find_task(e, "cancel-paused"));

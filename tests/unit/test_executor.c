@@ -15,44 +15,13 @@ static sc_engine *engine_on(uv_loop_t *loop, logbook *log, uint32_t max_active_t
     o.log = logbook_cb;
     o.log_udata = log;
   }
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
-  assert_non_null(e);
+  sc_engine *e = start_engine(loop, &o, NULL);
   return e;
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const cJSON *config,
                        const cJSON *context) {
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.tenant_id = tenant;
-  s.plan_id = "test-plan";
-  s.config = config;
-  s.context = context;
-  return submit_or_fail(e, &s);
-}
-
-/* The data object of the nth event of a type; the whole event is returned in *root (caller
- * frees it with cJSON_Delete). */
-static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
-  *root = recorder_json(r, type, nth);
-  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
-  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
-  assert_non_null(data);
-  return data;
-}
-
-static double num_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsNumber(v)) fail_msg("member \"%s\" is not a number", name);
-  return v->valuedouble;
-}
-
-static const char *str_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsString(v)) fail_msg("member \"%s\" is not a string", name);
-  return v->valuestring;
+  return submit_config(e, id, tenant, "test-plan", config, context);
 }
 
 /* The position of the nth event of a type of one task in the recording; -1 when absent. */
@@ -69,7 +38,7 @@ static size_t check_seq(const recorder *r, const char *task_id) {
     if (strcmp(r->task_ids[i], task_id) != 0) continue;
     cJSON *ev = cJSON_Parse(r->lines[i]);
     assert_non_null(ev);
-    double seq = num_member(ev, "seq");
+    double seq = num_of(ev, "seq");
     cJSON_Delete(ev);
     if (seq != (double)expected) fail_msg("event %zu of %s has seq %.0f", i, task_id, seq);
     expected++;
@@ -329,9 +298,9 @@ static void sync_fn_stages_run_in_order_with_gapless_seq(void **state) {
     const cJSON *data = event_data(&r, SC_EV_STAGE_STARTED, i, &root);
     char name[8];
     snprintf(name, sizeof(name), "s%zu", i);
-    assert_string_equal(str_member(data, "stage"), name);
-    assert_int_equal((int)num_member(data, "index"), (int)i);
-    assert_int_equal((int)num_member(data, "attempt"), 1);
+    assert_string_equal(str_of(data, "stage"), name);
+    assert_int_equal((int)num_of(data, "index"), (int)i);
+    assert_int_equal((int)num_of(data, "attempt"), 1);
     cJSON_Delete(root);
   }
   assert_null(sc_engine_find_task(e, "ordered"));
@@ -418,8 +387,7 @@ static void stage_completing_from_a_timer_callback_completes_the_task(void **sta
   assert_int_equal(check_seq(&r, "later-1"), 7);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_COMPLETED, 0, &root);
-  assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "context"), "from"),
-                      "timer");
+  assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "context"), "from"), "timer");
   cJSON_Delete(root);
 
   cJSON_Delete(config);
@@ -447,7 +415,7 @@ static void sleep_kind_waits_its_milliseconds(void **state) {
                       "task.created,task.started,stage.started,stage.completed,task.completed");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &root);
-  assert_true(num_member(data, "duration_ms") >= 20);
+  assert_true(num_of(data, "duration_ms") >= 20);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
@@ -483,16 +451,15 @@ static void sync_failure_inside_start_fails_stage_then_task(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
-  assert_string_equal(str_member(err, "name"), "SC_EIO");
-  assert_string_equal(str_member(err, "message"), "boom 1");
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "name"), "SC_EIO");
+  assert_string_equal(str_of(err, "message"), "boom 1");
   assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-  assert_string_equal(str_member(data, "status"), "RUNNING");
+  assert_string_equal(str_of(data, "status"), "RUNNING");
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
-  assert_string_equal(str_member(data, "status"), "FAILED");
-  assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "message"),
-                      "boom 1");
+  assert_string_equal(str_of(data, "status"), "FAILED");
+  assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "message"), "boom 1");
   cJSON_Delete(root);
 
   cJSON_Delete(config);
@@ -544,8 +511,8 @@ static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **sta
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EINVAL);
-  assert_non_null(strstr(str_member(err, "message"), "deeper than 512 levels"));
+  assert_int_equal((int)num_of(err, "code"), SC_EINVAL);
+  assert_non_null(strstr(str_of(err, "message"), "deeper than 512 levels"));
   cJSON_Delete(root);
 
   sc_task_spec spec;
@@ -585,12 +552,11 @@ static void start_returning_error_without_finishing_fails_stage_with_that_code(v
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EAUTH);
-  assert_string_equal(str_member(err, "name"), "SC_EAUTH");
+  assert_int_equal((int)num_of(err, "code"), SC_EAUTH);
+  assert_string_equal(str_of(err, "name"), "SC_EAUTH");
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
-  assert_int_equal((int)num_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"),
-                   SC_EAUTH);
+  assert_int_equal((int)num_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"), SC_EAUTH);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
@@ -628,7 +594,7 @@ static void retry_backs_off_exponentially_capped_then_succeeds(void **state) {
   for (size_t i = 0; i < 3; i++) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_STARTED, i, &root);
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
     cJSON_Delete(root);
   }
   const double expected_backoff[2] = {10, 20}; /* 10 * 3^0, min(10 * 3^1, 20) */
@@ -636,8 +602,8 @@ static void retry_backs_off_exponentially_capped_then_succeeds(void **state) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-    assert_true(num_member(data, "retry_in_ms") == expected_backoff[i]);
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
+    assert_true(num_of(data, "retry_in_ms") == expected_backoff[i]);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
     cJSON_Delete(root);
   }
   assert_true(elapsed >= 30);
@@ -702,12 +668,12 @@ static void exhausted_attempts_fail_task_with_last_error(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 2, &root);
   assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-  assert_int_equal((int)num_member(data, "attempt"), 3);
+  assert_int_equal((int)num_of(data, "attempt"), 3);
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "message"), "boom 3");
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "message"), "boom 3");
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
@@ -746,7 +712,7 @@ static void backoff_is_zero_or_capped_for_extreme_policies(void **state) {
     for (size_t i = 0; i < 199; i++) {
       cJSON *root;
       const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
-      assert_int_equal((long)num_member(data, "retry_in_ms"), atol(policies[k][1]));
+      assert_int_equal((long)num_of(data, "retry_in_ms"), atol(policies[k][1]));
       cJSON_Delete(root);
     }
     cJSON_Delete(config);
@@ -797,8 +763,8 @@ static void timeout_fails_stage_cancels_kind_and_ignores_late_result(void **stat
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "name"), "SC_ETIMEDOUT");
-  assert_int_equal((int)num_member(err, "code"), SC_ETIMEDOUT);
+  assert_string_equal(str_of(err, "name"), "SC_ETIMEDOUT");
+  assert_int_equal((int)num_of(err, "code"), SC_ETIMEDOUT);
   cJSON_Delete(root);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
@@ -857,10 +823,10 @@ static void each_retry_attempt_times_out_separately(void **state) {
   for (size_t i = 0; i < 2; i++) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
-    assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "name"),
+    assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "name"),
                         "SC_ETIMEDOUT");
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
-    assert_true(num_member(data, "duration_ms") >= 25);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
+    assert_true(num_of(data, "duration_ms") >= 25);
     assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "will_retry")), i == 0);
     cJSON_Delete(root);
   }
@@ -917,11 +883,11 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
           cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "context"), expected[i], true));
     char want[72];
     assert_int_equal(sc_json_digest(expected[i], want), SC_OK);
-    assert_string_equal(str_member(data, "digest"), want);
+    assert_string_equal(str_of(data, "digest"), want);
     assert_int_equal(strncmp(want, "sha256:", 7), 0);
     snprintf(digests[i], sizeof(digests[i]), "%s", want);
-    assert_int_equal(strncmp(str_member(data, "fingerprint"), "sha256:", 7), 0);
-    assert_true(num_member(data, "duration_ms") >= 0);
+    assert_int_equal(strncmp(str_of(data, "fingerprint"), "sha256:", 7), 0);
+    assert_true(num_of(data, "duration_ms") >= 0);
     if (i == 0) {
       cJSON *out = json_or_die("{\"a\":2,\"b\":{\"n\":1}}");
       assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "output"), out, true));
@@ -934,7 +900,7 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_COMPLETED, 0, &root);
   assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "context"), after_two, true));
-  assert_string_equal(str_member(data, "digest"), digests[2]);
+  assert_string_equal(str_of(data, "digest"), digests[2]);
   cJSON_Delete(root);
 
   emitter_free(&em);
@@ -967,7 +933,7 @@ static void null_output_keeps_context_and_digest(void **state) {
   cJSON *r0, *r1;
   const cJSON *d0 = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &r0);
   const cJSON *d1 = event_data(&r, SC_EV_STAGE_COMPLETED, 1, &r1);
-  assert_string_equal(str_member(d0, "digest"), str_member(d1, "digest"));
+  assert_string_equal(str_of(d0, "digest"), str_of(d1, "digest"));
   cJSON *c0 = recorder_context(&r, SC_EV_STAGE_COMPLETED, 0);
   cJSON *c1 = recorder_context(&r, SC_EV_STAGE_COMPLETED, 1);
   assert_non_null(c0);
@@ -1007,8 +973,8 @@ static void non_object_output_fails_stage_with_einval(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "name"), "SC_EINVAL");
-  assert_int_equal((int)num_member(err, "code"), SC_EINVAL);
+  assert_string_equal(str_of(err, "name"), "SC_EINVAL");
+  assert_int_equal((int)num_of(err, "code"), SC_EINVAL);
   cJSON_Delete(root);
   assert_null(sc_task_context(t)->child);
 
@@ -1150,7 +1116,7 @@ static void initial_context_comes_from_task_spec_and_is_copied(void **state) {
   data = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &root);
   char want[72];
   assert_int_equal(sc_json_digest(expected, want), SC_OK);
-  assert_string_equal(str_member(data, "digest"), want);
+  assert_string_equal(str_of(data, "digest"), want);
   cJSON_Delete(root);
 
   cJSON_Delete(in.context);
@@ -1352,8 +1318,7 @@ static void engine_free_during_sleep_stage_closes_loop_cleanly(void **state) {
 
 static void engine_with_own_loop_runs_tasks(void **state) {
   (void)state;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(NULL, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(NULL, NULL, NULL);
   uv_loop_t *loop = sc_engine_loop(e);
   assert_non_null(loop);
   assert_int_equal(sc_engine_register_fn(e, "noop", fn_noop, NULL), SC_OK);
@@ -1496,7 +1461,7 @@ static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void 
   assert_string_equal(sc_task_tracestate(traced_task), "vendor=a1");
   cJSON *created_json = recorder_json(&r, SC_EV_TASK_CREATED, 0);
   const cJSON *created = cJSON_GetObjectItemCaseSensitive(created_json, "data");
-  assert_string_equal(str_member(created, "tracestate"), "vendor=a1");
+  assert_string_equal(str_of(created, "tracestate"), "vendor=a1");
   cJSON_Delete(created_json);
   s.tracestate = NULL;
   s.task_id = "untraced-task";

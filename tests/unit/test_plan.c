@@ -602,8 +602,7 @@ static void submit_refuses_an_unknown_kind_listing_the_registered_kinds(void **s
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   sc_task *t = (sc_task *)&rec;
@@ -627,8 +626,7 @@ static void unknown_kind_message_lists_a_kind_registered_later(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   register_noop_kind(e, "noop");
   int rc = submit_json(e, "{\"stages\":[{\"name\":\"a\",\"kind\":\"nope\"}]}", NULL);
   assert_int_equal(rc, SC_EPLAN);
@@ -641,8 +639,7 @@ static void submit_refuses_a_bad_stage_and_emits_nothing(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   int rc = submit_json(e,
@@ -666,8 +663,7 @@ static void task_created_carries_the_plan_fingerprint(void **state) {
   fingerprint_or_die(config, want);
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   register_noop_kind(e, "noop");
   recorder rec;
   recorder_attach(&rec, e);
@@ -725,8 +721,7 @@ static void add_stage_refuses_a_duplicate_name_with_einval(void **state) {
   sc_engine_options_init(&o);
   o.factory = duplicate_factory;
   o.factory_udata = &log;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   register_noop_kind(e, "noop");
   sc_task *t = NULL;
   assert_int_equal(submit_json(e, "{\"anything\":true}", &t), SC_OK);
@@ -762,8 +757,7 @@ static void submit_of_a_factory_that_passes_on_a_refusal_fails_with_eplan(void *
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = strict_duplicate_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   register_noop_kind(e, "noop");
   recorder rec;
   recorder_attach(&rec, e);
@@ -790,8 +784,7 @@ static void factory_refusal_with_builder_error_fails_submit_with_its_message(voi
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = builder_error_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   sc_task *t = (sc_task *)&rec;
@@ -828,8 +821,7 @@ static void factory_refusal_without_a_message_still_fails_submit_with_a_message(
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = silent_refusal_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   int rc = submit_json(e, "{}", NULL);
   assert_true(rc < 0);
   assert_true(*sc_error_message() != '\0');
@@ -903,8 +895,7 @@ static void engine_fingerprint_of_a_custom_factory_matches_plan_fingerprint(void
   sc_engine_options_init(&o);
   o.factory = hand_built_factory;
   o.factory_udata = &calls;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   sc_task *t = NULL;
   assert_int_equal(submit_json(e, "{\"x\":1}", &t), SC_OK);
   assert_int_equal(calls, 2);
@@ -1191,8 +1182,7 @@ static void submit_records_the_refused_stage_and_field(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   assert_int_equal(
       submit_json(e,
                   "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},"
@@ -1216,8 +1206,7 @@ static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plan
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   const char *bad = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":-1}}]}";
   const char *good = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":0}}]}";
   assert_int_equal(submit_json(e, bad, NULL), SC_EPLAN);
@@ -1244,8 +1233,7 @@ static void submit_without_a_config_records_a_refusal_of_the_config(void **state
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
   assert_int_equal(sc_task_submit(e, &spec, NULL), SC_EINVAL);
@@ -1320,8 +1308,7 @@ static void recovery_refusals_are_recorded(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   cJSON *config = json_or_die(recover_config);
   cJSON *bad = json_or_die("{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\"}]}");
   sc_recovery_request req;
@@ -1421,8 +1408,7 @@ static void a_long_name_is_cut_in_the_record_between_characters(void **state) {
     cJSON_Delete(c);
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
-    sc_engine *e = NULL;
-    assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+    sc_engine *e = start_engine(&loop, NULL, NULL);
     assert_int_equal(submit_json(e, config, NULL), SC_EPLAN);
     const sc_plan_error *pe = sc_plan_last_error();
     assert_non_null(pe);
@@ -1451,9 +1437,8 @@ static sc_engine *counting_engine(uv_loop_t *loop, int *calls) {
   sc_engine_options_init(&o);
   o.factory = counting_factory;
   o.factory_udata = calls;
-  sc_engine *e = NULL;
   assert_int_equal(uv_loop_init(loop), 0);
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(loop, &o, NULL);
   register_noop_kind(e, "noop");
   return e;
 }

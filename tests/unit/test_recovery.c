@@ -115,36 +115,6 @@ static void request_for(sc_recovery_request *r, const cJSON *config, const char 
   r->last_completed_stage = last;
 }
 
-/* The nth event of a type, parsed; the test fails when there is none. Caller frees. */
-static cJSON *event_json(const recorder *r, sc_event_type type, size_t nth) {
-  cJSON *j = recorder_json(r, type, nth);
-  if (j == NULL)
-    fail_msg("no %s #%zu among: %s", sc_event_type_name(type), nth, recorder_types(r, NULL));
-  return j;
-}
-
-static const cJSON *member(const cJSON *obj, const char *key) {
-  return cJSON_GetObjectItemCaseSensitive(obj, key);
-}
-
-static const cJSON *data_of(const cJSON *event) {
-  const cJSON *d = member(event, "data");
-  assert_true(cJSON_IsObject(d));
-  return d;
-}
-
-static const char *str_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsString(v)) fail_msg("\"%s\" is not a string", key);
-  return v->valuestring;
-}
-
-static double num_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsNumber(v)) fail_msg("\"%s\" is not a number", key);
-  return v->valuedouble;
-}
-
 /* An array of strings against "a,b,c" ("" for an empty array). */
 static void assert_names(const cJSON *array, const char *expected) {
   char buf[512];
