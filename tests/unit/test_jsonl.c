@@ -429,14 +429,8 @@ static cJSON *job(const char *version, const char *kind, const char *names) {
 
 static sc_task *submit_job(sc_engine *e, const char *id, const char *names) {
   cJSON *config = job("1", "fn", names);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.task_id = id;
-  spec.config = config;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(e, &spec, &t);
+  sc_task *t = submit_config(e, id, NULL, NULL, config, NULL);
   cJSON_Delete(config);
-  if (rc != SC_OK) fail_msg("submit %s: %s", id, sc_error_message());
   return t;
 }
 
