@@ -228,6 +228,7 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
     for (size_t i = 0; i < b->engine->nkinds; i++)
       sc__format_append(what, sizeof(what), &off, "%s %s", i ? "," : "", b->engine->kinds[i].name);
     sc__format_append(what, sizeof(what), &off, ")");
+    mend_cut(what, sizeof(what), off); /* a long kind name is cut, but not inside a character */
     return spec_error(b, spec, "kind", what);
   }
   if (spec->params != NULL && !cJSON_IsObject(spec->params))

@@ -622,6 +622,44 @@ static void submit_refuses_an_unknown_kind_listing_the_registered_kinds(void **s
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Whether s ends with a whole UTF-8 sequence (or with ASCII). */
+static int ends_with_a_whole_character(const char *s) {
+  size_t len = strlen(s), start = len;
+  while (start > 0 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
+    start--;
+  if (start == len) return len == 0 || (unsigned char)s[len - 1] < 0x80;
+  if (start == 0) return 0;
+  unsigned char lead = (unsigned char)s[start - 1];
+  size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+  return len - (start - 1) == need;
+}
+
+static void an_unknown_kind_with_a_long_name_is_cut_between_characters(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
+  /* "x" then 200 two-byte characters: the message's cut falls inside one unless it is mended. */
+  char config[1024];
+  size_t off =
+      (size_t)snprintf(config, sizeof(config), "{\"stages\":[{\"name\":\"a\",\"kind\":\"x");
+  for (int i = 0; i < 200; i++)
+    off += (size_t)snprintf(config + off, sizeof(config) - off, "\xc3\xa9");
+  snprintf(config + off, sizeof(config) - off, "\"}]}");
+  sc_task *t = NULL;
+  assert_int_equal(submit_json(e, config, &t), SC_EPLAN);
+  assert_null(t);
+  const sc_plan_error *pe = sc_plan_last_error();
+  assert_non_null(pe);
+  assert_non_null(strstr(pe->problem, "names an unknown kind \"x\xc3\xa9"));
+  if (!ends_with_a_whole_character(pe->problem))
+    fail_msg("cut inside a character: %s", pe->problem);
+  if (!ends_with_a_whole_character(sc_error_message()))
+    fail_msg("cut inside a character: %s", sc_error_message());
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void unknown_kind_message_lists_a_kind_registered_later(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -1606,6 +1644,7 @@ int main(void) {
       cmocka_unit_test(json_factory_refusal_message_names_the_stage),
       cmocka_unit_test(submit_refuses_an_unknown_kind_listing_the_registered_kinds),
       cmocka_unit_test(unknown_kind_message_lists_a_kind_registered_later),
+      cmocka_unit_test(an_unknown_kind_with_a_long_name_is_cut_between_characters),
       cmocka_unit_test(submit_refuses_a_bad_stage_and_emits_nothing),
       cmocka_unit_test(task_created_carries_the_plan_fingerprint),
       cmocka_unit_test(add_stage_refuses_a_duplicate_name_with_einval),
