@@ -223,8 +223,7 @@ static void subscription_order_is_delivery_order(void **state) {
   assert_string_equal(log, expected);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 typedef struct self_canceller {
@@ -364,9 +363,7 @@ static void barrier_holds_next_stage_until_ack(void **state) {
   assert_null(sc_engine_find_task(e, "barrier"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void deferred_non_barrier_event_does_not_block_progress(void **state) {
@@ -391,9 +388,7 @@ static void deferred_non_barrier_event_does_not_block_progress(void **state) {
   assert_string_equal(recorder_types(&r, NULL), three_fn_events);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void barrier_waits_for_every_deferring_subscriber(void **state) {
@@ -484,9 +479,7 @@ static void check_failed_ack_pauses(void (*fail_ack)(sc_ack *), const char *expe
   assert_null(sc_engine_find_task(e, "ack-fail"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void fail_with_message(sc_ack *ack) {
@@ -553,9 +546,7 @@ static void subscriber_returning_error_pauses_task(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_STAGE_COMPLETED, NULL), 3);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void failed_ack_of_task_completed_is_logged_not_fatal(void **state) {
@@ -587,9 +578,7 @@ static void failed_ack_of_task_completed_is_logged_not_fatal(void **state) {
   assert_null(sc_engine_find_task(e, "late-fail"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static int ack_then_defer(const sc_event *ev, sc_ack *ack, void *udata) {
@@ -623,9 +612,7 @@ static void ack_done_inside_callback_before_defer_works(void **state) {
   assert_null(sc_engine_find_task(e, "eager-ack"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void task_stays_findable_until_task_completed_is_acked(void **state) {
@@ -654,9 +641,7 @@ static void task_stays_findable_until_task_completed_is_acked(void **state) {
   assert_int_equal(sc_engine_task_count(e), 0);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- pause, resume, cancel ---- */
@@ -696,9 +681,7 @@ static void pause_takes_effect_at_next_stage_boundary_and_resume_continues(void 
                       "task.resumed,stage.started,stage.completed,task.completed");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void pause_of_paused_and_resume_of_running_are_refused(void **state) {
@@ -734,9 +717,7 @@ static void pause_of_paused_and_resume_of_running_are_refused(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, NULL), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_running_task_cancels_stage_and_runs_nothing_more(void **state) {
@@ -771,9 +752,7 @@ static void cancel_of_running_task_cancels_stage_and_runs_nothing_more(void **st
   assert_null(sc_engine_find_task(e, "cancel-running"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_running_sleep_stage_stops_its_timer(void **state) {
@@ -806,9 +785,7 @@ static void cancel_of_running_sleep_stage_stops_its_timer(void **state) {
   assert_null(sc_engine_find_task(e, "cancel-sleep"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_while_waiting_for_deferred_ack_applies_after_ack(void **state) {
@@ -845,9 +822,7 @@ static void cancel_while_waiting_for_deferred_ack_applies_after_ack(void **state
   assert_null(sc_engine_find_task(e, "cancel-barrier"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_paused_task_cancels_it(void **state) {
@@ -880,9 +855,7 @@ static void cancel_of_paused_task_cancels_it(void **state) {
   assert_null(sc_engine_find_task(e, "cancel-paused"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 int main(void) {

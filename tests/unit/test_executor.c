@@ -306,9 +306,7 @@ static void sync_fn_stages_run_in_order_with_gapless_seq(void **state) {
   assert_null(sc_engine_find_task(e, "ordered"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* Counts events without encoding them, and checks the seq of each. */
@@ -354,8 +352,7 @@ static void hundred_thousand_sync_stages_complete_without_stack_growth(void **st
   assert_null(sc_engine_find_task(e, "long"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* ---- kinds that finish later ---- */
@@ -391,9 +388,7 @@ static void stage_completing_from_a_timer_callback_completes_the_task(void **sta
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void sleep_kind_waits_its_milliseconds(void **state) {
@@ -419,9 +414,7 @@ static void sleep_kind_waits_its_milliseconds(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- failures ---- */
@@ -463,9 +456,7 @@ static void sync_failure_inside_start_fails_stage_then_task(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* A value nested `depth` levels deep: {"n":{"n":...{}}} (depth objects). */
@@ -529,9 +520,7 @@ static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **sta
   cJSON_Delete(context);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void start_returning_error_without_finishing_fails_stage_with_that_code(void **state) {
@@ -560,9 +549,7 @@ static void start_returning_error_without_finishing_fails_stage_with_that_code(v
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- retries ---- */
@@ -609,9 +596,7 @@ static void retry_backs_off_exponentially_capped_then_succeeds(void **state) {
   assert_true(elapsed >= 30);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void non_retryable_failure_stops_retries_at_once(void **state) {
@@ -640,9 +625,7 @@ static void non_retryable_failure_stops_retries_at_once(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void exhausted_attempts_fail_task_with_last_error(void **state) {
@@ -677,9 +660,7 @@ static void exhausted_attempts_fail_task_with_last_error(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* Backoffs stay finite and in range whatever the policy: 0 * 100^n is 0, never NaN, and a huge
@@ -716,9 +697,7 @@ static void backoff_is_zero_or_capped_for_extreme_policies(void **state) {
       cJSON_Delete(root);
     }
     cJSON_Delete(config);
-    sc_engine_free(e);
-    recorder_free(&r);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, &r, &loop);
   }
 }
 
@@ -790,9 +769,7 @@ static void timeout_fails_stage_cancels_kind_and_ignores_late_result(void **stat
   assert_null(cJSON_GetObjectItemCaseSensitive(sc_task_context(t), "late"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void each_retry_attempt_times_out_separately(void **state) {
@@ -832,9 +809,7 @@ static void each_retry_attempt_times_out_separately(void **state) {
   }
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- outputs and the context ---- */
@@ -908,9 +883,7 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
   cJSON_Delete(after_one);
   cJSON_Delete(after_two);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void null_output_keeps_context_and_digest(void **state) {
@@ -947,9 +920,7 @@ static void null_output_keeps_context_and_digest(void **state) {
 
   emitter_free(&em);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void non_object_output_fails_stage_with_einval(void **state) {
@@ -980,9 +951,7 @@ static void non_object_output_fails_stage_with_einval(void **state) {
 
   emitter_free(&em);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void second_completion_inside_start_is_refused_and_logged(void **state) {
@@ -1011,9 +980,7 @@ static void second_completion_inside_start_is_refused_and_logged(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void second_completion_in_same_timer_callback_is_refused_and_logged(void **state) {
@@ -1043,9 +1010,7 @@ static void second_completion_in_same_timer_callback_is_refused_and_logged(void 
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- accessors and the task spec ---- */
@@ -1084,8 +1049,7 @@ static void stage_accessors_describe_the_running_stage(void **state) {
   cJSON_Delete(in.context);
   cJSON_Delete(initial);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void initial_context_comes_from_task_spec_and_is_copied(void **state) {
@@ -1122,9 +1086,7 @@ static void initial_context_comes_from_task_spec_and_is_copied(void **state) {
   cJSON_Delete(in.context);
   cJSON_Delete(expected);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void duplicate_live_task_id_is_busy_and_emits_nothing(void **state) {
@@ -1162,9 +1124,7 @@ static void duplicate_live_task_id_is_busy_and_emits_nothing(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, NULL), 2);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void missing_task_id_is_generated_as_uuid_v7(void **state) {
@@ -1201,9 +1161,7 @@ static void missing_task_id_is_generated_as_uuid_v7(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, idb), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- admission: tenants and max_active_tasks ---- */
@@ -1237,9 +1195,7 @@ static void same_tenant_tasks_run_one_after_another_in_submission_order(void **s
   check_seq(&r, "acme-3");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void different_tenant_tasks_interleave(void **state) {
@@ -1262,9 +1218,7 @@ static void different_tenant_tasks_interleave(void **state) {
   assert_true(event_pos(&r, SC_EV_STAGE_STARTED, "y-1", 0) < done_x);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void max_active_tasks_one_serializes_different_tenants(void **state) {
@@ -1287,9 +1241,7 @@ static void max_active_tasks_one_serializes_different_tenants(void **state) {
               event_pos(&r, SC_EV_TASK_COMPLETED, "y-1", 0));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- engine life cycle ---- */
@@ -1414,9 +1366,7 @@ static void post_from_another_thread_runs_on_loop_thread(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, "posted"), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- trace context and idempotency keys of stages ---- */
@@ -1506,9 +1456,7 @@ static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void 
     for (size_t k = i + 1; k < 4; k++)
       assert_string_not_equal(t.key[i], t.key[k]);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void traceparent_validation_follows_w3c_version_00(void **state) {

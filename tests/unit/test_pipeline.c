@@ -314,8 +314,7 @@ static void the_callers_engine_gives_the_kinds(void **state) {
            path);
   assert_string_equal(err, want);
   assert_int_equal(sc_engine_task_count(e), 0); /* checking submits nothing */
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void free_of_a_zeroed_or_freed_pipeline_is_harmless(void **state) {

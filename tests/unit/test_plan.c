@@ -617,9 +617,7 @@ static void submit_refuses_an_unknown_kind_listing_the_registered_kinds(void **s
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
   assert_null(sc_engine_find_task(e, "t1"));
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* Whether s ends with a whole UTF-8 sequence (or with ASCII). */
@@ -656,8 +654,7 @@ static void an_unknown_kind_with_a_long_name_is_cut_between_characters(void **st
     fail_msg("cut inside a character: %s", pe->problem);
   if (!ends_with_a_whole_character(sc_error_message()))
     fail_msg("cut inside a character: %s", sc_error_message());
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void unknown_kind_message_lists_a_kind_registered_later(void **state) {
@@ -669,8 +666,7 @@ static void unknown_kind_message_lists_a_kind_registered_later(void **state) {
   int rc = submit_json(e, "{\"stages\":[{\"name\":\"a\",\"kind\":\"nope\"}]}", NULL);
   assert_int_equal(rc, SC_EPLAN);
   assert_message_has(sc_error_message(), "nope", "noop", "sleep");
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void submit_refuses_a_bad_stage_and_emits_nothing(void **state) {
@@ -688,9 +684,7 @@ static void submit_refuses_a_bad_stage_and_emits_nothing(void **state) {
   assert_message_has(sc_error_message(), "stage 0", "\"retry.multiplier\"", NULL);
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void task_created_carries_the_plan_fingerprint(void **state) {
@@ -719,9 +713,7 @@ static void task_created_carries_the_plan_fingerprint(void **state) {
   cJSON_Delete(created);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- custom factories and sc_plan_add_stage ---- */
@@ -771,8 +763,7 @@ static void add_stage_refuses_a_duplicate_name_with_einval(void **state) {
   assert_non_null(t);
   assert_int_equal(sc_task_stage_count(t), 1);
   uv_run(&loop, UV_RUN_DEFAULT);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* Propagates the refusal of a duplicate. */
@@ -803,9 +794,7 @@ static void submit_of_a_factory_that_passes_on_a_refusal_fails_with_eplan(void *
   assert_message_has(sc_error_message(), "\"a\"", "stage 0", NULL);
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static int builder_error_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
@@ -831,9 +820,7 @@ static void factory_refusal_with_builder_error_fails_submit_with_its_message(voi
   assert_string_equal(sc_error_message(), "no pipeline for version 9.9");
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void builder_error_returns_eplan(void **state) {
@@ -864,8 +851,7 @@ static void factory_refusal_without_a_message_still_fails_submit_with_a_message(
   assert_true(rc < 0);
   assert_true(*sc_error_message() != '\0');
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* Builds the plan of base_config's stages by hand, with strings and params that die at once. */
@@ -939,8 +925,7 @@ static void engine_fingerprint_of_a_custom_factory_matches_plan_fingerprint(void
   assert_int_equal(calls, 2);
   assert_string_equal(sc_task_fingerprint(t), want);
   assert_int_equal(sc_task_stage_count(t), 2);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static int init_only_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
@@ -1236,8 +1221,7 @@ static void submit_records_the_refused_stage_and_field(void **state) {
                   NULL),
       SC_EPLAN);
   assert_plan_error(SC_EPLAN, 0, "a", "stages[0].approval.on_reject");
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plans(void **state) {
@@ -1263,8 +1247,7 @@ static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plan
   cJSON_Delete(config);
   assert_null(sc_plan_last_error());
   uv_run(&loop, UV_RUN_DEFAULT);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void submit_without_a_config_records_a_refusal_of_the_config(void **state) {
@@ -1290,8 +1273,7 @@ static void submit_without_a_config_records_a_refusal_of_the_config(void **state
   assert_true(sc_plan_last_error()->previous_config);
   cJSON_Delete(config);
   cJSON_Delete(good);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_factorys_own_refusal_is_recorded_without_a_field(void **state) {
@@ -1393,8 +1375,7 @@ static void recovery_refusals_are_recorded(void **state) {
   assert_int_equal(sc_engine_task_count(e), 0);
   cJSON_Delete(config);
   cJSON_Delete(bad);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void refuse_on_a_thread(void *arg) {
@@ -1457,8 +1438,7 @@ static void a_long_name_is_cut_in_the_record_between_characters(void **state) {
     assert_true(utf8_whole(pe->stage));
     assert_true(utf8_whole(pe->message));
     assert_true(utf8_whole(pe->problem));
-    sc_engine_free(e);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, NULL, &loop);
   }
 }
 
@@ -1520,8 +1500,7 @@ static void an_identical_config_reuses_the_plan_after_its_task_ended(void **stat
   assert_int_equal(calls, 3);
   submit_and_finish(&loop, e, a, NULL);
   assert_int_equal(calls, 3);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_refused_config_is_not_cached(void **state) {
@@ -1536,8 +1515,7 @@ static void a_refused_config_is_not_cached(void **state) {
   register_noop_kind(e, "later"); /* registered since: the config is accepted now */
   submit_and_finish(&loop, e, later, NULL);
   assert_int_equal(calls, 3);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest(void **state) {
@@ -1559,8 +1537,7 @@ static void the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest(void **s
   assert_int_equal(calls, N);
   submit_and_finish(&loop, e, "{\"n\":0,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}", NULL);
   assert_int_equal(calls, N + 1); /* the first one was evicted */
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_plan_in_use_is_never_evicted(void **state) {
@@ -1605,8 +1582,7 @@ static void a_plan_in_use_is_never_evicted(void **state) {
   assert_null(sc_engine_find_task(e, "waiting"));
   assert_int_equal(sc_engine_task_count(e), 1);
   cJSON_Delete(gated);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 int main(void) {

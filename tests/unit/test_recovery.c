@@ -764,8 +764,7 @@ static void recovery_plan_flags_irreversible_in_flight_stage(void **state) {
   cJSON_Delete(plan);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void recover_irreversible_in_flight(const char *approve_stage, const char *config_text) {
@@ -1054,8 +1053,7 @@ static void recoveries_are_spread_out_by_recovery_rate(void **state) {
     fail_msg("starts spread over %lld ms", (long long)spread_ms);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* ---- a crash, simulated ---- */
@@ -1121,9 +1119,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   cJSON_Delete(checkpoint);
   cJSON_Delete(created);
   cJSON_Delete(config);
-  sc_engine_free(second);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(second, &rec, &loop);
 }
 
 /* The idempotency key of stage s0 of a task, taken while it runs. */
