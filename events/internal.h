@@ -131,8 +131,9 @@ static inline size_t sc__utf8_length(const unsigned char *s, size_t n) {
 
 /* Reads a whole file into *text (NUL-terminated, caller frees; NULL for an empty file) and *len.
  * Returns 0, SC__READ_NOT_REGULAR, or an errno value (the file's open or read error; EFBIG past
- * max_bytes; ENOMEM). regular_only: the file is opened without blocking and read only when it is
- * a regular file, so that a FIFO or a terminal put in its place never stalls the caller. */
+ * max_bytes, at once for a regular file whose size says so; ENOMEM). regular_only: the file is
+ * opened without blocking and read only when it is a regular file, so that a FIFO or a terminal put
+ * in its place never stalls the caller. */
 int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **text, size_t *len);
 
 /* ---- names (util.c) ---- */
