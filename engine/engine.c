@@ -10,10 +10,7 @@
 void sc__engine_log(sc_engine *e, sc_log_level level, const char *fmt, ...) {
   if (e->opts.log == NULL) return;
   char msg[768];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  SC__FORMAT_ARGS(msg, fmt);
   e->opts.log(e, level, msg, e->opts.log_udata);
 }
 
@@ -116,17 +113,16 @@ int sc_engine_register_kind(sc_engine *e, const char *name, const sc_stage_kind 
                      kind->version);
   sc__kind *k = (sc__kind *)sc__engine_kind(e, name);
   if (k == NULL) {
-    sc__kind *kinds = realloc(e->kinds, (e->nkinds + 1) * sizeof(*kinds));
-    if (kinds == NULL) return sc__error(SC_ENOMEM, "register_kind: out of memory");
-    e->kinds = kinds;
-    k = &kinds[e->nkinds];
+    if (!sc__grow(&e->kinds, &e->kinds_cap, e->nkinds + 1, sizeof(*e->kinds), 8))
+      return sc__error(SC_ENOMEM, "register_kind: out of memory");
+    k = &e->kinds[e->nkinds];
     if ((k->name = strdup(name)) == NULL)
       return sc__error(SC_ENOMEM, "register_kind: out of memory");
     e->nkinds++;
   }
   k->vt = *kind;
   k->udata = udata;
-  e->kind_gen++; /* the realloc may have moved every entry: stages re-resolve */
+  e->kind_gen++; /* a growth may have moved every entry: stages re-resolve */
   return SC_OK;
 }
 
@@ -135,10 +131,9 @@ int sc_engine_register_fn(sc_engine *e, const char *name, sc_stage_fn fn, void *
     return sc__error(SC_EINVAL, "register_fn: a function needs a name");
   sc__fn *f = (sc__fn *)sc__engine_fn(e, name);
   if (f == NULL) {
-    sc__fn *fns = realloc(e->fns, (e->nfns + 1) * sizeof(*fns));
-    if (fns == NULL) return sc__error(SC_ENOMEM, "register_fn: out of memory");
-    e->fns = fns;
-    f = &fns[e->nfns];
+    if (!sc__grow(&e->fns, &e->fns_cap, e->nfns + 1, sizeof(*e->fns), 8))
+      return sc__error(SC_ENOMEM, "register_fn: out of memory");
+    f = &e->fns[e->nfns];
     if ((f->name = strdup(name)) == NULL) return sc__error(SC_ENOMEM, "register_fn: out of memory");
     e->nfns++;
   }

@@ -221,6 +221,7 @@ typedef struct sc__approval_state {
   uint32_t needed;
   char **reviewers; /* who approved so far */
   uint32_t napproved;
+  size_t reviewers_cap;
   int64_t requested_ns, deadline_ns; /* deadline 0: none */
   sc__queue decisions; /* sc__decision: made by callers, applied by the task's next step */
   /* Rejected or timed out; applied by STEP_DECIDED after the event's barrier: */
@@ -290,6 +291,9 @@ struct sc_task {
 
 /* ---- the engine (engine.c) ---- */
 
+/* A call posted from another thread. Kept a plain singly linked stack on purpose, not an
+ * sc__queue: it is pushed under post_lock and taken whole by one pointer swap, so the lock is held
+ * for two stores, and the loop thread walks its copy with no lock at all. */
 typedef struct sc__post {
   void (*fn)(sc_engine *, void *);
   void *udata;
@@ -305,9 +309,9 @@ struct sc_engine {
   sc__sha *sha;
   sc__buf scratch; /* canonical JSON for digests */
   sc__kind *kinds;
-  size_t nkinds;
+  size_t nkinds, kinds_cap;
   sc__fn *fns;
-  size_t nfns;
+  size_t nfns, fns_cap;
   unsigned kind_gen;
   sc__map tasks;        /* id -> sc_task */
   sc__map plans;        /* key -> sc__plan: held by tasks, or idle in the cache */

@@ -48,23 +48,22 @@ static int read_uint(reader *r, const cJSON *obj, const char *key, const char *f
 }
 
 /* An optional value v that must be one of names[]; *out gets the matching value. */
+/* A word of names[0 .. n) (sc__effect_names, sc__action_names: the index is the enum value) that
+ * allowed has the bit of, or the refusal expected. */
 static int check_word(reader *r, const cJSON *v, const char *field, const char *const *names,
-                      const int *values, size_t n, const char *expected, int *out) {
+                      size_t n, unsigned allowed, const char *expected, int *out) {
   if (v == NULL) return SC_OK;
-  if (cJSON_IsString(v))
-    for (size_t i = 0; i < n; i++)
-      if (strcmp(v->valuestring, names[i]) == 0) {
-        *out = values[i];
-        return SC_OK;
-      }
-  return refuse(r, field, expected);
+  int i = cJSON_IsString(v) ? sc__name_index(names, n, v->valuestring) : -1;
+  if (i < 0 || !(allowed & 1u << i)) return refuse(r, field, expected);
+  *out = i;
+  return SC_OK;
 }
 
 /* The optional member key of obj, as check_word. */
 static int read_word(reader *r, const cJSON *obj, const char *key, const char *field,
-                     const char *const *names, const int *values, size_t n, const char *expected,
+                     const char *const *names, size_t n, unsigned allowed, const char *expected,
                      int *out) {
-  return check_word(r, cJSON_GetObjectItemCaseSensitive(obj, key), field, names, values, n,
+  return check_word(r, cJSON_GetObjectItemCaseSensitive(obj, key), field, names, n, allowed,
                     expected, out);
 }
 
@@ -89,10 +88,7 @@ static int read_retry(reader *r, const cJSON *retry, sc_retry_policy *p) {
 }
 
 static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p) {
-  static const char *const timeout_names[] = {"approve", "reject", "fail"};
-  static const int timeout_values[] = {SC_ACTION_APPROVE, SC_ACTION_REJECT, SC_ACTION_FAIL};
-  static const char *const reject_names[] = {"cancel", "fail"};
-  static const int reject_values[] = {SC_ACTION_CANCEL, SC_ACTION_FAIL};
+  const size_t nactions = sizeof(sc__action_names) / sizeof(sc__action_names[0]);
   if (approval == NULL) return SC_OK;
   if (!cJSON_IsObject(approval)) return refuse(r, "approval", "must be an object");
   const cJSON *req = cJSON_GetObjectItemCaseSensitive(approval, "required");
@@ -104,11 +100,12 @@ static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p
                       &p->approvers_needed)) ||
       (rc = read_uint(r, approval, "timeout_ms", "approval.timeout_ms", 4294967295.0,
                       &p->timeout_ms)) ||
-      (rc = read_word(r, approval, "on_timeout", "approval.on_timeout", timeout_names,
-                      timeout_values, 3, "must be \"approve\", \"reject\" or \"fail\"",
-                      &on_timeout)) ||
-      (rc = read_word(r, approval, "on_reject", "approval.on_reject", reject_names, reject_values,
-                      2, "must be \"cancel\" or \"fail\"", &on_reject)))
+      (rc = read_word(r, approval, "on_timeout", "approval.on_timeout", sc__action_names, nactions,
+                      1u << SC_ACTION_APPROVE | 1u << SC_ACTION_REJECT | 1u << SC_ACTION_FAIL,
+                      "must be \"approve\", \"reject\" or \"fail\"", &on_timeout)) ||
+      (rc = read_word(r, approval, "on_reject", "approval.on_reject", sc__action_names, nactions,
+                      1u << SC_ACTION_CANCEL | 1u << SC_ACTION_FAIL,
+                      "must be \"cancel\" or \"fail\"", &on_reject)))
     return rc;
   if (p->approvers_needed == 0) return refuse(r, "approval.approvers_needed", "must be at least 1");
   p->on_timeout = (sc_approval_action)on_timeout;
@@ -157,9 +154,6 @@ static int read_params(reader *r, const cJSON *st, const cJSON *params, size_t e
 }
 
 static int read_stage(reader *r, const cJSON *st) {
-  static const char *const effect_names[] = {"idempotent", "compensable", "irreversible"};
-  static const int effect_values[] = {SC_EFFECT_IDEMPOTENT, SC_EFFECT_COMPENSABLE,
-                                      SC_EFFECT_IRREVERSIBLE};
   if (!cJSON_IsObject(st)) return refuse(r, NULL, "must be an object");
   /* One pass over the members finds every spec field (the first of a name, as cJSON's lookup
    * would) and counts the params given at the stage level. */
@@ -188,7 +182,8 @@ static int read_stage(reader *r, const cJSON *st) {
   if ((rc = check_uint(r, f[F_TIMEOUT], "timeout_ms", 4294967295.0, &spec.timeout_ms)) ||
       (rc = read_retry(r, f[F_RETRY], &spec.retry)) ||
       (rc = read_approval(r, f[F_APPROVAL], &spec.approval)) ||
-      (rc = check_word(r, f[F_EFFECT], "effect", effect_names, effect_values, 3,
+      (rc = check_word(r, f[F_EFFECT], "effect", sc__effect_names,
+                       sizeof(sc__effect_names) / sizeof(sc__effect_names[0]), ~0u,
                        "must be \"idempotent\", \"compensable\" or \"irreversible\"", &effect)))
     return rc;
   spec.effect = (sc_effect)effect;

@@ -41,11 +41,12 @@ typedef struct sc__plan_refusal {
 
 static _Thread_local refusal last_refusal;
 
-/* After a vsnprintf of n bytes into out[cap]: a cut string ends before a partial UTF-8 sequence
- * (a program prints these fields). */
-static void mend_cut(char *out, size_t cap, int n) {
-  if (n < 0 || (size_t)n < cap) return;
-  size_t len = cap - 1, start = len;
+/* After sc__vformat wrote len bytes into out[cap]: a string that fills the field (it may have
+ * been cut) ends before a partial UTF-8 sequence, since a program prints these fields. One that
+ * fits exactly is checked too, which changes it only when it ended in a partial sequence anyway. */
+static void mend_cut(char *out, size_t cap, size_t len) {
+  if (len + 1 < cap) return;
+  size_t start = len;
   while (start > 0 && ((unsigned char)out[start - 1] & 0xC0) == 0x80)
     start--;
   if (start > 0 && (unsigned char)out[start - 1] >= 0xC0) {
@@ -55,15 +56,15 @@ static void mend_cut(char *out, size_t cap, int n) {
   }
 }
 
-/* snprintf into a field of the record: a long name or problem is cut, which is what the record's
+/* Formats into a field of the record: a long name or problem is cut, which is what the record's
  * fixed sizes mean. */
 static void put(char *out, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
 static void put(char *out, size_t cap, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(out, cap, fmt, ap);
+  size_t len = sc__vformat(out, cap, fmt, ap);
   va_end(ap);
-  mend_cut(out, cap, n);
+  mend_cut(out, cap, len);
 }
 
 const sc_plan_error *sc_plan_last_error(void) {
@@ -86,7 +87,7 @@ static refusal *begin_refusal(int code, int32_t index, const char *stage, va_lis
   r->stage[0] = r->field[0] = '\0';
   if (stage != NULL) put(r->stage, sizeof(r->stage), "%s", stage);
   r->e.stage = stage != NULL ? r->stage : NULL;
-  mend_cut(r->problem, sizeof(r->problem), vsnprintf(r->problem, sizeof(r->problem), fmt, ap));
+  mend_cut(r->problem, sizeof(r->problem), sc__vformat(r->problem, sizeof(r->problem), fmt, ap));
   r->e.problem = r->problem;
   r->e.message = r->message;
   return r;
@@ -173,10 +174,7 @@ void sc__builder_refused(sc_plan_builder *b) {
 
 int sc_plan_builder_error(sc_plan_builder *b, const char *fmt, ...) {
   char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  SC__FORMAT_ARGS(msg, fmt);
   sc__plan_refuse_plan(SC_EPLAN, NULL, "%s", msg);
   sc__builder_refused(b);
   return SC_EPLAN;
@@ -225,12 +223,12 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
   if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
     char what[256];
-    size_t off =
-        (size_t)snprintf(what, sizeof(what), "names an unknown kind \"%s\" (kinds:", spec->kind);
-    for (size_t i = 0; i < b->engine->nkinds && off < sizeof(what); i++)
-      off += (size_t)snprintf(what + off, sizeof(what) - off, "%s %s", i ? "," : "",
-                              b->engine->kinds[i].name);
-    if (off < sizeof(what)) snprintf(what + off, sizeof(what) - off, ")");
+    size_t off = 0;
+    sc__format_append(what, sizeof(what), &off, "names an unknown kind \"%s\" (kinds:", spec->kind);
+    for (size_t i = 0; i < b->engine->nkinds; i++)
+      sc__format_append(what, sizeof(what), &off, "%s %s", i ? "," : "", b->engine->kinds[i].name);
+    sc__format_append(what, sizeof(what), &off, ")");
+    mend_cut(what, sizeof(what), off); /* a long kind name is cut, but not inside a character */
     return spec_error(b, spec, "kind", what);
   }
   if (spec->params != NULL && !cJSON_IsObject(spec->params))
@@ -272,15 +270,9 @@ static int add_stage(sc_plan_builder *b, const sc_stage_spec *spec, cJSON *param
     sc__builder_refused(b);
     return rc;
   }
-  if (b->n == b->cap) {
-    size_t cap = b->cap ? b->cap * 2 : 8;
-    sc__stage *stages = realloc(b->stages, cap * sizeof(*stages));
-    if (stages == NULL) {
-      cJSON_Delete(params);
-      return sc__error(SC_ENOMEM, "plan: out of memory");
-    }
-    b->stages = stages;
-    b->cap = cap;
+  if (!sc__grow(&b->stages, &b->cap, b->n + 1, sizeof(*b->stages), 8)) {
+    cJSON_Delete(params);
+    return sc__error(SC_ENOMEM, "plan: out of memory");
   }
   sc__stage *s = &b->stages[b->n];
   memset(s, 0, sizeof(*s));
@@ -317,30 +309,15 @@ int sc__plan_add_stage_owned(sc_plan_builder *b, const sc_stage_spec *spec, cJSO
   return add_stage(b, spec, params);
 }
 
-static const char *action_name(sc_approval_action a) {
-  switch (a) {
-    case SC_ACTION_APPROVE: return "approve";
-    case SC_ACTION_REJECT: return "reject";
-    case SC_ACTION_FAIL: return "fail";
-    default: return "cancel";
-  }
-}
-
-static const char *effect_name(sc_effect e) {
-  return e == SC_EFFECT_COMPENSABLE    ? "compensable"
-         : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
-                                       : "idempotent";
-}
-
 /* The spec of one stage with every default filled in, so that a field spelled out with its
  * default value and a field left out give the same fingerprint. */
 static void write_spec(sc__buf *out, const sc__stage *s) {
   sc__buf_lit(out, "{\"approval\":{\"approvers_needed\":");
   sc__json_uint(out, s->approval.approvers_needed);
   sc__buf_lit(out, ",\"on_reject\":");
-  sc__json_string(out, action_name(s->approval.on_reject));
+  sc__json_string(out, sc__action_name((int)s->approval.on_reject));
   sc__buf_lit(out, ",\"on_timeout\":");
-  sc__json_string(out, action_name(s->approval.on_timeout));
+  sc__json_string(out, sc__action_name((int)s->approval.on_timeout));
   sc__buf_lit(out, ",\"required\":");
   if (s->approval.required)
     sc__buf_lit(out, "true");
@@ -349,7 +326,7 @@ static void write_spec(sc__buf *out, const sc__stage *s) {
   sc__buf_lit(out, ",\"timeout_ms\":");
   sc__json_uint(out, s->approval.timeout_ms);
   sc__buf_lit(out, "},\"effect\":");
-  sc__json_string(out, effect_name(s->effect));
+  sc__json_string(out, sc__effect_name((int)s->effect));
   sc__buf_lit(out, ",\"kind\":");
   sc__json_string(out, s->kind);
   sc__buf_lit(out, ",\"name\":");

@@ -17,12 +17,6 @@ typedef struct prepared {
   cJSON *report;      /* the recovery plan */
 } prepared;
 
-static const char *effect_word(sc_effect e) {
-  return e == SC_EFFECT_COMPENSABLE    ? "compensable"
-         : e == SC_EFFECT_IRREVERSIBLE ? "irreversible"
-                                       : "idempotent";
-}
-
 static cJSON *names(const sc__plan *p, int32_t from, int32_t to) {
   cJSON *a = cJSON_CreateArray();
   for (int32_t i = from; a != NULL && i <= to && i < (int32_t)p->nstages; i++)
@@ -54,7 +48,7 @@ static cJSON *report(const sc_recovery_request *req, const prepared *p) {
     cJSON *f = cJSON_AddObjectToObject(r, "in_flight");
     cJSON_AddStringToObject(f, "stage", st->name);
     cJSON_AddNumberToObject(f, "index", p->in_flight);
-    cJSON_AddStringToObject(f, "effect", effect_word(st->effect));
+    cJSON_AddStringToObject(f, "effect", sc__effect_name((int)st->effect));
   } else {
     cJSON_AddNullToObject(r, "in_flight");
   }

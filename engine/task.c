@@ -359,15 +359,6 @@ static void approval_free(sc__approval_state *a) {
   free(a);
 }
 
-static const char *action_word(sc_approval_action a) {
-  switch (a) {
-    case SC_ACTION_APPROVE: return "approve";
-    case SC_ACTION_REJECT: return "reject";
-    case SC_ACTION_FAIL: return "fail";
-    default: return "cancel";
-  }
-}
-
 static bool needs_approval(const sc_task *t, const sc__stage *st) {
   if (t->rollback || t->approved_index == t->index) return false;
   return st->approval.required || t->gate_index == t->index;
@@ -405,12 +396,9 @@ static void request_approval(sc_task *t, const sc__stage *st) {
       sc__format_time(a->deadline_ns, when);
       cJSON_AddStringToObject(data, "deadline", when);
     }
-    cJSON_AddStringToObject(data, "on_timeout", action_word(st->approval.on_timeout));
-    cJSON_AddStringToObject(data, "on_reject", action_word(st->approval.on_reject));
-    cJSON_AddStringToObject(data, "effect",
-                            st->effect == SC_EFFECT_IRREVERSIBLE  ? "irreversible"
-                            : st->effect == SC_EFFECT_COMPENSABLE ? "compensable"
-                                                                  : "idempotent");
+    cJSON_AddStringToObject(data, "on_timeout", sc__action_name((int)st->approval.on_timeout));
+    cJSON_AddStringToObject(data, "on_reject", sc__action_name((int)st->approval.on_reject));
+    cJSON_AddStringToObject(data, "effect", sc__effect_name((int)st->effect));
   }
   sc__task_emit(t, SC_EV_APPROVAL_REQUESTED, st, t->index, 0, data);
 }
@@ -470,9 +458,8 @@ static void apply_decision(sc_task *t, sc__decision *d) {
     decide_gate(t, st->approval.on_reject == SC_ACTION_FAIL, SC_ECANCELLED, why);
     return;
   }
-  char **r = realloc(a->reviewers, (a->napproved + 1) * sizeof(*r));
-  if (r != NULL) {
-    a->reviewers = r;
+  if (sc__grow(&a->reviewers, &a->reviewers_cap, (size_t)a->napproved + 1, sizeof(*a->reviewers),
+               4)) {
     a->reviewers[a->napproved] = d->reviewer;
     d->reviewer = NULL;
     a->napproved++;
@@ -507,7 +494,7 @@ static void approval_timed_out(sc_task *t) {
   sc_approval_action action = st->approval.on_timeout;
   cJSON *data = new_data(t, SC_EV_APPROVAL_TIMED_OUT);
   if (data) {
-    cJSON_AddStringToObject(data, "action", action_word(action));
+    cJSON_AddStringToObject(data, "action", sc__action_name((int)action));
     cJSON_AddNumberToObject(data, "timeout_ms", st->approval.timeout_ms);
   }
   if (action == SC_ACTION_APPROVE) {

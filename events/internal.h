@@ -37,6 +37,15 @@ size_t sc__vformat(char *buf, size_t cap, const char *fmt, va_list ap);
 size_t sc__format(char *buf, size_t cap, const char *fmt, ...) SC__PRINTF(3, 4);
 /* Appends at *off (advanced by what was written) in buf[0 .. cap), cut when it is full. */
 void sc__format_append(char *buf, size_t cap, size_t *off, const char *fmt, ...) SC__PRINTF(4, 5);
+/* The body of a printf-style wrapper: formats the arguments that follow fmt, the last named
+ * parameter of the calling function, into the array buf (cut to fit, always terminated). */
+#define SC__FORMAT_ARGS(buf, fmt)                                                                  \
+  do {                                                                                             \
+    va_list sc__args_;                                                                             \
+    va_start(sc__args_, fmt);                                                                      \
+    sc__vformat((buf), sizeof(buf), (fmt), sc__args_);                                             \
+    va_end(sc__args_);                                                                             \
+  } while (0)
 
 /* ---- the growable buffer (jsonw.c) ---- */
 
@@ -122,8 +131,9 @@ static inline size_t sc__utf8_length(const unsigned char *s, size_t n) {
 
 /* Reads a whole file into *text (NUL-terminated, caller frees; NULL for an empty file) and *len.
  * Returns 0, SC__READ_NOT_REGULAR, or an errno value (the file's open or read error; EFBIG past
- * max_bytes; ENOMEM). regular_only: the file is opened without blocking and read only when it is
- * a regular file, so that a FIFO or a terminal put in its place never stalls the caller. */
+ * max_bytes, at once for a regular file whose size says so; ENOMEM). regular_only: the file is
+ * opened without blocking and read only when it is a regular file, so that a FIFO or a terminal put
+ * in its place never stalls the caller. */
 int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **text, size_t *len);
 
 /* ---- names (util.c) ---- */

@@ -63,6 +63,10 @@ int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **
     close(fd);
     return SC__READ_NOT_REGULAR;
   }
+  if (regular && st.st_size > 0 && (uint64_t)st.st_size > max_bytes) {
+    close(fd); /* too large already: refused without reading it */
+    return EFBIG;
+  }
   sc__buf b;
   sc__buf_init(&b);
   int err = 0;

@@ -30,10 +30,7 @@ extern char **environ;
 static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) SC__PRINTF(3, 4);
 static int refuse(sc_stage_ctx *ctx, int code, const char *fmt, ...) {
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  sc__vformat(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  SC__FORMAT_ARGS(msg, fmt);
   sc_stage_fail(ctx, code, msg, false);
   return SC_OK;
 }

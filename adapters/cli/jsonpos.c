@@ -9,13 +9,13 @@
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <stagecoach/error.h>
 
 #include "jsonpos.h"
+#include "../../events/internal.h"
 
 /* Where one value of the tree starts, and its member name (SIZE_MAX: not a member). */
 typedef struct spot {
@@ -61,12 +61,7 @@ static cli_jsonpos_at position_of(const unsigned char *s, size_t off) {
   return at;
 }
 
-static bool fail(checker *c, int rc, size_t off, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-
+static bool fail(checker *c, int rc, size_t off, const char *fmt, ...) SC__PRINTF(4, 5);
 static bool fail(checker *c, int rc, size_t off, const char *fmt, ...) {
   if (c->rc != 0) return false;
   c->rc = rc;
@@ -74,7 +69,7 @@ static bool fail(checker *c, int rc, size_t off, const char *fmt, ...) {
   if (c->message != NULL && c->message_len > 0) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->message, c->message_len, fmt, ap);
+    sc__vformat(c->message, c->message_len, fmt, ap);
     va_end(ap);
   }
   return false;
@@ -85,36 +80,11 @@ static void skip_space(const unsigned char *s, size_t len, size_t *i) {
     (*i)++;
 }
 
-/* The length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong forms, no
- * surrogates, nothing above U+10FFFF), or 0. */
-static size_t utf8_length(const unsigned char *s, size_t avail) {
-  unsigned char c = s[0];
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF; /* the range of the second byte */
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (avail < n || s[1] < lo || s[1] > hi) return 0;
-  for (size_t k = 2; k < n; k++)
-    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
-  return n;
-}
-
 bool cli_utf8_valid(const char *s) {
   const unsigned char *p = (const unsigned char *)s;
   size_t left = strlen(s);
   while (left > 0) {
-    size_t n = *p < 0x80 ? 1 : utf8_length(p, left);
+    size_t n = *p < 0x80 ? 1 : sc__utf8_length(p, left);
     if (n == 0) return false;
     p += n;
     left -= n;
@@ -210,7 +180,7 @@ static bool check_string(checker *c) {
       if (!escape(c, open)) return false;
       continue;
     }
-    size_t n = utf8_length(c->s + c->i, c->len - c->i);
+    size_t n = sc__utf8_length(c->s + c->i, c->len - c->i);
     if (n == 0) return fail(c, SC_EPARSE, c->i, "invalid UTF-8 in a string");
     c->i += n;
   }

@@ -2,17 +2,14 @@
  * members and both configs (with the engine's own stage factory and kinds), and reports every
  * mistake as FILE:LINE:COLUMN: what, so that an operator can go straight to it. */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "jsonpos.h"
+#include "../../events/internal.h"
 
 /* One mistake to report. */
 typedef struct complaint {
@@ -42,55 +39,6 @@ typedef struct top {
 /* A pipeline file is a few kilobytes; past this it is the wrong file (/dev/zero, a log). */
 #define PIPELINE_MAX_BYTES (64u * 1024 * 1024)
 
-/* Returns 0 or an errno value (EFBIG past PIPELINE_MAX_BYTES). An empty file gives *text NULL and
- * *len 0. */
-static int read_file(const char *path, char **text, size_t *len) {
-  *text = NULL;
-  *len = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  struct stat st;
-  size_t cap = 0, n = 0;
-  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
-    if ((uint64_t)st.st_size > PIPELINE_MAX_BYTES) {
-      close(fd);
-      return EFBIG;
-    }
-    cap = (size_t)st.st_size + 1;
-  }
-  char *buf = cap ? malloc(cap) : NULL;
-  int err = cap && buf == NULL ? ENOMEM : 0;
-  while (err == 0) {
-    if (n > PIPELINE_MAX_BYTES) {
-      err = EFBIG;
-      break;
-    }
-    if (n == cap) { /* a file that grew, or one whose size fstat does not tell (a pipe) */
-      size_t bigger = cap ? cap * 2 : 4096;
-      char *grown = realloc(buf, bigger);
-      if (grown == NULL) {
-        err = ENOMEM;
-        break;
-      }
-      buf = grown;
-      cap = bigger;
-    }
-    ssize_t got = read(fd, buf + n, cap - n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) err = errno;
-    if (got <= 0) break;
-    n += (size_t)got;
-  }
-  close(fd);
-  if (err != 0) {
-    free(buf);
-    return err;
-  }
-  *text = buf;
-  *len = n;
-  return 0;
-}
-
 /* ---- complaints ---- */
 
 static cli_jsonpos_at value_at(const loader *l, const cJSON *item) {
@@ -105,27 +53,13 @@ static cli_jsonpos_at key_at(const loader *l, const cJSON *item) {
   return cli_jsonpos_key(l->positions, item, &at) ? at : value_at(l, item);
 }
 
-static void complain(loader *l, cli_jsonpos_at at, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
+static void complain(loader *l, cli_jsonpos_at at, const char *fmt, ...) SC__PRINTF(3, 4);
 static void complain(loader *l, cli_jsonpos_at at, const char *fmt, ...) {
   char text[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(text, sizeof(text), fmt, ap);
-  va_end(ap);
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 8;
-    complaint *list = realloc(l->list, cap * sizeof(*list));
-    if (list == NULL) {
-      l->oom = true;
-      return;
-    }
-    l->list = list;
-    l->cap = cap;
+  SC__FORMAT_ARGS(text, fmt);
+  if (!sc__grow(&l->list, &l->cap, l->n + 1, sizeof(*l->list), 8)) {
+    l->oom = true;
+    return;
   }
   char *copy = strdup(text);
   if (copy == NULL) {
@@ -143,29 +77,13 @@ static int by_position(const void *a, const void *b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Appends to err, cut (NUL-terminated) when it is full. */
-static void say(char *err, size_t errlen, size_t *off, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-
-static void say(char *err, size_t errlen, size_t *off, const char *fmt, ...) {
-  if (err == NULL || *off + 1 >= errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(err + *off, errlen - *off, fmt, ap);
-  va_end(ap);
-  if (n > 0) *off = *off + (size_t)n < errlen ? *off + (size_t)n : errlen - 1;
-}
-
 static void write_complaints(loader *l, const char *path, char *err, size_t errlen) {
   size_t off = 0;
   qsort(l->list, l->n, sizeof(*l->list), by_position);
   for (size_t i = 0; i < l->n; i++)
-    say(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)l->list[i].at.line,
-        (unsigned)l->list[i].at.column, l->list[i].text);
-  if (l->oom) say(err, errlen, &off, "%s: out of memory\n", path);
+    sc__format_append(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)l->list[i].at.line,
+                      (unsigned)l->list[i].at.column, l->list[i].text);
+  if (l->oom) sc__format_append(err, errlen, &off, "%s: out of memory\n", path);
 }
 
 /* ---- JSON helpers ---- */
@@ -434,23 +352,25 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
   memset(p, 0, sizeof(*p));
   if (err != NULL && errlen > 0) err[0] = '\0';
   if (path == NULL) {
-    say(err, errlen, &off, "no pipeline file given\n");
+    sc__format_append(err, errlen, &off, "no pipeline file given\n");
     goto out;
   }
-  int errnum = read_file(path, &text, &len);
+  /* Any file, not only a regular one: `validate /dev/stdin` reads a pipe. */
+  int errnum = sc__read_file(path, PIPELINE_MAX_BYTES, false, &text, &len);
   if (errnum != 0) {
     if (errnum == EFBIG)
-      say(err, errlen, &off, "%s: cannot read: larger than %u MiB, not a pipeline file\n", path,
-          PIPELINE_MAX_BYTES / (1024 * 1024));
+      sc__format_append(err, errlen, &off,
+                        "%s: cannot read: larger than %u MiB, not a pipeline file\n", path,
+                        PIPELINE_MAX_BYTES / (1024 * 1024));
     else
-      say(err, errlen, &off, "%s: cannot read: %s\n", path, strerror(errnum));
+      sc__format_append(err, errlen, &off, "%s: cannot read: %s\n", path, strerror(errnum));
     goto out;
   }
   cli_jsonpos_at where;
   char message[256];
   if (cli_jsonpos_parse(text, len, &root, &positions, &where, message, sizeof(message)) != 0) {
-    say(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)where.line, (unsigned)where.column,
-        message);
+    sc__format_append(err, errlen, &off, "%s:%u:%u: %s\n", path, (unsigned)where.line,
+                      (unsigned)where.column, message);
     goto out;
   }
   l.positions = positions;
@@ -459,7 +379,8 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
   top t;
   check_members(&l, root, &t);
   if (e == NULL && (t.config || t.previous_config) && checking_engine(&own) != SC_OK) {
-    say(err, errlen, &off, "%s: cannot check the configs: %s\n", path, sc_error_message());
+    sc__format_append(err, errlen, &off, "%s: cannot check the configs: %s\n", path,
+                      sc_error_message());
     goto out;
   }
   size_t before = l.n;
@@ -476,7 +397,7 @@ int cli_pipeline_load(const char *path, sc_engine *e, cli_pipeline *p, char *err
       (t.plan && (p->plan = strdup(t.plan->valuestring)) == NULL) ||
       (t.tenant && (p->tenant = strdup(t.tenant->valuestring)) == NULL)) {
     cli_pipeline_free(p);
-    say(err, errlen, &off, "%s: out of memory\n", path);
+    sc__format_append(err, errlen, &off, "%s: out of memory\n", path);
     goto out;
   }
   p->config = detach(root, t.config);

@@ -138,6 +138,53 @@ static inline cJSON *json_or_die(const char *text) {
   return j;
 }
 
+/* ---- reading events ---- */
+
+/* The nth event of a type, parsed; the test fails when there is none. Caller frees with
+ * cJSON_Delete(). */
+static inline cJSON *event_json(const recorder *r, sc_event_type type, size_t nth) {
+  cJSON *j = recorder_json(r, type, nth);
+  if (j == NULL)
+    fail_msg("no %s #%zu among: %s", sc_event_type_name(type), nth, recorder_types(r, NULL));
+  return j;
+}
+
+/* The data object of the nth event of a type; the whole event is in *root (caller frees it with
+ * cJSON_Delete()). The test fails when there is no such event. */
+static inline const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth,
+                                      cJSON **root) {
+  *root = recorder_json(r, type, nth);
+  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
+  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
+  assert_non_null(data);
+  return data;
+}
+
+/* Borrowed from obj; NULL when absent. */
+static inline const cJSON *member(const cJSON *obj, const char *key) {
+  return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+/* An event's data object; the test fails when it has none. */
+static inline const cJSON *data_of(const cJSON *event) {
+  const cJSON *d = member(event, "data");
+  assert_true(cJSON_IsObject(d));
+  return d;
+}
+
+/* obj.key as a string or a number; the test fails when it is not one. */
+static inline const char *str_of(const cJSON *obj, const char *key) {
+  const cJSON *v = member(obj, key);
+  if (!cJSON_IsString(v)) fail_msg("\"%s\" is not a string", key);
+  return v->valuestring;
+}
+
+static inline double num_of(const cJSON *obj, const char *key) {
+  const cJSON *v = member(obj, key);
+  if (!cJSON_IsNumber(v)) fail_msg("\"%s\" is not a number", key);
+  return v->valuedouble;
+}
+
 /* Runs the loop until cond(udata) holds or max_iterations loop turns pass. */
 static inline int run_until(uv_loop_t *loop, int (*cond)(void *), void *udata, int max_iterations) {
   for (int i = 0; i < max_iterations; i++) {
@@ -169,7 +216,7 @@ static inline void stop_engine(sc_engine *e, recorder *rec, uv_loop_t *loop) {
 
 /* Runs the loop until nothing holds it: every task finished or waits (a person, a held stage). */
 static inline void settle_loop(uv_loop_t *loop) {
-  for (int i = 0; i < 100000 && uv_loop_alive(loop); i++)
+  for (int i = 0; i < 1000000 && uv_loop_alive(loop); i++)
     uv_run(loop, UV_RUN_ONCE);
   assert_false(uv_loop_alive(loop));
 }
@@ -239,6 +286,20 @@ static inline sc_task *submit_or_fail(sc_engine *e, const sc_task_spec *s) {
              sc_error_message());
   assert_non_null(t);
   return t;
+}
+
+/* Submits a task of config and context (borrowed; tenant, plan_id and context may be NULL). */
+static inline sc_task *submit_config(sc_engine *e, const char *id, const char *tenant,
+                                     const char *plan_id, const cJSON *config,
+                                     const cJSON *context) {
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.tenant_id = tenant;
+  spec.plan_id = plan_id;
+  spec.config = config;
+  spec.context = context;
+  return submit_or_fail(e, &spec);
 }
 
 /* Submits a task of config and previous (JSON text; previous may be NULL). */

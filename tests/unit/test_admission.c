@@ -615,8 +615,7 @@ max_active_tasks_two_never_runs_more_than_two_and_starts_in_submission_order(voi
   assert_string_equal(c.started, "t0,t1,t2,t3,t4,");
   assert_int_equal(sc_engine_task_count(e), 0);
 
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void tenant_exclusive_false_lets_two_tasks_of_one_tenant_run_interleaved(void **state) {
@@ -778,8 +777,7 @@ static void pending_approvals_lists_every_waiting_task_with_its_gate(void **stat
   assert_int_equal(rec->approvers_needed, 1);
   assert_int_equal(rec->deadline_ns, 0);
 
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void pending_approvals_fills_at_most_cap_entries_and_returns_the_total(void **state) {
@@ -810,8 +808,7 @@ static void pending_approvals_fills_at_most_cap_entries_and_returns_the_total(vo
   assert_int_equal(sc_engine_pending_approvals(e, list, 0), 3);
   assert_ptr_equal(list[0].task_id, sentinel);
 
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void pending_approvals_shrink_as_tasks_are_approved(void **state) {
@@ -842,8 +839,7 @@ static void pending_approvals_shrink_as_tasks_are_approved(void **state) {
   assert_int_equal(sc_engine_pending_approvals(e, list, 4), 0);
   assert_int_equal(sc_engine_task_count(e), 0);
 
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* ---- many tasks ---- */
@@ -867,8 +863,7 @@ static void hundred_thousand_tasks_wait_for_approval_and_all_complete_once_appro
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   assert_int_equal(sc_engine_register_fn(e, "step", count_step, NULL), SC_OK);
   size_t requested = 0, completed = 0;
   sc_subscriber s;
@@ -911,8 +906,7 @@ static void hundred_thousand_tasks_wait_for_approval_and_all_complete_once_appro
   assert_int_equal(sc_engine_task_count(e), 0);
   assert_int_equal(sc_engine_pending_approvals(e, NULL, 0), 0);
 
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 int main(void) {

@@ -68,20 +68,14 @@ static cJSON *plan_of(const char *names) {
 }
 
 static sc_engine *engine_with(uv_loop_t *loop, maker *m) {
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(loop, NULL, NULL);
   assert_int_equal(sc_engine_register_fn(e, "make", fn_make, m), SC_OK);
   return e;
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *names, const cJSON *context) {
   cJSON *config = plan_of(names);
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.config = config;
-  s.context = context;
-  sc_task *t = submit_or_fail(e, &s);
+  sc_task *t = submit_config(e, id, NULL, NULL, config, context);
   cJSON_Delete(config);
   return t;
 }
@@ -119,9 +113,7 @@ static void no_stage_starts_before_its_task_created_is_acknowledged(void **state
   drain(&loop);
   assert_string_equal(r.names, "a,b");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "held"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void a_failed_ack_of_task_created_pauses_the_task_before_any_stage(void **state) {
@@ -144,9 +136,7 @@ static void a_failed_ack_of_task_created_pauses_the_task_before_any_stage(void *
   assert_int_equal(r.count, 0);
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_STARTED, NULL), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void stage_started_of_an_idempotent_stage_is_not_a_barrier(void **state) {
@@ -167,9 +157,7 @@ static void stage_started_of_an_idempotent_stage_is_not_a_barrier(void **state) 
   assert_int_equal(recorder_ack_all(&rec, SC_OK), 2);
   drain(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "quick"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void stage_started_of_an_irreversible_or_compensable_stage_is_a_barrier(void **state) {
@@ -198,9 +186,7 @@ static void stage_started_of_an_irreversible_or_compensable_stage_is_a_barrier(v
     recorder_ack_all(&rec, SC_OK);
     drain(&loop);
     assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "careful"), 1);
-    sc_engine_free(e);
-    recorder_free(&rec);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, &rec, &loop);
   }
 }
 
@@ -232,9 +218,7 @@ a_failed_ack_of_an_irreversible_stage_started_pauses_before_the_stage_runs(void 
   assert_string_equal(r.names, "a,b");
   assert_int_equal(recorder_count(&rec, SC_EV_STAGE_STARTED, "refused"), 3);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "refused"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void task_recovered_is_a_barrier_for_a_recovered_task(void **state) {
@@ -261,9 +245,7 @@ static void task_recovered_is_a_barrier_for_a_recovered_task(void **state) {
   drain(&loop);
   assert_string_equal(r.names, "b,c");
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- the checkpoint ---- */
@@ -315,9 +297,7 @@ static void in_process_subscribers_get_the_whole_context_of_every_stage_complete
   assert_false(carries_context(&rec, 1)); /* small outputs do not outweigh the snapshot */
   cJSON_Delete(expect);
   cJSON_Delete(initial);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void
@@ -350,9 +330,7 @@ stage_completed_serializes_the_context_first_then_when_outputs_outweigh_it(void 
   /* Outputs 64 KB, snapshots at most twice the final context, task.completed one more. */
   if (bytes > 5 * stages * 1000)
     fail_msg("%zu bytes of events for %zu KB of outputs", bytes, stages);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void a_retry_run_starts_again_with_a_snapshot(void **state) {
@@ -378,9 +356,7 @@ static void a_retry_run_starts_again_with_a_snapshot(void **state) {
   assert_false(carries_context(&rec, 1));
   cJSON_Delete(config);
   cJSON_Delete(initial);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 int main(void) {

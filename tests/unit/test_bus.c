@@ -13,8 +13,7 @@ static sc_engine *engine_on(uv_loop_t *loop, logbook *log) {
     o.log = logbook_cb;
     o.log_udata = log;
   }
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(loop, &o, NULL);
   return e;
 }
 
@@ -36,32 +35,7 @@ static void idle_for(uv_loop_t *loop, uint64_t ms) {
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const cJSON *config) {
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.tenant_id = "acme";
-  s.config = config;
-  return submit_or_fail(e, &s);
-}
-
-static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
-  *root = recorder_json(r, type, nth);
-  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
-  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
-  assert_non_null(data);
-  return data;
-}
-
-static const char *str_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsString(v)) fail_msg("member \"%s\" is not a string", name);
-  return v->valuestring;
-}
-
-static double num_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsNumber(v)) fail_msg("member \"%s\" is not a number", name);
-  return v->valuedouble;
+  return submit_config(e, id, "acme", NULL, config, NULL);
 }
 
 /* Subscribes a recorder that only receives the types of mask. */
@@ -165,7 +139,7 @@ static void every_subscriber_gets_every_event_in_order(void **state) {
   for (size_t i = 0; i < r1.n; i++) {
     assert_string_equal(r1.lines[i], r2.lines[i]);
     cJSON *ev = cJSON_Parse(r1.lines[i]);
-    assert_int_equal((int)num_member(ev, "seq"), (int)i + 1);
+    assert_int_equal((int)num_of(ev, "seq"), (int)i + 1);
     cJSON_Delete(ev);
   }
 
@@ -196,7 +170,7 @@ static void mask_filters_event_types(void **state) {
   assert_string_equal(recorder_types(&started_only, NULL), "task.started");
   /* The filtered subscriber sees the same seq numbers as the unfiltered one. */
   cJSON *ev = recorder_json(&some, SC_EV_TASK_COMPLETED, 0);
-  assert_int_equal((int)num_member(ev, "seq"), 9);
+  assert_int_equal((int)num_of(ev, "seq"), 9);
   cJSON_Delete(ev);
 
   cJSON_Delete(config);
@@ -249,8 +223,7 @@ static void subscription_order_is_delivery_order(void **state) {
   assert_string_equal(log, expected);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 typedef struct self_canceller {
@@ -342,7 +315,7 @@ static void subscriber_added_in_callback_sees_only_later_events(void **state) {
   assert_string_equal(recorder_types(&late, NULL), "stage.completed,stage.started,stage.completed,"
                                                    "stage.started,stage.completed,task.completed");
   cJSON *ev = cJSON_Parse(late.lines[0]);
-  assert_int_equal((int)num_member(ev, "seq"), 4);
+  assert_int_equal((int)num_of(ev, "seq"), 4);
   cJSON_Delete(ev);
 
   cJSON_Delete(config);
@@ -390,9 +363,7 @@ static void barrier_holds_next_stage_until_ack(void **state) {
   assert_null(sc_engine_find_task(e, "barrier"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void deferred_non_barrier_event_does_not_block_progress(void **state) {
@@ -417,9 +388,7 @@ static void deferred_non_barrier_event_does_not_block_progress(void **state) {
   assert_string_equal(recorder_types(&r, NULL), three_fn_events);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void barrier_waits_for_every_deferring_subscriber(void **state) {
@@ -486,13 +455,13 @@ static void check_failed_ack_pauses(void (*fail_ack)(sc_ack *), const char *expe
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "ack-failed");
-  assert_string_equal(str_member(data, "paused_from"), "RUNNING");
-  assert_string_equal(str_member(data, "status"), "PAUSED");
+  assert_string_equal(str_of(data, "reason"), "ack-failed");
+  assert_string_equal(str_of(data, "paused_from"), "RUNNING");
+  assert_string_equal(str_of(data, "status"), "PAUSED");
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
   assert_non_null(err);
-  assert_string_equal(str_member(err, "message"), expected_message);
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "message"), expected_message);
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
   cJSON_Delete(root);
 
   /* Nothing runs while paused. */
@@ -510,9 +479,7 @@ static void check_failed_ack_pauses(void (*fail_ack)(sc_ack *), const char *expe
   assert_null(sc_engine_find_task(e, "ack-fail"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void fail_with_message(sc_ack *ack) {
@@ -568,9 +535,8 @@ static void subscriber_returning_error_pauses_task(void **state) {
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "ack-failed");
-  assert_int_equal((int)num_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"),
-                   SC_EIO);
+  assert_string_equal(str_of(data, "reason"), "ack-failed");
+  assert_int_equal((int)num_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"), SC_EIO);
   cJSON_Delete(root);
 
   assert_int_equal(sc_task_resume(t), SC_OK);
@@ -580,9 +546,7 @@ static void subscriber_returning_error_pauses_task(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_STAGE_COMPLETED, NULL), 3);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void failed_ack_of_task_completed_is_logged_not_fatal(void **state) {
@@ -614,9 +578,7 @@ static void failed_ack_of_task_completed_is_logged_not_fatal(void **state) {
   assert_null(sc_engine_find_task(e, "late-fail"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static int ack_then_defer(const sc_event *ev, sc_ack *ack, void *udata) {
@@ -650,9 +612,7 @@ static void ack_done_inside_callback_before_defer_works(void **state) {
   assert_null(sc_engine_find_task(e, "eager-ack"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void task_stays_findable_until_task_completed_is_acked(void **state) {
@@ -681,9 +641,7 @@ static void task_stays_findable_until_task_completed_is_acked(void **state) {
   assert_int_equal(sc_engine_task_count(e), 0);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- pause, resume, cancel ---- */
@@ -711,8 +669,8 @@ static void pause_takes_effect_at_next_stage_boundary_and_resume_continues(void 
   assert_int_equal(sc_task_get_status(t), SC_TASK_PAUSED);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_PAUSED, 0, &root);
-  assert_string_equal(str_member(data, "paused_from"), "RUNNING");
-  assert_string_equal(str_member(data, "reason"), "requested");
+  assert_string_equal(str_of(data, "paused_from"), "RUNNING");
+  assert_string_equal(str_of(data, "reason"), "requested");
   assert_null(cJSON_GetObjectItemCaseSensitive(data, "error"));
   cJSON_Delete(root);
 
@@ -723,9 +681,7 @@ static void pause_takes_effect_at_next_stage_boundary_and_resume_continues(void 
                       "task.resumed,stage.started,stage.completed,task.completed");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void pause_of_paused_and_resume_of_running_are_refused(void **state) {
@@ -761,9 +717,7 @@ static void pause_of_paused_and_resume_of_running_are_refused(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, NULL), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_running_task_cancels_stage_and_runs_nothing_more(void **state) {
@@ -792,15 +746,13 @@ static void cancel_of_running_task_cancels_stage_and_runs_nothing_more(void **st
                       "task.created,task.started,stage.started,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "operator abort");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "operator abort");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_null(sc_engine_find_task(e, "cancel-running"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_running_sleep_stage_stops_its_timer(void **state) {
@@ -825,17 +777,15 @@ static void cancel_of_running_sleep_stage_stops_its_timer(void **state) {
                       "task.created,task.started,stage.started,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "too slow");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "too slow");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   /* The sleep kind's cancel finished the stage; that late result is logged, not acted on. */
   assert_true(logbook_has(&log, "not acted on"));
   assert_null(sc_engine_find_task(e, "cancel-sleep"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_while_waiting_for_deferred_ack_applies_after_ack(void **state) {
@@ -866,15 +816,13 @@ static void cancel_while_waiting_for_deferred_ack_applies_after_ack(void **state
                       "task.created,task.started,stage.started,stage.completed,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "changed my mind");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "changed my mind");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_null(sc_engine_find_task(e, "cancel-barrier"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void cancel_of_paused_task_cancels_it(void **state) {
@@ -900,16 +848,14 @@ static void cancel_of_paused_task_cancels_it(void **state) {
                                                 "stage.completed,task.paused,task.cancelled");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_CANCELLED, 0, &root);
-  assert_string_equal(str_member(data, "reason"), "not needed");
-  assert_string_equal(str_member(data, "status"), "CANCELLED");
+  assert_string_equal(str_of(data, "reason"), "not needed");
+  assert_string_equal(str_of(data, "status"), "CANCELLED");
   cJSON_Delete(root);
   assert_int_equal(slow.cancels, 0); /* nothing was running */
   assert_null(sc_engine_find_task(e, "cancel-paused"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 int main(void) {

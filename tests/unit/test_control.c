@@ -167,35 +167,6 @@ static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const c
   return submit_text(e, id, tenant, "ops", config, previous);
 }
 
-static cJSON *event_json(const recorder *r, sc_event_type type, size_t nth) {
-  cJSON *j = recorder_json(r, type, nth);
-  if (j == NULL)
-    fail_msg("no %s #%zu among: %s", sc_event_type_name(type), nth, recorder_types(r, NULL));
-  return j;
-}
-
-static const cJSON *member(const cJSON *obj, const char *key) {
-  return cJSON_GetObjectItemCaseSensitive(obj, key);
-}
-
-static const cJSON *data_of(const cJSON *event) {
-  const cJSON *d = member(event, "data");
-  assert_true(cJSON_IsObject(d));
-  return d;
-}
-
-static const char *str_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsString(v)) fail_msg("\"%s\" is not a string", key);
-  return v->valuestring;
-}
-
-static double num_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsNumber(v)) fail_msg("\"%s\" is not a number", key);
-  return v->valuedouble;
-}
-
 /* data.<key> of the nth event of a type, as a string. Static buffer. */
 static const char *event_str(const recorder *r, sc_event_type type, size_t nth, const char *key) {
   static char buf[512];

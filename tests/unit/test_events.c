@@ -87,18 +87,6 @@ static void assert_events_equal(const sc_event *got, const sc_event *want) {
   assert_string_equal(got->source, want->source ? want->source : "stagecoach");
 }
 
-static const char *json_string_member(const cJSON *o, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-  if (!cJSON_IsString(v)) fail_msg("member \"%s\" is missing or not a string", name);
-  return v->valuestring;
-}
-
-static double json_number_member(const cJSON *o, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-  if (!cJSON_IsNumber(v)) fail_msg("member \"%s\" is missing or not a number", name);
-  return v->valuedouble;
-}
-
 static sc_event_doc *parse_or_die(const char *json) {
   sc_event_doc *doc = NULL;
   int rc = sc_event_parse(json, strlen(json), &doc);
@@ -237,33 +225,33 @@ static void every_event_type_is_a_cloudevent(void **state) {
     cJSON *root = json_or_die(json);
     free(json);
     char want[128];
-    assert_string_equal(json_string_member(root, "specversion"), "1.0");
+    assert_string_equal(str_of(root, "specversion"), "1.0");
     snprintf(want, sizeof(want), "%s/%llu", ev.task_id, (unsigned long long)ev.seq);
-    assert_string_equal(json_string_member(root, "id"), want);
-    assert_string_equal(json_string_member(root, "source"), ev.source ? ev.source : "stagecoach");
-    assert_string_equal(json_string_member(root, "type"), sc_event_type_name(ev.type));
-    assert_memory_equal(json_string_member(root, "type"), "stagecoach.", 11);
-    assert_string_equal(json_string_member(root, "subject"), ev.task_id);
-    assert_string_equal(json_string_member(root, "datacontenttype"), "application/json");
-    assert_string_equal(json_string_member(root, "taskid"), ev.task_id);
-    assert_string_equal(json_string_member(root, "tenantid"), ev.tenant_id);
-    assert_string_equal(json_string_member(root, "planid"), ev.plan_id);
-    assert_string_equal(json_string_member(root, "traceparent"), traceparent);
-    assert_true(json_number_member(root, "seq") == (double)ev.seq);
-    assert_true(json_number_member(root, "epoch") == (double)ev.epoch);
+    assert_string_equal(str_of(root, "id"), want);
+    assert_string_equal(str_of(root, "source"), ev.source ? ev.source : "stagecoach");
+    assert_string_equal(str_of(root, "type"), sc_event_type_name(ev.type));
+    assert_memory_equal(str_of(root, "type"), "stagecoach.", 11);
+    assert_string_equal(str_of(root, "subject"), ev.task_id);
+    assert_string_equal(str_of(root, "datacontenttype"), "application/json");
+    assert_string_equal(str_of(root, "taskid"), ev.task_id);
+    assert_string_equal(str_of(root, "tenantid"), ev.tenant_id);
+    assert_string_equal(str_of(root, "planid"), ev.plan_id);
+    assert_string_equal(str_of(root, "traceparent"), traceparent);
+    assert_true(num_of(root, "seq") == (double)ev.seq);
+    assert_true(num_of(root, "epoch") == (double)ev.epoch);
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
     assert_true(cJSON_IsObject(d));
-    assert_string_equal(json_string_member(d, "status"), sc_task_status_name(ev.status));
+    assert_string_equal(str_of(d, "status"), sc_task_status_name(ev.status));
     if (ev.stage != NULL) {
-      assert_string_equal(json_string_member(d, "stage"), ev.stage);
-      assert_true(json_number_member(d, "index") == ev.stage_index);
-      assert_true(json_number_member(d, "attempt") == ev.attempt);
+      assert_string_equal(str_of(d, "stage"), ev.stage);
+      assert_true(num_of(d, "index") == ev.stage_index);
+      assert_true(num_of(d, "attempt") == ev.attempt);
     } else {
       assert_null(cJSON_GetObjectItemCaseSensitive(d, "stage"));
       assert_null(cJSON_GetObjectItemCaseSensitive(d, "index"));
       assert_null(cJSON_GetObjectItemCaseSensitive(d, "attempt"));
     }
-    assert_string_equal(json_string_member(d, "text"), json_string_member(data, "text"));
+    assert_string_equal(str_of(d, "text"), str_of(data, "text"));
     cJSON_Delete(root);
   }
   cJSON_Delete(data);
@@ -276,13 +264,13 @@ static void encoder_writes_the_time_in_rfc3339_with_microseconds(void **state) {
   ev.time_ns = T_20261122_103000 * NS + 123456000LL;
   char *json = sc_event_to_json(&ev, NULL);
   cJSON *root = json_or_die(json);
-  assert_string_equal(json_string_member(root, "time"), "2026-11-22T10:30:00.123456Z");
+  assert_string_equal(str_of(root, "time"), "2026-11-22T10:30:00.123456Z");
   cJSON_Delete(root);
   free(json);
   ev.time_ns = 0;
   json = sc_event_to_json(&ev, NULL);
   root = json_or_die(json);
-  assert_string_equal(json_string_member(root, "time"), "1970-01-01T00:00:00.000000Z");
+  assert_string_equal(str_of(root, "time"), "1970-01-01T00:00:00.000000Z");
   cJSON_Delete(root);
   free(json);
 }
@@ -297,11 +285,11 @@ static void encoder_writes_the_common_members_from_the_fields_not_from_data(void
   char *json = sc_event_to_json(&ev, NULL);
   cJSON *root = json_or_die(json);
   const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
-  assert_string_equal(json_string_member(d, "stage"), ev.stage);
-  assert_true(json_number_member(d, "index") == ev.stage_index);
-  assert_true(json_number_member(d, "attempt") == ev.attempt);
-  assert_string_equal(json_string_member(d, "status"), "RUNNING");
-  assert_true(json_number_member(d, "output") == 1);
+  assert_string_equal(str_of(d, "stage"), ev.stage);
+  assert_true(num_of(d, "index") == ev.stage_index);
+  assert_true(num_of(d, "attempt") == ev.attempt);
+  assert_string_equal(str_of(d, "status"), "RUNNING");
+  assert_true(num_of(d, "output") == 1);
   /* Each member once. */
   int count = 0;
   for (const cJSON *m = d->child; m != NULL; m = m->next)
@@ -380,8 +368,8 @@ static void task_id_with_characters_to_escape_round_trips(void **state) {
   char *json = sc_event_to_json(&ev, NULL);
   assert_non_null(json);
   cJSON *root = json_or_die(json);
-  assert_string_equal(json_string_member(root, "id"), "t\"1\\x\n/12");
-  assert_string_equal(json_string_member(root, "subject"), "t\"1\\x\n");
+  assert_string_equal(str_of(root, "id"), "t\"1\\x\n/12");
+  assert_string_equal(str_of(root, "subject"), "t\"1\\x\n");
   cJSON_Delete(root);
   sc_event_doc *doc = parse_or_die(json);
   assert_events_equal(sc_event_doc_event(doc), &ev);
@@ -426,11 +414,11 @@ static void bytes_that_are_not_utf8_are_written_as_replacement_characters(void *
   assert_true(is_utf8((const unsigned char *)json, strlen(json)));
   cJSON *root = json_or_die(json);
   const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
-  assert_string_equal(json_string_member(d, "message"),
+  assert_string_equal(str_of(d, "message"),
                       "a\xef\xbf\xbd b\xef\xbf\xbd c\xef\xbf\xbd\xef\xbf\xbd "
                       "d\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80");
-  assert_string_equal(json_string_member(d, "k\xef\xbf\xbd"), "key too");
-  assert_string_equal(json_string_member(d, "stage"), "st\xef\xbf\xbdge");
+  assert_string_equal(str_of(d, "k\xef\xbf\xbd"), "key too");
+  assert_string_equal(str_of(d, "stage"), "st\xef\xbf\xbdge");
   cJSON_Delete(root);
   free(json);
   cJSON_Delete(data);
@@ -464,8 +452,8 @@ static void parsed_document_keeps_extension_attributes(void **state) {
   sc_event_doc *doc = parse_or_die(mutate("myext", "\"value\""));
   const cJSON *root = sc_event_doc_json(doc);
   assert_non_null(root);
-  assert_string_equal(json_string_member(root, "myext"), "value");
-  assert_string_equal(json_string_member(root, "specversion"), "1.0");
+  assert_string_equal(str_of(root, "myext"), "value");
+  assert_string_equal(str_of(root, "specversion"), "1.0");
   const sc_event *ev = sc_event_doc_event(doc);
   assert_int_equal(ev->type, SC_EV_STAGE_COMPLETED);
   assert_string_equal(ev->task_id, "t1");

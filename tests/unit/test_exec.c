@@ -193,26 +193,7 @@ static cJSON *config_of(cJSON *first, ...) {
 
 static sc_task *submit(fixture *f, const char *id, const char *tenant, const cJSON *config,
                        const cJSON *context) {
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.tenant_id = tenant;
-  s.plan_id = "exec-test";
-  s.config = config;
-  s.context = context;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(f->e, &s, &t);
-  if (rc != SC_OK) fail_msg("submit %s: %s: %s", id, sc_err_name(rc), sc_error_message());
-  return t;
-}
-
-/* The data of the nth event of a type; *root is the whole event (caller frees it). */
-static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
-  *root = recorder_json(r, type, nth);
-  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
-  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
-  assert_non_null(data);
-  return data;
+  return submit_config(f->e, id, tenant, "exec-test", config, context);
 }
 
 static const char *str_at(const cJSON *obj, const char *path) {

@@ -15,44 +15,13 @@ static sc_engine *engine_on(uv_loop_t *loop, logbook *log, uint32_t max_active_t
     o.log = logbook_cb;
     o.log_udata = log;
   }
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
-  assert_non_null(e);
+  sc_engine *e = start_engine(loop, &o, NULL);
   return e;
 }
 
 static sc_task *submit(sc_engine *e, const char *id, const char *tenant, const cJSON *config,
                        const cJSON *context) {
-  sc_task_spec s;
-  sc_task_spec_init(&s);
-  s.task_id = id;
-  s.tenant_id = tenant;
-  s.plan_id = "test-plan";
-  s.config = config;
-  s.context = context;
-  return submit_or_fail(e, &s);
-}
-
-/* The data object of the nth event of a type; the whole event is returned in *root (caller
- * frees it with cJSON_Delete). */
-static const cJSON *event_data(const recorder *r, sc_event_type type, size_t nth, cJSON **root) {
-  *root = recorder_json(r, type, nth);
-  if (*root == NULL) fail_msg("no %s number %zu", sc_event_type_name(type), nth);
-  const cJSON *data = cJSON_GetObjectItemCaseSensitive(*root, "data");
-  assert_non_null(data);
-  return data;
-}
-
-static double num_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsNumber(v)) fail_msg("member \"%s\" is not a number", name);
-  return v->valuedouble;
-}
-
-static const char *str_member(const cJSON *obj, const char *name) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-  if (!cJSON_IsString(v)) fail_msg("member \"%s\" is not a string", name);
-  return v->valuestring;
+  return submit_config(e, id, tenant, "test-plan", config, context);
 }
 
 /* The position of the nth event of a type of one task in the recording; -1 when absent. */
@@ -69,7 +38,7 @@ static size_t check_seq(const recorder *r, const char *task_id) {
     if (strcmp(r->task_ids[i], task_id) != 0) continue;
     cJSON *ev = cJSON_Parse(r->lines[i]);
     assert_non_null(ev);
-    double seq = num_member(ev, "seq");
+    double seq = num_of(ev, "seq");
     cJSON_Delete(ev);
     if (seq != (double)expected) fail_msg("event %zu of %s has seq %.0f", i, task_id, seq);
     expected++;
@@ -329,17 +298,15 @@ static void sync_fn_stages_run_in_order_with_gapless_seq(void **state) {
     const cJSON *data = event_data(&r, SC_EV_STAGE_STARTED, i, &root);
     char name[8];
     snprintf(name, sizeof(name), "s%zu", i);
-    assert_string_equal(str_member(data, "stage"), name);
-    assert_int_equal((int)num_member(data, "index"), (int)i);
-    assert_int_equal((int)num_member(data, "attempt"), 1);
+    assert_string_equal(str_of(data, "stage"), name);
+    assert_int_equal((int)num_of(data, "index"), (int)i);
+    assert_int_equal((int)num_of(data, "attempt"), 1);
     cJSON_Delete(root);
   }
   assert_null(sc_engine_find_task(e, "ordered"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* Counts events without encoding them, and checks the seq of each. */
@@ -385,8 +352,7 @@ static void hundred_thousand_sync_stages_complete_without_stack_growth(void **st
   assert_null(sc_engine_find_task(e, "long"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* ---- kinds that finish later ---- */
@@ -418,14 +384,11 @@ static void stage_completing_from_a_timer_callback_completes_the_task(void **sta
   assert_int_equal(check_seq(&r, "later-1"), 7);
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_COMPLETED, 0, &root);
-  assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "context"), "from"),
-                      "timer");
+  assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "context"), "from"), "timer");
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void sleep_kind_waits_its_milliseconds(void **state) {
@@ -447,13 +410,11 @@ static void sleep_kind_waits_its_milliseconds(void **state) {
                       "task.created,task.started,stage.started,stage.completed,task.completed");
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &root);
-  assert_true(num_member(data, "duration_ms") >= 20);
+  assert_true(num_of(data, "duration_ms") >= 20);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- failures ---- */
@@ -483,22 +444,19 @@ static void sync_failure_inside_start_fails_stage_then_task(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
-  assert_string_equal(str_member(err, "name"), "SC_EIO");
-  assert_string_equal(str_member(err, "message"), "boom 1");
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "name"), "SC_EIO");
+  assert_string_equal(str_of(err, "message"), "boom 1");
   assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-  assert_string_equal(str_member(data, "status"), "RUNNING");
+  assert_string_equal(str_of(data, "status"), "RUNNING");
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
-  assert_string_equal(str_member(data, "status"), "FAILED");
-  assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "message"),
-                      "boom 1");
+  assert_string_equal(str_of(data, "status"), "FAILED");
+  assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "message"), "boom 1");
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* A value nested `depth` levels deep: {"n":{"n":...{}}} (depth objects). */
@@ -544,8 +502,8 @@ static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **sta
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EINVAL);
-  assert_non_null(strstr(str_member(err, "message"), "deeper than 512 levels"));
+  assert_int_equal((int)num_of(err, "code"), SC_EINVAL);
+  assert_non_null(strstr(str_of(err, "message"), "deeper than 512 levels"));
   cJSON_Delete(root);
 
   sc_task_spec spec;
@@ -562,9 +520,7 @@ static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **sta
   cJSON_Delete(context);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void start_returning_error_without_finishing_fails_stage_with_that_code(void **state) {
@@ -585,18 +541,15 @@ static void start_returning_error_without_finishing_fails_stage_with_that_code(v
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_int_equal((int)num_member(err, "code"), SC_EAUTH);
-  assert_string_equal(str_member(err, "name"), "SC_EAUTH");
+  assert_int_equal((int)num_of(err, "code"), SC_EAUTH);
+  assert_string_equal(str_of(err, "name"), "SC_EAUTH");
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
-  assert_int_equal((int)num_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"),
-                   SC_EAUTH);
+  assert_int_equal((int)num_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "code"), SC_EAUTH);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- retries ---- */
@@ -628,7 +581,7 @@ static void retry_backs_off_exponentially_capped_then_succeeds(void **state) {
   for (size_t i = 0; i < 3; i++) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_STARTED, i, &root);
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
     cJSON_Delete(root);
   }
   const double expected_backoff[2] = {10, 20}; /* 10 * 3^0, min(10 * 3^1, 20) */
@@ -636,16 +589,14 @@ static void retry_backs_off_exponentially_capped_then_succeeds(void **state) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
     assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-    assert_true(num_member(data, "retry_in_ms") == expected_backoff[i]);
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
+    assert_true(num_of(data, "retry_in_ms") == expected_backoff[i]);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
     cJSON_Delete(root);
   }
   assert_true(elapsed >= 30);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void non_retryable_failure_stops_retries_at_once(void **state) {
@@ -674,9 +625,7 @@ static void non_retryable_failure_stops_retries_at_once(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void exhausted_attempts_fail_task_with_last_error(void **state) {
@@ -702,18 +651,16 @@ static void exhausted_attempts_fail_task_with_last_error(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 2, &root);
   assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(data, "will_retry")));
-  assert_int_equal((int)num_member(data, "attempt"), 3);
+  assert_int_equal((int)num_of(data, "attempt"), 3);
   cJSON_Delete(root);
   data = event_data(&r, SC_EV_TASK_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "message"), "boom 3");
-  assert_int_equal((int)num_member(err, "code"), SC_EIO);
+  assert_string_equal(str_of(err, "message"), "boom 3");
+  assert_int_equal((int)num_of(err, "code"), SC_EIO);
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* Backoffs stay finite and in range whatever the policy: 0 * 100^n is 0, never NaN, and a huge
@@ -746,13 +693,11 @@ static void backoff_is_zero_or_capped_for_extreme_policies(void **state) {
     for (size_t i = 0; i < 199; i++) {
       cJSON *root;
       const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
-      assert_int_equal((long)num_member(data, "retry_in_ms"), atol(policies[k][1]));
+      assert_int_equal((long)num_of(data, "retry_in_ms"), atol(policies[k][1]));
       cJSON_Delete(root);
     }
     cJSON_Delete(config);
-    sc_engine_free(e);
-    recorder_free(&r);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, &r, &loop);
   }
 }
 
@@ -797,8 +742,8 @@ static void timeout_fails_stage_cancels_kind_and_ignores_late_result(void **stat
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "name"), "SC_ETIMEDOUT");
-  assert_int_equal((int)num_member(err, "code"), SC_ETIMEDOUT);
+  assert_string_equal(str_of(err, "name"), "SC_ETIMEDOUT");
+  assert_int_equal((int)num_of(err, "code"), SC_ETIMEDOUT);
   cJSON_Delete(root);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
 
@@ -824,9 +769,7 @@ static void timeout_fails_stage_cancels_kind_and_ignores_late_result(void **stat
   assert_null(cJSON_GetObjectItemCaseSensitive(sc_task_context(t), "late"));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void each_retry_attempt_times_out_separately(void **state) {
@@ -857,18 +800,16 @@ static void each_retry_attempt_times_out_separately(void **state) {
   for (size_t i = 0; i < 2; i++) {
     cJSON *root;
     const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
-    assert_string_equal(str_member(cJSON_GetObjectItemCaseSensitive(data, "error"), "name"),
+    assert_string_equal(str_of(cJSON_GetObjectItemCaseSensitive(data, "error"), "name"),
                         "SC_ETIMEDOUT");
-    assert_int_equal((int)num_member(data, "attempt"), (int)i + 1);
-    assert_true(num_member(data, "duration_ms") >= 25);
+    assert_int_equal((int)num_of(data, "attempt"), (int)i + 1);
+    assert_true(num_of(data, "duration_ms") >= 25);
     assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(data, "will_retry")), i == 0);
     cJSON_Delete(root);
   }
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- outputs and the context ---- */
@@ -917,11 +858,11 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
           cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "context"), expected[i], true));
     char want[72];
     assert_int_equal(sc_json_digest(expected[i], want), SC_OK);
-    assert_string_equal(str_member(data, "digest"), want);
+    assert_string_equal(str_of(data, "digest"), want);
     assert_int_equal(strncmp(want, "sha256:", 7), 0);
     snprintf(digests[i], sizeof(digests[i]), "%s", want);
-    assert_int_equal(strncmp(str_member(data, "fingerprint"), "sha256:", 7), 0);
-    assert_true(num_member(data, "duration_ms") >= 0);
+    assert_int_equal(strncmp(str_of(data, "fingerprint"), "sha256:", 7), 0);
+    assert_true(num_of(data, "duration_ms") >= 0);
     if (i == 0) {
       cJSON *out = json_or_die("{\"a\":2,\"b\":{\"n\":1}}");
       assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "output"), out, true));
@@ -934,7 +875,7 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_TASK_COMPLETED, 0, &root);
   assert_true(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(data, "context"), after_two, true));
-  assert_string_equal(str_member(data, "digest"), digests[2]);
+  assert_string_equal(str_of(data, "digest"), digests[2]);
   cJSON_Delete(root);
 
   emitter_free(&em);
@@ -942,9 +883,7 @@ static void outputs_merge_shallowly_into_context_with_matching_digest(void **sta
   cJSON_Delete(after_one);
   cJSON_Delete(after_two);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void null_output_keeps_context_and_digest(void **state) {
@@ -967,7 +906,7 @@ static void null_output_keeps_context_and_digest(void **state) {
   cJSON *r0, *r1;
   const cJSON *d0 = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &r0);
   const cJSON *d1 = event_data(&r, SC_EV_STAGE_COMPLETED, 1, &r1);
-  assert_string_equal(str_member(d0, "digest"), str_member(d1, "digest"));
+  assert_string_equal(str_of(d0, "digest"), str_of(d1, "digest"));
   cJSON *c0 = recorder_context(&r, SC_EV_STAGE_COMPLETED, 0);
   cJSON *c1 = recorder_context(&r, SC_EV_STAGE_COMPLETED, 1);
   assert_non_null(c0);
@@ -981,9 +920,7 @@ static void null_output_keeps_context_and_digest(void **state) {
 
   emitter_free(&em);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void non_object_output_fails_stage_with_einval(void **state) {
@@ -1007,16 +944,14 @@ static void non_object_output_fails_stage_with_einval(void **state) {
   cJSON *root;
   const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, 0, &root);
   const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
-  assert_string_equal(str_member(err, "name"), "SC_EINVAL");
-  assert_int_equal((int)num_member(err, "code"), SC_EINVAL);
+  assert_string_equal(str_of(err, "name"), "SC_EINVAL");
+  assert_int_equal((int)num_of(err, "code"), SC_EINVAL);
   cJSON_Delete(root);
   assert_null(sc_task_context(t)->child);
 
   emitter_free(&em);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void second_completion_inside_start_is_refused_and_logged(void **state) {
@@ -1045,9 +980,7 @@ static void second_completion_inside_start_is_refused_and_logged(void **state) {
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void second_completion_in_same_timer_callback_is_refused_and_logged(void **state) {
@@ -1077,9 +1010,7 @@ static void second_completion_in_same_timer_callback_is_refused_and_logged(void 
   cJSON_Delete(root);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- accessors and the task spec ---- */
@@ -1118,8 +1049,7 @@ static void stage_accessors_describe_the_running_stage(void **state) {
   cJSON_Delete(in.context);
   cJSON_Delete(initial);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void initial_context_comes_from_task_spec_and_is_copied(void **state) {
@@ -1150,15 +1080,13 @@ static void initial_context_comes_from_task_spec_and_is_copied(void **state) {
   data = event_data(&r, SC_EV_STAGE_COMPLETED, 0, &root);
   char want[72];
   assert_int_equal(sc_json_digest(expected, want), SC_OK);
-  assert_string_equal(str_member(data, "digest"), want);
+  assert_string_equal(str_of(data, "digest"), want);
   cJSON_Delete(root);
 
   cJSON_Delete(in.context);
   cJSON_Delete(expected);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void duplicate_live_task_id_is_busy_and_emits_nothing(void **state) {
@@ -1196,9 +1124,7 @@ static void duplicate_live_task_id_is_busy_and_emits_nothing(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, NULL), 2);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void missing_task_id_is_generated_as_uuid_v7(void **state) {
@@ -1235,9 +1161,7 @@ static void missing_task_id_is_generated_as_uuid_v7(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, idb), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- admission: tenants and max_active_tasks ---- */
@@ -1271,9 +1195,7 @@ static void same_tenant_tasks_run_one_after_another_in_submission_order(void **s
   check_seq(&r, "acme-3");
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void different_tenant_tasks_interleave(void **state) {
@@ -1296,9 +1218,7 @@ static void different_tenant_tasks_interleave(void **state) {
   assert_true(event_pos(&r, SC_EV_STAGE_STARTED, "y-1", 0) < done_x);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void max_active_tasks_one_serializes_different_tenants(void **state) {
@@ -1321,9 +1241,7 @@ static void max_active_tasks_one_serializes_different_tenants(void **state) {
               event_pos(&r, SC_EV_TASK_COMPLETED, "y-1", 0));
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- engine life cycle ---- */
@@ -1352,8 +1270,7 @@ static void engine_free_during_sleep_stage_closes_loop_cleanly(void **state) {
 
 static void engine_with_own_loop_runs_tasks(void **state) {
   (void)state;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(NULL, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(NULL, NULL, NULL);
   uv_loop_t *loop = sc_engine_loop(e);
   assert_non_null(loop);
   assert_int_equal(sc_engine_register_fn(e, "noop", fn_noop, NULL), SC_OK);
@@ -1449,9 +1366,7 @@ static void post_from_another_thread_runs_on_loop_thread(void **state) {
   assert_int_equal(recorder_count(&r, SC_EV_TASK_COMPLETED, "posted"), 1);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 /* ---- trace context and idempotency keys of stages ---- */
@@ -1496,7 +1411,7 @@ static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void 
   assert_string_equal(sc_task_tracestate(traced_task), "vendor=a1");
   cJSON *created_json = recorder_json(&r, SC_EV_TASK_CREATED, 0);
   const cJSON *created = cJSON_GetObjectItemCaseSensitive(created_json, "data");
-  assert_string_equal(str_member(created, "tracestate"), "vendor=a1");
+  assert_string_equal(str_of(created, "tracestate"), "vendor=a1");
   cJSON_Delete(created_json);
   s.tracestate = NULL;
   s.task_id = "untraced-task";
@@ -1541,9 +1456,7 @@ static void each_stage_gets_a_span_of_the_tasks_trace_and_a_key_of_its_own(void 
     for (size_t k = i + 1; k < 4; k++)
       assert_string_not_equal(t.key[i], t.key[k]);
   cJSON_Delete(config);
-  sc_engine_free(e);
-  recorder_free(&r);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &r, &loop);
 }
 
 static void traceparent_validation_follows_w3c_version_00(void **state) {

@@ -220,10 +220,6 @@ static size_t count_events(const logfile *l, const char *task_id, sc_event_type 
   return c;
 }
 
-static const cJSON *member(const cJSON *obj, const char *key) {
-  return cJSON_GetObjectItemCaseSensitive(obj, key);
-}
-
 static const char *string_of(const cJSON *obj, const char *key) {
   const cJSON *v = member(obj, key);
   return cJSON_IsString(v) ? v->valuestring : NULL;
@@ -394,8 +390,7 @@ static void work_cancel(sc_stage_ctx *ctx, void *udata) {
 /* An engine where fn "step" and kind "work" both run work_start with b. */
 static sc_engine *new_engine(uv_loop_t *loop, behaviour *b) {
   static const sc_stage_kind work = {SC_STAGE_KIND_VERSION, work_start, work_cancel, NULL};
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(loop, NULL, NULL);
   assert_int_equal(sc_engine_register_kind(e, "work", &work, b), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "step", work_start, b), SC_OK);
   return e;
@@ -434,22 +429,9 @@ static cJSON *job(const char *version, const char *kind, const char *names) {
 
 static sc_task *submit_job(sc_engine *e, const char *id, const char *names) {
   cJSON *config = job("1", "fn", names);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.task_id = id;
-  spec.config = config;
-  sc_task *t = NULL;
-  int rc = sc_task_submit(e, &spec, &t);
+  sc_task *t = submit_config(e, id, NULL, NULL, config, NULL);
   cJSON_Delete(config);
-  if (rc != SC_OK) fail_msg("submit %s: %s", id, sc_error_message());
   return t;
-}
-
-/* Runs the loop until nothing holds it: every task finished or waits. */
-static void settle(uv_loop_t *loop) {
-  for (int i = 0; i < 1000000 && uv_loop_alive(loop); i++)
-    uv_run(loop, UV_RUN_ONCE);
-  assert_false(uv_loop_alive(loop));
 }
 
 /* Runs the loop without blocking until cond holds; about ten seconds at most. */
@@ -487,7 +469,7 @@ static void run_one_job_and_check_the_log(void **state, sc_fsync_mode mode) {
   recorder rec;
   recorder_attach(&rec, e);
   submit_job(e, "job-000", "s0,s1,s2,s3");
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(b.ran, "s0,s1,s2,s3");
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "job-000"), 1);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
@@ -533,7 +515,7 @@ each_stage_starts_only_after_the_previous_stage_completed_line_is_in_the_file(vo
     sc_engine *e = new_engine(&loop, &b);
     sc_jsonl *log = open_log(e, path, modes[m]);
     submit_job(e, "job-000", "s0,s1,s2,s3,s4,s5");
-    settle(&loop);
+    settle_loop(&loop);
     assert_int_equal(sc_jsonl_close(log), SC_OK);
     sc_engine_free(e);
     assert_string_equal(b.ran, "s0,s1,s2,s3,s4,s5");
@@ -564,7 +546,7 @@ static void run_many_tasks_and_check_the_log(void **state, size_t tasks, size_t 
     snprintf(id, sizeof(id), "t%03zu", k);
     submit_job(e, id, "s0,s1,s2,s3,s4"); /* NULL tenant: they all run at once */
   }
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, NULL), tasks);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
 
@@ -604,7 +586,7 @@ static void a_300_kb_context_is_written_as_whole_lines(void **state) {
   recorder rec;
   recorder_attach(&rec, e);
   submit_job(e, "big-000", "s0,big,s2,s3");
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(b.ran, "s0,big,s2,s3");
   assert_int_equal(b.barrier_misses, 0);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
@@ -644,7 +626,7 @@ static void reopening_a_log_continues_the_chain(void **state) {
   sc_engine *e1 = new_engine(&loop, &b1);
   sc_jsonl *log = open_log(e1, path, SC_FSYNC_ALWAYS);
   submit_job(e1, "one-000", "s0,s1,s2");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e1);
   logfile first;
@@ -662,7 +644,7 @@ static void reopening_a_log_continues_the_chain(void **state) {
   assert_false(r->torn_tail);
   assert_int_equal(r->first_bad_line, 0);
   submit_job(e2, "two-000", "s0,s1");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e2);
 
@@ -703,7 +685,7 @@ static void open_cuts_a_torn_tail_and_says_so(void **state) {
   sc_engine *e1 = new_engine(&loop, &b1);
   sc_jsonl *log = open_log(e1, path, SC_FSYNC_BATCH);
   submit_job(e1, "one-000", "s0,s1,s2");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e1);
   uint64_t good = file_size(path);
@@ -742,7 +724,7 @@ static void open_cuts_a_torn_tail_and_says_so(void **state) {
   assert_int_equal(opened->bytes, good + sizeof(torn) - 1);
   assert_int_equal(opened->first_bad_line, 0);
   submit_job(e2, "two-000", "s0,s1");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(told.n, 1);
   if (strstr(told.last, path) == NULL || strstr(told.last, "torn tail") == NULL)
     fail_msg("the message does not name the file and the cut: %s", told.last);
@@ -770,7 +752,7 @@ static void write_good_log(uv_loop_t *loop, const char *path, logfile *l) {
   sc_engine *e = new_engine(loop, &b);
   sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
   submit_job(e, "job-000", "s0,s1,s2,s3");
-  settle(loop);
+  settle_loop(loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e);
   log_read(path, l);
@@ -1311,7 +1293,7 @@ scan_carries_over_the_recovery_point_of_a_recovered_task_that_stopped_at_once(vo
   recorder_attach(&rec, e3);
   char *third = NULL;
   recover_all(e3, u, n, &third);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, third), 1);
   assert_string_equal(ran_of(&b3, 'd'), "d2,d3,d4");
   assert_int_equal(sc_jsonl_close(log), SC_OK);
@@ -1428,10 +1410,10 @@ static void scan_reads_any_id_and_follows_reused_ones(void **state) {
   sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
   submit_job(e, "id \"quoted\" back\\slash", "a,b");
   submit_job(e, "reused", "a"); /* completes */
-  settle(&loop);
+  settle_loop(&loop);
   submit_job(e, "reused", "a,b"); /* the same id again, and it stops at b */
   submit_job(e, "self", "a,b");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e);
 
@@ -1448,7 +1430,7 @@ static void scan_reads_any_id_and_follows_reused_ones(void **state) {
   sc_recovery_request req = find_unfinished(u, n, "self")->request;
   req.task_id = "self";
   assert_int_equal(sc_recover_from_restart(e, &req, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e);
   sc_unfinished_free(u, n);
@@ -1473,12 +1455,12 @@ static void scan_restarts_a_retried_task_at_the_retry(void **state) {
     sc_engine *e = new_engine(&loop, &b);
     sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
     sc_task *t = submit_job(e, "job", "a,b,c");
-    settle(&loop);
+    settle_loop(&loop);
     assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
     b.fail[0] = NULL;
     b.hang[0] = reset ? "a" : "b"; /* the retried run stops in its first stage */
     assert_int_equal(sc_task_retry(t, reset ? "a" : "b", reset), SC_OK);
-    settle(&loop);
+    settle_loop(&loop);
     assert_int_equal(sc_jsonl_close(log), SC_OK);
     sc_engine_free(e);
     sc_unfinished *u = NULL;
@@ -1537,7 +1519,7 @@ static void a_context_with_stray_bytes_recovers_from_the_log(void **state) {
   spec.task_id = "stray";
   spec.config = config;
   assert_int_equal(sc_task_submit(e, &spec, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_unfinished *u = NULL;
   size_t n = 0;
@@ -1621,7 +1603,7 @@ static void a_second_writer_is_refused(void **state) {
   sc_engine *e2 = new_engine(&loop, &b);
   sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE), *second = NULL;
   submit_job(e, "first-000", "s0,s1");
-  settle(&loop);
+  settle_loop(&loop);
   logfile before;
   log_read(path, &before);
   assert_int_equal(sc_jsonl_open(e2, path, NULL, &second), SC_EBUSY);
@@ -1890,7 +1872,7 @@ static void log_with_tail(uv_loop_t *loop, const char *path, const char *tail, s
   sc_engine *e = new_engine(loop, &b);
   sc_jsonl *log = open_log(e, path, SC_FSYNC_NONE);
   submit_job(e, "done-000", "s0");
-  settle(loop);
+  settle_loop(loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e);
   FILE *f = fopen(path, "ab");
@@ -1926,7 +1908,7 @@ static void a_torn_tail_is_cut_only_when_it_could_be_a_line_we_started(void **st
   assert_int_equal(sc_jsonl_open(e, path, &o, &log), SC_OK);
   assert_int_equal(file_size(path), size); /* not before the first write */
   submit_job(e, "next-000", "s0");
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   logfile l;
   log_read(path, &l);
@@ -2247,7 +2229,7 @@ a_log_ending_right_after_a_recovered_task_created_recovers_to_the_same_point(voi
   sc_engine *e3 = new_engine(&loop, &b3);
   log = open_log(e3, path, SC_FSYNC_BATCH);
   assert_int_equal(sc_recover_from_restart(e3, &again->request, NULL), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_string_equal(ran_of(&b3, 'd'), "d2,d3,d4");
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e3);
@@ -2331,18 +2313,17 @@ static bool keys_at_least(void *udata) {
 static sc_engine *keyed_engine(uv_loop_t *loop, keyed *k, const char *path, sc_jsonl **log) {
   static const sc_stage_kind kind = {SC_STAGE_KIND_VERSION, keyed_start, work_cancel,
                                      keyed_compensate};
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(loop, NULL, NULL);
   assert_int_equal(sc_engine_register_kind(e, "keyed", &kind, k), SC_OK);
   *log = open_log(e, path, SC_FSYNC_NONE);
   return e;
 }
 
 static void crash(uv_loop_t *loop, sc_engine *e, sc_jsonl *log) {
-  settle(loop);
+  settle_loop(loop);
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e); /* the process ends in the middle of a stage */
-  settle(loop);
+  settle_loop(loop);
 }
 
 /* The stopped task's recovery request from the log alone, started in e. */
@@ -2393,7 +2374,7 @@ static void the_idempotency_key_survives_crashes_and_changes_with_a_new_intent(v
   const char *actions = k2.actions;
   k2.actions = "f"; /* wait for the failure first */
   assert_true(spin_until(&loop, keys_at_least, &k2));
-  settle(&loop);
+  settle_loop(&loop);
   t = sc_engine_find_task(e, recovered_id);
   assert_non_null(t);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
@@ -2410,12 +2391,12 @@ static void the_idempotency_key_survives_crashes_and_changes_with_a_new_intent(v
   t = recover_from_log(e, path, "root-task", 1);
   char *third_id = strdup(sc_task_id(t));
   assert_true(spin_until(&loop, keys_at_least, &k3));
-  settle(&loop);
+  settle_loop(&loop);
   t = sc_engine_find_task(e, third_id);
   assert_non_null(t);
   assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
   assert_int_equal(sc_task_rollback(t, SC_ROLLBACK_COMPENSATE), SC_OK);
-  settle(&loop);
+  settle_loop(&loop);
   assert_int_equal(k3.nkeys, 2); /* flaky, then prepare's compensation */
   assert_string_equal(key_of(&k3, 0), key_of(&k2, 1));
   assert_memory_equal(k3.keys[1], "prepare/undo=", 13);
@@ -2423,7 +2404,7 @@ static void the_idempotency_key_survives_crashes_and_changes_with_a_new_intent(v
     assert_string_not_equal(key_of(&k3, 1), key_of(&k1, i));
   assert_int_equal(sc_jsonl_close(log), SC_OK);
   sc_engine_free(e);
-  settle(&loop);
+  settle_loop(&loop);
   free(recovered_id);
   free(third_id);
   cJSON_Delete(config);

@@ -424,8 +424,7 @@ static int stop_fn(sc_stage_ctx *ctx, void *udata) {
 static void engine_run_returns_what_the_loop_returned(void **state) {
   (void)state;
   assert_int_equal(sc_engine_run(NULL), SC_EINVAL);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(NULL, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(NULL, NULL, NULL);
   stopper s = {0};
   assert_int_equal(sc_engine_register_fn(e, "stop", stop_fn, &s), SC_OK);
   assert_int_equal(sc_engine_register_fn(e, "step", step_fn, NULL), SC_OK);

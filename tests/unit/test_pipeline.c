@@ -314,8 +314,7 @@ static void the_callers_engine_gives_the_kinds(void **state) {
            path);
   assert_string_equal(err, want);
   assert_int_equal(sc_engine_task_count(e), 0); /* checking submits nothing */
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void free_of_a_zeroed_or_freed_pipeline_is_harmless(void **state) {
@@ -353,6 +352,37 @@ static void a_directory_cannot_be_read(void **state) {
   snprintf(want, sizeof(want), "%s: cannot read: %s\n", path, strerror(EISDIR));
   assert_string_equal(err, want);
   assert_int_equal(rmdir(path), 0);
+}
+
+static void a_file_past_64_mib_is_refused_by_its_size(void **state) {
+  (void)state;
+  /* Sparse: the size is what counts, and the file is refused before a byte of it is read. */
+  const char *path = write_pipeline("{}");
+  assert_int_equal(truncate(path, (off_t)64 * 1024 * 1024 + 1), 0);
+  cli_pipeline p;
+  char err[512], want[512];
+  assert_int_equal(cli_pipeline_load(path, NULL, &p, err, sizeof(err)), CLI_EXIT_USAGE);
+  snprintf(want, sizeof(want), "%s: cannot read: larger than 64 MiB, not a pipeline file\n", path);
+  assert_string_equal(err, want);
+  assert_zeroed(&p);
+}
+
+static void a_pipe_is_read_like_a_file(void **state) {
+  (void)state;
+  const char *text = "{\"plan\": \"from-a-pipe\", \"config\": {\"stages\": [{\"name\": \"a\", "
+                     "\"kind\": \"sleep\", \"params\": {\"ms\": 0}}]}}";
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  assert_int_equal(write(fds[1], text, strlen(text)), (ssize_t)strlen(text));
+  assert_int_equal(close(fds[1]), 0);
+  char path[64], err[512] = "";
+  snprintf(path, sizeof(path), "/dev/fd/%d", fds[0]);
+  cli_pipeline p;
+  assert_int_equal(cli_pipeline_load(path, NULL, &p, err, sizeof(err)), 0);
+  assert_string_equal(err, "");
+  assert_string_equal(p.plan, "from-a-pipe");
+  cli_pipeline_free(&p);
+  assert_int_equal(close(fds[0]), 0);
 }
 
 static void a_short_error_buffer_gets_a_cut_message(void **state) {
@@ -889,6 +919,8 @@ int main(void) {
       cmocka_unit_test(free_of_a_zeroed_or_freed_pipeline_is_harmless),
       cmocka_unit_test(a_missing_file_cannot_be_read),
       cmocka_unit_test(a_directory_cannot_be_read),
+      cmocka_unit_test(a_file_past_64_mib_is_refused_by_its_size),
+      cmocka_unit_test(a_pipe_is_read_like_a_file),
       cmocka_unit_test(a_short_error_buffer_gets_a_cut_message),
       cmocka_unit_test(an_empty_file_is_refused),
       cmocka_unit_test(a_missing_comma_between_members_is_refused_where_it_belongs),

@@ -602,8 +602,7 @@ static void submit_refuses_an_unknown_kind_listing_the_registered_kinds(void **s
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   sc_task *t = (sc_task *)&rec;
@@ -618,31 +617,63 @@ static void submit_refuses_an_unknown_kind_listing_the_registered_kinds(void **s
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
   assert_null(sc_engine_find_task(e, "t1"));
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
+}
+
+/* Whether s ends with a whole UTF-8 sequence (or with ASCII). */
+static int ends_with_a_whole_character(const char *s) {
+  size_t len = strlen(s), start = len;
+  while (start > 0 && ((unsigned char)s[start - 1] & 0xC0) == 0x80)
+    start--;
+  if (start == len) return len == 0 || (unsigned char)s[len - 1] < 0x80;
+  if (start == 0) return 0;
+  unsigned char lead = (unsigned char)s[start - 1];
+  size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+  return len - (start - 1) == need;
+}
+
+static void an_unknown_kind_with_a_long_name_is_cut_between_characters(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
+  /* "x" then 200 two-byte characters: the message's cut falls inside one unless it is mended. */
+  char config[1024];
+  size_t off =
+      (size_t)snprintf(config, sizeof(config), "{\"stages\":[{\"name\":\"a\",\"kind\":\"x");
+  for (int i = 0; i < 200; i++)
+    off += (size_t)snprintf(config + off, sizeof(config) - off, "\xc3\xa9");
+  snprintf(config + off, sizeof(config) - off, "\"}]}");
+  sc_task *t = NULL;
+  assert_int_equal(submit_json(e, config, &t), SC_EPLAN);
+  assert_null(t);
+  const sc_plan_error *pe = sc_plan_last_error();
+  assert_non_null(pe);
+  assert_non_null(strstr(pe->problem, "names an unknown kind \"x\xc3\xa9"));
+  if (!ends_with_a_whole_character(pe->problem))
+    fail_msg("cut inside a character: %s", pe->problem);
+  if (!ends_with_a_whole_character(sc_error_message()))
+    fail_msg("cut inside a character: %s", sc_error_message());
+  stop_engine(e, NULL, &loop);
 }
 
 static void unknown_kind_message_lists_a_kind_registered_later(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   register_noop_kind(e, "noop");
   int rc = submit_json(e, "{\"stages\":[{\"name\":\"a\",\"kind\":\"nope\"}]}", NULL);
   assert_int_equal(rc, SC_EPLAN);
   assert_message_has(sc_error_message(), "nope", "noop", "sleep");
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void submit_refuses_a_bad_stage_and_emits_nothing(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   int rc = submit_json(e,
@@ -653,9 +684,7 @@ static void submit_refuses_a_bad_stage_and_emits_nothing(void **state) {
   assert_message_has(sc_error_message(), "stage 0", "\"retry.multiplier\"", NULL);
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void task_created_carries_the_plan_fingerprint(void **state) {
@@ -666,8 +695,7 @@ static void task_created_carries_the_plan_fingerprint(void **state) {
   fingerprint_or_die(config, want);
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   register_noop_kind(e, "noop");
   recorder rec;
   recorder_attach(&rec, e);
@@ -685,9 +713,7 @@ static void task_created_carries_the_plan_fingerprint(void **state) {
   cJSON_Delete(created);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(recorder_count(&rec, SC_EV_TASK_COMPLETED, "t1"), 1);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 /* ---- custom factories and sc_plan_add_stage ---- */
@@ -725,8 +751,7 @@ static void add_stage_refuses_a_duplicate_name_with_einval(void **state) {
   sc_engine_options_init(&o);
   o.factory = duplicate_factory;
   o.factory_udata = &log;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   register_noop_kind(e, "noop");
   sc_task *t = NULL;
   assert_int_equal(submit_json(e, "{\"anything\":true}", &t), SC_OK);
@@ -738,8 +763,7 @@ static void add_stage_refuses_a_duplicate_name_with_einval(void **state) {
   assert_non_null(t);
   assert_int_equal(sc_task_stage_count(t), 1);
   uv_run(&loop, UV_RUN_DEFAULT);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* Propagates the refusal of a duplicate. */
@@ -762,8 +786,7 @@ static void submit_of_a_factory_that_passes_on_a_refusal_fails_with_eplan(void *
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = strict_duplicate_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   register_noop_kind(e, "noop");
   recorder rec;
   recorder_attach(&rec, e);
@@ -771,9 +794,7 @@ static void submit_of_a_factory_that_passes_on_a_refusal_fails_with_eplan(void *
   assert_message_has(sc_error_message(), "\"a\"", "stage 0", NULL);
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static int builder_error_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
@@ -790,8 +811,7 @@ static void factory_refusal_with_builder_error_fails_submit_with_its_message(voi
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = builder_error_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   recorder rec;
   recorder_attach(&rec, e);
   sc_task *t = (sc_task *)&rec;
@@ -800,9 +820,7 @@ static void factory_refusal_with_builder_error_fails_submit_with_its_message(voi
   assert_string_equal(sc_error_message(), "no pipeline for version 9.9");
   assert_int_equal(rec.n, 0);
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, &rec, &loop);
 }
 
 static void builder_error_returns_eplan(void **state) {
@@ -828,14 +846,12 @@ static void factory_refusal_without_a_message_still_fails_submit_with_a_message(
   sc_engine_options o;
   sc_engine_options_init(&o);
   o.factory = silent_refusal_factory;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   int rc = submit_json(e, "{}", NULL);
   assert_true(rc < 0);
   assert_true(*sc_error_message() != '\0');
   assert_int_equal(sc_engine_task_count(e), 0);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* Builds the plan of base_config's stages by hand, with strings and params that die at once. */
@@ -903,15 +919,13 @@ static void engine_fingerprint_of_a_custom_factory_matches_plan_fingerprint(void
   sc_engine_options_init(&o);
   o.factory = hand_built_factory;
   o.factory_udata = &calls;
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, &o, NULL);
   sc_task *t = NULL;
   assert_int_equal(submit_json(e, "{\"x\":1}", &t), SC_OK);
   assert_int_equal(calls, 2);
   assert_string_equal(sc_task_fingerprint(t), want);
   assert_int_equal(sc_task_stage_count(t), 2);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static int init_only_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
@@ -1191,8 +1205,7 @@ static void submit_records_the_refused_stage_and_field(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   assert_int_equal(
       submit_json(e,
                   "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":1}},"
@@ -1208,16 +1221,14 @@ static void submit_records_the_refused_stage_and_field(void **state) {
                   NULL),
       SC_EPLAN);
   assert_plan_error(SC_EPLAN, 0, "a", "stages[0].approval.on_reject");
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plans(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   const char *bad = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":-1}}]}";
   const char *good = "{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\",\"params\":{\"ms\":0}}]}";
   assert_int_equal(submit_json(e, bad, NULL), SC_EPLAN);
@@ -1236,16 +1247,14 @@ static void plan_error_is_cleared_by_success_and_by_a_refusal_that_is_not_a_plan
   cJSON_Delete(config);
   assert_null(sc_plan_last_error());
   uv_run(&loop, UV_RUN_DEFAULT);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void submit_without_a_config_records_a_refusal_of_the_config(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
   assert_int_equal(sc_task_submit(e, &spec, NULL), SC_EINVAL);
@@ -1264,8 +1273,7 @@ static void submit_without_a_config_records_a_refusal_of_the_config(void **state
   assert_true(sc_plan_last_error()->previous_config);
   cJSON_Delete(config);
   cJSON_Delete(good);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_factorys_own_refusal_is_recorded_without_a_field(void **state) {
@@ -1320,8 +1328,7 @@ static void recovery_refusals_are_recorded(void **state) {
   (void)state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  sc_engine *e = NULL;
-  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  sc_engine *e = start_engine(&loop, NULL, NULL);
   cJSON *config = json_or_die(recover_config);
   cJSON *bad = json_or_die("{\"stages\":[{\"name\":\"a\",\"kind\":\"sleep\"}]}");
   sc_recovery_request req;
@@ -1368,8 +1375,7 @@ static void recovery_refusals_are_recorded(void **state) {
   assert_int_equal(sc_engine_task_count(e), 0);
   cJSON_Delete(config);
   cJSON_Delete(bad);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void refuse_on_a_thread(void *arg) {
@@ -1421,8 +1427,7 @@ static void a_long_name_is_cut_in_the_record_between_characters(void **state) {
     cJSON_Delete(c);
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
-    sc_engine *e = NULL;
-    assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+    sc_engine *e = start_engine(&loop, NULL, NULL);
     assert_int_equal(submit_json(e, config, NULL), SC_EPLAN);
     const sc_plan_error *pe = sc_plan_last_error();
     assert_non_null(pe);
@@ -1433,8 +1438,7 @@ static void a_long_name_is_cut_in_the_record_between_characters(void **state) {
     assert_true(utf8_whole(pe->stage));
     assert_true(utf8_whole(pe->message));
     assert_true(utf8_whole(pe->problem));
-    sc_engine_free(e);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop_engine(e, NULL, &loop);
   }
 }
 
@@ -1451,9 +1455,8 @@ static sc_engine *counting_engine(uv_loop_t *loop, int *calls) {
   sc_engine_options_init(&o);
   o.factory = counting_factory;
   o.factory_udata = calls;
-  sc_engine *e = NULL;
   assert_int_equal(uv_loop_init(loop), 0);
-  assert_int_equal(sc_engine_new(loop, &o, &e), SC_OK);
+  sc_engine *e = start_engine(loop, &o, NULL);
   register_noop_kind(e, "noop");
   return e;
 }
@@ -1497,8 +1500,7 @@ static void an_identical_config_reuses_the_plan_after_its_task_ended(void **stat
   assert_int_equal(calls, 3);
   submit_and_finish(&loop, e, a, NULL);
   assert_int_equal(calls, 3);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_refused_config_is_not_cached(void **state) {
@@ -1513,8 +1515,7 @@ static void a_refused_config_is_not_cached(void **state) {
   register_noop_kind(e, "later"); /* registered since: the config is accepted now */
   submit_and_finish(&loop, e, later, NULL);
   assert_int_equal(calls, 3);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest(void **state) {
@@ -1536,8 +1537,7 @@ static void the_cache_keeps_the_most_recent_plans_and_evicts_the_oldest(void **s
   assert_int_equal(calls, N);
   submit_and_finish(&loop, e, "{\"n\":0,\"stages\":[{\"name\":\"x\",\"kind\":\"noop\"}]}", NULL);
   assert_int_equal(calls, N + 1); /* the first one was evicted */
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void a_plan_in_use_is_never_evicted(void **state) {
@@ -1582,8 +1582,7 @@ static void a_plan_in_use_is_never_evicted(void **state) {
   assert_null(sc_engine_find_task(e, "waiting"));
   assert_int_equal(sc_engine_task_count(e), 1);
   cJSON_Delete(gated);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 int main(void) {
@@ -1621,6 +1620,7 @@ int main(void) {
       cmocka_unit_test(json_factory_refusal_message_names_the_stage),
       cmocka_unit_test(submit_refuses_an_unknown_kind_listing_the_registered_kinds),
       cmocka_unit_test(unknown_kind_message_lists_a_kind_registered_later),
+      cmocka_unit_test(an_unknown_kind_with_a_long_name_is_cut_between_characters),
       cmocka_unit_test(submit_refuses_a_bad_stage_and_emits_nothing),
       cmocka_unit_test(task_created_carries_the_plan_fingerprint),
       cmocka_unit_test(add_stage_refuses_a_duplicate_name_with_einval),

@@ -115,36 +115,6 @@ static void request_for(sc_recovery_request *r, const cJSON *config, const char 
   r->last_completed_stage = last;
 }
 
-/* The nth event of a type, parsed; the test fails when there is none. Caller frees. */
-static cJSON *event_json(const recorder *r, sc_event_type type, size_t nth) {
-  cJSON *j = recorder_json(r, type, nth);
-  if (j == NULL)
-    fail_msg("no %s #%zu among: %s", sc_event_type_name(type), nth, recorder_types(r, NULL));
-  return j;
-}
-
-static const cJSON *member(const cJSON *obj, const char *key) {
-  return cJSON_GetObjectItemCaseSensitive(obj, key);
-}
-
-static const cJSON *data_of(const cJSON *event) {
-  const cJSON *d = member(event, "data");
-  assert_true(cJSON_IsObject(d));
-  return d;
-}
-
-static const char *str_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsString(v)) fail_msg("\"%s\" is not a string", key);
-  return v->valuestring;
-}
-
-static double num_of(const cJSON *obj, const char *key) {
-  const cJSON *v = member(obj, key);
-  if (!cJSON_IsNumber(v)) fail_msg("\"%s\" is not a number", key);
-  return v->valuedouble;
-}
-
 /* An array of strings against "a,b,c" ("" for an empty array). */
 static void assert_names(const cJSON *array, const char *expected) {
   char buf[512];
@@ -794,8 +764,7 @@ static void recovery_plan_flags_irreversible_in_flight_stage(void **state) {
   cJSON_Delete(plan);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 static void recover_irreversible_in_flight(const char *approve_stage, const char *config_text) {
@@ -1084,8 +1053,7 @@ static void recoveries_are_spread_out_by_recovery_rate(void **state) {
     fail_msg("starts spread over %lld ms", (long long)spread_ms);
 
   cJSON_Delete(config);
-  sc_engine_free(e);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(e, NULL, &loop);
 }
 
 /* ---- a crash, simulated ---- */
@@ -1151,9 +1119,7 @@ static void recovery_in_a_new_engine_from_a_persisted_checkpoint_runs_only_the_r
   cJSON_Delete(checkpoint);
   cJSON_Delete(created);
   cJSON_Delete(config);
-  sc_engine_free(second);
-  recorder_free(&rec);
-  assert_int_equal(uv_loop_close(&loop), 0);
+  stop_engine(second, &rec, &loop);
 }
 
 /* The idempotency key of stage s0 of a task, taken while it runs. */

@@ -218,6 +218,11 @@ static void read_file_reads_a_file_whole_with_a_nul(void **state) {
   assert_int_equal(sc__read_file(path, 1000, false, &text, &len), EFBIG);
   assert_null(text);
   assert_int_equal(len, 0);
+  /* A regular file whose size is past the limit (a sparse gigabyte) is refused too. */
+  assert_int_equal(truncate(path, (off_t)1 << 30), 0);
+  assert_int_equal(sc__read_file(path, 1000, true, &text, &len), EFBIG);
+  assert_null(text);
+  assert_int_equal(len, 0);
   /* An empty file: no text. */
   write_file(path, "", 0);
   assert_int_equal(sc__read_file(path, 1000, true, &text, &len), 0);
@@ -236,6 +241,24 @@ static void read_file_reads_a_file_whole_with_a_nul(void **state) {
 }
 
 /* ---- formatting and errors ---- */
+
+/* A printf-style function written with SC__FORMAT_ARGS. */
+static size_t format_into_eight(char out[8], const char *fmt, ...) SC__PRINTF(2, 3);
+static size_t format_into_eight(char out[8], const char *fmt, ...) {
+  char buf[8];
+  SC__FORMAT_ARGS(buf, fmt);
+  memcpy(out, buf, sizeof(buf));
+  return strlen(buf);
+}
+
+static void format_args_formats_the_callers_arguments_cut_to_its_array(void **state) {
+  (void)state;
+  char out[8];
+  assert_int_equal(format_into_eight(out, "%s-%d", "ab", 7), 4);
+  assert_string_equal(out, "ab-7");
+  assert_int_equal(format_into_eight(out, "%s%u", "abcdef", 123u), 7);
+  assert_string_equal(out, "abcdef1");
+}
 
 static void format_cuts_to_the_buffer_and_says_what_it_wrote(void **state) {
   (void)state;
@@ -288,6 +311,7 @@ static void effect_and_action_names_follow_the_enums(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(format_args_formats_the_callers_arguments_cut_to_its_array),
       cmocka_unit_test(map_puts_gets_and_replaces),
       cmocka_unit_test(map_keeps_every_key_through_growth_and_deletes),
       cmocka_unit_test(map_keys_are_bytes_and_may_hold_a_nul),
