@@ -1796,7 +1796,7 @@ static void zeros_left_by_a_power_loss_are_a_torn_tail(void **state) {
     sc_engine *e = new_engine(&loop, &b);
     sc_jsonl *log = open_log(e, path, SC_FSYNC_BATCH);
     submit_job(e, "job-001", "s0");
-    settle(&loop);
+    settle_loop(&loop);
     assert_int_equal(sc_jsonl_close(log), SC_OK);
     sc_engine_free(e);
     logfile after;
