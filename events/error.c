@@ -1,5 +1,6 @@
 /* Error codes, their texts and the per-thread detail message behind sc_error_message(). */
 #include <stdarg.h>
+#include <string.h>
 #include <stdio.h>
 
 #include "internal.h"
@@ -35,10 +36,14 @@ const char *sc_error_message(void) {
 }
 
 int sc_error_set(int code, const char *fmt, ...) {
+  /* Formatted aside first: an argument may be sc_error_message() itself (a message that wraps
+   * the one before it), and vsnprintf must not write the buffer it reads. */
+  char next[sizeof(last_message)];
   va_list ap;
   va_start(ap, fmt);
-  sc__vformat(last_message, sizeof(last_message), fmt, ap);
+  sc__vformat(next, sizeof(next), fmt, ap);
   va_end(ap);
+  memcpy(last_message, next, strlen(next) + 1);
   return code;
 }
 

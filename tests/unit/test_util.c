@@ -287,6 +287,17 @@ static void the_internal_error_setter_is_the_public_one(void **state) {
   assert_string_equal(sc_error_message(), "write job.jsonl: disk full");
   assert_int_equal(sc_error_set(SC_EINVAL, "%d", 42), SC_EINVAL);
   assert_string_equal(sc_error_message(), "42");
+  /* A message that wraps the one before it, passed as an argument: the buffer is not read while
+   * it is written. */
+  assert_int_equal(sc_error_set(SC_EIO, "database %s: %s", "d.db", sc_error_message()), SC_EIO);
+  assert_string_equal(sc_error_message(), "database d.db: 42");
+  char longer[600];
+  memset(longer, 'm', sizeof(longer) - 1);
+  longer[sizeof(longer) - 1] = '\0';
+  sc_error_set(SC_EIO, "%s", longer);
+  sc_error_set(SC_EIO, "x: %s", sc_error_message());
+  assert_int_equal(strncmp(sc_error_message(), "x: mmm", 6), 0);
+  assert_int_equal(strlen(sc_error_message()), 511);
   sc__error_clear();
   assert_string_equal(sc_error_message(), "");
 }
