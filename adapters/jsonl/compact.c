@@ -514,7 +514,7 @@ static int lock_log(const char *path, int *out) {
   for (int attempt = 0; attempt < 8; attempt++) {
     int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-      return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "compact: no such log %s", path)
+      return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
                              : sc_error_set(SC_EIO, "open %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
@@ -523,10 +523,12 @@ static int lock_log(const char *path, int *out) {
       if (err != EWOULDBLOCK) return sc_error_set(SC_EIO, "lock %s: %s", path, strerror(err));
       if (pid > 0)
         return sc_error_set(SC_EBUSY,
-                            "log %s is locked by pid %ld: a writer is running (stop it first); "
-                            "nothing was changed",
+                            "log %s is locked by pid %ld: a writer or another compaction is "
+                            "running (let it finish or stop it first); nothing was changed",
                             path, pid);
-      return sc_error_set(SC_EBUSY, "log %s is locked by a writer; nothing was changed", path);
+      return sc_error_set(SC_EBUSY,
+                          "log %s is locked by a writer or another compaction; nothing was changed",
+                          path);
     }
     if (sc__jsonl_is_named(fd, path)) {
       *out = fd;
@@ -543,6 +545,103 @@ static int write_new_log(compactor *c, out_file *f, const sc_jsonl_compact_optio
   for (size_t i = 0; i < c->nlines && rc == SC_OK; i++)
     if (keep_line(c, i, o, now)) rc = out_line(f, c->log->data + c->lines[i].off, c->lines[i].len);
   if (rc == SC_OK) rc = out_flush(f);
+  return rc;
+}
+
+/* What a file that is not a regular file is, for the refusal. */
+static const char *kind_of(mode_t m) {
+  return S_ISDIR(m)                 ? "a directory"
+         : S_ISFIFO(m)              ? "a FIFO"
+         : S_ISSOCK(m)              ? "a socket"
+         : S_ISCHR(m) || S_ISBLK(m) ? "a device"
+                                    : "not a regular file";
+}
+
+/* The absolute name of path with its directory resolved and its last part kept as it is (a
+ * symbolic link there stays the link); NULL when the directory does not resolve. */
+static char *resolve_dir(const char *path) {
+  char *a = strdup(path), *b = strdup(path);
+  char *dir = a ? realpath(dirname(a), NULL) : NULL, *out = NULL;
+  if (dir != NULL && b != NULL && asprintf(&out, "%s/%s", dir, basename(b)) < 0) out = NULL;
+  free(dir);
+  free(a);
+  free(b);
+  return out;
+}
+
+/* Whether the file at tmp is what a compaction of ours left when it stopped before its rename:
+ * a regular file with no other name, of this user, empty or beginning with a compacted line.
+ * Anything else under that name is someone's, and is not touched. */
+static bool our_leftover(const char *tmp) {
+  static const char head[] = "{\"specversion\":\"1.0\",\"id\":\"log.compacted/";
+  struct stat st;
+  if (lstat(tmp, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid())
+    return false;
+  if (st.st_size == 0) return true;
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  char buf[sizeof(head) - 1];
+  ssize_t n = pread(fd, buf, sizeof(buf), 0);
+  struct stat again;
+  bool same = fstat(fd, &again) == 0 && again.st_dev == st.st_dev && again.st_ino == st.st_ino;
+  close(fd);
+  return same && n == (ssize_t)sizeof(buf) && memcmp(buf, head, sizeof(buf)) == 0;
+}
+
+/* Creates the new log's file: a name of its own that no other file has (O_EXCL, O_NOFOLLOW: a
+ * link or a file planted there is never written through), after removing what an earlier
+ * compaction left under it. */
+static int create_tmp(const char *tmp, int *out) {
+  struct stat st;
+  if (lstat(tmp, &st) == 0) {
+    if (!our_leftover(tmp))
+      return sc_error_set(SC_EINVAL,
+                          "compact: %s exists and is not what a compaction left (%s): it is "
+                          "left alone; move it away and compact again (nothing was changed)",
+                          tmp,
+                          S_ISLNK(st.st_mode)    ? "a symbolic link"
+                          : !S_ISREG(st.st_mode) ? kind_of(st.st_mode)
+                          : st.st_nlink != 1     ? "a file with another name"
+                                                 : "a file of someone else's");
+    if (unlink(tmp) != 0 && errno != ENOENT)
+      return sc_error_set(SC_EIO, "remove the leftover %s: %s", tmp, strerror(errno));
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return sc_error_set(errno == EEXIST ? SC_EINVAL : SC_EIO, "create %s: %s%s", tmp,
+                        strerror(errno),
+                        errno == EEXIST ? " (another file took the name meanwhile; nothing "
+                                          "was changed)"
+                                        : "");
+  *out = fd;
+  return SC_OK;
+}
+
+/* The archive must be a new name, and neither the log nor the new log's file: the old log gets
+ * it as a second name, and the new one is written beside. */
+static int check_archive(const char *archive, const char *real, const char *tmp, int log_fd) {
+  char *full = resolve_dir(archive);
+  if (full == NULL)
+    return sc_error_set(SC_EINVAL, "compact: archive %s: its directory: %s", archive,
+                        strerror(errno ? errno : ENOENT));
+  int rc = SC_OK;
+  struct stat st, lst;
+  if (strcmp(full, real) == 0 || (fstat(log_fd, &lst) == 0 && stat(archive, &st) == 0 &&
+                                  st.st_dev == lst.st_dev && st.st_ino == lst.st_ino))
+    rc = sc_error_set(SC_EINVAL,
+                      "compact: archive %s is the log itself (another name of the same file, "
+                      "as a compaction killed right after archiving leaves): it would be no "
+                      "copy; remove that name or give another (nothing was changed)",
+                      archive);
+  else if (strcmp(full, tmp) == 0)
+    rc = sc_error_set(SC_EINVAL,
+                      "compact: archive %s is the name the new log is written under; give "
+                      "another (nothing was changed)",
+                      archive);
+  else if (lstat(archive, &st) == 0)
+    rc = sc_error_set(SC_EINVAL, "compact: archive %s: %s (nothing was changed)", archive,
+                      strerror(EEXIST));
+  free(full);
   return rc;
 }
 
@@ -563,12 +662,20 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   int64_t now = opts.now_s ? opts.now_s : (int64_t)time(NULL);
   if (opts.archive != NULL && (!*opts.archive || strcmp(opts.archive, path) == 0))
     return sc_error_set(SC_EINVAL, "compact: the archive must be another name than the log");
+  /* Only a regular file is a log: a directory, a FIFO, a socket or a device is refused before
+   * it is opened (opening a FIFO would wait, and /dev/stdin is no name to rename over). */
+  struct stat pst;
+  if (stat(path, &pst) != 0)
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
+                           : sc_error_set(SC_EIO, "%s: %s", path, strerror(errno));
+  if (!S_ISREG(pst.st_mode))
+    return sc_error_set(SC_EPARSE, "%s is not a stagecoach log (%s)", path, kind_of(pst.st_mode));
   /* A log reached through a symbolic link is compacted where it is: the new file goes beside
    * the file itself and takes its name, and the link stays a link. */
   char *real = realpath(path, NULL);
   if (real == NULL)
-    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "compact: no such log %s", path)
-                           : sc_error_set(SC_EIO, "compact: %s: %s", path, strerror(errno));
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
+                           : sc_error_set(SC_EIO, "%s: %s", path, strerror(errno));
   char *tmp = NULL;
   if (asprintf(&tmp, "%s.compacting", real) < 0) {
     free(real);
@@ -583,7 +690,9 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   int rc = lock_log(path, &fd);
   if (rc != SC_OK) goto out;
   step(&opts, "locked");
-  rc = sc__log_map_fd(fd, &l);
+  /* Read into memory, not mapped: the lock keeps our writers out, not a process that cuts the
+   * file, and a mapping of a file cut under it faults. */
+  rc = sc__log_read_fd(fd, &l);
   if (rc == SC_EPARSE) {
     rc = sc_error_set(SC_EPARSE, "%s is not a stagecoach log (not a regular file)", path);
     goto out;
@@ -592,6 +701,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
     rc = sc_error_set(SC_EIO, "read %s: %s", path, strerror(errno));
     goto out;
   }
+  if (opts.archive != NULL && (rc = check_archive(opts.archive, real, tmp, fd)) != SC_OK) goto out;
   sc__chain chain;
   if (sc__chain_init(&chain) != SC_OK) {
     rc = sc_error_set(SC_ENOMEM, "compact: out of memory");
@@ -649,12 +759,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
     if ((rc = sync_dir(opts.archive)) != SC_OK) goto out;
     step(&opts, "archived");
   }
-  /* A file of that name is what an earlier compaction left when it stopped: we hold the lock. */
-  f.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (f.fd < 0) {
-    rc = sc_error_set(SC_EIO, "create %s: %s", tmp, strerror(errno));
-    goto out;
-  }
+  if ((rc = create_tmp(tmp, &f.fd)) != SC_OK) goto out;
   tmp_made = true;
   /* The new log has the old one's permissions (and owner, where we may give it). */
   struct stat st;
@@ -719,6 +824,8 @@ static int chain_end(const char *path, char prev[CHAIN_HEX], uint64_t *lines, sc
                      bool *is_compacted, char named[CHAIN_HEX], uint64_t *named_lines) {
   int rc = sc__log_map(path, l);
   if (rc == SC_ENOTFOUND) return sc_error_set(rc, "no such log %s", path);
+  if (rc == SC_EPARSE)
+    return sc_error_set(rc, "%s is not a stagecoach log (a FIFO, a socket or a device)", path);
   if (rc != SC_OK) return sc_error_set(rc, "read %s: %s", path, strerror(errno));
   sc__chain c;
   if (sc__chain_init(&c) != SC_OK) return sc_error_set(SC_ENOMEM, "out of memory");
