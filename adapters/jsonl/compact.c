@@ -33,9 +33,11 @@ typedef struct record {
   size_t first_line, created, fold_first, last_status, last_epoch, last_line;
   int64_t last_time; /* seconds since the epoch of its last line; INT64_MIN: unknown */
   bool has_created, terminal, superseded, replaced, rolling_back;
-  bool anchor; /* the id's first record, whose first line keeps the id's place in the scan's
-                  order for a later run that is unfinished */
-  int keep;    /* memo of keep_whole(): -1 unknown, 0 no, 1 yes, 2 being decided */
+  bool id_kept;  /* on the id's first record: a line of some run of the id stays */
+  bool id_lines; /* on the id's first record: the log holds a line of the id */
+  bool anchor;   /* the id's first record, whose first line keeps the id's place in the scan's
+                    order for a later run that is unfinished */
+  int keep;      /* memo of keep_whole(): -1 unknown, 0 no, 1 yes, 2 being decided */
 } record;
 
 enum { LINE_STATE = 1 }; /* a line whose kind the scan remembers */
@@ -55,6 +57,7 @@ typedef struct compactor {
   size_t nbuckets;
   record **all; /* every record, in the order made */
   size_t nall, capall;
+  cJSON *old_dropped; /* the ids an older compacted line names as dropped */
   int err;
 } compactor;
 
@@ -139,6 +142,7 @@ static void compactor_free(compactor *c) {
   free(c->all);
   free(c->buckets);
   free(c->lines);
+  cJSON_Delete(c->old_dropped);
 }
 
 /* The raw string value of the first member named key; NULL when absent or escaped. */
@@ -219,6 +223,7 @@ static int take_line(compactor *c, size_t idx, const char *type, size_t tlen, co
   record *r = record_of(c, id, idlen, known, known && ev == SC_EV_TASK_CREATED);
   if (r == NULL) return known ? SC_ENOMEM : SC_OK;
   li->rec = r;
+  r->first_run->id_lines = true;
   if (r->first_line == NONE) r->first_line = idx;
   r->last_line = idx;
   size_t slen;
@@ -284,6 +289,28 @@ static int on_line(const char *line, size_t len, uint64_t offset, uint64_t linen
       sc_event_doc_event(doc)->task_id != NULL) {
     id = sc_event_doc_event(doc)->task_id; /* an id with escapes */
     idlen = strlen(id);
+  }
+  if (idx == 0 && id == NULL && type != NULL && data != NULL && c->old_dropped == NULL &&
+      tlen == sizeof("log.compacted") - 1 && memcmp(type, "log.compacted", tlen) == 0) {
+    /* An older compaction's list of the ids it dropped: they stay refused for a new run. */
+    size_t event_len;
+    const char *hex;
+    cJSON *root = NULL;
+    if (sc__chain_split(line, len, &event_len, &hex)) {
+      char *copy = malloc(event_len + 1);
+      if (copy == NULL) return c->err = sc_error_set(SC_ENOMEM, "compact: out of memory");
+      memcpy(copy, line, event_len);
+      copy[event_len] = '}';
+      root = cJSON_ParseWithLength(copy, event_len + 1);
+      free(copy);
+    }
+    cJSON *ids = cJSON_DetachItemFromObjectCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(root, "data"), "dropped_task_ids");
+    cJSON_Delete(root);
+    if (cJSON_IsArray(ids))
+      c->old_dropped = ids;
+    else
+      cJSON_Delete(ids);
   }
   int rc = id == NULL || type == NULL || data == NULL
                ? SC_OK
@@ -463,19 +490,74 @@ static void format_time(int64_t now, char out[64]) {
   snprintf(out, 64, "%s.%06ldZ", base, (long)(ts.tv_nsec / 1000) % 1000000);
 }
 
-static int write_compacted_line(out_file *f, const sc_jsonl_compact_report *r, int64_t now) {
-  char when[64], event[1024];
+/* Appends s to the buffer as a JSON string. */
+static bool put_json_string(sc__buf *b, const char *s) {
+  sc__buf_put(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\') {
+      char esc[2] = {'\\', (char)*p};
+      sc__buf_put(b, esc, 2);
+    } else if (*p < 0x20) {
+      char esc[8];
+      snprintf(esc, sizeof(esc), "\\u%04x", *p);
+      sc__buf_put(b, esc, 6);
+    } else {
+      sc__buf_put(b, p, 1);
+    }
+  }
+  sc__buf_put(b, "\"", 1);
+  return !b->oom;
+}
+
+/* The ids no line of the new log names, which a new run must not take again (a run under an id
+ * it had before would carry the old run's idempotency keys): those of this compaction's dropped
+ * records and those an older compacted line listed, each once. */
+static bool put_dropped_ids(sc__buf *b, compactor *c) {
+  bool first = true;
+  sc__buf_put(b, ",\"dropped_task_ids\":[", 21);
+  for (size_t i = 0; i < c->nall; i++) {
+    record *x = c->all[i];
+    if (x->first_run != x || !x->id_lines || x->id_kept) continue;
+    if (!first) sc__buf_put(b, ",", 1);
+    first = false;
+    if (!put_json_string(b, x->id)) return false;
+  }
+  const cJSON *it;
+  cJSON_ArrayForEach(it, c->old_dropped) {
+    if (!cJSON_IsString(it)) continue;
+    record **slot = c->nbuckets ? bucket_of(c, it->valuestring, strlen(it->valuestring)) : NULL;
+    if (slot != NULL && *slot != NULL && (*slot)->first_run->id_lines)
+      continue; /* used again since (through the library): it is listed above or kept */
+    if (!first) sc__buf_put(b, ",", 1);
+    first = false;
+    if (!put_json_string(b, it->valuestring)) return false;
+  }
+  sc__buf_put(b, "]", 1);
+  return !b->oom;
+}
+
+static int write_compacted_line(out_file *f, compactor *c, const sc_jsonl_compact_report *r,
+                                int64_t now) {
+  char when[64], head[1024];
   format_time(now, when);
-  int n = snprintf(event, sizeof(event),
+  int n = snprintf(head, sizeof(head),
                    "{\"specversion\":\"1.0\",\"id\":\"log.compacted/%.16s\",\"source\":"
                    "\"stagecoach\",\"type\":\"stagecoach.log.compacted\",\"time\":\"%s\","
                    "\"datacontenttype\":\"application/json\",\"data\":{\"previous_chain\":\"%s\","
                    "\"previous_lines\":%llu,\"previous_bytes\":%llu,\"unfinished_tasks\":%llu,"
-                   "\"kept_finished_tasks\":%llu,\"dropped_tasks\":%llu}}",
+                   "\"kept_finished_tasks\":%llu,\"dropped_tasks\":%llu",
                    r->previous_chain, when, r->previous_chain, (unsigned long long)r->lines_before,
                    (unsigned long long)r->bytes_before, (unsigned long long)r->unfinished,
                    (unsigned long long)r->kept_finished, (unsigned long long)r->dropped);
-  return out_event(f, event, (size_t)n);
+  sc__buf b;
+  sc__buf_init(&b);
+  sc__buf_put(&b, head, (size_t)n);
+  int rc = put_dropped_ids(&b, c) ? SC_OK : sc_error_set(SC_ENOMEM, "compact: out of memory");
+  sc__buf_put(&b, "}}", 2);
+  if (rc == SC_OK && b.oom) rc = sc_error_set(SC_ENOMEM, "compact: out of memory");
+  if (rc == SC_OK) rc = out_event(f, b.p, b.len);
+  sc__buf_free(&b);
+  return rc;
 }
 
 /* ---- the steps ---- */
@@ -541,7 +623,7 @@ static int lock_log(const char *path, int *out) {
 
 static int write_new_log(compactor *c, out_file *f, const sc_jsonl_compact_options *o,
                          sc_jsonl_compact_report *r, int64_t now) {
-  int rc = write_compacted_line(f, r, now);
+  int rc = write_compacted_line(f, c, r, now);
   for (size_t i = 0; i < c->nlines && rc == SC_OK; i++)
     if (keep_line(c, i, o, now)) rc = out_line(f, c->log->data + c->lines[i].off, c->lines[i].len);
   if (rc == SC_OK) rc = out_flush(f);
@@ -726,6 +808,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   for (size_t i = 0; i < c.nlines; i++) {
     bool keep = keep_line(&c, i, &opts, now);
     keep ? kept_lines++ : dropped_lines++;
+    if (keep && c.lines[i].rec != NULL) c.lines[i].rec->first_run->id_kept = true;
   }
   for (size_t i = 0; i < c.nall; i++) {
     record *x = c.all[i];

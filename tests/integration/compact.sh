@@ -267,5 +267,23 @@ if [ $status = 1 ] && echo "$out" | grep -q "writing this summary failed"; then
 else
   fail "compact >/dev/full (exit $status)" "$out"
 fi
+log3=$d/reuse.jsonl
+rm -f "$log3"
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-17 --plain >/dev/null 2>&1
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-18 --plain >/dev/null 2>&1
+"$sc" compact "$log3" >/dev/null 2>&1
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-19 --plain >/dev/null 2>&1
+"$sc" compact "$log3" >/dev/null 2>&1 # the second compaction carries the first one's ids on
+out=$("$sc" run "$d/quick.json" --log "$log3" --task-id order-17 --plain 2>&1)
+status=$?
+out2=$("$sc" run "$d/quick.json" --log "$log3" --task-id order-19 --plain 2>&1)
+status2=$?
+if [ $status = 2 ] && [ $status2 = 2 ] && echo "$out" | grep -q "already in" &&
+  ! grep -q '"taskid":"order-17"' "$log3" &&
+  "$sc" run "$d/quick.json" --log "$log3" --task-id order-20 --plain >/dev/null 2>&1; then
+  ok "an id whose lines compaction dropped is still refused for a new run (its keys would repeat)"
+else
+  fail "reusing a compacted-away id (exit $status, $status2)" "$out" "$out2"
+fi
 echo "1..$n"
 [ $violations = 0 ]

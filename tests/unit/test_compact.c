@@ -1009,7 +1009,8 @@ static void what_is_not_a_regular_file_is_not_a_log(void **state) {
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
   assert_true(fd >= 0);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+  assert_true(strlen(path) < sizeof(sa.sun_path));
+  memcpy(sa.sun_path, path, strlen(path) + 1);
   assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
   assert_int_equal(sc_jsonl_compact(path, NULL, NULL), SC_EPARSE);
   assert_non_null(strstr(sc_error_message(), "a socket"));
@@ -1027,6 +1028,67 @@ static void what_is_not_a_regular_file_is_not_a_log(void **state) {
   assert_non_null(strstr(sc_error_message(), "not a stagecoach log"));
   assert_int_equal(sc_jsonl_verify_link(log, "/dev/zero"), SC_EPARSE);
   unlink(path);
+}
+
+/* Whether the first line of the log names id among the dropped task ids. */
+static bool names_dropped(const char *path, const char *id) {
+  size_t len;
+  char *text = slurp(path, &len);
+  assert_non_null(text);
+  char *nl = strchr(text, '\n');
+  assert_non_null(nl);
+  cJSON *root = cJSON_ParseWithLength(text, (size_t)(nl - text));
+  assert_non_null(root);
+  const cJSON *ids = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "data"), "dropped_task_ids");
+  assert_true(cJSON_IsArray(ids));
+  bool found = false;
+  size_t times = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, ids) {
+    assert_true(cJSON_IsString(it));
+    if (strcmp(it->valuestring, id) == 0) times++;
+  }
+  assert_true(times <= 1); /* each once */
+  found = times == 1;
+  cJSON_Delete(root);
+  free(text);
+  return found;
+}
+
+static void the_compacted_line_keeps_the_ids_it_dropped(void **state) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  write_mixed_log(path);
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  /* done and stopped finished and went, long and broken were superseded by their recoveries
+   * (under new ids) and went; early is unfinished and kept, and again's later run too */
+  const char *gone[] = {"done", "stopped", "long", "broken"};
+  for (size_t i = 0; i < 4; i++) {
+    assert_true(names_dropped(path, gone[i]));
+    assert_int_equal(lines_of(path, gone[i]), 0);
+  }
+  assert_false(names_dropped(path, "early"));
+  assert_false(names_dropped(path, "again"));
+  assert_true(lines_of(path, "early") > 0 && lines_of(path, "again") > 0);
+  /* A later task that finishes, then another compaction: the older ids stay listed. */
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = new_engine(&loop);
+  sc_jsonl *log = open_log(e, path);
+  submit(e, "later", "s0,s1");
+  run_a_while(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  assert_true(names_dropped(path, "later"));
+  for (size_t i = 0; i < 4; i++)
+    assert_true(names_dropped(path, gone[i]));
+  assert_false(names_dropped(path, "early"));
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
 }
 
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
@@ -1052,6 +1114,7 @@ int main(void) {
       T(a_file_planted_at_the_temporary_name_is_never_written_through),
       T(a_log_cut_by_another_process_mid_way_is_no_crash),
       T(what_is_not_a_regular_file_is_not_a_log),
+      T(the_compacted_line_keeps_the_ids_it_dropped),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
