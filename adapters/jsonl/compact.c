@@ -776,7 +776,10 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
    * file, and a mapping of a file cut under it faults. */
   rc = sc__log_read_fd(fd, &l);
   if (rc == SC_EPARSE) {
-    rc = sc_error_set(SC_EPARSE, "%s is not a stagecoach log (not a regular file)", path);
+    rc = sc_error_set(SC_EPARSE,
+                      "%s is not a stagecoach log (not a regular file: a file whose size says 0 "
+                      "but that reads as bytes, as in /proc, or no file at all)",
+                      path);
     goto out;
   }
   if (rc != SC_OK) {
