@@ -80,11 +80,12 @@ int cli_compact(int argc, char **argv) {
   if (log == NULL) return cli_usage_error("compact", "which log? (stagecoach compact LOG)");
   sc_jsonl_compact_report r;
   int rc = sc_jsonl_compact(log, &o, &r);
+  /* The library's messages may begin with "compact: ": the command's prefix says it already. */
+  const char *msg = sc_error_message();
+  if (strncmp(msg, "compact: ", 9) == 0) msg += 9;
   if (rc == SC_ENOTFOUND || rc == SC_EPARSE || rc == SC_EINVAL)
-    return cli_usage_error("compact", "%s", sc_error_message());
+    return cli_usage_error("compact", "%s", msg);
   if (rc != SC_OK) {
-    const char *msg = sc_error_message();
-    if (strncmp(msg, "compact: ", 9) == 0) msg += 9;
     fprintf(stderr, "stagecoach compact: %s\n", msg);
     return CLI_EXIT_FAILED;
   }
@@ -93,17 +94,26 @@ int cli_compact(int argc, char **argv) {
   show_size(after, sizeof(after), r.bytes_after);
   if (!r.compacted) {
     printf("%s: nothing to compact (%llu lines, %s; %llu unfinished and %llu finished tasks "
-           "kept); the file is unchanged\n",
+           "kept); the file is unchanged%s%s%s\n",
            log, (unsigned long long)r.lines_before, before, (unsigned long long)r.unfinished,
-           (unsigned long long)r.kept_finished);
-    return CLI_EXIT_COMPLETED;
+           (unsigned long long)r.kept_finished, o.archive ? ", and no archive was made (" : "",
+           o.archive ? o.archive : "", o.archive ? " does not exist)" : "");
+  } else {
+    printf("%s: compacted %llu lines (%s) to %llu (%s): %llu unfinished tasks kept for "
+           "recovery, %llu finished kept, %llu dropped%s\n",
+           log, (unsigned long long)r.lines_before, before, (unsigned long long)r.lines_after,
+           after, (unsigned long long)r.unfinished, (unsigned long long)r.kept_finished,
+           (unsigned long long)r.dropped, r.torn_tail_dropped ? "; a torn tail dropped" : "");
+    printf("  the new chain begins by naming the old one's last value %.16s...\n",
+           r.previous_chain);
+    if (o.archive) printf("  the old log is kept as %s\n", o.archive);
   }
-  printf("%s: compacted %llu lines (%s) to %llu (%s): %llu unfinished tasks kept for recovery, "
-         "%llu finished kept, %llu dropped%s\n",
-         log, (unsigned long long)r.lines_before, before, (unsigned long long)r.lines_after, after,
-         (unsigned long long)r.unfinished, (unsigned long long)r.kept_finished,
-         (unsigned long long)r.dropped, r.torn_tail_dropped ? "; a torn tail dropped" : "");
-  printf("  the new chain begins by naming the old one's last value %.16s...\n", r.previous_chain);
-  if (o.archive) printf("  the old log is kept as %s\n", o.archive);
+  /* The log is compacted either way; a summary that could not be written is still a failure of
+   * the command (a script reading it would see nothing). */
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "stagecoach compact: %s was %s, but writing this summary failed: %s\n", log,
+            r.compacted ? "compacted" : "left as it was", strerror(errno));
+    return CLI_EXIT_FAILED;
+  }
   return CLI_EXIT_COMPLETED;
 }

@@ -573,7 +573,22 @@ static bool json_plain(const char *id) {
   return true;
 }
 
-/* Whether the log at path already holds events of the task id (false when there is no log). */
+/* Whether a log's compacted first line names id among the ids whose lines a compaction dropped
+ * (a new run under one would repeat that run's idempotency keys). */
+static bool compacted_dropped(const char *line, size_t len, const char *id) {
+  cJSON *root = cJSON_ParseWithLength(line, len);
+  const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
+  const cJSON *it, *ids = cJSON_GetObjectItemCaseSensitive(data, "dropped_task_ids");
+  bool found = false;
+  cJSON_ArrayForEach(it, ids) {
+    if (cJSON_IsString(it) && strcmp(it->valuestring, id) == 0) found = true;
+  }
+  cJSON_Delete(root);
+  return found;
+}
+
+/* Whether the log at path already holds events of the task id, or its compacted first line names
+ * the id as dropped (false when there is no log). */
 static bool log_holds_task(const char *path, const char *id) {
   FILE *f = fopen(path, "r");
   if (f == NULL) return false;
@@ -581,9 +596,13 @@ static bool log_holds_task(const char *path, const char *id) {
   size_t cap = 0, idlen = strlen(id);
   ssize_t len;
   bool found = false, plain = json_plain(id);
-  while (!found && (len = getline(&line, &cap, f)) > 0) {
+  while (!found && (len = getline(&line, &cap, f)) > 0 && line != NULL) {
     /* A plain id is in its lines as it is: the others are skipped cheaply. */
     if (plain && memmem(line, (size_t)len, id, idlen) == NULL) continue;
+    if (memmem(line, len < 256 ? (size_t)len : 256, "\"type\":\"stagecoach.log.compacted\"", 33)) {
+      found = compacted_dropped(line, (size_t)len, id);
+      continue;
+    }
     sc_event_doc *d;
     if (sc_event_parse(line, (size_t)len - (line[len - 1] == '\n'), &d) != SC_OK) continue;
     found = strcmp(sc_event_doc_event(d)->task_id, id) == 0;

@@ -128,6 +128,16 @@ static int read_whole(int fd, sc__log *l) {
   return SC_OK;
 }
 
+int sc__log_read_fd(int fd, sc__log *l) {
+  memset(l, 0, sizeof(*l));
+  int rc = read_whole(fd, l);
+  if (rc != SC_OK || l->size > 0) return rc;
+  /* A file that says it is empty yet gives bytes (/proc, sysfs) is no file a writer appends to. */
+  char one;
+  ssize_t n = pread(fd, &one, 1, 0);
+  return n > 0 ? SC_EPARSE : SC_OK;
+}
+
 int sc__log_map(const char *path, sc__log *l) {
   memset(l, 0, sizeof(*l));
   /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. */

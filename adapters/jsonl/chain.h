@@ -57,6 +57,10 @@ int sc__log_map(const char *path, sc__log *l);
  * line before it) the beginning of a task.created. */
 bool sc__log_tail_is_ours(const char *tail, size_t len, bool first_line);
 int sc__log_map_fd(int fd, sc__log *l);
+/* Reads the file open as fd into memory (as sc__log_map does), for a reader that holds the lock
+ * but not every process that could cut the file: SC_EPARSE also for a file whose size says 0 and
+ * that yields bytes all the same (/proc). */
+int sc__log_read_fd(int fd, sc__log *l);
 void sc__log_unmap(sc__log *l);
 
 /* The walk of sc_jsonl_verify: calls line_fn(line, len, offset, lineno, udata) for every line

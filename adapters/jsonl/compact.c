@@ -33,9 +33,11 @@ typedef struct record {
   size_t first_line, created, fold_first, last_status, last_epoch, last_line;
   int64_t last_time; /* seconds since the epoch of its last line; INT64_MIN: unknown */
   bool has_created, terminal, superseded, replaced, rolling_back;
-  bool anchor; /* the id's first record, whose first line keeps the id's place in the scan's
-                  order for a later run that is unfinished */
-  int keep;    /* memo of keep_whole(): -1 unknown, 0 no, 1 yes, 2 being decided */
+  bool id_kept;  /* on the id's first record: a line of some run of the id stays */
+  bool id_lines; /* on the id's first record: the log holds a line of the id */
+  bool anchor;   /* the id's first record, whose first line keeps the id's place in the scan's
+                    order for a later run that is unfinished */
+  int keep;      /* memo of keep_whole(): -1 unknown, 0 no, 1 yes, 2 being decided */
 } record;
 
 enum { LINE_STATE = 1 }; /* a line whose kind the scan remembers */
@@ -55,6 +57,7 @@ typedef struct compactor {
   size_t nbuckets;
   record **all; /* every record, in the order made */
   size_t nall, capall;
+  cJSON *old_dropped; /* the ids an older compacted line names as dropped */
   int err;
 } compactor;
 
@@ -139,6 +142,7 @@ static void compactor_free(compactor *c) {
   free(c->all);
   free(c->buckets);
   free(c->lines);
+  cJSON_Delete(c->old_dropped);
 }
 
 /* The raw string value of the first member named key; NULL when absent or escaped. */
@@ -219,6 +223,7 @@ static int take_line(compactor *c, size_t idx, const char *type, size_t tlen, co
   record *r = record_of(c, id, idlen, known, known && ev == SC_EV_TASK_CREATED);
   if (r == NULL) return known ? SC_ENOMEM : SC_OK;
   li->rec = r;
+  r->first_run->id_lines = true;
   if (r->first_line == NONE) r->first_line = idx;
   r->last_line = idx;
   size_t slen;
@@ -284,6 +289,28 @@ static int on_line(const char *line, size_t len, uint64_t offset, uint64_t linen
       sc_event_doc_event(doc)->task_id != NULL) {
     id = sc_event_doc_event(doc)->task_id; /* an id with escapes */
     idlen = strlen(id);
+  }
+  if (idx == 0 && id == NULL && type != NULL && data != NULL && c->old_dropped == NULL &&
+      tlen == sizeof("log.compacted") - 1 && memcmp(type, "log.compacted", tlen) == 0) {
+    /* An older compaction's list of the ids it dropped: they stay refused for a new run. */
+    size_t event_len;
+    const char *hex;
+    cJSON *root = NULL;
+    if (sc__chain_split(line, len, &event_len, &hex)) {
+      char *copy = malloc(event_len + 1);
+      if (copy == NULL) return c->err = sc_error_set(SC_ENOMEM, "compact: out of memory");
+      memcpy(copy, line, event_len);
+      copy[event_len] = '}';
+      root = cJSON_ParseWithLength(copy, event_len + 1);
+      free(copy);
+    }
+    cJSON *ids = cJSON_DetachItemFromObjectCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(root, "data"), "dropped_task_ids");
+    cJSON_Delete(root);
+    if (cJSON_IsArray(ids))
+      c->old_dropped = ids;
+    else
+      cJSON_Delete(ids);
   }
   int rc = id == NULL || type == NULL || data == NULL
                ? SC_OK
@@ -463,19 +490,74 @@ static void format_time(int64_t now, char out[64]) {
   snprintf(out, 64, "%s.%06ldZ", base, (long)(ts.tv_nsec / 1000) % 1000000);
 }
 
-static int write_compacted_line(out_file *f, const sc_jsonl_compact_report *r, int64_t now) {
-  char when[64], event[1024];
+/* Appends s to the buffer as a JSON string. */
+static bool put_json_string(sc__buf *b, const char *s) {
+  sc__buf_put(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\') {
+      char esc[2] = {'\\', (char)*p};
+      sc__buf_put(b, esc, 2);
+    } else if (*p < 0x20) {
+      char esc[8];
+      snprintf(esc, sizeof(esc), "\\u%04x", *p);
+      sc__buf_put(b, esc, 6);
+    } else {
+      sc__buf_put(b, p, 1);
+    }
+  }
+  sc__buf_put(b, "\"", 1);
+  return !b->oom;
+}
+
+/* The ids no line of the new log names, which a new run must not take again (a run under an id
+ * it had before would carry the old run's idempotency keys): those of this compaction's dropped
+ * records and those an older compacted line listed, each once. */
+static bool put_dropped_ids(sc__buf *b, compactor *c) {
+  bool first = true;
+  sc__buf_put(b, ",\"dropped_task_ids\":[", 21);
+  for (size_t i = 0; i < c->nall; i++) {
+    record *x = c->all[i];
+    if (x->first_run != x || !x->id_lines || x->id_kept) continue;
+    if (!first) sc__buf_put(b, ",", 1);
+    first = false;
+    if (!put_json_string(b, x->id)) return false;
+  }
+  const cJSON *it;
+  cJSON_ArrayForEach(it, c->old_dropped) {
+    if (!cJSON_IsString(it)) continue;
+    record **slot = c->nbuckets ? bucket_of(c, it->valuestring, strlen(it->valuestring)) : NULL;
+    if (slot != NULL && *slot != NULL && (*slot)->first_run->id_lines)
+      continue; /* used again since (through the library): it is listed above or kept */
+    if (!first) sc__buf_put(b, ",", 1);
+    first = false;
+    if (!put_json_string(b, it->valuestring)) return false;
+  }
+  sc__buf_put(b, "]", 1);
+  return !b->oom;
+}
+
+static int write_compacted_line(out_file *f, compactor *c, const sc_jsonl_compact_report *r,
+                                int64_t now) {
+  char when[64], head[1024];
   format_time(now, when);
-  int n = snprintf(event, sizeof(event),
+  int n = snprintf(head, sizeof(head),
                    "{\"specversion\":\"1.0\",\"id\":\"log.compacted/%.16s\",\"source\":"
                    "\"stagecoach\",\"type\":\"stagecoach.log.compacted\",\"time\":\"%s\","
                    "\"datacontenttype\":\"application/json\",\"data\":{\"previous_chain\":\"%s\","
                    "\"previous_lines\":%llu,\"previous_bytes\":%llu,\"unfinished_tasks\":%llu,"
-                   "\"kept_finished_tasks\":%llu,\"dropped_tasks\":%llu}}",
+                   "\"kept_finished_tasks\":%llu,\"dropped_tasks\":%llu",
                    r->previous_chain, when, r->previous_chain, (unsigned long long)r->lines_before,
                    (unsigned long long)r->bytes_before, (unsigned long long)r->unfinished,
                    (unsigned long long)r->kept_finished, (unsigned long long)r->dropped);
-  return out_event(f, event, (size_t)n);
+  sc__buf b;
+  sc__buf_init(&b);
+  sc__buf_put(&b, head, (size_t)n);
+  int rc = put_dropped_ids(&b, c) ? SC_OK : sc_error_set(SC_ENOMEM, "compact: out of memory");
+  sc__buf_put(&b, "}}", 2);
+  if (rc == SC_OK && b.oom) rc = sc_error_set(SC_ENOMEM, "compact: out of memory");
+  if (rc == SC_OK) rc = out_event(f, b.p, b.len);
+  sc__buf_free(&b);
+  return rc;
 }
 
 /* ---- the steps ---- */
@@ -514,7 +596,7 @@ static int lock_log(const char *path, int *out) {
   for (int attempt = 0; attempt < 8; attempt++) {
     int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-      return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "compact: no such log %s", path)
+      return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
                              : sc_error_set(SC_EIO, "open %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
@@ -523,10 +605,12 @@ static int lock_log(const char *path, int *out) {
       if (err != EWOULDBLOCK) return sc_error_set(SC_EIO, "lock %s: %s", path, strerror(err));
       if (pid > 0)
         return sc_error_set(SC_EBUSY,
-                            "log %s is locked by pid %ld: a writer is running (stop it first); "
-                            "nothing was changed",
+                            "log %s is locked by pid %ld: a writer or another compaction is "
+                            "running (let it finish or stop it first); nothing was changed",
                             path, pid);
-      return sc_error_set(SC_EBUSY, "log %s is locked by a writer; nothing was changed", path);
+      return sc_error_set(SC_EBUSY,
+                          "log %s is locked by a writer or another compaction; nothing was changed",
+                          path);
     }
     if (sc__jsonl_is_named(fd, path)) {
       *out = fd;
@@ -539,10 +623,107 @@ static int lock_log(const char *path, int *out) {
 
 static int write_new_log(compactor *c, out_file *f, const sc_jsonl_compact_options *o,
                          sc_jsonl_compact_report *r, int64_t now) {
-  int rc = write_compacted_line(f, r, now);
+  int rc = write_compacted_line(f, c, r, now);
   for (size_t i = 0; i < c->nlines && rc == SC_OK; i++)
     if (keep_line(c, i, o, now)) rc = out_line(f, c->log->data + c->lines[i].off, c->lines[i].len);
   if (rc == SC_OK) rc = out_flush(f);
+  return rc;
+}
+
+/* What a file that is not a regular file is, for the refusal. */
+static const char *kind_of(mode_t m) {
+  return S_ISDIR(m)                 ? "a directory"
+         : S_ISFIFO(m)              ? "a FIFO"
+         : S_ISSOCK(m)              ? "a socket"
+         : S_ISCHR(m) || S_ISBLK(m) ? "a device"
+                                    : "not a regular file";
+}
+
+/* The absolute name of path with its directory resolved and its last part kept as it is (a
+ * symbolic link there stays the link); NULL when the directory does not resolve. */
+static char *resolve_dir(const char *path) {
+  char *a = strdup(path), *b = strdup(path);
+  char *dir = a ? realpath(dirname(a), NULL) : NULL, *out = NULL;
+  if (dir != NULL && b != NULL && asprintf(&out, "%s/%s", dir, basename(b)) < 0) out = NULL;
+  free(dir);
+  free(a);
+  free(b);
+  return out;
+}
+
+/* Whether the file at tmp is what a compaction of ours left when it stopped before its rename:
+ * a regular file with no other name, of this user, empty or beginning with a compacted line.
+ * Anything else under that name is someone's, and is not touched. */
+static bool our_leftover(const char *tmp) {
+  static const char head[] = "{\"specversion\":\"1.0\",\"id\":\"log.compacted/";
+  struct stat st;
+  if (lstat(tmp, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid())
+    return false;
+  if (st.st_size == 0) return true;
+  int fd = open(tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  char buf[sizeof(head) - 1];
+  ssize_t n = pread(fd, buf, sizeof(buf), 0);
+  struct stat again;
+  bool same = fstat(fd, &again) == 0 && again.st_dev == st.st_dev && again.st_ino == st.st_ino;
+  close(fd);
+  return same && n == (ssize_t)sizeof(buf) && memcmp(buf, head, sizeof(buf)) == 0;
+}
+
+/* Creates the new log's file: a name of its own that no other file has (O_EXCL, O_NOFOLLOW: a
+ * link or a file planted there is never written through), after removing what an earlier
+ * compaction left under it. */
+static int create_tmp(const char *tmp, int *out) {
+  struct stat st;
+  if (lstat(tmp, &st) == 0) {
+    if (!our_leftover(tmp))
+      return sc_error_set(SC_EINVAL,
+                          "compact: %s exists and is not what a compaction left (%s): it is "
+                          "left alone; move it away and compact again (nothing was changed)",
+                          tmp,
+                          S_ISLNK(st.st_mode)    ? "a symbolic link"
+                          : !S_ISREG(st.st_mode) ? kind_of(st.st_mode)
+                          : st.st_nlink != 1     ? "a file with another name"
+                                                 : "a file of someone else's");
+    if (unlink(tmp) != 0 && errno != ENOENT)
+      return sc_error_set(SC_EIO, "remove the leftover %s: %s", tmp, strerror(errno));
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return sc_error_set(errno == EEXIST ? SC_EINVAL : SC_EIO, "create %s: %s%s", tmp,
+                        strerror(errno),
+                        errno == EEXIST ? " (another file took the name meanwhile; nothing "
+                                          "was changed)"
+                                        : "");
+  *out = fd;
+  return SC_OK;
+}
+
+/* The archive must be a new name, and neither the log nor the new log's file: the old log gets
+ * it as a second name, and the new one is written beside. */
+static int check_archive(const char *archive, const char *real, const char *tmp, int log_fd) {
+  char *full = resolve_dir(archive);
+  if (full == NULL)
+    return sc_error_set(SC_EINVAL, "compact: archive %s: its directory: %s", archive,
+                        strerror(errno ? errno : ENOENT));
+  int rc = SC_OK;
+  struct stat st, lst;
+  if (strcmp(full, real) == 0 || (fstat(log_fd, &lst) == 0 && stat(archive, &st) == 0 &&
+                                  st.st_dev == lst.st_dev && st.st_ino == lst.st_ino))
+    rc = sc_error_set(SC_EINVAL,
+                      "compact: archive %s is the log itself (another name of the same file, "
+                      "as a compaction killed right after archiving leaves): it would be no "
+                      "copy; remove that name or give another (nothing was changed)",
+                      archive);
+  else if (strcmp(full, tmp) == 0)
+    rc = sc_error_set(SC_EINVAL,
+                      "compact: archive %s is the name the new log is written under; give "
+                      "another (nothing was changed)",
+                      archive);
+  else if (lstat(archive, &st) == 0)
+    rc = sc_error_set(SC_EINVAL, "compact: archive %s: %s (nothing was changed)", archive,
+                      strerror(EEXIST));
+  free(full);
   return rc;
 }
 
@@ -563,12 +744,20 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   int64_t now = opts.now_s ? opts.now_s : (int64_t)time(NULL);
   if (opts.archive != NULL && (!*opts.archive || strcmp(opts.archive, path) == 0))
     return sc_error_set(SC_EINVAL, "compact: the archive must be another name than the log");
+  /* Only a regular file is a log: a directory, a FIFO, a socket or a device is refused before
+   * it is opened (opening a FIFO would wait, and /dev/stdin is no name to rename over). */
+  struct stat pst;
+  if (stat(path, &pst) != 0)
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
+                           : sc_error_set(SC_EIO, "%s: %s", path, strerror(errno));
+  if (!S_ISREG(pst.st_mode))
+    return sc_error_set(SC_EPARSE, "%s is not a stagecoach log (%s)", path, kind_of(pst.st_mode));
   /* A log reached through a symbolic link is compacted where it is: the new file goes beside
    * the file itself and takes its name, and the link stays a link. */
   char *real = realpath(path, NULL);
   if (real == NULL)
-    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "compact: no such log %s", path)
-                           : sc_error_set(SC_EIO, "compact: %s: %s", path, strerror(errno));
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "no such log %s", path)
+                           : sc_error_set(SC_EIO, "%s: %s", path, strerror(errno));
   char *tmp = NULL;
   if (asprintf(&tmp, "%s.compacting", real) < 0) {
     free(real);
@@ -583,15 +772,21 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   int rc = lock_log(path, &fd);
   if (rc != SC_OK) goto out;
   step(&opts, "locked");
-  rc = sc__log_map_fd(fd, &l);
+  /* Read into memory, not mapped: the lock keeps our writers out, not a process that cuts the
+   * file, and a mapping of a file cut under it faults. */
+  rc = sc__log_read_fd(fd, &l);
   if (rc == SC_EPARSE) {
-    rc = sc_error_set(SC_EPARSE, "%s is not a stagecoach log (not a regular file)", path);
+    rc = sc_error_set(SC_EPARSE,
+                      "%s is not a stagecoach log (not a regular file: a file whose size says 0 "
+                      "but that reads as bytes, as in /proc, or no file at all)",
+                      path);
     goto out;
   }
   if (rc != SC_OK) {
     rc = sc_error_set(SC_EIO, "read %s: %s", path, strerror(errno));
     goto out;
   }
+  if (opts.archive != NULL && (rc = check_archive(opts.archive, real, tmp, fd)) != SC_OK) goto out;
   sc__chain chain;
   if (sc__chain_init(&chain) != SC_OK) {
     rc = sc_error_set(SC_ENOMEM, "compact: out of memory");
@@ -616,6 +811,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
   for (size_t i = 0; i < c.nlines; i++) {
     bool keep = keep_line(&c, i, &opts, now);
     keep ? kept_lines++ : dropped_lines++;
+    if (keep && c.lines[i].rec != NULL) c.lines[i].rec->first_run->id_kept = true;
   }
   for (size_t i = 0; i < c.nall; i++) {
     record *x = c.all[i];
@@ -649,12 +845,7 @@ int sc_jsonl_compact(const char *path, const sc_jsonl_compact_options *o,
     if ((rc = sync_dir(opts.archive)) != SC_OK) goto out;
     step(&opts, "archived");
   }
-  /* A file of that name is what an earlier compaction left when it stopped: we hold the lock. */
-  f.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (f.fd < 0) {
-    rc = sc_error_set(SC_EIO, "create %s: %s", tmp, strerror(errno));
-    goto out;
-  }
+  if ((rc = create_tmp(tmp, &f.fd)) != SC_OK) goto out;
   tmp_made = true;
   /* The new log has the old one's permissions (and owner, where we may give it). */
   struct stat st;
@@ -719,6 +910,8 @@ static int chain_end(const char *path, char prev[CHAIN_HEX], uint64_t *lines, sc
                      bool *is_compacted, char named[CHAIN_HEX], uint64_t *named_lines) {
   int rc = sc__log_map(path, l);
   if (rc == SC_ENOTFOUND) return sc_error_set(rc, "no such log %s", path);
+  if (rc == SC_EPARSE)
+    return sc_error_set(rc, "%s is not a stagecoach log (a FIFO, a socket or a device)", path);
   if (rc != SC_OK) return sc_error_set(rc, "read %s: %s", path, strerror(errno));
   sc__chain c;
   if (sc__chain_init(&c) != SC_OK) return sc_error_set(SC_ENOMEM, "out of memory");

@@ -201,6 +201,7 @@ static int collect_checkpoints(jsonl_store *s, const char *task, collect *c) {
 
 static int st_checkpoints(sc_store *base, const char *task_id, cJSON **out) {
   jsonl_store *s = (jsonl_store *)base;
+  if (out == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL out");
   *out = NULL;
   if (task_id == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL task id");
   collect c = {0};
@@ -233,6 +234,7 @@ static int on_event_latest(const char *json, size_t len, void *udata) {
 
 static int st_latest(sc_store *base, const char *task_id, cJSON **out) {
   jsonl_store *s = (jsonl_store *)base;
+  if (out == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL out");
   *out = NULL;
   if (task_id == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL task id");
   collect c = {.task = task_id, .tasklen = strlen(task_id)};
@@ -257,6 +259,7 @@ static int st_latest(sc_store *base, const char *task_id, cJSON **out) {
 
 static int st_checkpoint(sc_store *base, const char *checkpoint_id, cJSON **out) {
   jsonl_store *s = (jsonl_store *)base;
+  if (out == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL out");
   *out = NULL;
   const char *slash = checkpoint_id ? strrchr(checkpoint_id, '/') : NULL;
   char *end = NULL;
@@ -309,12 +312,62 @@ static int on_replay(const char *json, size_t len, void *udata) {
   return rc;
 }
 
+/* One line of a verified log handed to the replay as its event's JSON. */
+typedef struct deliver {
+  replay *r;
+  sc__buf line;
+  int err;
+} deliver;
+
+static int deliver_line(const char *line, size_t len, uint64_t offset, uint64_t lineno,
+                        void *udata) {
+  (void)offset;
+  (void)lineno;
+  deliver *d = udata;
+  size_t event_len;
+  const char *hex;
+  if (!sc__chain_split(line, len, &event_len, &hex)) return SC_OK; /* the walk verified it */
+  sc__buf_reset(&d->line);
+  if (!sc__buf_add(&d->line, line, event_len) || !sc__buf_add(&d->line, "}", 1))
+    return d->err = sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  return on_replay(d->line.p, d->line.len, d->r);
+}
+
+/* The whole log is read once and verified before the first event is handed on: a log that
+ * breaks at line 20 gives no event at all (a failed call never calls its callback). */
+static int replay_verified(const char *path, replay *r) {
+  sc__log l;
+  int rc = sc__log_map(path, &l);
+  if (rc == SC_ENOTFOUND) return sc_error_set(rc, "store jsonl: no such log %s", path);
+  if (rc == SC_EPARSE) return sc_error_set(rc, "store jsonl: %s is not a stagecoach log", path);
+  if (rc != SC_OK) return sc_error_set(rc, "store jsonl: read %s: %s", path, strerror(errno));
+  sc__chain c;
+  sc_jsonl_report report;
+  deliver d = {r, {0}, 0};
+  if (sc__chain_init(&c) != SC_OK) {
+    sc__log_unmap(&l);
+    return sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  }
+  rc = sc__log_walk(path, &l, &c, NULL, NULL, &report);
+  sc__chain_free(&c);
+  if (rc == SC_OK && sc__chain_init(&c) != SC_OK)
+    rc = sc_error_set(SC_ENOMEM, "store jsonl: out of memory");
+  else if (rc == SC_OK) {
+    rc = sc__log_walk(path, &l, &c, deliver_line, &d, &report);
+    sc__chain_free(&c);
+  }
+  if (d.err != 0 && r->ret == 0) rc = d.err;
+  sc__buf_free(&d.line);
+  sc__log_unmap(&l);
+  return rc;
+}
+
 static int st_events(sc_store *base, const char *task_id, uint64_t from_seq, sc_store_event_fn fn,
                      void *udata) {
   jsonl_store *s = (jsonl_store *)base;
   if (fn == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL callback");
   replay r = {task_id, task_id ? strlen(task_id) : 0, from_seq, fn, udata, false, 0};
-  int rc = sc_jsonl_read_events(s->path, on_replay, &r);
+  int rc = replay_verified(s->path, &r);
   if (r.ret != 0) return r.ret;
   if (rc == SC_OK && task_id != NULL && !r.known)
     rc = sc_error_set(SC_ENOTFOUND, "store jsonl: no task %s in %s", task_id, s->path);
@@ -338,6 +391,7 @@ typedef struct summary {
   double retry_count;
   uint64_t epoch;
   bool finished;
+  bool superseded; /* a later recovery named it: the scan returns it no more (scan.c) */
   approval *pending;
   size_t npending;
 } summary;
@@ -504,12 +558,27 @@ static bool note_task(summary *t, const sc_event_doc *d) {
   return true;
 }
 
+/* A recovery (a task.recovered, or a task.created that carries its recovery point) supersedes
+ * the task it names, as the scan rules: that one is unfinished no more. */
+static bool note_recovery(summaries *m, const sc_event *ev) {
+  if (ev->type != SC_EV_TASK_RECOVERED &&
+      !(ev->type == SC_EV_TASK_CREATED &&
+        cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(ev->data, "recovery"))))
+    return true;
+  const char *from = string_in(ev->data, "recovered_from");
+  if (from == NULL || strcmp(from, ev->task_id) == 0) return true;
+  summary *old = summary_of(m, from);
+  if (old == NULL) return false;
+  old->superseded = true;
+  return true;
+}
+
 static int on_summary(const char *json, size_t len, void *udata) {
   summaries *m = udata;
   sc_event_doc *d = NULL;
   if (sc_event_parse(json, len, &d) != SC_OK) return 0; /* no task's event */
   summary *t = summary_of(m, sc_event_doc_event(d)->task_id);
-  bool ok = t != NULL && note_task(t, d);
+  bool ok = t != NULL && note_task(t, d) && note_recovery(m, sc_event_doc_event(d));
   sc_event_doc_free(d);
   return ok ? 0 : (m->err = sc_error_set(SC_ENOMEM, "store jsonl: out of memory"));
 }
@@ -553,6 +622,7 @@ static cJSON *task_item(const summary *t) {
 
 static int st_tasks(sc_store *base, const sc_store_task_query *q, cJSON **out) {
   jsonl_store *s = (jsonl_store *)base;
+  if (out == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL out");
   *out = NULL;
   if (q && (q->version < 1 || q->version > SC_STORE_TASK_QUERY_VERSION))
     return sc_error_set(SC_EINVAL, "store jsonl: unsupported sc_store_task_query version %u",
@@ -572,7 +642,7 @@ static int st_tasks(sc_store *base, const sc_store_task_query *q, cJSON **out) {
     const summary *t = &m.v[i];
     if (t->status == NULL || (q && q->after && strcmp(t->id, q->after) <= 0) ||
         (q && q->tenant_id && (!t->tenant || strcmp(t->tenant, q->tenant_id) != 0)) ||
-        (unfinished && t->finished) ||
+        (unfinished && (t->finished || t->superseded)) ||
         (q && q->status && !unfinished && strcmp(t->status, q->status) != 0))
       continue;
     if (count == limit) { /* there is more: the cursor is the last one listed */
@@ -611,6 +681,7 @@ static int by_request(const void *x, const void *y) {
 
 static int st_approvals(sc_store *base, const char *task_id, cJSON **out) {
   jsonl_store *s = (jsonl_store *)base;
+  if (out == NULL) return sc_error_set(SC_EINVAL, "store jsonl: NULL out");
   *out = NULL;
   summaries m = {0};
   int rc = summarize(s, &m);
@@ -624,7 +695,7 @@ static int st_approvals(sc_store *base, const char *task_id, cJSON **out) {
   size_t k = 0;
   for (size_t i = 0; rc == SC_OK && i < m.n; i++) {
     const summary *t = &m.v[i];
-    if (t->finished || (task_id && strcmp(t->id, task_id) != 0)) continue;
+    if (t->finished || t->superseded || (task_id && strcmp(t->id, task_id) != 0)) continue;
     for (size_t j = 0; j < t->npending; j++)
       refs[k++] = (pending_ref){t, &t->pending[j]};
   }

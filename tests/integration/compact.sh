@@ -207,5 +207,83 @@ status=$?
 if [ $status = 2 ] && [ ! -e "$d/missing.jsonl" ]; then ok "a missing log is an input error"; else fail "missing log (exit $status)" "$out"; fi
 out=$("$sc" compact "$log" --keep-finished 12x 2>&1)
 if [ $? = 2 ] && echo "$out" | grep -q "duration"; then ok "a bad duration is a usage error"; else fail "bad duration" "$out"; fi
+# ---- what the review found: wrong files, planted names, messages ----
+cp "$d/orig.jsonl" "$log"
+echo precious >"$d/victim.txt"
+ln -s "$d/victim.txt" "$log.compacting"
+out=$("$sc" compact "$log" 2>&1)
+status=$?
+if [ $status = 2 ] && [ "$(cat "$d/victim.txt")" = precious ] && [ -f "$log" ] && [ ! -L "$log" ] &&
+  cmp -s "$log" "$d/orig.jsonl" && echo "$out" | grep -q "symbolic link"; then
+  ok "a link planted at LOG.compacting is refused, never written through"
+else
+  fail "a planted link (exit $status)" "$out"
+fi
+rm -f "$log.compacting"
+out=$("$sc" compact "$log" --archive "$log.compacting" 2>&1)
+status=$?
+if [ $status = 2 ] && cmp -s "$log" "$d/orig.jsonl" && [ ! -e "$log.compacting" ]; then
+  ok "the archive may not be the name the new log is written under"
+else
+  fail "--archive LOG.compacting (exit $status)" "$out"
+fi
+mkdir -p "$d/adir"
+out=$("$sc" compact "$d/adir" 2>&1)
+status=$?
+if [ $status = 2 ] && echo "$out" | grep -q "not a stagecoach log (a directory)"; then
+  ok "a directory is no log (exit 2)"
+else
+  fail "compact of a directory (exit $status)" "$out"
+fi
+out=$(echo x | "$sc" compact /dev/stdin 2>&1)
+status=$?
+if [ $status = 2 ] && ! echo "$out" | grep -q "compact: compact:" && echo "$out" | grep -q "a FIFO"; then
+  ok "a pipe is no log, and the message says so once"
+else
+  fail "compact /dev/stdin from a pipe (exit $status)" "$out"
+fi
+echo mine >"$d/taken"
+out=$("$sc" compact "$log" --archive "$d/taken" 2>&1)
+status=$?
+if [ $status = 2 ] && ! echo "$out" | grep -q "compact: compact:" && cmp -s "$log" "$d/orig.jsonl"; then
+  ok "an archive name that exists is refused with one prefix"
+else
+  fail "an existing archive (exit $status)" "$out"
+fi
+"$sc" compact "$log" >/dev/null 2>&1
+rm -f "$d/none.jsonl"
+out=$("$sc" compact "$log" --archive "$d/none.jsonl" 2>&1)
+status=$?
+if [ $status = 0 ] && [ ! -e "$d/none.jsonl" ] && echo "$out" | grep -q "no archive was made"; then
+  ok "with nothing to drop, compact says that no archive was made"
+else
+  fail "--archive with nothing to drop (exit $status)" "$out"
+fi
+cp "$d/orig.jsonl" "$log"
+out=$("$sc" compact "$log" 2>&1 >/dev/full)
+status=$?
+if [ $status = 1 ] && echo "$out" | grep -q "writing this summary failed"; then
+  ok "a summary that cannot be written makes compact fail"
+else
+  fail "compact >/dev/full (exit $status)" "$out"
+fi
+log3=$d/reuse.jsonl
+rm -f "$log3"
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-17 --plain >/dev/null 2>&1
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-18 --plain >/dev/null 2>&1
+"$sc" compact "$log3" >/dev/null 2>&1
+"$sc" run "$d/quick.json" --log "$log3" --task-id order-19 --plain >/dev/null 2>&1
+"$sc" compact "$log3" >/dev/null 2>&1 # the second compaction carries the first one's ids on
+out=$("$sc" run "$d/quick.json" --log "$log3" --task-id order-17 --plain 2>&1)
+status=$?
+out2=$("$sc" run "$d/quick.json" --log "$log3" --task-id order-19 --plain 2>&1)
+status2=$?
+if [ $status = 2 ] && [ $status2 = 2 ] && echo "$out" | grep -q "already in" &&
+  ! grep -q '"taskid":"order-17"' "$log3" &&
+  "$sc" run "$d/quick.json" --log "$log3" --task-id order-20 --plain >/dev/null 2>&1; then
+  ok "an id whose lines compaction dropped is still refused for a new run (its keys would repeat)"
+else
+  fail "reusing a compacted-away id (exit $status, $status2)" "$out" "$out2"
+fi
 echo "1..$n"
 [ $violations = 0 ]

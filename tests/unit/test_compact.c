@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -848,6 +850,247 @@ recovery_from_a_compacted_log_equals_the_original_whatever_lines_it_lacks(void *
   free(text);
 }
 
+/* ---- nothing is written through a name that is not ours ---- */
+
+/* The log is what it was, byte for byte, and still a regular file (no link put in its place). */
+static void expect_log_unchanged(const char *path, const char *before, size_t blen) {
+  size_t len;
+  char *now = slurp(path, &len);
+  assert_non_null(now);
+  assert_int_equal(len, blen);
+  assert_memory_equal(now, before, len);
+  free(now);
+  struct stat st;
+  assert_int_equal(lstat(path, &st), 0);
+  assert_true(S_ISREG(st.st_mode));
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
+}
+
+/* A compaction in a child, so that a crash (SIGBUS) is a failed assertion, not the end of the
+ * test program: its exit status is the call's result, negated. */
+static int compact_in_child(const char *path, const sc_jsonl_compact_options *o) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) { /* the harness's handlers would go on with the tests in the child */
+    signal(SIGBUS, SIG_DFL);
+    signal(SIGSEGV, SIG_DFL);
+    _exit(-sc_jsonl_compact(path, o, NULL) & 0xff);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (!WIFEXITED(status)) fail_msg("compaction died of signal %d", WTERMSIG(status));
+  return -WEXITSTATUS(status);
+}
+
+static void an_archive_that_is_the_log_or_the_new_logs_name_is_refused(void **state) {
+  char path[256], tmp[300], other[256], dotted[300];
+  temp_path(state, "job.jsonl", path);
+  snprintf(tmp, sizeof(tmp), "%s.compacting", path);
+  snprintf(dotted, sizeof(dotted), "%s/./job.jsonl", ((fixture *)*state)->dir);
+  temp_path(state, "second-name.jsonl", other);
+  write_mixed_log(path);
+  size_t blen;
+  char *before = slurp(path, &blen);
+  sc_jsonl_compact_options o;
+  sc_jsonl_compact_options_init(&o);
+  /* the name the new log is written under: it would become a second name of the old log */
+  o.archive = tmp;
+  assert_int_equal(compact_in_child(path, &o), SC_EINVAL);
+  expect_log_unchanged(path, before, blen);
+  assert_int_equal(access(tmp, F_OK), -1);
+  /* the log under another spelling of its name */
+  o.archive = dotted;
+  assert_int_equal(compact_in_child(path, &o), SC_EINVAL);
+  expect_log_unchanged(path, before, blen);
+  /* a second name of the log (what a kill right after archiving leaves) */
+  assert_int_equal(link(path, other), 0);
+  o.archive = other;
+  assert_int_equal(sc_jsonl_compact(path, &o, NULL), SC_EINVAL);
+  assert_non_null(strstr(sc_error_message(), "the log itself"));
+  expect_log_unchanged(path, before, blen);
+  assert_int_equal(unlink(other), 0);
+  /* and with a proper name it goes */
+  o.archive = other;
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(path, &o, &r), SC_OK);
+  assert_true(r.compacted);
+  assert_int_equal(sc_jsonl_verify_link(path, other), SC_OK);
+  free(before);
+}
+
+static void a_file_planted_at_the_temporary_name_is_never_written_through(void **state) {
+  char path[256], tmp[300], victim[256];
+  temp_path(state, "job.jsonl", path);
+  temp_path(state, "victim.txt", victim);
+  snprintf(tmp, sizeof(tmp), "%s.compacting", path);
+  write_mixed_log(path);
+  size_t blen, len;
+  char *before = slurp(path, &blen);
+  /* a link to someone's file */
+  spit(victim, "precious\n", 9);
+  assert_int_equal(symlink(victim, tmp), 0);
+  assert_int_equal(compact_in_child(path, NULL), SC_EINVAL);
+  expect_log_unchanged(path, before, blen);
+  char *v = slurp(victim, &len);
+  assert_string_equal(v, "precious\n");
+  free(v);
+  struct stat st;
+  assert_int_equal(lstat(tmp, &st), 0);
+  assert_true(S_ISLNK(st.st_mode)); /* left alone */
+  assert_int_equal(unlink(tmp), 0);
+  /* a link to the log itself: truncating it would cut the log being read */
+  assert_int_equal(symlink(path, tmp), 0);
+  assert_int_equal(compact_in_child(path, NULL), SC_EINVAL);
+  expect_log_unchanged(path, before, blen);
+  assert_int_equal(unlink(tmp), 0);
+  /* a second (hard) name of the log */
+  assert_int_equal(link(path, tmp), 0);
+  assert_int_equal(compact_in_child(path, NULL), SC_EINVAL);
+  expect_log_unchanged(path, before, blen);
+  assert_int_equal(unlink(tmp), 0);
+  /* a file of someone's that happens to have the name */
+  spit(tmp, "precious\n", 9);
+  assert_int_equal(sc_jsonl_compact(path, NULL, NULL), SC_EINVAL);
+  assert_non_null(strstr(sc_error_message(), "not what a compaction left"));
+  expect_log_unchanged(path, before, blen);
+  v = slurp(tmp, &len);
+  assert_string_equal(v, "precious\n");
+  free(v);
+  /* what a compaction of ours left is replaced: empty, or begun with a compacted line */
+  spit(tmp, "", 0);
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  assert_int_equal(access(tmp, F_OK), -1);
+  spit(path, before, blen);
+  const char ours[] = "{\"specversion\":\"1.0\",\"id\":\"log.compacted/0123\",\"sour";
+  spit(tmp, ours, sizeof(ours) - 1);
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  assert_int_equal(access(tmp, F_OK), -1);
+  free(before);
+}
+
+static void cut_the_log(const char *step, void *udata) {
+  if (strcmp(step, "archived") == 0) assert_int_equal(truncate(udata, 0), 0);
+}
+
+static void a_log_cut_by_another_process_mid_way_is_no_crash(void **state) {
+  char path[256], archive[256];
+  temp_path(state, "job.jsonl", path);
+  temp_path(state, "old.jsonl", archive);
+  write_mixed_log(path);
+  char orig[256];
+  temp_path(state, "orig.jsonl", orig);
+  copy_file(path, orig);
+  sc_jsonl_compact_options o;
+  sc_jsonl_compact_options_init(&o);
+  o.archive = archive;
+  o.step = cut_the_log;
+  o.step_udata = path;
+  /* The compaction read the log before: it writes the new one from what it read. */
+  assert_int_equal(compact_in_child(path, &o), SC_OK);
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
+  expect_same_unfinished(orig, path);
+}
+
+static void what_is_not_a_regular_file_is_not_a_log(void **state) {
+  char path[256];
+  temp_path(state, "adir", path);
+  assert_int_equal(mkdir(path, 0700), 0);
+  assert_int_equal(sc_jsonl_compact(path, NULL, NULL), SC_EPARSE);
+  assert_non_null(strstr(sc_error_message(), "a directory"));
+  assert_int_equal(rmdir(path), 0);
+  /* a size of 0 that reads as bytes: not an empty log */
+  assert_int_equal(sc_jsonl_compact("/proc/self/status", NULL, NULL), SC_EPARSE);
+  /* a socket */
+  temp_path(state, "sock", path);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  assert_true(strlen(path) < sizeof(sa.sun_path));
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(sc_jsonl_compact(path, NULL, NULL), SC_EPARSE);
+  assert_non_null(strstr(sc_error_message(), "a socket"));
+  close(fd);
+  unlink(path);
+  /* and verify --archive says what a FIFO is, not "Success" */
+  char log[256];
+  temp_path(state, "job.jsonl", log);
+  write_mixed_log(log);
+  assert_int_equal(sc_jsonl_compact(log, NULL, NULL), SC_OK);
+  temp_path(state, "fifo", path);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  assert_int_equal(sc_jsonl_verify_link(log, path), SC_EPARSE);
+  assert_null(strstr(sc_error_message(), "Success"));
+  assert_non_null(strstr(sc_error_message(), "not a stagecoach log"));
+  assert_int_equal(sc_jsonl_verify_link(log, "/dev/zero"), SC_EPARSE);
+  unlink(path);
+}
+
+/* Whether the first line of the log names id among the dropped task ids. */
+static bool names_dropped(const char *path, const char *id) {
+  size_t len;
+  char *text = slurp(path, &len);
+  assert_non_null(text);
+  char *nl = strchr(text, '\n');
+  assert_non_null(nl);
+  cJSON *root = cJSON_ParseWithLength(text, (size_t)(nl - text));
+  assert_non_null(root);
+  const cJSON *ids = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "data"), "dropped_task_ids");
+  assert_true(cJSON_IsArray(ids));
+  bool found = false;
+  size_t times = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, ids) {
+    assert_true(cJSON_IsString(it));
+    if (strcmp(it->valuestring, id) == 0) times++;
+  }
+  assert_true(times <= 1); /* each once */
+  found = times == 1;
+  cJSON_Delete(root);
+  free(text);
+  return found;
+}
+
+static void the_compacted_line_keeps_the_ids_it_dropped(void **state) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  write_mixed_log(path);
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  /* done and stopped finished and went, long and broken were superseded by their recoveries
+   * (under new ids) and went; early is unfinished and kept, and again's later run too */
+  const char *gone[] = {"done", "stopped", "long", "broken"};
+  for (size_t i = 0; i < 4; i++) {
+    assert_true(names_dropped(path, gone[i]));
+    assert_int_equal(lines_of(path, gone[i]), 0);
+  }
+  assert_false(names_dropped(path, "early"));
+  assert_false(names_dropped(path, "again"));
+  assert_true(lines_of(path, "early") > 0 && lines_of(path, "again") > 0);
+  /* A later task that finishes, then another compaction: the older ids stay listed. */
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = new_engine(&loop);
+  sc_jsonl *log = open_log(e, path);
+  submit(e, "later", "s0,s1");
+  run_a_while(&loop);
+  assert_int_equal(sc_jsonl_close(log), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  assert_true(names_dropped(path, "later"));
+  for (size_t i = 0; i < 4; i++)
+    assert_true(names_dropped(path, gone[i]));
+  assert_false(names_dropped(path, "early"));
+  assert_int_equal(sc_jsonl_verify(path, NULL), SC_OK);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
 
 int main(void) {
@@ -867,6 +1110,11 @@ int main(void) {
       T(verify_link_refuses_another_archive_and_a_malformed_link),
       T(a_log_behind_a_link_is_compacted_where_it_is_with_its_mode),
       T(recovery_from_a_compacted_log_equals_the_original_whatever_lines_it_lacks),
+      T(an_archive_that_is_the_log_or_the_new_logs_name_is_refused),
+      T(a_file_planted_at_the_temporary_name_is_never_written_through),
+      T(a_log_cut_by_another_process_mid_way_is_no_crash),
+      T(what_is_not_a_regular_file_is_not_a_log),
+      T(the_compacted_line_keeps_the_ids_it_dropped),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -608,6 +608,177 @@ static void tasks_are_paged_by_id_and_approvals_pending_listed(void **state) {
   assert_int_equal(sc_store_close(s), SC_OK);
 }
 
+/* The ids of a task list as one comma-separated string, in order. */
+static void ids_of(const cJSON *list, const char *member_name, char *out, size_t cap) {
+  out[0] = '\0';
+  const cJSON *it;
+  cJSON_ArrayForEach(it, list) {
+    const cJSON *id = cJSON_GetObjectItem(it, member_name);
+    assert_true(cJSON_IsString(id));
+    size_t used = strlen(out);
+    snprintf(out + used, cap - used, "%s%s", used ? "," : "", id->valuestring);
+  }
+}
+
+static int by_string(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* What tasks(unfinished) and approvals say agrees with unfinished (the scan): a task a recovery
+ * superseded is no longer unfinished, and its gate no longer pending. */
+static void expect_tasks_agree_with_unfinished(const char *path, size_t want,
+                                               size_t want_finished) {
+  sc_store *s = NULL;
+  assert_int_equal(sc_jsonl_store_open(path, NULL, &s), SC_OK);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_store_unfinished(s, &u, &n), SC_OK);
+  assert_int_equal(n, want);
+  char *names[16];
+  assert_true(n <= 16);
+  for (size_t i = 0; i < n; i++)
+    names[i] = (char *)u[i].request.recovered_from;
+  qsort(names, n, sizeof(*names), by_string);
+  char expect[1024] = "";
+  for (size_t i = 0; i < n; i++) {
+    size_t used = strlen(expect);
+    snprintf(expect + used, sizeof(expect) - used, "%s%s", i ? "," : "", names[i]);
+  }
+  sc_store_task_query q;
+  sc_store_task_query_init(&q);
+  q.status = "unfinished";
+  cJSON *page = NULL;
+  assert_int_equal(sc_store_tasks(s, &q, &page), SC_OK);
+  char listed[1024];
+  ids_of(cJSON_GetObjectItem(page, "tasks"), "task", listed, sizeof(listed));
+  assert_string_equal(listed, expect);
+  cJSON_Delete(page);
+  cJSON *pending = NULL;
+  assert_int_equal(sc_store_approvals(s, NULL, &pending), SC_OK);
+  const cJSON *a;
+  cJSON_ArrayForEach(a, pending) { /* every gate listed belongs to an unfinished task */
+    const char *task = cJSON_GetObjectItem(a, "task")->valuestring;
+    bool found = false;
+    for (size_t i = 0; i < n; i++)
+      found = found || strcmp(names[i], task) == 0;
+    if (!found) fail_msg("approvals list %s, which is not unfinished", task);
+  }
+  assert_int_equal(cJSON_GetArraySize(pending), 1); /* the gate of the recovered task */
+  cJSON_Delete(pending);
+  /* and delete_task agrees too: busy exactly for the unfinished ones */
+  assert_int_equal(sc_store_tasks(s, NULL, &page), SC_OK);
+  const cJSON *t;
+  size_t finished = 0;
+  cJSON_ArrayForEach(t, cJSON_GetObjectItem(page, "tasks")) {
+    const char *task = cJSON_GetObjectItem(t, "task")->valuestring;
+    bool open = false;
+    for (size_t i = 0; i < n; i++)
+      open = open || strcmp(names[i], task) == 0;
+    int rc = sc_store_delete_task(s, task);
+    if (rc != (open ? SC_EBUSY : SC_EINVAL))
+      fail_msg("delete %s (%s): %d %s", task, open ? "unfinished" : "finished", rc,
+               sc_error_message());
+    finished += !open;
+  }
+  assert_int_equal(finished, want_finished);
+  cJSON_Delete(page);
+  sc_unfinished_free(u, n);
+  assert_int_equal(sc_store_close(s), SC_OK);
+}
+
+static void superseded_tasks_are_not_listed_as_unfinished(void **state) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e;
+  sc_store *s = attached(&loop, &e, path);
+  submit(e, "h", "s0,hang1");
+  cJSON *config = gated_job();
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = "g";
+  spec.tenant_id = "acme";
+  spec.config = config;
+  sc_task *gated = NULL;
+  assert_int_equal(sc_task_submit(e, &spec, &gated), SC_OK);
+  cJSON_Delete(config);
+  run_a_while(&loop);
+  assert_int_equal(sc_store_close(s), SC_OK);
+  sc_engine_free(e);
+  run_a_while(&loop);
+  /* The next process recovers both: they stop again where they were, under new runs. */
+  s = attached(&loop, &e, path);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_store_unfinished(s, &u, &n), SC_OK);
+  assert_int_equal(n, 2);
+  for (size_t i = 0; i < n; i++) { /* each under a new id: the old one is superseded */
+    char id[64];
+    snprintf(id, sizeof(id), "%s-again", u[i].request.recovered_from);
+    sc_recovery_request req = u[i].request;
+    req.task_id = id;
+    if (sc_recover_from_restart(e, &req, NULL) != SC_OK)
+      fail_msg("recover %s: %s", u[i].request.recovered_from, sc_error_message());
+  }
+  sc_unfinished_free(u, n);
+  run_a_while(&loop);
+  assert_int_equal(sc_store_close(s), SC_OK);
+  sc_engine_free(e);
+  run_a_while(&loop);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  expect_tasks_agree_with_unfinished(path, 2, 2); /* g and h are superseded: finished */
+  /* the same after compaction, which drops the superseded runs */
+  sc_jsonl_compact_report r;
+  assert_int_equal(sc_jsonl_compact(path, NULL, &r), SC_OK);
+  assert_true(r.compacted);
+  expect_tasks_agree_with_unfinished(path, 2, 0);
+}
+
+static void events_of_a_log_that_breaks_are_never_delivered(void **state) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  recorder rec;
+  write_log(path, &rec);
+  recorder_free(&rec);
+  /* Change one byte of a line in the middle: every call fails, and none calls back first. */
+  size_t len;
+  char *text = slurp(path, &len);
+  size_t lines = 0, at = 0;
+  for (size_t i = 0; i < len; i++)
+    if (text[i] == '\n' && ++lines == 12) at = i + 1;
+  assert_true(lines > 20 && at > 0);
+  char *seq = strstr(text + at, "\"seq\":");
+  assert_non_null(seq);
+  seq[6] = seq[6] == '9' ? '8' : '9';
+  spit(path, text, len);
+  free(text);
+  sc_store *s = NULL;
+  assert_int_equal(sc_jsonl_store_open(path, NULL, &s), SC_OK);
+  seen w = {0};
+  assert_int_equal(sc_store_events(s, NULL, 1, note_event, &w), SC_ECORRUPT);
+  assert_int_equal(w.n, 0);
+  assert_int_equal(sc_store_events(s, "job", 1, note_event, &w), SC_ECORRUPT);
+  assert_int_equal(w.n, 0);
+  assert_int_equal(sc_store_close(s), SC_OK);
+}
+
+static void a_null_out_is_refused(void **state) {
+  char path[256];
+  temp_path(state, "job.jsonl", path);
+  recorder rec;
+  write_log(path, &rec);
+  recorder_free(&rec);
+  sc_store *s = NULL;
+  assert_int_equal(sc_jsonl_store_open(path, NULL, &s), SC_OK);
+  assert_int_equal(sc_store_tasks(s, NULL, NULL), SC_EINVAL);
+  assert_int_equal(sc_store_approvals(s, NULL, NULL), SC_EINVAL);
+  assert_int_equal(sc_store_checkpoints(s, "job", NULL), SC_EINVAL);
+  assert_int_equal(sc_store_latest(s, "job", NULL), SC_EINVAL);
+  assert_int_equal(sc_store_checkpoint(s, "job/3", NULL), SC_EINVAL);
+  assert_int_equal(sc_store_close(s), SC_OK);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, make_temp_dir, remove_temp_dir)
 
 int main(void) {
@@ -622,6 +793,9 @@ int main(void) {
       T(a_compacted_log_answers_the_same_for_an_unfinished_task),
       T(a_reused_id_answers_for_its_latest_run),
       T(tasks_are_paged_by_id_and_approvals_pending_listed),
+      T(superseded_tasks_are_not_listed_as_unfinished),
+      T(events_of_a_log_that_breaks_are_never_delivered),
+      T(a_null_out_is_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
