@@ -130,6 +130,23 @@ int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) {
   return sc__error(code, "%s", r->message);
 }
 
+int sc__plan_refuse_value(int code, bool previous, const char *field, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  refusal *r = begin_refusal(code, -1, NULL, ap, fmt);
+  va_end(ap);
+  const char *what = previous ? "previous_config" : "config";
+  r->e.previous_config = previous;
+  if (field != NULL && *field != '\0') {
+    put(r->field, sizeof(r->field), "%s", field);
+    r->e.field = r->field;
+    put(r->message, sizeof(r->message), "%s: \"%s\" %s", what, field, r->problem);
+  } else {
+    put(r->message, sizeof(r->message), "%s %s", what, r->problem);
+  }
+  return sc__error(code, "%s", r->message);
+}
+
 int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
