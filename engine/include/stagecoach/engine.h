@@ -390,6 +390,9 @@ typedef struct sc_pending_approval {
   const char *reason;                /* "policy" or "irreversible-stage-in-flight" */
   int64_t requested_ns, deadline_ns; /* since the Unix epoch; deadline 0: none */
   uint32_t approvals, approvers_needed;
+  /* Reserved room (zeroed by the library): later fields go here, so that the entries the library
+   * writes into the caller's array keep their size (docs/design.md, "ABI"). */
+  uint64_t reserved[6];
 } sc_pending_approval;
 
 /* The approvals the engine waits for. Fills at most cap entries of out (out may be NULL) and
