@@ -205,8 +205,15 @@ static int spec_error(sc_plan_builder *b, const sc_stage_spec *spec, const char 
   return sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, field, "%s", what);
 }
 
-#define MAX_ATTEMPTS  1000
-#define MAX_APPROVERS 100
+#define MAX_ATTEMPTS   1000
+#define MAX_APPROVERS  100
+#define MAX_BACKOFF_MS 86400000u /* the JSON factory's bound, the same for every factory */
+
+static bool utf8_ok(const char *s) {
+  cJSON probe = {.type = cJSON_String, .valuestring = (char *)s};
+  char path[2];
+  return sc__json_unfit(&probe, path, sizeof(path)) == NULL;
+}
 
 static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (strcmp(spec->kind, "fn") == 0) {
@@ -240,18 +247,40 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
     return rc;
   }
   if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
+  if (!utf8_ok(spec->name)) return spec_error(b, spec, "name", "is not valid UTF-8");
+  if (!utf8_ok(spec->kind)) return spec_error(b, spec, "kind", "is not valid UTF-8");
   if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
-    char what[256];
-    size_t off =
-        (size_t)snprintf(what, sizeof(what), "names an unknown kind \"%s\" (kinds:", spec->kind);
-    for (size_t i = 0; i < b->engine->nkinds && off < sizeof(what); i++)
-      off += (size_t)snprintf(what + off, sizeof(what) - off, "%s %s", i ? "," : "",
-                              b->engine->kinds[i].name);
-    if (off < sizeof(what)) snprintf(what + off, sizeof(what) - off, ")");
+    /* The list is cut with ", ..." where it would not fit, and always closed. */
+    char what[256], kind[64];
+    snprintf(kind, sizeof(kind), "%s", spec->kind);
+    mend_cut(kind, sizeof(kind), (int)strlen(spec->kind));
+    int off = snprintf(what, sizeof(what), "names an unknown kind \"%s%s\" (kinds:", kind,
+                       strlen(spec->kind) >= sizeof(kind) ? "..." : "");
+    for (size_t i = 0; i < b->engine->nkinds; i++) {
+      const char *name = b->engine->kinds[i].name;
+      size_t need = strlen(name) + 2;
+      if ((size_t)off + need + 6 >= sizeof(what)) { /* room for ", ...)" */
+        off += snprintf(what + off, sizeof(what) - (size_t)off, ", ...");
+        break;
+      }
+      off += snprintf(what + off, sizeof(what) - (size_t)off, "%s %s", i ? "," : "", name);
+    }
+    snprintf(what + off, sizeof(what) - (size_t)off, ")");
     return spec_error(b, spec, "kind", what);
   }
   if (spec->params != NULL && !cJSON_IsObject(spec->params))
     return spec_error(b, spec, "params", "must be an object");
+  char path[160], field[176];
+  const char *why = sc__json_unfit(spec->params, path, sizeof(path));
+  if (why != NULL) {
+    snprintf(field, sizeof(field), "params%s%s", path[0] == '[' ? "" : ".", path);
+    return sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, field,
+                                 "%s: it could not be read back from a log", why);
+  }
+  if (spec->retry.initial_backoff_ms > MAX_BACKOFF_MS)
+    return spec_error(b, spec, "retry.initial_backoff_ms", "must be at most 86400000 (a day)");
+  if (spec->retry.max_backoff_ms > MAX_BACKOFF_MS)
+    return spec_error(b, spec, "retry.max_backoff_ms", "must be at most 86400000 (a day)");
   if (spec->retry.max_attempts > MAX_ATTEMPTS)
     return spec_error(b, spec, "retry.max_attempts", "must be at most 1000");
   if (spec->retry.multiplier != 0 &&
@@ -455,6 +484,11 @@ static int run_factory(sc_engine *e, sc_stage_factory_fn factory, void *udata, c
   sc__error_clear();
   sc__plan_error_clear();
   int rc = factory(config, b, udata);
+  if (rc >= 0 && b->n == 0) { /* a plan does something: the JSON factory refuses [] too */
+    sc__plan_refuse_plan(SC_EPLAN, NULL, "the stage factory gave a plan of no stages");
+    sc__builder_free(b);
+    return SC_EPLAN;
+  }
   if (rc >= 0) {
     sc__plan_error_clear(); /* a refusal the factory got past is not the plan's */
     return SC_OK;
