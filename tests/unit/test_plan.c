@@ -480,6 +480,55 @@ static void json_factory_refuses_a_bad_timeout(void **state) {
                         "timeout_ms");
 }
 
+/* stage 1's refusal for field has a problem containing want and not unwanted (may be NULL). */
+static void assert_stage1_problem(const char *stage_json, const char *field, const char *want,
+                                  const char *unwanted) {
+  assert_stage1_refused(stage_json, field);
+  const char *problem = sc_plan_last_error()->problem;
+  if (strstr(problem, want) == NULL) fail_msg("%s: problem \"%s\"", stage_json, problem);
+  if (unwanted != NULL && strstr(problem, unwanted) != NULL)
+    fail_msg("%s: problem \"%s\" has \"%s\"", stage_json, problem, unwanted);
+}
+
+/* An integer too large is told the range, not that it is no integer; past 2^53 the number read is
+ * not the one written, so it is not quoted. */
+static void a_timeout_too_large_is_told_the_range(void **state) {
+  (void)state;
+  const char *huge[] = {"18446744073709551616", "1e16", "1e300", "9007199254740993"};
+  for (size_t i = 0; i < 4; i++) {
+    char stage[256];
+    snprintf(stage, sizeof(stage),
+             "{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},\"timeout_ms\":%s}",
+             huge[i]);
+    assert_stage1_problem(stage, "timeout_ms", "must be between 0 and 4294967295",
+                          "9007199254740992");
+  }
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"timeout_ms\":5000000000}",
+                        "timeout_ms", "(got 5000000000)", NULL);
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"timeout_ms\":-1e300}",
+                        "timeout_ms", "must be a non-negative integer", NULL);
+}
+
+/* retry and approval refuse a member they do not have, as the top level does: a misspelt
+ * "max_attempt" is not a stage without retries. */
+static void retry_and_approval_refuse_unknown_members(void **state) {
+  (void)state;
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"retry\":{\"max_attempt\":3}}",
+                        "retry.max_attempt", "is not a member of retry (members: max_attempts",
+                        NULL);
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"approval\":{\"required\":true,\"aprovers_needed\":2}}",
+                        "approval.aprovers_needed", "is not a member of approval", NULL);
+  assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                         "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":1,"
+                         "\"max_backoff_ms\":2,\"multiplier\":2},\"approval\":{\"required\":"
+                         "true,\"approvers_needed\":2,\"timeout_ms\":5,\"on_timeout\":\"fail\","
+                         "\"on_reject\":\"fail\"}}");
+}
+
 static void json_factory_accepts_timeouts_up_to_uint32_max(void **state) {
   (void)state;
   assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
@@ -1698,6 +1747,8 @@ int main(void) {
       cmocka_unit_test(json_factory_refuses_a_sleep_stage_without_valid_params_ms),
       cmocka_unit_test(json_factory_refusal_message_names_the_stage),
       cmocka_unit_test(submit_refuses_an_unknown_kind_listing_the_registered_kinds),
+      cmocka_unit_test(a_timeout_too_large_is_told_the_range),
+      cmocka_unit_test(retry_and_approval_refuse_unknown_members),
       cmocka_unit_test(add_stage_holds_a_factory_of_ones_own_to_the_json_factorys_rules),
       cmocka_unit_test(an_unknown_kind_among_many_long_kinds_is_listed_cut_and_closed),
       cmocka_unit_test(unknown_kind_message_lists_a_kind_registered_later),
