@@ -47,8 +47,13 @@ typedef struct top {
 static int read_file(const char *path, char **text, size_t *len) {
   *text = NULL;
   *len = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* Opened without blocking: a FIFO that no one writes would stall the open for ever. A pipe is
+   * then read as it comes (a shell's <(...) has its writer), and one without a writer reads as
+   * empty at once, which is refused. */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return errno;
+  int flags = fcntl(fd, F_GETFL);
+  if (flags != -1) (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   struct stat st;
   size_t cap = 0, n = 0;
   if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
