@@ -651,6 +651,19 @@ static void exec_members_are_checked_at_load_where_they_are(void **state) {
       "${context.artifact}", 0,
       "stage \"deploy\": \"compensate\" may not contain ${context.artifact}; pass it as "
       "\"env\": {\"ARTIFACT\": \"${context.artifact}\"} and write \"$ARTIFACT\"");
+  /* A member the exec kind does not have, at the stage or in params, as the top level refuses */
+  assert_refused_at(with_stages("      { \"name\": \"odd\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"bogus\": 7 }"),
+                    "7 }", 0,
+                    "stage \"odd\": \"bogus\" is not a member of an exec stage (members: run, "
+                    "compensate, args, kill_grace_ms, no_retry_exit_codes, cwd, env, "
+                    "compensate_env)");
+  assert_refused_at(with_stages("      { \"name\": \"odd\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"params\": { \"comensate\": \"y\" } }"),
+                    "\"y\"", 0,
+                    "stage \"odd\": \"comensate\" is not a member of an exec stage (members: "
+                    "run, compensate, args, kill_grace_ms, no_retry_exit_codes, cwd, env, "
+                    "compensate_env)");
   /* previous_config is checked the same way */
   assert_refused_at(
       "{\"config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"run\":\"x\"}]},\n"
