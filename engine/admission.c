@@ -187,6 +187,7 @@ size_t sc_engine_pending_approvals(sc_engine *e, sc_pending_approval *out, size_
     if (out != NULL && n < cap) {
       const sc__approval_state *a = t->approval;
       sc_pending_approval *p = &out[n];
+      memset(p, 0, sizeof(*p)); /* the reserved room too */
       p->task = t;
       p->task_id = t->id;
       p->tenant_id = t->tenant;

@@ -8,6 +8,26 @@
 
 #include "engine_int.h"
 
+int sc__check_values(const char *op, const cJSON *config, const cJSON *previous,
+                     const cJSON *context) {
+  char path[160];
+  const char *why = sc__json_unfit(config, path, sizeof(path));
+  if (why != NULL)
+    return sc__plan_refuse_value(SC_EINVAL, false, path, "%s: it could not be read back from a log",
+                                 why);
+  if ((why = sc__json_unfit(previous, path, sizeof(path))) != NULL)
+    return sc__plan_refuse_value(SC_EINVAL, true, path, "%s: it could not be read back from a log",
+                                 why);
+  if ((why = sc__json_unfit(context, path, sizeof(path))) != NULL) {
+    if (path[0] == '\0')
+      return sc__error(SC_EINVAL, "%s: the context %s: it could not be read back from a log", op,
+                       why);
+    return sc__error(SC_EINVAL, "%s: context: \"%s\" %s: it could not be read back from a log", op,
+                     path, why);
+  }
+  return SC_OK;
+}
+
 int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
   if (out) *out = NULL;
   sc__plan_error_clear();
@@ -16,24 +36,10 @@ int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out) {
     return sc__error(SC_EINVAL, "submit: unsupported sc_task_spec version %u", spec->version);
   if (spec->config == NULL)
     return sc__plan_refuse_plan(SC_EINVAL, NULL, "submit: a task needs a config");
-  const cJSON *values[] = {spec->config, spec->previous_config, spec->context};
-  const char *names[] = {"config", "previous_config", "context"};
-  for (size_t i = 0; i < 3; i++)
-    if (sc__json_too_deep(values[i], SC__JSON_MAX_DEPTH)) {
-      if (i == 2)
-        return sc__error(SC_EINVAL,
-                         "submit: the context nests deeper than %d levels: it could not be read "
-                         "back from a log",
-                         SC__JSON_MAX_DEPTH);
-      sc__plan_refuse_plan(SC_EINVAL, NULL,
-                           "submit: the %s nests deeper than %d levels: it could not be read back "
-                           "from a log",
-                           names[i], SC__JSON_MAX_DEPTH);
-      if (i == 1) sc__plan_error_mark_previous();
-      return SC_EINVAL;
-    }
+  int rc = sc__check_values("submit", spec->config, spec->previous_config, spec->context);
+  if (rc != SC_OK) return rc;
   sc__plan *plan;
-  int rc = sc__plan_get(e, spec->config, spec->previous_config, &plan);
+  rc = sc__plan_get(e, spec->config, spec->previous_config, &plan);
   if (rc != SC_OK) return rc;
   sc_task *t;
   if ((rc = sc__task_create(e, spec, plan, &t)) != SC_OK) {

@@ -145,6 +145,16 @@ int sc__plan_refuse_stage(int code, int32_t stage_index, const char *stage, cons
 /* A member of the config (field "stages"), or the config itself (field NULL). Message:
  * config: "stages" PROBLEM, or config PROBLEM. */
 int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) SC__PRINTF(3, 4);
+/* A value of the config (or of previous_config) that could not be read back from a log (field:
+ * its JSON path; NULL or "": the config itself). Message: config: "stages[0].name" PROBLEM. */
+int sc__plan_refuse_value(int code, bool previous, const char *field, const char *fmt, ...)
+    SC__PRINTF(4, 5);
+/* The entry check of a task's values (docs/design.md, "Values"): SC_EINVAL for a config,
+ * previous_config or context that could not be written into a log and read back as the same value
+ * (sc__json_unfit). The config's and previous_config's are plan refusals (sc_plan_last_error, with
+ * the JSON path as field); op starts the context's message ("submit", "recover"). */
+int sc__check_values(const char *op, const cJSON *config, const cJSON *previous,
+                     const cJSON *context);
 /* Not about a field (a fingerprint mismatch, an unknown stage, another factory's words): stage
  * is the stage it names or NULL; the message is the problem. */
 int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) SC__PRINTF(3, 4);

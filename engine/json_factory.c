@@ -1,5 +1,6 @@
 /* The built-in stage factory: reads config.stages (docs/pipeline.md) into stage specs. Each
  * refusal names the stage index and the field. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,13 +29,17 @@ static int refuse_config(reader *r, const char *field, const char *what) {
 /* An optional integer v in [0, max]; keeps *out when v is NULL (absent). */
 static int check_uint(reader *r, const cJSON *v, const char *field, double max, uint32_t *out) {
   if (v == NULL) return SC_OK;
-  /* The range is checked before the cast: converting a double beyond int64 is undefined. */
-  if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 9007199254740992.0 ||
-      v->valuedouble != (double)(int64_t)v->valuedouble)
+  /* floor, not a cast: converting a double beyond int64 is undefined. */
+  if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0) || v->valuedouble != floor(v->valuedouble))
     return refuse(r, field, "must be a non-negative integer");
   if (v->valuedouble > max) {
+    /* A double past 2^53 is not the number that was written (9007199254740993 reads as
+     * ...992), so it is not quoted back. */
     char what[96];
-    snprintf(what, sizeof(what), "must be between 0 and %.0f (got %.0f)", max, v->valuedouble);
+    if (v->valuedouble < 9007199254740992.0)
+      snprintf(what, sizeof(what), "must be between 0 and %.0f (got %.0f)", max, v->valuedouble);
+    else
+      snprintf(what, sizeof(what), "must be between 0 and %.0f (got a larger number)", max);
     return refuse(r, field, what);
   }
   *out = (uint32_t)v->valuedouble;
@@ -67,10 +72,34 @@ static int read_word(reader *r, const cJSON *obj, const char *key, const char *f
                     expected, out);
 }
 
+/* Refuses a member of obj (the object at field) that is not one of names[n], as the top level of
+ * a config refuses one: a misspelt "max_attempt" is not silently no retry. */
+static int only_members(reader *r, const cJSON *obj, const char *field, const char *const *names,
+                        size_t n) {
+  for (const cJSON *m = obj->child; m != NULL; m = m->next) {
+    size_t i = 0;
+    while (i < n && (m->string == NULL || strcmp(m->string, names[i]) != 0))
+      i++;
+    if (i < n) continue;
+    char path[160], what[256];
+    snprintf(path, sizeof(path), "%s.%s", field, m->string ? m->string : "");
+    int off = snprintf(what, sizeof(what), "is not a member of %s (members:", field);
+    for (i = 0; i < n && off > 0 && (size_t)off < sizeof(what); i++)
+      off += snprintf(what + off, sizeof(what) - (size_t)off, "%s %s", i ? "," : "", names[i]);
+    if (off > 0 && (size_t)off < sizeof(what))
+      snprintf(what + off, sizeof(what) - (size_t)off, ")");
+    return refuse(r, path, what);
+  }
+  return SC_OK;
+}
+
 static int read_retry(reader *r, const cJSON *retry, sc_retry_policy *p) {
+  static const char *const members[] = {"max_attempts", "initial_backoff_ms", "max_backoff_ms",
+                                        "multiplier"};
   if (retry == NULL) return SC_OK;
   if (!cJSON_IsObject(retry)) return refuse(r, "retry", "must be an object");
   int rc;
+  if ((rc = only_members(r, retry, "retry", members, 4)) != SC_OK) return rc;
   if ((rc = read_uint(r, retry, "max_attempts", "retry.max_attempts", 1000, &p->max_attempts)) ||
       (rc = read_uint(r, retry, "initial_backoff_ms", "retry.initial_backoff_ms", 86400000,
                       &p->initial_backoff_ms)) ||
@@ -89,13 +118,17 @@ static int read_retry(reader *r, const cJSON *retry, sc_retry_policy *p) {
 
 static int read_approval(reader *r, const cJSON *approval, sc_approval_policy *p) {
   const size_t nactions = sizeof(sc__action_names) / sizeof(sc__action_names[0]);
+  static const char *const members[] = {"required", "approvers_needed", "timeout_ms", "on_timeout",
+                                        "on_reject"};
   if (approval == NULL) return SC_OK;
   if (!cJSON_IsObject(approval)) return refuse(r, "approval", "must be an object");
+  int rc;
+  if ((rc = only_members(r, approval, "approval", members, 5)) != SC_OK) return rc;
   const cJSON *req = cJSON_GetObjectItemCaseSensitive(approval, "required");
   if (req != NULL && !cJSON_IsBool(req))
     return refuse(r, "approval.required", "must be true or false");
   p->required = req == NULL || cJSON_IsTrue(req); /* an approval object without "required" asks */
-  int rc, on_timeout = (int)p->on_timeout, on_reject = (int)p->on_reject;
+  int on_timeout = (int)p->on_timeout, on_reject = (int)p->on_reject;
   if ((rc = read_uint(r, approval, "approvers_needed", "approval.approvers_needed", 100,
                       &p->approvers_needed)) ||
       (rc = read_uint(r, approval, "timeout_ms", "approval.timeout_ms", 4294967295.0,

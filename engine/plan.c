@@ -131,6 +131,23 @@ int sc__plan_refuse_config(int code, const char *field, const char *fmt, ...) {
   return sc__error(code, "%s", r->message);
 }
 
+int sc__plan_refuse_value(int code, bool previous, const char *field, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  refusal *r = begin_refusal(code, -1, NULL, ap, fmt);
+  va_end(ap);
+  const char *what = previous ? "previous_config" : "config";
+  r->e.previous_config = previous;
+  if (field != NULL && *field != '\0') {
+    put(r->field, sizeof(r->field), "%s", field);
+    r->e.field = r->field;
+    put(r->message, sizeof(r->message), "%s: \"%s\" %s", what, field, r->problem);
+  } else {
+    put(r->message, sizeof(r->message), "%s %s", what, r->problem);
+  }
+  return sc__error(code, "%s", r->message);
+}
+
 int sc__plan_refuse_plan(int code, const char *stage, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -186,8 +203,15 @@ static int spec_error(sc_plan_builder *b, const sc_stage_spec *spec, const char 
   return sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, field, "%s", what);
 }
 
-#define MAX_ATTEMPTS  1000
-#define MAX_APPROVERS 100
+#define MAX_ATTEMPTS   1000
+#define MAX_APPROVERS  100
+#define MAX_BACKOFF_MS 86400000u /* the JSON factory's bound, the same for every factory */
+
+static bool utf8_ok(const char *s) {
+  cJSON probe = {.type = cJSON_String, .valuestring = (char *)s};
+  char path[2];
+  return sc__json_unfit(&probe, path, sizeof(path)) == NULL;
+}
 
 static int check_builtin_params(sc_plan_builder *b, const sc_stage_spec *spec) {
   if (strcmp(spec->kind, "fn") == 0) {
@@ -221,18 +245,40 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
     return rc;
   }
   if (spec->kind == NULL || !*spec->kind) return spec_error(b, spec, "kind", "is required");
+  if (!utf8_ok(spec->name)) return spec_error(b, spec, "name", "is not valid UTF-8");
+  if (!utf8_ok(spec->kind)) return spec_error(b, spec, "kind", "is not valid UTF-8");
   if (b->engine != NULL && sc__engine_kind(b->engine, spec->kind) == NULL) {
-    char what[256];
-    size_t off = 0;
-    sc__format_append(what, sizeof(what), &off, "names an unknown kind \"%s\" (kinds:", spec->kind);
-    for (size_t i = 0; i < b->engine->nkinds; i++)
-      sc__format_append(what, sizeof(what), &off, "%s %s", i ? "," : "", b->engine->kinds[i].name);
-    sc__format_append(what, sizeof(what), &off, ")");
-    mend_cut(what, sizeof(what), off); /* a long kind name is cut, but not inside a character */
+    /* The list is cut with ", ..." where it would not fit, and always closed. */
+    char what[256], kind[64];
+    snprintf(kind, sizeof(kind), "%s", spec->kind);
+    mend_cut(kind, sizeof(kind), (int)strlen(spec->kind));
+    int off = snprintf(what, sizeof(what), "names an unknown kind \"%s%s\" (kinds:", kind,
+                       strlen(spec->kind) >= sizeof(kind) ? "..." : "");
+    for (size_t i = 0; i < b->engine->nkinds; i++) {
+      const char *name = b->engine->kinds[i].name;
+      size_t need = strlen(name) + 2;
+      if ((size_t)off + need + 6 >= sizeof(what)) { /* room for ", ...)" */
+        off += snprintf(what + off, sizeof(what) - (size_t)off, ", ...");
+        break;
+      }
+      off += snprintf(what + off, sizeof(what) - (size_t)off, "%s %s", i ? "," : "", name);
+    }
+    snprintf(what + off, sizeof(what) - (size_t)off, ")");
     return spec_error(b, spec, "kind", what);
   }
   if (spec->params != NULL && !cJSON_IsObject(spec->params))
     return spec_error(b, spec, "params", "must be an object");
+  char path[160], field[176];
+  const char *why = sc__json_unfit(spec->params, path, sizeof(path));
+  if (why != NULL) {
+    snprintf(field, sizeof(field), "params%s%s", path[0] == '[' ? "" : ".", path);
+    return sc__plan_refuse_stage(SC_EINVAL, (int32_t)b->n, spec->name, field,
+                                 "%s: it could not be read back from a log", why);
+  }
+  if (spec->retry.initial_backoff_ms > MAX_BACKOFF_MS)
+    return spec_error(b, spec, "retry.initial_backoff_ms", "must be at most 86400000 (a day)");
+  if (spec->retry.max_backoff_ms > MAX_BACKOFF_MS)
+    return spec_error(b, spec, "retry.max_backoff_ms", "must be at most 86400000 (a day)");
   if (spec->retry.max_attempts > MAX_ATTEMPTS)
     return spec_error(b, spec, "retry.max_attempts", "must be at most 1000");
   if (spec->retry.multiplier != 0 &&
@@ -415,6 +461,11 @@ static int run_factory(sc_engine *e, sc_stage_factory_fn factory, void *udata, c
   sc__error_clear();
   sc__plan_error_clear();
   int rc = factory(config, b, udata);
+  if (rc >= 0 && b->n == 0) { /* a plan does something: the JSON factory refuses [] too */
+    sc__plan_refuse_plan(SC_EPLAN, NULL, "the stage factory gave a plan of no stages");
+    sc__builder_free(b);
+    return SC_EPLAN;
+  }
   if (rc >= 0) {
     sc__plan_error_clear(); /* a refusal the factory got past is not the plan's */
     return SC_OK;

@@ -79,7 +79,9 @@ static int prepare(sc_engine *e, const sc_recovery_request *req, prepared *p) {
   }
   if (req->context != NULL && !cJSON_IsObject(req->context))
     return sc__error(SC_EINVAL, "recover: the context must be a JSON object");
-  int rc = sc__plan_get(e, req->config, req->previous_config, &p->plan);
+  int rc = sc__check_values("recover", req->config, req->previous_config, req->context);
+  if (rc != SC_OK) return rc;
+  rc = sc__plan_get(e, req->config, req->previous_config, &p->plan);
   if (rc != SC_OK) return rc;
   char stages[512];
   sc__plan_stage_list(p->plan, stages, sizeof(stages));

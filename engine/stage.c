@@ -146,12 +146,16 @@ void sc_stage_complete(sc_stage_ctx *ctx, cJSON *output) {
     finish(ctx, SC_EINVAL, "stage output must be a JSON object", false, NULL);
     return;
   }
-  if (sc__json_too_deep(output, SC__JSON_MAX_DEPTH)) {
+  char path[160];
+  const char *why = sc__json_unfit(output, path, sizeof(path));
+  if (why != NULL) {
+    char msg[320];
+    if (path[0] == '\0')
+      snprintf(msg, sizeof(msg), "stage output %s: it could not be read back from a log", why);
+    else
+      snprintf(msg, sizeof(msg), "stage output: \"%s\" %s: it could not be read back from a log",
+               path, why);
     cJSON_Delete(output);
-    char msg[128];
-    snprintf(msg, sizeof(msg),
-             "stage output nests deeper than %d levels: it could not be read back from a log",
-             SC__JSON_MAX_DEPTH);
     finish(ctx, SC_EINVAL, msg, false, NULL);
     return;
   }

@@ -172,6 +172,14 @@ static inline bool sc__json_put(cJSON *obj, const char *const_key, cJSON *item) 
 /* Whether v nests deeper than limit (a scalar is depth 0); looks no deeper than limit + 1. */
 bool sc__json_too_deep(const cJSON *v, unsigned limit);
 
+/* Why v could not be written into an event and read back as the same value, or NULL when it
+ * can: a cJSON_Raw item (its text would be written unchecked), a string or a member name that is
+ * not valid UTF-8, a number that is not finite, an item of no JSON type, nesting deeper than
+ * SC__JSON_MAX_DEPTH. path[cap] gets the JSON path of the first such item inside v ("" for v
+ * itself; "a.b[2]", a["odd name"]), cut to fit. The one check of a value where it enters the
+ * engine; a NULL v is fit. */
+const char *sc__json_unfit(const cJSON *v, char *path, size_t cap);
+
 /* Writes a cJSON value compactly; canonical sorts object keys by their bytes. */
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical);
 

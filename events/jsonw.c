@@ -155,6 +155,10 @@ void sc__json_number(sc__buf *b, double v) {
     sc__buf_lit(b, "null"); /* JSON has no such numbers; cJSON writes null too */
     return;
   }
+  if (v == 0 && signbit(v)) { /* -0 stays -0, which reads back as itself: a value of its own */
+    sc__buf_lit(b, "-0");
+    return;
+  }
   if (v == floor(v) && fabs(v) < 9007199254740992.0) {
     sc__json_int(b, (int64_t)v);
     return;
@@ -257,6 +261,92 @@ bool sc__json_too_deep(const cJSON *v, unsigned limit) {
   for (const cJSON *c = v->child; c != NULL; c = c->next)
     if (sc__json_too_deep(c, limit - 1)) return true;
   return false;
+}
+
+/* Appends one step to the path in p[*len .. cap): "[3]", ".name", or ["name"] for a name that is
+ * not a plain identifier (JSON-escaped; a stray byte shows as U+FFFD). The path is cut to fit. */
+static void path_step(char *p, size_t cap, size_t *len, const cJSON *item, size_t index,
+                      bool member) {
+  if (*len >= cap) return;
+  size_t room = cap - *len;
+  int n;
+  if (!member) {
+    n = snprintf(p + *len, room, "[%zu]", index);
+  } else {
+    const char *name = item->string;
+    bool plain = name != NULL && *name != '\0' && !(*name >= '0' && *name <= '9');
+    for (const char *c = name; plain && *c; c++)
+      plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '_';
+    if (plain) {
+      n = snprintf(p + *len, room, "%s%s", *len > 0 ? "." : "", name);
+    } else {
+      char quoted[160];
+      sc__buf q;
+      sc__buf_init_fixed(&q, quoted, sizeof(quoted) - 1);
+      sc__json_string(&q, name ? name : "");
+      quoted[q.len < sizeof(quoted) - 1 ? q.len : sizeof(quoted) - 1] = '\0';
+      n = snprintf(p + *len, room, "[%s]", quoted);
+    }
+  }
+  if (n < 0) return;
+  *len = (size_t)n < room ? *len + (size_t)n : cap - 1;
+}
+
+static bool utf8_valid(const char *s) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t n = strlen(s);
+  for (size_t i = 0; i < n;) {
+    if (u[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t len = sc__utf8_length(u + i, n - i);
+    if (len == 0) return false;
+    i += len;
+  }
+  return true;
+}
+
+static const char *unfit(const cJSON *v, unsigned limit, char *path, size_t cap, size_t *len) {
+  switch (v->type & 0xFF) {
+    case cJSON_False:
+    case cJSON_True:
+    case cJSON_NULL: return NULL;
+    case cJSON_Number:
+      return isfinite(v->valuedouble) ? NULL
+                                      : "is not a finite number (JSON has no NaN or Infinity)";
+    case cJSON_String:
+      if (v->valuestring == NULL) return "is a string without text";
+      return utf8_valid(v->valuestring) ? NULL : "is a string that is not valid UTF-8";
+    case cJSON_Raw: return "is raw JSON text (cJSON_Raw), which is not taken as a value";
+    case cJSON_Array:
+    case cJSON_Object: break;
+    default: return "is not a JSON value (an item of no known cJSON type)";
+  }
+  _Static_assert(SC__JSON_MAX_DEPTH == 512, "the message below names the limit");
+  if (limit == 0) return "nests deeper than 512 levels";
+  bool object = cJSON_IsObject(v);
+  size_t index = 0, mark = *len;
+  for (const cJSON *c = v->child; c != NULL; c = c->next, index++) {
+    *len = mark;
+    if (cap > 0) path[mark < cap ? mark : cap - 1] = '\0';
+    path_step(path, cap, len, c, index, object);
+    if (object && c->string == NULL) return "is a member without a name";
+    if (object && !utf8_valid(c->string)) return "is a member whose name is not valid UTF-8";
+    const char *why = unfit(c, limit - 1, path, cap, len);
+    if (why != NULL) return why;
+  }
+  *len = mark;
+  if (cap > 0) path[mark < cap ? mark : cap - 1] = '\0';
+  return NULL;
+}
+
+const char *sc__json_unfit(const cJSON *v, char *path, size_t cap) {
+  size_t len = 0;
+  if (cap > 0) path[0] = '\0';
+  if (v == NULL) return NULL;
+  return unfit(v, SC__JSON_MAX_DEPTH, path, cap, &len);
 }
 
 void sc__json_value(sc__buf *b, const cJSON *v, bool canonical) {

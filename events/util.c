@@ -54,14 +54,20 @@ bool sc__grow(void *items, size_t *cap, size_t need, size_t elem, size_t first) 
 int sc__read_file(const char *path, size_t max_bytes, bool regular_only, char **text, size_t *len) {
   *text = NULL;
   *len = 0;
-  int flags = O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK | O_NOCTTY : 0);
-  int fd = open(path, flags);
+  /* Opened without blocking: the open of a FIFO that no one writes would wait for ever. A pipe or
+   * FIFO that is read anyway is then read blocking, as it comes (a shell's <(...) has its writer;
+   * one without a writer reads as empty at once). */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) return errno;
   struct stat st;
   bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
   if (regular_only && !regular) {
     close(fd);
     return SC__READ_NOT_REGULAR;
+  }
+  if (!regular) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
   }
   if (regular && st.st_size > 0 && (uint64_t)st.st_size > max_bytes) {
     close(fd); /* too large already: refused without reading it */

@@ -113,10 +113,35 @@ static bool check_env(const cJSON *v, const char *field, const cJSON **bad, char
   return true;
 }
 
+/* The first member of obj that is neither an exec param nor (skip_spec) a stage's spec field. */
+static const cJSON *unknown_member(const cJSON *obj, bool skip_spec) {
+  static const char *const known[] = {"run",           "compensate",          "args",
+                                      "kill_grace_ms", "no_retry_exit_codes", "cwd",
+                                      "env",           "compensate_env"};
+  static const char *const spec[] = {"name",  "kind",     "params", "timeout_ms",
+                                     "retry", "approval", "effect"};
+  const cJSON *m;
+  cJSON_ArrayForEach(m, obj) {
+    if (m->string == NULL) return m;
+    if (sc__name_index(known, sizeof(known) / sizeof(known[0]), m->string) >= 0) continue;
+    if (skip_spec && sc__name_index(spec, sizeof(spec) / sizeof(spec[0]), m->string) >= 0) continue;
+    return m;
+  }
+  return NULL;
+}
+
 bool cli_exec_check(const cJSON *stage, const cJSON *params, const cJSON **bad, size_t *offset,
                     char *why, size_t len) {
   *bad = NULL;
   if (offset != NULL) *offset = SIZE_MAX;
+  /* A misspelt member ("comensate") is refused, as the top level of a pipeline refuses one. */
+  const cJSON *odd = cJSON_IsObject(stage) ? unknown_member(stage, true) : NULL;
+  if (odd == NULL && cJSON_IsObject(params)) odd = unknown_member(params, false);
+  if (odd != NULL)
+    return wrong(bad, odd, why, len,
+                 "\"%s\" is not a member of an exec stage (members: run, compensate, args, "
+                 "kill_grace_ms, no_retry_exit_codes, cwd, env, compensate_env)",
+                 odd->string ? odd->string : "");
   const cJSON *v = param(stage, params, "run");
   if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
     return wrong(bad, v, why, len, "\"run\" is required (a non-empty shell command)");

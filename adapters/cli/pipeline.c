@@ -203,7 +203,7 @@ static const char *field_in_stage(const char *path) {
  * sc_plan_last_error(): the stage by its index, the member by its JSON path; what the operator
  * reads is "stage NAME: FIELD PROBLEM", built from the same fields. A refusal without a record
  * (not a plan's) is reported at the config with its message. */
-static void report_refusal(loader *l, const cJSON *config, bool previous) {
+static void report_refusal(loader *l, const cJSON *config, bool previous, int at_index) {
   const char *which = previous ? "previous_config" : "config";
   const sc_plan_error *pe = sc_plan_last_error();
   const cJSON *stages = member(config, "stages");
@@ -212,9 +212,9 @@ static void report_refusal(loader *l, const cJSON *config, bool previous) {
     return;
   }
   if (pe->stage_index >= 0) {
-    const cJSON *stage = cJSON_IsArray(stages) && pe->stage_index < INT_MAX
-                             ? cJSON_GetArrayItem(stages, pe->stage_index)
-                             : NULL;
+    int index = at_index >= 0 ? at_index : pe->stage_index;
+    const cJSON *stage =
+        cJSON_IsArray(stages) && index < INT_MAX ? cJSON_GetArrayItem(stages, index) : NULL;
     const char *field = field_in_stage(pe->field);
     const cJSON *target = stage ? resolve(stage, field) : stages ? stages : config;
     char label[128], quoted[112], hint[64] = "";
@@ -223,7 +223,7 @@ static void report_refusal(loader *l, const cJSON *config, bool previous) {
     if (name != NULL)
       snprintf(label, sizeof(label), "stage %s", cli_jsonpos_quote(quoted, sizeof(quoted), name));
     else
-      snprintf(label, sizeof(label), "stage %d", pe->stage_index);
+      snprintf(label, sizeof(label), "stage %d", index);
     const cJSON *first;
     if (pe->other_stage_index >= 0 && pe->other_stage_index < INT_MAX &&
         (first = member(cJSON_GetArrayItem(stages, pe->other_stage_index), "name")) != NULL) {
@@ -261,6 +261,33 @@ static int checking_engine(sc_engine **out) {
   return rc;
 }
 
+/* The factory stops at the first stage it refuses (first); every error is reported all the same
+ * (docs/cli.md): each later stage is checked alone, as the only stage of a config, and its
+ * refusal reported at its own place. What only the whole plan shows (a duplicate name) is found
+ * once the stages before it are fixed. */
+static void check_later_stages(loader *l, sc_engine *e, const cJSON *config, bool previous,
+                               int first) {
+  const cJSON *stages = member(config, "stages");
+  int count = cJSON_IsArray(stages) ? cJSON_GetArraySize(stages) : 0;
+  for (int j = first + 1; j < count && !l->oom; j++) {
+    cJSON *alone = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(alone, "stages");
+    cJSON *copy = cJSON_Duplicate(cJSON_GetArrayItem(stages, j), true);
+    if (list == NULL || copy == NULL || !cJSON_AddItemToArray(list, copy)) {
+      cJSON_Delete(copy);
+      cJSON_Delete(alone);
+      l->oom = true;
+      return;
+    }
+    sc_recovery_request req;
+    sc_recovery_request_init(&req);
+    req.config = alone;
+    cJSON *plan = NULL;
+    if (sc_recovery_plan(e, &req, &plan) != SC_OK) report_refusal(l, config, previous, j);
+    cJSON_Delete(plan);
+    cJSON_Delete(alone);
+  }
+}
+
 /* Builds the plan of a config with e's factory and kinds, as a run or a recovery of it would.
  * sc_recovery_plan() does exactly that and creates nothing (no task, no event), which suits a
  * caller's engine; sc_task_submit() would start the task, and sc_plan_fingerprint() checks no
@@ -274,7 +301,10 @@ static void check_config(loader *l, sc_engine *e, const cJSON *config, bool prev
   cJSON *plan = NULL;
   int rc = sc_recovery_plan(e, &req, &plan);
   if (rc != SC_OK) {
-    report_refusal(l, config, previous);
+    const sc_plan_error *pe = sc_plan_last_error();
+    int first = pe != NULL ? pe->stage_index : -1;
+    report_refusal(l, config, previous, -1);
+    if (first >= 0) check_later_stages(l, e, config, previous, first);
     return;
   }
   const cJSON *fp = cJSON_GetObjectItemCaseSensitive(plan, "fingerprint");

@@ -15,6 +15,13 @@
 
 #include "chain.h"
 
+/* The array sc_jsonl_scan hands back keeps its element size for the whole soversion: a field added
+ * to sc_unfinished, or to the request it holds, takes its bytes from the reserved room. */
+#if UINTPTR_MAX == UINT64_MAX
+_Static_assert(sizeof(sc_unfinished) == SC_UNFINISHED_SIZE,
+               "sc_unfinished changed size: take the bytes from its reserved room");
+#endif
+
 typedef struct line_ref {
   size_t off, len; /* len 0: none */
 } line_ref;

@@ -4,7 +4,9 @@
  * sc_jsonl_options version 1 (before existing). Each lives in a heap block of exactly its old
  * size, so that AddressSanitizer reports any read of the library past it; the test also checks
  * that the library gave the fields the old version lacks their defaults, and that the inline
- * _init() of today's headers fills only the struct it is given. Speaks TAP. */
+ * _init() of today's headers fills only the struct it is given. The arrays the library hands back
+ * (sc_jsonl_scan's, sc_engine_pending_approvals') and the report it fills are read with this
+ * program's sizeof, entry by entry. Speaks TAP. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +129,7 @@ static int refused_naming(int which, const char *field) {
 }
 
 int main(void) {
-  printf("1..19\n");
+  printf("1..26\n");
   uv_loop_t loop;
   uv_loop_init(&loop);
   cJSON *config =
@@ -229,6 +231,70 @@ int main(void) {
         "a retry policy that was never set up (version 0) is refused, naming retry.version");
   check(refused_naming(3, "\"approval.version\""),
         "an approval policy of a later version is refused, naming approval.version");
+
+  /* Arrays the library hands back, stepped through with this program's sizeof: two tasks wait at
+   * an approval gate, logged; the pending approvals go into a block of exactly one entry, the
+   * scan's array and the report are read entry by entry (a wrong element size would read the
+   * second entry from the middle of the first). */
+  check(sizeof(sc_unfinished) == SC_UNFINISHED_SIZE || sizeof(void *) != 8,
+        "sc_unfinished has the size the soversion promises");
+  char gpath[] = "/tmp/stagecoach-abi-gate-XXXXXX";
+  fd = mkstemp(gpath);
+  if (fd >= 0) close(fd);
+  unlink(gpath);
+  cJSON *gated = cJSON_Parse("{\"stages\":[{\"name\":\"gate\",\"kind\":\"fn\",\"params\":"
+                             "{\"fn\":\"ok\"},\"approval\":{\"required\":true}}]}");
+  log = NULL;
+  check(sc_jsonl_open(e, gpath, NULL, &log) == SC_OK, "a log for the gated tasks opens");
+  const char *ids[] = {"gated-1", "gated-2"};
+  int submitted = 1;
+  for (int i = 0; i < 2; i++) {
+    sc_task_spec gs;
+    sc_task_spec_init(&gs);
+    gs.task_id = ids[i];
+    gs.tenant_id = i ? "beta" : "acme";
+    gs.config = gated;
+    submitted &= sc_task_submit(e, &gs, NULL) == SC_OK;
+  }
+  run_bounded(&loop);
+  sc_pending_approval *one = block(sizeof(*one));
+  size_t waiting = sc_engine_pending_approvals(e, one, 1);
+  check(submitted && waiting == 2 && one->approvers_needed == 1 && one->stage_index == 0 &&
+            (strcmp(one->task_id, "gated-1") == 0 || strcmp(one->task_id, "gated-2") == 0),
+        "sc_engine_pending_approvals counts both and fills only the one entry it was given");
+  int zero = 1;
+  for (size_t k = 0; k < sizeof(one->reserved) / sizeof(one->reserved[0]); k++)
+    zero &= one->reserved[k] == 0;
+  check(zero, "the pending approval's reserved room is zero");
+  free(one);
+  check(log != NULL && sc_jsonl_close(log) == SC_OK, "the log of the gated tasks closes");
+  sc_jsonl_report *rep = block(sizeof(*rep));
+  memset(rep, 0xA5, sizeof(*rep));
+  sc_unfinished *todo = NULL;
+  size_t n = 0;
+  int scanned = sc_jsonl_scan(gpath, &todo, &n, rep) == SC_OK;
+  zero = 1;
+  for (size_t k = 0; k < sizeof(rep->reserved) / sizeof(rep->reserved[0]); k++)
+    zero &= rep->reserved[k] == 0;
+  check(scanned && n == 2 && rep->lines > 0 && rep->first_bad_line == 0 && zero,
+        "the scan finds both tasks and fills the report, its reserved room zeroed");
+  free(rep);
+  int right = n == 2;
+  for (size_t i = 0; i < n && right; i++) {
+    const sc_unfinished *u = &todo[i];
+    right = u->request.version == SC_RECOVERY_REQUEST_VERSION &&
+            u->request.mode == SC_RECOVER_RETRY && u->request.recovered_from != NULL &&
+            strcmp(u->request.recovered_from, ids[i]) == 0 &&
+            strcmp(u->request.tenant_id, i ? "beta" : "acme") == 0 &&
+            cJSON_IsObject(u->request.config) && u->status == SC_TASK_AWAITING_APPROVAL;
+    for (size_t k = 0; k < sizeof(u->reserved) / sizeof(u->reserved[0]); k++)
+      right &= u->reserved[k] == 0;
+  }
+  check(right,
+        "each entry of the scan's array reads as its own task (version, id, tenant, status)");
+  sc_unfinished_free(todo, n);
+  unlink(gpath);
+  cJSON_Delete(gated);
 
   sc_engine_free(e);
   cJSON_Delete(config);

@@ -563,28 +563,12 @@ static int sweep_child(const char *shell, const char *dir) {
   char canary[PATH_MAX + 16];
   snprintf(canary, sizeof(canary), "%s/pwned", dir);
   /* Each way a value could be read as syntax, by the old quoting or by any shell. */
-  const char *forms[] = {"2.4.1$(touch %s)",
-                         "`touch %s`",
-                         "; touch %s; #",
-                         "\\'; touch %s; #",
-                         "'; touch %s; '",
-                         "\"; touch %s; \"",
-                         "\ntouch %s\n",
-                         "EOF\ntouch %s\nEOF",
-                         "$(touch %s)\n)",
-                         "x\\\n$(touch %s)",
-                         "$((0)) $(touch %s)",
-                         "*",
-                         "--",
-                         "-n",
-                         "'",
-                         "\"",
-                         "\\",
-                         "${HOME} $HOME $$ $1",
-                         "a\nb\n",
-                         "\xff\xfe\xc3( not UTF-8",
-                         "",
-                         "-- -x --y=z"};
+  const char *forms[] = {"2.4.1$(touch %s)", "`touch %s`", "; touch %s; #", "\\'; touch %s; #",
+                         "'; touch %s; '", "\"; touch %s; \"", "\ntouch %s\n", "EOF\ntouch %s\nEOF",
+                         "$(touch %s)\n)", "x\\\n$(touch %s)", "$((0)) $(touch %s)", "*", "--",
+                         "-n", "'", "\"", "\\", "${HOME} $HOME $$ $1", "a\nb\n",
+                         /* a context is UTF-8 (other bytes are refused at submit) */
+                         "\xc3\xa9\xe2\x80\xae\xef\xbf\xbd\xf0\x9f\x98\x80 (", "", "-- -x --y=z"};
   size_t nforms = sizeof(forms) / sizeof(forms[0]);
   payload p[32];
   size_t n = 0;

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdbool.h>
 
 /* ---- helpers shared by the cases ---- */
@@ -516,11 +517,231 @@ static void values_nested_deeper_than_a_log_can_read_back_are_refused(void **sta
   sc_task *refused = NULL;
   assert_int_equal(sc_task_submit(e, &spec, &refused), SC_EINVAL);
   assert_null(refused);
-  assert_non_null(strstr(sc_error_message(), "context nests deeper than 512 levels"));
+  assert_non_null(strstr(sc_error_message(), "submit: context: \"n"));
+  assert_non_null(strstr(sc_error_message(), "nests deeper than 512 levels"));
   cJSON_Delete(context);
 
   cJSON_Delete(config);
   stop_engine(e, &r, &loop);
+}
+
+/* A stage's output that could not be read back from a log as the same value; params.what says
+ * which kind. */
+static int fn_unfit(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  const char *what = cJSON_GetStringValue(cJSON_GetObjectItem(sc_stage_params(ctx), "what"));
+  cJSON *out = cJSON_CreateObject(), *inner = cJSON_AddArrayToObject(out, "r");
+  cJSON_AddItemToArray(inner, cJSON_CreateTrue());
+  if (strcmp(what, "raw") == 0)
+    cJSON_AddItemToArray(inner, cJSON_CreateRaw("1}}\n"));
+  else if (strcmp(what, "utf8") == 0)
+    cJSON_AddItemToArray(inner, cJSON_CreateString("caf\xe9"));
+  else if (strcmp(what, "nan") == 0)
+    cJSON_AddItemToArray(inner, cJSON_CreateNumber(NAN));
+  else if (strcmp(what, "inf") == 0)
+    cJSON_AddItemToArray(inner, cJSON_CreateNumber(-INFINITY));
+  else if (strcmp(what, "key") == 0)
+    cJSON_AddItemToObject(cJSON_AddObjectToObject(out, "o"), "k\xfe", cJSON_CreateNull());
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+/* A config with one fn stage and, when v is given, the member "v". */
+static cJSON *config_with(const char *stage_name, cJSON *v) {
+  cJSON *c = cJSON_CreateObject();
+  cJSON *st = cJSON_CreateObject();
+  cJSON_AddStringToObject(st, "name", stage_name);
+  cJSON_AddStringToObject(st, "kind", "fn");
+  cJSON_AddStringToObject(cJSON_AddObjectToObject(st, "params"), "fn", "sign");
+  cJSON_AddItemToArray(cJSON_AddArrayToObject(c, "stages"), st);
+  if (v != NULL) cJSON_AddItemToObject(c, "v", v);
+  return c;
+}
+
+static int fn_sign(sc_stage_ctx *ctx, void *udata) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(sc_stage_config(ctx), "v");
+  int *seen = udata;
+  *seen = cJSON_IsNumber(v) ? (signbit(v->valuedouble) ? -1 : 1) : 0;
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddNumberToObject(out, "z", -0.0);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
+/* Raw items, strings and member names that are not UTF-8, NaN and the infinities could not be
+ * read back from a log as the same value: a stage's output with one fails the stage (not
+ * retried), naming the JSON path, and the event line is still JSON. */
+static void outputs_that_a_log_could_not_read_back_fail_the_stage_with_their_path(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = engine_on(&loop, NULL, 0);
+  assert_int_equal(sc_engine_register_fn(e, "unfit", fn_unfit, NULL), SC_OK);
+  recorder r;
+  recorder_attach(&r, e);
+  const char *whats[] = {"raw", "utf8", "nan", "inf", "key"};
+  const char *wants[] = {"stage output: \"r[1]\" is raw JSON text",
+                         "stage output: \"r[1]\" is a string that is not valid UTF-8",
+                         "stage output: \"r[1]\" is not a finite number",
+                         "stage output: \"r[1]\" is not a finite number",
+                         "stage output: \"o[\"k\xef\xbf\xbd\"]\" is a member whose name is not"};
+  for (size_t i = 0; i < 5; i++) {
+    char text[256], id[32];
+    snprintf(text, sizeof(text),
+             "{\"stages\":[{\"name\":\"out\",\"kind\":\"fn\",\"params\":{\"fn\":\"unfit\","
+             "\"what\":\"%s\"},\"retry\":{\"max_attempts\":3}}]}",
+             whats[i]);
+    snprintf(id, sizeof(id), "unfit-%s", whats[i]);
+    cJSON *config = json_or_die(text);
+    sc_task *t = submit(e, id, NULL, config, NULL);
+    cJSON_Delete(config);
+    run_bounded(&loop, 5000);
+    assert_int_equal(sc_task_get_status(t), SC_TASK_FAILED);
+    assert_int_equal(recorder_count(&r, SC_EV_STAGE_STARTED, id), 1);
+    cJSON *root;
+    const cJSON *data = event_data(&r, SC_EV_STAGE_FAILED, i, &root);
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(data, "error");
+    assert_int_equal((int)num_of(err, "code"), SC_EINVAL);
+    if (strstr(str_of(err, "message"), wants[i]) == NULL)
+      fail_msg("%s: message %s", whats[i], str_of(err, "message"));
+    cJSON_Delete(root);
+  }
+  for (size_t i = 0; i < r.n; i++) {
+    cJSON *line = cJSON_Parse(r.lines[i]);
+    assert_non_null(line);
+    cJSON_Delete(line);
+  }
+  sc_engine_free(e);
+  recorder_free(&r);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* The same values in a config, a previous_config or a context are refused at submit and at
+ * recovery, with the path; the config's are plan refusals (sc_plan_last_error). Two configs the
+ * canonical form would have written alike (two stray bytes) can no longer share a cached plan. */
+static void configs_and_contexts_that_a_log_could_not_read_back_are_refused(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = engine_on(&loop, NULL, 0);
+  int seen = 0;
+  assert_int_equal(sc_engine_register_fn(e, "sign", fn_sign, &seen), SC_OK);
+  struct {
+    cJSON *config;
+    const char *field, *problem;
+  } bad[] = {
+      {config_with("s", cJSON_CreateRaw("1,\"injected\":true")), "v", "is raw JSON text"},
+      {config_with("s", cJSON_CreateString("\xff")), "v", "is a string that is not valid UTF-8"},
+      {config_with("s", cJSON_CreateString("\xed\xa0\x80")), "v", "not valid UTF-8"},
+      {config_with("s", cJSON_CreateNumber(NAN)), "v", "is not a finite number"},
+      {config_with("s", cJSON_CreateNumber(INFINITY)), "v", "is not a finite number"},
+      {config_with("s\xfe", NULL), "stages[0].name", "not valid UTF-8"},
+      {config_with("s", cJSON_CreateObject()), "v[\"a b\xef\xbf\xbd\"]", "member whose name"},
+  };
+  cJSON_AddNullToObject(cJSON_GetObjectItem(bad[6].config, "v"), "a b\xff");
+  size_t nbad = sizeof(bad) / sizeof(bad[0]);
+  cJSON *good = config_with("s", NULL);
+  for (size_t i = 0; i < nbad; i++) {
+    for (int where = 0; where < 3; where++) { /* config, previous_config, recovery's config */
+      sc_task_spec s;
+      sc_task_spec_init(&s);
+      s.config = where == 1 ? good : bad[i].config;
+      s.previous_config = where == 1 ? bad[i].config : NULL;
+      sc_task *t = NULL;
+      int rc;
+      if (where < 2) {
+        rc = sc_task_submit(e, &s, &t);
+      } else {
+        sc_recovery_request q;
+        sc_recovery_request_init(&q);
+        q.config = bad[i].config;
+        rc = sc_recover_from_restart(e, &q, &t);
+      }
+      assert_int_equal(rc, SC_EINVAL);
+      assert_null(t);
+      const sc_plan_error *pe = sc_plan_last_error();
+      if (pe == NULL) fail_msg("case %zu/%d: no plan refusal (%s)", i, where, sc_error_message());
+      assert_int_equal(pe->code, SC_EINVAL);
+      assert_non_null(pe->field);
+      if (strcmp(pe->field, bad[i].field) != 0)
+        fail_msg("case %zu/%d: field %s, not %s", i, where, pe->field, bad[i].field);
+      assert_non_null(strstr(pe->problem, bad[i].problem));
+      assert_int_equal(pe->previous_config, where == 1);
+      assert_non_null(strstr(pe->message, where == 1 ? "previous_config: \"" : "config: \""));
+    }
+    /* as a context: not a plan refusal, the path in the message */
+    cJSON *context = cJSON_CreateObject();
+    cJSON_AddItemToObject(context, "ctx", cJSON_Duplicate(bad[i].config, true));
+    for (int where = 0; where < 2; where++) {
+      sc_task *t = NULL;
+      int rc;
+      if (where == 0) {
+        sc_task_spec s;
+        sc_task_spec_init(&s);
+        s.config = good;
+        s.context = context;
+        rc = sc_task_submit(e, &s, &t);
+      } else {
+        sc_recovery_request q;
+        sc_recovery_request_init(&q);
+        q.config = good;
+        q.context = context;
+        rc = sc_recover_from_restart(e, &q, &t);
+      }
+      assert_int_equal(rc, SC_EINVAL);
+      assert_null(t);
+      assert_null(sc_plan_last_error());
+      char want[128];
+      snprintf(want, sizeof(want), "context: \"ctx.%s\" ", bad[i].field);
+      if (bad[i].field[1] == '[') snprintf(want, sizeof(want), "context: \"ctx.v[");
+      if (strstr(sc_error_message(), want) == NULL || !strstr(sc_error_message(), bad[i].problem))
+        fail_msg("context case %zu/%d: %s", i, where, sc_error_message());
+    }
+    cJSON_Delete(context);
+    cJSON_Delete(bad[i].config);
+  }
+  /* nothing was created */
+  assert_int_equal(sc_engine_task_count(e), 0);
+  cJSON_Delete(good);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* -0 is written as -0 (it reads back as itself), so {"v":-0.0} is not {"v":0}: each task runs
+ * with its own config, not a cached plan's, and the digest tells them apart. */
+static void negative_zero_is_a_value_of_its_own(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = engine_on(&loop, NULL, 0);
+  int seen = 0;
+  assert_int_equal(sc_engine_register_fn(e, "sign", fn_sign, &seen), SC_OK);
+  recorder r;
+  recorder_attach(&r, e);
+  cJSON *zero = config_with("s", cJSON_CreateNumber(0.0));
+  cJSON *minus = config_with("s", cJSON_CreateNumber(-0.0));
+  submit(e, "zero", NULL, zero, NULL);
+  run_bounded(&loop, 5000);
+  assert_int_equal(seen, 1);
+  submit(e, "minus", NULL, minus, NULL);
+  run_bounded(&loop, 5000);
+  assert_int_equal(seen, -1);
+  char dz[72], dm[72];
+  assert_int_equal(sc_json_digest(zero, dz), SC_OK);
+  assert_int_equal(sc_json_digest(minus, dm), SC_OK);
+  assert_string_not_equal(dz, dm);
+  /* the output's -0 is in the event line as -0 and reads back as -0 */
+  cJSON *ctx = recorder_context(&r, SC_EV_STAGE_COMPLETED, 1);
+  assert_non_null(ctx);
+  const cJSON *z = cJSON_GetObjectItemCaseSensitive(ctx, "z");
+  assert_true(cJSON_IsNumber(z));
+  assert_true(z->valuedouble == 0 && signbit(z->valuedouble));
+  cJSON_Delete(ctx);
+  cJSON_Delete(zero);
+  cJSON_Delete(minus);
+  sc_engine_free(e);
+  recorder_free(&r);
+  assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void start_returning_error_without_finishing_fails_stage_with_that_code(void **state) {
@@ -1509,6 +1730,9 @@ int main(void) {
       cmocka_unit_test(max_active_tasks_one_serializes_different_tenants),
       cmocka_unit_test(engine_free_during_sleep_stage_closes_loop_cleanly),
       cmocka_unit_test(engine_with_own_loop_runs_tasks),
+      cmocka_unit_test(outputs_that_a_log_could_not_read_back_fail_the_stage_with_their_path),
+      cmocka_unit_test(configs_and_contexts_that_a_log_could_not_read_back_are_refused),
+      cmocka_unit_test(negative_zero_is_a_value_of_its_own),
       cmocka_unit_test(post_from_another_thread_runs_on_loop_thread),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

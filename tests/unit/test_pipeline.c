@@ -681,6 +681,19 @@ static void exec_members_are_checked_at_load_where_they_are(void **state) {
       "${context.artifact}", 0,
       "stage \"deploy\": \"compensate\" may not contain ${context.artifact}; pass it as "
       "\"env\": {\"ARTIFACT\": \"${context.artifact}\"} and write \"$ARTIFACT\"");
+  /* A member the exec kind does not have, at the stage or in params, as the top level refuses */
+  assert_refused_at(with_stages("      { \"name\": \"odd\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"bogus\": 7 }"),
+                    "7 }", 0,
+                    "stage \"odd\": \"bogus\" is not a member of an exec stage (members: run, "
+                    "compensate, args, kill_grace_ms, no_retry_exit_codes, cwd, env, "
+                    "compensate_env)");
+  assert_refused_at(with_stages("      { \"name\": \"odd\", \"kind\": \"exec\", \"run\": \"x\",\n"
+                                "        \"params\": { \"comensate\": \"y\" } }"),
+                    "\"y\"", 0,
+                    "stage \"odd\": \"comensate\" is not a member of an exec stage (members: "
+                    "run, compensate, args, kill_grace_ms, no_retry_exit_codes, cwd, env, "
+                    "compensate_env)");
   /* previous_config is checked the same way */
   assert_refused_at(
       "{\"config\":{\"stages\":[{\"name\":\"a\",\"kind\":\"exec\",\"run\":\"x\"}]},\n"
@@ -846,6 +859,25 @@ static void both_configs_are_checked_and_reported(void **state) {
       lines);
 }
 
+/* The factory stops at the first stage it refuses; validate still reports the later stages'
+ * errors, each at its place, in one pass. */
+static void every_refused_stage_of_a_config_is_reported(void **state) {
+  (void)state;
+  const char *const lines[] = {
+      "2:48: stage \"a\": \"timeout_ms\" must be a non-negative integer",
+      "4:3: stage 2: \"name\" is required",
+      "5:58: stage \"d\": \"retry.multiplier\" must be between 1 and 100",
+      NULL,
+  };
+  assert_report(
+      "{\"config\": {\"stages\": [\n"
+      "  {\"name\": \"a\", \"kind\": \"sleep\", \"timeout_ms\": -1, \"params\": {\"ms\": 1}},\n"
+      "  {\"name\": \"b\", \"kind\": \"sleep\", \"params\": {\"ms\": 1}},\n"
+      "  {\"kind\": \"sleep\", \"params\": {\"ms\": 1}},\n"
+      "  {\"name\": \"d\", \"kind\": \"sleep\", \"retry\": {\"multiplier\": 0}}]}}",
+      lines);
+}
+
 static void a_stage_name_with_quotes_is_quoted_in_the_report(void **state) {
   (void)state;
   assert_refused(
@@ -962,6 +994,7 @@ int main(void) {
       cmocka_unit_test(missing_stages_are_located_at_the_config),
       cmocka_unit_test(a_previous_config_refusal_says_previous_config),
       cmocka_unit_test(both_configs_are_checked_and_reported),
+      cmocka_unit_test(every_refused_stage_of_a_config_is_reported),
       cmocka_unit_test(a_stage_name_with_quotes_is_quoted_in_the_report),
       cmocka_unit_test(exec_members_are_checked_at_load_where_they_are),
       cmocka_unit_test(a_duplicate_inside_an_earlier_member_is_reported_first),

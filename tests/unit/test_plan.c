@@ -1,6 +1,8 @@
 /* Plans: the JSON stage factory, custom factories, fingerprints, canonical JSON and digests. */
 #include "harness.h"
 
+#include <math.h>
+
 #define FP_LEN (sizeof("sha256:") - 1 + 64)
 
 /* A pipeline config with every stage field in use. */
@@ -478,6 +480,55 @@ static void json_factory_refuses_a_bad_timeout(void **state) {
                         "timeout_ms");
 }
 
+/* stage 1's refusal for field has a problem containing want and not unwanted (may be NULL). */
+static void assert_stage1_problem(const char *stage_json, const char *field, const char *want,
+                                  const char *unwanted) {
+  assert_stage1_refused(stage_json, field);
+  const char *problem = sc_plan_last_error()->problem;
+  if (strstr(problem, want) == NULL) fail_msg("%s: problem \"%s\"", stage_json, problem);
+  if (unwanted != NULL && strstr(problem, unwanted) != NULL)
+    fail_msg("%s: problem \"%s\" has \"%s\"", stage_json, problem, unwanted);
+}
+
+/* An integer too large is told the range, not that it is no integer; past 2^53 the number read is
+ * not the one written, so it is not quoted. */
+static void a_timeout_too_large_is_told_the_range(void **state) {
+  (void)state;
+  const char *huge[] = {"18446744073709551616", "1e16", "1e300", "9007199254740993"};
+  for (size_t i = 0; i < 4; i++) {
+    char stage[256];
+    snprintf(stage, sizeof(stage),
+             "{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},\"timeout_ms\":%s}",
+             huge[i]);
+    assert_stage1_problem(stage, "timeout_ms", "must be between 0 and 4294967295",
+                          "9007199254740992");
+  }
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"timeout_ms\":5000000000}",
+                        "timeout_ms", "(got 5000000000)", NULL);
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"timeout_ms\":-1e300}",
+                        "timeout_ms", "must be a non-negative integer", NULL);
+}
+
+/* retry and approval refuse a member they do not have, as the top level does: a misspelt
+ * "max_attempt" is not a stage without retries. */
+static void retry_and_approval_refuse_unknown_members(void **state) {
+  (void)state;
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"retry\":{\"max_attempt\":3}}",
+                        "retry.max_attempt", "is not a member of retry (members: max_attempts",
+                        NULL);
+  assert_stage1_problem("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                        "\"approval\":{\"required\":true,\"aprovers_needed\":2}}",
+                        "approval.aprovers_needed", "is not a member of approval", NULL);
+  assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
+                         "\"retry\":{\"max_attempts\":3,\"initial_backoff_ms\":1,"
+                         "\"max_backoff_ms\":2,\"multiplier\":2},\"approval\":{\"required\":"
+                         "true,\"approvers_needed\":2,\"timeout_ms\":5,\"on_timeout\":\"fail\","
+                         "\"on_reject\":\"fail\"}}");
+}
+
 static void json_factory_accepts_timeouts_up_to_uint32_max(void **state) {
   (void)state;
   assert_stage1_accepted("{\"name\":\"b\",\"kind\":\"sleep\",\"params\":{\"ms\":1},"
@@ -594,6 +645,82 @@ static void json_factory_refusal_message_names_the_stage(void **state) {
   assert_plan_error(SC_EPLAN, 1, "verify", "stages[1].timeout_ms");
   assert_string_equal(sc_plan_last_error()->problem, "must be a non-negative integer");
   assert_false(sc_plan_last_error()->previous_config);
+}
+
+/* A factory of one's own that gives, as udata says, 0: no stage; 1: a backoff the JSON factory
+ * refuses; 2: params holding a Raw item; 3: params with NaN; 4: a name that is not UTF-8; 5: the
+ * largest backoff, which is fine. */
+static int odd_factory(const cJSON *config, sc_plan_builder *b, void *udata) {
+  (void)config;
+  int which = *(const int *)udata;
+  if (which == 0) return SC_OK;
+  sc_stage_spec s;
+  sc_stage_spec_init(&s);
+  s.name = which == 4 ? "s\xff" : "s";
+  s.kind = "noop";
+  cJSON *params = cJSON_CreateObject();
+  cJSON *inner = cJSON_AddObjectToObject(params, "x");
+  if (which == 1) s.retry.initial_backoff_ms = 100000000;
+  if (which == 5) s.retry.initial_backoff_ms = 86400000;
+  if (which == 2) cJSON_AddItemToObject(inner, "y", cJSON_CreateRaw("1}"));
+  if (which == 3) cJSON_AddItemToObject(inner, "y", cJSON_CreateNumber(NAN));
+  s.params = params;
+  int rc = sc_plan_add_stage(b, &s);
+  cJSON_Delete(params);
+  return rc;
+}
+
+/* sc_plan_add_stage holds every factory to what the JSON factory holds a config to: no empty plan,
+ * the same bounds, and params and names a log can give back. */
+static void add_stage_holds_a_factory_of_ones_own_to_the_json_factorys_rules(void **state) {
+  (void)state;
+  struct {
+    const char *field, *problem;
+  } want[] = {{NULL, "no stages"},
+              {"stages[0].retry.initial_backoff_ms", "at most 86400000"},
+              {"stages[0].params.x.y", "raw JSON text"},
+              {"stages[0].params.x.y", "not a finite number"},
+              {"stages[0].name", "not valid UTF-8"}};
+  for (int which = 0; which < 5; which++) {
+    char fp[72];
+    int rc = sc_plan_fingerprint(odd_factory, &which, NULL, fp);
+    if (rc != SC_EPLAN) fail_msg("case %d: %s (%s)", which, sc_err_name(rc), sc_error_message());
+    const sc_plan_error *pe = sc_plan_last_error();
+    assert_non_null(pe);
+    if (want[which].field == NULL)
+      assert_null(pe->field);
+    else if (pe->field == NULL || strcmp(pe->field, want[which].field) != 0)
+      fail_msg("case %d: field %s", which, pe->field ? pe->field : "(none)");
+    if (strstr(pe->problem, want[which].problem) == NULL)
+      fail_msg("case %d: problem %s", which, pe->problem);
+  }
+  char fp[72];
+  int bound = 5;
+  assert_int_equal(sc_plan_fingerprint(odd_factory, &bound, NULL, fp), SC_OK);
+}
+
+/* The list of kinds in an unknown kind's problem is cut with "..." and still closed. */
+static void an_unknown_kind_among_many_long_kinds_is_listed_cut_and_closed(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  sc_engine *e = NULL;
+  assert_int_equal(sc_engine_new(&loop, NULL, &e), SC_OK);
+  for (int i = 0; i < 20; i++) {
+    char name[64];
+    snprintf(name, sizeof(name), "a-rather-long-kind-name-number-%02d", i);
+    register_noop_kind(e, name);
+  }
+  assert_int_equal(submit_json(e, "{\"stages\":[{\"name\":\"a\",\"kind\":\"nope\"}]}", NULL),
+                   SC_EPLAN);
+  const sc_plan_error *pe = sc_plan_last_error();
+  assert_non_null(pe);
+  size_t len = strlen(pe->problem);
+  assert_true(len > 0 && pe->problem[len - 1] == ')');
+  assert_non_null(strstr(pe->problem, ", ...)"));
+  assert_non_null(strstr(pe->problem, "(kinds: fn, sleep"));
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 /* ---- the JSON factory on an engine ---- */
@@ -1619,6 +1746,10 @@ int main(void) {
       cmocka_unit_test(json_factory_refuses_a_sleep_stage_without_valid_params_ms),
       cmocka_unit_test(json_factory_refusal_message_names_the_stage),
       cmocka_unit_test(submit_refuses_an_unknown_kind_listing_the_registered_kinds),
+      cmocka_unit_test(a_timeout_too_large_is_told_the_range),
+      cmocka_unit_test(retry_and_approval_refuse_unknown_members),
+      cmocka_unit_test(add_stage_holds_a_factory_of_ones_own_to_the_json_factorys_rules),
+      cmocka_unit_test(an_unknown_kind_among_many_long_kinds_is_listed_cut_and_closed),
       cmocka_unit_test(unknown_kind_message_lists_a_kind_registered_later),
       cmocka_unit_test(an_unknown_kind_with_a_long_name_is_cut_between_characters),
       cmocka_unit_test(submit_refuses_a_bad_stage_and_emits_nothing),

@@ -247,9 +247,11 @@ SC_EXTERN int sc_engine_register_fn(sc_engine *e, const char *name, sc_stage_fn 
 
 /* Finishes the stage successfully. output (may be NULL) is taken over: an object's members are
  * merged into the task's context (a shallow merge: each member replaces the context member of
- * the same name); another type, or an object nested deeper than 512 levels (its event line could
- * not be read back), is refused and fails the stage (SC_EINVAL, not retried; sc_task_submit
- * refuses a config or context that deep the same way). A second finish of the same stage
+ * the same name); another type, or an object that a log could not give back as the same value
+ * (nested deeper than 512 levels, a cJSON_Raw item, a string or member name that is not UTF-8, NaN
+ * or an infinity: docs/events.md, "Values that enter the engine"), is refused and fails the stage
+ * (SC_EINVAL, not retried, the JSON path in the message; sc_task_submit and recovery refuse such a
+ * config, previous_config or context the same way). A second finish of the same stage
  * is refused (reported through the engine's log callback) and output is freed. After the call
  * ctx may be freed: do not use it again. */
 SC_EXTERN void sc_stage_complete(sc_stage_ctx *ctx, cJSON *output);
@@ -314,7 +316,9 @@ static inline void sc_task_spec_init(sc_task_spec *s) {
  * On success *out (may be NULL) is the task, borrowed: valid until the engine lets the task go
  * (its terminal event acknowledged, sc_task_release(), sc_engine_free()) unless the caller takes
  * a reference with sc_task_ref() ("Task lifetime" in docs/design.md). A failure (bad spec, a plan
- * the factory refuses, a duplicate task id: SC_EBUSY) creates nothing and emits nothing. */
+ * the factory refuses, a duplicate task id: SC_EBUSY; a config, previous_config or context that a
+ * log could not give back as the same value, as sc_stage_complete says) creates nothing and emits
+ * nothing. */
 SC_EXTERN int sc_task_submit(sc_engine *e, const sc_task_spec *spec, sc_task **out);
 
 /* Control operations. Each returns SC_ETRANSITION, with a message naming the task's status, when
@@ -386,6 +390,9 @@ typedef struct sc_pending_approval {
   const char *reason;                /* "policy" or "irreversible-stage-in-flight" */
   int64_t requested_ns, deadline_ns; /* since the Unix epoch; deadline 0: none */
   uint32_t approvals, approvers_needed;
+  /* Reserved room (zeroed by the library): later fields go here, so that the entries the library
+   * writes into the caller's array keep their size (docs/design.md, "ABI"). */
+  uint64_t reserved[6];
 } sc_pending_approval;
 
 /* The approvals the engine waits for. Fills at most cap entries of out (out may be NULL) and

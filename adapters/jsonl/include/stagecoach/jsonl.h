@@ -56,6 +56,9 @@ typedef struct sc_jsonl_report {
   uint64_t good_bytes;    /* bytes up to the end of the last line whose chain verified */
   bool torn_tail;         /* the file ends in an incomplete line (a crash mid-write) */
   int64_t first_bad_line; /* 1-based number of the first line that does not verify; 0: none */
+  /* Reserved room (zeroed by the library): later fields go here, so the struct the library fills
+   * keeps its size (docs/design.md, "ABI"). */
+  uint64_t reserved[8];
 } sc_jsonl_report;
 
 /* Opens (creating it if needed, unless o->existing) a log for appending and subscribes to every
@@ -101,7 +104,13 @@ typedef struct sc_unfinished {
                                   what the scan put there, not what the caller did) */
   sc_task_status status;       /* the task's last status in the log */
   sc_recovery_request scanned; /* private: the request as the scan allocated it */
+  /* Reserved room (zero), so that the library's array keeps its element size when fields are
+   * added or the request grows: a later version takes its room from here (docs/design.md, "ABI").
+   * sizeof(sc_unfinished) is SC_UNFINISHED_SIZE on LP64 for the whole of soversion 1. */
+  uint64_t reserved[29];
 } sc_unfinished;
+
+#define SC_UNFINISHED_SIZE 512
 
 /* Reads a log and returns one entry per task that has no terminal event and is not superseded by a
  * later task.recovered: config and previous config from task.created, the last completed stage
