@@ -211,6 +211,18 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
                NULL, cutoff, per, &r->events_deleted);
       if ((rc = commit(&b, rc)) != SC_OK || r->events_deleted - before < per) break;
     }
+    /* A finished task's approvals older than the limit go with its events: nothing waits on
+     * them, and the pending query never lists a finished task's. */
+    for (; rc == SC_OK;) {
+      uint64_t before = r->approvals_deleted;
+      if ((rc = begin(&b)) != SC_OK) break;
+      rc = run(db,
+               "DELETE FROM approvals WHERE (task_id, seq) IN (SELECT a.task_id, a.seq FROM"
+               " approvals a JOIN tasks t ON t.id=a.task_id WHERE t.finished=1 AND"
+               " a.requested_ns<?2 LIMIT ?3)",
+               NULL, cutoff, per, &r->approvals_deleted);
+      if ((rc = commit(&b, rc)) != SC_OK || r->approvals_deleted - before < per) break;
+    }
   }
   for (size_t i = 0; i < n; i++) {
     free(ids[i]);

@@ -672,6 +672,64 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   assert_int_equal(sc_sqlite_close(db), SC_OK);
 }
 
+static long rows_of(const char *path, const char *query) {
+  sqlite3 *h;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(h, query, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  long n = (long)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return n;
+}
+
+static void retention_deletes_the_approvals_of_old_finished_tasks_only(void **state) {
+  char path[256];
+  temp_path(state, "approvals.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour none = {NULL};
+  sc_engine *e = new_engine(&loop, &none);
+  sc_sqlite *db = open_db(e, path);
+  submit(e, "granted", "acme", 2, 1);   /* approved below, then completes */
+  submit(e, "waiting", "globex", 2, 2); /* stays waiting at s2 */
+  settle(&loop);
+  sc_task *t = sc_engine_find_task(e, "granted");
+  assert_non_null(t);
+  assert_int_equal(sc_task_approve(t, "s1", "ops", "fine"), SC_OK);
+  settle(&loop);
+  assert_null(sc_engine_find_task(e, "granted"));
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals"), 2);
+
+  db = open_db(NULL, path);
+  sc_sqlite_retention p;
+  sc_sqlite_retention_init(&p);
+  sc_sqlite_retain_report rep;
+  /* Younger than the limit: nothing goes. */
+  p.max_age_ms = 3600 * 1000;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.approvals_deleted, 0);
+  /* Older: the finished task's approval goes, the waiting task's stays and is still pending. */
+  p.max_age_ms = 1;
+  p.now_ns = INT64_MAX / 2;
+  p.batch_rows = 1;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.approvals_deleted, 1);
+  cJSON *pending = NULL;
+  assert_int_equal(sc_sqlite_approvals(db, NULL, &pending), SC_OK);
+  assert_int_equal(cJSON_GetArraySize(pending), 1);
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(pending, 0), "task")->valuestring,
+                      "waiting");
+  cJSON_Delete(pending);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='granted'"), 0);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='waiting'"), 1);
+}
+
 typedef struct pause_watch {
   uint64_t last_ns, longest_ns, turns;
   bool done;
@@ -828,6 +886,7 @@ int main(void) {
       T(unfinished_agrees_with_the_log_scan_crash_included),
       T(restore_from_the_second_of_five_checkpoints_runs_the_rest),
       T(tasks_page_by_tenant_and_status_and_approvals_pending),
+      T(retention_deletes_the_approvals_of_old_finished_tasks_only),
       T(delete_forgets_a_finished_task_and_refuses_an_unfinished_one),
       T(a_second_writer_is_refused_and_a_reader_is_not),
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),
