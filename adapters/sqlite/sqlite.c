@@ -258,6 +258,23 @@ static bool bind_json(sqlite3_stmt *s, int i, const cJSON *v, char **buf) {
   return true;
 }
 
+/* The same into one of the handle's buffers, valid until its next use: no allocation once the
+ * buffer has grown to the size of the largest value. */
+static bool bind_json_into(sqlite3_stmt *s, int i, const cJSON *v, sc__buf *b) {
+  if (v == NULL) {
+    sqlite3_bind_null(s, i);
+    return true;
+  }
+  sc__buf_reset(b);
+  sc__json_value(b, v, true);
+  if (!sc__buf_cstr(b)) {
+    sc__buf_free(b); /* incomplete: the next use starts over */
+    return false;
+  }
+  sqlite3_bind_text(s, i, b->p, (int)b->len, SQLITE_STATIC);
+  return true;
+}
+
 static int step_done(sc_sqlite *db, sqlite3_stmt *s, const char *what) {
   int rc = sqlite3_step(s);
   sqlite3_reset(s);
@@ -371,13 +388,13 @@ static int project_task(sc_sqlite *db, const sc_event *ev) {
   sc__task_update *u = find_update(db, ev->task_id, true);
   if (u == NULL) return sc__sqlite_fail(db, SQLITE_NOMEM, "update a task");
   u->status = sc_task_status_name(ev->status);
-  if (ev->stage) {
+  if (ev->stage && (u->stage == NULL || strcmp(u->stage, ev->stage) != 0)) {
     char *stage = strdup(ev->stage);
     if (stage == NULL) return sc__sqlite_fail(db, SQLITE_NOMEM, "update a task");
     free(u->stage);
     u->stage = stage;
-    u->stage_index = ev->stage_index;
   }
+  if (ev->stage) u->stage_index = ev->stage_index;
   u->epoch = (int64_t)ev->epoch;
   u->updated_ns = ev->time_ns;
   if (finishes(ev->type)) u->finished = true;
@@ -402,7 +419,6 @@ static int project_checkpoint(sc_sqlite *db, const sc_event *ev) {
   const char *digest = str_member(data, "digest");
   if (digest == NULL || ev->stage == NULL) return SC_OK; /* nothing a checkpoint can be */
   sqlite3_stmt *s = db->st[ST_CHECKPOINT];
-  char *out = NULL, *ctx = NULL;
   sqlite3_bind_text(s, 1, ev->task_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(s, 2, (sqlite3_int64)ev->seq);
   sqlite3_bind_text(s, 3, ev->stage, -1, SQLITE_STATIC);
@@ -416,16 +432,13 @@ static int project_checkpoint(sc_sqlite *db, const sc_event *ev) {
   const cJSON *context = cJSON_GetObjectItemCaseSensitive(data, "context");
   sqlite3_bind_text(s, 10, digest, -1, SQLITE_STATIC);
   bind_text(s, 11, str_member(data, "fingerprint"));
-  if (!bind_json(s, 9, output, &out) ||
-      !bind_json(s, 12, cJSON_IsObject(context) ? context : NULL, &ctx)) {
+  if (!bind_json_into(s, 9, output, &db->scratch[0]) ||
+      !bind_json_into(s, 12, cJSON_IsObject(context) ? context : NULL, &db->scratch[1])) {
     sqlite3_reset(s);
-    free(out);
+    sqlite3_clear_bindings(s);
     return sc__sqlite_fail(db, SQLITE_NOMEM, "encode a checkpoint");
   }
-  int rc = step_done(db, s, "insert a checkpoint");
-  free(out);
-  free(ctx);
-  return rc;
+  return step_done(db, s, "insert a checkpoint");
 }
 
 static int project_approval(sc_sqlite *db, const sc_event *ev) {
@@ -630,6 +643,8 @@ static void free_db(sc_sqlite *db) {
   if (db->db) sqlite3_close(db->db);
   drop_lock(db); /* after SQLite let go of the file: see held_take */
   clear_updates(db);
+  sc__buf_free(&db->scratch[0]);
+  sc__buf_free(&db->scratch[1]);
   free(db->updates);
   free(db->path);
   free(db->acks);

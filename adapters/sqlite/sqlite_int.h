@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 #include <uv.h>
 
+#include "../../events/internal.h"
 #include "../memory/store_int.h"
 #include "stagecoach/sqlite.h"
 
@@ -47,6 +48,7 @@ struct sc_sqlite {
   size_t nacks, capacks;
   sc__task_update *updates; /* this turn's, open addressing by id */
   size_t nupdates, capupdates;
+  sc__buf scratch[2]; /* a checkpoint's output and context, encoded (reused, never shrunk) */
   unsigned retaining; /* sc_sqlite_retain_start() runs in flight */
   int err;            /* the first storage error, sticky */
   char errmsg[512];
