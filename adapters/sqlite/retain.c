@@ -39,6 +39,7 @@ static int commit(batch *b, int rc) {
       sqlite3_exec(b->db->db, "ROLLBACK", NULL, NULL, NULL);
     return sc_error_set(rc, "%s", keep);
   }
+  sc__sqlite_watch_note(b->db); /* its checkpoint may have written the main file */
   int64_t took = mono_ns() - b->started;
   b->r->batches++;
   if (took > b->r->longest_batch_ns) b->r->longest_batch_ns = took;
@@ -262,6 +263,8 @@ static void retain_work(uv_work_t *w) {
     job->status = sc__sqlite_error(&shadow, rc, "open for retention");
   } else {
     sqlite3_busy_timeout(shadow.db, (int)shadow.opts.busy_timeout_ms);
+    /* The writer alone checkpoints into the main file: it watches that file for other writers. */
+    sqlite3_exec(shadow.db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL);
     sqlite3_exec(shadow.db,
                  shadow.opts.synchronous == SC_SQLITE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
                                                                   : "PRAGMA synchronous=FULL",

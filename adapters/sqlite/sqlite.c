@@ -163,6 +163,56 @@ static void drop_lock(sc_sqlite *db) {
   db->lock_fd = -1;
 }
 
+/* ---- the files under the writer ---- */
+
+void sc__sqlite_watch_note(sc_sqlite *db) {
+  struct stat st;
+  db->seen.valid = false;
+  if (db->lock_fd < 0 || fstat(db->lock_fd, &st) != 0) return;
+  db->seen.size = st.st_size;
+  db->seen.mtime = st.st_mtim;
+  db->seen.wal_known = db->wal_path && stat(db->wal_path, &st) == 0;
+  if (db->seen.wal_known) {
+    db->seen.wal_dev = st.st_dev;
+    db->seen.wal_ino = st.st_ino;
+  }
+  db->seen.valid = true;
+}
+
+static int watch_fail(sc_sqlite *db, int code, const char *what) {
+  sc_error_set(code,
+               "database %s %s during the run: the events since the last commit are not stored",
+               db->path, what);
+  if (db->err == 0) {
+    db->err = code;
+    snprintf(db->errmsg, sizeof(db->errmsg), "%s", sc_error_message());
+  }
+  return code;
+}
+
+/* Whether the files are still the ones this writer committed to. SQLite writes through its own
+ * descriptors, so it goes on writing to a file deleted or renamed over (the data then lives only
+ * until the process ends), and it reads the pages it has cached, so bytes changed under it go
+ * unseen until a later open finds them. Only this writer writes the main file (its commits'
+ * checkpoints; retention's connection does not checkpoint), so any other change of its size or
+ * time is another program's. */
+static int watch_check(sc_sqlite *db) {
+  if (!db->seen.valid) return SC_OK;
+  struct stat mine, there;
+  if (fstat(db->lock_fd, &mine) != 0 || stat(db->path, &there) != 0 ||
+      mine.st_dev != there.st_dev || mine.st_ino != there.st_ino)
+    return watch_fail(db, SC_EIO, "was deleted or replaced");
+  if (mine.st_size != db->seen.size || mine.st_mtim.tv_sec != db->seen.mtime.tv_sec ||
+      mine.st_mtim.tv_nsec != db->seen.mtime.tv_nsec)
+    return watch_fail(db, SC_ECORRUPT,
+                      "was written by another program (its size or time changed outside this "
+                      "writer's commits)");
+  if (db->seen.wal_known && (stat(db->wal_path, &there) != 0 || there.st_dev != db->seen.wal_dev ||
+                             there.st_ino != db->seen.wal_ino))
+    return watch_fail(db, SC_EIO, "had its write-ahead log (-wal) deleted or replaced");
+  return SC_OK;
+}
+
 /* ---- schema ---- */
 
 static int user_version(sc_sqlite *db, int *out) {
@@ -518,11 +568,14 @@ static void finish_acks(sc_sqlite *db, int status) {
 static int commit_turn(sc_sqlite *db) {
   if (db->in_tx) {
     db->in_tx = false;
+    if (!db->err) watch_check(db);
     if (!db->err) sc__sqlite_flush(db);
     int rc = db->err ? SQLITE_ABORT : sqlite3_exec(db->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
       if (!db->err) sc__sqlite_fail(db, rc, "commit");
       if (sqlite3_get_autocommit(db->db) == 0) sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
+    } else {
+      sc__sqlite_watch_note(db);
     }
   }
   clear_updates(db);
@@ -594,6 +647,7 @@ static int attach(sc_sqlite *db, sc_engine *e) {
   int rc = sc_engine_subscribe(e, &s, &db->sub);
   if (rc != SC_OK) return rc;
   db->engine = e;
+  sc__sqlite_watch_note(db);
   return SC_OK;
 }
 
@@ -647,6 +701,7 @@ static void free_db(sc_sqlite *db) {
   sc__buf_free(&db->scratch[1]);
   free(db->updates);
   free(db->path);
+  free(db->wal_path);
   free(db->acks);
   free(db);
 }
@@ -701,10 +756,15 @@ int sc_sqlite_open(sc_engine *e, const char *path, const sc_sqlite_options *o, s
   if (o != NULL && (o->version < 1 || o->version > SC_SQLITE_OPTIONS_VERSION))
     return sc_error_set(SC_EINVAL, "sqlite: unsupported sc_sqlite_options version %u", o->version);
   sc_sqlite *db = calloc(1, sizeof(*db));
-  if (db == NULL || (db->path = strdup(path)) == NULL) {
+  size_t plen = strlen(path);
+  if (db == NULL || (db->path = strdup(path)) == NULL ||
+      (db->wal_path = malloc(plen + 5)) == NULL) {
+    if (db) free(db->path);
     free(db);
     return sc_error_set(SC_ENOMEM, "sqlite: out of memory");
   }
+  memcpy(db->wal_path, path, plen);
+  memcpy(db->wal_path + plen, "-wal", 5);
   db->lock_fd = -1;
   if (o)
     db->opts = *o;

@@ -607,6 +607,100 @@ static void a_busy_database_pauses_the_task_with_the_error(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- the file changed under a running writer ---- */
+
+typedef enum { DAMAGE_DELETE, DAMAGE_REPLACE, DAMAGE_WAL_DELETE, DAMAGE_OVERWRITE } damage;
+
+static void do_damage(const char *path, damage how) {
+  char other[300];
+  switch (how) {
+    case DAMAGE_DELETE: assert_int_equal(unlink(path), 0); break;
+    case DAMAGE_REPLACE: {
+      snprintf(other, sizeof(other), "%s.new", path);
+      FILE *f = fopen(other, "w");
+      assert_non_null(f);
+      fputs("not a database\n", f);
+      fclose(f);
+      assert_int_equal(rename(other, path), 0);
+      break;
+    }
+    case DAMAGE_WAL_DELETE:
+      snprintf(other, sizeof(other), "%s-wal", path);
+      assert_int_equal(unlink(other), 0);
+      break;
+    case DAMAGE_OVERWRITE: {
+      /* Garbage over the header and the first pages, as a stray program or a bad disk leaves. */
+      FILE *f = fopen(path, "r+");
+      assert_non_null(f);
+      char junk[8192];
+      memset(junk, 0xa5, sizeof(junk));
+      assert_int_equal(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+      fclose(f);
+      break;
+    }
+  }
+}
+
+static bool task_paused(sc_engine *e, const char *id) {
+  sc_task *t = sc_engine_find_task(e, id);
+  return t && sc_task_get_status(t) == SC_TASK_PAUSED;
+}
+
+/* A task waits for approval at s2 (s1 stored and acked); the file is damaged; the approval makes
+ * the next events, which must not be acked as stored: the task pauses with the store's error,
+ * s2 never starts, and the store's close reports the error. */
+static void damaged_during_a_run(void **state, damage how, int code, const char *says) {
+  char path[256];
+  temp_path(state, "damaged.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour none = {NULL};
+  sc_engine *e = new_engine(&loop, &none);
+  sc_sqlite *db = open_db(e, path);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit(e, "t", "acme", 3, 2);
+  settle(&loop);
+  sc_task *t = sc_engine_find_task(e, "t");
+  assert_non_null(t);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, "t"), 1);
+  do_damage(path, how);
+  assert_int_equal(sc_task_approve(t, "s2", "ops", NULL), SC_OK);
+  for (int i = 0; i < 1000 && !task_paused(e, "t"); i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  assert_true(task_paused(e, "t"));
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_STARTED, "t"), 1);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
+  const char *paused = NULL;
+  for (size_t i = 0; i < rec.n; i++)
+    if (rec.types[i] == SC_EV_TASK_PAUSED) paused = rec.lines[i];
+  assert_non_null(paused);
+  if (strstr(paused, says) == NULL || strstr(paused, "ack-failed") == NULL)
+    fail_msg("task.paused does not say '%s': %s", says, paused);
+  assert_int_equal(sc_sqlite_close(db), code);
+  assert_non_null(strstr(sc_error_message(), says));
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_database_deleted_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_DELETE, SC_EIO, "deleted or replaced");
+}
+
+static void a_database_replaced_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_REPLACE, SC_EIO, "deleted or replaced");
+}
+
+static void a_write_ahead_log_deleted_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_WAL_DELETE, SC_EIO, "write-ahead log");
+}
+
+static void a_database_overwritten_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_OVERWRITE, SC_ECORRUPT, "another program");
+}
+
 /* ---- retention and import ---- */
 
 static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void **state) {
@@ -887,6 +981,10 @@ int main(void) {
       T(restore_from_the_second_of_five_checkpoints_runs_the_rest),
       T(tasks_page_by_tenant_and_status_and_approvals_pending),
       T(retention_deletes_the_approvals_of_old_finished_tasks_only),
+      T(a_database_deleted_during_a_run_pauses_the_task),
+      T(a_database_replaced_during_a_run_pauses_the_task),
+      T(a_write_ahead_log_deleted_during_a_run_pauses_the_task),
+      T(a_database_overwritten_during_a_run_pauses_the_task),
       T(delete_forgets_a_finished_task_and_refuses_an_unfinished_one),
       T(a_second_writer_is_refused_and_a_reader_is_not),
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),
