@@ -44,7 +44,7 @@ fsyncs=$(grep -c '^[0-9]* *fsync(' "$tmp/trace")
 datasyncs=$(grep -c 'fdatasync(' "$tmp/trace")
 per_errno=$(( (writes + stride - 1) / stride + (datasyncs + stride - 1) / stride + (fsyncs + stride - 1) / stride ))
 cases=$((per_errno * 2))
-echo "1..$((cases + 3))"
+echo "1..$((cases + 6))"
 incomplete=0
 injected=0
 n=1
@@ -122,3 +122,34 @@ if [ "$incomplete" -gt $((cases / 3)) ]; then
 else
   echo "not ok $n - only $incomplete of $cases faulted runs exited 5: the faults were not felt"
 fi
+
+# The database damaged during a run, by a stage of the run itself: deleted, replaced by another
+# file, or overwritten by another program. The store stops before its next commit: the run exits 5
+# naming what happened, the stages after the damage never start, and nothing crashes.
+damage_case() { # damage_case LABEL SHELL-COMMAND EXPECTED-WORDS
+  local label=$1 cmd=$2 says=$3 why="" status
+  rm -rf "$job"; mkdir -p "$job"
+  printf '{"plan":"damage","config":{"stages":[{"name":"s1","kind":"exec","run":"echo s1 >> %s/ran"},' "$job" >"$job/p.json"
+  printf '{"name":"s2","kind":"exec","run":"%s; echo s2 >> %s/ran"},' "$cmd" "$job" >>"$job/p.json"
+  printf '{"name":"s3","kind":"exec","run":"echo s3 >> %s/ran"}]}}\n' "$job" >>"$job/p.json"
+  (cd "$job" && "$sc" run p.json --db "$job/job.db" --task-id job --plain --no-prompt) >"$job/out" 2>&1
+  status=$?
+  if grep -q 'Sanitizer\|runtime error:' "$job/out"; then
+    why="a sanitizer error"
+  elif [ $status != 5 ]; then
+    why="the run exits $status, not 5"
+  elif ! grep -q "$says" "$job/out"; then
+    why="the run does not say '$says'"
+  elif grep -qx s3 "$job/ran"; then
+    why="s3 ran after the database was damaged"
+  fi
+  n=$((n + 1))
+  if [ -z "$why" ]; then echo "ok $n - $label: exit 5, the task paused"; else
+    echo "not ok $n - $label: $why"; sed 's/^/# /' "$job/out" | head -20; fi
+}
+# ($job has no spaces: mktemp's name.)
+damage_case "the database deleted during the run" "rm -f $job/job.db" "deleted or replaced"
+damage_case "the database replaced during the run" \
+  "echo junk > $job/new.db && mv $job/new.db $job/job.db" "deleted or replaced"
+damage_case "the database overwritten during the run" \
+  "head -c 8192 /dev/zero | tr -c x x | dd of=$job/job.db conv=notrunc 2>/dev/null" "another program"
