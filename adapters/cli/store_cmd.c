@@ -340,9 +340,10 @@ int cli_retain(int argc, char **argv) {
     fprintf(stderr, "stagecoach retain: %s\n", sc_error_message());
     code = CLI_EXIT_FAILED;
   }
-  printf("deleted %" PRIu64 " checkpoints and %" PRIu64 " events in %" PRIu64
-         " transactions (longest %.3f ms)\n",
-         r.checkpoints_deleted, r.events_deleted, r.batches, (double)r.longest_batch_ns / 1e6);
+  printf("deleted %" PRIu64 " checkpoints and %" PRIu64 " events and %" PRIu64
+         " approvals in %" PRIu64 " transactions (longest %.3f ms)\n",
+         r.checkpoints_deleted, r.events_deleted, r.approvals_deleted, r.batches,
+         (double)r.longest_batch_ns / 1e6);
   if (cli_db_close(h) != SC_OK && code == CLI_EXIT_COMPLETED) code = CLI_EXIT_FAILED;
   return code;
 #endif

@@ -39,6 +39,7 @@ static int commit(batch *b, int rc) {
       sqlite3_exec(b->db->db, "ROLLBACK", NULL, NULL, NULL);
     return sc_error_set(rc, "%s", keep);
   }
+  sc__sqlite_watch_note(b->db); /* its checkpoint may have written the main file */
   int64_t took = mono_ns() - b->started;
   b->r->batches++;
   if (took > b->r->longest_batch_ns) b->r->longest_batch_ns = took;
@@ -211,6 +212,18 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
                NULL, cutoff, per, &r->events_deleted);
       if ((rc = commit(&b, rc)) != SC_OK || r->events_deleted - before < per) break;
     }
+    /* A finished task's approvals older than the limit go with its events: nothing waits on
+     * them, and the pending query never lists a finished task's. */
+    for (; rc == SC_OK;) {
+      uint64_t before = r->approvals_deleted;
+      if ((rc = begin(&b)) != SC_OK) break;
+      rc = run(db,
+               "DELETE FROM approvals WHERE (task_id, seq) IN (SELECT a.task_id, a.seq FROM"
+               " approvals a JOIN tasks t ON t.id=a.task_id WHERE t.finished=1 AND"
+               " a.requested_ns<?2 LIMIT ?3)",
+               NULL, cutoff, per, &r->approvals_deleted);
+      if ((rc = commit(&b, rc)) != SC_OK || r->approvals_deleted - before < per) break;
+    }
   }
   for (size_t i = 0; i < n; i++) {
     free(ids[i]);
@@ -250,6 +263,8 @@ static void retain_work(uv_work_t *w) {
     job->status = sc__sqlite_error(&shadow, rc, "open for retention");
   } else {
     sqlite3_busy_timeout(shadow.db, (int)shadow.opts.busy_timeout_ms);
+    /* The writer alone checkpoints into the main file: it watches that file for other writers. */
+    sqlite3_exec(shadow.db, "PRAGMA wal_autocheckpoint=0", NULL, NULL, NULL);
     sqlite3_exec(shadow.db,
                  shadow.opts.synchronous == SC_SQLITE_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
                                                                   : "PRAGMA synchronous=FULL",

@@ -163,6 +163,56 @@ static void drop_lock(sc_sqlite *db) {
   db->lock_fd = -1;
 }
 
+/* ---- the files under the writer ---- */
+
+void sc__sqlite_watch_note(sc_sqlite *db) {
+  struct stat st;
+  db->seen.valid = false;
+  if (db->lock_fd < 0 || fstat(db->lock_fd, &st) != 0) return;
+  db->seen.size = st.st_size;
+  db->seen.mtime = st.st_mtim;
+  db->seen.wal_known = db->wal_path && stat(db->wal_path, &st) == 0;
+  if (db->seen.wal_known) {
+    db->seen.wal_dev = st.st_dev;
+    db->seen.wal_ino = st.st_ino;
+  }
+  db->seen.valid = true;
+}
+
+static int watch_fail(sc_sqlite *db, int code, const char *what) {
+  sc_error_set(code,
+               "database %s %s during the run: the events since the last commit are not stored",
+               db->path, what);
+  if (db->err == 0) {
+    db->err = code;
+    snprintf(db->errmsg, sizeof(db->errmsg), "%s", sc_error_message());
+  }
+  return code;
+}
+
+/* Whether the files are still the ones this writer committed to. SQLite writes through its own
+ * descriptors, so it goes on writing to a file deleted or renamed over (the data then lives only
+ * until the process ends), and it reads the pages it has cached, so bytes changed under it go
+ * unseen until a later open finds them. Only this writer writes the main file (its commits'
+ * checkpoints; retention's connection does not checkpoint), so any other change of its size or
+ * time is another program's. */
+static int watch_check(sc_sqlite *db) {
+  if (!db->seen.valid) return SC_OK;
+  struct stat mine, there;
+  if (fstat(db->lock_fd, &mine) != 0 || stat(db->path, &there) != 0 ||
+      mine.st_dev != there.st_dev || mine.st_ino != there.st_ino)
+    return watch_fail(db, SC_EIO, "was deleted or replaced");
+  if (mine.st_size != db->seen.size || mine.st_mtim.tv_sec != db->seen.mtime.tv_sec ||
+      mine.st_mtim.tv_nsec != db->seen.mtime.tv_nsec)
+    return watch_fail(db, SC_ECORRUPT,
+                      "was written by another program (its size or time changed outside this "
+                      "writer's commits)");
+  if (db->seen.wal_known && (stat(db->wal_path, &there) != 0 || there.st_dev != db->seen.wal_dev ||
+                             there.st_ino != db->seen.wal_ino))
+    return watch_fail(db, SC_EIO, "had its write-ahead log (-wal) deleted or replaced");
+  return SC_OK;
+}
+
 /* ---- schema ---- */
 
 static int user_version(sc_sqlite *db, int *out) {
@@ -255,6 +305,23 @@ static bool bind_json(sqlite3_stmt *s, int i, const cJSON *v, char **buf) {
   size_t len;
   if ((*buf = sc_json_canonical(v, &len)) == NULL) return false;
   sqlite3_bind_text(s, i, *buf, (int)len, SQLITE_STATIC);
+  return true;
+}
+
+/* The same into one of the handle's buffers, valid until its next use: no allocation once the
+ * buffer has grown to the size of the largest value. */
+static bool bind_json_into(sqlite3_stmt *s, int i, const cJSON *v, sc__buf *b) {
+  if (v == NULL) {
+    sqlite3_bind_null(s, i);
+    return true;
+  }
+  sc__buf_reset(b);
+  sc__json_value(b, v, true);
+  if (!sc__buf_cstr(b)) {
+    sc__buf_free(b); /* incomplete: the next use starts over */
+    return false;
+  }
+  sqlite3_bind_text(s, i, b->p, (int)b->len, SQLITE_STATIC);
   return true;
 }
 
@@ -371,13 +438,13 @@ static int project_task(sc_sqlite *db, const sc_event *ev) {
   sc__task_update *u = find_update(db, ev->task_id, true);
   if (u == NULL) return sc__sqlite_fail(db, SQLITE_NOMEM, "update a task");
   u->status = sc_task_status_name(ev->status);
-  if (ev->stage) {
+  if (ev->stage && (u->stage == NULL || strcmp(u->stage, ev->stage) != 0)) {
     char *stage = strdup(ev->stage);
     if (stage == NULL) return sc__sqlite_fail(db, SQLITE_NOMEM, "update a task");
     free(u->stage);
     u->stage = stage;
-    u->stage_index = ev->stage_index;
   }
+  if (ev->stage) u->stage_index = ev->stage_index;
   u->epoch = (int64_t)ev->epoch;
   u->updated_ns = ev->time_ns;
   if (finishes(ev->type)) u->finished = true;
@@ -402,7 +469,6 @@ static int project_checkpoint(sc_sqlite *db, const sc_event *ev) {
   const char *digest = str_member(data, "digest");
   if (digest == NULL || ev->stage == NULL) return SC_OK; /* nothing a checkpoint can be */
   sqlite3_stmt *s = db->st[ST_CHECKPOINT];
-  char *out = NULL, *ctx = NULL;
   sqlite3_bind_text(s, 1, ev->task_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(s, 2, (sqlite3_int64)ev->seq);
   sqlite3_bind_text(s, 3, ev->stage, -1, SQLITE_STATIC);
@@ -416,16 +482,13 @@ static int project_checkpoint(sc_sqlite *db, const sc_event *ev) {
   const cJSON *context = cJSON_GetObjectItemCaseSensitive(data, "context");
   sqlite3_bind_text(s, 10, digest, -1, SQLITE_STATIC);
   bind_text(s, 11, str_member(data, "fingerprint"));
-  if (!bind_json(s, 9, output, &out) ||
-      !bind_json(s, 12, cJSON_IsObject(context) ? context : NULL, &ctx)) {
+  if (!bind_json_into(s, 9, output, &db->scratch[0]) ||
+      !bind_json_into(s, 12, cJSON_IsObject(context) ? context : NULL, &db->scratch[1])) {
     sqlite3_reset(s);
-    free(out);
+    sqlite3_clear_bindings(s);
     return sc__sqlite_fail(db, SQLITE_NOMEM, "encode a checkpoint");
   }
-  int rc = step_done(db, s, "insert a checkpoint");
-  free(out);
-  free(ctx);
-  return rc;
+  return step_done(db, s, "insert a checkpoint");
 }
 
 static int project_approval(sc_sqlite *db, const sc_event *ev) {
@@ -505,11 +568,14 @@ static void finish_acks(sc_sqlite *db, int status) {
 static int commit_turn(sc_sqlite *db) {
   if (db->in_tx) {
     db->in_tx = false;
+    if (!db->err) watch_check(db);
     if (!db->err) sc__sqlite_flush(db);
     int rc = db->err ? SQLITE_ABORT : sqlite3_exec(db->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
       if (!db->err) sc__sqlite_fail(db, rc, "commit");
       if (sqlite3_get_autocommit(db->db) == 0) sqlite3_exec(db->db, "ROLLBACK", NULL, NULL, NULL);
+    } else {
+      sc__sqlite_watch_note(db);
     }
   }
   clear_updates(db);
@@ -581,6 +647,7 @@ static int attach(sc_sqlite *db, sc_engine *e) {
   int rc = sc_engine_subscribe(e, &s, &db->sub);
   if (rc != SC_OK) return rc;
   db->engine = e;
+  sc__sqlite_watch_note(db);
   return SC_OK;
 }
 
@@ -630,8 +697,11 @@ static void free_db(sc_sqlite *db) {
   if (db->db) sqlite3_close(db->db);
   drop_lock(db); /* after SQLite let go of the file: see held_take */
   clear_updates(db);
+  sc__buf_free(&db->scratch[0]);
+  sc__buf_free(&db->scratch[1]);
   free(db->updates);
   free(db->path);
+  free(db->wal_path);
   free(db->acks);
   free(db);
 }
@@ -686,10 +756,15 @@ int sc_sqlite_open(sc_engine *e, const char *path, const sc_sqlite_options *o, s
   if (o != NULL && (o->version < 1 || o->version > SC_SQLITE_OPTIONS_VERSION))
     return sc_error_set(SC_EINVAL, "sqlite: unsupported sc_sqlite_options version %u", o->version);
   sc_sqlite *db = calloc(1, sizeof(*db));
-  if (db == NULL || (db->path = strdup(path)) == NULL) {
+  size_t plen = strlen(path);
+  if (db == NULL || (db->path = strdup(path)) == NULL ||
+      (db->wal_path = malloc(plen + 5)) == NULL) {
+    if (db) free(db->path);
     free(db);
     return sc_error_set(SC_ENOMEM, "sqlite: out of memory");
   }
+  memcpy(db->wal_path, path, plen);
+  memcpy(db->wal_path + plen, "-wal", 5);
   db->lock_fd = -1;
   if (o)
     db->opts = *o;

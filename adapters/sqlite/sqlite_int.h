@@ -4,8 +4,11 @@
 #define STAGECOACH_SQLITE_INT_H
 
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <uv.h>
 
+#include "../../events/internal.h"
 #include "../memory/store_int.h"
 #include "stagecoach/sqlite.h"
 
@@ -47,6 +50,18 @@ struct sc_sqlite {
   size_t nacks, capacks;
   sc__task_update *updates; /* this turn's, open addressing by id */
   size_t nupdates, capupdates;
+  sc__buf scratch[2]; /* a checkpoint's output and context, encoded (reused, never shrunk) */
+  /* The files as this writer's last commit left them: a main file that another program wrote,
+   * deleted or replaced since, or a write-ahead log deleted or replaced, stops the projection
+   * before the next commit (its events are then not acked as stored). */
+  struct {
+    bool valid, wal_known;
+    off_t size;
+    struct timespec mtime;
+    dev_t wal_dev;
+    ino_t wal_ino;
+  } seen;
+  char *wal_path;     /* path + "-wal" */
   unsigned retaining; /* sc_sqlite_retain_start() runs in flight */
   int err;            /* the first storage error, sticky */
   char errmsg[512];
@@ -58,6 +73,9 @@ struct sc_sqlite {
 int sc__sqlite_fail(sc_sqlite *db, int rc, const char *what);
 /* The SC_E* code for a SQLite result code, with the thread's message naming the file. */
 int sc__sqlite_error(sc_sqlite *db, int rc, const char *what);
+/* Notes the files as a commit of this writer left them (the main file's size and time, the
+ * write-ahead log's identity); a no-op for a reader and for retention's own connection. */
+void sc__sqlite_watch_note(sc_sqlite *db);
 /* Writes this turn's task rows (before a commit, and before a query on the same connection). */
 int sc__sqlite_flush(sc_sqlite *db);
 /* Runs one SQL text without results; the SC_E* code on failure. */

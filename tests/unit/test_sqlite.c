@@ -616,6 +616,100 @@ static void a_busy_database_pauses_the_task_with_the_error(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- the file changed under a running writer ---- */
+
+typedef enum { DAMAGE_DELETE, DAMAGE_REPLACE, DAMAGE_WAL_DELETE, DAMAGE_OVERWRITE } damage;
+
+static void do_damage(const char *path, damage how) {
+  char other[300];
+  switch (how) {
+    case DAMAGE_DELETE: assert_int_equal(unlink(path), 0); break;
+    case DAMAGE_REPLACE: {
+      snprintf(other, sizeof(other), "%s.new", path);
+      FILE *f = fopen(other, "w");
+      assert_non_null(f);
+      fputs("not a database\n", f);
+      fclose(f);
+      assert_int_equal(rename(other, path), 0);
+      break;
+    }
+    case DAMAGE_WAL_DELETE:
+      snprintf(other, sizeof(other), "%s-wal", path);
+      assert_int_equal(unlink(other), 0);
+      break;
+    case DAMAGE_OVERWRITE: {
+      /* Garbage over the header and the first pages, as a stray program or a bad disk leaves. */
+      FILE *f = fopen(path, "r+");
+      assert_non_null(f);
+      char junk[8192];
+      memset(junk, 0xa5, sizeof(junk));
+      assert_int_equal(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
+      fclose(f);
+      break;
+    }
+  }
+}
+
+static bool task_paused(sc_engine *e, const char *id) {
+  sc_task *t = sc_engine_find_task(e, id);
+  return t && sc_task_get_status(t) == SC_TASK_PAUSED;
+}
+
+/* A task waits for approval at s2 (s1 stored and acked); the file is damaged; the approval makes
+ * the next events, which must not be acked as stored: the task pauses with the store's error,
+ * s2 never starts, and the store's close reports the error. */
+static void damaged_during_a_run(void **state, damage how, int code, const char *says) {
+  char path[256];
+  temp_path(state, "damaged.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour none = {NULL};
+  sc_engine *e = new_engine(&loop, &none);
+  sc_sqlite *db = open_db(e, path);
+  recorder rec;
+  recorder_attach(&rec, e);
+  submit(e, "t", "acme", 3, 2);
+  settle(&loop);
+  sc_task *t = sc_engine_find_task(e, "t");
+  assert_non_null(t);
+  assert_int_equal(sc_task_get_status(t), SC_TASK_AWAITING_APPROVAL);
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_COMPLETED, "t"), 1);
+  do_damage(path, how);
+  assert_int_equal(sc_task_approve(t, "s2", "ops", NULL), SC_OK);
+  for (int i = 0; i < 1000 && !task_paused(e, "t"); i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  assert_true(task_paused(e, "t"));
+  assert_int_equal(recorder_count(&rec, SC_EV_STAGE_STARTED, "t"), 1);
+  assert_int_equal(recorder_count(&rec, SC_EV_TASK_PAUSED, "t"), 1);
+  const char *paused = NULL;
+  for (size_t i = 0; i < rec.n; i++)
+    if (rec.types[i] == SC_EV_TASK_PAUSED) paused = rec.lines[i];
+  assert_non_null(paused);
+  if (strstr(paused, says) == NULL || strstr(paused, "ack-failed") == NULL)
+    fail_msg("task.paused does not say '%s': %s", says, paused);
+  assert_int_equal(sc_sqlite_close(db), code);
+  assert_non_null(strstr(sc_error_message(), says));
+  sc_engine_free(e);
+  recorder_free(&rec);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void a_database_deleted_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_DELETE, SC_EIO, "deleted or replaced");
+}
+
+static void a_database_replaced_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_REPLACE, SC_EIO, "deleted or replaced");
+}
+
+static void a_write_ahead_log_deleted_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_WAL_DELETE, SC_EIO, "write-ahead log");
+}
+
+static void a_database_overwritten_during_a_run_pauses_the_task(void **state) {
+  damaged_during_a_run(state, DAMAGE_OVERWRITE, SC_ECORRUPT, "another program");
+}
+
 /* ---- retention and import ---- */
 
 static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void **state) {
@@ -679,6 +773,64 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   sc_unfinished_free(before, nb);
   sc_unfinished_free(after, na);
   assert_int_equal(sc_sqlite_close(db), SC_OK);
+}
+
+static long rows_of(const char *path, const char *query) {
+  sqlite3 *h;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(h, query, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  long n = (long)sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return n;
+}
+
+static void retention_deletes_the_approvals_of_old_finished_tasks_only(void **state) {
+  char path[256];
+  temp_path(state, "approvals.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour none = {NULL};
+  sc_engine *e = new_engine(&loop, &none);
+  sc_sqlite *db = open_db(e, path);
+  submit(e, "granted", "acme", 2, 1);   /* approved below, then completes */
+  submit(e, "waiting", "globex", 2, 2); /* stays waiting at s2 */
+  settle(&loop);
+  sc_task *t = sc_engine_find_task(e, "granted");
+  assert_non_null(t);
+  assert_int_equal(sc_task_approve(t, "s1", "ops", "fine"), SC_OK);
+  settle(&loop);
+  assert_null(sc_engine_find_task(e, "granted"));
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals"), 2);
+
+  db = open_db(NULL, path);
+  sc_sqlite_retention p;
+  sc_sqlite_retention_init(&p);
+  sc_sqlite_retain_report rep;
+  /* Younger than the limit: nothing goes. */
+  p.max_age_ms = 3600 * 1000;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.approvals_deleted, 0);
+  /* Older: the finished task's approval goes, the waiting task's stays and is still pending. */
+  p.max_age_ms = 1;
+  p.now_ns = INT64_MAX / 2;
+  p.batch_rows = 1;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.approvals_deleted, 1);
+  cJSON *pending = NULL;
+  assert_int_equal(sc_sqlite_approvals(db, NULL, &pending), SC_OK);
+  assert_int_equal(cJSON_GetArraySize(pending), 1);
+  assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(pending, 0), "task")->valuestring,
+                      "waiting");
+  cJSON_Delete(pending);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='granted'"), 0);
+  assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='waiting'"), 1);
 }
 
 typedef struct pause_watch {
@@ -837,6 +989,11 @@ int main(void) {
       T(unfinished_agrees_with_the_log_scan_crash_included),
       T(restore_from_the_second_of_five_checkpoints_runs_the_rest),
       T(tasks_page_by_tenant_and_status_and_approvals_pending),
+      T(retention_deletes_the_approvals_of_old_finished_tasks_only),
+      T(a_database_deleted_during_a_run_pauses_the_task),
+      T(a_database_replaced_during_a_run_pauses_the_task),
+      T(a_write_ahead_log_deleted_during_a_run_pauses_the_task),
+      T(a_database_overwritten_during_a_run_pauses_the_task),
       T(delete_forgets_a_finished_task_and_refuses_an_unfinished_one),
       T(a_second_writer_is_refused_and_a_reader_is_not),
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),

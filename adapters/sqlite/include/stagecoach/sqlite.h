@@ -124,7 +124,8 @@ typedef struct sc_sqlite_retain_report {
  * never the latest checkpoint of an unfinished task (recovery resumes from it) nor any checkpoint
  * of a task that is rolling back or failed (a rollback still needs them); a kept checkpoint whose
  * snapshot goes gets the context it folds to written into its own row first. Deletes the events
- * of finished tasks older than max_age. Works in transactions of batch_rows rows. r may be NULL. */
+ * of finished tasks older than max_age, and their approvals requested before then. Works in
+ * transactions of batch_rows rows. r may be NULL. */
 SC_EXTERN int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p,
                                sc_sqlite_retain_report *r);
 
