@@ -1,7 +1,11 @@
 /* The event reader of the log: each verified line handed back as the event's own JSON (the line
  * without its chain member), the bytes the engine's encoder wrote. Replays read logs through it. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "chain.h"
 
@@ -44,4 +48,123 @@ int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata) {
   sc__chain_free(&c);
   sc__log_unmap(&l);
   return rc;
+}
+
+/* ---- the cursor: the same walk in pieces ---- */
+
+struct sc_jsonl_cursor {
+  int fd;
+  char *path;
+  uint64_t off; /* where the next line begins */
+  uint64_t lineno;
+  sc__chain chain; /* as it stands before the line at off */
+  char *buf;
+  size_t cap;
+  sc__buf line;
+  int err; /* a broken line stops the cursor for good */
+};
+
+int sc_jsonl_cursor_open(const char *path, sc_jsonl_cursor **out) {
+  if (path == NULL || out == NULL) return sc_error_set(SC_EINVAL, "read log: NULL argument");
+  *out = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    return errno == ENOENT ? sc_error_set(SC_ENOTFOUND, "%s: no such log", path)
+                           : sc_error_set(SC_EIO, "%s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return sc_error_set(SC_EPARSE, "%s is not a stagecoach log: not a regular file", path);
+  }
+  sc_jsonl_cursor *c = calloc(1, sizeof(*c));
+  if (c == NULL || (c->path = strdup(path)) == NULL || sc__chain_init(&c->chain) != SC_OK) {
+    if (c != NULL) free(c->path);
+    free(c);
+    close(fd);
+    return sc_error_set(SC_ENOMEM, "read log: out of memory");
+  }
+  c->fd = fd;
+  sc__buf_init(&c->line);
+  *out = c;
+  return SC_OK;
+}
+
+/* Reads what follows off into c->buf, growing it until it holds a whole line or the file ends;
+ * *n the bytes read. */
+static int cursor_fill(sc_jsonl_cursor *c, size_t want, size_t *n) {
+  *n = 0;
+  for (;;) {
+    if (c->cap < want) {
+      char *b = realloc(c->buf, want);
+      if (b == NULL) return sc_error_set(SC_ENOMEM, "read log: out of memory");
+      c->buf = b;
+      c->cap = want;
+    }
+    while (*n < want) {
+      ssize_t r = pread(c->fd, c->buf + *n, want - *n, (off_t)(c->off + *n));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return sc_error_set(SC_EIO, "%s: %s", c->path, strerror(errno));
+      if (r == 0) return SC_OK; /* the end of the file, for now */
+      *n += (size_t)r;
+    }
+    if (memchr(c->buf, '\n', *n) != NULL) return SC_OK;
+    want *= 2; /* one line longer than a piece: read on until its newline */
+  }
+}
+
+int sc_jsonl_cursor_read(sc_jsonl_cursor *c, size_t max_bytes, sc_jsonl_event_fn fn, void *udata,
+                         bool *at_end) {
+  if (c == NULL || fn == NULL) return sc_error_set(SC_EINVAL, "read log: NULL argument");
+  if (at_end) *at_end = false;
+  if (c->err != 0) return c->err;
+  if (max_bytes < 4096) max_bytes = 4096;
+  size_t n;
+  int rc = cursor_fill(c, max_bytes, &n);
+  if (rc != SC_OK) return rc;
+  size_t pos = 0;
+  bool whole = false; /* a line was handed or skipped: the piece is not the end */
+  while (pos < n) {
+    const char *line = c->buf + pos;
+    const char *nl = memchr(line, '\n', n - pos);
+    if (nl == NULL) break; /* the rest is for the next read (or a line still being written) */
+    size_t len = (size_t)(nl - line);
+    char prev[CHAIN_HEX];
+    memcpy(prev, c->chain.prev, CHAIN_HEX);
+    if (!sc__chain_check(&c->chain, line, len))
+      return c->err = sc_error_set(
+                 SC_ECORRUPT, "%s: line %llu (byte offset %llu) does not match the chain", c->path,
+                 (unsigned long long)c->lineno + 1, (unsigned long long)(c->off + pos));
+    size_t event_len;
+    const char *hex;
+    if (sc__chain_split(line, len, &event_len, &hex)) {
+      sc__buf_reset(&c->line);
+      if (!sc__buf_add(&c->line, line, event_len) || !sc__buf_add(&c->line, "}", 1)) {
+        memcpy(c->chain.prev, prev, CHAIN_HEX);
+        c->off += pos;
+        return sc_error_set(SC_ENOMEM, "read log: out of memory");
+      }
+      int stop = fn(c->line.p, c->line.len, udata);
+      if (stop != 0) { /* the cursor stays on this line: the next read hands it again */
+        memcpy(c->chain.prev, prev, CHAIN_HEX);
+        c->off += pos;
+        return stop;
+      }
+    }
+    c->lineno++;
+    pos += len + 1;
+    whole = true;
+  }
+  c->off += pos;
+  if (at_end) *at_end = !whole || n < max_bytes;
+  return SC_OK;
+}
+
+void sc_jsonl_cursor_close(sc_jsonl_cursor *c) {
+  if (c == NULL) return;
+  close(c->fd);
+  free(c->path);
+  free(c->buf);
+  sc__buf_free(&c->line);
+  sc__chain_free(&c->chain);
+  free(c);
 }

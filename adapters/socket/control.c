@@ -70,22 +70,36 @@ static void gap_line(sc__sock_client *c, const char *task, uint64_t from, uint64
   free(text);
 }
 
-/* The log is read on libuv's thread pool, not on the loop: a large log would otherwise stall the
- * engine and every client while it is read. The work owns copies of all it reads (the client may
- * go while it runs) and writes the lines it keeps into chunks of its own, which the loop then
- * queues for the client as they are, without a copy. Until then the client is REPLAYING: the live
- * stream passes it by and the ring keeps what it misses, delivered at the seam. */
+/* The log is read on libuv's thread pool, not on the loop, and in pieces: a work item reads about
+ * REPLAY_PIECE bytes of the log, then the loop queues what it kept for the client and puts the
+ * replay back at the end of the server's line of replays. At most one piece per server is on
+ * the pool at a time, so replays never take the threads the log writer's syncs need, and each
+ * replay holds one piece and what its client has not yet taken: when that is more than
+ * REPLAY_AHEAD bytes, the replay waits (parked) until the client has read it. The work owns copies
+ * of all it reads (the client may go while it runs) and writes the lines it keeps into chunks of
+ * its own, which the loop queues as they are, without a copy. Until the seam the client is
+ * REPLAYING: the live stream passes it by and the ring keeps what it misses. */
+#define REPLAY_PIECE (1u << 20)
+#define REPLAY_AHEAD (1u << 20)
+
 struct sc__sock_replay {
   uv_work_t req;
+  sc__queue node; /* in the server's replays waiting for their turn (while waiting) */
   sc_socket *s;
   sc__sock_client *c;             /* NULL once the client is gone */
   atomic_bool cancel;             /* set when the client goes: the read stops at its next line */
   char *log_path, *task, *needle; /* needle: "taskid":"ID", to skip other tasks' lines unparsed */
   sc__sock_filter filter;         /* a copy of the client's */
   uint64_t from, expected, upto;
-  sc__queue chunks; /* what was kept, in order, through the chunks' pool nodes */
+  sc_jsonl_cursor *cur_log; /* where the read stands in the log (opened by the first piece) */
+  sc__queue chunks;         /* what the piece kept, in order, through the chunks' pool nodes */
   sc__sock_chunk *cur;
-  bool nomem;
+  size_t kept;  /* events the piece handed on */
+  bool nomem;   /* out of memory: the client is told and closed */
+  bool hit;     /* the piece stopped at an event the ring held (seq >= upto) */
+  bool done;    /* the log holds nothing more now (its end, or a line that does not verify) */
+  bool parked;  /* waiting for its client to take what is queued */
+  bool running; /* a piece is on the pool */
 };
 
 static bool work_append(sc__sock_replay *w, const char *p, size_t len) {
@@ -121,6 +135,7 @@ static int replay_line(const char *json, size_t len, void *udata) {
       }
       if (ok && sc__sock_filter_match(&w->filter, ev->task_id, ev->tenant_id, ev->type))
         ok = work_append(w, json, len) && work_append(w, "\n", 1);
+      w->kept++;
       if (!ok) {
         w->nomem = true;
         stop = 1;
@@ -134,16 +149,33 @@ static int replay_line(const char *json, size_t len, void *udata) {
 
 static void replay_read(uv_work_t *req) {
   sc__sock_replay *w = req->data;
-  int rc = sc_jsonl_read_events(w->log_path, replay_line, w);
-  (void)rc; /* a log that cannot be read holds nothing more: the gap line says so */
+  w->hit = false;
+  w->kept = 0;
+  if (w->cur_log == NULL && sc_jsonl_cursor_open(w->log_path, &w->cur_log) != SC_OK) {
+    w->done = true; /* a log that cannot be read holds nothing more: the gap line says so */
+    return;
+  }
+  bool at_end = false;
+  int rc = sc_jsonl_cursor_read(w->cur_log, REPLAY_PIECE, replay_line, w, &at_end);
+  if (rc == 1 && !w->nomem && !atomic_load(&w->cancel))
+    w->hit = true;
+  else if (rc != SC_OK || at_end)
+    w->done = true; /* the end of the log, or a line that does not verify: nothing more */
 }
 
-static void replay_free(sc__sock_replay *w) {
+static void chunks_free(sc__sock_replay *w) {
   sc__queue *q;
   while ((q = sc__queue_head(&w->chunks)) != NULL) {
     sc__queue_remove(q);
     sc__sock_chunk_unref(w->s, sc__queue_data(q, sc__sock_chunk, pool));
   }
+  w->cur = NULL;
+}
+
+static void replay_free(sc__sock_replay *w) {
+  chunks_free(w);
+  if (sc__queue_linked(&w->node)) sc__queue_remove(&w->node);
+  sc_jsonl_cursor_close(w->cur_log);
   free(w->log_path);
   free(w->task);
   free(w->needle);
@@ -186,34 +218,100 @@ static void replay_seam(sc__sock_client *c, const char *task, uint64_t from, uin
   }
 }
 
+static void replay_done(uv_work_t *req, int status);
+
+/* Starts the next waiting replay's piece when none is on the pool. */
+static void replay_pump(sc_socket *s) {
+  sc__queue *q;
+  while (s->replays == 0 && (q = sc__queue_head(&s->replay_wait)) != NULL) {
+    sc__queue_remove(q);
+    sc__queue_init(q);
+    sc__sock_replay *w = sc__queue_data(q, sc__sock_replay, node);
+    if (uv_queue_work(s->loop, &w->req, replay_read, replay_done) == 0) {
+      s->replays++;
+      w->running = true;
+      return;
+    }
+    sc__sock_client *c = w->c; /* cannot happen with a live loop; said all the same */
+    c->replay = NULL;
+    replay_free(w);
+    sc__sock_client_error_reply(c, "SC_EIO", "the log could not be read", NULL);
+    sc__sock_client_close_after_flush(c);
+  }
+}
+
+/* Another piece, in its turn, or later when the client has too much queued still. */
+static void replay_again(sc__sock_replay *w) {
+  if (w->c->queued > REPLAY_AHEAD) {
+    w->parked = true;
+    return;
+  }
+  w->parked = false;
+  sc__queue_insert_tail(&w->s->replay_wait, &w->node);
+  replay_pump(w->s);
+}
+
 static void replay_done(uv_work_t *req, int status) {
   (void)status;
   sc__sock_replay *w = req->data;
+  sc_socket *s = w->s;
   sc__sock_client *c = w->c;
-  w->s->replays--;
-  if (c != NULL) {
+  s->replays--;
+  if (c == NULL) {
+    replay_free(w);
+    replay_pump(s);
+    return;
+  }
+  sc__queue *q;
+  sc__queue_foreach(q, &w->chunks) {
+    sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
+    sc__sock_seg seg = {ch, 0, ch->len};
+    if (ch->len > 0 && !sc__sock_client_send_seg(c, &seg, true)) break;
+  }
+  chunks_free(w);
+  w->running = false;
+  if (w->c == NULL) { /* dropped while queueing: the close detached it */
+    replay_free(w);
+  } else if (w->nomem) {
     c->replay = NULL;
-    sc__queue *q;
-    sc__queue_foreach(q, &w->chunks) {
-      sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
-      sc__sock_seg seg = {ch, 0, ch->len};
-      if (ch->len > 0 && !sc__sock_client_send_seg(c, &seg, true)) break;
-    }
-    if (w->nomem) {
-      sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory while replaying the log", NULL);
-      sc__sock_client_close_after_flush(c);
+    replay_free(w);
+    sc__sock_client_error_reply(c, "SC_ENOMEM", "out of memory while replaying the log", NULL);
+    sc__sock_client_close_after_flush(c);
+  } else if (!w->hit && !w->done) {
+    replay_again(w); /* the piece ended: the next one in its turn */
+  } else {
+    /* The ring may have moved past events during the read: what it no longer holds is read on
+     * from the log, up to what it holds now, while that makes progress (the piece stopped at an
+     * event the ring held then, or the log grew). */
+    uint64_t upto = ring_first(s, w->task);
+    if (upto != UINT64_MAX && w->expected < upto && (upto > w->upto || (w->done && w->kept > 0))) {
+      w->upto = upto;
+      w->done = false;
+      replay_again(w);
     } else {
+      c->replay = NULL;
       replay_seam(c, w->task, w->from, w->expected);
+      replay_free(w);
     }
   }
-  replay_free(w);
+  replay_pump(s);
+}
+
+void sc__sock_replay_drained(sc__sock_client *c) {
+  sc__sock_replay *w = c->replay;
+  if (w != NULL && w->parked && c->queued <= REPLAY_AHEAD / 2) replay_again(w);
 }
 
 void sc__sock_replay_detach(sc__sock_client *c) {
-  if (c->replay == NULL) return;
-  c->replay->c = NULL;
-  atomic_store(&c->replay->cancel, true);
+  sc__sock_replay *w = c->replay;
+  if (w == NULL) return;
   c->replay = NULL;
+  if (w->running) { /* the piece on the pool stops at its next line; its callback frees it */
+    w->c = NULL;
+    atomic_store(&w->cancel, true);
+  } else {
+    replay_free(w);
+  }
 }
 
 static bool filter_copy(sc__sock_filter *to, const sc__sock_filter *from) {
@@ -241,6 +339,7 @@ static void replay(sc__sock_client *c, const char *task, uint64_t from) {
   bool ok = w != NULL;
   if (ok) {
     sc__queue_init(&w->chunks);
+    sc__queue_init(&w->node);
     atomic_init(&w->cancel, false);
     w->s = s;
     w->c = c;
@@ -252,10 +351,11 @@ static void replay(sc__sock_client *c, const char *task, uint64_t from) {
          (!plain_id(task) || asprintf(&w->needle, "\"taskid\":\"%s\"", task) >= 0);
     if (!plain_id(task) || !ok) w->needle = NULL;
   }
-  if (ok && uv_queue_work(s->loop, &w->req, replay_read, replay_done) == 0) {
-    s->replays++;
+  if (ok) {
     c->replay = w;
     c->state = SC__SOCK_REPLAYING;
+    sc__queue_insert_tail(&s->replay_wait, &w->node);
+    replay_pump(s);
     return;
   }
   if (w != NULL) replay_free(w);

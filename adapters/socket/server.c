@@ -147,6 +147,7 @@ static bool client_write(sc__sock_client *c) {
     queue_advance(c, (size_t)n);
     if ((size_t)n < total) break; /* the socket is full: the next writable event goes on */
   }
+  if (c->replay != NULL) sc__sock_replay_drained(c);
   if (c->queued == 0) {
     c->replies = 0;
     if (c->cap > c->server->o.queue_bytes) c->cap = c->server->o.queue_bytes;
@@ -631,6 +632,7 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->loop = sc_engine_loop(e);
   s->listen_fd = -1;
   sc__queue_init(&s->clients);
+  sc__queue_init(&s->replay_wait);
   sc__queue_init(&s->dirty);
   sc__queue_init(&s->pool);
   sc__queue_init(&s->all);

@@ -203,7 +203,8 @@ struct sc_socket {
   sc__queue pool;      /* unused chunks of CHUNK_BYTES, at most POOL_CHUNKS */
   size_t npool;
   int open_handles;
-  size_t replays; /* reads of the log on the thread pool not done yet */
+  size_t replays;        /* pieces of replays on the thread pool not done yet (0 or 1) */
+  sc__queue replay_wait; /* replays waiting for their next piece, in turn */
   bool closing;
 };
 
@@ -243,6 +244,8 @@ void sc__sock_filter_free(sc__sock_filter *f);
 void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len);
 /* The client goes: its replay, if one is being read, is told to stop and forgets it. */
 void sc__sock_replay_detach(sc__sock_client *c);
+/* The client took some of its queue: a replay waiting for that reads on. */
+void sc__sock_replay_drained(sc__sock_client *c);
 /* The client's first line did not come in time: everything since it connected, unfiltered. */
 void sc__sock_start_unfiltered(sc__sock_client *c);
 

@@ -985,6 +985,112 @@ static void a_directory_or_a_fifo_is_refused_at_once(void **state) {
   unlink(path);
 }
 
+/* ---- the cursor: the reader in pieces ---- */
+
+typedef struct collected {
+  char text[1 << 16]; /* the events handed, each with a newline */
+  size_t len, n;
+  size_t stop_at; /* a 1-based count: fn stops before that event (0: never) */
+} collected;
+
+static int collect(const char *json, size_t len, void *udata) {
+  collected *c = udata;
+  if (c->stop_at != 0 && c->n + 1 == c->stop_at) return 7;
+  assert_true(c->len + len + 1 < sizeof(c->text));
+  memcpy(c->text + c->len, json, len);
+  c->text[c->len + len] = '\n';
+  c->len += len + 1;
+  c->n++;
+  return 0;
+}
+
+/* Reads on until the end, at most `reads` reads; returns how many it took. */
+static int cursor_to_end(sc_jsonl_cursor *cur, size_t piece, collected *c, int reads) {
+  bool at_end = false;
+  int k = 0;
+  while (!at_end && k < reads) {
+    assert_int_equal(sc_jsonl_cursor_read(cur, piece, collect, c, &at_end), SC_OK);
+    k++;
+  }
+  assert_true(at_end);
+  return k;
+}
+
+static void a_cursor_reads_the_events_in_pieces_and_resumes_where_it_stopped(void **state) {
+  char path[256], part[256];
+  temp_path(state, "cursor.jsonl", path);
+  temp_path(state, "part.jsonl", part);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  static collected whole, pieces, again;
+  memset(&whole, 0, sizeof(whole));
+  assert_int_equal(sc_jsonl_read_events(path, collect, &whole), SC_OK);
+  assert_int_equal(whole.n, 11);
+  /* In pieces of 4096 bytes (the least): the same events, in more than one read. */
+  sc_jsonl_cursor *cur;
+  assert_int_equal(sc_jsonl_cursor_open(path, &cur), SC_OK);
+  memset(&pieces, 0, sizeof(pieces));
+  int reads = cursor_to_end(cur, 1, &pieces, 100);
+  assert_true(reads > 1);
+  assert_true((size_t)reads <= l.size / 4096 + 2);
+  assert_int_equal(pieces.len, whole.len);
+  assert_memory_equal(pieces.text, whole.text, whole.len);
+  bool at_end = false; /* at the end, a read hands nothing and says so again */
+  assert_int_equal(sc_jsonl_cursor_read(cur, 4096, collect, &pieces, &at_end), SC_OK);
+  assert_true(at_end);
+  assert_int_equal(pieces.n, 11);
+  sc_jsonl_cursor_close(cur);
+  /* A stop before the third event: the next read hands it again. */
+  assert_int_equal(sc_jsonl_cursor_open(path, &cur), SC_OK);
+  memset(&again, 0, sizeof(again));
+  again.stop_at = 3;
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, collect, &again, &at_end), 7);
+  assert_int_equal(again.n, 2);
+  again.stop_at = 0;
+  cursor_to_end(cur, 1 << 20, &again, 2);
+  assert_int_equal(again.len, whole.len);
+  assert_memory_equal(again.text, whole.text, whole.len);
+  sc_jsonl_cursor_close(cur);
+  /* A line still being written (no newline yet) is left for a later read, which takes it whole
+   * once it is there. */
+  size_t cut = l.off[6] + l.len[6] / 2;
+  write_file(part, l.data, cut);
+  assert_int_equal(sc_jsonl_cursor_open(part, &cur), SC_OK);
+  memset(&again, 0, sizeof(again));
+  cursor_to_end(cur, 1 << 20, &again, 2);
+  assert_int_equal(again.n, 6);
+  FILE *f = fopen(part, "ab");
+  assert_non_null(f);
+  assert_int_equal(fwrite(l.data + cut, 1, l.size - cut, f), l.size - cut);
+  assert_int_equal(fclose(f), 0);
+  cursor_to_end(cur, 1 << 20, &again, 2);
+  assert_int_equal(again.len, whole.len);
+  assert_memory_equal(again.text, whole.text, whole.len);
+  sc_jsonl_cursor_close(cur);
+  /* A changed line: the events before it, then SC_ECORRUPT, and again at the next read. */
+  l.data[l.off[4] + l.len[4] / 2] ^= 1;
+  write_file(part, l.data, l.size);
+  assert_int_equal(sc_jsonl_cursor_open(part, &cur), SC_OK);
+  memset(&again, 0, sizeof(again));
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, collect, &again, &at_end), SC_ECORRUPT);
+  assert_int_equal(again.n, 4);
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, collect, &again, &at_end), SC_ECORRUPT);
+  assert_int_equal(again.n, 4);
+  sc_jsonl_cursor_close(cur);
+  /* No log: a missing file, a FIFO (not waited on), a directory. */
+  temp_path(state, "none.jsonl", part);
+  assert_int_equal(sc_jsonl_cursor_open(part, &cur), SC_ENOTFOUND);
+  assert_int_equal(mkfifo(part, 0600), 0);
+  assert_int_equal(sc_jsonl_cursor_open(part, &cur), SC_EPARSE);
+  unlink(part);
+  assert_int_equal(sc_jsonl_cursor_open(((fixture *)*state)->dir, &cur), SC_EPARSE);
+  sc_jsonl_cursor_close(NULL);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void a_missing_log_is_not_found_by_verify_and_scan(void **state) {
   char path[256];
   temp_path(state, "missing.jsonl", path);
@@ -2441,6 +2547,7 @@ int main(void) {
       T(verify_reports_a_line_without_a_chain_member),
       T(an_empty_log_verifies_with_no_lines),
       T(a_missing_log_is_not_found_by_verify_and_scan),
+      T(a_cursor_reads_the_events_in_pieces_and_resumes_where_it_stopped),
       T(a_directory_or_a_fifo_is_refused_at_once),
       T(scan_returns_the_failed_and_the_stopped_tasks_in_the_order_they_first_appear),
       T(scan_requests_recover_in_a_new_engine_and_run_only_the_remaining_stages),

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -235,6 +236,15 @@ static void cl_send(cl *c, const char *line) {
 static void cl_read(cl *c) {
   ssize_t n = recv(c->fd, c->buf + c->len, CL_BUF - c->len, 0);
   if (n == 0) c->eof = true;
+  if (n > 0) c->len += (size_t)n;
+}
+
+/* Reads at most max bytes: the test takes lines by moving the rest of the buffer, which for a
+ * buffer of a whole MiB would cost the loop's thread (the test's too) more than the server does. */
+static void cl_read_some(cl *c, size_t max) {
+  size_t room = CL_BUF - c->len < max ? CL_BUF - c->len : max;
+  ssize_t n = recv(c->fd, c->buf + c->len, room, 0);
+  if (n == 0 && room > 0) c->eof = true;
   if (n > 0) c->len += (size_t)n;
 }
 
@@ -693,7 +703,244 @@ static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **stat
   cl_close(&last);
 }
 
+/* ---- several replays beside a live task whose log syncs on the thread pool ---- */
+
+#define REPLAYS      4
+#define LIVE_FOREVER 20000      /* more stages of 1 ms than the test lasts: cancelled at its end */
+#define REPLAY_HELD  (3u << 20) /* what a server may queue for a client that does not read */
+
+static cJSON *sleep_stages(int n, const char *prefix) {
+  cJSON *cfg = cJSON_CreateObject(), *stages = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < n; i++) {
+    cJSON *s = cJSON_CreateObject();
+    char name[16];
+    snprintf(name, sizeof(name), "%s%d", prefix, i);
+    cJSON_AddStringToObject(s, "name", name);
+    cJSON_AddStringToObject(s, "kind", "sleep");
+    cJSON_AddNumberToObject(s, "ms", 1);
+    cJSON_AddItemToArray(stages, s);
+  }
+  return cfg;
+}
+
+static void start_task(fx *f, const char *id, cJSON *cfg) {
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.task_id = id;
+  spec.config = cfg;
+  assert_int_equal(sc_task_submit(f->e, &spec, NULL), SC_OK);
+  cJSON_Delete(cfg);
+}
+
+static size_t replaying(fx *f) {
+  size_t n = 0;
+  sc__queue *q;
+  sc__queue_foreach(q, &f->s->clients) {
+    n += sc__queue_data(q, sc__sock_client, node)->state == SC__SOCK_REPLAYING;
+  }
+  return n;
+}
+
+/* The most the server holds queued for one client. */
+static size_t server_queued(fx *f) {
+  size_t most = 0;
+  sc__queue *q;
+  sc__queue_foreach(q, &f->s->clients) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
+    if (c->queued > most) most = c->queued;
+  }
+  return most;
+}
+
+static void
+several_replays_beside_a_live_task_logged_with_batch_fsync_do_not_stall_it(void **state) {
+  (void)state;
+  char log[128];
+  snprintf(log, sizeof(log), "%s/big.jsonl", dir);
+  reset_stages(NULL, 0);
+  write_big_log(log);
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.ring_events = 16;
+  o.log_path = log;
+  fx_start(&f, &o);
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  jo.fsync = SC_FSYNC_BATCH; /* every turn's lines synced on the pool before their acks */
+  sc_jsonl *j;
+  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
+  cl live;
+  cl_connect(&f, &live);
+  cl_send(&live, "{\"subscribe\":{\"token\":\"" VIEW
+                 "\",\"task\":\"live\",\"types\":[\"stage.completed\"]}}");
+  for (int i = 0; i < 20; i++)
+    turn(&f, -1);
+  start_task(&f, "live", sleep_stages(LIVE_FOREVER, "l"));
+  cJSON *first = cl_line(&f, &live);
+  assert_non_null(first);
+  cJSON_Delete(first);
+  /* REPLAYS clients replay the whole large task; rep[0] reads nothing until the others are done
+   * (what the server holds for it stays bounded); one more asks for a task nobody logged. */
+  cl rep[REPLAYS], none;
+  uint64_t got[REPLAYS] = {0};
+  bool done[REPLAYS] = {false};
+  for (int i = 0; i < REPLAYS; i++) {
+    cl_connect(&f, &rep[i]);
+    cl_send(&rep[i], "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  }
+  cl_connect(&f, &none);
+  cl_send(&none, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"nosuch\",\"from_seq\":1}}");
+  static char line[CL_BUF];
+  uint64_t live_events = 0, last_live = now_ms(), max_gap = 0, t0 = now_ms();
+  uint64_t until = t0 + 90000;
+  size_t held = 0;
+  int ndone = 0, none_lines = 0;
+  while ((ndone < REPLAYS || none_lines == 0) && now_ms() < until) {
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    struct pollfd p[REPLAYS + 2] = {{live.fd, POLLIN, 0}, {none.fd, POLLIN, 0}};
+    for (int i = 0; i < REPLAYS; i++)
+      p[i + 2] = (struct pollfd){rep[i].fd, POLLIN, 0};
+    poll(p, REPLAYS + 2, 1);
+    cl_read(&live);
+    while (cl_take(&live, line, sizeof(line))) {
+      uint64_t t = now_ms();
+      if (t - last_live > max_gap) max_gap = t - last_live;
+      last_live = t;
+      live_events++;
+    }
+    cl_read(&none);
+    while (cl_take(&none, line, sizeof(line))) {
+      assert_non_null(strstr(line, "\"error\":\"replay-gap\""));
+      assert_non_null(strstr(line, "\"first_available\":null"));
+      none_lines++;
+    }
+    size_t q = server_queued(&f);
+    if (!done[1] || !done[2] || !done[3]) held = q > held ? q : held;
+    for (int i = 0; i < REPLAYS; i++) {
+      if (done[i] || (i == 0 && ndone < REPLAYS - 1)) continue;
+      cl_read_some(&rep[i], 32 * 1024);
+      while (cl_take(&rep[i], line, sizeof(line))) {
+        if (strstr(line, "\"error\"")) fail_msg("%s", line); /* the log has it all */
+        got[i]++;
+        if (strstr(line, "\"type\":\"stagecoach.task.completed\"")) {
+          done[i] = true;
+          ndone++;
+        }
+      }
+    }
+  }
+  assert_int_equal(ndone, REPLAYS);
+  for (int i = 0; i < REPLAYS; i++)
+    assert_int_equal(got[i], 2 * BIG_STAGES + 3);
+  assert_int_equal(none_lines, 1); /* its gap line, and nothing else */
+  assert_int_equal(status_of(&f, "live"), SC_TASK_RUNNING);
+  uint64_t t = now_ms();
+  if (t - last_live > max_gap) max_gap = t - last_live;
+  print_message("# %d replays of %d events and one of an unknown task in %llu ms: the live "
+                "consumer got %llu events, at most %llu ms apart (bound %d ms); at most %zu "
+                "bytes queued for one client (bound %u)\n",
+                REPLAYS, 2 * BIG_STAGES + 3, (unsigned long long)(t - t0),
+                (unsigned long long)live_events, (unsigned long long)max_gap, MAX_STALL_MS, held,
+                REPLAY_HELD);
+  assert_true(live_events > 0);
+  assert_true(max_gap <= MAX_STALL_MS);
+  assert_true(held <= REPLAY_HELD);
+  for (int i = 0; i < REPLAYS; i++)
+    cl_close(&rep[i]);
+  cl_close(&none);
+  cl_close(&live);
+  sc_task_cancel(sc_engine_find_task(f.e, "live"), "the test is over");
+  until_status(&f, "live", SC_TASK_CANCELLED);
+  sc_jsonl_close(j);
+  fx_stop(&f);
+}
+
+/* ---- a replay whose ring moves past during the read ---- */
+
+static atomic_bool pool_blocked;
+
+static void block_work(uv_work_t *req) {
+  (void)req;
+  uint64_t until = now_ms() + 10000;
+  while (atomic_load(&pool_blocked) && now_ms() < until)
+    usleep(1000);
+}
+
+static void block_done(uv_work_t *req, int status) {
+  (void)status;
+  free(req);
+}
+
+static void a_replay_reads_on_from_the_log_what_the_ring_moved_past_during_the_read(void **state) {
+  (void)state;
+  char log[128];
+  snprintf(log, sizeof(log), "%s/moving.jsonl", dir);
+  unlink(log);
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.ring_events = 16;
+  o.log_path = log;
+  fx_start(&f, &o);
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  jo.fsync = SC_FSYNC_NONE; /* its lines are in the file after each turn; no sync on the pool */
+  sc_jsonl *j;
+  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
+  start_task(&f, "mv", sleep_stages(400, "m"));
+  uint64_t until = now_ms() + 10000;
+  while (sc__sock_task_find(f.s, "mv") == NULL || sc__sock_task_find(f.s, "mv")->last_seq < 100)
+    if (now_ms() < until)
+      turn(&f, -1);
+    else
+      fail_msg("the task does not run");
+  /* Every thread of the pool busy: the replay's read waits while the task runs on and the ring
+   * of 16 moves far past what it held at the subscribe. */
+  atomic_store(&pool_blocked, true);
+  for (int i = 0; i < 4; i++) {
+    uv_work_t *w = calloc(1, sizeof(*w));
+    assert_non_null(w);
+    assert_int_equal(uv_queue_work(&f.loop, w, block_work, block_done), 0);
+  }
+  cl c;
+  cl_connect(&f, &c);
+  int small = 2048; /* and it reads slowly */
+  setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  cl_send(&c, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"mv\",\"from_seq\":1}}");
+  uint64_t at_subscribe = 0;
+  while (sc__sock_task_find(f.s, "mv")->last_seq < 300) {
+    if (at_subscribe == 0 && replaying(&f) > 0)
+      at_subscribe = sc__sock_task_find(f.s, "mv")->last_seq;
+    if (now_ms() > until) fail_msg("the task does not run on");
+    turn(&f, -1);
+  }
+  assert_true(at_subscribe > 0 && at_subscribe < 200);
+  atomic_store(&pool_blocked, false);
+  static char line[CL_BUF];
+  uint64_t want = 1;
+  until = now_ms() + 20000;
+  while (want <= 2 * 400 + 3 && now_ms() < until && !c.eof) {
+    turn(&f, c.fd);
+    cl_read(&c);
+    while (cl_take(&c, line, sizeof(line))) {
+      if (strstr(line, "\"error\"")) fail_msg("at seq %llu: %s", (unsigned long long)want, line);
+      cJSON *ev = cJSON_Parse(line);
+      assert_non_null(ev);
+      assert_int_equal(num(ev, "seq"), (double)want); /* in order, none missed, none twice */
+      cJSON_Delete(ev);
+      want++;
+    }
+    usleep(200);
+  }
+  assert_int_equal(want, 2 * 400 + 3 + 1);
+  cl_close(&c);
+  sc_jsonl_close(j);
+  fx_stop(&f);
+}
+
 int main(void) {
+  setenv("UV_THREADPOOL_SIZE", "4", 1); /* the pool the blocking test fills: four threads */
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(retry_from_a_stage_with_reset_context_runs_the_task_to_completion),
       cmocka_unit_test(rollback_by_redeploying_runs_the_previous_config),
@@ -701,6 +948,8 @@ int main(void) {
       cmocka_unit_test(a_first_line_after_the_ring_moved_on_gets_the_missed_line),
       cmocka_unit_test(the_records_of_finished_tasks_are_bounded),
       cmocka_unit_test(a_replay_from_a_large_log_does_not_stall_a_live_consumer),
+      cmocka_unit_test(several_replays_beside_a_live_task_logged_with_batch_fsync_do_not_stall_it),
+      cmocka_unit_test(a_replay_reads_on_from_the_log_what_the_ring_moved_past_during_the_read),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -159,6 +159,21 @@ SC_EXTERN void sc_unfinished_free(sc_unfinished *u, size_t n);
 typedef int (*sc_jsonl_event_fn)(const char *json, size_t len, void *udata);
 SC_EXTERN int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata);
 
+/* The same reading in pieces, from where the last piece stopped (the socket's replays read a large
+ * log a piece at a time, so that none holds a thread for long). sc_jsonl_cursor_read hands the
+ * verified lines after the cursor to fn, about max_bytes of them (at least 4096; a longer line
+ * whole), and moves the cursor past them. A non-zero return of fn stops the read *before* that
+ * line, which the next read hands again; it is returned. *at_end (may be NULL) is set when the
+ * read reached the end of the file as it is now (a line without its newline yet included: a
+ * later read takes it whole). SC_ECORRUPT for a line that does not verify (the cursor stays there
+ * for good), SC_EIO, SC_ENOMEM. The cursor keeps the file open: a log replaced meanwhile is read
+ * as it was. */
+typedef struct sc_jsonl_cursor sc_jsonl_cursor;
+SC_EXTERN int sc_jsonl_cursor_open(const char *path, sc_jsonl_cursor **out);
+SC_EXTERN int sc_jsonl_cursor_read(sc_jsonl_cursor *c, size_t max_bytes, sc_jsonl_event_fn fn,
+                                   void *udata, bool *at_end);
+SC_EXTERN void sc_jsonl_cursor_close(sc_jsonl_cursor *c);
+
 /* ---- compaction (docs/jsonl.md, "Compaction") ---- */
 
 #define SC_JSONL_COMPACT_OPTIONS_VERSION 1
