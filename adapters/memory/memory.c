@@ -117,9 +117,15 @@ static const cJSON *member(const cJSON *o, const char *name) {
 /* The checkpoint object of a parsed stage.completed (without context). */
 static cJSON *checkpoint_json(const sc_event *ev) {
   cJSON *o = cJSON_CreateObject();
-  char id[512];
-  snprintf(id, sizeof(id), "%s/%" PRIu64, ev->task_id, ev->seq);
+  size_t idlen = strlen(ev->task_id) + 24;
+  char *id = malloc(idlen);
+  if (id == NULL) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  snprintf(id, idlen, "%s/%" PRIu64, ev->task_id, ev->seq);
   cJSON_AddStringToObject(o, "id", id);
+  free(id);
   cJSON_AddStringToObject(o, "task", ev->task_id);
   cJSON_AddItemToObject(o, "tenant",
                         ev->tenant_id ? cJSON_CreateString(ev->tenant_id) : cJSON_CreateNull());

@@ -556,7 +556,7 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
       uv_prepare_start(&db->prepare, on_prepare);
       db->prepare_active = true;
     }
-    return sc_error_set(db->err ? db->err : rc, "%s", db->err ? db->errmsg : sc_error_message());
+    return db->err ? sc_error_set(db->err, "%s", db->errmsg) : rc; /* the message is set */
   }
   db->acks[db->nacks++] = ack;
   if (!db->prepare_active) {

