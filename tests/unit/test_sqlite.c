@@ -677,6 +677,77 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   assert_int_equal(sc_sqlite_close(db), SC_OK);
 }
 
+/* Ids longer than any fixed buffer: every checkpoint id ends in its own /SEQ, the tasks' pages
+ * go on after a long id, and retention of such a task keeps a checkpoint that folds. */
+static void long_task_ids_are_never_cut(void **state) {
+  char path[256];
+  temp_path(state, "long.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {NULL};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_sqlite *db = open_db(e, path);
+  sc_store *mem = NULL;
+  assert_int_equal(sc_memory_store_new(&mem), SC_OK);
+  assert_int_equal(sc_store_attach(mem, e), SC_OK);
+  char ids[3][700];
+  for (int i = 0; i < 3; i++) {
+    memset(ids[i], 'x', 600);
+    snprintf(ids[i] + 600, 100, "-%d", i);
+    submit(e, ids[i], "acme", 4, 0);
+  }
+  settle(&loop);
+  sc_store *stores[2] = {sc_sqlite_store(db), mem};
+  for (int k = 0; k < 2; k++) {
+    cJSON *list = NULL;
+    assert_int_equal(sc_store_checkpoints(stores[k], ids[0], &list), SC_OK);
+    assert_int_equal(cJSON_GetArraySize(list), 4);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, list) {
+      char want[720];
+      snprintf(want, sizeof(want), "%s/%d", ids[0], cJSON_GetObjectItem(c, "seq")->valueint);
+      assert_string_equal(cJSON_GetObjectItem(c, "id")->valuestring, want);
+    }
+    cJSON_Delete(list);
+  }
+  sc_store_task_query q;
+  sc_store_task_query_init(&q);
+  q.limit = 1;
+  char *after = NULL;
+  for (int i = 0; i < 3; i++) {
+    q.after = after;
+    cJSON *page = NULL;
+    assert_int_equal(sc_sqlite_tasks(db, &q, &page), SC_OK);
+    cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItem(page, "tasks"), 0);
+    assert_non_null(t);
+    assert_string_equal(cJSON_GetObjectItem(t, "task")->valuestring, ids[i]);
+    const cJSON *next = cJSON_GetObjectItem(page, "next");
+    free(after);
+    after = cJSON_IsString(next) ? strdup(next->valuestring) : NULL;
+    assert_true(i == 2 ? after == NULL : after != NULL);
+    cJSON_Delete(page);
+  }
+  sc_store_close(mem);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  db = open_db(NULL, path);
+  sc_sqlite_retention p;
+  sc_sqlite_retention_init(&p);
+  p.keep_last = 1;
+  sc_sqlite_retain_report rep;
+  if (sc_sqlite_retain(db, &p, &rep) != SC_OK) fail_msg("%s", sc_error_message());
+  assert_int_equal(rep.checkpoints_deleted, 3 * 3);
+  cJSON *latest = NULL;
+  for (int i = 0; i < 3; i++) {
+    if (sc_sqlite_latest(db, ids[i], &latest) != SC_OK) fail_msg("%s", sc_error_message());
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(latest, "context"), "s4")->valueint,
+                     3);
+    cJSON_Delete(latest);
+  }
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+}
+
 typedef struct pause_watch {
   uint64_t last_ns, longest_ns, turns;
   bool done;
@@ -839,6 +910,7 @@ int main(void) {
       T(a_busy_database_pauses_the_task_with_the_error),
       T(retention_keeps_what_recovery_needs_and_the_folds_still_verify),
       T(retention_runs_beside_a_running_engine_and_the_loop_goes_on),
+      T(long_task_ids_are_never_cut),
       T(an_imported_log_answers_the_same_queries_as_the_projection),
       T(the_store_wrappers_refuse_what_a_store_lacks),
   };
