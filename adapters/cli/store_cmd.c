@@ -37,7 +37,8 @@ const char *cli_help_import =
     "\n"
     "Reads a JSON-lines log (verifying its chain) into a database, so that both answer the same\n"
     "queries and the database can recover what the log holds. Events the database has already\n"
-    "are skipped, so an import can be repeated.\n";
+    "are skipped, so an import can be repeated; a log of another run under a task id the database\n"
+    "holds already is refused (exit 2).\n";
 
 int cli_store_uri(const char *uri, const char **log, const char **db, const char *cmd) {
   if (strncmp(uri, "jsonl:", 6) == 0 && uri[6]) {

@@ -597,6 +597,7 @@ typedef struct import_state {
   sc_sqlite *db;
   uint64_t added, in_tx;
   int err;
+  sqlite3_stmt *stored; /* the type and time of a stored (task, seq) */
 } import_state;
 
 static int import_line(const char *json, size_t len, void *udata) {
@@ -605,12 +606,23 @@ static int import_line(const char *json, size_t len, void *udata) {
   sc_event_doc *d;
   if (sc_event_parse(json, len, &d) != SC_OK) return SC_OK; /* verified but not an event of ours */
   const sc_event *ev = sc_event_doc_event(d);
-  sqlite3_stmt *has = db->st[ST_HAS_EVENT];
+  sqlite3_stmt *has = st->stored;
   sqlite3_bind_text(has, 1, ev->task_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(has, 2, (sqlite3_int64)ev->seq);
   int step = sqlite3_step(has);
-  sqlite3_reset(has);
   int rc = SC_OK;
+  if (step == SQLITE_ROW) {
+    /* The same event again (a repeated import, or the log of a run that also wrote here) is
+     * skipped; another run under the same id would splice two tasks into one. */
+    const char *type = sc_event_type_name(ev->type) + strlen("stagecoach.");
+    const char *was = col_text(has, 0);
+    if (sqlite3_column_int64(has, 1) != ev->time_ns || was == NULL || strcmp(was, type) != 0)
+      rc = sc_error_set(SC_EINVAL,
+                        "task '%s' is already in %s from another run (its event %" PRIu64
+                        " differs): a database holds one task per id",
+                        ev->task_id, db->path, ev->seq);
+  }
+  sqlite3_reset(has);
   if (step == SQLITE_DONE) {
     if (st->in_tx == 0) rc = sc__sqlite_exec(db, "BEGIN IMMEDIATE");
     if (rc == SC_OK) rc = sc__sqlite_project(db, ev, json, len);
@@ -637,7 +649,11 @@ int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported) {
     return sc_error_set(SC_EINVAL, "database %s: import needs a writer that is not attached",
                         db->path);
   import_state st = {.db = db};
+  if ((rc = prepare(db, "SELECT type, time_ns FROM events WHERE task_id=?1 AND seq=?2 LIMIT 1",
+                    &st.stored)) != SC_OK)
+    return rc;
   rc = sc_jsonl_read_events(log_path, import_line, &st);
+  sqlite3_finalize(st.stored);
   if (rc == SC_ECORRUPT && st.err == SC_OK && st.in_tx) {
     /* The log breaks at a line: the good lines before it are kept. */
     char keep[512];

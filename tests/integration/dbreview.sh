@@ -59,4 +59,20 @@ sleep 0.6
 "$sc" checkpoints --db pd.db pd >cps 2>&1
 check "a task that ended before the age loses all its events and checkpoints" \
   '[ ! -s ev ] && ! grep -q "^pd/" cps'
+
+# 3: two logs of two runs under one task id: the second import is refused, in either order.
+touch go
+"$sc" run p.json --log la.jsonl --task-id job --plain >out 2>&1
+rm -f go
+{ "$sc" run p.json --log lb.jsonl --task-id job --plain >out 2>&1; } 2>/dev/null
+"$sc" import la.jsonl --db ab.db >out 2>&1 && "$sc" import la.jsonl --db ab.db >out 2>&1
+check "a log imported twice adds nothing the second time" '[ $? = 0 ] && grep -q "imported 0 events" out'
+"$sc" import lb.jsonl --db ab.db >out 2>&1
+check "a second run's log under the same id is refused" '[ $? = 2 ] && grep -q "from another run" out'
+"$sc" import lb.jsonl --db ba.db >out 2>&1 && "$sc" import la.jsonl --db ba.db >out 2>&1
+check "and so in the other order" '[ $? = 2 ] && grep -q "from another run" out'
+touch go; : >ran
+"$sc" recover p.json --db ba.db --plain >out 2>&1
+check "the first log's crashed task is recovered, not spliced with the other" \
+  '[ $? = 0 ] && [ "$(tr "\n" , <ran)" = "b,c," ]'
 echo "1..$n"

@@ -92,8 +92,9 @@ SC_EXTERN int sc_sqlite_restore_request(sc_sqlite *db, const char *checkpoint_id
 
 /* Imports a JSON-lines log (verified as it is read) into db, which must not be attached: every
  * event as the projection would have stored it, so that the log and the database answer the same
- * queries. Events already in the database (same task id and seq) are skipped. *imported (may be
- * NULL) receives the number of events added. */
+ * queries. Events already in the database (same task id and seq, same type and time) are skipped;
+ * one of the same task id and seq that differs is another run under that id: SC_EINVAL, naming
+ * the task. *imported (may be NULL) receives the number of events added. */
 SC_EXTERN int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported);
 
 #define SC_SQLITE_RETENTION_VERSION 1
