@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <stagecoach/memory.h>
 #include <stagecoach/sqlite.h>
@@ -69,6 +70,13 @@ int cli_db_open(sc_engine *e, const char *path, int flags, const char *cmd, sc_s
   sc_sqlite_options_init(&o);
   o.existing = (flags & CLI_DB_EXISTING) != 0;
   o.readonly = (flags & CLI_DB_READONLY) != 0;
+  /* --db /dev/stdout with stdout sent to a file: progress lines would go into the database. */
+  struct stat sp, so;
+  if (stat(path, &sp) == 0)
+    for (int fd = 1; fd <= 2; fd++)
+      if (fstat(fd, &so) == 0 && sp.st_dev == so.st_dev && sp.st_ino == so.st_ino)
+        return cli_usage_error(cmd, "database %s is this command's %s: give a file of its own",
+                               path, fd == 1 ? "stdout" : "stderr");
   if (sc_sqlite_open(e, path, &o, out) != SC_OK)
     return cli_usage_error(cmd, "%s", sc_error_message());
 #else

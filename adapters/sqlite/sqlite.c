@@ -711,6 +711,19 @@ int sc_sqlite_open(sc_engine *e, const char *path, const sc_sqlite_options *o, s
   int rc = SC_OK;
   struct stat st;
   bool exists = stat(path, &st) == 0;
+  if (exists && !S_ISREG(st.st_mode)) {
+    /* A FIFO would block the open, a directory or device is no database. */
+    rc = sc_error_set(SC_EINVAL, "database %s is not a regular file (%s)", path,
+                      S_ISDIR(st.st_mode)    ? "a directory"
+                      : S_ISFIFO(st.st_mode) ? "a FIFO"
+                      : S_ISSOCK(st.st_mode) ? "a socket"
+                                             : "a device");
+    goto fail;
+  }
+  if (!exists && lstat(path, &st) == 0) {
+    rc = sc_error_set(SC_ENOTFOUND, "database %s is a symbolic link to nothing", path);
+    goto fail;
+  }
   if (!exists && (db->opts.existing || db->opts.readonly)) {
     rc = sc_error_set(SC_ENOTFOUND, "database %s: no such file", path);
     goto fail;

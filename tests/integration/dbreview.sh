@@ -75,4 +75,20 @@ touch go; : >ran
 "$sc" recover p.json --db ba.db --plain >out 2>&1
 check "the first log's crashed task is recovered, not spliced with the other" \
   '[ $? = 0 ] && [ "$(tr "\n" , <ran)" = "b,c," ]'
+
+# 7, 8, 14: files that are no database, said as such, nothing written into them.
+"$sc" run p.json --db /dev/stdout >tostdout.txt 2>out
+check "--db on our own stdout is refused and nothing is written there" \
+  '[ $? = 2 ] && [ ! -s tostdout.txt ] && grep -q "stdout" out'
+mkfifo fifo
+timeout 10 "$sc" checkpoints --db fifo job >out 2>&1
+check "checkpoints --db FIFO is refused, not a hang" '[ $? = 2 ] && grep -q "a FIFO" out'
+timeout 10 "$sc" events --db fifo >out 2>&1
+check "events --db FIFO is refused, not a hang" '[ $? = 2 ] && grep -q "a FIFO" out'
+mkdir adir
+"$sc" checkpoints --db adir job >out 2>&1
+check "a directory is said to be one" '[ $? = 2 ] && grep -q "a directory" out'
+ln -s nowhere dangling
+"$sc" run p.json --db dangling >out 2>&1
+check "a dangling symlink is said to be one" '[ $? = 2 ] && grep -q "symbolic link to nothing" out'
 echo "1..$n"
