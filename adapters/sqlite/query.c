@@ -330,6 +330,43 @@ int sc_sqlite_unfinished(sc_sqlite *db, sc_unfinished **out, size_t *n) {
   return rc;
 }
 
+/* The last unfinished task of task_id's recovery chain (its latest unfinished recovery, that
+ * one's, ...): a copy in *out, NULL when task_id has none. */
+static int latest_unfinished_recovery(sc_sqlite *db, const char *task_id, char **out) {
+  *out = NULL;
+  sqlite3_stmt *s;
+  int rc = prepare(db,
+                   "SELECT id FROM tasks WHERE recovered_from=?1 AND finished=0 AND id<>?1"
+                   " ORDER BY created_ns DESC, id DESC LIMIT 1",
+                   &s);
+  if (rc != SC_OK) return rc;
+  const char *at = task_id;
+  /* Bounded: a cycle only a hand edit could make ends here. */
+  for (int hops = 0; rc == SC_OK && hops < 100000; hops++) {
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, at, -1, SQLITE_TRANSIENT);
+    int step = sqlite3_step(s);
+    if (step == SQLITE_DONE) break;
+    if (step != SQLITE_ROW) {
+      rc = sc__sqlite_error(db, step, "read tasks");
+      break;
+    }
+    char *next = strdup(col_text(s, 0));
+    if (next == NULL) {
+      rc = sc_error_set(SC_ENOMEM, "sqlite: out of memory");
+      break;
+    }
+    free(*out);
+    at = *out = next;
+  }
+  sqlite3_finalize(s);
+  if (rc != SC_OK) {
+    free(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
 int sc_sqlite_restore_request(sc_sqlite *db, const char *checkpoint_id, sc_recovery_mode mode,
                               sc_unfinished **out) {
   int rc = check_args(db, checkpoint_id, out);
@@ -373,6 +410,17 @@ int sc_sqlite_restore_request(sc_sqlite *db, const char *checkpoint_id, sc_recov
   }
   u[0].request.mode = mode;
   u[0].scanned.mode = mode;
+  /* An unfinished recovery of that task (or of its recovery, ...) would stay runnable beside the
+   * restored one: the restored task supersedes the chain's latest unfinished task instead. */
+  char *latest = NULL;
+  if ((rc = latest_unfinished_recovery(db, task, &latest)) != SC_OK) {
+    sc_unfinished_free(u, n);
+    goto out;
+  }
+  if (latest != NULL) {
+    free((char *)u[0].scanned.recovered_from);
+    u[0].request.recovered_from = u[0].scanned.recovered_from = latest;
+  }
   *out = u;
 out:
   cJSON_Delete(cp);

@@ -91,4 +91,18 @@ check "a directory is said to be one" '[ $? = 2 ] && grep -q "a directory" out'
 ln -s nowhere dangling
 "$sc" run p.json --db dangling >out 2>&1
 check "a dangling symlink is said to be one" '[ $? = 2 ] && grep -q "symbolic link to nothing" out'
+
+# 10: crash, a recovery that crashes too, then a restore from the first task's checkpoint: the
+# restored task supersedes the unfinished recovery, so nothing is offered afterwards.
+rm -f go; : >ran
+{ "$sc" run p.json --db h.db --task-id h1 --plain >out 2>&1; } 2>/dev/null
+{ "$sc" recover p.json --db h.db --plain >out 2>&1; } 2>/dev/null
+cp1=$("$sc" checkpoints --db h.db h1 | head -1 | awk "{ print \$1 }")
+touch go; : >ran
+"$sc" recover p.json --db h.db --from-checkpoint "$cp1" --plain >out 2>&1
+check "restore from $cp1 beside a crashed recovery completes" '[ $? = 0 ] && [ "$(tr "\n" , <ran)" = "b,c," ]'
+: >ran
+"$sc" recover p.json --db h.db --dry-run >out 2>&1
+"$sc" recover p.json --db h.db --plain >>out 2>&1
+check "the crashed recovery is superseded by the restored task" '[ ! -s ran ] && grep -q "nothing to recover" out'
 echo "1..$n"
