@@ -347,11 +347,14 @@ int cli_retain(int argc, char **argv) {
   int rc = sc_sqlite_retain(h, &p, &r);
   if (rc != SC_OK) {
     fprintf(stderr, "stagecoach retain: %s\n", sc_error_message());
-    code = CLI_EXIT_FAILED;
+    /* A record that does not verify is 1; the database failing to store the deletion is 5. */
+    code = rc == SC_ECORRUPT ? CLI_EXIT_FAILED : CLI_EXIT_INCOMPLETE;
   }
+  /* Only what committed is counted: a failed transaction deleted nothing. */
   printf("deleted %" PRIu64 " checkpoints and %" PRIu64 " events in %" PRIu64
-         " transactions (longest %.3f ms)\n",
-         r.checkpoints_deleted, r.events_deleted, r.batches, (double)r.longest_batch_ns / 1e6);
+         " transactions (longest %.3f ms)%s\n",
+         r.checkpoints_deleted, r.events_deleted, r.batches, (double)r.longest_batch_ns / 1e6,
+         rc == SC_OK ? "" : ", then stopped at the error");
   if (cli_db_close(h) != SC_OK && code == CLI_EXIT_COMPLETED) code = CLI_EXIT_FAILED;
   return code;
 #endif
@@ -377,6 +380,11 @@ int cli_import(int argc, char **argv) {
   if (file == NULL && log) file = log, log = NULL;
   if (file == NULL || db == NULL)
     return cli_usage_error("import", "give a log and a database (import LOG --db FILE)");
+  /* A device would be read for ever and a FIFO waits for a writer: a log is a regular file. */
+  struct stat st;
+  if (stat(file, &st) != 0) return cli_usage_error("import", "%s: %s", file, strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return cli_usage_error("import", "%s is not a stagecoach log (not a regular file)", file);
 #ifdef SC_HAVE_SQLITE
   sc_sqlite *h;
   int code = cli_db_open(NULL, db, 0, "import", &h);
@@ -386,8 +394,11 @@ int cli_import(int argc, char **argv) {
   if (rc == SC_OK) {
     printf("imported %" PRIu64 " events from %s into %s\n", n, file, db);
   } else {
-    fprintf(stderr, "stagecoach import: %s\n", sc_error_message());
-    code = rc == SC_ECORRUPT ? CLI_EXIT_FAILED : CLI_EXIT_USAGE;
+    const char *why = sc_error_message();
+    fprintf(stderr, "stagecoach import: %s\n", why[0] ? why : "the log could not be read");
+    code = rc == SC_ECORRUPT                ? CLI_EXIT_FAILED
+           : rc == SC_EIO || rc == SC_EBUSY ? CLI_EXIT_INCOMPLETE
+                                            : CLI_EXIT_USAGE;
   }
   if (cli_db_close(h) != SC_OK && code == CLI_EXIT_COMPLETED) code = CLI_EXIT_FAILED;
   return code;

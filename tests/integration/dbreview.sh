@@ -105,4 +105,20 @@ check "restore from $cp1 beside a crashed recovery completes" '[ $? = 0 ] && [ "
 "$sc" recover p.json --db h.db --dry-run >out 2>&1
 "$sc" recover p.json --db h.db --plain >>out 2>&1
 check "the crashed recovery is superseded by the restored task" '[ ! -s ran ] && grep -q "nothing to recover" out'
+
+# 12: the first commit of retain fails (EIO on its sync): nothing is counted as deleted, exit 5.
+touch go
+for t in r1 r2; do "$sc" run p.json --db ret.db --task-id $t --plain >out 2>&1; done
+ASAN_OPTIONS=detect_leaks=0 strace -f -o /dev/null -e inject=fdatasync:error=EIO:when=1 \
+  "$sc" retain --db ret.db --keep-last 1 >out 2>&1
+check "retain whose commit fails counts nothing and exits 5" \
+  '[ $? = 5 ] && grep -q "deleted 0 checkpoints" out && grep -q "I/O error" out'
+"$sc" checkpoints --db ret.db r1 >cps 2>&1
+check "and the checkpoints are all there" '[ "$(wc -l <cps)" = 3 ]'
+
+# 13: import of what is no log says so.
+timeout 10 "$sc" import /dev/zero --db imp.db >out 2>&1
+check "import /dev/zero is refused with a message" '[ $? = 2 ] && grep -q "not a regular file" out'
+timeout 10 "$sc" import fifo --db imp.db >out 2>&1
+check "import FIFO is refused with a message, not a hang" '[ $? = 2 ] && grep -q "not a regular file" out'
 echo "1..$n"
