@@ -32,8 +32,9 @@ typedef struct runtime {
   cli_exec *exec;
   sc_jsonl *log;
   const char *log_path;
-  sc_sqlite *db;     /* --db: the SQLite store, a second durable sink beside the log or alone */
-  sc_socket *socket; /* --socket: the event stream and control (docs/socket.md) */
+  sc_sqlite *db; /* --db: the SQLite store, a second durable sink beside the log or alone */
+  const char *db_path;
+  sc_socket *socket;      /* --socket: the event stream and control (docs/socket.md) */
   uv_timer_t socket_tick; /* keeps the loop turning while a task waits for a socket client */
   emitted *emitted;
   size_t nemitted, capemitted;
@@ -213,7 +214,7 @@ static void note_emitted(runtime *rt, const sc_event *ev) {
 /* The progress subscriber, plus the approval prompts. */
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   runtime *rt = udata;
-  if (rt->log != NULL) note_emitted(rt, ev);
+  if (rt->log != NULL || rt->db != NULL) note_emitted(rt, ev);
   withdraw(rt, ev);
   cli_progress_on_event(ev, ack, rt->progress);
   if (ev->type == SC_EV_APPROVAL_REQUESTED && rt->prompts) {
@@ -518,10 +519,25 @@ static int runtime_close(runtime *rt) {
     code = CLI_EXIT_INCOMPLETE;
   }
   if (rt->db && cli_db_close(rt->db) != SC_OK) {
-    fprintf(stderr,
-            "stagecoach: the database is incomplete: %s\n  the tasks it shows unfinished stopped "
-            "there: fix the cause, then `stagecoach recover --db` finishes them\n",
-            sc_error_message());
+    fprintf(stderr, "stagecoach: the database is incomplete: %s\n", sc_error_message());
+    /* Which tasks it holds at all, read again: one without even its task.created is not
+     * recovered from there (no stage of it ran), it is run again. */
+    size_t held = 0, missing = 0;
+    for (size_t i = 0; i < rt->nemitted; i++) {
+      int h = rt->db_path ? cli_db_file_holds_task(rt->db_path, rt->emitted[i].task_id) : -1;
+      if (h == 0)
+        missing++;
+      else
+        held++;
+    }
+    if (held > 0 || rt->nemitted == 0)
+      fprintf(stderr, "  the tasks it shows unfinished stopped there: fix the cause, then "
+                      "`stagecoach recover --db` finishes them\n");
+    if (missing > 0)
+      fprintf(stderr,
+              "  %s no event in the database, so no stage of %s ran: fix the cause, then run "
+              "the same command again\n",
+              missing == 1 ? "one task has" : "some tasks have", missing == 1 ? "it" : "them");
     code = CLI_EXIT_INCOMPLETE;
   }
   for (size_t i = 0; i < rt->nemitted; i++) {
@@ -714,6 +730,7 @@ int cli_run(int argc, char **argv) {
   cli_pipeline p = {0};
   int code = runtime_open_with(&rt, &o, "run", pipeline, &p);
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
+  rt.db_path = o.db;
   if (code == CLI_EXIT_COMPLETED && o.db != NULL) code = cli_db_open(rt.e, o.db, 0, "run", &rt.db);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
@@ -886,6 +903,7 @@ int cli_recover(int argc, char **argv) {
     }
     if (rc == SC_OK && o.db != NULL)
       code = cli_db_open(rt.e, o.db, 0, "recover", &rt.db); /* written beside it */
+    rt.db_path = o.db;
   }
   if (code == CLI_EXIT_COMPLETED && rc == SC_ECORRUPT) {
     fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());

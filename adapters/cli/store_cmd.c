@@ -117,6 +117,22 @@ bool cli_db_holds_task(sc_sqlite *db, const char *task_id) {
 #endif
 }
 
+int cli_db_file_holds_task(const char *path, const char *task_id) {
+#ifdef SC_HAVE_SQLITE
+  sc_sqlite_options o;
+  sc_sqlite_options_init(&o);
+  o.readonly = true;
+  sc_sqlite *db;
+  if (sc_sqlite_open(NULL, path, &o, &db) != SC_OK) return -1;
+  int rc = sc_sqlite_events(db, task_id, 0, ignore_event, NULL);
+  sc_sqlite_close(db);
+  return rc == SC_ENOTFOUND ? 0 : rc < 0 ? -1 : 1;
+#else
+  (void)path, (void)task_id;
+  return -1;
+#endif
+}
+
 int cli_db_close(sc_sqlite *db) {
   if (db == NULL) return SC_OK;
 #ifdef SC_HAVE_SQLITE

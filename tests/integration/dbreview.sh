@@ -121,4 +121,18 @@ timeout 10 "$sc" import /dev/zero --db imp.db >out 2>&1
 check "import /dev/zero is refused with a message" '[ $? = 2 ] && grep -q "not a regular file" out'
 timeout 10 "$sc" import fifo --db imp.db >out 2>&1
 check "import FIFO is refused with a message, not a hang" '[ $? = 2 ] && grep -q "not a regular file" out'
+
+# 11: the database cannot store even task.created (ENOSPC on one of its writes, the first one
+# after which it holds no event): exit 5 says to run the command again, not to recover.
+found=""
+for w in $(seq 5 120); do
+  rm -f full.db full.db-wal full.db-shm
+  ASAN_OPTIONS=detect_leaks=0 strace -f -o /dev/null -e inject=pwrite64:error=ENOSPC:when=$w \
+    "$sc" run p.json --db full.db --plain >/dev/null 2>full.err
+  rc=$?
+  if [ $rc = 5 ] && [ -z "$("$sc" events --db full.db --json 2>/dev/null)" ]; then found=$w; break; fi
+done
+cp full.err out 2>/dev/null
+check "a database without even task.created says to run the same command again (write $found)" \
+  '[ -n "$found" ] && grep -q "run the same command again" out && ! grep -q "recover --db. finishes" out'
 echo "1..$n"
