@@ -616,6 +616,32 @@ static bool same_file(const char *a, const char *b) {
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* The directory part of path resolved, then its last name: the same for "same" and "./same"
+ * before the file exists. NULL when the directory does not resolve or out of memory. */
+static char *resolved_name(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  char *real = dir ? realpath(dir, NULL) : NULL;
+  free(dir);
+  if (real == NULL) return NULL;
+  const char *base = slash ? slash + 1 : path;
+  size_t n = strlen(real) + strlen(base) + 2;
+  char *out = malloc(n);
+  if (out) snprintf(out, n, "%s/%s", real, base);
+  free(real);
+  return out;
+}
+
+/* Whether a and b are the same file, or would be once created. */
+static bool same_path(const char *a, const char *b) {
+  if (strcmp(a, b) == 0 || same_file(a, b)) return true;
+  char *ra = resolved_name(a), *rb = resolved_name(b);
+  bool same = ra && rb && strcmp(ra, rb) == 0;
+  free(ra);
+  free(rb);
+  return same;
+}
+
 /* Whether path names the file our stdout or stderr goes to (--log /dev/stdout with stdout sent
  * to a file): progress lines would be written into the log. */
 static bool is_our_output(const char *path) {
@@ -722,8 +748,7 @@ int cli_run(int argc, char **argv) {
                            "--log %s is where this command's own output goes; give the log its "
                            "own file",
                            o.log);
-  if (o.db != NULL && (same_file(o.db, pipeline) ||
-                       (o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))))
+  if (o.db != NULL && (same_file(o.db, pipeline) || (o.log != NULL && same_path(o.db, o.log))))
     return cli_usage_error("run", "--db %s is the %s; give the database its own file", o.db,
                            same_file(o.db, pipeline) ? "pipeline file itself" : "log's file");
   runtime rt;
@@ -856,7 +881,7 @@ int cli_recover(int argc, char **argv) {
   const char *log_name = from_db ? o.db : o.log;
   if (o.db != NULL && same_file(o.db, pipeline))
     return cli_usage_error("recover", "--db %s is the pipeline file itself, not a database", o.db);
-  if (o.db != NULL && o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))
+  if (o.db != NULL && o.log != NULL && same_path(o.db, o.log))
     return cli_usage_error("recover", "--db %s is the log's file; give the database its own file",
                            o.db);
   if (o.log != NULL && same_file(o.log, pipeline))
@@ -874,7 +899,11 @@ int cli_recover(int argc, char **argv) {
   sc_unfinished *todo = NULL;
   size_t n = 0;
   int rc = SC_OK;
-  if (code == CLI_EXIT_COMPLETED && from_db) {
+  struct stat dst;
+  if (code == CLI_EXIT_COMPLETED && from_db && dry_run && checkpoint == NULL &&
+      stat(o.db, &dst) == 0 && S_ISREG(dst.st_mode) && dst.st_size == 0) {
+    /* Created, never written (a run killed as it started): what a writer would find, no task. */
+  } else if (code == CLI_EXIT_COMPLETED && from_db) {
     /* The database's writer's lock first (a dry run opens it read-only), then the read. */
     code = cli_db_open(dry_run ? NULL : rt.e, o.db, dry_run ? CLI_DB_READONLY : CLI_DB_EXISTING,
                        "recover", &rt.db);

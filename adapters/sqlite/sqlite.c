@@ -202,6 +202,11 @@ static int migrate(sc_sqlite *db) {
                         "open it with a newer stagecoach",
                         db->path, have, SCHEMA_VERSION);
   if (have == SCHEMA_VERSION) return SC_OK;
+  struct stat st;
+  if (db->opts.readonly && have < 0 && stat(db->path, &st) == 0 && st.st_size == 0)
+    return sc_error_set(SC_ENOTFOUND,
+                        "database %s is empty (created but never written: no task in it yet)",
+                        db->path);
   if (db->opts.readonly)
     return sc_error_set(have < 0 ? SC_ENOTFOUND : SC_EINVAL,
                         have < 0 ? "database %s holds no stagecoach tables"

@@ -135,4 +135,15 @@ done
 cp full.err out 2>/dev/null
 check "a database without even task.created says to run the same command again (write $found)" \
   '[ -n "$found" ] && grep -q "run the same command again" out && ! grep -q "recover --db. finishes" out'
+
+# 14: the same file as log and database under two spellings, before it exists; an empty file.
+"$sc" run p.json --db same --log ./same >out 2>&1
+check "--db same --log ./same is refused as one file and nothing is left behind" \
+  '[ $? = 2 ] && grep -q "the log.s file" out && [ ! -e same ]'
+: >empty.db
+"$sc" recover p.json --db empty.db --dry-run >out 2>&1
+check "recover --dry-run on an empty database agrees with recover: nothing, exit 0" \
+  '[ $? = 0 ] && grep -q "nothing to recover" out'
+"$sc" checkpoints --db empty.db job >out 2>&1
+check "a reader says an empty database is empty" '[ $? = 2 ] && grep -q "is empty" out'
 echo "1..$n"
