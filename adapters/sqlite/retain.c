@@ -64,6 +64,21 @@ static int run(sc_sqlite *db, const char *sql, const char *task, int64_t a, int6
   return SC_OK;
 }
 
+/* Whether the task still has events or checkpoints (1), none (0), or an error (< 0). */
+static int has_records(sc_sqlite *db, const char *task) {
+  sqlite3_stmt *s;
+  int rc = sqlite3_prepare_v2(db->db,
+                              "SELECT EXISTS(SELECT 1 FROM events WHERE task_id=?1) OR"
+                              " EXISTS(SELECT 1 FROM checkpoints WHERE task_id=?1)",
+                              -1, &s, NULL);
+  if (rc != SQLITE_OK) return sc__sqlite_error(db, rc, "prepare retention");
+  sqlite3_bind_text(s, 1, task, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  int has = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) != 0 : -1;
+  sqlite3_finalize(s);
+  return has >= 0 ? has : sc__sqlite_error(db, rc, "read a task's records");
+}
+
 /* Whether a task in this status may still roll back, which needs every checkpoint it has. */
 static bool may_roll_back(const char *status) {
   return strcmp(status, "FAILED") == 0 || strcmp(status, "ROLLING_BACK") == 0 ||
@@ -221,12 +236,15 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
    * offered to recovery again), one transaction for each. Its row stays. */
   for (size_t i = 0; rc == SC_OK && i < n; i++) {
     if (!fin[i] || cutoff == INT64_MIN || ended[i] >= cutoff) continue;
+    fin[i] = -1;
+    int has = has_records(db, ids[i]); /* gone before: no transaction for it */
+    if (has <= 0) {
+      rc = has < 0 ? has : SC_OK;
+      continue;
+    }
     if ((rc = begin(&b)) != SC_OK) break;
     rc = sc__sqlite_drop_task(db, ids[i], false, &b.events, &b.checkpoints);
-    bool none = rc == SC_OK && b.events == 0 && b.checkpoints == 0;
     rc = commit(&b, rc);
-    if (none && rc == SC_OK) r->batches--; /* gone before: no transaction worth counting */
-    fin[i] = -1;
   }
   if (p->keep_last || p->max_age_ms > 0)
     for (size_t i = 0; rc == SC_OK && i < n; i++)

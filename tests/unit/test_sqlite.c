@@ -495,6 +495,48 @@ static void delete_forgets_a_finished_task_and_refuses_an_unfinished_one(void **
   end_run(&r);
 }
 
+/* A task stopped mid-way, recovered by a task that finishes: deleting the finished one takes
+ * the one it superseded along, which is not offered to recovery again. */
+static void delete_takes_the_recovered_task_along(void **state) {
+  char path[256];
+  temp_path(state, "chain.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {"s2"};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_sqlite *db = open_db(e, path);
+  submit(e, "first", "acme", 3, 0); /* hangs in s2: unfinished when the engine goes */
+  settle(&loop);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+
+  assert_int_equal(uv_loop_init(&loop), 0);
+  b.hang = NULL;
+  e = new_engine(&loop, &b);
+  db = open_db(e, path);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 1);
+  sc_task *t = NULL;
+  assert_int_equal(sc_recover_from_restart(e, &u->request, &t), SC_OK);
+  char *second = strdup(sc_task_id(t));
+  settle(&loop);
+  sc_unfinished_free(u, n);
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(sc_sqlite_delete_task(db, second), SC_OK);
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  size_t events = 0;
+  assert_int_equal(sc_sqlite_events(db, "first", 0, count_event, &events), SC_ENOTFOUND);
+  free(second);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* ---- the writer, schema versions, errors ---- */
 
 static void a_second_writer_is_refused_and_a_reader_is_not(void **state) {
@@ -905,6 +947,7 @@ int main(void) {
       T(restore_from_the_second_of_five_checkpoints_runs_the_rest),
       T(tasks_page_by_tenant_and_status_and_approvals_pending),
       T(delete_forgets_a_finished_task_and_refuses_an_unfinished_one),
+      T(delete_takes_the_recovered_task_along),
       T(a_second_writer_is_refused_and_a_reader_is_not),
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),
       T(a_busy_database_pauses_the_task_with_the_error),
