@@ -495,6 +495,10 @@ static void delete_forgets_a_finished_task_and_refuses_an_unfinished_one(void **
   end_run(&r);
 }
 
+static int add_to_memory(const char *json, size_t len, void *udata) {
+  return sc_memory_store_add(udata, json, len);
+}
+
 /* A task stopped mid-way, recovered by a task that finishes: deleting the finished one takes
  * the one it superseded along, which is not offered to recovery again. */
 static void delete_takes_the_recovered_task_along(void **state) {
@@ -526,6 +530,19 @@ static void delete_takes_the_recovered_task_along(void **state) {
   sc_unfinished_free(u, n);
   assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
   assert_int_equal(n, 0);
+  /* The memory store, loaded with the same events, answers the same. */
+  sc_store *mem = NULL;
+  assert_int_equal(sc_memory_store_new(&mem), SC_OK);
+  assert_int_equal(sc_sqlite_events(db, NULL, 0, add_to_memory, mem), SC_OK);
+  assert_int_equal(sc_store_unfinished(mem, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(sc_store_delete_task(mem, second), SC_OK);
+  assert_int_equal(sc_store_unfinished(mem, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  size_t left = 0;
+  assert_int_equal(sc_store_events(mem, NULL, 0, count_event, &left), SC_OK);
+  assert_int_equal(left, 0);
+  sc_store_close(mem);
   assert_int_equal(sc_sqlite_delete_task(db, second), SC_OK);
   assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
   assert_int_equal(n, 0);
