@@ -165,6 +165,9 @@ int cli_db_restore(sc_sqlite *db, const char *checkpoint_id, sc_unfinished **out
 int cli_db_close(sc_sqlite *db); /* NULL: SC_OK */
 /* Whether the database holds events of the task id. */
 bool cli_db_holds_task(sc_sqlite *db, const char *task_id);
+/* Whether the database file holds task_id, opened read-only for the question: 1, 0, or -1 when
+ * it cannot be read. */
+int cli_db_file_holds_task(const char *path, const char *task_id);
 /* `events --db FILE`: prints the database's events as `events` prints a log's; match says whether
  * an event's task id is the one asked for. */
 int cli_events_db(const char *db, const char *task, const char *type, bool json,

@@ -32,8 +32,9 @@ typedef struct runtime {
   cli_exec *exec;
   sc_jsonl *log;
   const char *log_path;
-  sc_sqlite *db;     /* --db: the SQLite store, a second durable sink beside the log or alone */
-  sc_socket *socket; /* --socket: the event stream and control (docs/socket.md) */
+  sc_sqlite *db; /* --db: the SQLite store, a second durable sink beside the log or alone */
+  const char *db_path;
+  sc_socket *socket;      /* --socket: the event stream and control (docs/socket.md) */
   uv_timer_t socket_tick; /* keeps the loop turning while a task waits for a socket client */
   emitted *emitted;
   size_t nemitted, capemitted;
@@ -213,7 +214,7 @@ static void note_emitted(runtime *rt, const sc_event *ev) {
 /* The progress subscriber, plus the approval prompts. */
 static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   runtime *rt = udata;
-  if (rt->log != NULL) note_emitted(rt, ev);
+  if (rt->log != NULL || rt->db != NULL) note_emitted(rt, ev);
   withdraw(rt, ev);
   cli_progress_on_event(ev, ack, rt->progress);
   if (ev->type == SC_EV_APPROVAL_REQUESTED && rt->prompts) {
@@ -518,10 +519,25 @@ static int runtime_close(runtime *rt) {
     code = CLI_EXIT_INCOMPLETE;
   }
   if (rt->db && cli_db_close(rt->db) != SC_OK) {
-    fprintf(stderr,
-            "stagecoach: the database is incomplete: %s\n  the tasks it shows unfinished stopped "
-            "there: fix the cause, then `stagecoach recover --db` finishes them\n",
-            sc_error_message());
+    fprintf(stderr, "stagecoach: the database is incomplete: %s\n", sc_error_message());
+    /* Which tasks it holds at all, read again: one without even its task.created is not
+     * recovered from there (no stage of it ran), it is run again. */
+    size_t held = 0, missing = 0;
+    for (size_t i = 0; i < rt->nemitted; i++) {
+      int h = rt->db_path ? cli_db_file_holds_task(rt->db_path, rt->emitted[i].task_id) : -1;
+      if (h == 0)
+        missing++;
+      else
+        held++;
+    }
+    if (held > 0 || rt->nemitted == 0)
+      fprintf(stderr, "  the tasks it shows unfinished stopped there: fix the cause, then "
+                      "`stagecoach recover --db` finishes them\n");
+    if (missing > 0)
+      fprintf(stderr,
+              "  %s no event in the database, so no stage of %s ran: fix the cause, then run "
+              "the same command again\n",
+              missing == 1 ? "one task has" : "some tasks have", missing == 1 ? "it" : "them");
     code = CLI_EXIT_INCOMPLETE;
   }
   for (size_t i = 0; i < rt->nemitted; i++) {
@@ -617,6 +633,32 @@ static bool log_holds_task(const char *path, const char *id) {
 static bool same_file(const char *a, const char *b) {
   struct stat sa, sb;
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The directory part of path resolved, then its last name: the same for "same" and "./same"
+ * before the file exists. NULL when the directory does not resolve or out of memory. */
+static char *resolved_name(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+  char *real = dir ? realpath(dir, NULL) : NULL;
+  free(dir);
+  if (real == NULL) return NULL;
+  const char *base = slash ? slash + 1 : path;
+  size_t n = strlen(real) + strlen(base) + 2;
+  char *out = malloc(n);
+  if (out) snprintf(out, n, "%s/%s", real, base);
+  free(real);
+  return out;
+}
+
+/* Whether a and b are the same file, or would be once created. */
+static bool same_path(const char *a, const char *b) {
+  if (strcmp(a, b) == 0 || same_file(a, b)) return true;
+  char *ra = resolved_name(a), *rb = resolved_name(b);
+  bool same = ra && rb && strcmp(ra, rb) == 0;
+  free(ra);
+  free(rb);
+  return same;
 }
 
 /* Whether path names the file our stdout or stderr goes to (--log /dev/stdout with stdout sent
@@ -725,14 +767,14 @@ int cli_run(int argc, char **argv) {
                            "--log %s is where this command's own output goes; give the log its "
                            "own file",
                            o.log);
-  if (o.db != NULL && (same_file(o.db, pipeline) ||
-                       (o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))))
+  if (o.db != NULL && (same_file(o.db, pipeline) || (o.log != NULL && same_path(o.db, o.log))))
     return cli_usage_error("run", "--db %s is the %s; give the database its own file", o.db,
                            same_file(o.db, pipeline) ? "pipeline file itself" : "log's file");
   runtime rt;
   cli_pipeline p = {0};
   int code = runtime_open_with(&rt, &o, "run", pipeline, &p);
   if (code == CLI_EXIT_COMPLETED && o.log != NULL) code = runtime_open_log(&rt, &o, "run", false);
+  rt.db_path = o.db;
   if (code == CLI_EXIT_COMPLETED && o.db != NULL) code = cli_db_open(rt.e, o.db, 0, "run", &rt.db);
   if (code == CLI_EXIT_COMPLETED) code = runtime_open_socket(&rt, &o, "run");
   /* Read under the writer's lock: no other run can add the id meanwhile. */
@@ -858,7 +900,7 @@ int cli_recover(int argc, char **argv) {
   const char *log_name = from_db ? o.db : o.log;
   if (o.db != NULL && same_file(o.db, pipeline))
     return cli_usage_error("recover", "--db %s is the pipeline file itself, not a database", o.db);
-  if (o.db != NULL && o.log != NULL && (same_file(o.db, o.log) || strcmp(o.db, o.log) == 0))
+  if (o.db != NULL && o.log != NULL && same_path(o.db, o.log))
     return cli_usage_error("recover", "--db %s is the log's file; give the database its own file",
                            o.db);
   if (o.log != NULL && same_file(o.log, pipeline))
@@ -876,7 +918,11 @@ int cli_recover(int argc, char **argv) {
   sc_unfinished *todo = NULL;
   size_t n = 0;
   int rc = SC_OK;
-  if (code == CLI_EXIT_COMPLETED && from_db) {
+  struct stat dst;
+  if (code == CLI_EXIT_COMPLETED && from_db && dry_run && checkpoint == NULL &&
+      stat(o.db, &dst) == 0 && S_ISREG(dst.st_mode) && dst.st_size == 0) {
+    /* Created, never written (a run killed as it started): what a writer would find, no task. */
+  } else if (code == CLI_EXIT_COMPLETED && from_db) {
     /* The database's writer's lock first (a dry run opens it read-only), then the read. */
     code = cli_db_open(dry_run ? NULL : rt.e, o.db, dry_run ? CLI_DB_READONLY : CLI_DB_EXISTING,
                        "recover", &rt.db);
@@ -905,6 +951,7 @@ int cli_recover(int argc, char **argv) {
     }
     if (rc == SC_OK && o.db != NULL)
       code = cli_db_open(rt.e, o.db, 0, "recover", &rt.db); /* written beside it */
+    rt.db_path = o.db;
   }
   if (code == CLI_EXIT_COMPLETED && rc == SC_ECORRUPT) {
     fprintf(stderr, "stagecoach recover: %s\n", sc_error_message());

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <stagecoach/memory.h>
 #include <stagecoach/sqlite.h>
@@ -37,7 +38,8 @@ const char *cli_help_import =
     "\n"
     "Reads a JSON-lines log (verifying its chain) into a database, so that both answer the same\n"
     "queries and the database can recover what the log holds. Events the database has already\n"
-    "are skipped, so an import can be repeated.\n";
+    "are skipped, so an import can be repeated; a log of another run under a task id the database\n"
+    "holds already is refused (exit 2).\n";
 
 int cli_store_uri(const char *uri, const char **log, const char **db, const char *cmd) {
   if (strncmp(uri, "jsonl:", 6) == 0 && uri[6]) {
@@ -68,6 +70,13 @@ int cli_db_open(sc_engine *e, const char *path, int flags, const char *cmd, sc_s
   sc_sqlite_options_init(&o);
   o.existing = (flags & CLI_DB_EXISTING) != 0;
   o.readonly = (flags & CLI_DB_READONLY) != 0;
+  /* --db /dev/stdout with stdout sent to a file: progress lines would go into the database. */
+  struct stat sp, so;
+  if (stat(path, &sp) == 0)
+    for (int fd = 1; fd <= 2; fd++)
+      if (fstat(fd, &so) == 0 && sp.st_dev == so.st_dev && sp.st_ino == so.st_ino)
+        return cli_usage_error(cmd, "database %s is this command's %s: give a file of its own",
+                               path, fd == 1 ? "stdout" : "stderr");
   if (sc_sqlite_open(e, path, &o, out) != SC_OK)
     return cli_usage_error(cmd, "%s", sc_error_message());
 #else
@@ -105,6 +114,22 @@ bool cli_db_holds_task(sc_sqlite *db, const char *task_id) {
 #else
   (void)db, (void)task_id, (void)ignore_event;
   return false;
+#endif
+}
+
+int cli_db_file_holds_task(const char *path, const char *task_id) {
+#ifdef SC_HAVE_SQLITE
+  sc_sqlite_options o;
+  sc_sqlite_options_init(&o);
+  o.readonly = true;
+  sc_sqlite *db;
+  if (sc_sqlite_open(NULL, path, &o, &db) != SC_OK) return -1;
+  int rc = sc_sqlite_events(db, task_id, 0, ignore_event, NULL);
+  sc_sqlite_close(db);
+  return rc == SC_ENOTFOUND ? 0 : rc < 0 ? -1 : 1;
+#else
+  (void)path, (void)task_id;
+  return -1;
 #endif
 }
 
@@ -338,12 +363,14 @@ int cli_retain(int argc, char **argv) {
   int rc = sc_sqlite_retain(h, &p, &r);
   if (rc != SC_OK) {
     fprintf(stderr, "stagecoach retain: %s\n", sc_error_message());
-    code = CLI_EXIT_FAILED;
+    /* A record that does not verify is 1; the database failing to store the deletion is 5. */
+    code = rc == SC_ECORRUPT ? CLI_EXIT_FAILED : CLI_EXIT_INCOMPLETE;
   }
+  /* Only what committed is counted: a failed transaction deleted nothing. */
   printf("deleted %" PRIu64 " checkpoints and %" PRIu64 " events and %" PRIu64
-         " approvals in %" PRIu64 " transactions (longest %.3f ms)\n",
+         " approvals in %" PRIu64 " transactions (longest %.3f ms)%s\n",
          r.checkpoints_deleted, r.events_deleted, r.approvals_deleted, r.batches,
-         (double)r.longest_batch_ns / 1e6);
+         (double)r.longest_batch_ns / 1e6, rc == SC_OK ? "" : ", then stopped at the error");
   if (cli_db_close(h) != SC_OK && code == CLI_EXIT_COMPLETED) code = CLI_EXIT_FAILED;
   return code;
 #endif
@@ -369,6 +396,11 @@ int cli_import(int argc, char **argv) {
   if (file == NULL && log) file = log, log = NULL;
   if (file == NULL || db == NULL)
     return cli_usage_error("import", "give a log and a database (import LOG --db FILE)");
+  /* A device would be read for ever and a FIFO waits for a writer: a log is a regular file. */
+  struct stat st;
+  if (stat(file, &st) != 0) return cli_usage_error("import", "%s: %s", file, strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return cli_usage_error("import", "%s is not a stagecoach log (not a regular file)", file);
 #ifdef SC_HAVE_SQLITE
   sc_sqlite *h;
   int code = cli_db_open(NULL, db, 0, "import", &h);
@@ -378,8 +410,11 @@ int cli_import(int argc, char **argv) {
   if (rc == SC_OK) {
     printf("imported %" PRIu64 " events from %s into %s\n", n, file, db);
   } else {
-    fprintf(stderr, "stagecoach import: %s\n", sc_error_message());
-    code = rc == SC_ECORRUPT ? CLI_EXIT_FAILED : CLI_EXIT_USAGE;
+    const char *why = sc_error_message();
+    fprintf(stderr, "stagecoach import: %s\n", why[0] ? why : "the log could not be read");
+    code = rc == SC_ECORRUPT                ? CLI_EXIT_FAILED
+           : rc == SC_EIO || rc == SC_EBUSY ? CLI_EXIT_INCOMPLETE
+                                            : CLI_EXIT_USAGE;
   }
   if (cli_db_close(h) != SC_OK && code == CLI_EXIT_COMPLETED) code = CLI_EXIT_FAILED;
   return code;

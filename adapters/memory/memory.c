@@ -117,9 +117,15 @@ static const cJSON *member(const cJSON *o, const char *name) {
 /* The checkpoint object of a parsed stage.completed (without context). */
 static cJSON *checkpoint_json(const sc_event *ev) {
   cJSON *o = cJSON_CreateObject();
-  char id[512];
-  snprintf(id, sizeof(id), "%s/%" PRIu64, ev->task_id, ev->seq);
+  size_t idlen = strlen(ev->task_id) + 24;
+  char *id = malloc(idlen);
+  if (id == NULL) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  snprintf(id, idlen, "%s/%" PRIu64, ev->task_id, ev->seq);
   cJSON_AddStringToObject(o, "id", id);
+  free(id);
   cJSON_AddStringToObject(o, "task", ev->task_id);
   cJSON_AddItemToObject(o, "tenant",
                         ev->tenant_id ? cJSON_CreateString(ev->tenant_id) : cJSON_CreateNull());
@@ -272,6 +278,25 @@ static bool finished(const sc_memory_store *m, const char *task_id) {
   return done;
 }
 
+/* The unfinished task that task_id recovered (its task.created's recovered_from): a copy, or
+ * NULL. */
+static char *superseded(const sc_memory_store *m, const char *task_id) {
+  for (size_t i = 0; i < m->n; i++) {
+    const mem_event *e = &m->v[i];
+    if (e->type != SC_EV_TASK_CREATED || strcmp(e->task_id, task_id) != 0) continue;
+    sc_event_doc *d;
+    if (sc_event_parse(e->json, e->len, &d) != SC_OK) continue;
+    const cJSON *from = member(sc_event_doc_event(d)->data, "recovered_from");
+    char *out = NULL;
+    if (cJSON_IsString(from) && strcmp(from->valuestring, task_id) != 0 &&
+        known(m, from->valuestring) && !finished(m, from->valuestring))
+      out = strdup(from->valuestring);
+    sc_event_doc_free(d);
+    return out;
+  }
+  return NULL;
+}
+
 static int m_delete(sc_store *s, const char *task_id) {
   sc_memory_store *m = MEM(s);
   if (task_id == NULL) return sc_error_set(SC_EINVAL, "store memory: NULL argument");
@@ -279,16 +304,24 @@ static int m_delete(sc_store *s, const char *task_id) {
   if (!finished(m, task_id))
     return sc_error_set(SC_EBUSY, "store memory: task %s has not finished: recovery needs it",
                         task_id);
-  size_t keep = 0;
-  for (size_t i = 0; i < m->n; i++) {
-    if (strcmp(m->v[i].task_id, task_id) == 0) {
-      free(m->v[i].task_id);
-      free(m->v[i].json);
-    } else {
-      m->v[keep++] = m->v[i];
+  /* The unfinished tasks it recovered go with it: left alone, they would be unfinished again. */
+  char *task = strdup(task_id);
+  for (size_t hops = 0; task != NULL && hops <= m->n; hops++) {
+    char *prev = superseded(m, task);
+    size_t keep = 0;
+    for (size_t i = 0; i < m->n; i++) {
+      if (strcmp(m->v[i].task_id, task) == 0) {
+        free(m->v[i].task_id);
+        free(m->v[i].json);
+      } else {
+        m->v[keep++] = m->v[i];
+      }
     }
+    m->n = keep;
+    free(task);
+    task = prev;
   }
-  m->n = keep;
+  free(task);
   return SC_OK;
 }
 

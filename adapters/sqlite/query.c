@@ -15,6 +15,16 @@ static int prepare(sc_sqlite *db, const char *sql, sqlite3_stmt **s) {
   return rc == SQLITE_OK ? SC_OK : sc__sqlite_error(db, rc, "prepare a query");
 }
 
+/* The thread's message, prefixed with the database's name (copied first: the message is the
+ * buffer the new one is formatted into). */
+static int with_path(sc_sqlite *db, int rc) {
+  char *was = strdup(sc_error_message());
+  if (was == NULL) return rc;
+  rc = sc_error_set(rc, "database %s: %s", db->path, was);
+  free(was);
+  return rc;
+}
+
 static const char *col_text(sqlite3_stmt *s, int i) {
   return (const char *)sqlite3_column_text(s, i);
 }
@@ -46,9 +56,16 @@ static int check_args(sc_sqlite *db, const void *a, const void *b) {
 static cJSON *checkpoint_json(sqlite3_stmt *s, bool *corrupt) {
   cJSON *o = cJSON_CreateObject();
   if (o == NULL) return NULL;
-  char id[512];
-  snprintf(id, sizeof(id), "%s/%" PRId64, col_text(s, 0), (int64_t)sqlite3_column_int64(s, 6));
+  const char *task = col_text(s, 0);
+  size_t idlen = strlen(task) + 24;
+  char *id = malloc(idlen);
+  if (id == NULL) {
+    cJSON_Delete(o);
+    return NULL;
+  }
+  snprintf(id, idlen, "%s/%" PRId64, task, (int64_t)sqlite3_column_int64(s, 6));
   cJSON_AddItemToObject(o, "id", cJSON_CreateString(id));
+  free(id);
   cJSON_AddItemToObject(o, "task", cJSON_CreateString(col_text(s, 0)));
   cJSON_AddItemToObject(o, "tenant", string_or_null(col_text(s, 1)));
   cJSON_AddItemToObject(o, "plan", string_or_null(col_text(s, 2)));
@@ -233,12 +250,12 @@ static int one_checkpoint(sc_sqlite *db, const char *sql, const char *task_id, i
       (rc = sc__context_verify(context, cJSON_IsString(digest) ? digest->valuestring : NULL,
                                "sqlite", id)) != SC_OK) {
     cJSON_Delete(context);
-    rc = sc_error_set(SC_ECORRUPT, "database %s: %s", db->path, sc_error_message());
+    rc = with_path(db, SC_ECORRUPT);
   }
   if (rc == SC_OK && (rc = sc__output_verify(context, cJSON_GetObjectItemCaseSensitive(c, "output"),
                                              "sqlite", id)) != SC_OK) {
     cJSON_Delete(context);
-    rc = sc_error_set(SC_ECORRUPT, "database %s: %s", db->path, sc_error_message());
+    rc = with_path(db, SC_ECORRUPT);
   }
   if (rc != SC_OK) {
     cJSON_Delete(c);
@@ -288,7 +305,7 @@ static int scan_rows(sc_sqlite *db, sqlite3_stmt *s, sc_unfinished **out, size_t
   if (rc == SC_OK && step != SQLITE_DONE) rc = sc__sqlite_error(db, step, "read events");
   if (rc == SC_OK) {
     rc = sc__eventlog_unfinished(&log, db->path, out, n);
-    if (rc != SC_OK) rc = sc_error_set(rc, "database %s: %s", db->path, sc_error_message());
+    if (rc != SC_OK) rc = with_path(db, rc);
   }
   sc__eventlog_free(&log);
   return rc;
@@ -310,6 +327,43 @@ int sc_sqlite_unfinished(sc_sqlite *db, sc_unfinished **out, size_t *n) {
     return rc;
   rc = scan_rows(db, s, out, n);
   sqlite3_finalize(s);
+  return rc;
+}
+
+/* The last unfinished task of task_id's recovery chain (its latest unfinished recovery, that
+ * one's, ...): a copy in *out, NULL when task_id has none. */
+static int latest_unfinished_recovery(sc_sqlite *db, const char *task_id, char **out) {
+  *out = NULL;
+  sqlite3_stmt *s;
+  int rc = prepare(db,
+                   "SELECT id FROM tasks WHERE recovered_from=?1 AND finished=0 AND id<>?1"
+                   " ORDER BY created_ns DESC, id DESC LIMIT 1",
+                   &s);
+  if (rc != SC_OK) return rc;
+  const char *at = task_id;
+  /* Bounded: a cycle only a hand edit could make ends here. */
+  for (int hops = 0; rc == SC_OK && hops < 100000; hops++) {
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, at, -1, SQLITE_TRANSIENT);
+    int step = sqlite3_step(s);
+    if (step == SQLITE_DONE) break;
+    if (step != SQLITE_ROW) {
+      rc = sc__sqlite_error(db, step, "read tasks");
+      break;
+    }
+    char *next = strdup(col_text(s, 0));
+    if (next == NULL) {
+      rc = sc_error_set(SC_ENOMEM, "sqlite: out of memory");
+      break;
+    }
+    free(*out);
+    at = *out = next;
+  }
+  sqlite3_finalize(s);
+  if (rc != SC_OK) {
+    free(*out);
+    *out = NULL;
+  }
   return rc;
 }
 
@@ -356,6 +410,17 @@ int sc_sqlite_restore_request(sc_sqlite *db, const char *checkpoint_id, sc_recov
   }
   u[0].request.mode = mode;
   u[0].scanned.mode = mode;
+  /* An unfinished recovery of that task (or of its recovery, ...) would stay runnable beside the
+   * restored one: the restored task supersedes the chain's latest unfinished task instead. */
+  char *latest = NULL;
+  if ((rc = latest_unfinished_recovery(db, task, &latest)) != SC_OK) {
+    sc_unfinished_free(u, n);
+    goto out;
+  }
+  if (latest != NULL) {
+    free((char *)u[0].scanned.recovered_from);
+    u[0].request.recovered_from = u[0].scanned.recovered_from = latest;
+  }
   *out = u;
 out:
   cJSON_Delete(cp);
@@ -412,7 +477,7 @@ int sc_sqlite_tasks(sc_sqlite *db, const sc_store_task_query *q, cJSON **out) {
   cJSON *page = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(page, "tasks");
   uint32_t count = 0;
   int step;
-  char next[256] = "";
+  char *next = NULL;
   while (list && (step = sqlite3_step(s)) == SQLITE_ROW) {
     if (++count > limit) break;
     cJSON *t = cJSON_CreateObject();
@@ -429,7 +494,13 @@ int sc_sqlite_tasks(sc_sqlite *db, const sc_store_task_query *q, cJSON **out) {
     cJSON_AddItemToObject(t, "created", time_item(sqlite3_column_int64(s, 9)));
     cJSON_AddItemToObject(t, "updated", time_item(sqlite3_column_int64(s, 10)));
     cJSON_AddItemToObject(t, "error", string_or_null(col_text(s, 11)));
-    snprintf(next, sizeof(next), "%s", col_text(s, 0));
+    free(next);
+    next = strdup(col_text(s, 0));
+    if (next == NULL) {
+      cJSON_Delete(page);
+      page = list = NULL;
+      break;
+    }
   }
   if (list == NULL)
     rc = sc_error_set(SC_ENOMEM, "sqlite: out of memory");
@@ -439,6 +510,7 @@ int sc_sqlite_tasks(sc_sqlite *db, const sc_store_task_query *q, cJSON **out) {
   if (rc == SC_OK)
     cJSON_AddItemToObject(page, "next",
                           count > limit ? cJSON_CreateString(next) : cJSON_CreateNull());
+  free(next);
   if (rc != SC_OK) {
     cJSON_Delete(page);
     return rc;
@@ -491,6 +563,62 @@ int sc_sqlite_approvals(sc_sqlite *db, const char *task_id, cJSON **out) {
   return SC_OK;
 }
 
+/* Runs one deletion of a task's rows; adds what it deleted to *changed. */
+static int delete_rows(sc_sqlite *db, const char *sql, const char *task, uint64_t *changed) {
+  sqlite3_stmt *s;
+  int rc = prepare(db, sql, &s);
+  if (rc != SC_OK) return rc;
+  sqlite3_bind_text(s, 1, task, -1, SQLITE_STATIC);
+  int step = sqlite3_step(s);
+  if (step != SQLITE_DONE) rc = sc__sqlite_error(db, step, "delete a task");
+  sqlite3_finalize(s);
+  if (rc == SC_OK && changed) *changed += (uint64_t)sqlite3_changes(db->db);
+  return rc;
+}
+
+/* The unfinished task task_id recovered (its recovered_from, when that task is stored and not
+ * finished): a copy in *out, or NULL. */
+static int superseded_by(sc_sqlite *db, const char *task_id, char **out) {
+  *out = NULL;
+  sqlite3_stmt *s;
+  int rc = prepare(db,
+                   "SELECT p.id FROM tasks t JOIN tasks p ON p.id=t.recovered_from WHERE t.id=?1"
+                   " AND p.finished=0 AND p.id<>t.id",
+                   &s);
+  if (rc != SC_OK) return rc;
+  sqlite3_bind_text(s, 1, task_id, -1, SQLITE_STATIC);
+  int step = sqlite3_step(s);
+  if (step == SQLITE_ROW) {
+    if ((*out = strdup(col_text(s, 0))) == NULL) rc = sc_error_set(SC_ENOMEM, "out of memory");
+  } else if (step != SQLITE_DONE) {
+    rc = sc__sqlite_error(db, step, "read a task");
+  }
+  sqlite3_finalize(s);
+  return rc;
+}
+
+int sc__sqlite_drop_task(sc_sqlite *db, const char *task_id, bool rows, uint64_t *events,
+                         uint64_t *checkpoints) {
+  char *task = strdup(task_id);
+  if (task == NULL) return sc_error_set(SC_ENOMEM, "out of memory");
+  int rc = SC_OK;
+  /* A chain longer than the tasks a database can hold is a cycle a hand edit made. */
+  for (int hops = 0; rc == SC_OK && task != NULL && hops < 1000000; hops++) {
+    char *prev = NULL;
+    if ((rc = superseded_by(db, task, &prev)) != SC_OK) break;
+    rc = delete_rows(db, "DELETE FROM events WHERE task_id=?1", task, events);
+    if (rc == SC_OK)
+      rc = delete_rows(db, "DELETE FROM checkpoints WHERE task_id=?1", task, checkpoints);
+    if (rc == SC_OK && rows)
+      rc = delete_rows(db, "DELETE FROM approvals WHERE task_id=?1", task, NULL);
+    if (rc == SC_OK && rows) rc = delete_rows(db, "DELETE FROM tasks WHERE id=?1", task, NULL);
+    free(task);
+    task = prev;
+  }
+  free(task);
+  return rc;
+}
+
 int sc_sqlite_delete_task(sc_sqlite *db, const char *task_id) {
   int rc = check_args(db, task_id, task_id);
   if (rc != SC_OK) return rc;
@@ -500,17 +628,8 @@ int sc_sqlite_delete_task(sc_sqlite *db, const char *task_id) {
     return sc_error_set(SC_EBUSY, "database %s: task %s has not finished: recovery needs it",
                         db->path, task_id);
   if ((rc = sc__sqlite_exec(db, "SAVEPOINT del")) != SC_OK) return rc;
-  static const char *const deletes[] = {
-      "DELETE FROM events WHERE task_id=?1", "DELETE FROM checkpoints WHERE task_id=?1",
-      "DELETE FROM approvals WHERE task_id=?1", "DELETE FROM tasks WHERE id=?1"};
-  for (size_t i = 0; rc == SC_OK && i < sizeof(deletes) / sizeof(deletes[0]); i++) {
-    sqlite3_stmt *s;
-    if ((rc = prepare(db, deletes[i], &s)) != SC_OK) break;
-    sqlite3_bind_text(s, 1, task_id, -1, SQLITE_STATIC);
-    int step = sqlite3_step(s);
-    if (step != SQLITE_DONE) rc = sc__sqlite_error(db, step, "delete a task");
-    sqlite3_finalize(s);
-  }
+  /* The unfinished tasks it recovered go with it: left alone, they would be unfinished again. */
+  rc = sc__sqlite_drop_task(db, task_id, true, NULL, NULL);
   if (rc != SC_OK) {
     char keep[512];
     snprintf(keep, sizeof(keep), "%s", sc_error_message());
@@ -526,6 +645,7 @@ typedef struct import_state {
   sc_sqlite *db;
   uint64_t added, in_tx;
   int err;
+  sqlite3_stmt *stored; /* the type and time of a stored (task, seq) */
 } import_state;
 
 static int import_line(const char *json, size_t len, void *udata) {
@@ -534,12 +654,23 @@ static int import_line(const char *json, size_t len, void *udata) {
   sc_event_doc *d;
   if (sc_event_parse(json, len, &d) != SC_OK) return SC_OK; /* verified but not an event of ours */
   const sc_event *ev = sc_event_doc_event(d);
-  sqlite3_stmt *has = db->st[ST_HAS_EVENT];
+  sqlite3_stmt *has = st->stored;
   sqlite3_bind_text(has, 1, ev->task_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(has, 2, (sqlite3_int64)ev->seq);
   int step = sqlite3_step(has);
-  sqlite3_reset(has);
   int rc = SC_OK;
+  if (step == SQLITE_ROW) {
+    /* The same event again (a repeated import, or the log of a run that also wrote here) is
+     * skipped; another run under the same id would splice two tasks into one. */
+    const char *type = sc_event_type_name(ev->type) + strlen("stagecoach.");
+    const char *was = col_text(has, 0);
+    if (sqlite3_column_int64(has, 1) != ev->time_ns || was == NULL || strcmp(was, type) != 0)
+      rc = sc_error_set(SC_EINVAL,
+                        "task '%s' is already in %s from another run (its event %" PRIu64
+                        " differs): a database holds one task per id",
+                        ev->task_id, db->path, ev->seq);
+  }
+  sqlite3_reset(has);
   if (step == SQLITE_DONE) {
     if (st->in_tx == 0) rc = sc__sqlite_exec(db, "BEGIN IMMEDIATE");
     if (rc == SC_OK) rc = sc__sqlite_project(db, ev, json, len);
@@ -566,7 +697,11 @@ int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported) {
     return sc_error_set(SC_EINVAL, "database %s: import needs a writer that is not attached",
                         db->path);
   import_state st = {.db = db};
+  if ((rc = prepare(db, "SELECT type, time_ns FROM events WHERE task_id=?1 AND seq=?2 LIMIT 1",
+                    &st.stored)) != SC_OK)
+    return rc;
   rc = sc_jsonl_read_events(log_path, import_line, &st);
+  sqlite3_finalize(st.stored);
   if (rc == SC_ECORRUPT && st.err == SC_OK && st.in_tx) {
     /* The log breaks at a line: the good lines before it are kept. */
     char keep[512];

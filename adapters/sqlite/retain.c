@@ -23,10 +23,12 @@ typedef struct batch {
   sc_sqlite *db;
   sc_sqlite_retain_report *r;
   int64_t started;
+  uint64_t checkpoints, events; /* deleted in the open transaction: counted once it commits */
 } batch;
 
 static int begin(batch *b) {
   b->started = mono_ns();
+  b->checkpoints = b->events = 0;
   return sc__sqlite_exec(b->db, "BEGIN IMMEDIATE");
 }
 
@@ -42,6 +44,8 @@ static int commit(batch *b, int rc) {
   sc__sqlite_watch_note(b->db); /* its checkpoint may have written the main file */
   int64_t took = mono_ns() - b->started;
   b->r->batches++;
+  b->r->checkpoints_deleted += b->checkpoints;
+  b->r->events_deleted += b->events;
   if (took > b->r->longest_batch_ns) b->r->longest_batch_ns = took;
   return SC_OK;
 }
@@ -59,6 +63,21 @@ static int run(sc_sqlite *db, const char *sql, const char *task, int64_t a, int6
   if (rc != SQLITE_DONE) return sc__sqlite_error(db, rc, "retention");
   if (changed) *changed += (uint64_t)sqlite3_changes(db->db);
   return SC_OK;
+}
+
+/* Whether the task still has events or checkpoints (1), none (0), or an error (< 0). */
+static int has_records(sc_sqlite *db, const char *task) {
+  sqlite3_stmt *s;
+  int rc = sqlite3_prepare_v2(db->db,
+                              "SELECT EXISTS(SELECT 1 FROM events WHERE task_id=?1) OR"
+                              " EXISTS(SELECT 1 FROM checkpoints WHERE task_id=?1)",
+                              -1, &s, NULL);
+  if (rc != SQLITE_OK) return sc__sqlite_error(db, rc, "prepare retention");
+  sqlite3_bind_text(s, 1, task, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  int has = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) != 0 : -1;
+  sqlite3_finalize(s);
+  return has >= 0 ? has : sc__sqlite_error(db, rc, "read a task's records");
 }
 
 /* Whether a task in this status may still roll back, which needs every checkpoint it has. */
@@ -104,17 +123,24 @@ static int retain_task(batch *b, const sc_sqlite_retention *p, int64_t cutoff, c
   }
   size_t first_kept = 0;
   if (p->keep_last && n > p->keep_last) first_kept = n - p->keep_last;
-  if (p->max_age_ms > 0)
+  /* A finished task's age is its end's: it goes whole or not at all (sc_sqlite_retain). */
+  if (p->max_age_ms > 0 && !finished)
     while (first_kept < n && rows[first_kept].time_ns < cutoff)
       first_kept++;
   if (!finished && first_kept >= n && n > 0) first_kept = n - 1; /* recovery resumes from it */
   rc = SC_OK;
   if (first_kept > 0 && first_kept < n && !rows[first_kept].snapshot) {
     /* Its snapshot goes: it becomes one, with the context its fold gives now (verified). */
-    char id[512];
-    snprintf(id, sizeof(id), "%s/%lld", task, (long long)rows[first_kept].seq);
-    cJSON *cp;
-    if ((rc = sc_sqlite_checkpoint(db, id, &cp)) == SC_OK) {
+    size_t idlen = strlen(task) + 24;
+    char *id = malloc(idlen);
+    cJSON *cp = NULL;
+    if (id == NULL)
+      rc = sc_error_set(SC_ENOMEM, "retention: out of memory");
+    else
+      snprintf(id, idlen, "%s/%lld", task, (long long)rows[first_kept].seq);
+    if (rc == SC_OK) rc = sc_sqlite_checkpoint(db, id, &cp);
+    free(id);
+    if (rc == SC_OK) {
       char *text = sc_json_canonical(cJSON_GetObjectItemCaseSensitive(cp, "context"), NULL);
       cJSON_Delete(cp);
       if (text == NULL) rc = sc_error_set(SC_ENOMEM, "retention: out of memory");
@@ -140,7 +166,7 @@ static int retain_task(batch *b, const sc_sqlite_retention *p, int64_t cutoff, c
     size_t end = i + per < first_kept ? i + per : first_kept;
     if ((rc = begin(b)) != SC_OK) break;
     rc = run(db, "DELETE FROM checkpoints WHERE task_id=?1 AND seq>=?2 AND seq<=?3", task,
-             rows[i].seq, rows[end - 1].seq, &b->r->checkpoints_deleted);
+             rows[i].seq, rows[end - 1].seq, &b->checkpoints);
     rc = commit(b, rc);
   }
   free(rows);
@@ -161,15 +187,20 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
     return sc_error_set(SC_EBUSY, "retain: the store's transaction of this loop "
                                   "turn is open; call it outside event callbacks");
   int64_t now = p->now_ns ? p->now_ns : sc__now_ns();
-  int64_t cutoff = p->max_age_ms > 0 ? now - p->max_age_ms * 1000000 : INT64_MIN;
+  /* Saturated: an age longer than the clock can count keeps everything. */
+  int64_t cutoff = INT64_MIN;
+  if (p->max_age_ms > 0 && p->max_age_ms <= INT64_MAX / 1000000 &&
+      now >= INT64_MIN + p->max_age_ms * 1000000)
+    cutoff = now - p->max_age_ms * 1000000;
   batch b = {.db = db, .r = r};
   sqlite3_stmt *s;
-  int rc = sqlite3_prepare_v2(db->db, "SELECT id, finished, status FROM tasks ORDER BY id", -1, &s,
-                              NULL);
+  int rc = sqlite3_prepare_v2(
+      db->db, "SELECT id, finished, status, updated_ns FROM tasks ORDER BY id", -1, &s, NULL);
   if (rc != SQLITE_OK) return sc__sqlite_error(db, rc, "prepare retention");
   /* The task list is read first: the deletions then run in transactions of their own. */
   char **ids = NULL, **statuses = NULL;
   int *fin = NULL;
+  int64_t *ended = NULL;
   size_t n = 0, cap = 0;
   rc = SC_OK;
   int step;
@@ -182,7 +213,9 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
       if (c) statuses = c;
       int *f = realloc(fin, cap * sizeof(*f));
       if (f) fin = f;
-      if (!a || !c || !f) {
+      int64_t *t = realloc(ended, cap * sizeof(*t));
+      if (t) ended = t;
+      if (!a || !c || !f || !t) {
         rc = sc_error_set(SC_ENOMEM, "retain: out of memory");
         break;
       }
@@ -190,6 +223,7 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
     ids[n] = strdup((const char *)sqlite3_column_text(s, 0));
     statuses[n] = strdup((const char *)sqlite3_column_text(s, 2));
     fin[n] = sqlite3_column_int(s, 1);
+    ended[n] = sqlite3_column_int64(s, 3);
     n++;
     if (!ids[n - 1] || !statuses[n - 1]) {
       rc = sc_error_set(SC_ENOMEM, "retain: out of memory");
@@ -198,20 +232,26 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
   }
   if (rc == SC_OK && step != SQLITE_DONE) rc = sc__sqlite_error(db, step, "read tasks");
   sqlite3_finalize(s);
+  /* A finished task older than the age, judged by its end, goes whole: its events and
+   * checkpoints, with those of the unfinished tasks it recovered (they would otherwise be
+   * offered to recovery again), one transaction for each. Its row stays. */
+  for (size_t i = 0; rc == SC_OK && i < n; i++) {
+    if (!fin[i] || cutoff == INT64_MIN || ended[i] >= cutoff) continue;
+    fin[i] = -1;
+    int has = has_records(db, ids[i]); /* gone before: no transaction for it */
+    if (has <= 0) {
+      rc = has < 0 ? has : SC_OK;
+      continue;
+    }
+    if ((rc = begin(&b)) != SC_OK) break;
+    rc = sc__sqlite_drop_task(db, ids[i], false, &b.events, &b.checkpoints);
+    rc = commit(&b, rc);
+  }
   if (p->keep_last || p->max_age_ms > 0)
     for (size_t i = 0; rc == SC_OK && i < n; i++)
-      rc = retain_task(&b, p, cutoff, ids[i], fin[i] != 0, statuses[i]);
-  if (rc == SC_OK && p->max_age_ms > 0) {
-    uint32_t per = p->batch_rows ? p->batch_rows : 500;
-    for (;;) {
-      uint64_t before = r->events_deleted;
-      if ((rc = begin(&b)) != SC_OK) break;
-      rc = run(db,
-               "DELETE FROM events WHERE id IN (SELECT e.id FROM events e JOIN tasks t ON"
-               " t.id=e.task_id WHERE t.finished=1 AND e.time_ns<?2 LIMIT ?3)",
-               NULL, cutoff, per, &r->events_deleted);
-      if ((rc = commit(&b, rc)) != SC_OK || r->events_deleted - before < per) break;
-    }
+      if (fin[i] >= 0) rc = retain_task(&b, p, cutoff, ids[i], fin[i] != 0, statuses[i]);
+  uint32_t per = p->batch_rows ? p->batch_rows : 500;
+  if (rc == SC_OK && p->max_age_ms > 0 && cutoff != INT64_MIN) {
     /* A finished task's approvals older than the limit go with its events: nothing waits on
      * them, and the pending query never lists a finished task's. */
     for (; rc == SC_OK;) {
@@ -232,6 +272,7 @@ int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p, sc_sqlite_reta
   free(ids);
   free(statuses);
   free(fin);
+  free(ended);
   return rc;
 }
 

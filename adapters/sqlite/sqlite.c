@@ -252,6 +252,11 @@ static int migrate(sc_sqlite *db) {
                         "open it with a newer stagecoach",
                         db->path, have, SCHEMA_VERSION);
   if (have == SCHEMA_VERSION) return SC_OK;
+  struct stat st;
+  if (db->opts.readonly && have < 0 && stat(db->path, &st) == 0 && st.st_size == 0)
+    return sc_error_set(SC_ENOTFOUND,
+                        "database %s is empty (created but never written: no task in it yet)",
+                        db->path);
   if (db->opts.readonly)
     return sc_error_set(have < 0 ? SC_ENOTFOUND : SC_EINVAL,
                         have < 0 ? "database %s holds no stagecoach tables"
@@ -622,7 +627,7 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
       uv_prepare_start(&db->prepare, on_prepare);
       db->prepare_active = true;
     }
-    return sc_error_set(db->err ? db->err : rc, "%s", db->err ? db->errmsg : sc_error_message());
+    return db->err ? sc_error_set(db->err, "%s", db->errmsg) : rc; /* the message is set */
   }
   db->acks[db->nacks++] = ack;
   if (!db->prepare_active) {
@@ -786,6 +791,19 @@ int sc_sqlite_open(sc_engine *e, const char *path, const sc_sqlite_options *o, s
   int rc = SC_OK;
   struct stat st;
   bool exists = stat(path, &st) == 0;
+  if (exists && !S_ISREG(st.st_mode)) {
+    /* A FIFO would block the open, a directory or device is no database. */
+    rc = sc_error_set(SC_EINVAL, "database %s is not a regular file (%s)", path,
+                      S_ISDIR(st.st_mode)    ? "a directory"
+                      : S_ISFIFO(st.st_mode) ? "a FIFO"
+                      : S_ISSOCK(st.st_mode) ? "a socket"
+                                             : "a device");
+    goto fail;
+  }
+  if (!exists && lstat(path, &st) == 0) {
+    rc = sc_error_set(SC_ENOTFOUND, "database %s is a symbolic link to nothing", path);
+    goto fail;
+  }
   if (!exists && (db->opts.existing || db->opts.readonly)) {
     rc = sc_error_set(SC_ENOTFOUND, "database %s: no such file", path);
     goto fail;

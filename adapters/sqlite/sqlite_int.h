@@ -84,4 +84,11 @@ int sc__sqlite_exec(sc_sqlite *db, const char *sql);
  * the open transaction. */
 int sc__sqlite_project(sc_sqlite *db, const sc_event *ev, const char *json, size_t len);
 
+/* Deletes, in the open transaction, task_id's events and checkpoints and those of the unfinished
+ * tasks it superseded (its recovered_from chain while unfinished), so that none of them is
+ * offered to recovery again; rows: their approvals and task rows too. Adds what went to *events
+ * and *checkpoints (either may be NULL). */
+int sc__sqlite_drop_task(sc_sqlite *db, const char *task_id, bool rows, uint64_t *events,
+                         uint64_t *checkpoints);
+
 #endif

@@ -495,6 +495,65 @@ static void delete_forgets_a_finished_task_and_refuses_an_unfinished_one(void **
   end_run(&r);
 }
 
+static int add_to_memory(const char *json, size_t len, void *udata) {
+  return sc_memory_store_add(udata, json, len);
+}
+
+/* A task stopped mid-way, recovered by a task that finishes: deleting the finished one takes
+ * the one it superseded along, which is not offered to recovery again. */
+static void delete_takes_the_recovered_task_along(void **state) {
+  char path[256];
+  temp_path(state, "chain.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {"s2"};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_sqlite *db = open_db(e, path);
+  submit(e, "first", "acme", 3, 0); /* hangs in s2: unfinished when the engine goes */
+  settle(&loop);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+
+  assert_int_equal(uv_loop_init(&loop), 0);
+  b.hang = NULL;
+  e = new_engine(&loop, &b);
+  db = open_db(e, path);
+  sc_unfinished *u = NULL;
+  size_t n = 0;
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 1);
+  sc_task *t = NULL;
+  assert_int_equal(sc_recover_from_restart(e, &u->request, &t), SC_OK);
+  char *second = strdup(sc_task_id(t));
+  settle(&loop);
+  sc_unfinished_free(u, n);
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  /* The memory store, loaded with the same events, answers the same. */
+  sc_store *mem = NULL;
+  assert_int_equal(sc_memory_store_new(&mem), SC_OK);
+  assert_int_equal(sc_sqlite_events(db, NULL, 0, add_to_memory, mem), SC_OK);
+  assert_int_equal(sc_store_unfinished(mem, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(sc_store_delete_task(mem, second), SC_OK);
+  assert_int_equal(sc_store_unfinished(mem, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  size_t left = 0;
+  assert_int_equal(sc_store_events(mem, NULL, 0, count_event, &left), SC_OK);
+  assert_int_equal(left, 0);
+  sc_store_close(mem);
+  assert_int_equal(sc_sqlite_delete_task(db, second), SC_OK);
+  assert_int_equal(sc_sqlite_unfinished(db, &u, &n), SC_OK);
+  assert_int_equal(n, 0);
+  size_t events = 0;
+  assert_int_equal(sc_sqlite_events(db, "first", 0, count_event, &events), SC_ENOTFOUND);
+  free(second);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* ---- the writer, schema versions, errors ---- */
 
 static void a_second_writer_is_refused_and_a_reader_is_not(void **state) {
@@ -754,6 +813,11 @@ static void retention_keeps_what_recovery_needs_and_the_folds_still_verify(void 
   cJSON_Delete(list);
   assert_int_equal(sc_sqlite_unfinished(db, &after, &na), SC_OK);
   expect_same_requests(before, nb, after, na);
+  /* An age longer than the clock can count (saturated, not wrapped) deletes nothing. */
+  sc_sqlite_retention_init(&p);
+  p.max_age_ms = INT64_MAX;
+  assert_int_equal(sc_sqlite_retain(db, &p, &rep), SC_OK);
+  assert_int_equal(rep.events_deleted + rep.checkpoints_deleted, 0);
   /* An age of zero length deletes nothing more than the policy allows: the latest of the
    * unfinished task stays, and the finished task's events go. */
   sc_sqlite_retention_init(&p);
@@ -831,6 +895,77 @@ static void retention_deletes_the_approvals_of_old_finished_tasks_only(void **st
   assert_int_equal(sc_sqlite_close(db), SC_OK);
   assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='granted'"), 0);
   assert_int_equal(rows_of(path, "SELECT count(*) FROM approvals WHERE task_id='waiting'"), 1);
+}
+
+/* Ids longer than any fixed buffer: every checkpoint id ends in its own /SEQ, the tasks' pages
+ * go on after a long id, and retention of such a task keeps a checkpoint that folds. */
+static void long_task_ids_are_never_cut(void **state) {
+  char path[256];
+  temp_path(state, "long.db", path);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  behaviour b = {NULL};
+  sc_engine *e = new_engine(&loop, &b);
+  sc_sqlite *db = open_db(e, path);
+  sc_store *mem = NULL;
+  assert_int_equal(sc_memory_store_new(&mem), SC_OK);
+  assert_int_equal(sc_store_attach(mem, e), SC_OK);
+  char ids[3][700];
+  for (int i = 0; i < 3; i++) {
+    memset(ids[i], 'x', 600);
+    snprintf(ids[i] + 600, 100, "-%d", i);
+    submit(e, ids[i], "acme", 4, 0);
+  }
+  settle(&loop);
+  sc_store *stores[2] = {sc_sqlite_store(db), mem};
+  for (int k = 0; k < 2; k++) {
+    cJSON *list = NULL;
+    assert_int_equal(sc_store_checkpoints(stores[k], ids[0], &list), SC_OK);
+    assert_int_equal(cJSON_GetArraySize(list), 4);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, list) {
+      char want[720];
+      snprintf(want, sizeof(want), "%s/%d", ids[0], cJSON_GetObjectItem(c, "seq")->valueint);
+      assert_string_equal(cJSON_GetObjectItem(c, "id")->valuestring, want);
+    }
+    cJSON_Delete(list);
+  }
+  sc_store_task_query q;
+  sc_store_task_query_init(&q);
+  q.limit = 1;
+  char *after = NULL;
+  for (int i = 0; i < 3; i++) {
+    q.after = after;
+    cJSON *page = NULL;
+    assert_int_equal(sc_sqlite_tasks(db, &q, &page), SC_OK);
+    cJSON *t = cJSON_GetArrayItem(cJSON_GetObjectItem(page, "tasks"), 0);
+    assert_non_null(t);
+    assert_string_equal(cJSON_GetObjectItem(t, "task")->valuestring, ids[i]);
+    const cJSON *next = cJSON_GetObjectItem(page, "next");
+    free(after);
+    after = cJSON_IsString(next) ? strdup(next->valuestring) : NULL;
+    assert_true(i == 2 ? after == NULL : after != NULL);
+    cJSON_Delete(page);
+  }
+  sc_store_close(mem);
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
+  sc_engine_free(e);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  db = open_db(NULL, path);
+  sc_sqlite_retention p;
+  sc_sqlite_retention_init(&p);
+  p.keep_last = 1;
+  sc_sqlite_retain_report rep;
+  if (sc_sqlite_retain(db, &p, &rep) != SC_OK) fail_msg("%s", sc_error_message());
+  assert_int_equal(rep.checkpoints_deleted, 3 * 3);
+  cJSON *latest = NULL;
+  for (int i = 0; i < 3; i++) {
+    if (sc_sqlite_latest(db, ids[i], &latest) != SC_OK) fail_msg("%s", sc_error_message());
+    assert_int_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(latest, "context"), "s4")->valueint,
+                     3);
+    cJSON_Delete(latest);
+  }
+  assert_int_equal(sc_sqlite_close(db), SC_OK);
 }
 
 typedef struct pause_watch {
@@ -995,11 +1130,13 @@ int main(void) {
       T(a_write_ahead_log_deleted_during_a_run_pauses_the_task),
       T(a_database_overwritten_during_a_run_pauses_the_task),
       T(delete_forgets_a_finished_task_and_refuses_an_unfinished_one),
+      T(delete_takes_the_recovered_task_along),
       T(a_second_writer_is_refused_and_a_reader_is_not),
       T(a_newer_database_is_refused_and_a_foreign_file_left_alone),
       T(a_busy_database_pauses_the_task_with_the_error),
       T(retention_keeps_what_recovery_needs_and_the_folds_still_verify),
       T(retention_runs_beside_a_running_engine_and_the_loop_goes_on),
+      T(long_task_ids_are_never_cut),
       T(an_imported_log_answers_the_same_queries_as_the_projection),
       T(the_store_wrappers_refuse_what_a_store_lacks),
   };

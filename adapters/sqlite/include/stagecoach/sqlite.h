@@ -80,6 +80,8 @@ SC_EXTERN int sc_sqlite_events(sc_sqlite *db, const char *task_id, uint64_t from
                                sc_store_event_fn fn, void *udata);
 SC_EXTERN int sc_sqlite_tasks(sc_sqlite *db, const sc_store_task_query *q, cJSON **out);
 SC_EXTERN int sc_sqlite_approvals(sc_sqlite *db, const char *task_id, cJSON **out);
+/* Deletes a finished task's records and rows, with those of the unfinished tasks it recovered
+ * (its recovered_from chain while unfinished), which would otherwise be unfinished again. */
 SC_EXTERN int sc_sqlite_delete_task(sc_sqlite *db, const char *task_id);
 
 /* Restore from a checkpoint: the recovery request of the task as if it had stopped right after
@@ -92,8 +94,9 @@ SC_EXTERN int sc_sqlite_restore_request(sc_sqlite *db, const char *checkpoint_id
 
 /* Imports a JSON-lines log (verified as it is read) into db, which must not be attached: every
  * event as the projection would have stored it, so that the log and the database answer the same
- * queries. Events already in the database (same task id and seq) are skipped. *imported (may be
- * NULL) receives the number of events added. */
+ * queries. Events already in the database (same task id and seq, same type and time) are skipped;
+ * one of the same task id and seq that differs is another run under that id: SC_EINVAL, naming
+ * the task. *imported (may be NULL) receives the number of events added. */
 SC_EXTERN int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *imported);
 
 #define SC_SQLITE_RETENTION_VERSION 1
@@ -101,8 +104,9 @@ SC_EXTERN int sc_sqlite_import(sc_sqlite *db, const char *log_path, uint64_t *im
 typedef struct sc_sqlite_retention {
   unsigned version;    /* SC_SQLITE_RETENTION_VERSION */
   uint32_t keep_last;  /* keep the last N checkpoints of each task; 0: no count limit */
-  int64_t max_age_ms;  /* delete checkpoints, and finished tasks' events, older than this;
-                          0: no age limit */
+  int64_t max_age_ms;  /* delete unfinished tasks' checkpoints older than this, and finished
+                          tasks that ended longer ago, whole; 0: no age limit; beyond what
+                          nanoseconds count: no limit */
   uint32_t batch_rows; /* rows deleted per transaction; default 500 */
   int64_t now_ns;      /* the time ages are measured from; 0: now */
 } sc_sqlite_retention;
@@ -123,9 +127,11 @@ typedef struct sc_sqlite_retain_report {
 /* Deletes the checkpoints beyond the last keep_last of each task and/or older than max_age, but
  * never the latest checkpoint of an unfinished task (recovery resumes from it) nor any checkpoint
  * of a task that is rolling back or failed (a rollback still needs them); a kept checkpoint whose
- * snapshot goes gets the context it folds to written into its own row first. Deletes the events
- * of finished tasks older than max_age, and their approvals requested before then. Works in
- * transactions of batch_rows rows. r may be NULL. */
+ * snapshot goes gets the context it folds to written into its own row first. A finished task that
+ * ended longer than max_age ago loses all its events and checkpoints in one transaction, with the
+ * unfinished tasks it recovered (their rows stay); one that ended later keeps them all but for
+ * keep_last; the approvals of finished tasks requested before max_age go too. Works in transactions
+ * of batch_rows rows otherwise; r counts only what committed and may be NULL. */
 SC_EXTERN int sc_sqlite_retain(sc_sqlite *db, const sc_sqlite_retention *p,
                                sc_sqlite_retain_report *r);
 
