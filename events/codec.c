@@ -37,10 +37,11 @@ static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d) {
   *y = (int64_t)yoe + era * 400 + (*m <= 2);
 }
 
-/* "2026-11-22T10:30:00.123456Z". The seconds part is cached per thread: events come in bursts. */
+/* "2026-11-22T10:30:00.123456Z", quoted. The part up to the seconds is cached per thread: events
+ * come in bursts. */
 static void put_time(sc__buf *b, int64_t time_ns) {
   static _Thread_local int64_t cached_sec = INT64_MIN;
-  static _Thread_local char cached[48];
+  static _Thread_local char cached[48]; /* the opening quote and 19 characters */
   int64_t sec = time_ns / 1000000000, ns = time_ns % 1000000000;
   if (ns < 0) {
     ns += 1000000000;
@@ -54,21 +55,21 @@ static void put_time(sc__buf *b, int64_t time_ns) {
     }
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(cached, sizeof(cached), "%04lld-%02u-%02uT%02u:%02u:%02u", (long long)y, m, d,
+    snprintf(cached, sizeof(cached), "\"%04lld-%02u-%02uT%02u:%02u:%02u", (long long)y, m, d,
              (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60), (unsigned)(rem % 60));
     cached_sec = sec;
   }
-  char frac[8] = {'.'};
+  char out[30];
+  memcpy(out, cached, 20);
+  out[20] = '.';
   unsigned us = (unsigned)(ns / 1000);
-  for (int i = 6; i >= 1; i--) {
-    frac[i] = (char)('0' + us % 10);
+  for (int i = 26; i >= 21; i--) {
+    out[i] = (char)('0' + us % 10);
     us /= 10;
   }
-  frac[7] = 'Z';
-  sc__buf_putc(b, '"');
-  sc__buf_put(b, cached, 19);
-  sc__buf_put(b, frac, 8);
-  sc__buf_putc(b, '"');
+  out[27] = 'Z';
+  out[28] = '"';
+  sc__buf_put(b, out, 29);
 }
 
 void sc__format_time(int64_t time_ns, char out[32]) {

@@ -193,12 +193,28 @@ static void put_rest(sc__buf *b, const char *s, size_t i, size_t n) {
   if (n > run) sc__buf_put(b, s + run, n - run);
 }
 
+/* memcpy of a few bytes without the call: most strings and every number here are short. */
+static inline void copy_short(char *d, const char *s, size_t n) {
+  if (n >= 8 && n <= 16) {
+    memcpy(d, s, 8); /* two copies of 8 that overlap in the middle */
+    memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4 && n < 8) {
+    memcpy(d, s, 4);
+    memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n < 4) {
+    for (size_t i = 0; i < n; i++)
+      d[i] = s[i];
+  } else {
+    memcpy(d, s, n);
+  }
+}
+
 void sc__json_string_n(sc__buf *b, const char *s, size_t n) {
   size_t clean = plain_prefix(s, n);
   if (clean == n && b->len + n + 2 <= b->cap) { /* the common case: one copy between quotes */
     char *d = b->p + b->len;
     d[0] = '"';
-    memcpy(d + 1, s, n);
+    copy_short(d + 1, s, n);
     d[n + 1] = '"';
     b->len += n + 2;
     return;
@@ -223,22 +239,56 @@ static const char digit_pairs[201] =
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-void sc__json_uint(sc__buf *b, uint64_t v) {
-  char tmp[24];
-  size_t i = sizeof(tmp);
+/* Writes the decimal digits of v to end back from end; returns where they start. */
+static inline char *digits_before(char *end, uint64_t v) {
   while (v >= 100) {
     unsigned r = (unsigned)(v % 100);
     v /= 100;
-    tmp[--i] = digit_pairs[2 * r + 1];
-    tmp[--i] = digit_pairs[2 * r];
+    *--end = digit_pairs[2 * r + 1];
+    *--end = digit_pairs[2 * r];
   }
   if (v >= 10) {
-    tmp[--i] = digit_pairs[2 * v + 1];
-    tmp[--i] = digit_pairs[2 * v];
+    *--end = digit_pairs[2 * v + 1];
+    *--end = digit_pairs[2 * v];
   } else {
-    tmp[--i] = (char)('0' + v);
+    *--end = (char)('0' + v);
   }
-  sc__buf_put(b, tmp + i, sizeof(tmp) - i);
+  return end;
+}
+
+static const uint64_t powers_of_ten[20] = {1ull,
+                                           10ull,
+                                           100ull,
+                                           1000ull,
+                                           10000ull,
+                                           100000ull,
+                                           1000000ull,
+                                           10000000ull,
+                                           100000000ull,
+                                           1000000000ull,
+                                           10000000000ull,
+                                           100000000000ull,
+                                           1000000000000ull,
+                                           10000000000000ull,
+                                           100000000000000ull,
+                                           1000000000000000ull,
+                                           10000000000000000ull,
+                                           100000000000000000ull,
+                                           1000000000000000000ull,
+                                           10000000000000000000ull};
+
+void sc__json_uint(sc__buf *b, uint64_t v) {
+  size_t n = 1;
+  while (n < 20 && v >= powers_of_ten[n])
+    n++;
+  if (b->len + n <= b->cap) { /* the digits go straight into place */
+    digits_before(b->p + b->len + n, v);
+    b->len += n;
+  } else {
+    char tmp[20];
+    digits_before(tmp + n, v);
+    sc__buf_put_slow(b, tmp, n);
+  }
 }
 
 void sc__json_int(sc__buf *b, int64_t v) {
