@@ -108,7 +108,7 @@ static inline unsigned block_flags(const char *s) {
  * (SSE2) or words of 8 while they last, then the last block or word again (it overlaps bytes
  * known to be clean), so that no string of four bytes or more is walked byte by byte unless it
  * has a byte that needs a look. */
-static size_t plain_prefix(const char *s, size_t n) {
+static inline size_t plain_prefix(const char *s, size_t n) {
   size_t i = 0;
 #ifdef FIRST_FLAG
 #ifdef __SSE2__
@@ -209,6 +209,19 @@ static inline void copy_short(char *d, const char *s, size_t n) {
   }
 }
 
+/* The string that does not go in one copy: kept out of line, so that the common case stays a
+ * short function with little to save and restore. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void
+put_string_slowly(sc__buf *b, const char *s, size_t n, size_t clean) {
+  sc__buf_putc(b, '"');
+  sc__buf_put(b, s, clean);
+  if (clean < n) put_rest(b, s, clean, n);
+  sc__buf_putc(b, '"');
+}
+
 void sc__json_string_n(sc__buf *b, const char *s, size_t n) {
   size_t clean = plain_prefix(s, n);
   if (clean == n && b->len + n + 2 <= b->cap) { /* the common case: one copy between quotes */
@@ -219,10 +232,7 @@ void sc__json_string_n(sc__buf *b, const char *s, size_t n) {
     b->len += n + 2;
     return;
   }
-  sc__buf_putc(b, '"');
-  sc__buf_put(b, s, clean);
-  if (clean < n) put_rest(b, s, clean, n);
-  sc__buf_putc(b, '"');
+  put_string_slowly(b, s, n, clean);
 }
 
 void sc__json_string(sc__buf *b, const char *s) {
