@@ -121,7 +121,8 @@ typedef struct written {
 } written;
 
 static void put_again(sc__buf *b, written w, const char *s) {
-  if (!b->oom && w.at + w.len <= b->cap && sc__buf_reserve(b, w.len + 1)) {
+  if (!b->oom && w.at + w.len <= b->cap &&
+      (b->len + w.len + 1 <= b->cap || sc__buf_reserve(b, w.len + 1))) {
     memcpy(b->p + b->len, b->p + w.at, w.len); /* after the reserve: p may have moved */
     b->len += w.len;
     b->p[b->len++] = '"';

@@ -288,6 +288,15 @@ static const uint64_t powers_of_ten[20] = {1ull,
                                            10000000000000000000ull};
 
 void sc__json_uint(sc__buf *b, uint64_t v) {
+  if (v < 100 && b->len + 2 <= b->cap) { /* epochs, attempts, indexes: mostly one or two digits */
+    if (v < 10) {
+      b->p[b->len++] = (char)('0' + v);
+    } else {
+      memcpy(b->p + b->len, digit_pairs + 2 * v, 2);
+      b->len += 2;
+    }
+    return;
+  }
   size_t n = 1;
   while (n < 20 && v >= powers_of_ten[n])
     n++;
