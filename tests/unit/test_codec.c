@@ -5,6 +5,7 @@
  * and big data, and buffers too small for the line. */
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 
 #include "harness.h"
 
@@ -585,12 +586,53 @@ static void a_big_context_encodes_as_the_reference(void **state) {
   cJSON_Delete(data);
 }
 
+/* The date and time up to the second is cached per thread: two threads that encode at once, each
+ * in seconds of its own, still get their own times. */
+typedef struct encoder_thread {
+  pthread_t thread;
+  int64_t base_ns;
+  int mismatches;
+} encoder_thread;
+
+static void *encode_in_a_thread(void *arg) {
+  encoder_thread *t = arg;
+  sc_event ev = {0};
+  ev.type = SC_EV_STAGE_STARTED;
+  ev.task_id = "0190f5d2-7c3e-7a11-9b2c-3d4e5f607182";
+  ev.stage = "deploy";
+  ev.stage_index = 1;
+  ev.attempt = 1;
+  char buf[1024];
+  for (int i = 0; i < 20000; i++) {
+    ev.seq = (uint64_t)i + 1;
+    ev.time_ns = t->base_ns + (int64_t)(i % 3) * 86400 * 1000000000LL + (int64_t)i * 1000;
+    ref want = {0};
+    ref_event(&want, &ev);
+    long n = sc_event_encode(&ev, buf, sizeof(buf));
+    if (n != (long)want.len || memcmp(buf, want.p, want.len) != 0) t->mismatches++;
+    free(want.p);
+  }
+  return NULL;
+}
+
+static void threads_encoding_at_once_each_get_their_own_times(void **state) {
+  (void)state;
+  encoder_thread t[2] = {{.base_ns = 1795861800123456000LL}, {.base_ns = 946684799999999000LL}};
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&t[i].thread, NULL, encode_in_a_thread, &t[i]), 0);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(pthread_join(t[i].thread, NULL), 0);
+    assert_int_equal(t[i].mismatches, 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_type_and_status_encodes_as_the_reference),
       cmocka_unit_test(random_events_encode_as_the_reference),
       cmocka_unit_test(every_string_length_around_the_word_size_encodes_as_the_reference),
       cmocka_unit_test(a_big_context_encodes_as_the_reference),
+      cmocka_unit_test(threads_encoding_at_once_each_get_their_own_times),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
