@@ -135,7 +135,9 @@ static void encode(sc__buf *b, const sc_event *ev) {
   sc__buf_lit(b, "{\"specversion\":\"1.0\",\"id\":");
   written id = {b->len, 0};
   sc__json_string(b, ev->task_id);
-  b->len--; /* reopen the string to append "/<seq>" */
+  /* Reopen the string to append "/<seq>". A growable buffer whose first growth failed holds
+   * nothing: its length must not wrap below 0 (the line is dropped as out of memory anyway). */
+  if (b->len > id.at) b->len--;
   id.len = b->len - id.at;
   sc__buf_putc(b, '/');
   sc__json_uint(b, ev->seq);

@@ -586,6 +586,54 @@ static void a_big_context_encodes_as_the_reference(void **state) {
   cJSON_Delete(data);
 }
 
+/* The growable form under a failing allocator (test_codec is linked with --wrap=realloc, the one
+ * call the line's buffer grows by): each growth fails in turn until one run gets through; every
+ * run gives either NULL (out of memory) or the reference's bytes, never a line with a hole. */
+void *__real_realloc(void *p, size_t n);
+static long realloc_countdown = -1; /* reallocs left before the one that fails; -1: never */
+
+void *__wrap_realloc(void *p, size_t n) {
+  if (realloc_countdown >= 0 && realloc_countdown-- == 0) return NULL;
+  return __real_realloc(p, n);
+}
+
+static void to_json_under_failing_growth_is_the_reference_or_nothing(void **state) {
+  (void)state;
+  char big[3000];
+  memset(big, 'x', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  cJSON *data = cJSON_CreateObject();
+  cJSON_AddStringToObject(data, "output", big);
+  sc_event ev = {0};
+  ev.type = SC_EV_STAGE_COMPLETED;
+  ev.seq = 3;
+  ev.stage_index = 1;
+  ev.stage = "deploy";
+  ev.task_id = big + sizeof(big) - 1 - 600; /* 600 bytes, three times in the line */
+  ev.data = data;
+  ref want = {0};
+  ref_event(&want, &ev);
+  bool succeeded = false;
+  for (long n = 0; n < 64 && !succeeded; n++) {
+    size_t len = 0;
+    realloc_countdown = n;
+    char *got = sc_event_to_json(&ev, &len);
+    realloc_countdown = -1;
+    if (got == NULL) {
+      assert_non_null(strstr(sc_error_message(), "out of memory"));
+      assert_int_equal(len, 0);
+      continue;
+    }
+    assert_int_equal(len, want.len);
+    assert_memory_equal(got, want.p, len);
+    free(got);
+    succeeded = n > 0; /* the first runs failed a growth; this one had all it asked for */
+  }
+  assert_true(succeeded);
+  free(want.p);
+  cJSON_Delete(data);
+}
+
 /* The date and time up to the second is cached per thread: two threads that encode at once, each
  * in seconds of its own, still get their own times. */
 typedef struct encoder_thread {
@@ -633,6 +681,7 @@ int main(void) {
       cmocka_unit_test(every_string_length_around_the_word_size_encodes_as_the_reference),
       cmocka_unit_test(a_big_context_encodes_as_the_reference),
       cmocka_unit_test(threads_encoding_at_once_each_get_their_own_times),
+      cmocka_unit_test(to_json_under_failing_growth_is_the_reference_or_nothing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
