@@ -37,10 +37,11 @@ static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d) {
   *y = (int64_t)yoe + era * 400 + (*m <= 2);
 }
 
-/* "2026-11-22T10:30:00.123456Z". The seconds part is cached per thread: events come in bursts. */
+/* "2026-11-22T10:30:00.123456Z", quoted. The part up to the seconds is cached per thread: events
+ * come in bursts. */
 static void put_time(sc__buf *b, int64_t time_ns) {
   static _Thread_local int64_t cached_sec = INT64_MIN;
-  static _Thread_local char cached[48];
+  static _Thread_local char cached[48]; /* the opening quote and 19 characters */
   int64_t sec = time_ns / 1000000000, ns = time_ns % 1000000000;
   if (ns < 0) {
     ns += 1000000000;
@@ -54,21 +55,21 @@ static void put_time(sc__buf *b, int64_t time_ns) {
     }
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(cached, sizeof(cached), "%04lld-%02u-%02uT%02u:%02u:%02u", (long long)y, m, d,
+    snprintf(cached, sizeof(cached), "\"%04lld-%02u-%02uT%02u:%02u:%02u", (long long)y, m, d,
              (unsigned)(rem / 3600), (unsigned)(rem / 60 % 60), (unsigned)(rem % 60));
     cached_sec = sec;
   }
-  char frac[8] = {'.'};
+  char out[30];
+  memcpy(out, cached, 20);
+  out[20] = '.';
   unsigned us = (unsigned)(ns / 1000);
-  for (int i = 6; i >= 1; i--) {
-    frac[i] = (char)('0' + us % 10);
+  for (int i = 26; i >= 21; i--) {
+    out[i] = (char)('0' + us % 10);
     us /= 10;
   }
-  frac[7] = 'Z';
-  sc__buf_putc(b, '"');
-  sc__buf_put(b, cached, 19);
-  sc__buf_put(b, frac, 8);
-  sc__buf_putc(b, '"');
+  out[27] = 'Z';
+  out[28] = '"';
+  sc__buf_put(b, out, 29);
 }
 
 void sc__format_time(int64_t time_ns, char out[32]) {
@@ -97,22 +98,64 @@ static void put_attr(sc__buf *b, const char *lit, size_t litlen, const char *val
 #define PUT_ATTR(b, name, value)                                                                   \
   put_attr((b), ",\"" name "\":", sizeof(",\"" name "\":") - 1, (value))
 
+/* One of the library's own names (an event type, a task status), quoted: they are plain ASCII
+ * with nothing to escape (test_codec holds the encoder to a reference that escapes them). */
+static void put_name(sc__buf *b, const char *name) {
+  size_t n = strlen(name);
+  if (b->len + n + 2 <= b->cap) {
+    char *d = b->p + b->len;
+    d[0] = '"';
+    memcpy(d + 1, name, n);
+    d[n + 1] = '"';
+    b->len += n + 2;
+  } else {
+    sc__json_string_n(b, name, n);
+  }
+}
+
+/* The task id goes out three times (id, subject, taskid): it is escaped once, and the later two
+ * copy its opening quote and text from where they were written, when all of them are there (a
+ * fixed buffer may have cut them off; s is escaped again then). */
+typedef struct written {
+  size_t at, len;
+} written;
+
+static void put_again(sc__buf *b, written w, const char *s) {
+  if (!b->oom && w.at + w.len <= b->cap &&
+      (b->len + w.len + 1 <= b->cap || sc__buf_reserve(b, w.len + 1))) {
+    memcpy(b->p + b->len, b->p + w.at, w.len); /* after the reserve: p may have moved */
+    b->len += w.len;
+    b->p[b->len++] = '"';
+  } else {
+    sc__json_string(b, s);
+  }
+}
+
 static void encode(sc__buf *b, const sc_event *ev) {
   sc__buf_lit(b, "{\"specversion\":\"1.0\",\"id\":");
+  written id = {b->len, 0};
   sc__json_string(b, ev->task_id);
-  b->len--; /* reopen the string to append "/<seq>" */
+  /* Reopen the string to append "/<seq>". A growable buffer whose first growth failed holds
+   * nothing: its length must not wrap below 0 (the line is dropped as out of memory anyway). */
+  if (b->len > id.at) b->len--;
+  id.len = b->len - id.at;
   sc__buf_putc(b, '/');
   sc__json_uint(b, ev->seq);
   sc__buf_putc(b, '"');
   sc__buf_lit(b, ",\"source\":");
-  sc__json_string(b, ev->source ? ev->source : "stagecoach");
+  if (ev->source != NULL)
+    sc__json_string(b, ev->source);
+  else
+    sc__buf_lit(b, "\"stagecoach\"");
   sc__buf_lit(b, ",\"type\":");
-  sc__json_string(b, sc_event_type_name(ev->type));
+  put_name(b, sc_event_type_name(ev->type));
   sc__buf_lit(b, ",\"time\":");
   put_time(b, ev->time_ns);
-  PUT_ATTR(b, "subject", ev->task_id);
+  sc__buf_lit(b, ",\"subject\":");
+  put_again(b, id, ev->task_id);
   sc__buf_lit(b, ",\"datacontenttype\":\"application/json\",\"dataschema\":\"" DATASCHEMA "\"");
-  PUT_ATTR(b, "taskid", ev->task_id);
+  sc__buf_lit(b, ",\"taskid\":");
+  put_again(b, id, ev->task_id);
   PUT_ATTR(b, "tenantid", ev->tenant_id);
   PUT_ATTR(b, "planid", ev->plan_id);
   sc__buf_lit(b, ",\"seq\":");
@@ -137,7 +180,7 @@ static void encode(sc__buf *b, const sc_event *ev) {
     sc__buf_putc(b, ',');
   }
   sc__buf_lit(b, "\"status\":");
-  sc__json_string(b, sc_task_status_name(ev->status));
+  put_name(b, sc_task_status_name(ev->status));
   if (ev->data != NULL && cJSON_IsObject(ev->data)) {
     for (const cJSON *c = ev->data->child; c != NULL; c = c->next) {
       if (is_common_member(c->string)) continue;

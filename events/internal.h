@@ -149,7 +149,8 @@ int sc__name_index(const char *const *names, size_t n, const char *word);
 
 /* ---- JSON writer (jsonw.c) ---- */
 
-void sc__json_string(sc__buf *b, const char *s); /* a quoted, escaped JSON string */
+void sc__json_string(sc__buf *b, const char *s);             /* a quoted, escaped JSON string */
+void sc__json_string_n(sc__buf *b, const char *s, size_t n); /* the same of s[0 .. n) */
 void sc__json_uint(sc__buf *b, uint64_t v);
 void sc__json_int(sc__buf *b, int64_t v);
 void sc__json_number(sc__buf *b, double v); /* integers exactly, others round-trip */

@@ -65,14 +65,91 @@ bool sc__buf_cstr(sc__buf *b) {
 
 static const char hexdigits[] = "0123456789abcdef";
 
-/* Whether any of 8 bytes needs a look: below 0x20, '"', '\\', or not ASCII (to be checked as
- * UTF-8). The borrow of the subtraction can flag a byte above a true hit, never a byte of a clean
- * word, so a clean word is exact. */
-static inline bool word_needs_look(uint64_t v) {
+/* The flags of the bytes of a word (loaded from memory as it lies) that need a look: below 0x20,
+ * '"', '\\', or not ASCII (to be checked as UTF-8); the high bit of each such byte is set. A byte
+ * with its high bit set is flagged anyway, so the subtractions need no mask of their own. Their
+ * borrow can flag a byte above a true hit, never one below it: the lowest flag is exact, and a
+ * word with no flag is clean. */
+static inline uint64_t word_flags(uint64_t v) {
   const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-  uint64_t control = (v - ones * 0x20) & ~v & high;
   uint64_t q = v ^ (ones * '"'), bs = v ^ (ones * '\\');
-  return (control | ((q - ones) & ~q & high) | ((bs - ones) & ~bs & high) | (v & high)) != 0;
+  return ((v - ones * 0x20) | (q - ones) | (bs - ones) | v) & high;
+}
+
+static inline uint32_t word4_flags(uint32_t v) { /* the same over four bytes */
+  const uint32_t ones = 0x01010101u, high = 0x80808080u;
+  uint32_t q = v ^ (ones * '"'), bs = v ^ (ones * '\\');
+  return ((v - ones * 0x20) | (q - ones) | (bs - ones) | v) & high;
+}
+
+/* Whether a byte is written as it is: printable ASCII but '"' and '\\'. */
+static inline bool plain_byte(unsigned char c) {
+  return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FIRST_FLAG(flags) ((size_t)__builtin_ctzll(flags) / 8) /* the lowest address flagged */
+#endif
+
+#if defined(FIRST_FLAG) && defined(__SSE2__)
+#include <emmintrin.h>
+/* One bit for each byte of s[0 .. 16) that needs a look; a signed compare with 0x20 takes both
+ * the control bytes and those that are not ASCII. */
+static inline unsigned block_flags(const char *s) {
+  __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s);
+  __m128i hit =
+      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+  hit = _mm_or_si128(hit, _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+  return (unsigned)_mm_movemask_epi8(hit);
+}
+#endif
+
+/* The length of the longest prefix of s[0 .. n) that is written as it is. Blocks of 16 bytes
+ * (SSE2) or words of 8 while they last, then the last block or word again (it overlaps bytes
+ * known to be clean), so that no string of four bytes or more is walked byte by byte unless it
+ * has a byte that needs a look. */
+static inline size_t plain_prefix(const char *s, size_t n) {
+  size_t i = 0;
+#ifdef FIRST_FLAG
+#ifdef __SSE2__
+  if (n >= 16) {
+    unsigned m;
+    for (; i + 16 <= n; i += 16)
+      if ((m = block_flags(s + i)) != 0) return i + (size_t)__builtin_ctz(m);
+    if (i == n) return n;
+    m = block_flags(s + n - 16);
+    return m ? n - 16 + (size_t)__builtin_ctz(m) : n;
+  }
+#endif
+  uint64_t v, flags;
+  if (n >= 8) {
+    for (; i + 8 <= n; i += 8) {
+      memcpy(&v, s + i, 8);
+      if ((flags = word_flags(v)) != 0) return i + FIRST_FLAG(flags);
+    }
+    if (i == n) return n;
+    memcpy(&v, s + n - 8, 8);
+    return (flags = word_flags(v)) != 0 ? n - 8 + FIRST_FLAG(flags) : n;
+  }
+  if (n >= 4) {
+    uint32_t w, f;
+    memcpy(&w, s, 4);
+    if ((f = word4_flags(w)) != 0) return FIRST_FLAG(f);
+    memcpy(&w, s + n - 4, 4);
+    return (f = word4_flags(w)) != 0 ? n - 4 + FIRST_FLAG(f) : n;
+  }
+#else
+  /* Another byte order, or another compiler: clean words are skipped, the rest is looked at
+   * byte by byte. */
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v;
+    memcpy(&v, s + i, 8);
+    if (word_flags(v) != 0) break;
+  }
+#endif
+  while (i < n && plain_byte((unsigned char)s[i]))
+    i++;
+  return i;
 }
 
 static void escape_byte(sc__buf *b, unsigned char c) {
@@ -91,54 +168,146 @@ static void escape_byte(sc__buf *b, unsigned char c) {
   }
 }
 
+/* s[i .. n) from a byte that needs a look: well-formed UTF-8 is copied as it is, in runs with
+ * the clean bytes around it; the rest is escaped. */
+static void put_rest(sc__buf *b, const char *s, size_t i, size_t n) {
+  size_t run = i;
+  while (i < n) {
+    unsigned char c = (unsigned char)s[i];
+    size_t seq = c >= 0x80 ? sc__utf8_length((const unsigned char *)s + i, n - i) : 0;
+    if (seq > 0) {
+      i += seq;
+    } else {
+      /* JSON text is UTF-8: a byte that is not is written as U+FFFD, the replacement
+       * character, in its UTF-8 form, the form it has when the text is read back and written
+       * again (so that a digest over it comes out the same). */
+      if (i > run) sc__buf_put(b, s + run, i - run);
+      if (c >= 0x80)
+        sc__buf_lit(b, "\xef\xbf\xbd");
+      else
+        escape_byte(b, c);
+      run = ++i;
+    }
+    i += plain_prefix(s + i, n - i);
+  }
+  if (n > run) sc__buf_put(b, s + run, n - run);
+}
+
+/* memcpy of a few bytes without the call: most strings and every number here are short. */
+static inline void copy_short(char *d, const char *s, size_t n) {
+  if (n >= 8 && n <= 16) {
+    memcpy(d, s, 8); /* two copies of 8 that overlap in the middle */
+    memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4 && n < 8) {
+    memcpy(d, s, 4);
+    memcpy(d + n - 4, s + n - 4, 4);
+  } else if (n < 4) {
+    for (size_t i = 0; i < n; i++)
+      d[i] = s[i];
+  } else {
+    memcpy(d, s, n);
+  }
+}
+
+/* The string that does not go in one copy: kept out of line, so that the common case stays a
+ * short function with little to save and restore. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void
+put_string_slowly(sc__buf *b, const char *s, size_t n, size_t clean) {
+  sc__buf_putc(b, '"');
+  sc__buf_put(b, s, clean);
+  if (clean < n) put_rest(b, s, clean, n);
+  sc__buf_putc(b, '"');
+}
+
+void sc__json_string_n(sc__buf *b, const char *s, size_t n) {
+  size_t clean = plain_prefix(s, n);
+  if (clean == n && b->len + n + 2 <= b->cap) { /* the common case: one copy between quotes */
+    char *d = b->p + b->len;
+    d[0] = '"';
+    copy_short(d + 1, s, n);
+    d[n + 1] = '"';
+    b->len += n + 2;
+    return;
+  }
+  put_string_slowly(b, s, n, clean);
+}
+
 void sc__json_string(sc__buf *b, const char *s) {
   if (s == NULL) {
     sc__buf_lit(b, "null");
     return;
   }
-  size_t n = strlen(s), i = 0, run = 0;
-  sc__buf_putc(b, '"');
-  while (i < n) {
-    /* Skip clean 8-byte words, then look at single bytes. */
-    while (i + 8 <= n) {
-      uint64_t v;
-      memcpy(&v, s + i, 8);
-      if (word_needs_look(v)) break;
-      i += 8;
-    }
-    if (i >= n) break;
-    unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-      i++;
-      continue;
-    }
-    size_t seq = c >= 0x80 ? sc__utf8_length((const unsigned char *)s + i, n - i) : 0;
-    if (seq > 0) {
-      i += seq;
-      continue;
-    }
-    /* JSON text is UTF-8: a byte that is not is written as U+FFFD, the replacement character,
-     * in its UTF-8 form, the form it has when the text is read back and written again (so that a
-     * digest over it comes out the same). */
-    if (i > run) sc__buf_put(b, s + run, i - run);
-    if (c >= 0x80)
-      sc__buf_lit(b, "\xef\xbf\xbd");
-    else
-      escape_byte(b, c);
-    run = ++i;
-  }
-  if (n > run) sc__buf_put(b, s + run, n - run);
-  sc__buf_putc(b, '"');
+  sc__json_string_n(b, s, strlen(s));
 }
 
+/* "00" .. "99": two digits per division. */
+static const char digit_pairs[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* Writes the decimal digits of v to end back from end; returns where they start. */
+static inline char *digits_before(char *end, uint64_t v) {
+  while (v >= 100) {
+    unsigned r = (unsigned)(v % 100);
+    v /= 100;
+    *--end = digit_pairs[2 * r + 1];
+    *--end = digit_pairs[2 * r];
+  }
+  if (v >= 10) {
+    *--end = digit_pairs[2 * v + 1];
+    *--end = digit_pairs[2 * v];
+  } else {
+    *--end = (char)('0' + v);
+  }
+  return end;
+}
+
+static const uint64_t powers_of_ten[20] = {1ull,
+                                           10ull,
+                                           100ull,
+                                           1000ull,
+                                           10000ull,
+                                           100000ull,
+                                           1000000ull,
+                                           10000000ull,
+                                           100000000ull,
+                                           1000000000ull,
+                                           10000000000ull,
+                                           100000000000ull,
+                                           1000000000000ull,
+                                           10000000000000ull,
+                                           100000000000000ull,
+                                           1000000000000000ull,
+                                           10000000000000000ull,
+                                           100000000000000000ull,
+                                           1000000000000000000ull,
+                                           10000000000000000000ull};
+
 void sc__json_uint(sc__buf *b, uint64_t v) {
-  char tmp[24];
-  size_t i = sizeof(tmp);
-  do {
-    tmp[--i] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  sc__buf_put(b, tmp + i, sizeof(tmp) - i);
+  if (v < 100 && b->len + 2 <= b->cap) { /* epochs, attempts, indexes: mostly one or two digits */
+    if (v < 10) {
+      b->p[b->len++] = (char)('0' + v);
+    } else {
+      memcpy(b->p + b->len, digit_pairs + 2 * v, 2);
+      b->len += 2;
+    }
+    return;
+  }
+  size_t n = 1;
+  while (n < 20 && v >= powers_of_ten[n])
+    n++;
+  if (b->len + n <= b->cap) { /* the digits go straight into place */
+    digits_before(b->p + b->len + n, v);
+    b->len += n;
+  } else {
+    char tmp[20];
+    digits_before(tmp + n, v);
+    sc__buf_put_slow(b, tmp, n);
+  }
 }
 
 void sc__json_int(sc__buf *b, int64_t v) {
