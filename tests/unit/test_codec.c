@@ -103,6 +103,8 @@ static void ref_number(ref *r, double v) {
   char tmp[40];
   if (isnan(v) || isinf(v)) {
     ref_puts(r, "null");
+  } else if (v == 0 && signbit(v)) { /* -0 is a value of its own (docs/events.md) */
+    ref_puts(r, "-0");
   } else if (v == floor(v) && fabs(v) < 9007199254740992.0) {
     snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
     ref_puts(r, tmp);
