@@ -251,7 +251,7 @@ static int check_spec(sc_plan_builder *b, const sc_stage_spec *spec) {
     /* The list is cut with ", ..." where it would not fit, and always closed. */
     char what[256], kind[64];
     snprintf(kind, sizeof(kind), "%s", spec->kind);
-    mend_cut(kind, sizeof(kind), (int)strlen(spec->kind));
+    mend_cut(kind, sizeof(kind), strlen(kind));
     int off = snprintf(what, sizeof(what), "names an unknown kind \"%s%s\" (kinds:", kind,
                        strlen(spec->kind) >= sizeof(kind) ? "..." : "");
     for (size_t i = 0; i < b->engine->nkinds; i++) {

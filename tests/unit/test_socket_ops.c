@@ -572,6 +572,13 @@ static void the_records_of_finished_tasks_are_bounded(void **state) {
 #define BIG_STAGES   6000
 #define LIVE_STAGES  2000
 #define MAX_STALL_MS 250 /* the longest a live consumer may wait between two events */
+/* The bound a test holds to: 250 ms, or a quarter of the whole replay's time when the machine is
+ * slow (valgrind, a loaded CI host), so a timing of the machine never fails it. A replay read on
+ * the loop, or one that starves the thread pool, makes the live consumer wait about as long as
+ * the replay itself, which no such bound lets through. */
+static uint64_t stall_bound(uint64_t replay_ms) {
+  return replay_ms / 4 > MAX_STALL_MS ? replay_ms / 4 : MAX_STALL_MS;
+}
 
 static void write_big_log(const char *log) {
   fx f;
@@ -654,7 +661,7 @@ static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **stat
   cl_send(&rep, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
   static char line[CL_BUF];
   uint64_t replayed = 0, live_events = 0, last_live = now_ms(), max_gap = 0;
-  uint64_t until = now_ms() + 60000;
+  uint64_t began = now_ms(), until = now_ms() + 60000;
   bool replay_done = false;
   while (!replay_done && now_ms() < until && !rep.eof) {
     uv_run(&f.loop, UV_RUN_NOWAIT);
@@ -683,10 +690,10 @@ static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **stat
     if (t - last_live > max_gap) max_gap = t - last_live;
   }
   print_message("# replay of %llu events: the live consumer got %llu events, at most %llu ms "
-                "apart (bound %d ms)\n",
+                "apart (bound %llu ms)\n",
                 (unsigned long long)replayed, (unsigned long long)live_events,
-                (unsigned long long)max_gap, MAX_STALL_MS);
-  assert_true(max_gap <= MAX_STALL_MS);
+                (unsigned long long)max_gap, (unsigned long long)stall_bound(now_ms() - began));
+  assert_true(max_gap <= stall_bound(now_ms() - began));
   cl_close(&live);
   cl_close(&rep);
   sc_task *t = sc_engine_find_task(f.e, "live");
@@ -838,13 +845,13 @@ several_replays_beside_a_live_task_logged_with_batch_fsync_do_not_stall_it(void 
   uint64_t t = now_ms();
   if (t - last_live > max_gap) max_gap = t - last_live;
   print_message("# %d replays of %d events and one of an unknown task in %llu ms: the live "
-                "consumer got %llu events, at most %llu ms apart (bound %d ms); at most %zu "
+                "consumer got %llu events, at most %llu ms apart (bound %llu ms); at most %zu "
                 "bytes queued for one client (bound %u)\n",
                 REPLAYS, 2 * BIG_STAGES + 3, (unsigned long long)(t - t0),
-                (unsigned long long)live_events, (unsigned long long)max_gap, MAX_STALL_MS, held,
-                REPLAY_HELD);
+                (unsigned long long)live_events, (unsigned long long)max_gap,
+                (unsigned long long)stall_bound(t - t0), held, REPLAY_HELD);
   assert_true(live_events > 0);
-  assert_true(max_gap <= MAX_STALL_MS);
+  assert_true(max_gap <= stall_bound(t - t0));
   assert_true(held <= REPLAY_HELD);
   for (int i = 0; i < REPLAYS; i++)
     cl_close(&rep[i]);
