@@ -16,18 +16,23 @@
 #include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "socket_int.h"
 
-#define FLUSH_BYTES (64 * 1024) /* per client: write once this much waits, even in a busy turn */
-#define FLUSH_MS    5           /* and at the latest after this long */
-#define CLOSE_WAIT  1000        /* ms a closing client gets to take what is queued */
-#define DROP_WAIT   10000       /* ms a dropped client gets to read its slow-consumer line */
-#define SLOW_LINE   "{\"error\":\"slow-consumer\"}\n"
-#define TOO_MANY    "{\"error\":\"too-many-clients\"}\n"
-#define CHUNK_BYTES (64 * 1024) /* encoded lines are appended to shared chunks of this size */
-#define POOL_CHUNKS 16          /* unused chunks kept for reuse */
+#define FLUSH_BYTES  (64 * 1024) /* per client: write once this much waits, even in a busy turn */
+#define FLUSH_MS     5           /* and at the latest after this long */
+#define CLOSE_WAIT   1000        /* ms a closing client gets to take what is queued */
+#define DROP_WAIT    10000       /* ms a dropped client gets to read its slow-consumer line */
+#define SLOW_LINE    "{\"error\":\"slow-consumer\"}\n"
+#define TOO_MANY     "{\"error\":\"too-many-clients\"}\n"
+#define CHUNK_BYTES  (64 * 1024) /* encoded lines are appended to shared chunks of this size */
+#define POOL_CHUNKS  16          /* unused chunks kept for reuse */
+#define STOCK_CHUNKS 16          /* chunks the sender keeps ready, made off the engine's thread */
 
 /* ---- chunks ---- */
 
@@ -42,11 +47,28 @@ sc__sock_chunk *sc__sock_chunk_alloc(size_t need) {
   return ch;
 }
 
+static void sender_wake(sc_socket *s);
+
+/* A chunk from the pool, else from the sender's stock (so that a stream growing faster than its
+ * clients read does not make the engine's thread wait on the allocator and on fresh pages), else
+ * a new one. */
 static sc__sock_chunk *chunk_new(sc_socket *s, size_t need) {
-  sc__queue *q = need <= CHUNK_BYTES ? sc__queue_head(&s->pool) : NULL;
+  if (need > CHUNK_BYTES) return sc__sock_chunk_alloc(need);
+  sc__queue *q = sc__queue_head(&s->pool);
+  if (q != NULL) {
+    s->npool--;
+  } else if (s->sender_running) {
+    uv_mutex_lock(&s->mu);
+    q = sc__queue_head(&s->stock);
+    if (q != NULL) s->nstock--;
+    if (s->nstock < STOCK_CHUNKS / 2 && !s->stock_low) {
+      s->stock_low = true;
+      sender_wake(s);
+    }
+    uv_mutex_unlock(&s->mu);
+  }
   if (q == NULL) return sc__sock_chunk_alloc(need);
   sc__queue_remove(q);
-  s->npool--;
   sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
   ch->refs = 1;
   ch->len = 0;
@@ -82,7 +104,6 @@ static void on_client_io(uv_poll_t *p, int status, int events);
 static void set_watch(sc__sock_client *c) {
   int ev = 0;
   if (c->state != SC__SOCK_CLOSING) ev |= UV_READABLE;
-  if (c->queued > 0) ev |= UV_WRITABLE;
   if (ev != c->events) {
     c->events = ev;
     if (ev == 0)
@@ -122,42 +143,312 @@ static void queue_advance(sc__sock_client *c, size_t n) {
   c->mid_line = false;
 }
 
-#define WRITE_IOVS 64
+/* ---- the sender thread ---- */
 
-/* Writes what it can without blocking, up to WRITE_IOVS segments per sendmsg (segments of the
- * same chunk that follow each other are one). False when the client is gone (closed by it). */
-static bool client_write(sc__sock_client *c) {
-  while (c->seg_n > 0) {
-    struct iovec iov[WRITE_IOVS];
-    size_t k = 0, total = 0;
-    for (; k < c->seg_n && k < WRITE_IOVS; k++) {
-      sc__sock_seg *g = seg_at(c, k);
-      iov[k].iov_base = g->chunk->data + g->off;
-      iov[k].iov_len = g->len;
-      total += g->len;
+/* Moves w's iovecs on past n more written bytes. */
+static void iov_consume(sc__sock_write *w, size_t n) {
+  w->n += n;
+  int i = 0;
+  while (i < w->iovcnt && n >= w->iov[i].iov_len)
+    n -= w->iov[i++].iov_len;
+  if (i > 0) {
+    memmove(w->iov, w->iov + i, (size_t)(w->iovcnt - i) * sizeof(w->iov[0]));
+    w->iovcnt -= i;
+  }
+  if (n > 0) {
+    w->iov[0].iov_base = (char *)w->iov[0].iov_base + n;
+    w->iov[0].iov_len -= n;
+  }
+}
+
+/* One sendmsg without blocking; true when w is finished (all written, or the client is gone). */
+static bool sender_try(sc__sock_write *w) {
+  struct msghdr m = {.msg_iov = w->iov, .msg_iovlen = (size_t)w->iovcnt};
+  ssize_t k;
+  do
+    k = sendmsg(w->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (k < 0 && errno == EINTR);
+  if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    w->ready = false;
+    return false;
+  }
+  if (k < 0) {
+    w->err = errno;
+    return true;
+  }
+  iov_consume(w, (size_t)k);
+  return w->n == w->total;
+}
+
+typedef struct sender_state {
+  sc__queue active; /* the writes it holds */
+  struct pollfd *fds;
+  sc__sock_write **polled; /* polled[i] is fds[i + 1]'s write */
+  size_t nactive, fds_cap;
+} sender_state;
+
+/* Waits until a socket it holds a write for takes more, or the loop wakes it. */
+static void sender_wait(sc_socket *s, sender_state *st) {
+  if (st->fds_cap < st->nactive + 1) {
+    size_t cap = (st->nactive + 1) * 2;
+    struct pollfd *p = realloc(st->fds, cap * sizeof(*p));
+    if (p != NULL) st->fds = p;
+    sc__sock_write **v = p ? realloc(st->polled, cap * sizeof(*v)) : NULL;
+    if (v != NULL) st->polled = v;
+    if (p == NULL || v == NULL) { /* cannot poll them all: try them all again shortly */
+      poll(NULL, 0, 1);
+      sc__queue *q;
+      sc__queue_foreach(q, &st->active) sc__queue_data(q, sc__sock_write, node)->ready = true;
+      return;
     }
-    struct msghdr m = {.msg_iov = iov, .msg_iovlen = k};
-    ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (n <= 0) {
-      client_close(c);
-      return false;
+    st->fds_cap = cap;
+  }
+  size_t k = 0;
+  st->fds[k++] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
+  sc__queue *q;
+  sc__queue_foreach(q, &st->active) {
+    sc__sock_write *w = sc__queue_data(q, sc__sock_write, node);
+    st->polled[k - 1] = w;
+    st->fds[k++] = (struct pollfd){.fd = w->fd, .events = POLLOUT};
+  }
+  if (poll(st->fds, k, -1) <= 0) return;
+  if (st->fds[0].revents & POLLIN) {
+    uint64_t v;
+    ssize_t r = read(s->wake_fd, &v, sizeof(v));
+    (void)r;
+  }
+  for (size_t i = 1; i < k; i++) /* POLLERR and POLLHUP too: its next write says what */
+    if (st->fds[i].revents != 0) st->polled[i - 1]->ready = true;
+}
+
+/* Tops the stock of ready chunks up when the loop says it is low: each page is touched here, so
+ * the faults are the sender's, not the engine's. */
+static void stock_fill(sc_socket *s) {
+  uv_mutex_lock(&s->mu);
+  size_t want = s->stock_low && !s->stop ? STOCK_CHUNKS - s->nstock : 0;
+  uv_mutex_unlock(&s->mu);
+  if (want == 0) return;
+  sc__queue made;
+  sc__queue_init(&made);
+  size_t n = 0;
+  for (; n < want; n++) {
+    sc__sock_chunk *ch = sc__sock_chunk_alloc(CHUNK_BYTES);
+    if (ch == NULL) break;
+    for (size_t i = 0; i < ch->cap; i += 4096)
+      ch->data[i] = 0;
+    sc__queue_insert_tail(&made, &ch->pool);
+  }
+  uv_mutex_lock(&s->mu);
+  sc__queue_move(&made, &s->stock);
+  s->nstock += n;
+  s->stock_low = false;
+  uv_mutex_unlock(&s->mu);
+}
+
+/* Takes the writes it is handed, writes each whole, waiting for its socket as long as it must
+ * (one slow client does not hold up the others: every socket is tried in turn and all are
+ * polled together), and hands each back when it is done or called back. It reads only the
+ * writes (and the bytes they name); everything else is the loop thread's. */
+static void sender_main(void *arg) {
+  sc_socket *s = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the loop's to take */
+  sender_state st = {.fds = NULL, .polled = NULL};
+  sc__queue_init(&st.active);
+  sc__queue done;
+  sc__queue_init(&done);
+  for (;;) {
+    uv_mutex_lock(&s->mu);
+    s->sleeping = false;
+    sc__queue *q, *next;
+    sc__queue_foreach(q, &s->jobs) st.nactive++;
+    sc__queue_move(&s->jobs, &st.active);
+    if (s->cancels || s->stop) { /* called back: returned as they are */
+      s->cancels = false;
+      sc__queue_foreach_safe(q, next, &st.active) {
+        sc__sock_write *w = sc__queue_data(q, sc__sock_write, node);
+        if (w->cancel || s->stop) {
+          sc__queue_remove(q);
+          st.nactive--;
+          sc__queue_insert_tail(&done, q);
+        }
+      }
     }
-    queue_advance(c, (size_t)n);
-    if ((size_t)n < total) break; /* the socket is full: the next writable event goes on */
+    bool stop = s->stop;
+    uv_mutex_unlock(&s->mu);
+    sc__queue_foreach_safe(q, next, &st.active) {
+      sc__sock_write *w = sc__queue_data(q, sc__sock_write, node);
+      if (w->ready && sender_try(w)) {
+        sc__queue_remove(q);
+        st.nactive--;
+        sc__queue_insert_tail(&done, q);
+      }
+    }
+    stock_fill(s);
+    bool back = !sc__queue_empty(&done), ready = false;
+    sc__queue_foreach(q, &st.active) ready =
+        ready || sc__queue_data(q, sc__sock_write, node)->ready;
+    uv_mutex_lock(&s->mu);
+    sc__queue_move(&done, &s->results);
+    bool more = !sc__queue_empty(&s->jobs) || s->cancels || s->stop || ready || s->stock_low;
+    if (!more) s->sleeping = true;
+    uv_mutex_unlock(&s->mu);
+    if (back) uv_async_send(&s->sent);
+    if (stop) break;
+    if (!more) sender_wait(s, &st);
+  }
+  free(st.fds);
+  free(st.polled);
+}
+
+/* Wakes the sender when it is (about to be) waiting; called with mu held. */
+static void sender_wake(sc_socket *s) {
+  if (!s->sleeping) return;
+  s->sleeping = false;
+  uint64_t one = 1;
+  ssize_t r = write(s->wake_fd, &one, sizeof(one));
+  (void)r;
+}
+
+/* Fills c's write from the head of its queue (segments of one chunk that follow each other are
+ * one) and puts it on batch, to be handed to the sender with the others of this turn. */
+static void write_prepare(sc__sock_client *c, sc__queue *batch) {
+  sc__sock_write *w = &c->w;
+  size_t k = 0, total = 0;
+  for (; k < c->seg_n && k < SC__SOCK_WRITE_IOVS; k++) {
+    sc__sock_seg *g = seg_at(c, k);
+    w->iov[k].iov_base = g->chunk->data + g->off;
+    w->iov[k].iov_len = g->len;
+    total += g->len;
+  }
+  w->iovcnt = (int)k;
+  w->total = total;
+  w->n = 0;
+  w->err = 0;
+  w->cancel = false;
+  w->ready = true;
+  w->fd = c->fd;
+  c->writing = true;
+  c->server->writing++;
+  sc__queue_insert_tail(batch, &w->node);
+}
+
+static void write_submit(sc_socket *s, sc__queue *batch) {
+  if (sc__queue_empty(batch)) return;
+  uv_mutex_lock(&s->mu);
+  sc__queue_move(batch, &s->jobs);
+  sender_wake(s);
+  uv_mutex_unlock(&s->mu);
+}
+
+/* Calls c's write back from the sender (for a drop or a close): it returns with what it wrote. */
+static void write_cancel(sc__sock_client *c) {
+  sc_socket *s = c->server;
+  if (!c->writing) return;
+  uv_mutex_lock(&s->mu);
+  c->w.cancel = true;
+  s->cancels = true;
+  sender_wake(s);
+  uv_mutex_unlock(&s->mu);
+}
+
+/* Starts a write of what c has queued, unless one is under way. */
+static void client_write(sc__sock_client *c) {
+  if (c->writing || c->closed || c->seg_n == 0) return;
+  sc__queue batch;
+  sc__queue_init(&batch);
+  write_prepare(c, &batch);
+  write_submit(c->server, &batch);
+}
+
+static void mark_dirty(sc__sock_client *c, size_t len);
+static void on_client_closed(uv_handle_t *h);
+static bool client_copy(sc__sock_client *c, const char *line, size_t len);
+static void queue_cut(sc__sock_client *c);
+
+/* c's write is back from the sender. */
+static void write_done(sc__sock_client *c) {
+  sc_socket *s = c->server;
+  c->writing = false;
+  s->writing--;
+  if (c->closed) { /* closed while it was away: now the fd may go */
+    uv_close((uv_handle_t *)&c->poll, on_client_closed);
+    return;
+  }
+  if (c->w.err != 0) {
+    client_close(c);
+    return;
+  }
+  queue_advance(c, c->w.n);
+  if (c->drop_pending) {
+    c->drop_pending = false;
+    queue_cut(c);
+    client_copy(c, SLOW_LINE, sizeof(SLOW_LINE) - 1);
   }
   if (c->replay != NULL) sc__sock_replay_drained(c);
   if (c->queued == 0) {
     c->replies = 0;
-    if (c->cap > c->server->o.queue_bytes) c->cap = c->server->o.queue_bytes;
+    if (c->cap > s->o.queue_bytes) c->cap = s->o.queue_bytes;
     if (c->state == SC__SOCK_CLOSING) {
       client_close(c);
-      return false;
+      return;
     }
+  } else if (c->queued >= FLUSH_BYTES || c->state == SC__SOCK_CLOSING) {
+    client_write(c); /* enough for a write of its own now */
+  } else {
+    mark_dirty(c, 0); /* with the next flush */
   }
-  set_watch(c);
-  return true;
+}
+
+static void on_sent(uv_async_t *h) {
+  sc_socket *s = h->data;
+  sc__queue done;
+  sc__queue_init(&done);
+  uv_mutex_lock(&s->mu);
+  sc__queue_move(&s->results, &done);
+  uv_mutex_unlock(&s->mu);
+  sc__queue *q;
+  while ((q = sc__queue_head(&done)) != NULL) {
+    sc__queue_remove(q);
+    write_done(sc__queue_data(q, sc__sock_client, w.node));
+  }
+}
+
+/* Starts the sender (before the server takes its first event); SC_EIO when it cannot. */
+static int sender_start(sc_socket *s) {
+  sc__queue_init(&s->jobs);
+  sc__queue_init(&s->results);
+  sc__queue_init(&s->stock);
+  s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->wake_fd < 0)
+    return sc_error_set(SC_EIO, "socket: cannot make an eventfd: %s", strerror(errno));
+  if (uv_mutex_init(&s->mu) != 0) {
+    close(s->wake_fd);
+    return sc_error_set(SC_EIO, "socket: cannot make a mutex");
+  }
+  int rc = uv_thread_create(&s->sender, sender_main, s);
+  if (rc != 0) {
+    uv_mutex_destroy(&s->mu);
+    close(s->wake_fd);
+    return sc_error_set(SC_EIO, "socket: cannot start the sender thread: %s", uv_strerror(rc));
+  }
+  s->sender_running = true;
+  return SC_OK;
+}
+
+/* Stops the sender (what it still holds comes back as it is) and joins it. */
+static void sender_stop(sc_socket *s) {
+  if (!s->sender_running) return;
+  uv_mutex_lock(&s->mu);
+  s->stop = true;
+  s->sleeping = true; /* wake it whatever it is doing */
+  sender_wake(s);
+  uv_mutex_unlock(&s->mu);
+  uv_thread_join(&s->sender);
+  uv_mutex_destroy(&s->mu);
+  close(s->wake_fd);
+  s->sender_running = false;
 }
 
 static void mark_dirty(sc__sock_client *c, size_t len) {
@@ -239,11 +530,16 @@ static bool client_copy(sc__sock_client *c, const char *line, size_t len) {
 /* The queue is full: what is not written yet goes, the client is told and closed once that is
  * written. */
 static void drop_slow(sc__sock_client *c) {
-  queue_cut(c);
   c->server->dropped++;
   c->state = SC__SOCK_CLOSING;
   c->deadline = uv_now(c->server->loop) + DROP_WAIT;
-  client_copy(c, SLOW_LINE, sizeof(SLOW_LINE) - 1);
+  if (c->writing) { /* the head of the queue is with the sender: cut when it is back */
+    c->drop_pending = true;
+    write_cancel(c);
+  } else {
+    queue_cut(c);
+    client_copy(c, SLOW_LINE, sizeof(SLOW_LINE) - 1);
+  }
   sc__sock_client_close_after_flush(c);
 }
 
@@ -261,7 +557,88 @@ static void client_queued(sc__sock_client *c, size_t len, bool replay) {
   mark_dirty(c, len);
 }
 
+/* ---- the takers: streaming clients with no filter ---- */
+
+/* Every event goes to each of them, so none is handed events one at a time: the stream's bytes
+ * since the last flush are kept as a few segments (`recent`) and each taker gets them in one go
+ * before anything else is queued for it, at each flush and before a line of its own. */
+
+static bool takes_all(const sc__sock_client *c) {
+  const sc__sock_filter *f = &c->filter;
+  if (c->state != SC__SOCK_STREAM || f->task || f->tenant || f->from_seq) return false;
+  if (f->ntypes == 0) return true;
+  for (size_t i = 0; i < f->ntypes; i++)
+    if (strcmp(f->types[i], "*") == 0) return true;
+  return false;
+}
+
+/* The takers get what the stream made since they last did; one that no longer streams leaves. */
+static void takers_catch_up(sc_socket *s) {
+  sc__queue *q, *n;
+  sc__queue_foreach_safe(q, n, &s->takers) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, feed);
+    for (size_t i = 0; i < s->nrecent && c->state == SC__SOCK_STREAM; i++)
+      if (!client_accept_bytes(c, s->recent[i].len, false) ||
+          !queue_push(c, s->recent[i].chunk, s->recent[i].off, s->recent[i].len))
+        break;
+    if (c->state != SC__SOCK_STREAM || c->closed) {
+      sc__queue_remove(&c->feed);
+      s->ntakers--;
+      c->takes_all = false;
+      if (!c->closed) sc__queue_insert_tail(&s->feed, &c->feed);
+      continue;
+    }
+    mark_dirty(c, s->recent_bytes);
+  }
+  for (size_t i = 0; i < s->nrecent; i++)
+    sc__sock_chunk_unref(s, s->recent[i].chunk);
+  s->nrecent = 0;
+  s->recent_bytes = 0;
+}
+
+/* c streams everything now: it leaves the feed for the takers (after they had what is recent,
+ * which it had from the ring or from its own feed). */
+static void taker_join(sc__sock_client *c) {
+  sc_socket *s = c->server;
+  takers_catch_up(s);
+  sc__queue_remove(&c->feed);
+  sc__queue_insert_tail(&s->takers, &c->feed);
+  s->ntakers++;
+  c->takes_all = true;
+}
+
+/* The line just encoded is the stream's next bytes. False when out of memory (the takers then
+ * had everything before it, and this one goes to them alone, now). */
+static void recent_push(sc_socket *s, const sc__sock_seg *line) {
+  if (s->nrecent > 0) {
+    sc__sock_seg *last = &s->recent[s->nrecent - 1];
+    if (last->chunk == line->chunk && last->off + last->len == line->off) {
+      last->len += line->len;
+      s->recent_bytes += line->len;
+      return;
+    }
+  }
+  if (s->nrecent == s->recent_cap) {
+    size_t cap = s->recent_cap ? s->recent_cap * 2 : 8;
+    sc__sock_seg *v = realloc(s->recent, cap * sizeof(*v));
+    if (v == NULL) {
+      takers_catch_up(s); /* empties recent */
+      sc__queue *q;
+      sc__queue_foreach(q, &s->takers)
+          sc__sock_client_send_seg(sc__queue_data(q, sc__sock_client, feed), line, false);
+      return;
+    }
+    s->recent = v;
+    s->recent_cap = cap;
+  }
+  if (s->nrecent == 0 && sc__queue_empty(&s->dirty)) s->dirty_since = uv_now(s->loop);
+  s->recent[s->nrecent++] = *line;
+  line->chunk->refs++;
+  s->recent_bytes += line->len;
+}
+
 bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool replay) {
+  if (c->takes_all) takers_catch_up(c->server); /* the stream before it comes first */
   if (!client_accept_bytes(c, len, replay)) return false;
   if (!client_copy(c, line, len)) {
     drop_slow(c);
@@ -272,6 +649,7 @@ bool sc__sock_client_send(sc__sock_client *c, const char *line, size_t len, bool
 }
 
 bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool replay) {
+  if (c->takes_all) takers_catch_up(c->server);
   if (!client_accept_bytes(c, line->len, replay)) return false;
   if (!queue_push(c, line->chunk, line->off, line->len)) {
     drop_slow(c);
@@ -337,31 +715,49 @@ static void client_close(sc__sock_client *c) {
   }
   sc__queue_remove(&c->node);
   s->nclients--;
+  sc__queue_remove(&c->feed);
+  if (c->takes_all) s->ntakers--;
+  c->takes_all = false;
   uv_poll_stop(&c->poll);
-  uv_close((uv_handle_t *)&c->poll, on_client_closed);
-  /* fd stays open until the handle is closed: libuv may still hold it in its watcher list */
+  /* fd stays open until the handle is closed: libuv may still hold it in its watcher list, and
+   * the sender may be writing to it (then its result closes the handle) */
+  if (c->writing)
+    write_cancel(c);
+  else
+    uv_close((uv_handle_t *)&c->poll, on_client_closed);
   c->state = SC__SOCK_CLOSING;
 }
 
 static void flush_all(sc_socket *s) {
+  if (s->nrecent > 0) takers_catch_up(s);
   sc__queue todo;
   sc__queue_init(&todo);
   sc__queue_move(&s->dirty, &todo);
   s->dirty_bytes = 0;
   s->ndirty = 0;
+  sc__queue batch;
+  sc__queue_init(&batch);
   sc__queue *q;
   while ((q = sc__queue_head(&todo)) != NULL) {
     sc__queue_remove(q);
-    client_write(sc__queue_data(q, sc__sock_client, dirty));
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, dirty);
+    if (c->seg_n == 0 && c->state == SC__SOCK_CLOSING && !c->writing && !c->closed) {
+      client_close(c); /* everything was written */
+      continue;
+    }
+    /* one being written is marked again when its write is back */
+    if (!c->writing && !c->closed && c->seg_n > 0) write_prepare(c, &batch);
   }
+  write_submit(s, &batch);
 }
 
 /* Before the loop waits for I/O, and in a busy loop at least every FLUSH_BYTES or FLUSH_MS:
  * one send() per client for everything of a loop turn, not one per event. */
 static void on_prepare(uv_prepare_t *h) {
   sc_socket *s = h->data;
-  if (sc__queue_empty(&s->dirty)) return;
-  if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
+  if (sc__queue_empty(&s->dirty) && s->nrecent == 0) return;
+  if (uv_backend_timeout(s->loop) != 0 || s->recent_bytes >= FLUSH_BYTES ||
+      (s->ndirty > 0 && s->dirty_bytes >= FLUSH_BYTES * s->ndirty) ||
       uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
     flush_all(s);
 }
@@ -460,7 +856,6 @@ static void on_client_io(uv_poll_t *p, int status, int events) {
     client_close(c);
     return;
   }
-  if ((events & UV_WRITABLE) && !client_write(c)) return;
   if (events & (UV_READABLE | UV_DISCONNECT)) client_read(c);
   if (!c->closed && c->state != SC__SOCK_CLOSING) set_watch(c);
 }
@@ -497,6 +892,7 @@ static void on_accept(uv_poll_t *p, int status, int events) {
     c->deadline = uv_now(s->loop) + s->o.subscribe_wait_ms;
     sc__queue_init(&c->dirty);
     sc__queue_insert_tail(&s->clients, &c->node);
+    sc__queue_insert_tail(&s->feed, &c->feed);
     s->nclients++;
     set_watch(c);
     if (s->o.subscribe_wait_ms == 0)
@@ -568,12 +964,16 @@ static int on_event(const sc_event *ev, sc_ack *ack, void *udata) {
   if (!encode_line(s, ev, &line)) return SC_OK;
   ring_push(s, t, ev, &line);
   sc__queue *q, *next;
-  sc__queue_foreach_safe(q, next, &s->clients) {
-    sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
-    if (c->state == SC__SOCK_STREAM && ev->seq >= c->filter.from_seq &&
-        sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
+  sc__queue_foreach_safe(q, next, &s->feed) {
+    sc__sock_client *c = sc__queue_data(q, sc__sock_client, feed);
+    if (c->state != SC__SOCK_STREAM) continue;
+    if (takes_all(c))
+      taker_join(c); /* this event and the rest come to it with the takers' */
+    else if (ev->seq >= c->filter.from_seq &&
+             sc__sock_filter_match(&c->filter, t->id, t->tenant, ev->type))
       sc__sock_client_send_seg(c, &line, false);
   }
+  if (s->ntakers > 0) recent_push(s, &line);
   return SC_OK; /* never SC_DEFER: no step of the engine waits for a client */
 }
 
@@ -582,15 +982,27 @@ static void on_handle_closed(uv_handle_t *h) {
   s->open_handles--;
 }
 
+static void on_sent_closed(uv_handle_t *h) {
+  sc_socket *s = h->data;
+  s->sent_closed = true;
+}
+
 static void free_server(sc_socket *s) {
   for (size_t i = 0; s->ring != NULL && i < s->ring_cap; i++) {
     sc__sock_chunk_unref(s, s->ring[i].line.chunk);
     sc__sock_ring_release(s->ring[i].task); /* frees the forgotten records the ring named */
   }
   free(s->ring);
+  for (size_t i = 0; i < s->nrecent; i++)
+    sc__sock_chunk_unref(s, s->recent[i].chunk);
+  free(s->recent);
   sc__sock_chunk_unref(s, s->cur);
   sc__queue *q;
   while ((q = sc__queue_head(&s->pool)) != NULL) {
+    sc__queue_remove(q);
+    free(sc__queue_data(q, sc__sock_chunk, pool));
+  }
+  while (s->stock.next != NULL && (q = sc__queue_head(&s->stock)) != NULL) {
     sc__queue_remove(q);
     free(sc__queue_data(q, sc__sock_chunk, pool));
   }
@@ -632,6 +1044,8 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->loop = sc_engine_loop(e);
   s->listen_fd = -1;
   sc__queue_init(&s->clients);
+  sc__queue_init(&s->feed);
+  sc__queue_init(&s->takers);
   sc__queue_init(&s->replay_wait);
   sc__queue_init(&s->dirty);
   sc__queue_init(&s->pool);
@@ -660,8 +1074,10 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   sc_subscriber_init(&sub);
   sub.on_event = on_event;
   sub.udata = s;
+  if (rc == SC_OK) rc = sender_start(s);
   if (rc == SC_OK) rc = sc_engine_subscribe(e, &sub, &s->sub);
   if (rc != SC_OK) {
+    sender_stop(s);
     if (s->listen_fd >= 0) close(s->listen_fd);
     if (s->unix_path) unlink(s->unix_path);
     free_server(s);
@@ -670,13 +1086,15 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   uv_poll_init(s->loop, &s->listen_poll, s->listen_fd);
   uv_prepare_init(s->loop, &s->prepare);
   uv_timer_init(s->loop, &s->tick);
-  s->listen_poll.data = s->prepare.data = s->tick.data = s;
+  uv_async_init(s->loop, &s->sent, on_sent);
+  s->listen_poll.data = s->prepare.data = s->tick.data = s->sent.data = s;
   s->open_handles = 3;
   uv_poll_start(&s->listen_poll, UV_READABLE, on_accept);
   uv_prepare_start(&s->prepare, on_prepare);
   uv_unref((uv_handle_t *)&s->listen_poll);
   uv_unref((uv_handle_t *)&s->prepare);
   uv_unref((uv_handle_t *)&s->tick);
+  uv_unref((uv_handle_t *)&s->sent);
   *out = s;
   return SC_OK;
 }
@@ -735,7 +1153,11 @@ void sc_socket_close(sc_socket *s) {
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
   while (s->replays > 0) /* a read of the log stops at its next line; its request ends */
     uv_run(s->loop, UV_RUN_ONCE);
-  while (s->open_handles > 0)
+  while (s->open_handles > 0) /* a client's handle closes once its write is back */
+    uv_run(s->loop, UV_RUN_NOWAIT);
+  sender_stop(s);
+  uv_close((uv_handle_t *)&s->sent, on_sent_closed);
+  while (!s->sent_closed)
     uv_run(s->loop, UV_RUN_NOWAIT);
   free_server(s);
 }

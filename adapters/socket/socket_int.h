@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <stagecoach/socket.h>
 #include <uv.h>
@@ -140,6 +141,25 @@ typedef struct sc__sock_filter {
 
 typedef struct sc__sock_replay sc__sock_replay;
 
+#define SC__SOCK_WRITE_IOVS 64 /* segments one write takes */
+
+/* One write a client's queue asks of the sender thread: the loop thread fills it from the head of
+ * the queue and hands it over; the sender writes it whole, waiting for the socket to take it as
+ * long as it must, and hands it back (sooner when it is called back, for a drop or a close).
+ * While it is away the loop thread touches none of it but `cancel`, nor the bytes it names (the
+ * queue holds their chunks' references until it is back). */
+typedef struct sc__sock_write {
+  sc__queue node;                        /* in the sender's jobs, its own list, then its results */
+  struct iovec iov[SC__SOCK_WRITE_IOVS]; /* the sender moves them on as they are written */
+  int iovcnt;
+  int fd;
+  size_t total;
+  size_t n;    /* written so far */
+  int err;     /* errno of a failed write (the client is gone); 0 */
+  bool cancel; /* the loop wants it back now (guarded by the server's mu) */
+  bool ready;  /* the sender's: its socket may take more (new, or poll said so) */
+} sc__sock_write;
+
 typedef struct sc__sock_client {
   uv_poll_t poll;
   int fd;
@@ -163,6 +183,15 @@ typedef struct sc__sock_client {
   sc__sock_replay *replay; /* its replay from the log, while it is read */
   size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
   size_t replies;          /* reply lines queued since the output was last empty */
+  /* the write with the sender thread: while `writing`, the fd stays open and the head of the
+   * queue stays put (a drop or a close waits for the result) */
+  sc__sock_write w;
+  bool writing;
+  bool drop_pending;
+  /* in the server's feed (gets each event as it comes, through its filter) or, once it streams
+   * everything unfiltered, in its `takers` (gets the stream's bytes in whole runs at each flush) */
+  sc__queue feed;
+  bool takes_all; /* dropped while writing: the queue is cut when the write is back */
 } sc__sock_client;
 
 struct sc_socket {
@@ -183,6 +212,12 @@ struct sc_socket {
   char *log_path;
   sc__queue clients;
   size_t nclients;
+  sc__queue feed;   /* clients that get each event as it comes (their filter decides) */
+  sc__queue takers; /* streaming clients with no filter: they get `recent` at each flush */
+  size_t ntakers;
+  sc__sock_seg
+      *recent; /* the stream's bytes since the takers last had them: segments, a reference each */
+  size_t nrecent, recent_cap, recent_bytes;
   uint64_t dropped;
   sc__queue dirty;
   size_t dirty_bytes, ndirty;
@@ -206,6 +241,23 @@ struct sc_socket {
   size_t replays;        /* pieces of replays on the thread pool not done yet (0 or 1) */
   sc__queue replay_wait; /* replays waiting for their next piece, in turn */
   bool closing;
+  /* the sender thread, which makes every write to a client (so the kernel's copying of the
+   * stream into the clients' sockets is not on the engine's thread); jobs and results are
+   * guarded by `mu`, the rest of the server is the loop thread's alone */
+  uv_thread_t sender;
+  bool sender_running;
+  uv_mutex_t mu;
+  int wake_fd;   /* an eventfd the sender polls beside its clients' sockets */
+  bool sleeping; /* the sender is (about to be) in poll: a new job must wake it (guarded by mu) */
+  bool cancels;  /* some job's cancel was set (guarded by mu) */
+  sc__queue jobs, results;
+  bool stop;
+  sc__queue stock;  /* chunks the sender made ready (their pages touched), for the loop to take */
+  size_t nstock;    /* guarded by mu, with stock */
+  bool stock_low;   /* the loop took the stock below half: the sender makes more (guarded by mu) */
+  uv_async_t sent;  /* the sender's results are back */
+  size_t writing;   /* clients whose write is with the sender */
+  bool sent_closed; /* the async handle's close callback ran */
 };
 
 /* A chunk of at least need bytes, one reference (no pool: callable off the loop). */
