@@ -1125,7 +1125,10 @@ void sc_socket_close(sc_socket *s) {
         (uint64_t)st.st_dev == s->unix_dev)
       unlink(s->unix_path);
   }
-  /* Every client gets what is queued for it, within CLOSE_WAIT. */
+  /* Every client gets what is queued for it, within CLOSE_WAIT, the takers what the stream made
+   * since the last flush too; the sender's results keep the loop alive until they are back. */
+  takers_catch_up(s);
+  uv_ref((uv_handle_t *)&s->sent);
   sc__queue *q, *n;
   sc__queue_foreach(q, &s->clients) {
     sc__sock_client *c = sc__queue_data(q, sc__sock_client, node);
