@@ -7,7 +7,9 @@
  * a Unix socket pair to the same reader, and engine_events_per_s, the engine alone (no socket, and
  * the socket with no consumer: the server encodes each event into its ring), which bound it.
  * stage_overhead_ns: the engine's time per stage with no socket, with the socket and no consumer,
- * and with 10 consumers attached that get every event (none dropped).
+ * and with 10 consumers attached that get every event (none dropped); stage_cpu_ns the same runs'
+ * CPU time of the engine's thread alone (what the server costs it, whatever else the machine
+ * runs: the consumers, the server's sender thread, other processes).
  * Not a test: nothing here fails. usage: socket_bench [scale] */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -123,8 +125,14 @@ static void noop_timer(uv_timer_t *t) {
   (void)t;
 }
 
+static double thread_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 typedef struct result {
-  double seconds, stage_ns;
+  double seconds, stage_ns, stage_cpu_ns;
   uint64_t events, delivered, dropped;
 } result;
 
@@ -178,10 +186,10 @@ static result run(size_t n, int consumers, bool socket, bool want_all) {
   spec.config = config;
   sc_task_submit(e, &spec, NULL);
   /* task.created was emitted by the submit; the clock starts with the stages */
-  double t0 = now_s();
+  double t0 = now_s(), c0 = thread_cpu_s();
   sc_engine_run(e);
-  double t1 = now_s();
-  result r = {t1 - t0, (t1 - t0) * 1e9 / (double)n, emitted, 0, 0};
+  double t1 = now_s(), c1 = thread_cpu_s();
+  result r = {t1 - t0, (t1 - t0) * 1e9 / (double)n, (c1 - c0) * 1e9 / (double)n, emitted, 0, 0};
   if (socket) {
     /* the loop goes on turning until every consumer has everything (or was dropped) */
     double until = now_s() + 60;
@@ -284,6 +292,7 @@ int main(int argc, char **argv) {
   double base[ROUNDS], one[ROUNDS], ten[ROUNDS], r1[ROUNDS], r10[ROUNDS], eng[ROUNDS],
       eng_sock[ROUNDS];
   double none[ROUNDS], sock0[ROUNDS], sock10[ROUNDS], ratio_none[ROUNDS], ratio_sock[ROUNDS];
+  double cpu_none[ROUNDS], cpu_sock0[ROUNDS], cpu_sock10[ROUNDS], cpu_ratio[ROUNDS];
   uint64_t dropped = 0, delivered = 0, want = 0;
   for (int i = 0; i < ROUNDS; i++) { /* interleaved: each round has all of them */
     base[i] = baseline_lines_per_s(events_per_run);
@@ -300,6 +309,10 @@ int main(int argc, char **argv) {
     sock10[i] = e10.stage_ns;
     ratio_none[i] = e10.stage_ns / e0.stage_ns;
     ratio_sock[i] = e10.stage_ns / e1.stage_ns;
+    cpu_none[i] = e0.stage_cpu_ns;
+    cpu_sock0[i] = e1.stage_cpu_ns;
+    cpu_sock10[i] = e10.stage_cpu_ns;
+    cpu_ratio[i] = e10.stage_cpu_ns / e1.stage_cpu_ns;
     dropped += a.dropped + b.dropped + e10.dropped;
     delivered += a.delivered + b.delivered + e10.delivered;
     want += a.events + b.events * 10 + e10.events * 10;
@@ -319,6 +332,10 @@ int main(int argc, char **argv) {
   report("stage_overhead_ratio_10_consumers", median3(ratio_none), "x (vs no socket)");
   report("stage_overhead_ratio_10_consumers_vs_no_consumer", median3(ratio_sock),
          "x (vs the socket with no consumer)");
+  report("stage_cpu_ns_no_socket", median3(cpu_none), "ns/stage (the engine thread's CPU time)");
+  report("stage_cpu_ns_socket_no_consumer", median3(cpu_sock0), "ns/stage");
+  report("stage_cpu_ns_10_consumers", median3(cpu_sock10), "ns/stage");
+  report("stage_cpu_ratio_10_consumers_vs_no_consumer", median3(cpu_ratio), "x");
   report("socket_consumers_dropped", (double)dropped, "(in every round: none expected)");
   report("socket_events_delivered_share", 100.0 * (double)delivered / (double)want, "%");
   return 0;
