@@ -64,10 +64,12 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
  * sc_socket_close; a file left there by a crash is replaced only when nothing listens on it) or
  * "tcp:127.0.0.1:PORT" / "tcp:[::1]:PORT" (loopback only; PORT 0 picks a free one, see
  * sc_socket_address), and subscribes to every event of e. Its handles do not keep the loop
- * running. o NULL: defaults. On success *out is the server, closed with sc_socket_close() before
- * sc_engine_free(); on failure (SC_EINVAL for a bad address or option, SC_EAUTH for a token file
- * that is unsafe or malformed, SC_EBUSY when something listens on addr already, SC_EIO) *out is
- * NULL, with a message. */
+ * running. Everything runs on the loop's thread except the writes to clients, which a thread of
+ * the server's own makes (started here, joined by sc_socket_close; it blocks every signal and
+ * calls nothing of the engine). o NULL: defaults. On success *out is the server, closed with
+ * sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or option, SC_EAUTH for a token file
+ * that is unsafe or malformed, SC_EBUSY when something listens on addr already, SC_EIO, also when
+ * its thread cannot be started) *out is NULL, with a message. */
 SC_EXTERN int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
                                sc_socket **out);
 
