@@ -67,9 +67,9 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
  * running. Everything runs on the loop's thread except the writes to clients, which a thread of
  * the server's own makes (started here, joined by sc_socket_close; it blocks every signal and
  * calls nothing of the engine). o NULL: defaults. On success *out is the server, closed with
- * sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or option, SC_EAUTH for a token file
- * that is unsafe or malformed, SC_EBUSY when something listens on addr already, SC_EIO, also when
- * its thread cannot be started) *out is NULL, with a message. */
+ * sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or option,
+ * SC_EAUTH for a token file that is unsafe or malformed, SC_EBUSY when something listens on addr
+ * already, SC_EIO, also when its thread cannot be started) *out is NULL, with a message. */
 SC_EXTERN int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
                                sc_socket **out);
 
