@@ -93,7 +93,11 @@ static void noop_timer(uv_timer_t *t) {
   (void)t;
 }
 
-static void fx_start(fx *f, sc_socket_options *o) {
+static void fx_start(fx *f, size_t queue_bytes, uint32_t subscribe_wait_ms) {
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.queue_bytes = queue_bytes;
+  o.subscribe_wait_ms = subscribe_wait_ms;
   memset(f, 0, sizeof(*f));
   assert_int_equal(uv_loop_init(&f->loop), 0);
   uv_timer_init(&f->loop, &f->alive);
@@ -110,7 +114,19 @@ static void fx_start(fx *f, sc_socket_options *o) {
   snprintf(f->path, sizeof(f->path), "%s/s%d", dir, servers++);
   char addr[160];
   snprintf(addr, sizeof(addr), "unix:%s", f->path);
-  assert_int_equal(sc_socket_listen(f->e, addr, o, &f->s), SC_OK);
+  assert_int_equal(sc_socket_listen(f->e, addr, &o, &f->s), SC_OK);
+}
+
+/* A task of n stages, run until the engine has nothing left to do. */
+static void run_task(fx *f, const char *id, int stages) {
+  cJSON *cfg = config_of(stages);
+  sc_task_spec spec;
+  sc_task_spec_init(&spec);
+  spec.config = cfg;
+  spec.task_id = id;
+  assert_int_equal(sc_task_submit(f->e, &spec, NULL), SC_OK);
+  sc_engine_run(f->e);
+  cJSON_Delete(cfg);
 }
 
 /* One turn of the loop, at most ms long. */
@@ -250,12 +266,8 @@ static int ask_status_at_stage_50(int index) {
 
 static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(void **state) {
   (void)state;
-  sc_socket_options o;
-  sc_socket_options_init(&o);
-  o.queue_bytes = 64u << 20;
-  o.subscribe_wait_ms = 5000;
   fx f;
-  fx_start(&f, &o);
+  fx_start(&f, 64u << 20, 5000);
   enum { TAKERS = 4, STAGES = 300 };
   int fds[TAKERS + 1];
   for (int i = 0; i <= TAKERS; i++)
@@ -273,13 +285,7 @@ static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(
     reader_start(&rs[i], fds[i]);
   taker_fd = fds[3];
   at_stage = ask_status_at_stage_50;
-  cJSON *cfg = config_of(STAGES);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.config = cfg;
-  spec.task_id = "t1";
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  sc_engine_run(f.e);
+  run_task(&f, "t1", STAGES);
   at_stage = NULL;
   uint64_t events = f.events;
   assert_true(events > 2 * STAGES);
@@ -309,7 +315,6 @@ static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(
     free(rs[i].buf);
   }
   assert_int_equal(sc_socket_dropped_count(f.s), 0);
-  cJSON_Delete(cfg);
   fx_stop(&f);
 }
 
@@ -323,25 +328,15 @@ static int connect_at_stage_100(int index) {
 
 static void a_client_joining_while_the_stream_flows_gets_no_gap_and_no_duplicate(void **state) {
   (void)state;
-  sc_socket_options o;
-  sc_socket_options_init(&o);
-  o.queue_bytes = 64u << 20;
-  o.subscribe_wait_ms = 0;
   fx f;
-  fx_start(&f, &o);
+  fx_start(&f, 64u << 20, 0);
   int early = connect_to(&f, 0);
   accept_all(&f, 1);
   reader rs[2];
   reader_start(&rs[0], early);
   joining_fx = &f;
   at_stage = connect_at_stage_100;
-  cJSON *cfg = config_of(400);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.config = cfg;
-  spec.task_id = "t2";
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  sc_engine_run(f.e);
+  run_task(&f, "t2", 400);
   at_stage = NULL;
   assert_true(joiner_fd >= 0);
   reader_start(&rs[1], joiner_fd);
@@ -372,7 +367,6 @@ static void a_client_joining_while_the_stream_flows_gets_no_gap_and_no_duplicate
     reader_stop(&rs[i]);
     free(rs[i].buf);
   }
-  cJSON_Delete(cfg);
   fx_stop(&f);
 }
 
@@ -384,25 +378,15 @@ static int pace(int index) { /* a stream a reader keeps up with: 2 KB every 100 
 
 static void a_taker_that_stops_reading_is_dropped_while_another_gets_everything(void **state) {
   (void)state;
-  sc_socket_options o;
-  sc_socket_options_init(&o);
-  o.queue_bytes = 8u << 20; /* more than two turns of the loop make (flushes come between turns) */
-  o.subscribe_wait_ms = 0;
   fx f;
-  fx_start(&f, &o);
+  fx_start(&f, 8u << 20, 0); /* more than two turns of the loop make (flushes come between turns) */
   int lazy = connect_to(&f, 4096), fast = connect_to(&f, 0);
   accept_all(&f, 2);
   reader r;
   reader_start(&r, fast);
   pad_bytes = 1024;
   at_stage = pace;
-  cJSON *cfg = config_of(6000); /* ~14 MB of events: far past the lazy one's queue */
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.config = cfg;
-  spec.task_id = "t3";
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  sc_engine_run(f.e);
+  run_task(&f, "t3", 6000); /* ~14 MB of events: far past the lazy one's queue */
   at_stage = NULL;
   pad_bytes = 200;
   wait_lines(&f, &r, 1, (size_t)f.events);
@@ -426,29 +410,18 @@ static void a_taker_that_stops_reading_is_dropped_while_another_gets_everything(
   reader_stop(&lr);
   free(r.buf);
   free(lr.buf);
-  cJSON_Delete(cfg);
   fx_stop(&f);
 }
 
 static void a_client_that_goes_away_while_its_write_is_with_the_sender_is_closed(void **state) {
   (void)state;
-  sc_socket_options o;
-  sc_socket_options_init(&o);
-  o.queue_bytes = 64u << 20;
-  o.subscribe_wait_ms = 0;
   fx f;
-  fx_start(&f, &o);
+  fx_start(&f, 64u << 20, 0);
   int fd = connect_to(&f, 4096), stay = connect_to(&f, 0);
   accept_all(&f, 2);
   reader r;
   reader_start(&r, stay);
-  cJSON *cfg = config_of(1000);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.config = cfg;
-  spec.task_id = "t4";
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  sc_engine_run(f.e);
+  run_task(&f, "t4", 1000);
   char buf[1000];
   assert_true(read(fd, buf, sizeof(buf)) > 0); /* it took a little, then goes */
   close(fd);
@@ -460,28 +433,17 @@ static void a_client_that_goes_away_while_its_write_is_with_the_sender_is_closed
   assert_int_equal(check_stream(&r, 1, NULL, NULL), f.events);
   reader_stop(&r);
   free(r.buf);
-  cJSON_Delete(cfg);
   fx_stop(&f);
 }
 
 static void
 closing_with_a_write_stuck_at_a_client_that_never_reads_returns_in_its_bound(void **state) {
   (void)state;
-  sc_socket_options o;
-  sc_socket_options_init(&o);
-  o.queue_bytes = 64u << 20;
-  o.subscribe_wait_ms = 0;
   fx f;
-  fx_start(&f, &o);
+  fx_start(&f, 64u << 20, 0);
   int fd = connect_to(&f, 4096);
   accept_all(&f, 1);
-  cJSON *cfg = config_of(1000);
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.config = cfg;
-  spec.task_id = "t5";
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  sc_engine_run(f.e);
+  run_task(&f, "t5", 1000);
   for (int i = 0; i < 20; i++)
     turn(&f, 2); /* its write is with the sender, waiting for a socket that is full */
   assert_int_equal(sc_socket_client_count(f.s), 1);
@@ -504,7 +466,6 @@ closing_with_a_write_stuck_at_a_client_that_never_reads_returns_in_its_bound(voi
   sc_engine_free(f.e);
   uv_run(&f.loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&f.loop), 0);
-  cJSON_Delete(cfg);
 }
 
 int main(void) {
