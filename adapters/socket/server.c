@@ -247,6 +247,10 @@ static void drop_slow(sc__sock_client *c) {
   sc__sock_client_close_after_flush(c);
 }
 
+void sc__sock_client_drop_slow(sc__sock_client *c) {
+  drop_slow(c);
+}
+
 static bool client_accept_bytes(sc__sock_client *c, size_t len, bool replay) {
   if (c->state == SC__SOCK_CLOSING || c->closed) return false;
   if (!replay && c->queued + len > c->cap) {
@@ -364,9 +368,11 @@ static void on_prepare(uv_prepare_t *h) {
   if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
       uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
     flush_all(s);
+  sc__sock_replay_pump(s); /* from here, not from a callback: no replay keeps the loop running */
 }
 
-/* ---- the clock: first lines not sent in time, closing clients that do not read ---- */
+/* ---- the clock: first lines not sent in time, closing clients that do not read, replaying
+ * clients that take nothing ---- */
 
 static void on_tick(uv_timer_t *t) {
   sc_socket *s = t->data;
@@ -382,6 +388,7 @@ static void on_tick(uv_timer_t *t) {
       continue;
     }
     if (c->state == SC__SOCK_WAITING || c->state == SC__SOCK_CLOSING) waiting = true;
+    if (sc__sock_replay_watch(c, now)) waiting = true;
   }
   if (!waiting) {
     uv_timer_stop(&s->tick);
@@ -393,6 +400,10 @@ static void start_tick(sc_socket *s) {
   if (s->tick_active) return;
   s->tick_active = true;
   uv_timer_start(&s->tick, on_tick, 20, 20);
+}
+
+void sc__sock_tick_start(sc_socket *s) {
+  start_tick(s);
 }
 
 /* ---- reading ---- */
@@ -599,6 +610,7 @@ static void free_server(sc_socket *s) {
     sc__sock_task_free(sc__queue_data(q, sc__sock_task_rec, all));
   }
   sc__map_free(&s->tasks);
+  sc__sock_index_free(s->index);
   sc__sock_tokens_free(&s->tokens);
   free(s->log_path);
   free(s->addr);
@@ -620,9 +632,12 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->o = defaults;
   if (o != NULL) /* only the fields its version has: a version 1 caller's struct ends earlier */
     memcpy(&s->o, o,
-           o->version == 1 ? offsetof(sc_socket_options, max_finished_tasks) : sizeof(*o));
+           o->version == 1   ? offsetof(sc_socket_options, max_finished_tasks)
+           : o->version == 2 ? offsetof(sc_socket_options, replay_stall_ms)
+                             : sizeof(*o));
   s->o.version = SC_SOCKET_OPTIONS_VERSION;
   if (s->o.max_finished_tasks == 0) s->o.max_finished_tasks = defaults.max_finished_tasks;
+  if (s->o.replay_stall_ms == 0) s->o.replay_stall_ms = defaults.replay_stall_ms;
   if (s->o.queue_bytes == 0) s->o.queue_bytes = defaults.queue_bytes;
   if (s->o.max_line_bytes == 0) s->o.max_line_bytes = defaults.max_line_bytes;
   if (s->o.max_clients == 0) s->o.max_clients = defaults.max_clients;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <stagecoach/jsonl.h>
 #include <stagecoach/socket.h>
 #include <uv.h>
 
@@ -139,6 +140,7 @@ typedef struct sc__sock_filter {
 } sc__sock_filter;
 
 typedef struct sc__sock_replay sc__sock_replay;
+typedef struct sc__sock_index sc__sock_index;
 
 typedef struct sc__sock_client {
   uv_poll_t poll;
@@ -163,6 +165,9 @@ typedef struct sc__sock_client {
   sc__sock_replay *replay; /* its replay from the log, while it is read */
   size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
   size_t replies;          /* reply lines queued since the output was last empty */
+  /* replay.c: a replaying client that takes nothing of its queue for replay_stall_ms is dropped */
+  size_t stall_mark;     /* queued when last looked at: less later means it took some */
+  uint64_t stall_since;  /* uv_now() when it last took some (or had nothing to take) */
 } sc__sock_client;
 
 struct sc_socket {
@@ -206,6 +211,12 @@ struct sc_socket {
   size_t replays;        /* pieces of replays on the thread pool not done yet (0 or 1) */
   sc__queue replay_wait; /* replays waiting for their next piece, in turn */
   bool closing;
+  /* replay.c */
+  sc__sock_index *index;   /* where each task begins in the log; NULL until the first replay */
+  size_t index_limit;      /* its bound in bytes; 0: SC__SOCK_INDEX_BYTES (tests set less) */
+  uint64_t replay_bytes;   /* bytes of the log read by replays so far */
+  uint64_t replay_start;   /* the offset the latest replay's first piece read from */
+  uint64_t replays_started;
 };
 
 /* A chunk of at least need bytes, one reference (no pool: callable off the loop). */
@@ -224,6 +235,11 @@ void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const ch
                                  const cJSON *id);
 /* Writes what is queued, then closes it (a deadline bounds the wait). */
 void sc__sock_client_close_after_flush(sc__sock_client *c);
+/* Drops the client as a slow consumer: what is not written yet goes, the slow-consumer line is
+ * queued and the connection closed once that is written (or after a deadline). */
+void sc__sock_client_drop_slow(sc__sock_client *c);
+/* Runs the server's clock (first lines, closing clients, replaying clients) if it is stopped. */
+void sc__sock_tick_start(sc_socket *s);
 /* ---- tasks.c ---- */
 
 sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id);
@@ -242,11 +258,39 @@ void sc__sock_filter_free(sc__sock_filter *f);
 
 /* A complete line from a client. */
 void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len);
+/* The client's first line did not come in time: everything since it connected, unfiltered. */
+void sc__sock_start_unfiltered(sc__sock_client *c);
+
+/* ---- replay.c ---- */
+
+#define SC__SOCK_INDEX_BYTES (8u << 20) /* the default bound of a server's replay index */
+
+/* The replay index: the position of each task's first line in the log (an sc__map of id ->
+ * entry), complete for the lines before `end`. Built and extended only by the replays' pieces on
+ * the thread pool, one at a time; freed with the server. */
+struct sc__sock_index {
+  sc__map tasks;
+  bool built;            /* it is an index of the file dev/ino */
+  bool frozen;           /* the bound was reached: end moves no more */
+  bool has_last;         /* last is set */
+  uint64_t dev, ino;
+  sc_jsonl_position end, last; /* the first line not indexed, and the one before it */
+  size_t bytes, limit;         /* what its entries cost, and the bound */
+};
+
+/* The client's events of task from seq `from`: at once from the ring when it holds them, else
+ * read from the log on the thread pool, then the ring and the live stream. */
+void sc__sock_replay_start(sc__sock_client *c, const char *task, uint64_t from);
+/* Before the loop waits: starts the next waiting replay's piece when none is on the pool. */
+void sc__sock_replay_pump(sc_socket *s);
 /* The client goes: its replay, if one is being read, is told to stop and forgets it. */
 void sc__sock_replay_detach(sc__sock_client *c);
 /* The client took some of its queue: a replay waiting for that reads on. */
 void sc__sock_replay_drained(sc__sock_client *c);
-/* The client's first line did not come in time: everything since it connected, unfiltered. */
-void sc__sock_start_unfiltered(sc__sock_client *c);
+/* The clock's look at a client: drops a replaying one that took nothing for replay_stall_ms.
+ * True while it needs the clock. */
+bool sc__sock_replay_watch(sc__sock_client *c, uint64_t now);
+size_t sc__sock_index_count(const sc__sock_index *ix);
+void sc__sock_index_free(sc__sock_index *ix);
 
 #endif

@@ -21,7 +21,7 @@ extern "C" {
 
 typedef struct sc_socket sc_socket;
 
-#define SC_SOCKET_OPTIONS_VERSION 2
+#define SC_SOCKET_OPTIONS_VERSION 3
 
 typedef struct sc_socket_options {
   unsigned version; /* SC_SOCKET_OPTIONS_VERSION */
@@ -45,6 +45,11 @@ typedef struct sc_socket_options {
    * longest finished forgotten first: `status` then answers for a forgotten one from the engine
    * if the engine still holds it, SC_ENOTFOUND otherwise. Default 1024. */
   size_t max_finished_tasks;
+  /* Version 3. A client whose replay from the log is being read (or whose queue still holds what
+   * the replay queued beyond queue_bytes) and that takes nothing of its queue for this long is
+   * dropped as a slow consumer ({"error":"slow-consumer"}), so that it holds no replay for ever.
+   * Default 10000 ms. */
+  uint32_t replay_stall_ms;
 } sc_socket_options;
 
 /* Fills the defaults; inline, like every _init(). */
@@ -58,6 +63,7 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
   o->max_pending = 64;
   o->subscribe_wait_ms = 100;
   o->max_finished_tasks = 1024;
+  o->replay_stall_ms = 10000;
 }
 
 /* Listens on addr, "unix:/path" (the socket file is created with mode 0600 and removed by
