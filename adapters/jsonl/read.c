@@ -58,7 +58,7 @@ struct sc_jsonl_cursor {
   uint64_t dev, ino; /* the file open as fd */
   uint64_t off;      /* where the next line begins */
   uint64_t lineno;
-  sc__chain chain; /* as it stands before the line at off */
+  sc__chain chain;           /* as it stands before the line at off */
   sc_jsonl_position handing; /* the line being handed to fn (while in_fn) */
   bool in_fn;
   char *buf;
@@ -185,8 +185,7 @@ int sc_jsonl_cursor_seek(sc_jsonl_cursor *c, const sc_jsonl_position *pos) {
     return sc_error_set(SC_EINVAL, "%s: the position is of another file", c->path);
   if (pos->offset > (uint64_t)st.st_size)
     return sc_error_set(SC_EINVAL, "%s: the position (byte %llu) is past its end (%llu bytes)",
-                        c->path, (unsigned long long)pos->offset,
-                        (unsigned long long)st.st_size);
+                        c->path, (unsigned long long)pos->offset, (unsigned long long)st.st_size);
   c->off = pos->offset;
   c->lineno = pos->line;
   memcpy(c->chain.prev, pos->chain, CHAIN_HEX);

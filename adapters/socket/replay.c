@@ -427,7 +427,7 @@ static void replay_done(uv_work_t *req, int status) {
   chunks_free(w);
   w->running = false;
   c->stall_mark = c->queued; /* what it queued now is not what the client took */
-  if (w->c == NULL) { /* dropped while queueing: the close detached it */
+  if (w->c == NULL) {        /* dropped while queueing: the close detached it */
     replay_free(w);
   } else if (c->state == SC__SOCK_CLOSING) { /* going (dropped): no more of the log for it */
     sc__sock_replay_detach(c);

@@ -364,11 +364,11 @@ static void flush_all(sc_socket *s) {
  * one send() per client for everything of a loop turn, not one per event. */
 static void on_prepare(uv_prepare_t *h) {
   sc_socket *s = h->data;
+  sc__sock_replay_pump(s); /* from here, not from a callback: no replay keeps the loop running */
   if (sc__queue_empty(&s->dirty)) return;
   if (uv_backend_timeout(s->loop) != 0 || s->dirty_bytes >= FLUSH_BYTES * s->ndirty ||
       uv_now(s->loop) - s->dirty_since >= FLUSH_MS)
     flush_all(s);
-  sc__sock_replay_pump(s); /* from here, not from a callback: no replay keeps the loop running */
 }
 
 /* ---- the clock: first lines not sent in time, closing clients that do not read, replaying

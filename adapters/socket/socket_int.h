@@ -166,8 +166,8 @@ typedef struct sc__sock_client {
   size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
   size_t replies;          /* reply lines queued since the output was last empty */
   /* replay.c: a replaying client that takes nothing of its queue for replay_stall_ms is dropped */
-  size_t stall_mark;     /* queued when last looked at: less later means it took some */
-  uint64_t stall_since;  /* uv_now() when it last took some (or had nothing to take) */
+  size_t stall_mark;    /* queued when last looked at: less later means it took some */
+  uint64_t stall_since; /* uv_now() when it last took some (or had nothing to take) */
 } sc__sock_client;
 
 struct sc_socket {
@@ -212,10 +212,10 @@ struct sc_socket {
   sc__queue replay_wait; /* replays waiting for their next piece, in turn */
   bool closing;
   /* replay.c */
-  sc__sock_index *index;   /* where each task begins in the log; NULL until the first replay */
-  size_t index_limit;      /* its bound in bytes; 0: SC__SOCK_INDEX_BYTES (tests set less) */
-  uint64_t replay_bytes;   /* bytes of the log read by replays so far */
-  uint64_t replay_start;   /* the offset the latest replay's first piece read from */
+  sc__sock_index *index; /* where each task begins in the log; NULL until the first replay */
+  size_t index_limit;    /* its bound in bytes; 0: SC__SOCK_INDEX_BYTES (tests set less) */
+  uint64_t replay_bytes; /* bytes of the log read by replays so far */
+  uint64_t replay_start; /* the offset the latest replay's first piece read from */
   uint64_t replays_started;
 };
 
@@ -270,9 +270,9 @@ void sc__sock_start_unfiltered(sc__sock_client *c);
  * the thread pool, one at a time; freed with the server. */
 struct sc__sock_index {
   sc__map tasks;
-  bool built;            /* it is an index of the file dev/ino */
-  bool frozen;           /* the bound was reached: end moves no more */
-  bool has_last;         /* last is set */
+  bool built;    /* it is an index of the file dev/ino */
+  bool frozen;   /* the bound was reached: end moves no more */
+  bool has_last; /* last is set */
   uint64_t dev, ino;
   sc_jsonl_position end, last; /* the first line not indexed, and the one before it */
   size_t bytes, limit;         /* what its entries cost, and the bound */
