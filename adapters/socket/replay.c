@@ -147,6 +147,8 @@ static bool line_task(const char *json, size_t len, const char **id, size_t *id_
 static void index_line(sc__sock_replay *w, const sc_jsonl_position *at, const char *json,
                        size_t len) {
   sc__sock_index *ix = w->ix;
+  if (!ix->built || at->dev != ix->dev || at->ino != ix->ino)
+    return; /* a cursor still on the log a compaction replaced: its lines are not the index's */
   if (w->pending && at->offset > ix->end.offset) {
     ix->last = ix->end;
     ix->has_last = true;
@@ -182,7 +184,7 @@ static void index_piece_end(sc__sock_replay *w) {
   w->pending = false;
   sc_jsonl_position next;
   sc_jsonl_cursor_tell(w->cur_log, &next);
-  if (next.offset > w->ix->end.offset) {
+  if (next.dev == w->ix->dev && next.ino == w->ix->ino && next.offset > w->ix->end.offset) {
     w->ix->last = w->ix->end;
     w->ix->has_last = true;
     w->ix->end = next;
