@@ -283,4 +283,57 @@ static inline size_t server_queued(fx *f) {
   return most;
 }
 
+/* ---- logs written by an engine of their own (the server does not see their events) ---- */
+
+/* n tasks PREFIX<from>... of `stages` pad stages each, appended to the log; gate: one more task,
+ * PREFIX-gate, left waiting at an approval (unfinished in the log), after the first half. */
+static inline void write_tasks(const char *log, const char *prefix, int from, int n, int stages,
+                               bool gate) {
+  fx f;
+  engine_start(&f);
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  jo.fsync = SC_FSYNC_NONE;
+  sc_jsonl *j;
+  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
+  cJSON *cfg = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < stages; i++) {
+    cJSON *s = cJSON_CreateObject();
+    char name[16];
+    snprintf(name, sizeof(name), "s%d", i);
+    cJSON_AddStringToObject(s, "name", name);
+    cJSON_AddStringToObject(s, "kind", "fn");
+    cJSON_AddStringToObject(s, "fn", "pad");
+    cJSON_AddItemToArray(list, s);
+  }
+  cJSON *held = cJSON_Parse("{\"stages\":[{\"name\":\"g\",\"kind\":\"sleep\",\"ms\":1,"
+                            "\"approval\":{\"required\":true}}]}");
+  uv_unref((uv_handle_t *)&f.alive);
+  for (int i = from; i < from + n; i++) {
+    char id[64];
+    snprintf(id, sizeof(id), "%s%d", prefix, i);
+    sc_task_spec spec;
+    sc_task_spec_init(&spec);
+    spec.task_id = id;
+    spec.config = cfg;
+    assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
+    sc_engine_run(f.e);
+    if (gate && i == from + n / 2) {
+      snprintf(id, sizeof(id), "%s-gate", prefix);
+      spec.task_id = id;
+      spec.config = held;
+      assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
+      sc_engine_run(f.e); /* returns while it waits for a person */
+      assert_int_equal(sc_task_get_status(sc_engine_find_task(f.e, id)), SC_TASK_AWAITING_APPROVAL);
+    }
+  }
+  cJSON_Delete(cfg);
+  cJSON_Delete(held);
+  sc_jsonl_close(j); /* before the engine goes: the waiting task stays unfinished in the log */
+  sc_engine_free(f.e);
+  uv_close((uv_handle_t *)&f.alive, NULL);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
 #endif

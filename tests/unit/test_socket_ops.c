@@ -356,36 +356,7 @@ static uint64_t stall_bound(uint64_t replay_ms) {
 }
 
 static void write_big_log(const char *log) {
-  fx f;
-  engine_start(&f);
-  sc_jsonl_options jo;
-  sc_jsonl_options_init(&jo);
-  jo.fsync = SC_FSYNC_NONE;
-  sc_jsonl *j;
-  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
-  cJSON *cfg = cJSON_CreateObject(), *stages = cJSON_AddArrayToObject(cfg, "stages");
-  for (int i = 0; i < BIG_STAGES; i++) {
-    cJSON *s = cJSON_CreateObject();
-    char name[16];
-    snprintf(name, sizeof(name), "s%d", i);
-    cJSON_AddStringToObject(s, "name", name);
-    cJSON_AddStringToObject(s, "kind", "fn");
-    cJSON_AddStringToObject(s, "fn", "pad");
-    cJSON_AddItemToArray(stages, s);
-  }
-  sc_task_spec spec;
-  sc_task_spec_init(&spec);
-  spec.task_id = "big";
-  spec.config = cfg;
-  assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-  uv_unref((uv_handle_t *)&f.alive);
-  sc_engine_run(f.e);
-  cJSON_Delete(cfg);
-  sc_jsonl_close(j);
-  sc_engine_free(f.e);
-  uv_close((uv_handle_t *)&f.alive, NULL);
-  uv_run(&f.loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&f.loop), 0);
+  write_tasks(log, "big", 0, 1, BIG_STAGES, false); /* one task, big0 */
 }
 
 static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **state) {
@@ -428,12 +399,12 @@ static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **stat
   /* A client that asks for the replay and goes at once: its read stops, nothing leaks. */
   cl quitter;
   cl_connect(&f, &quitter);
-  cl_send(&quitter, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  cl_send(&quitter, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big0\",\"from_seq\":1}}");
   for (int i = 0; i < 5; i++)
     turn(&f, -1);
   cl_close(&quitter);
   cl_connect(&f, &rep);
-  cl_send(&rep, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  cl_send(&rep, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big0\",\"from_seq\":1}}");
   static char line[CL_BUF];
   uint64_t replayed = 0, live_events = 0, last_live = now_ms(), max_gap = 0;
   uint64_t began = now_ms(), until = now_ms() + 60000;
@@ -476,7 +447,7 @@ static void a_replay_from_a_large_log_does_not_stall_a_live_consumer(void **stat
   /* The server closed while a replay is being read: the close waits for the read to stop. */
   cl last;
   cl_connect(&f, &last);
-  cl_send(&last, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+  cl_send(&last, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big0\",\"from_seq\":1}}");
   uint64_t wait = now_ms() + 5000;
   while (f.s->replays == 0 && now_ms() < wait)
     turn(&f, -1);
@@ -526,7 +497,7 @@ several_replays_beside_a_live_task_logged_with_batch_fsync_do_not_stall_it(void 
   bool done[REPLAYS] = {false};
   for (int i = 0; i < REPLAYS; i++) {
     cl_connect(&f, &rep[i]);
-    cl_send(&rep[i], "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big\",\"from_seq\":1}}");
+    cl_send(&rep[i], "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"big0\",\"from_seq\":1}}");
   }
   cl_connect(&f, &none);
   cl_send(&none, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"nosuch\",\"from_seq\":1}}");

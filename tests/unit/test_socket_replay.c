@@ -27,59 +27,6 @@ static void sockfix_register(sc_engine *e) {
   (void)e; /* the fixture's "pad" and the built-in kinds are all these tests need */
 }
 
-/* ---- logs written by an engine of their own (the server does not see their events) ---- */
-
-/* n tasks PREFIX<from>... of `stages` pad stages each, appended to the log; gate: one more task,
- * PREFIX-gate, left waiting at an approval (unfinished in the log), after the first half. */
-static void write_tasks(const char *log, const char *prefix, int from, int n, int stages,
-                        bool gate) {
-  fx f;
-  engine_start(&f);
-  sc_jsonl_options jo;
-  sc_jsonl_options_init(&jo);
-  jo.fsync = SC_FSYNC_NONE;
-  sc_jsonl *j;
-  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
-  cJSON *cfg = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(cfg, "stages");
-  for (int i = 0; i < stages; i++) {
-    cJSON *s = cJSON_CreateObject();
-    char name[16];
-    snprintf(name, sizeof(name), "s%d", i);
-    cJSON_AddStringToObject(s, "name", name);
-    cJSON_AddStringToObject(s, "kind", "fn");
-    cJSON_AddStringToObject(s, "fn", "pad");
-    cJSON_AddItemToArray(list, s);
-  }
-  cJSON *held = cJSON_Parse("{\"stages\":[{\"name\":\"g\",\"kind\":\"sleep\",\"ms\":1,"
-                            "\"approval\":{\"required\":true}}]}");
-  uv_unref((uv_handle_t *)&f.alive);
-  for (int i = from; i < from + n; i++) {
-    char id[64];
-    snprintf(id, sizeof(id), "%s%d", prefix, i);
-    sc_task_spec spec;
-    sc_task_spec_init(&spec);
-    spec.task_id = id;
-    spec.config = cfg;
-    assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-    sc_engine_run(f.e);
-    if (gate && i == from + n / 2) {
-      snprintf(id, sizeof(id), "%s-gate", prefix);
-      spec.task_id = id;
-      spec.config = held;
-      assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
-      sc_engine_run(f.e); /* returns while it waits for a person */
-      assert_int_equal(sc_task_get_status(sc_engine_find_task(f.e, id)), SC_TASK_AWAITING_APPROVAL);
-    }
-  }
-  cJSON_Delete(cfg);
-  cJSON_Delete(held);
-  sc_jsonl_close(j); /* before the engine goes: the waiting task stays unfinished in the log */
-  sc_engine_free(f.e);
-  uv_close((uv_handle_t *)&f.alive, NULL);
-  uv_run(&f.loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&f.loop), 0);
-}
-
 static char *slurp(const char *path, size_t *len) {
   int fd = open(path, O_RDONLY);
   assert_true(fd >= 0);
@@ -94,32 +41,28 @@ static char *slurp(const char *path, size_t *len) {
   return p;
 }
 
-/* The byte offset of the first line of task id in the log. */
-static uint64_t first_line_of(const char *log, const char *id) {
-  size_t len;
-  char *text = slurp(log, &len);
-  char needle[96];
-  snprintf(needle, sizeof(needle), "\"taskid\":\"%s\"", id);
-  char *at = strstr(text, needle);
-  assert_non_null(at);
-  while (at > text && at[-1] != '\n')
-    at--;
-  uint64_t off = (uint64_t)(at - text);
-  free(text);
-  return off;
-}
-
-/* The number of lines of task id in the log. */
-static int lines_of(const char *log, const char *id) {
+/* The number of lines of task id in the log, and the byte offset of the first (0 if none). */
+static int lines_of(const char *log, const char *id, uint64_t *first) {
   size_t len;
   char *text = slurp(log, &len);
   char needle[96];
   snprintf(needle, sizeof(needle), "\"taskid\":\"%s\"", id);
   int n = 0;
-  for (char *at = strstr(text, needle); at; at = strstr(at + 1, needle))
-    n++;
+  *first = 0;
+  for (char *at = strstr(text, needle); at; at = strstr(at + 1, needle)) {
+    char *line = at;
+    while (n == 0 && line > text && line[-1] != '\n')
+      line--;
+    if (n++ == 0) *first = (uint64_t)(line - text);
+  }
   free(text);
   return n;
+}
+
+static uint64_t first_line_of(const char *log, const char *id) {
+  uint64_t first;
+  assert_true(lines_of(log, id, &first) > 0);
+  return first;
 }
 
 /* The byte offset of the log's last line. */
@@ -287,10 +230,10 @@ static void a_compacted_or_rewritten_log_is_indexed_again(void **state) {
   write_tasks(log, "c", 0, TASKS, STAGES, true); /* c-gate waits in the middle of the log */
   fx f;
   log_server(&f, log, 0);
-  int gate_events = lines_of(log, "c-gate");
+  uint64_t at;
+  int gate_events = lines_of(log, "c-gate", &at);
   assert_true(gate_events >= 3); /* created, started, approval.requested at least */
   replayed r = replay_of(&f, "c-gate", gate_events, false);
-  uint64_t at = first_line_of(log, "c-gate");
   assert_true(at > 0);
   r = replay_of(&f, "c-gate", gate_events, false);
   assert_int_equal(r.start, at); /* from the index */
