@@ -221,15 +221,20 @@ static void replay_place(sc__sock_replay *w) {
   w->start = at.offset;
 }
 
-static bool work_append(sc__sock_replay *w, const char *p, size_t len) {
-  if (w->cur == NULL || w->cur->cap - w->cur->len < len) {
-    sc__sock_chunk *ch = sc__sock_chunk_alloc(len);
+/* Appends a line (len bytes, then a newline unless nl is false: the text has its own) to the
+ * piece's chunks, whole in one chunk: a segment the client is sent holds whole lines, which a
+ * drop relies on to cut the queue at a line's end. */
+static bool work_append(sc__sock_replay *w, const char *p, size_t len, bool nl) {
+  size_t need = len + (nl ? 1 : 0);
+  if (w->cur == NULL || w->cur->cap - w->cur->len < need) {
+    sc__sock_chunk *ch = sc__sock_chunk_alloc(need);
     if (ch == NULL) return false;
     sc__queue_insert_tail(&w->chunks, &ch->pool);
     w->cur = ch;
   }
   memcpy(w->cur->data + w->cur->len, p, len);
-  w->cur->len += len;
+  if (nl) w->cur->data[w->cur->len + len] = '\n';
+  w->cur->len += need;
   return true;
 }
 
@@ -252,11 +257,11 @@ static int replay_line(const char *json, size_t len, void *udata) {
       if (ev->seq > w->expected) {
         size_t n;
         char *gap = gap_text(w->task, w->expected, ev->seq, true, &n);
-        ok = gap != NULL && work_append(w, gap, n);
+        ok = gap != NULL && work_append(w, gap, n, false);
         free(gap);
       }
       if (ok && sc__sock_filter_match(&w->filter, ev->task_id, ev->tenant_id, ev->type))
-        ok = work_append(w, json, len) && work_append(w, "\n", 1);
+        ok = work_append(w, json, len, true);
       w->kept++;
       if (!ok) {
         w->nomem = true;
@@ -486,7 +491,7 @@ void sc__sock_replay_detach(sc__sock_client *c) {
  * the server's clock. */
 bool sc__sock_replay_watch(sc__sock_client *c, uint64_t now) {
   sc_socket *s = c->server;
-  if (c->closed || c->state == SC__SOCK_CLOSING) return false;
+  if (c->closed || (c->state != SC__SOCK_REPLAYING && c->state != SC__SOCK_STREAM)) return false;
   if (c->replay == NULL && c->cap <= s->o.queue_bytes) return false;
   if (c->queued == 0 || c->queued < c->stall_mark) {
     c->stall_mark = c->queued;

@@ -23,8 +23,19 @@
 #define SOCKFIX_DIR_PREFIX "/tmp/sc-sockreplay"
 #include "sockfix.h"
 
+/* An "fn" stage whose output is one member of 100 KB: lines longer than a chunk (64 KiB). */
+static int bigpad(sc_stage_ctx *ctx, void *udata) {
+  (void)udata;
+  static char text[100 * 1024];
+  memset(text, 'y', sizeof(text) - 1);
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddStringToObject(out, "pad", text);
+  sc_stage_complete(ctx, out);
+  return SC_OK;
+}
+
 static void sockfix_register(sc_engine *e) {
-  (void)e; /* the fixture's "pad" and the built-in kinds are all these tests need */
+  assert_int_equal(sc_engine_register_fn(e, "bigpad", bigpad, NULL), SC_OK);
 }
 
 static char *slurp(const char *path, size_t *len) {
@@ -344,6 +355,70 @@ a_replaying_client_that_takes_nothing_is_dropped_and_a_reader_gets_everything(vo
   fx_stop(&f);
 }
 
+/* The lazy client of a log whose lines are longer than a chunk: each line of a replay is whole
+ * in one chunk, so the drop, which cuts the queue at the end of the line being written, leaves
+ * no torn line before the slow-consumer line. */
+static void a_dropped_replaying_client_reads_whole_long_lines(void **state) {
+  (void)state;
+  char log[128];
+  snprintf(log, sizeof(log), "%s/long.jsonl", dir);
+  write_tasks(log, "long", 0, 1, 1, false);
+  fx f;
+  sc_socket_options o;
+  sc_socket_options_init(&o);
+  o.ring_events = 16;
+  o.log_path = log;
+  o.replay_stall_ms = STALL_MS;
+  fx_start(&f, &o);
+  /* The log's own task, with stages of long lines: written by a writer of this engine. */
+  sc_jsonl_options jo;
+  sc_jsonl_options_init(&jo);
+  jo.fsync = SC_FSYNC_NONE;
+  sc_jsonl *j;
+  assert_int_equal(sc_jsonl_open(f.e, log, &jo, &j), SC_OK);
+  cJSON *cfg = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < 40; i++) {
+    cJSON *st = cJSON_CreateObject();
+    char name[16];
+    snprintf(name, sizeof(name), "y%d", i);
+    cJSON_AddStringToObject(st, "name", name);
+    cJSON_AddStringToObject(st, "kind", "fn");
+    cJSON_AddStringToObject(st, "fn", "bigpad");
+    cJSON_AddItemToArray(list, st);
+  }
+  start_task(&f, "longlines", cfg);
+  until_status(&f, "longlines", SC_TASK_COMPLETED);
+  sc_jsonl_close(j);
+  cl lazy;
+  cl_connect(&f, &lazy);
+  int small = 4096;
+  setsockopt(lazy.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  cl_send(&lazy, "{\"subscribe\":{\"token\":\"" VIEW "\",\"task\":\"longlines\",\"from_seq\":1}}");
+  uint64_t until = now_ms() + 10000;
+  while (sc_socket_dropped_count(f.s) == 0 && now_ms() < until)
+    turn(&f, -1);
+  assert_int_equal(sc_socket_dropped_count(f.s), 1);
+  static char line[CL_BUF];
+  char last[256] = "";
+  int lines = 0;
+  until = now_ms() + 10000;
+  while (!lazy.eof && now_ms() < until) {
+    turn(&f, lazy.fd);
+    cl_read(&lazy);
+    while (cl_take(&lazy, line, sizeof(line))) {
+      cJSON *ev = cJSON_Parse(line);
+      if (ev == NULL) fail_msg("a torn line after %d lines: %.80s...", lines, line);
+      cJSON_Delete(ev);
+      snprintf(last, sizeof(last), "%.200s", line);
+      lines++;
+    }
+  }
+  assert_true(lazy.eof);
+  assert_string_equal(last, "{\"error\":\"slow-consumer\"}");
+  cl_close(&lazy);
+  fx_stop(&f);
+}
+
 /* ---- a replay in progress and the loop ---- */
 
 static void a_replay_in_progress_keeps_neither_the_loop_nor_the_close_waiting(void **state) {
@@ -394,6 +469,7 @@ int main(void) {
       cmocka_unit_test(a_compacted_or_rewritten_log_is_indexed_again),
       cmocka_unit_test(
           a_replaying_client_that_takes_nothing_is_dropped_and_a_reader_gets_everything),
+      cmocka_unit_test(a_dropped_replaying_client_reads_whole_long_lines),
       cmocka_unit_test(a_replay_in_progress_keeps_neither_the_loop_nor_the_close_waiting),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
