@@ -70,10 +70,11 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
  * sc_socket_close; a file left there by a crash is replaced only when nothing listens on it) or
  * "tcp:127.0.0.1:PORT" / "tcp:[::1]:PORT" (loopback only; PORT 0 picks a free one, see
  * sc_socket_address), and subscribes to every event of e. Its handles do not keep the loop
- * running. o NULL: defaults. On success *out is the server, closed with sc_socket_close() before
- * sc_engine_free(); on failure (SC_EINVAL for a bad address or option, SC_EAUTH for a token file
- * that is unsafe or malformed, SC_EBUSY when something listens on addr already, SC_EIO) *out is
- * NULL, with a message. */
+ * running, nor do its replays from the log (uv_run returns with one unfinished when nothing else
+ * keeps the loop going). o NULL: defaults. On success *out is the server, closed with
+ * sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or option,
+ * SC_EAUTH for a token file that is unsafe or malformed, SC_EBUSY when something listens on addr
+ * already, SC_EIO) *out is NULL, with a message. */
 SC_EXTERN int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
                                sc_socket **out);
 
@@ -94,9 +95,11 @@ SC_EXTERN size_t sc_socket_client_count(const sc_socket *s);
 SC_EXTERN uint64_t sc_socket_dropped_count(const sc_socket *s);
 
 /* Stops listening, gives each client up to a second to take what is queued for it, closes every
- * connection, removes the Unix socket file, unsubscribes and frees the server. Runs the loop
- * without blocking on anything else until its handles are closed; call it outside the loop's
- * callbacks. NULL is a no-op. */
+ * connection, removes the Unix socket file, unsubscribes and frees the server. A replay from the
+ * log being read stops: no piece of it starts any more, and the one on the thread pool (about
+ * 1 MiB of the log) stops at its next line and is the only one waited for. Runs the loop without
+ * blocking on anything else until its handles are closed; call it outside the loop's callbacks.
+ * NULL is a no-op. */
 SC_EXTERN void sc_socket_close(sc_socket *s);
 
 #ifdef __cplusplus
