@@ -382,6 +382,10 @@ int cli_socket_limits(const char *text, sc_socket_options *o) {
       o->max_pending = (size_t)v;
     else if (n == 4 && memcmp(p, "wait", 4) == 0 && v <= 600000)
       o->subscribe_wait_ms = (uint32_t)v;
+    else if (n == 8 && memcmp(p, "finished", 8) == 0 && v > 0)
+      o->max_finished_tasks = (size_t)v;
+    else if (n == 5 && memcmp(p, "stall", 5) == 0 && v > 0 && v <= 3600000)
+      o->replay_stall_ms = (uint32_t)v;
     else
       return -1;
     p = *end == ',' ? end + 1 : end;

@@ -336,7 +336,7 @@ static int runtime_open_socket(runtime *rt, const run_options *o, const char *cm
   if (o->socket_limits && cli_socket_limits(o->socket_limits, &so) != 0)
     return cli_usage_error(cmd,
                            "--socket-limits %s: give ring=N,queue=BYTES,line=BYTES,clients=N,"
-                           "pending=N,wait=MS (any of them)",
+                           "pending=N,wait=MS,finished=N,stall=MS (any of them)",
                            o->socket_limits);
   if (sc_socket_listen(rt->e, o->socket, &so, &rt->socket) != SC_OK)
     return cli_usage_error(cmd, "%s", sc_error_message());

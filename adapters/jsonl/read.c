@@ -55,9 +55,12 @@ int sc_jsonl_read_events(const char *path, sc_jsonl_event_fn fn, void *udata) {
 struct sc_jsonl_cursor {
   int fd;
   char *path;
-  uint64_t off; /* where the next line begins */
+  uint64_t dev, ino; /* the file open as fd */
+  uint64_t off;      /* where the next line begins */
   uint64_t lineno;
-  sc__chain chain; /* as it stands before the line at off */
+  sc__chain chain;           /* as it stands before the line at off */
+  sc_jsonl_position handing; /* the line being handed to fn (while in_fn) */
+  bool in_fn;
   char *buf;
   size_t cap;
   sc__buf line;
@@ -84,6 +87,8 @@ int sc_jsonl_cursor_open(const char *path, sc_jsonl_cursor **out) {
     return sc_error_set(SC_ENOMEM, "read log: out of memory");
   }
   c->fd = fd;
+  c->dev = (uint64_t)st.st_dev;
+  c->ino = (uint64_t)st.st_ino;
   sc__buf_init(&c->line);
   *out = c;
   return SC_OK;
@@ -143,7 +148,11 @@ int sc_jsonl_cursor_read(sc_jsonl_cursor *c, size_t max_bytes, sc_jsonl_event_fn
         c->off += pos;
         return sc_error_set(SC_ENOMEM, "read log: out of memory");
       }
+      c->handing = (sc_jsonl_position){c->dev, c->ino, c->off + pos, c->lineno, {0}};
+      memcpy(c->handing.chain, prev, CHAIN_HEX);
+      c->in_fn = true;
       int stop = fn(c->line.p, c->line.len, udata);
+      c->in_fn = false;
       if (stop != 0) { /* the cursor stays on this line: the next read hands it again */
         memcpy(c->chain.prev, prev, CHAIN_HEX);
         c->off += pos;
@@ -156,6 +165,31 @@ int sc_jsonl_cursor_read(sc_jsonl_cursor *c, size_t max_bytes, sc_jsonl_event_fn
   }
   c->off += pos;
   if (at_end) *at_end = !whole || n < max_bytes;
+  return SC_OK;
+}
+
+void sc_jsonl_cursor_tell(const sc_jsonl_cursor *c, sc_jsonl_position *pos) {
+  if (c->in_fn) {
+    *pos = c->handing;
+    return;
+  }
+  *pos = (sc_jsonl_position){c->dev, c->ino, c->off, c->lineno, {0}};
+  memcpy(pos->chain, c->chain.prev, CHAIN_HEX);
+}
+
+int sc_jsonl_cursor_seek(sc_jsonl_cursor *c, const sc_jsonl_position *pos) {
+  if (c == NULL || pos == NULL) return sc_error_set(SC_EINVAL, "read log: NULL argument");
+  struct stat st;
+  if (fstat(c->fd, &st) != 0) return sc_error_set(SC_EIO, "%s: %s", c->path, strerror(errno));
+  if (pos->dev != c->dev || pos->ino != c->ino)
+    return sc_error_set(SC_EINVAL, "%s: the position is of another file", c->path);
+  if (pos->offset > (uint64_t)st.st_size)
+    return sc_error_set(SC_EINVAL, "%s: the position (byte %llu) is past its end (%llu bytes)",
+                        c->path, (unsigned long long)pos->offset, (unsigned long long)st.st_size);
+  c->off = pos->offset;
+  c->lineno = pos->line;
+  memcpy(c->chain.prev, pos->chain, CHAIN_HEX);
+  c->err = 0;
   return SC_OK;
 }
 

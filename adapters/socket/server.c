@@ -177,6 +177,7 @@ static bool sender_try(sc__sock_write *w) {
     return true;
   }
   iov_consume(w, (size_t)k);
+  atomic_store_explicit(&w->progress, w->n, memory_order_relaxed);
   return w->n == w->total;
 }
 
@@ -325,6 +326,7 @@ static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   w->iovcnt = (int)k;
   w->total = total;
   w->n = 0;
+  atomic_store_explicit(&w->progress, 0, memory_order_relaxed);
   w->err = 0;
   w->cancel = false;
   w->ready = true;
@@ -366,6 +368,11 @@ static void mark_dirty(sc__sock_client *c, size_t len);
 static void on_client_closed(uv_handle_t *h);
 static bool client_copy(sc__sock_client *c, const char *line, size_t len);
 static void queue_cut(sc__sock_client *c);
+
+size_t sc__sock_client_unwritten(const sc__sock_client *c) {
+  size_t sent = c->writing ? atomic_load_explicit(&c->w.progress, memory_order_relaxed) : 0;
+  return c->queued - sent;
+}
 
 /* c's write is back from the sender. */
 static void write_done(sc__sock_client *c) {
@@ -541,6 +548,10 @@ static void drop_slow(sc__sock_client *c) {
     client_copy(c, SLOW_LINE, sizeof(SLOW_LINE) - 1);
   }
   sc__sock_client_close_after_flush(c);
+}
+
+void sc__sock_client_drop_slow(sc__sock_client *c) {
+  drop_slow(c);
 }
 
 static bool client_accept_bytes(sc__sock_client *c, size_t len, bool replay) {
@@ -755,6 +766,7 @@ static void flush_all(sc_socket *s) {
  * one send() per client for everything of a loop turn, not one per event. */
 static void on_prepare(uv_prepare_t *h) {
   sc_socket *s = h->data;
+  sc__sock_replay_pump(s); /* from here, not from a callback: no replay keeps the loop running */
   if (sc__queue_empty(&s->dirty) && s->nrecent == 0) return;
   if (uv_backend_timeout(s->loop) != 0 || s->recent_bytes >= FLUSH_BYTES ||
       (s->ndirty > 0 && s->dirty_bytes >= FLUSH_BYTES * s->ndirty) ||
@@ -762,7 +774,8 @@ static void on_prepare(uv_prepare_t *h) {
     flush_all(s);
 }
 
-/* ---- the clock: first lines not sent in time, closing clients that do not read ---- */
+/* ---- the clock: first lines not sent in time, closing clients that do not read, replaying
+ * clients that take nothing ---- */
 
 static void on_tick(uv_timer_t *t) {
   sc_socket *s = t->data;
@@ -778,6 +791,7 @@ static void on_tick(uv_timer_t *t) {
       continue;
     }
     if (c->state == SC__SOCK_WAITING || c->state == SC__SOCK_CLOSING) waiting = true;
+    if (sc__sock_replay_watch(c, now)) waiting = true;
   }
   if (!waiting) {
     uv_timer_stop(&s->tick);
@@ -789,6 +803,10 @@ static void start_tick(sc_socket *s) {
   if (s->tick_active) return;
   s->tick_active = true;
   uv_timer_start(&s->tick, on_tick, 20, 20);
+}
+
+void sc__sock_tick_start(sc_socket *s) {
+  start_tick(s);
 }
 
 /* ---- reading ---- */
@@ -1011,6 +1029,7 @@ static void free_server(sc_socket *s) {
     sc__sock_task_free(sc__queue_data(q, sc__sock_task_rec, all));
   }
   sc__map_free(&s->tasks);
+  sc__sock_index_free(s->index);
   sc__sock_tokens_free(&s->tokens);
   free(s->log_path);
   free(s->addr);
@@ -1032,9 +1051,12 @@ int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
   s->o = defaults;
   if (o != NULL) /* only the fields its version has: a version 1 caller's struct ends earlier */
     memcpy(&s->o, o,
-           o->version == 1 ? offsetof(sc_socket_options, max_finished_tasks) : sizeof(*o));
+           o->version == 1   ? offsetof(sc_socket_options, max_finished_tasks)
+           : o->version == 2 ? offsetof(sc_socket_options, replay_stall_ms)
+                             : sizeof(*o));
   s->o.version = SC_SOCKET_OPTIONS_VERSION;
   if (s->o.max_finished_tasks == 0) s->o.max_finished_tasks = defaults.max_finished_tasks;
+  if (s->o.replay_stall_ms == 0) s->o.replay_stall_ms = defaults.replay_stall_ms;
   if (s->o.queue_bytes == 0) s->o.queue_bytes = defaults.queue_bytes;
   if (s->o.max_line_bytes == 0) s->o.max_line_bytes = defaults.max_line_bytes;
   if (s->o.max_clients == 0) s->o.max_clients = defaults.max_clients;

@@ -3,12 +3,14 @@
 #ifndef STAGECOACH_SOCKET_INT_H
 #define STAGECOACH_SOCKET_INT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <stagecoach/jsonl.h>
 #include <stagecoach/socket.h>
 #include <uv.h>
 
@@ -140,6 +142,7 @@ typedef struct sc__sock_filter {
 } sc__sock_filter;
 
 typedef struct sc__sock_replay sc__sock_replay;
+typedef struct sc__sock_index sc__sock_index;
 
 #define SC__SOCK_WRITE_IOVS 64 /* segments one write takes */
 
@@ -154,10 +157,11 @@ typedef struct sc__sock_write {
   int iovcnt;
   int fd;
   size_t total;
-  size_t n;    /* written so far */
-  int err;     /* errno of a failed write (the client is gone); 0 */
-  bool cancel; /* the loop wants it back now (guarded by the server's mu) */
-  bool ready;  /* the sender's: its socket may take more (new, or poll said so) */
+  size_t n;               /* written so far */
+  atomic_size_t progress; /* n, for the loop to look at while the write is away */
+  int err;                /* errno of a failed write (the client is gone); 0 */
+  bool cancel;            /* the loop wants it back now (guarded by the server's mu) */
+  bool ready;             /* the sender's: its socket may take more (new, or poll said so) */
 } sc__sock_write;
 
 typedef struct sc__sock_client {
@@ -187,11 +191,14 @@ typedef struct sc__sock_client {
    * queue stays put (a drop or a close waits for the result) */
   sc__sock_write w;
   bool writing;
-  bool drop_pending;
+  bool drop_pending; /* dropped while writing: the queue is cut when the write is back */
   /* in the server's feed (gets each event as it comes, through its filter) or, once it streams
    * everything unfiltered, in its `takers` (gets the stream's bytes in whole runs at each flush) */
   sc__queue feed;
-  bool takes_all; /* dropped while writing: the queue is cut when the write is back */
+  bool takes_all;
+  /* replay.c: a replaying client that takes nothing of its queue for replay_stall_ms is dropped */
+  size_t stall_mark;    /* queued when last looked at: less later means it took some */
+  uint64_t stall_since; /* uv_now() when it last took some (or had nothing to take) */
 } sc__sock_client;
 
 struct sc_socket {
@@ -258,6 +265,12 @@ struct sc_socket {
   uv_async_t sent;  /* the sender's results are back */
   size_t writing;   /* clients whose write is with the sender */
   bool sent_closed; /* the async handle's close callback ran */
+  /* replay.c */
+  sc__sock_index *index; /* where each task begins in the log; NULL until the first replay */
+  size_t index_limit;    /* its bound in bytes; 0: SC__SOCK_INDEX_BYTES (tests set less) */
+  uint64_t replay_bytes; /* bytes of the log read by replays so far */
+  uint64_t replay_start; /* the offset the latest replay's first piece read from */
+  uint64_t replays_started;
 };
 
 /* A chunk of at least need bytes, one reference (no pool: callable off the loop). */
@@ -274,8 +287,16 @@ bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool
 void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id);
 void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
                                  const cJSON *id);
+/* What of its queue the client has not taken yet: `queued` less what the sender has written of
+ * the write it holds. */
+size_t sc__sock_client_unwritten(const sc__sock_client *c);
 /* Writes what is queued, then closes it (a deadline bounds the wait). */
 void sc__sock_client_close_after_flush(sc__sock_client *c);
+/* Drops the client as a slow consumer: what is not written yet goes, the slow-consumer line is
+ * queued and the connection closed once that is written (or after a deadline). */
+void sc__sock_client_drop_slow(sc__sock_client *c);
+/* Runs the server's clock (first lines, closing clients, replaying clients) if it is stopped. */
+void sc__sock_tick_start(sc_socket *s);
 /* ---- tasks.c ---- */
 
 sc__sock_task_rec *sc__sock_task_find(sc_socket *s, const char *id);
@@ -294,11 +315,39 @@ void sc__sock_filter_free(sc__sock_filter *f);
 
 /* A complete line from a client. */
 void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len);
+/* The client's first line did not come in time: everything since it connected, unfiltered. */
+void sc__sock_start_unfiltered(sc__sock_client *c);
+
+/* ---- replay.c ---- */
+
+#define SC__SOCK_INDEX_BYTES (8u << 20) /* the default bound of a server's replay index */
+
+/* The replay index: the position of each task's first line in the log (an sc__map of id ->
+ * entry), complete for the lines before `end`. Built and extended only by the replays' pieces on
+ * the thread pool, one at a time; freed with the server. */
+struct sc__sock_index {
+  sc__map tasks;
+  bool built;    /* it is an index of the file dev/ino */
+  bool frozen;   /* the bound was reached: end moves no more */
+  bool has_last; /* last is set */
+  uint64_t dev, ino;
+  sc_jsonl_position end, last; /* the first line not indexed, and the one before it */
+  size_t bytes, limit;         /* what its entries cost, and the bound */
+};
+
+/* The client's events of task from seq `from`: at once from the ring when it holds them, else
+ * read from the log on the thread pool, then the ring and the live stream. */
+void sc__sock_replay_start(sc__sock_client *c, const char *task, uint64_t from);
+/* Before the loop waits: starts the next waiting replay's piece when none is on the pool. */
+void sc__sock_replay_pump(sc_socket *s);
 /* The client goes: its replay, if one is being read, is told to stop and forgets it. */
 void sc__sock_replay_detach(sc__sock_client *c);
 /* The client took some of its queue: a replay waiting for that reads on. */
 void sc__sock_replay_drained(sc__sock_client *c);
-/* The client's first line did not come in time: everything since it connected, unfiltered. */
-void sc__sock_start_unfiltered(sc__sock_client *c);
+/* The clock's look at a client: drops a replaying one that took nothing for replay_stall_ms.
+ * True while it needs the clock. */
+bool sc__sock_replay_watch(sc__sock_client *c, uint64_t now);
+size_t sc__sock_index_count(const sc__sock_index *ix);
+void sc__sock_index_free(sc__sock_index *ix);
 
 #endif

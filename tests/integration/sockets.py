@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The socket adapter through the real `stagecoach` binary and real sockets, as TAP: 200 consumers
 get the same bytes as the log; tokens and roles; replay from the ring, from the log and the gap
-line; bad input; the limits; a slow consumer dropped without slowing the run; 1,000 connections
-with the descriptor count back where it was; examples/consumer.py.
+line; bad input; the limits; a slow consumer dropped without slowing the run; SIGINT during a
+replay of a large log on a slow disk; --socket-limits finished=N; 1,000 connections with the
+descriptor count back where it was; examples/consumer.py.
 
 usage: socket.py STAGECOACH EXAMPLES_DIR"""
 import json, os, selectors, shutil, signal, socket, subprocess, sys, tempfile, time
@@ -153,6 +154,14 @@ def status_of(addr, task):
     r = c.ask({"op": "status", "token": VIEW, "task": task})
     c.close()
     return r and r.get("task", {}).get("status")
+
+
+def status_of_quiet(addr, task):
+    """status_of, or None while nothing listens there yet (or the task is not known)."""
+    try:
+        return status_of(addr, task)
+    except OSError:
+        return None
 
 
 try:
@@ -513,6 +522,91 @@ try:
        lazy_lines[-1:] if lazy_lines else "nothing")
     ok(d1 <= d0 * 1.5 + 0.5, "the run takes no longer with the slow consumer (%.2fs, %.2fs without)" % (d1, d0))
     print("# run duration %.3fs alone, %.3fs with a slow consumer" % (d0, d1))
+
+    # --- SIGINT to run while a replay reads a large log: the run does not wait for the replay ---
+    # Each read of the log is slowed down (strace delays every pread, a slow disk): a replay of a
+    # task the log does not hold would take ~0.3 s a MiB to read through.
+    biglog = path("big-1.jsonl")
+    sock = "unix:" + path("int.sock")
+    out = open(path("int.out"), "w")
+    env = dict(os.environ, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0")
+    p = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=pread64", "-e",
+                          "inject=pread64:delay_exit=300ms", sc, "run", path("bigg.json"), "--log",
+                          biglog, "--socket", sock, "--token-file", tokens, "--task-id", "int",
+                          "--no-prompt", "--plain"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    procs.append(p)
+    deadline = time.time() + 60
+    while status_of_quiet(sock, "int") != "AWAITING_APPROVAL" and time.time() < deadline:
+        time.sleep(0.1)
+    rep = Client(sock, timeout=60)
+    rep.send({"subscribe": {"token": VIEW, "task": "nosuch", "from_seq": 1}})
+    time.sleep(0.8)  # its read is under way: a piece or two of the log
+    kid = int(open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()[0])
+    os.kill(kid, signal.SIGINT)
+    t0 = time.time()
+    rc = finish(p)
+    took = time.time() - t0
+    said = rep.rest()
+    rep.close()
+    print("# SIGINT with a replay of a %d-byte log in progress: exit %d after %.2f s" % (os.path.getsize(biglog), rc, took))
+    ok(rc == 3 and took < 2, "SIGINT to run during a replay of a large log: exit 3 (cancelled) in under 2 s",
+       (rc, took, open(path("int.out")).read()[-2000:]))
+    ok(said == [], "... the replay was still reading when it stopped (no gap line came)", said)
+
+    # --- --socket-limits finished=N: the records of finished tasks the server keeps ---
+    fin = pipeline("fin.json", exec_stages("s", 1) + [GATE])
+    for i in range(3):  # each waits at its gate, nobody can approve: exit 1, unfinished in the log
+        subprocess.run([sc, "run", fin, "--log", path("fin.jsonl"), "--task-id", "f%d" % i, "--no-prompt",
+                        "--plain"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = "unix:" + path("fin.sock")
+    out = open(path("fin.out"), "w")
+    p = subprocess.Popen([sc, "recover", fin, "--log", path("fin.jsonl"), "--socket", sock, "--token-file",
+                          tokens, "--socket-limits", "finished=1", "--no-prompt", "--plain"], stdout=out,
+                         stderr=subprocess.STDOUT)
+    procs.append(p)
+
+    def next_pending():  # one at a time: the tasks share a tenant, one runs while the others queue
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                a = Client(sock)
+                pend = a.ask({"op": "pending", "token": VIEW})["pending"]
+                a.close()
+                waiting = [x["task"] for x in pend if x["task"] not in ids]
+                if waiting:
+                    return waiting[0]
+            except (OSError, TypeError):
+                pass
+            time.sleep(0.05)
+        return None
+
+    ids = []
+    for k in range(3):
+        t = next_pending()
+        if t is None:
+            break
+        if k == 2:  # two have finished: the server remembers the last one only
+            a = Client(sock)
+            r0 = a.ask({"op": "status", "token": VIEW, "task": ids[0]})
+            r1 = a.ask({"op": "status", "token": VIEW, "task": ids[1]})
+            a.close()
+            ok(r0 and r0.get("error") == "SC_ENOTFOUND" and "the last 1 finished" in r0.get("message", ""),
+               "recover --socket-limits finished=1: the task that finished first is forgotten", r0)
+            ok(r1 and r1.get("ok") and r1["task"]["status"] == "COMPLETED", "... the last one is remembered", r1)
+        ids.append(t)
+        a = Client(sock)
+        a.ask({"op": "approve", "token": APPR, "task": t, "stage": "gate"})
+        a.close()
+        deadline = time.time() + 20
+        while k < 2 and status_of_quiet(sock, t) != "COMPLETED" and time.time() < deadline:
+            time.sleep(0.05)
+    ok(len(ids) == 3, "... the three recovered tasks each waited at their gate in turn", ids)
+    ok(finish(p) == 0, "... and the recover completes", open(path("fin.out")).read())
+    for bad in ("finished=0", "finished=x", "stall=0", "finished=", "finishe=3"):
+        r = subprocess.run([sc, "run", path("old.json"), "--socket", "unix:" + path("bad.sock"), "--socket-limits",
+                            bad], capture_output=True, text=True)
+        ok(r.returncode == 2 and "finished=N" in r.stderr and not os.path.exists(path("bad.sock")),
+           "--socket-limits %s is a usage error (exit 2)" % bad, (r.returncode, r.stderr))
 
     # --- recover --socket: a run killed at its gate is recovered and approved over the socket ---
     sock = "unix:" + path("k.sock")

@@ -1091,6 +1091,86 @@ static void a_cursor_reads_the_events_in_pieces_and_resumes_where_it_stopped(voi
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Each line's position, told from inside the cursor's fn. */
+typedef struct told {
+  sc_jsonl_cursor *cur;
+  sc_jsonl_position at[16];
+  size_t n;
+} told;
+
+static int tell_each(const char *json, size_t len, void *udata) {
+  (void)json;
+  (void)len;
+  told *t = udata;
+  assert_true(t->n < 16);
+  sc_jsonl_cursor_tell(t->cur, &t->at[t->n++]);
+  return 0;
+}
+
+static void a_cursor_seeks_back_to_a_position_it_told(void **state) {
+  char path[256], part[256];
+  temp_path(state, "seek.jsonl", path);
+  temp_path(state, "seek-part.jsonl", part);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  logfile l;
+  write_good_log(&loop, path, &l);
+  static collected whole, rest;
+  memset(&whole, 0, sizeof(whole));
+  assert_int_equal(sc_jsonl_read_events(path, collect, &whole), SC_OK);
+  /* Inside fn: the line being handed; outside: the line the next read begins with. */
+  told t = {0};
+  assert_int_equal(sc_jsonl_cursor_open(path, &t.cur), SC_OK);
+  bool at_end = false;
+  assert_int_equal(sc_jsonl_cursor_read(t.cur, 1 << 20, tell_each, &t, &at_end), SC_OK);
+  assert_int_equal(t.n, 11);
+  for (size_t i = 0; i < t.n; i++) {
+    assert_int_equal(t.at[i].offset, l.off[i]);
+    assert_int_equal(t.at[i].line, i);
+  }
+  sc_jsonl_position end;
+  sc_jsonl_cursor_tell(t.cur, &end);
+  assert_int_equal(end.offset, l.size);
+  assert_int_equal(end.line, 11);
+  sc_jsonl_cursor_close(t.cur);
+  /* Another cursor seeks to the sixth line and reads the last six events, verified. */
+  sc_jsonl_cursor *cur;
+  assert_int_equal(sc_jsonl_cursor_open(path, &cur), SC_OK);
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &t.at[5]), SC_OK);
+  memset(&rest, 0, sizeof(rest));
+  cursor_to_end(cur, 1 << 20, &rest, 2);
+  assert_int_equal(rest.n, 6);
+  const char *tail = whole.text;
+  for (int i = 0; i < 5; i++)
+    tail = strchr(tail, '\n') + 1;
+  assert_int_equal(rest.len, whole.len - (size_t)(tail - whole.text));
+  assert_memory_equal(rest.text, tail, rest.len);
+  /* A chain value that is not the one before that line: the read refuses it. */
+  sc_jsonl_position wrong = t.at[5];
+  wrong.chain[0] = wrong.chain[0] == '0' ? '1' : '0';
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &wrong), SC_OK);
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, collect, &rest, &at_end), SC_ECORRUPT);
+  assert_int_equal(rest.n, 6);
+  /* ... and a seek after it reads again (a broken line does not stop it for good). */
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &t.at[10]), SC_OK);
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, collect, &rest, &at_end), SC_OK);
+  assert_int_equal(rest.n, 7);
+  sc_jsonl_cursor_close(cur);
+  /* A position of another file (the same bytes, another inode) is refused; so is one past the
+   * end of a file cut back. */
+  write_file(part, l.data, l.size);
+  assert_int_equal(sc_jsonl_cursor_open(part, &cur), SC_OK);
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &t.at[5]), SC_EINVAL);
+  told p = {cur, {{0}}, 0};
+  assert_int_equal(sc_jsonl_cursor_read(cur, 1 << 20, tell_each, &p, &at_end), SC_OK);
+  assert_int_equal(truncate(part, (off_t)l.off[3]), 0);
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &p.at[5]), SC_EINVAL);
+  assert_int_equal(sc_jsonl_cursor_seek(cur, &p.at[3]), SC_OK); /* the end itself is a place */
+  sc_jsonl_cursor_close(cur);
+  log_free(&l);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void a_missing_log_is_not_found_by_verify_and_scan(void **state) {
   char path[256];
   temp_path(state, "missing.jsonl", path);
@@ -2548,6 +2628,7 @@ int main(void) {
       T(an_empty_log_verifies_with_no_lines),
       T(a_missing_log_is_not_found_by_verify_and_scan),
       T(a_cursor_reads_the_events_in_pieces_and_resumes_where_it_stopped),
+      T(a_cursor_seeks_back_to_a_position_it_told),
       T(a_directory_or_a_fifo_is_refused_at_once),
       T(scan_returns_the_failed_and_the_stopped_tasks_in_the_order_they_first_appear),
       T(scan_requests_recover_in_a_new_engine_and_run_only_the_remaining_stages),

@@ -174,6 +174,24 @@ SC_EXTERN int sc_jsonl_cursor_read(sc_jsonl_cursor *c, size_t max_bytes, sc_json
                                    void *udata, bool *at_end);
 SC_EXTERN void sc_jsonl_cursor_close(sc_jsonl_cursor *c);
 
+/* A place in a log that a cursor can come back to (the socket's replay index keeps one per task,
+ * so that a replay starts at the task's first line instead of the log's). */
+typedef struct sc_jsonl_position {
+  uint64_t dev, ino; /* the file it was told in */
+  uint64_t offset;   /* the byte offset of a line's start */
+  uint64_t line;     /* that line's number, from 0 */
+  char chain[64];    /* the chain value of the line before it (64 '0' before the first) */
+} sc_jsonl_position;
+
+/* Where c stands: called from the fn of sc_jsonl_cursor_read, the line being handed to it;
+ * otherwise the line the next read begins with. */
+SC_EXTERN void sc_jsonl_cursor_tell(const sc_jsonl_cursor *c, sc_jsonl_position *pos);
+/* Moves c to pos, which a cursor on the same file told (also one that stopped at a broken line):
+ * SC_EINVAL, and c unchanged, when pos is of another file (a compaction renamed a new log over
+ * the path) or beyond the file's end (it was cut back). The line at pos is verified against
+ * pos's chain value when it is read: a file rewritten in place gets SC_ECORRUPT there. */
+SC_EXTERN int sc_jsonl_cursor_seek(sc_jsonl_cursor *c, const sc_jsonl_position *pos);
+
 /* ---- compaction (docs/jsonl.md, "Compaction") ---- */
 
 #define SC_JSONL_COMPACT_OPTIONS_VERSION 1

@@ -21,7 +21,7 @@ extern "C" {
 
 typedef struct sc_socket sc_socket;
 
-#define SC_SOCKET_OPTIONS_VERSION 2
+#define SC_SOCKET_OPTIONS_VERSION 3
 
 typedef struct sc_socket_options {
   unsigned version; /* SC_SOCKET_OPTIONS_VERSION */
@@ -45,6 +45,11 @@ typedef struct sc_socket_options {
    * longest finished forgotten first: `status` then answers for a forgotten one from the engine
    * if the engine still holds it, SC_ENOTFOUND otherwise. Default 1024. */
   size_t max_finished_tasks;
+  /* Version 3. A client whose replay from the log is being read (or whose queue still holds what
+   * the replay queued beyond queue_bytes) and that takes nothing of its queue for this long is
+   * dropped as a slow consumer ({"error":"slow-consumer"}), so that it holds no replay for ever.
+   * Default 10000 ms. */
+  uint32_t replay_stall_ms;
 } sc_socket_options;
 
 /* Fills the defaults; inline, like every _init(). */
@@ -58,18 +63,20 @@ static inline void sc_socket_options_init(sc_socket_options *o) {
   o->max_pending = 64;
   o->subscribe_wait_ms = 100;
   o->max_finished_tasks = 1024;
+  o->replay_stall_ms = 10000;
 }
 
 /* Listens on addr, "unix:/path" (the socket file is created with mode 0600 and removed by
  * sc_socket_close; a file left there by a crash is replaced only when nothing listens on it) or
  * "tcp:127.0.0.1:PORT" / "tcp:[::1]:PORT" (loopback only; PORT 0 picks a free one, see
  * sc_socket_address), and subscribes to every event of e. Its handles do not keep the loop
- * running. Everything runs on the loop's thread except the writes to clients, which a thread of
- * the server's own makes (started here, joined by sc_socket_close; it blocks every signal and
- * calls nothing of the engine). o NULL: defaults. On success *out is the server, closed with
- * sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or option,
- * SC_EAUTH for a token file that is unsafe or malformed, SC_EBUSY when something listens on addr
- * already, SC_EIO, also when its thread cannot be started) *out is NULL, with a message. */
+ * running, nor do its replays from the log (uv_run returns with one unfinished when nothing else
+ * keeps the loop going). Everything runs on the loop's thread except the writes to clients, which
+ * a thread of the server's own makes (started here, joined by sc_socket_close; it blocks every
+ * signal and calls nothing of the engine). o NULL: defaults. On success *out is the server, closed
+ * with sc_socket_close() before sc_engine_free(); on failure (SC_EINVAL for a bad address or
+ * option, SC_EAUTH for a token file that is unsafe or malformed, SC_EBUSY when something listens
+ * on addr already, SC_EIO, also when its thread cannot be started) *out is NULL, with a message. */
 SC_EXTERN int sc_socket_listen(sc_engine *e, const char *addr, const sc_socket_options *o,
                                sc_socket **out);
 
@@ -90,9 +97,11 @@ SC_EXTERN size_t sc_socket_client_count(const sc_socket *s);
 SC_EXTERN uint64_t sc_socket_dropped_count(const sc_socket *s);
 
 /* Stops listening, gives each client up to a second to take what is queued for it, closes every
- * connection, removes the Unix socket file, unsubscribes and frees the server. Runs the loop
- * without blocking on anything else until its handles are closed; call it outside the loop's
- * callbacks. NULL is a no-op. */
+ * connection, removes the Unix socket file, unsubscribes and frees the server. A replay from the
+ * log being read stops: no piece of it starts any more, and the one on the thread pool (about
+ * 1 MiB of the log) stops at its next line and is the only one waited for. Runs the loop without
+ * blocking on anything else until its handles are closed; call it outside the loop's callbacks.
+ * NULL is a no-op. */
 SC_EXTERN void sc_socket_close(sc_socket *s);
 
 #ifdef __cplusplus
