@@ -6,6 +6,7 @@
  * own queue. */
 #define _GNU_SOURCE /* accept4, asprintf */
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -60,7 +61,10 @@ static sc__sock_chunk *chunk_new(sc_socket *s, size_t need) {
   } else if (s->sender_running) {
     uv_mutex_lock(&s->mu);
     q = sc__queue_head(&s->stock);
-    if (q != NULL) s->nstock--;
+    if (q != NULL) {
+      sc__queue_remove(q); /* under the lock: the sender appends to the stock */
+      s->nstock--;
+    }
     if (s->nstock < STOCK_CHUNKS / 2 && !s->stock_low) {
       s->stock_low = true;
       sender_wake(s);
@@ -68,7 +72,7 @@ static sc__sock_chunk *chunk_new(sc_socket *s, size_t need) {
     uv_mutex_unlock(&s->mu);
   }
   if (q == NULL) return sc__sock_chunk_alloc(need);
-  sc__queue_remove(q);
+  if (sc__queue_linked(q)) sc__queue_remove(q); /* from the pool */
   sc__sock_chunk *ch = sc__queue_data(q, sc__sock_chunk, pool);
   ch->refs = 1;
   ch->len = 0;
@@ -148,22 +152,19 @@ static void queue_advance(sc__sock_client *c, size_t n) {
 /* Moves w's iovecs on past n more written bytes. */
 static void iov_consume(sc__sock_write *w, size_t n) {
   w->n += n;
-  int i = 0;
-  while (i < w->iovcnt && n >= w->iov[i].iov_len)
-    n -= w->iov[i++].iov_len;
-  if (i > 0) {
-    memmove(w->iov, w->iov + i, (size_t)(w->iovcnt - i) * sizeof(w->iov[0]));
-    w->iovcnt -= i;
-  }
+  while (w->first < w->iovcnt && n >= w->iov[w->first].iov_len)
+    n -= w->iov[w->first++].iov_len;
   if (n > 0) {
-    w->iov[0].iov_base = (char *)w->iov[0].iov_base + n;
-    w->iov[0].iov_len -= n;
+    w->iov[w->first].iov_base = (char *)w->iov[w->first].iov_base + n;
+    w->iov[w->first].iov_len -= n;
   }
 }
 
-/* One sendmsg without blocking; true when w is finished (all written, or the client is gone). */
+/* One sendmsg (of at most IOV_MAX iovecs) without blocking; true when w is finished (all written,
+ * or the client is gone). */
 static bool sender_try(sc__sock_write *w) {
-  struct msghdr m = {.msg_iov = w->iov, .msg_iovlen = (size_t)w->iovcnt};
+  size_t left = w->iovcnt - w->first;
+  struct msghdr m = {.msg_iov = w->iov + w->first, .msg_iovlen = left < IOV_MAX ? left : IOV_MAX};
   ssize_t k;
   do
     k = sendmsg(w->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -316,15 +317,29 @@ static void sender_wake(sc_socket *s) {
  * one) and puts it on batch, to be handed to the sender with the others of this turn. */
 static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   sc__sock_write *w = &c->w;
+  size_t cap = w->iov_cap ? w->iov_cap : SC__SOCK_WRITE_SMALL;
+  if (c->seg_n > cap) { /* every segment queued goes: a filtered client's events are one each */
+    size_t want = w->iov_cap ? w->iov_cap : SC__SOCK_WRITE_SMALL;
+    while (want < c->seg_n)
+      want *= 2;
+    struct iovec *v = realloc(w->iov_cap ? w->iov : NULL, want * sizeof(*v));
+    if (v != NULL) { /* else as many as it holds: the rest with the next write */
+      w->iov = v;
+      w->iov_cap = cap = want;
+    }
+  }
+  if (w->iov_cap == 0) w->iov = w->small;
   size_t k = 0, total = 0;
-  for (; k < c->seg_n && k < SC__SOCK_WRITE_IOVS; k++) {
+  for (; k < c->seg_n && k < cap; k++) {
     sc__sock_seg *g = seg_at(c, k);
     w->iov[k].iov_base = g->chunk->data + g->off;
     w->iov[k].iov_len = g->len;
     total += g->len;
   }
-  w->iovcnt = (int)k;
+  w->first = 0;
+  w->iovcnt = k;
   w->total = total;
+  w->replies = k == c->seg_n ? c->replies : 0; /* all of them, when it takes everything */
   w->n = 0;
   atomic_store_explicit(&w->progress, 0, memory_order_relaxed);
   w->err = 0;
@@ -388,6 +403,7 @@ static void write_done(sc__sock_client *c) {
     return;
   }
   queue_advance(c, c->w.n);
+  if (c->w.n == c->w.total) c->replies -= c->w.replies; /* the client took those */
   if (c->drop_pending) {
     c->drop_pending = false;
     queue_cut(c);
@@ -401,7 +417,8 @@ static void write_done(sc__sock_client *c) {
       client_close(c);
       return;
     }
-  } else if (c->queued >= FLUSH_BYTES || c->state == SC__SOCK_CLOSING) {
+  } else if (c->queued >= FLUSH_BYTES || c->state == SC__SOCK_CLOSING ||
+             c->seg_n >= SC__SOCK_WRITE_SMALL) {
     client_write(c); /* enough for a write of its own now */
   } else {
     mark_dirty(c, 0); /* with the next flush */
@@ -519,6 +536,7 @@ static void queue_cut(sc__sock_client *c) {
 static void queue_free(sc__sock_client *c) {
   while (c->seg_n > 0)
     seg_pop(c);
+  if (c->w.iov_cap) free(c->w.iov);
   free(c->segs);
   c->segs = NULL;
   sc__sock_chunk_unref(c->server, c->own);
@@ -556,7 +574,7 @@ void sc__sock_client_drop_slow(sc__sock_client *c) {
 
 static bool client_accept_bytes(sc__sock_client *c, size_t len, bool replay) {
   if (c->state == SC__SOCK_CLOSING || c->closed) return false;
-  if (!replay && c->queued + len > c->cap) {
+  if (!replay && sc__sock_client_unwritten(c) + len > c->cap) {
     drop_slow(c);
     return false;
   }

@@ -144,7 +144,8 @@ typedef struct sc__sock_filter {
 typedef struct sc__sock_replay sc__sock_replay;
 typedef struct sc__sock_index sc__sock_index;
 
-#define SC__SOCK_WRITE_IOVS 64 /* segments one write takes */
+#define SC__SOCK_WRITE_SMALL 16 /* iovecs a write holds in place (more: an array of the client's)  \
+                                 */
 
 /* One write a client's queue asks of the sender thread: the loop thread fills it from the head of
  * the queue and hands it over; the sender writes it whole, waiting for the socket to take it as
@@ -152,9 +153,13 @@ typedef struct sc__sock_index sc__sock_index;
  * While it is away the loop thread touches none of it but `cancel`, nor the bytes it names (the
  * queue holds their chunks' references until it is back). */
 typedef struct sc__sock_write {
-  sc__queue node;                        /* in the sender's jobs, its own list, then its results */
-  struct iovec iov[SC__SOCK_WRITE_IOVS]; /* the sender moves them on as they are written */
-  int iovcnt;
+  sc__queue node; /* in the sender's jobs, its own list, then its results */
+  /* every segment queued when it was handed over, one iovec each: iov[first, iovcnt) are still to
+   * be written (the sender moves `first` and the first one's base on as they are written) */
+  struct iovec *iov;
+  size_t first, iovcnt, iov_cap; /* iov_cap: of the client's array (0: iov is `small`) */
+  struct iovec small[SC__SOCK_WRITE_SMALL];
+  size_t replies; /* reply lines among its bytes */
   int fd;
   size_t total;
   size_t n;               /* written so far */
@@ -186,7 +191,7 @@ typedef struct sc__sock_client {
   sc__sock_chunk *own;     /* where its own lines (replies, error lines) are appended */
   sc__sock_replay *replay; /* its replay from the log, while it is read */
   size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
-  size_t replies;          /* reply lines queued since the output was last empty */
+  size_t replies;          /* reply lines queued and not yet taken by the client */
   /* the write with the sender thread: while `writing`, the fd stays open and the head of the
    * queue stays put (a drop or a close waits for the result) */
   sc__sock_write w;

@@ -4,7 +4,9 @@
  * events; one that joins while the stream flows gets no gap and no duplicate; one that stops
  * reading is dropped with whole lines while another gets everything; one that goes away while its
  * write is with the sender is closed; a close with a write stuck at a client that never reads
- * returns within its bound. Readers are threads, so they keep up while sc_engine_run runs. */
+ * returns within its bound; filtered clients (an event a segment) and one that sends a command
+ * every millisecond keep up with 200 tasks at once. Readers are threads, so they keep up while
+ * sc_engine_run runs. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -468,6 +470,113 @@ closing_with_a_write_stuck_at_a_client_that_never_reads_returns_in_its_bound(voi
   assert_int_equal(uv_loop_close(&f.loop), 0);
 }
 
+/* ---- many tasks at once: a filtered client's events are one segment each ---- */
+
+typedef struct op_sender {
+  pthread_t thread;
+  int fd, n, sent;
+} op_sender;
+
+static void *send_ops(void *arg) {
+  op_sender *o = arg;
+  const char *line = "{\"op\":\"status\"}\n";
+  for (int i = 0; i < o->n; i++) {
+    if (send(o->fd, line, strlen(line), MSG_NOSIGNAL) != (ssize_t)strlen(line)) break;
+    o->sent++;
+    usleep(5000);
+  }
+  return NULL;
+}
+
+static size_t lines_with(const reader *r, const char *needle) {
+  size_t n = 0;
+  for (const char *p = r->buf; p < r->buf + r->len;) {
+    const char *nl = memchr(p, '\n', (size_t)(r->buf + r->len - p));
+    if (nl == NULL) break;
+    if (memmem(p, (size_t)(nl - p), needle, strlen(needle))) n++;
+    p = nl + 1;
+  }
+  return n;
+}
+
+static void a_filtered_client_keeps_up_with_many_tasks_at_once(void **state) {
+  (void)state;
+  enum { TASKS = 300, STAGES = 30 };
+  fx f;
+  fx_start(&f, 1u << 20, 5000); /* a few turns' events, far less than all of them */
+  int fd = connect_to(&f, 0);
+  accept_all(&f, 1);
+  send_line(fd, "{\"subscribe\":{\"types\":[\"stage.completed\"]}}\n");
+  for (int i = 0; i < 20; i++)
+    turn(&f, 2);
+  reader r;
+  reader_start(&r, fd);
+  /* stages that end on a timer: each turn of the loop ends a stage of every task, so each turn
+   * queues the client TASKS events that are not next to each other, a segment each */
+  cJSON *cfg = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(cfg, "stages");
+  for (int i = 0; i < STAGES; i++) {
+    cJSON *st = cJSON_CreateObject();
+    char name[32];
+    snprintf(name, sizeof(name), "z%d", i);
+    cJSON_AddStringToObject(st, "name", name);
+    cJSON_AddStringToObject(st, "kind", "sleep");
+    cJSON_AddNumberToObject(st, "ms", 1);
+    cJSON_AddItemToArray(list, st);
+  }
+  for (int i = 0; i < TASKS; i++) {
+    char id[32];
+    snprintf(id, sizeof(id), "m%d", i);
+    sc_task_spec spec;
+    sc_task_spec_init(&spec);
+    spec.config = cfg;
+    spec.task_id = id;
+    assert_int_equal(sc_task_submit(f.e, &spec, NULL), SC_OK);
+  }
+  sc_engine_run(f.e);
+  double until = now_s() + 20;
+  while (now_s() < until && lines_with(&r, "\"seq\"") < (size_t)TASKS * STAGES &&
+         sc_socket_dropped_count(f.s) == 0)
+    turn(&f, 5);
+  assert_int_equal(sc_socket_dropped_count(f.s), 0);
+  assert_int_equal(lines_with(&r, "stagecoach.stage.completed"), (size_t)TASKS * STAGES);
+  assert_int_equal(lines_with(&r, "\"seq\""), (size_t)TASKS * STAGES);
+  reader_stop(&r);
+  free(r.buf);
+  cJSON_Delete(cfg);
+  fx_stop(&f);
+}
+
+static void a_streaming_client_sending_a_command_every_5_ms_gets_every_reply(void **state) {
+  (void)state;
+  enum { OPS = 100 };
+  fx f;
+  fx_start(&f, 8u << 20, 0);
+  int fd = connect_to(&f, 0);
+  accept_all(&f, 1);
+  reader r;
+  reader_start(&r, fd);
+  op_sender ops = {.fd = fd, .n = OPS};
+  assert_int_equal(pthread_create(&ops.thread, NULL, send_ops, &ops), 0);
+  at_stage = pace; /* ~20 MB/s, in turns of ~30 ms, for about as long as the commands come */
+  pad_bytes = 1024;
+  run_task(&f, "t6", 6000);
+  at_stage = NULL;
+  pad_bytes = 200;
+  pthread_join(ops.thread, NULL);
+  assert_int_equal(ops.sent, OPS);
+  double until = now_s() + 20;
+  while (now_s() < until &&
+         (lines_with(&r, "\"seq\"") < f.events || lines_with(&r, "\"ok\"") < OPS))
+    turn(&f, 5);
+  assert_int_equal(lines_with(&r, "\"seq\""), f.events);
+  assert_int_equal(lines_with(&r, "\"ok\""), OPS); /* a reply each, none cut off */
+  assert_int_equal(lines_with(&r, "too-many-pending"), 0);
+  assert_int_equal(sc_socket_dropped_count(f.s), 0);
+  reader_stop(&r);
+  free(r.buf);
+  fx_stop(&f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_taker_gets_every_event_once_in_order_beside_a_filtered_client),
@@ -476,6 +585,8 @@ int main(void) {
       cmocka_unit_test(a_client_that_goes_away_while_its_write_is_with_the_sender_is_closed),
       cmocka_unit_test(
           closing_with_a_write_stuck_at_a_client_that_never_reads_returns_in_its_bound),
+      cmocka_unit_test(a_filtered_client_keeps_up_with_many_tasks_at_once),
+      cmocka_unit_test(a_streaming_client_sending_a_command_every_5_ms_gets_every_reply),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -96,12 +96,13 @@ SC_EXTERN size_t sc_socket_client_count(const sc_socket *s);
 /* The number of clients dropped so far for not reading (slow-consumer). */
 SC_EXTERN uint64_t sc_socket_dropped_count(const sc_socket *s);
 
-/* Stops listening, gives each client up to a second to take what is queued for it, closes every
- * connection, removes the Unix socket file, unsubscribes and frees the server. A replay from the
- * log being read stops: no piece of it starts any more, and the one on the thread pool (about
- * 1 MiB of the log) stops at its next line and is the only one waited for. Runs the loop without
- * blocking on anything else until its handles are closed; call it outside the loop's callbacks.
- * NULL is a no-op. */
+/* Stops listening, gives each client up to a second to take what is queued for it (one that has
+ * not taken it all is closed anyway: its last line may end short), closes every connection,
+ * removes the Unix socket file, unsubscribes and frees the server. A replay from the log being
+ * read stops: no piece of it starts any more, and the one on the thread pool (about 1 MiB of the
+ * log) stops at its next line and is the only one waited for. Runs the loop without blocking on
+ * anything else until its handles are closed; call it outside the loop's callbacks. NULL is a no-
+ * op. */
 SC_EXTERN void sc_socket_close(sc_socket *s);
 
 #ifdef __cplusplus
