@@ -254,7 +254,7 @@ static void control(sc__sock_client *c, const sc__sock_request *r) {
 }
 
 void sc__sock_handle_line(sc__sock_client *c, const char *line, size_t len) {
-  if (c->replies >= c->server->o.max_pending) {
+  if (sc__sock_client_replies(c) >= c->server->o.max_pending) {
     /* It sends and does not read its replies: no more work for it. */
     sc__sock_client_send(c, TOO_MANY_PENDING, sizeof(TOO_MANY_PENDING) - 1, true);
     sc__sock_client_close_after_flush(c);

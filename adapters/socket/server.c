@@ -132,6 +132,7 @@ static void seg_pop(sc__sock_client *c) {
 
 /* n bytes of the queue were written: the segments they cover go. */
 static void queue_advance(sc__sock_client *c, size_t n) {
+  c->taken += n;
   while (n > 0) {
     sc__sock_seg *g = seg_at(c, 0);
     if (n < g->len) {
@@ -318,9 +319,10 @@ static void sender_wake(sc_socket *s) {
 static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   sc__sock_write *w = &c->w;
   size_t cap = w->iov_cap ? w->iov_cap : SC__SOCK_WRITE_SMALL;
-  if (c->seg_n > cap) { /* every segment queued goes: a filtered client's events are one each */
-    size_t want = w->iov_cap ? w->iov_cap : SC__SOCK_WRITE_SMALL;
-    while (want < c->seg_n)
+  if (c->seg_n > cap &&
+      cap < SC__SOCK_WRITE_MAX) { /* a filtered client's events: one segment each */
+    size_t want = cap;
+    while (want < c->seg_n && want < SC__SOCK_WRITE_MAX)
       want *= 2;
     struct iovec *v = realloc(w->iov_cap ? w->iov : NULL, want * sizeof(*v));
     if (v != NULL) { /* else as many as it holds: the rest with the next write */
@@ -339,7 +341,6 @@ static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   w->first = 0;
   w->iovcnt = k;
   w->total = total;
-  w->replies = k == c->seg_n ? c->replies : 0; /* all of them, when it takes everything */
   w->n = 0;
   atomic_store_explicit(&w->progress, 0, memory_order_relaxed);
   w->err = 0;
@@ -403,7 +404,6 @@ static void write_done(sc__sock_client *c) {
     return;
   }
   queue_advance(c, c->w.n);
-  if (c->w.n == c->w.total) c->replies -= c->w.replies; /* the client took those */
   if (c->drop_pending) {
     c->drop_pending = false;
     queue_cut(c);
@@ -411,7 +411,7 @@ static void write_done(sc__sock_client *c) {
   }
   if (c->replay != NULL) sc__sock_replay_drained(c);
   if (c->queued == 0) {
-    c->replies = 0;
+    c->reply_n = 0; /* it took them all */
     if (c->cap > s->o.queue_bytes) c->cap = s->o.queue_bytes;
     if (c->state == SC__SOCK_CLOSING) {
       client_close(c);
@@ -537,6 +537,8 @@ static void queue_free(sc__sock_client *c) {
   while (c->seg_n > 0)
     seg_pop(c);
   if (c->w.iov_cap) free(c->w.iov);
+  free(c->reply_end);
+  c->reply_end = NULL;
   free(c->segs);
   c->segs = NULL;
   sc__sock_chunk_unref(c->server, c->own);
@@ -688,6 +690,31 @@ bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool
   return true;
 }
 
+/* The reply just queued ends where the queue ends now. */
+static void reply_note(sc__sock_client *c) {
+  if (c->reply_n == c->reply_cap) {
+    size_t cap = c->reply_cap ? c->reply_cap * 2 : 8;
+    uint64_t *v = malloc(cap * sizeof(*v));
+    if (v == NULL) return; /* not counted: the queue's limit still bounds what it holds */
+    for (size_t i = 0; i < c->reply_n; i++)
+      v[i] = c->reply_end[(c->reply_head + i) % c->reply_cap];
+    free(c->reply_end);
+    c->reply_end = v;
+    c->reply_cap = cap;
+    c->reply_head = 0;
+  }
+  c->reply_end[(c->reply_head + c->reply_n++) % c->reply_cap] = c->taken + c->queued;
+}
+
+size_t sc__sock_client_replies(sc__sock_client *c) {
+  uint64_t taken = c->taken + (c->queued - sc__sock_client_unwritten(c));
+  while (c->reply_n > 0 && c->reply_end[c->reply_head] <= taken) {
+    c->reply_head = (c->reply_head + 1) % c->reply_cap;
+    c->reply_n--;
+  }
+  return c->reply_n;
+}
+
 void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id) {
   if (reply == NULL) return;
   if (id != NULL) cJSON_AddItemToObject(reply, "id", cJSON_Duplicate(id, true));
@@ -696,8 +723,7 @@ void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id) {
   if (text == NULL) return;
   size_t len = strlen(text);
   text[len] = '\n'; /* the NUL becomes the newline: sent by length */
-  c->replies++;
-  sc__sock_client_send(c, text, len + 1, true);
+  if (sc__sock_client_send(c, text, len + 1, true)) reply_note(c);
   free(text);
 }
 

@@ -144,8 +144,9 @@ typedef struct sc__sock_filter {
 typedef struct sc__sock_replay sc__sock_replay;
 typedef struct sc__sock_index sc__sock_index;
 
-#define SC__SOCK_WRITE_SMALL 16 /* iovecs a write holds in place (more: an array of the client's)  \
-                                 */
+/* A write holds SMALL iovecs in place, more in an array of the client's, at most MAX (64 KiB). */
+#define SC__SOCK_WRITE_SMALL 16
+#define SC__SOCK_WRITE_MAX   4096
 
 /* One write a client's queue asks of the sender thread: the loop thread fills it from the head of
  * the queue and hands it over; the sender writes it whole, waiting for the socket to take it as
@@ -159,7 +160,6 @@ typedef struct sc__sock_write {
   struct iovec *iov;
   size_t first, iovcnt, iov_cap; /* iov_cap: of the client's array (0: iov is `small`) */
   struct iovec small[SC__SOCK_WRITE_SMALL];
-  size_t replies; /* reply lines among its bytes */
   int fd;
   size_t total;
   size_t n;               /* written so far */
@@ -191,7 +191,11 @@ typedef struct sc__sock_client {
   sc__sock_chunk *own;     /* where its own lines (replies, error lines) are appended */
   sc__sock_replay *replay; /* its replay from the log, while it is read */
   size_t cap;              /* the queue's limit now: queue_bytes, more while a replay drains */
-  size_t replies;          /* reply lines queued and not yet taken by the client */
+  /* the reply lines it has not taken yet: where each ends in its stream (bytes since it
+   * connected), oldest first, reply_end[(reply_head + i) % reply_cap] for i < reply_n */
+  uint64_t taken; /* bytes of its stream written so far (a write the sender holds aside) */
+  uint64_t *reply_end;
+  size_t reply_head, reply_n, reply_cap;
   /* the write with the sender thread: while `writing`, the fd stays open and the head of the
    * queue stays put (a drop or a close waits for the result) */
   sc__sock_write w;
@@ -292,6 +296,9 @@ bool sc__sock_client_send_seg(sc__sock_client *c, const sc__sock_seg *line, bool
 void sc__sock_client_reply(sc__sock_client *c, cJSON *reply, const cJSON *id);
 void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const char *message,
                                  const cJSON *id);
+/* The reply lines queued for the client that it has not taken yet (a write the sender holds
+ * counts as far as it went). */
+size_t sc__sock_client_replies(sc__sock_client *c);
 /* What of its queue the client has not taken yet: `queued` less what the sender has written of
  * the write it holds. */
 size_t sc__sock_client_unwritten(const sc__sock_client *c);
