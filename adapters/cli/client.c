@@ -360,6 +360,12 @@ int cli_reject(int argc, char **argv) {
   return decide("reject", argc, argv);
 }
 
+/* The largest values --socket-limits takes: a ring of 16 M events, 1 TiB of queue or line, a
+ * million clients, pending replies or finished tasks' records. */
+#define SOCKET_RING_MAX  (1ull << 24)
+#define SOCKET_BYTES_MAX (1ull << 40)
+#define SOCKET_COUNT_MAX 1000000ull
+
 int cli_socket_limits(const char *text, sc_socket_options *o) {
   const char *p = text;
   while (*p) {
@@ -367,22 +373,24 @@ int cli_socket_limits(const char *text, sc_socket_options *o) {
     if (eq == NULL) return -1;
     char *end;
     errno = 0;
+    /* digits only: strtoull would take a sign, spaces and "-1" as 2^64 - 1 */
+    if (eq[1] < '0' || eq[1] > '9') return -1;
     unsigned long long v = strtoull(eq + 1, &end, 10);
-    if (end == eq + 1 || errno != 0 || (*end != ',' && *end != '\0')) return -1;
+    if (errno != 0 || (*end != ',' && *end != '\0') || (*end == ',' && end[1] == '\0')) return -1;
     size_t n = (size_t)(eq - p);
-    if (n == 4 && memcmp(p, "ring", 4) == 0)
+    if (n == 4 && memcmp(p, "ring", 4) == 0 && v <= SOCKET_RING_MAX)
       o->ring_events = (size_t)v;
-    else if (n == 5 && memcmp(p, "queue", 5) == 0 && v > 0)
+    else if (n == 5 && memcmp(p, "queue", 5) == 0 && v > 0 && v <= SOCKET_BYTES_MAX)
       o->queue_bytes = (size_t)v;
-    else if (n == 4 && memcmp(p, "line", 4) == 0 && v > 0)
+    else if (n == 4 && memcmp(p, "line", 4) == 0 && v > 0 && v <= SOCKET_BYTES_MAX)
       o->max_line_bytes = (size_t)v;
-    else if (n == 7 && memcmp(p, "clients", 7) == 0 && v > 0)
+    else if (n == 7 && memcmp(p, "clients", 7) == 0 && v > 0 && v <= SOCKET_COUNT_MAX)
       o->max_clients = (size_t)v;
-    else if (n == 7 && memcmp(p, "pending", 7) == 0 && v > 0)
+    else if (n == 7 && memcmp(p, "pending", 7) == 0 && v > 0 && v <= SOCKET_COUNT_MAX)
       o->max_pending = (size_t)v;
     else if (n == 4 && memcmp(p, "wait", 4) == 0 && v <= 600000)
       o->subscribe_wait_ms = (uint32_t)v;
-    else if (n == 8 && memcmp(p, "finished", 8) == 0 && v > 0)
+    else if (n == 8 && memcmp(p, "finished", 8) == 0 && v > 0 && v <= SOCKET_COUNT_MAX)
       o->max_finished_tasks = (size_t)v;
     else if (n == 5 && memcmp(p, "stall", 5) == 0 && v > 0 && v <= 3600000)
       o->replay_stall_ms = (uint32_t)v;

@@ -64,8 +64,9 @@ static int parse_subscribe(const cJSON *sub, sc__sock_request *r, char *why, siz
   const cJSON *from = cJSON_GetObjectItemCaseSensitive(sub, "from_seq");
   if (from && !cJSON_IsNull(from)) {
     double d = cJSON_IsNumber(from) ? from->valuedouble : -1;
-    if (!(d >= 1 && d <= 9007199254740992.0) || floor(d) != d) {
-      snprintf(why, cap, "\"from_seq\" must be an integer from 1");
+    /* below 2^53: every such integer is exact in JSON, and in the gap line that may answer it */
+    if (!(d >= 1 && d < 9007199254740992.0) || floor(d) != d) {
+      snprintf(why, cap, "\"from_seq\" must be an integer from 1 to 2^53 - 1");
       return SC_EINVAL;
     }
     if (r->task == NULL) {

@@ -602,7 +602,9 @@ try:
             time.sleep(0.05)
     ok(len(ids) == 3, "... the three recovered tasks each waited at their gate in turn", ids)
     ok(finish(p) == 0, "... and the recover completes", open(path("fin.out")).read())
-    for bad in ("finished=0", "finished=x", "stall=0", "finished=", "finishe=3"):
+    for bad in ("finished=0", "finished=x", "stall=0", "finished=", "finishe=3", "queue=-1", "clients=-1",
+                "ring=-1", "ring=18446744073709551615", "ring=16777217", "ring= 5", "ring=+5", "ring=5,",
+                "pending=1000001"):
         r = subprocess.run([sc, "run", path("old.json"), "--socket", "unix:" + path("bad.sock"), "--socket-limits",
                             bad], capture_output=True, text=True)
         ok(r.returncode == 2 and "finished=N" in r.stderr and not os.path.exists(path("bad.sock")),

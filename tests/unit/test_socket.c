@@ -149,6 +149,15 @@ static void lines_are_parsed_member_by_member(void **state) {
   sc__sock_request_free(&r);
   assert_int_equal(parse("{\"subscribe\":{\"from_seq\":1}}", &r), SC_EINVAL); /* no task */
   assert_int_equal(parse("{\"subscribe\":{\"task\":\"j\",\"from_seq\":0}}", &r), SC_EINVAL);
+  /* 2^53 is not exact in JSON numbers (9007199254740993 reads as it): refused, one below taken */
+  assert_int_equal(parse("{\"subscribe\":{\"task\":\"j\",\"from_seq\":9007199254740992}}", &r),
+                   SC_EINVAL);
+  assert_int_equal(parse("{\"subscribe\":{\"task\":\"j\",\"from_seq\":9007199254740993}}", &r),
+                   SC_EINVAL);
+  assert_int_equal(parse("{\"subscribe\":{\"task\":\"j\",\"from_seq\":9007199254740991}}", &r),
+                   SC_OK);
+  assert_true(r.from_seq == 9007199254740991ull);
+  sc__sock_request_free(&r);
   assert_int_equal(parse("{\"subscribe\":{\"types\":\"stage.*\"}}", &r), SC_EINVAL);
   assert_int_equal(parse("{\"op\":\"approve\",\"task\":\"j\"}", &r), SC_EINVAL); /* no stage */
   assert_int_equal(parse("{\"op\":\"pause\"}", &r), SC_EINVAL);                  /* no task */
