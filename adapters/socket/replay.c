@@ -433,8 +433,8 @@ static void replay_done(uv_work_t *req, int status) {
   }
   chunks_free(w);
   w->running = false;
-  c->stall_mark = sc__sock_client_unwritten(c); /* what it queued now is not what it took */
-  if (w->c == NULL) {                           /* dropped while queueing: the close detached it */
+  c->stall_mark = sc__sock_client_unread(c); /* what it queued now is not what it took */
+  if (w->c == NULL) {                        /* dropped while queueing: the close detached it */
     replay_free(w);
   } else if (c->state == SC__SOCK_CLOSING) { /* going (dropped): no more of the log for it */
     sc__sock_replay_detach(c);
@@ -465,8 +465,8 @@ static void replay_done(uv_work_t *req, int status) {
 /* The client took some of its queue (it is called after each write): a replay waiting for that
  * reads on, and the clock of stall_ms starts again. */
 void sc__sock_replay_drained(sc__sock_client *c) {
-  if (sc__sock_client_unwritten(c) < c->stall_mark) {
-    c->stall_mark = sc__sock_client_unwritten(c);
+  if (sc__sock_client_unread(c) < c->stall_mark) {
+    c->stall_mark = sc__sock_client_unread(c);
     c->stall_since = uv_now(c->server->loop);
   }
   sc__sock_replay *w = c->replay;
@@ -493,7 +493,7 @@ bool sc__sock_replay_watch(sc__sock_client *c, uint64_t now) {
   sc_socket *s = c->server;
   if (c->closed || (c->state != SC__SOCK_REPLAYING && c->state != SC__SOCK_STREAM)) return false;
   if (c->replay == NULL && c->cap <= s->o.queue_bytes) return false;
-  size_t unread = sc__sock_client_unwritten(c); /* a write the sender holds counts as it goes */
+  size_t unread = sc__sock_client_unread(c); /* a write the sender holds counts as it goes */
   if (unread == 0 || unread < c->stall_mark) {
     c->stall_mark = unread;
     c->stall_since = now;
@@ -549,7 +549,7 @@ void sc__sock_replay_start(sc__sock_client *c, const char *task, uint64_t from) 
   if (ok) {
     c->replay = w;
     c->state = SC__SOCK_REPLAYING;
-    c->stall_mark = sc__sock_client_unwritten(c);
+    c->stall_mark = sc__sock_client_unread(c);
     c->stall_since = uv_now(s->loop);
     s->replays_started++;
     sc__queue_insert_tail(&s->replay_wait, &w->node);

@@ -20,20 +20,23 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "socket_int.h"
 
-#define FLUSH_BYTES  (64 * 1024) /* per client: write once this much waits, even in a busy turn */
-#define FLUSH_MS     5           /* and at the latest after this long */
-#define CLOSE_WAIT   1000        /* ms a closing client gets to take what is queued */
-#define DROP_WAIT    10000       /* ms a dropped client gets to read its slow-consumer line */
-#define SLOW_LINE    "{\"error\":\"slow-consumer\"}\n"
-#define TOO_MANY     "{\"error\":\"too-many-clients\"}\n"
-#define CHUNK_BYTES  (64 * 1024) /* encoded lines are appended to shared chunks of this size */
-#define POOL_CHUNKS  16          /* unused chunks kept for reuse */
-#define STOCK_CHUNKS 16          /* chunks the sender keeps ready, made off the engine's thread */
+#define FLUSH_BYTES   (64 * 1024) /* per client: write once this much waits, even in a busy turn */
+#define FLUSH_MS      5           /* and at the latest after this long */
+#define CLOSE_WAIT    1000        /* ms a closing client gets to take what is queued */
+#define DROP_WAIT     10000       /* ms a dropped client gets to read its slow-consumer line */
+#define SLOW_LINE     "{\"error\":\"slow-consumer\"}\n"
+#define TOO_MANY      "{\"error\":\"too-many-clients\"}\n"
+#define CHUNK_BYTES   (64 * 1024) /* encoded lines are appended to shared chunks of this size */
+#define WATCHED_PIECE (16 * 1024) /* bytes a sendmsg to a client the stall rule watches */
+#define POOL_CHUNKS   16          /* unused chunks kept for reuse */
+#define STOCK_CHUNKS  16          /* chunks the sender keeps ready, made off the engine's thread */
 
 /* ---- chunks ---- */
 
@@ -166,6 +169,17 @@ static void iov_consume(sc__sock_write *w, size_t n) {
 static bool sender_try(sc__sock_write *w) {
   size_t left = w->iovcnt - w->first;
   struct msghdr m = {.msg_iov = w->iov + w->first, .msg_iovlen = left < IOV_MAX ? left : IOV_MAX};
+  struct iovec part[SC__SOCK_WRITE_SMALL];
+  if (w->piece > 0) { /* the first piece bytes of what is left */
+    size_t k = 0, bytes = 0;
+    for (; k < left && k < SC__SOCK_WRITE_SMALL && bytes < w->piece; k++) {
+      part[k] = w->iov[w->first + k];
+      if (part[k].iov_len > w->piece - bytes) part[k].iov_len = w->piece - bytes;
+      bytes += part[k].iov_len;
+    }
+    m.msg_iov = part;
+    m.msg_iovlen = k;
+  }
   ssize_t k;
   do
     k = sendmsg(w->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -346,6 +360,7 @@ static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   w->err = 0;
   w->cancel = false;
   w->ready = true;
+  w->piece = c->replay != NULL || c->cap > c->server->o.queue_bytes ? WATCHED_PIECE : 0;
   w->fd = c->fd;
   c->writing = true;
   c->server->writing++;
@@ -384,6 +399,12 @@ static void mark_dirty(sc__sock_client *c, size_t len);
 static void on_client_closed(uv_handle_t *h);
 static bool client_copy(sc__sock_client *c, const char *line, size_t len);
 static void queue_cut(sc__sock_client *c);
+
+size_t sc__sock_client_unread(const sc__sock_client *c) {
+  int held = 0;
+  if (c->closed || ioctl(c->fd, SIOCOUTQ, &held) != 0 || held < 0) held = 0;
+  return sc__sock_client_unwritten(c) + (size_t)held;
+}
 
 size_t sc__sock_client_unwritten(const sc__sock_client *c) {
   size_t sent = c->writing ? atomic_load_explicit(&c->w.progress, memory_order_relaxed) : 0;

@@ -167,6 +167,7 @@ typedef struct sc__sock_write {
   int err;                /* errno of a failed write (the client is gone); 0 */
   bool cancel;            /* the loop wants it back now (guarded by the server's mu) */
   bool ready;             /* the sender's: its socket may take more (new, or poll said so) */
+  size_t piece; /* at most this much a sendmsg (0: no bound): see sc__sock_client_unread */
 } sc__sock_write;
 
 typedef struct sc__sock_client {
@@ -299,6 +300,11 @@ void sc__sock_client_error_reply(sc__sock_client *c, const char *error, const ch
 /* The reply lines queued for the client that it has not taken yet (a write the sender holds
  * counts as far as it went). */
 size_t sc__sock_client_replies(sc__sock_client *c);
+/* What the client has not read yet: what it has not taken of its queue and what its socket still
+ * holds for it (SIOCOUTQ). A socket frees what the client read a whole sendmsg at a time, so the
+ * writes to a client the stall rule watches are made in pieces of 16 KiB: its progress shows in
+ * steps of that much, not of a socket buffer. */
+size_t sc__sock_client_unread(const sc__sock_client *c);
 /* What of its queue the client has not taken yet: `queued` less what the sender has written of
  * the write it holds. */
 size_t sc__sock_client_unwritten(const sc__sock_client *c);

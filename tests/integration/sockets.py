@@ -553,6 +553,37 @@ try:
        (rc, took, open(path("int.out")).read()[-2000:]))
     ok(said == [], "... the replay was still reading when it stopped (no gap line came)", said)
 
+    # --- a replaying client that reads slowly but steadily is not taken for one that stalls ---
+    # 50 KB/s in 1 KiB reads for 6 s with stall=1000: what its socket holds shows its reads (it
+    # would not if only what the server writes counted: that moves a socket buffer at a time).
+    sock = "unix:" + path("steady.sock")
+    p = start([path("bigg.json"), "--log", biglog, "--socket", sock, "--token-file", tokens, "--task-id",
+               "steady", "--socket-limits", "stall=1000,ring=16"], sock)
+    deadline = time.time() + 60
+    while status_of_quiet(sock, "steady") != "AWAITING_APPROVAL" and time.time() < deadline:
+        time.sleep(0.1)
+    rd = socket.socket(socket.AF_UNIX)
+    rd.connect(path("steady.sock"))
+    rd.sendall(b'{"subscribe":{"token":"%s","task":"big","from_seq":1}}\n' % VIEW.encode())
+    rd.settimeout(5)
+    got, t0, closed = b"", time.time(), False
+    while time.time() - t0 < 6:
+        try:
+            chunk = rd.recv(1024)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            closed = True
+            break
+        got += chunk
+        time.sleep(0.02)
+    rd.close()
+    p.send_signal(signal.SIGINT)
+    finish(p)
+    print("# a steady 50 KB/s replay reader took %d bytes in 6 s" % len(got))
+    ok(not closed and b"slow-consumer" not in got and len(got) > 200000,
+       "a replaying client that reads 50 KB/s is not dropped by stall=1000", (closed, len(got), got[-200:]))
+
     # --- --socket-limits finished=N: the records of finished tasks the server keeps ---
     fin = pipeline("fin.json", exec_stages("s", 1) + [GATE])
     for i in range(3):  # each waits at its gate, nobody can approve: exit 1, unfinished in the log
