@@ -4,9 +4,9 @@
  * events; one that joins while the stream flows gets no gap and no duplicate; one that stops
  * reading is dropped with whole lines while another gets everything; one that goes away while its
  * write is with the sender is closed; a close with a write stuck at a client that never reads
- * returns within its bound; filtered clients (an event a segment) and one that sends a command
- * every millisecond keep up with 200 tasks at once. Readers are threads, so they keep up while
- * sc_engine_run runs. */
+ * returns within its bound; a filtered client (an event a segment) keeps up with 300 tasks at
+ * once; one that sends a command every 5 ms while it streams gets every reply. Readers are
+ * threads, so they keep up while sc_engine_run runs. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -22,19 +22,13 @@
 
 #include <stagecoach/socket.h>
 
-static char dir[64];
+#include "../../adapters/socket/socket_int.h"
 
-static int setup(void **state) {
-  (void)state;
-  snprintf(dir, sizeof(dir), "/tmp/sc-socksend-XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
-}
+#define SOCKFIX_DIR_PREFIX "/tmp/sc-socksend"
+#include "sockfix.h" /* the temporary directory and the timer that keeps a loop turning */
 
-static int teardown(void **state) {
-  (void)state;
-  char cmd[128];
-  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-  return system(cmd);
+static void sockfix_register(sc_engine *e) { /* its fixture is not used here: no kinds of its own */
+  (void)e;
 }
 
 static double now_s(void) {
@@ -82,20 +76,16 @@ static int count_events(const sc_event *ev, sc_ack *ack, void *udata) {
   return SC_OK;
 }
 
-typedef struct fx {
+typedef struct sfx {
   uv_loop_t loop;
-  uv_timer_t alive; /* the server's handles keep no loop running: this one does, for turn() */
+  uv_timer_t alive; /* the server's handles keep no loop running: this one does, for sfx_turn() */
   sc_engine *e;
   sc_socket *s;
   char path[128];
   uint64_t events; /* emitted by the engine */
-} fx;
+} sfx;
 
-static void noop_timer(uv_timer_t *t) {
-  (void)t;
-}
-
-static void fx_start(fx *f, size_t queue_bytes, uint32_t subscribe_wait_ms) {
+static void sfx_start(sfx *f, size_t queue_bytes, uint32_t subscribe_wait_ms) {
   sc_socket_options o;
   sc_socket_options_init(&o);
   o.queue_bytes = queue_bytes;
@@ -120,7 +110,7 @@ static void fx_start(fx *f, size_t queue_bytes, uint32_t subscribe_wait_ms) {
 }
 
 /* A task of n stages, run until the engine has nothing left to do. */
-static void run_task(fx *f, const char *id, int stages) {
+static void run_task(sfx *f, const char *id, int stages) {
   cJSON *cfg = config_of(stages);
   sc_task_spec spec;
   sc_task_spec_init(&spec);
@@ -132,14 +122,14 @@ static void run_task(fx *f, const char *id, int stages) {
 }
 
 /* One turn of the loop, at most ms long. */
-static void turn(fx *f, uint64_t ms) {
+static void sfx_turn(sfx *f, uint64_t ms) {
   uv_ref((uv_handle_t *)&f->alive);
   uv_timer_start(&f->alive, noop_timer, ms, 0);
   uv_run(&f->loop, UV_RUN_ONCE);
   uv_unref((uv_handle_t *)&f->alive);
 }
 
-static void fx_stop(fx *f) {
+static void sfx_stop(sfx *f) {
   sc_socket_close(f->s);
   uv_close((uv_handle_t *)&f->alive, NULL);
   sc_engine_free(f->e);
@@ -147,7 +137,7 @@ static void fx_stop(fx *f) {
   assert_int_equal(uv_loop_close(&f->loop), 0);
 }
 
-static int connect_to(const fx *f, int rcvbuf) {
+static int connect_to(const sfx *f, int rcvbuf) {
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
   assert_true(fd >= 0);
   if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
@@ -157,9 +147,9 @@ static int connect_to(const fx *f, int rcvbuf) {
   return fd;
 }
 
-static void accept_all(fx *f, size_t n) {
+static void accept_all(sfx *f, size_t n) {
   for (int i = 0; i < 200 && sc_socket_client_count(f->s) < n; i++)
-    turn(f, 5);
+    sfx_turn(f, 5);
   assert_int_equal(sc_socket_client_count(f->s), n);
 }
 
@@ -213,14 +203,14 @@ static void reader_stop(reader *r) {
 }
 
 /* Turns the loop until every reader has `want` lines (or 20 s). */
-static void wait_lines(fx *f, reader *rs, size_t n, size_t want) {
+static void wait_lines(sfx *f, reader *rs, size_t n, size_t want) {
   double until = now_s() + 20;
   for (;;) {
     bool all = true;
     for (size_t i = 0; i < n; i++)
       if (atomic_load(&rs[i].lines) < want) all = false;
     if (all || now_s() > until) break;
-    turn(f, 5);
+    sfx_turn(f, 5);
   }
   for (size_t i = 0; i < n; i++)
     assert_int_equal(atomic_load(&rs[i].lines), want);
@@ -268,8 +258,8 @@ static int ask_status_at_stage_50(int index) {
 
 static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(void **state) {
   (void)state;
-  fx f;
-  fx_start(&f, 64u << 20, 5000);
+  sfx f;
+  sfx_start(&f, 64u << 20, 5000);
   enum { TAKERS = 4, STAGES = 300 };
   int fds[TAKERS + 1];
   for (int i = 0; i <= TAKERS; i++)
@@ -281,7 +271,7 @@ static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(
   send_line(fds[3], "{\"subscribe\":{}}\n");
   send_line(fds[TAKERS], "{\"subscribe\":{\"types\":[\"stage.completed\"]}}\n");
   for (int i = 0; i < 20; i++)
-    turn(&f, 2);
+    sfx_turn(&f, 2);
   reader rs[TAKERS + 1];
   for (int i = 0; i <= TAKERS; i++)
     reader_start(&rs[i], fds[i]);
@@ -317,10 +307,10 @@ static void every_taker_gets_every_event_once_in_order_beside_a_filtered_client(
   for (int i = 0; i <= TAKERS; i++)
     free(rs[i].buf);
   assert_int_equal(sc_socket_dropped_count(f.s), 0);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
-static fx *joining_fx;
+static sfx *joining_fx;
 static int joiner_fd = -1;
 
 static int connect_at_stage_100(int index) {
@@ -330,8 +320,8 @@ static int connect_at_stage_100(int index) {
 
 static void a_client_joining_while_the_stream_flows_gets_no_gap_and_no_duplicate(void **state) {
   (void)state;
-  fx f;
-  fx_start(&f, 64u << 20, 0);
+  sfx f;
+  sfx_start(&f, 64u << 20, 0);
   int early = connect_to(&f, 0);
   accept_all(&f, 1);
   reader rs[2];
@@ -344,10 +334,10 @@ static void a_client_joining_while_the_stream_flows_gets_no_gap_and_no_duplicate
   reader_start(&rs[1], joiner_fd);
   wait_lines(&f, rs, 1, (size_t)f.events);
   for (int i = 0; i < 100 && atomic_load(&rs[1].lines) == 0; i++)
-    turn(&f, 5);
+    sfx_turn(&f, 5);
   size_t joined = 0;
   for (int i = 0; i < 200; i++) { /* until its count stops growing */
-    turn(&f, 5);
+    sfx_turn(&f, 5);
     size_t now = atomic_load(&rs[1].lines);
     if (now == joined && now > 0 && i > 20) break;
     joined = now;
@@ -369,7 +359,7 @@ static void a_client_joining_while_the_stream_flows_gets_no_gap_and_no_duplicate
   cJSON_Delete(j);
   for (int i = 0; i < 2; i++)
     free(rs[i].buf);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
 static int pace(int index) { /* a stream a reader keeps up with: 2 KB every 100 us */
@@ -380,8 +370,9 @@ static int pace(int index) { /* a stream a reader keeps up with: 2 KB every 100 
 
 static void a_taker_that_stops_reading_is_dropped_while_another_gets_everything(void **state) {
   (void)state;
-  fx f;
-  fx_start(&f, 8u << 20, 0); /* more than two turns of the loop make (flushes come between turns) */
+  sfx f;
+  sfx_start(&f, 8u << 20,
+            0); /* more than two turns of the loop make (flushes come between turns) */
   int lazy = connect_to(&f, 4096), fast = connect_to(&f, 0);
   accept_all(&f, 2);
   reader r;
@@ -400,7 +391,7 @@ static void a_taker_that_stops_reading_is_dropped_while_another_gets_everything(
   reader_start(&lr, lazy);
   double until = now_s() + 20;
   while (!atomic_load(&lr.done) && now_s() < until)
-    turn(&f, 5);
+    sfx_turn(&f, 5);
   assert_true(atomic_load(&lr.done)); /* closed by the server after its last line */
   reader_stop(&lr);
   size_t others;
@@ -412,13 +403,13 @@ static void a_taker_that_stops_reading_is_dropped_while_another_gets_everything(
   assert_memory_equal(lr.buf + lr.len - strlen(slow), slow, strlen(slow));
   free(r.buf);
   free(lr.buf);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
 static void a_client_that_goes_away_while_its_write_is_with_the_sender_is_closed(void **state) {
   (void)state;
-  fx f;
-  fx_start(&f, 64u << 20, 0);
+  sfx f;
+  sfx_start(&f, 64u << 20, 0);
   int fd = connect_to(&f, 4096), stay = connect_to(&f, 0);
   accept_all(&f, 2);
   reader r;
@@ -429,25 +420,25 @@ static void a_client_that_goes_away_while_its_write_is_with_the_sender_is_closed
   close(fd);
   double until = now_s() + 10;
   while (sc_socket_client_count(f.s) > 1 && now_s() < until)
-    turn(&f, 5);
+    sfx_turn(&f, 5);
   assert_int_equal(sc_socket_client_count(f.s), 1);
   wait_lines(&f, &r, 1, (size_t)f.events);
   reader_stop(&r); /* its buffer is read below */
   assert_int_equal(check_stream(&r, 1, NULL, NULL), f.events);
   free(r.buf);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
 static void
 closing_with_a_write_stuck_at_a_client_that_never_reads_returns_in_its_bound(void **state) {
   (void)state;
-  fx f;
-  fx_start(&f, 64u << 20, 0);
+  sfx f;
+  sfx_start(&f, 64u << 20, 0);
   int fd = connect_to(&f, 4096);
   accept_all(&f, 1);
   run_task(&f, "t5", 1000);
   for (int i = 0; i < 20; i++)
-    turn(&f, 2); /* its write is with the sender, waiting for a socket that is full */
+    sfx_turn(&f, 2); /* its write is with the sender, waiting for a socket that is full */
   assert_int_equal(sc_socket_client_count(f.s), 1);
   double t0 = now_s();
   sc_socket_close(f.s);
@@ -502,13 +493,13 @@ static size_t lines_with(const reader *r, const char *needle) {
 static void a_filtered_client_keeps_up_with_many_tasks_at_once(void **state) {
   (void)state;
   enum { TASKS = 300, STAGES = 60 };
-  fx f;
-  fx_start(&f, 4u << 20, 5000); /* many turns' events, far less than all of them (10 MB) */
+  sfx f;
+  sfx_start(&f, 4u << 20, 5000); /* many turns' events, far less than all of them (10 MB) */
   int fd = connect_to(&f, 0);
   accept_all(&f, 1);
   send_line(fd, "{\"subscribe\":{\"types\":[\"stage.completed\"]}}\n");
   for (int i = 0; i < 20; i++)
-    turn(&f, 2);
+    sfx_turn(&f, 2);
   reader r;
   reader_start(&r, fd);
   /* stages that end on a timer: each turn of the loop ends a stage of every task, so each turn
@@ -536,21 +527,21 @@ static void a_filtered_client_keeps_up_with_many_tasks_at_once(void **state) {
   double until = now_s() + 20;
   while (now_s() < until && atomic_load(&r.lines) < (size_t)TASKS * STAGES &&
          sc_socket_dropped_count(f.s) == 0)
-    turn(&f, 5);
+    sfx_turn(&f, 5);
   reader_stop(&r); /* its buffer is read below */
   assert_int_equal(sc_socket_dropped_count(f.s), 0);
   assert_int_equal(lines_with(&r, "stagecoach.stage.completed"), (size_t)TASKS * STAGES);
   assert_int_equal(lines_with(&r, "\"seq\""), (size_t)TASKS * STAGES);
   free(r.buf);
   cJSON_Delete(cfg);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
 static void a_streaming_client_sending_a_command_every_5_ms_gets_every_reply(void **state) {
   (void)state;
   enum { OPS = 100 };
-  fx f;
-  fx_start(&f, 8u << 20, 0);
+  sfx f;
+  sfx_start(&f, 8u << 20, 0);
   int fd = connect_to(&f, 0);
   accept_all(&f, 1);
   reader r;
@@ -567,14 +558,14 @@ static void a_streaming_client_sending_a_command_every_5_ms_gets_every_reply(voi
   double until = now_s() + 20;
   while (now_s() < until && atomic_load(&r.lines) < f.events + OPS &&
          sc_socket_client_count(f.s) == 1)
-    turn(&f, 5);
+    sfx_turn(&f, 5);
   reader_stop(&r); /* its buffer is read below */
   assert_int_equal(lines_with(&r, "\"seq\""), f.events);
   assert_int_equal(lines_with(&r, "\"ok\""), OPS); /* a reply each, none cut off */
   assert_int_equal(lines_with(&r, "too-many-pending"), 0);
   assert_int_equal(sc_socket_dropped_count(f.s), 0);
   free(r.buf);
-  fx_stop(&f);
+  sfx_stop(&f);
 }
 
 int main(void) {
