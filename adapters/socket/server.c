@@ -279,7 +279,9 @@ static void sender_main(void *arg) {
     uv_mutex_lock(&s->mu);
     s->sleeping = false;
     sc__queue *q, *next;
-    sc__queue_foreach(q, &s->jobs) st.nactive++;
+    sc__queue_foreach(q, &s->jobs) {
+      st.nactive++;
+    }
     sc__queue_move(&s->jobs, &st.active);
     if (s->cancels || s->stop) { /* called back: returned as they are */
       s->cancels = false;
@@ -304,8 +306,9 @@ static void sender_main(void *arg) {
     }
     stock_fill(s);
     bool back = !sc__queue_empty(&done), ready = false;
-    sc__queue_foreach(q, &st.active) ready =
-        ready || sc__queue_data(q, sc__sock_write, node)->ready;
+    sc__queue_foreach(q, &st.active) {
+      if (sc__queue_data(q, sc__sock_write, node)->ready) ready = true;
+    }
     uv_mutex_lock(&s->mu);
     sc__queue_move(&done, &s->results);
     bool more = !sc__queue_empty(&s->jobs) || s->cancels || s->stop || ready || s->stock_low;
