@@ -366,7 +366,6 @@ static void write_prepare(sc__sock_client *c, sc__queue *batch) {
   w->piece = c->replay != NULL || c->cap > c->server->o.queue_bytes ? WATCHED_PIECE : 0;
   w->fd = c->fd;
   c->writing = true;
-  c->server->writing++;
   sc__queue_insert_tail(batch, &w->node);
 }
 
@@ -418,7 +417,6 @@ size_t sc__sock_client_unwritten(const sc__sock_client *c) {
 static void write_done(sc__sock_client *c) {
   sc_socket *s = c->server;
   c->writing = false;
-  s->writing--;
   if (c->closed) { /* closed while it was away: now the fd may go */
     uv_close((uv_handle_t *)&c->poll, on_client_closed);
     return;
@@ -662,8 +660,8 @@ static void taker_join(sc__sock_client *c) {
   c->takes_all = true;
 }
 
-/* The line just encoded is the stream's next bytes. False when out of memory (the takers then
- * had everything before it, and this one goes to them alone, now). */
+/* The line just encoded is the stream's next bytes. When `recent` cannot grow, the takers get
+ * everything before it and then this line, each now. */
 static void recent_push(sc_socket *s, const sc__sock_seg *line) {
   if (s->nrecent > 0) {
     sc__sock_seg *last = &s->recent[s->nrecent - 1];

@@ -273,7 +273,6 @@ struct sc_socket {
   size_t nstock;    /* guarded by mu, with stock */
   bool stock_low;   /* the loop took the stock below half: the sender makes more (guarded by mu) */
   uv_async_t sent;  /* the sender's results are back */
-  size_t writing;   /* clients whose write is with the sender */
   bool sent_closed; /* the async handle's close callback ran */
   /* replay.c */
   sc__sock_index *index; /* where each task begins in the log; NULL until the first replay */
